@@ -1,0 +1,35 @@
+# orch: every target is one line; the work is in cargo and in scripts/.
+CARGO ?= cargo
+MANIFEST ?= manifests/cluster.yaml
+
+.PHONY: run build release test e2e bench fmt lint deps clean
+
+run: release                ## build, then run the cluster from manifests/cluster.yaml
+	./target/release/orch apply $(MANIFEST)
+
+build:                      ## debug build of the orch binary
+	$(CARGO) build -p orch
+
+release:                    ## optimised build of the orch binary
+	$(CARGO) build --release -p orch
+
+test: deps build            ## every test: unit, integration, end-to-end, browser
+	$(CARGO) test --workspace
+
+e2e: deps build             ## only the end-to-end suite
+	$(CARGO) test -p e2e
+
+bench: release              ## the benchmarks, as a table (also target/bench/summary.json)
+	./scripts/bench.sh
+
+deps:                       ## what the tests need beyond Rust (installed when missing)
+	./scripts/deps.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

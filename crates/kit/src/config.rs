@@ -1,0 +1,244 @@
+//! Configuration from environment variables.
+//!
+//! Components read their settings through [`Vars`], never through `std::env` directly, so a
+//! test builds its configuration from a map ([`Vars::from_pairs`]) and never touches the
+//! process environment.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::telemetry::LogFormat;
+
+/// A configuration value that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {name}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub name: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl ConfigError {
+    pub fn new(name: &str, value: &str, expected: impl Into<String>) -> Self {
+        Self { name: name.to_owned(), value: value.to_owned(), expected: expected.into() }
+    }
+}
+
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// A source of configuration values: the process environment, or a map in tests.
+///
+/// An empty value counts as unset, so `PORT= orch run auth` behaves like no `PORT` at all.
+#[derive(Clone)]
+pub struct Vars {
+    lookup: Arc<Lookup>,
+}
+
+impl fmt::Debug for Vars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Vars")
+    }
+}
+
+impl Vars {
+    pub fn from_env() -> Self {
+        Self { lookup: Arc::new(|name| std::env::var(name).ok()) }
+    }
+
+    pub fn from_pairs<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let map: HashMap<String, String> = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        Self { lookup: Arc::new(move |name| map.get(name).cloned()) }
+    }
+
+    /// The raw value, `None` when unset or empty.
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// The value parsed as `T`, or `None` when unset.
+    pub fn parse<T: FromStr>(&self, name: &str, expected: &str) -> Result<Option<T>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(raw) => raw.trim().parse().map(Some).map_err(|_| ConfigError::new(name, &raw, expected)),
+        }
+    }
+
+    pub fn parse_or<T: FromStr>(&self, name: &str, default: T, expected: &str) -> Result<T, ConfigError> {
+        Ok(self.parse(name, expected)?.unwrap_or(default))
+    }
+
+    /// A whole number within `min..=max`.
+    pub fn number(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let expected = format!("a whole number from {min} to {max}");
+        let n = self.parse_or(name, default, &expected)?;
+        if (min..=max).contains(&n) { Ok(n) } else { Err(ConfigError::new(name, &n.to_string(), expected)) }
+    }
+
+    /// A duration given in milliseconds (`..._MS` variables), within `1..=max_ms`.
+    pub fn millis(&self, name: &str, default_ms: u64, max_ms: u64) -> Result<Duration, ConfigError> {
+        self.number(name, default_ms, 1, max_ms).map(Duration::from_millis)
+    }
+
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::new(name, &raw, "true or false")),
+            },
+        }
+    }
+
+    /// A list of ports: `3001,3002,3003`, or a range `3001-3003`, or a mix.
+    pub fn ports(&self, name: &str, default: &str) -> Result<Vec<u16>, ConfigError> {
+        let raw = self.string(name, default);
+        parse_ports(&raw)
+            .ok_or_else(|| ConfigError::new(name, &raw, "ports like 3001,3002,3003 or a range like 3001-3003"))
+    }
+}
+
+fn parse_ports(raw: &str) -> Option<Vec<u16>> {
+    let mut ports = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+                if lo == 0 || lo > hi || hi - lo > 1000 {
+                    return None;
+                }
+                ports.extend(lo..=hi);
+            }
+            None => ports.push(part.parse().ok().filter(|p| *p != 0)?),
+        }
+    }
+    Some(ports)
+}
+
+/// What every component reads from its environment.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `SERVICE_NAME`: this instance's id in the registry (`auth-1`, `auth-service-1`).
+    pub service_name: String,
+    /// `SERVICE_TYPE`: the service it belongs to (`auth`); orch sets the manifest's name.
+    pub service_type: String,
+    /// `SERVICE_HOST` (default `localhost`): the host other programs use to reach it.
+    pub service_host: String,
+    /// `PORT`: the port to bind when no socket is inherited (`0` or unset: any free port).
+    pub port: Option<u16>,
+    /// `BIND_ADDR` (default `127.0.0.1`): the address to bind when no socket is inherited.
+    pub bind_addr: IpAddr,
+    /// `SERVICE_REGISTRY_URL` (default `http://localhost:3005`).
+    pub registry_url: String,
+    /// `REGISTER` (default true): whether to register with the registry at all.
+    pub register: bool,
+    /// `ORCH_CLUSTER_TOKEN`: bearer token for the registry's and orch's mutating calls.
+    pub cluster_token: Option<String>,
+    /// `ORCH_MANAGED`: set by orch for its children; orch then owns deregistration.
+    pub managed: bool,
+    /// `DATA_DIR` (default `data`): where databases and secrets live.
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL`: overrides the component's default database file.
+    pub database_url: Option<String>,
+    /// `HEARTBEAT_INTERVAL_MS` (default 10000).
+    pub heartbeat_interval: Duration,
+    /// `BODY_LIMIT_BYTES` (default 1 MiB): larger request bodies get 413.
+    pub body_limit: usize,
+    /// `SHUTDOWN_GRACE_MS` (default 5000): how long in-flight work may take after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `LOG_FORMAT` (`text` or `json`).
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the common settings; `component` names the defaults (`auth` → `auth-service`).
+    pub fn from_vars(vars: &Vars, component: &str) -> Result<Self, ConfigError> {
+        let port = vars.parse::<u16>("PORT", "a port number from 0 to 65535")?;
+        Ok(Self {
+            service_name: vars.string("SERVICE_NAME", &format!("{component}-service")),
+            service_type: vars.string("SERVICE_TYPE", component),
+            service_host: vars.string("SERVICE_HOST", "localhost"),
+            port,
+            bind_addr: vars.parse_or("BIND_ADDR", IpAddr::from([127, 0, 0, 1]), "an IP address")?,
+            registry_url: vars.string("SERVICE_REGISTRY_URL", "http://localhost:3005").trim_end_matches('/').to_owned(),
+            register: vars.flag("REGISTER", true)?,
+            cluster_token: vars.get("ORCH_CLUSTER_TOKEN"),
+            managed: vars.flag("ORCH_MANAGED", false)?,
+            data_dir: PathBuf::from(vars.string("DATA_DIR", "data")),
+            database_url: vars.get("DATABASE_URL"),
+            heartbeat_interval: vars.millis("HEARTBEAT_INTERVAL_MS", 10_000, 3_600_000)?,
+            body_limit: vars.number("BODY_LIMIT_BYTES", 1 << 20, 1, 1 << 30)? as usize,
+            shutdown_grace: vars.millis("SHUTDOWN_GRACE_MS", 5_000, 600_000)?,
+            log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text, "text or json")?,
+        })
+    }
+
+    /// The URL other programs use to reach this instance on `port`.
+    pub fn public_url(&self, port: u16) -> String {
+        format!("http://{}:{port}", self.service_host)
+    }
+
+    /// `sqlite://DATA_DIR/<file>` unless `DATABASE_URL` says otherwise.
+    pub fn database_url_or(&self, file: &str) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join(file).display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        let check = |raw: &str, expected: Option<Vec<u16>>| assert_eq!(parse_ports(raw), expected, "{raw}");
+        check("3001,3002,3003", Some(vec![3001, 3002, 3003]));
+        check("3001-3003", Some(vec![3001, 3002, 3003]));
+        check(" 4002 - 4003 , 5000", Some(vec![4002, 4003, 5000]));
+        check("", Some(vec![]));
+        check("3003-3001", None);
+        check("0", None);
+        check("70000", None);
+        check("abc", None);
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let config = Config::from_vars(&Vars::from_pairs([("PORT", "3001")]), "auth").unwrap();
+        assert_eq!(config.port, Some(3001));
+        assert_eq!(config.service_name, "auth-service");
+        assert_eq!(config.service_type, "auth");
+        assert_eq!(config.registry_url, "http://localhost:3005");
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(config.body_limit, 1 << 20);
+        assert_eq!(config.public_url(3001), "http://localhost:3001");
+
+        let vars = Vars::from_pairs([("SERVICE_NAME", "auth-2"), ("SERVICE_REGISTRY_URL", "http://127.0.0.1:9/")]);
+        let config = Config::from_vars(&vars, "auth").unwrap();
+        assert_eq!(config.service_name, "auth-2");
+        assert_eq!(config.registry_url, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Config::from_vars(&Vars::from_pairs([("PORT", "http")]), "auth").unwrap_err();
+        assert_eq!(err.to_string(), r#"invalid PORT="http": expected a port number from 0 to 65535"#);
+        let err = Config::from_vars(&Vars::from_pairs([("HEARTBEAT_INTERVAL_MS", "0")]), "auth").unwrap_err();
+        assert!(err.to_string().contains("HEARTBEAT_INTERVAL_MS"), "{err}");
+        let err = Config::from_vars(&Vars::from_pairs([("REGISTER", "maybe")]), "auth").unwrap_err();
+        assert!(err.to_string().contains("true or false"), "{err}");
+    }
+}

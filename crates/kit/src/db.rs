@@ -1,0 +1,125 @@
+//! SQLite through sqlx: one pool per process, one database file per service shared by all
+//! of its instances.
+//!
+//! Several processes write the same file, so: WAL (readers never block the writer), a busy
+//! timeout (a writer waits for the lock instead of failing with "database is locked"), and
+//! every read-then-write transaction starts with `BEGIN IMMEDIATE` ([`begin_write`]), which
+//! takes the write lock up front. A deferred transaction that read first could not upgrade
+//! once another process had committed, and would fail however long the busy timeout.
+//!
+//! Queries are built at run time (`sqlx::query`), so a build needs no database. The SQL
+//! sticks to what PostgreSQL also runs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+/// How long a writer waits for another process's write lock.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`).
+pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+    }
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+        .connect_with(options)
+        .await
+}
+
+/// A write transaction holding the write lock from its first statement.
+pub async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+/// One step of a schema, embedded in the binary (`include_str!`).
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Applies the migrations not applied yet, in order.
+///
+/// Safe when several processes start at once on a new file: the check and the changes run
+/// in one write transaction, so one process migrates and the others then find nothing to do.
+pub async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<(), sqlx::Error> {
+    let mut tx = begin_write(pool).await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version BIGINT PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at BIGINT NOT NULL
+        )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations").fetch_one(&mut *tx).await?;
+    let applied = applied.unwrap_or(0);
+    for m in migrations.iter().filter(|m| m.version > applied) {
+        tracing::info!(version = m.version, name = m.name, "applying migration");
+        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
+            .bind(m.version)
+            .bind(m.name)
+            .bind(crate::time::unix_millis())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// The readiness check of a database-backed component.
+pub async fn ping(pool: &SqlitePool) -> Result<(), String> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(|e| format!("database: {e}"))
+}
+
+/// True for a unique-constraint violation (a duplicate key).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIGRATIONS: &[Migration] = &[
+        Migration {
+            version: 1,
+            name: "things",
+            sql: "CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);",
+        },
+        Migration { version: 2, name: "colour", sql: "ALTER TABLE things ADD COLUMN colour TEXT;" },
+    ];
+
+    #[tokio::test]
+    async fn concurrent_migrations_apply_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("nested/t.sqlite").display());
+        let pools: Vec<SqlitePool> = futures_util::future::try_join_all((0..4).map(|_| connect(&url))).await.unwrap();
+        futures_util::future::try_join_all(pools.iter().map(|p| migrate(p, MIGRATIONS))).await.unwrap();
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&pools[0])
+            .await
+            .unwrap();
+        assert_eq!(versions, vec![1, 2]);
+
+        sqlx::query("INSERT INTO things (name, colour) VALUES ('a', 'red')").execute(&pools[1]).await.unwrap();
+        let dup = sqlx::query("INSERT INTO things (name) VALUES ('a')").execute(&pools[2]).await.unwrap_err();
+        assert!(is_unique_violation(&dup));
+        assert!(ping(&pools[3]).await.is_ok());
+    }
+}

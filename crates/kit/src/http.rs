@@ -1,0 +1,297 @@
+//! HTTP plumbing shared by every component: JSON errors, a JSON extractor whose rejections
+//! are JSON, request body limits, and `serve` with graceful shutdown.
+//!
+//! Every error a client sees is `{"error": "..."}` with a fitting status code, including
+//! the ones axum would otherwise answer in plain text (unknown route, wrong method,
+//! malformed or oversized body).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+
+use crate::shutdown::Shutdown;
+
+/// An error as the client sees it: a status and a message, written as `{"error": message}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
+    }
+    /// A failure whose cause is logged here and never shown to the client.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(self.status, &self.message)
+    }
+}
+
+/// `{"error": message}` with `status`.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+    }
+    (status, axum::Json(Body { error: message })).into_response()
+}
+
+/// A JSON request body (any or no content type), or a JSON 400/413 saying what is wrong.
+///
+/// As a response it is `application/json`, like `axum::Json`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            // Oversized bodies are answered by `limit_body` before they get here; this is
+            // the fallback for routers mounted without it.
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
+            } else {
+                ApiError::bad_request(format!("cannot read request body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parses a JSON body, with serde's description of what is wrong and where.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("request body must be a JSON object, and it is empty"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// How many bytes of an oversized body are read and thrown away so the client, still
+/// sending, can read the 413 instead of seeing its connection reset.
+const DRAIN_CAP: usize = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Middleware: buffers the request body up to `limit` bytes; beyond it, answers 413 (after
+/// draining the rest of the body, so the client reads the answer).
+pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let (parts, body) = req.into_parts();
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        return ApiError::payload_too_large(limit).into_response();
+    }
+    let mut body = body;
+    let mut buffered = Vec::new();
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => return ApiError::bad_request(format!("cannot read request body: {e}")).into_response(),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if buffered.len() + data.len() > limit {
+                        drain(body).await;
+                        return ApiError::payload_too_large(limit).into_response();
+                    }
+                    buffered.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(buffered))).await
+}
+
+async fn drain(mut body: Body) {
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > DRAIN_CAP {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+}
+
+/// The finishing touches every component's router gets: JSON 404 for unknown routes, JSON
+/// 405 for wrong methods, and the body limit.
+pub fn finish(router: Router, body_limit: usize) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(body_limit, limit_body))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// The bearer token of a request, if it has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Serves `router` on `listener` until `shutdown`; then stops accepting, lets in-flight
+/// requests finish and background tasks clean up, each within `grace`.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, grace: Duration) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.requested_owned());
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result?,
+        _ = shutdown.requested() => {
+            // In-flight requests finish; long-lived ones (websockets) are cut after the grace.
+            if tokio::time::timeout(grace, &mut server).await.is_err() {
+                tracing::warn!(?grace, "in-flight requests still running after the grace period");
+            }
+        }
+    }
+    if !shutdown.wait_for_tasks(grace).await {
+        tracing::warn!("background tasks still running after the grace period");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A header value from a string that is known to be valid (ids, numbers).
+pub fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::post;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[derive(serde::Deserialize, Serialize)]
+    struct Thing {
+        name: String,
+    }
+
+    fn app() -> Router {
+        finish(Router::new().route("/thing", post(|Json(t): Json<Thing>| async move { Json(t) })), 16)
+    }
+
+    async fn call(req: Request) -> (StatusCode, serde_json::Value) {
+        let res = app().oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn post_body(body: &'static str) -> Request {
+        Request::post("/thing").body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn errors_are_json() {
+        let (status, body) = call(post_body(r#"{"name":"a"}"#)).await;
+        assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"name": "a"})));
+
+        let (status, body) = call(post_body("{nope")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().starts_with("invalid JSON body"), "{body}");
+
+        let (status, body) = call(post_body(r#"{"other":1}"#)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("missing field `name`"), "{body}");
+
+        let (status, body) = call(post_body("")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("empty"), "{body}");
+
+        let (status, body) = call(post_body(r#"{"name":"far too long a name"}"#)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(body["error"].as_str().unwrap().contains("16 bytes"), "{body}");
+
+        let (status, body) = call(Request::get("/nowhere").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no route for GET /nowhere");
+
+        let (status, body) = call(Request::get("/thing").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(body["error"].as_str().unwrap().contains("GET"), "{body}");
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let headers = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            h
+        };
+        assert_eq!(bearer(&headers("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&headers("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&headers("Basic abc")), None);
+        assert_eq!(bearer(&headers("Bearer ")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,43 @@
+//! What every orch component shares, written once.
+//!
+//! A component (registry, balancer, detector, auth, data, compute) is a library with one
+//! entry point, `serve(config, listener, shutdown)`. Everything around that entry point that
+//! is the same for all of them lives here:
+//!
+//! - [`config`]: typed configuration from environment variables ([`Vars`]), with the
+//!   original system's names (`PORT`, `SERVICE_NAME`, `SERVICE_REGISTRY_URL`, ...).
+//! - [`telemetry`]: `tracing` setup, human-readable or JSON lines (`LOG_FORMAT=json`).
+//! - [`listen`]: the listening socket, inherited through systemd socket activation
+//!   (`LISTEN_FDS`, fd 3) or bound from `PORT`.
+//! - [`shutdown`]: one cancellation primitive plus a task tracker, triggered by SIGTERM/SIGINT.
+//! - [`http`]: JSON errors, a JSON extractor whose rejections are JSON, request body limits,
+//!   and `serve` with graceful shutdown.
+//! - [`health`]: `GET /health` (liveness) and `GET /ready` (readiness).
+//! - [`registry`]: the registry client (register, heartbeat, re-register, deregister, watch)
+//!   and the record types of the registry's contract.
+//! - [`jwt`]: HS256 tokens with a fixed algorithm and a required `exp`; a guard middleware.
+//! - [`db`]: SQLite pools (WAL, busy timeout, foreign keys), write transactions and an
+//!   embedded, multi-process-safe migrator.
+//! - [`idempotency`]: the `Idempotency-Key` store shared by data and compute.
+//! - [`secret`]: secrets in files created once, 0600, race-free between processes.
+//! - [`time`]: timestamps in the original system's ISO-8601 shape.
+//!
+//! **Invariant:** kit depends on no other crate of the workspace.
+
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod http;
+pub mod idempotency;
+pub mod jwt;
+pub mod listen;
+pub mod registry;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod time;
+
+pub use config::{Config, ConfigError, Vars};
+pub use shutdown::Shutdown;

@@ -1,0 +1,284 @@
+//! The registry's contract as types, and its client.
+//!
+//! [`maintain`] keeps one instance registered for as long as it runs: it registers (retrying
+//! while the registry is unreachable), heartbeats every `HEARTBEAT_INTERVAL_MS`, registers
+//! again when the registry answers 404 (it restarted and forgot us) and, run by hand,
+//! deregisters on shutdown. A 410 means someone deregistered this instance on purpose (orch
+//! draining it before a stop): the loop then stays quiet instead of registering again.
+//!
+//! [`RegistryClient::watch`] is the blocking query: it returns as soon as the registry's
+//! index moves past the one given, or after `wait` with the same index.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+
+/// The header carrying the registry's change index on list responses.
+pub const INDEX_HEADER: &str = "x-registry-index";
+
+/// What an instance tells the registry about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub service_id: String,
+    pub service_type: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+impl Registration {
+    /// This instance, as `config` describes it, reachable on `port`.
+    pub fn for_instance(config: &Config, port: u16) -> Self {
+        let mut metadata = Map::new();
+        metadata.insert("pid".into(), std::process::id().into());
+        metadata.insert("port".into(), port.into());
+        Self {
+            service_id: config.service_name.clone(),
+            service_type: config.service_type.clone(),
+            url: config.public_url(port),
+            name: Some(config.service_name.clone()),
+            metadata,
+        }
+    }
+}
+
+/// A registry record, exactly as the registry serves it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRecord {
+    pub service_id: String,
+    pub service_type: String,
+    pub url: String,
+    pub name: String,
+    pub metadata: Map<String, Value>,
+    pub registered_at: String,
+    pub last_heartbeat: String,
+    pub healthy: bool,
+}
+
+/// `GET /api/registry/services` and friends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub services: Vec<ServiceRecord>,
+    pub total: usize,
+    pub timestamp: String,
+    /// The registry's change index; pass it to [`RegistryClient::watch`].
+    #[serde(default)]
+    pub index: u64,
+}
+
+/// What a heartbeat found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// Known and refreshed.
+    Alive,
+    /// Unknown id (the registry restarted): register again.
+    Unknown,
+    /// Deregistered on purpose: do not come back by heartbeat.
+    Deregistered,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("registry unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    #[error("registry answered {status}: {message}")]
+    Status { status: u16, message: String },
+}
+
+/// A client of the registry's HTTP API.
+#[derive(Clone, Debug)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl RegistryClient {
+    /// A client of the registry at `base_url`, authenticating mutations with `token`.
+    pub fn new(base_url: &str, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        Self { http, base: base_url.trim_end_matches('/').to_owned(), token }
+    }
+
+    pub fn from_config(config: &Config) -> Self {
+        Self::new(&config.registry_url, config.cluster_token.clone())
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.post(format!("{}{path}", self.base)).timeout(Duration::from_secs(5));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    pub async fn register(&self, registration: &Registration) -> Result<ServiceRecord, ClientError> {
+        let res = self.post("/api/registry/register").json(registration).send().await?;
+        ok_json(res).await
+    }
+
+    pub async fn heartbeat(&self, service_id: &str) -> Result<Beat, ClientError> {
+        let res =
+            self.post("/api/registry/heartbeat").json(&serde_json::json!({ "serviceId": service_id })).send().await?;
+        match res.status().as_u16() {
+            404 => Ok(Beat::Unknown),
+            410 => Ok(Beat::Deregistered),
+            _ => ok_json::<Value>(res).await.map(|_| Beat::Alive),
+        }
+    }
+
+    /// Removes a record; `Ok(false)` if the registry did not know it.
+    pub async fn deregister(&self, service_id: &str) -> Result<bool, ClientError> {
+        let res =
+            self.post("/api/registry/deregister").json(&serde_json::json!({ "serviceId": service_id })).send().await?;
+        if res.status().as_u16() == 404 {
+            return Ok(false);
+        }
+        ok_json::<Value>(res).await.map(|_| true)
+    }
+
+    /// Every record (of `service_type`, if given).
+    pub async fn services(&self, service_type: Option<&str>) -> Result<ServiceList, ClientError> {
+        self.watch(service_type, None, Duration::ZERO).await
+    }
+
+    /// The blocking query: answers once the index passes `index` (at once if it already has,
+    /// or if `index` is `None`), or after `wait` with the list unchanged.
+    pub async fn watch(
+        &self,
+        service_type: Option<&str>,
+        index: Option<u64>,
+        wait: Duration,
+    ) -> Result<ServiceList, ClientError> {
+        let mut req =
+            self.http.get(format!("{}/api/registry/services", self.base)).timeout(wait + Duration::from_secs(5));
+        if let Some(t) = service_type {
+            req = req.query(&[("type", t)]);
+        }
+        if let Some(index) = index {
+            req = req.query(&[("index", index.to_string()), ("wait", format!("{}ms", wait.as_millis()))]);
+        }
+        ok_json(req.send().await?).await
+    }
+}
+
+async fn ok_json<T: serde::de::DeserializeOwned>(res: reqwest::Response) -> Result<T, ClientError> {
+    let status = res.status();
+    if status.is_success() {
+        return Ok(res.json().await?);
+    }
+    let message = res
+        .json::<Value>()
+        .await
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    Err(ClientError::Status { status: status.as_u16(), message })
+}
+
+/// Keeps `registration` registered until `shutdown`; see the module docs.
+///
+/// `deregister_on_exit` is false under orch, which deregisters instances itself before it
+/// stops them (a replacement may already be serving under the same id).
+pub async fn maintain(
+    client: RegistryClient,
+    registration: Registration,
+    interval: Duration,
+    shutdown: Shutdown,
+    deregister_on_exit: bool,
+) {
+    let id = registration.service_id.clone();
+    // While the registry is unreachable, try again soon: a restarted registry is refilled
+    // within about a second, whatever the heartbeat interval.
+    let retry = interval.min(Duration::from_secs(1));
+    let mut registered = false;
+    let mut quiet = false;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let next = if quiet {
+            None
+        } else if !registered {
+            match client.register(&registration).await {
+                Ok(_) => {
+                    tracing::info!(service_id = %id, registry = client.base_url(), "registered");
+                    registered = true;
+                    backoff = Duration::from_millis(100);
+                    Some(interval)
+                }
+                Err(e) => {
+                    tracing::warn!(service_id = %id, error = %e, "registration failed, retrying");
+                    backoff = (backoff * 2).min(retry);
+                    Some(backoff)
+                }
+            }
+        } else {
+            match client.heartbeat(&id).await {
+                Ok(Beat::Alive) => Some(interval),
+                Ok(Beat::Unknown) => {
+                    tracing::info!(service_id = %id, "registry forgot this instance, registering again");
+                    registered = false;
+                    Some(Duration::ZERO)
+                }
+                Ok(Beat::Deregistered) => {
+                    tracing::info!(service_id = %id, "deregistered on purpose, heartbeats stop");
+                    registered = false;
+                    quiet = true;
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(service_id = %id, error = %e, "heartbeat failed");
+                    Some(retry)
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.requested() => break,
+            _ = sleep_or_forever(next) => {}
+        }
+    }
+    if deregister_on_exit && registered {
+        match tokio::time::timeout(Duration::from_secs(2), client.deregister(&id)).await {
+            Ok(Ok(_)) => tracing::info!(service_id = %id, "deregistered"),
+            Ok(Err(e)) => tracing::warn!(service_id = %id, error = %e, "deregistration failed"),
+            Err(_) => tracing::warn!(service_id = %id, "deregistration timed out"),
+        }
+    }
+}
+
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts [`maintain`] for this instance as a shutdown-tracked task, if `REGISTER` allows.
+pub fn spawn_maintain(config: &Config, port: u16, shutdown: &Shutdown) {
+    if !config.register {
+        return;
+    }
+    let task = maintain(
+        RegistryClient::from_config(config),
+        Registration::for_instance(config, port),
+        config.heartbeat_interval,
+        shutdown.clone(),
+        !config.managed,
+    );
+    shutdown.spawn(task);
+}

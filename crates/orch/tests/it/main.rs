@@ -1,0 +1,3 @@
+//! The real `orch` binary, run as a user would.
+
+mod run_component;
