@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::secret::Secret;
 use crate::telemetry::LogFormat;
 
 /// A configuration value that could not be used.
@@ -147,7 +148,11 @@ pub struct Config {
     /// `REGISTER` (default true): whether to register with the registry at all.
     pub register: bool,
     /// `ORCH_CLUSTER_TOKEN`: bearer token for the registry's and orch's mutating calls.
-    pub cluster_token: Option<String>,
+    pub cluster_token: Option<Secret>,
+    /// `JWT_SECRET`: the HS256 secret; unset means `DATA_DIR/jwt-secret` (see [`crate::jwt`]).
+    pub jwt_secret: Option<Secret>,
+    /// `AUTH_REQUIRED` (default true): data and compute demand a valid bearer JWT.
+    pub auth_required: bool,
     /// `ORCH_MANAGED`: set by orch for its children; orch then owns deregistration.
     pub managed: bool,
     /// `DATA_DIR` (default `data`): where databases and secrets live.
@@ -176,7 +181,9 @@ impl Config {
             bind_addr: vars.parse_or("BIND_ADDR", IpAddr::from([127, 0, 0, 1]), "an IP address")?,
             registry_url: vars.string("SERVICE_REGISTRY_URL", "http://localhost:3005").trim_end_matches('/').to_owned(),
             register: vars.flag("REGISTER", true)?,
-            cluster_token: vars.get("ORCH_CLUSTER_TOKEN"),
+            cluster_token: vars.get("ORCH_CLUSTER_TOKEN").map(Secret::new),
+            jwt_secret: vars.get("JWT_SECRET").map(Secret::new),
+            auth_required: vars.flag("AUTH_REQUIRED", true)?,
             managed: vars.flag("ORCH_MANAGED", false)?,
             data_dir: PathBuf::from(vars.string("DATA_DIR", "data")),
             database_url: vars.get("DATABASE_URL"),
@@ -225,6 +232,11 @@ mod tests {
         assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(config.body_limit, 1 << 20);
         assert_eq!(config.public_url(3001), "http://localhost:3001");
+        assert!(config.auth_required);
+
+        let vars = Vars::from_pairs([("JWT_SECRET", "s3cret"), ("ORCH_CLUSTER_TOKEN", "t0ken")]);
+        let shown = format!("{:?}", Config::from_vars(&vars, "auth").unwrap());
+        assert!(!shown.contains("s3cret") && !shown.contains("t0ken"), "secrets leak into Debug: {shown}");
 
         let vars = Vars::from_pairs([("SERVICE_NAME", "auth-2"), ("SERVICE_REGISTRY_URL", "http://127.0.0.1:9/")]);
         let config = Config::from_vars(&vars, "auth").unwrap();

@@ -17,7 +17,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Vars};
+use crate::config::Config;
 use crate::http::{ApiError, bearer};
 
 /// What a token says about its user.
@@ -67,13 +67,13 @@ impl Keys {
     }
 
     /// `JWT_SECRET` if set, else the secret file in the data dir (created on first use).
-    pub fn load(config: &Config, vars: &Vars) -> Result<Self, JwtError> {
-        let secret = match vars.get("JWT_SECRET") {
+    pub fn load(config: &Config) -> Result<Self, JwtError> {
+        let secret = match &config.jwt_secret {
             Some(secret) => {
-                if secret.len() < 32 {
+                if secret.expose().len() < 32 {
                     tracing::warn!("JWT_SECRET is shorter than 32 bytes; tokens are easier to forge");
                 }
-                secret
+                secret.expose().to_owned()
             }
             None => crate::secret::load_or_create(&config.data_dir.join("jwt-secret"))?,
         };

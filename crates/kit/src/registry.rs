@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 
 /// The header carrying the registry's change index on list responses.
@@ -98,12 +99,12 @@ pub enum ClientError {
 pub struct RegistryClient {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    token: Option<Secret>,
 }
 
 impl RegistryClient {
     /// A client of the registry at `base_url`, authenticating mutations with `token`.
-    pub fn new(base_url: &str, token: Option<String>) -> Self {
+    pub fn new(base_url: &str, token: Option<Secret>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -123,7 +124,7 @@ impl RegistryClient {
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
         let req = self.http.post(format!("{}{path}", self.base)).timeout(Duration::from_secs(5));
         match &self.token {
-            Some(token) => req.bearer_auth(token),
+            Some(token) => req.bearer_auth(token.expose()),
             None => req,
         }
     }

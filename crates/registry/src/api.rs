@@ -30,7 +30,7 @@ pub fn router(state: AppState) -> Router {
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.config.kit.cluster_token else { return Ok(()) };
     match kit::http::bearer(headers) {
-        Some(token) if kit::secret::constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(token) if kit::secret::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::unauthorized("invalid cluster token")),
         None => Err(ApiError::unauthorized("missing cluster token (Authorization: Bearer <token>)")),
     }

@@ -50,7 +50,7 @@ async fn client_registers_again_after_a_registry_restart() {
         name: None,
         metadata: Map::new(),
     };
-    let client = RegistryClient::new(&first.url, Some(TOKEN.into()));
+    let client = RegistryClient::new(&first.url, Some(kit::secret::Secret::new(TOKEN)));
     let instance = kit::Shutdown::new();
     let task = tokio::spawn(kit::registry::maintain(client.clone(), registration, interval, instance.clone(), true));
 

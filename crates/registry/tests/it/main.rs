@@ -37,7 +37,7 @@ impl TestRegistry {
     }
 
     pub fn client(&self) -> kit::registry::RegistryClient {
-        kit::registry::RegistryClient::new(&self.url, Some(TOKEN.into()))
+        kit::registry::RegistryClient::new(&self.url, Some(kit::secret::Secret::new(TOKEN)))
     }
 }
 
