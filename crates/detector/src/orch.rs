@@ -1,0 +1,190 @@
+//! Following orch's control API (`ORCH_CONTROL_URL`): restart counts, pids and process
+//! states from `GET /api/instances`, and orch's events from `GET /api/events`.
+//!
+//! Two loops. [`follow_events`] first reads the events orch already has (they fill the
+//! dashboard's feed and alert nobody), then long-polls `?since=SEQ&wait=30s`: each new event
+//! goes to the dashboard at once, an instance that exited is down at once, and the
+//! instance list is read again and every target checked, so a restart shows within
+//! milliseconds even though orch keeps the socket open. [`poll_instances`] reads the list
+//! every [`INSTANCES_PERIOD`] and whenever an event asks for it.
+//!
+//! Only the fields named here are read from orch and shown: nothing else orch knows (its
+//! token, the environment of its children) can reach the dashboard.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::cluster::loopback;
+
+/// How often the instance list is read when no event asks for it sooner.
+pub const INSTANCES_PERIOD: Duration = Duration::from_secs(2);
+/// How long one long poll of the events waits.
+const EVENTS_WAIT: Duration = Duration::from_secs(30);
+/// Events asked for per page while catching up.
+const PAGE: usize = 500;
+
+/// An instance as orch's `GET /api/instances` lists it (the fields the detector uses).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrchInstance {
+    pub name: String,
+    #[serde(default)]
+    pub service: String,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub last_exit: Option<LastExit>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct LastExit {
+    #[serde(default)]
+    pub code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+/// One of orch's events, as the dashboard shows it.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct OrchEvent {
+    pub seq: u64,
+    #[serde(default)]
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct InstanceList {
+    instances: Vec<OrchInstance>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EventPage {
+    events: Vec<OrchEvent>,
+    #[serde(default)]
+    next: u64,
+}
+
+/// A reader of orch's control API.
+#[derive(Clone, Debug)]
+pub struct OrchClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl OrchClient {
+    pub fn new(http: reqwest::Client, base_url: &str) -> Self {
+        Self { http, base: loopback(base_url) }
+    }
+
+    pub async fn instances(&self) -> Result<Vec<OrchInstance>, reqwest::Error> {
+        let res = self.http.get(format!("{}/api/instances", self.base)).timeout(Duration::from_secs(5)).send().await?;
+        Ok(res.error_for_status()?.json::<InstanceList>().await?.instances)
+    }
+
+    async fn events(&self, since: u64, wait: Option<Duration>) -> Result<EventPage, reqwest::Error> {
+        let mut query = vec![("since", since.to_string()), ("limit", PAGE.to_string())];
+        if let Some(wait) = wait {
+            query.push(("wait", format!("{}ms", wait.as_millis())));
+        }
+        let timeout = wait.unwrap_or_default() + Duration::from_secs(10);
+        let res = self.http.get(format!("{}/api/events", self.base)).query(&query).timeout(timeout).send().await?;
+        res.error_for_status()?.json().await
+    }
+}
+
+/// Follows orch's events until shutdown; see the module docs.
+pub async fn follow_events(state: AppState, client: OrchClient, shutdown: kit::Shutdown) {
+    let mut since = 0;
+    let mut caught_up = false;
+    let mut failing = false;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let wait = caught_up.then_some(EVENTS_WAIT);
+        let page = tokio::select! {
+            _ = shutdown.requested() => return,
+            page = client.events(since, wait) => page,
+        };
+        match page {
+            Ok(page) => {
+                if failing {
+                    tracing::info!("orch's events are readable again");
+                    failing = false;
+                }
+                backoff = Duration::from_millis(100);
+                let newest = page.events.iter().map(|e| e.seq).max().unwrap_or(0);
+                let any = !page.events.is_empty();
+                for event in page.events {
+                    state.orch_event(event, caught_up);
+                }
+                since = since.max(page.next).max(newest);
+                if !any {
+                    caught_up = true;
+                } else if caught_up {
+                    // Something happened: restart counts and process states now, then a check.
+                    state.wake_orch_poll();
+                    state.request_round();
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e.without_url(), "cannot read orch's events, retrying");
+                    failing = true;
+                }
+                tokio::select! {
+                    _ = shutdown.requested() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Reads orch's instance list every [`INSTANCES_PERIOD`] and when woken, until shutdown.
+pub async fn poll_instances(state: AppState, client: OrchClient, shutdown: kit::Shutdown) {
+    let mut failing = false;
+    loop {
+        match client.instances().await {
+            Ok(instances) => {
+                if failing {
+                    tracing::info!("orch's instance list is readable again");
+                    failing = false;
+                }
+                state.sync_orch(&instances);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e.without_url(), "cannot read orch's instances, retrying");
+                    failing = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tokio::time::sleep(INSTANCES_PERIOD) => {}
+            _ = state.orch_poll_woken() => {}
+        }
+    }
+}
