@@ -1,24 +1,111 @@
-//! The balancer component (not built yet).
+//! The load balancer: every client request of the cluster crosses it.
+//!
+//! It routes by path prefix (`ROUTES`, longest prefix wins, path kept) to a service's pool
+//! of instances, chosen round-robin or by least requests (power of two choices) among the
+//! healthy ones; it retries where that is safe, each attempt on another instance, and
+//! streams bodies both ways. It adds `X-Request-Id` (kept when the client sent one) and
+//! `X-Upstream-Instance` to every proxied answer; its own errors are JSON `{"error": ...}`.
+//!
+//! Modules:
+//! - [`config`]: settings from the environment, routes.
+//! - [`backend`]: instances, the backend set swapped atomically, instance selection.
+//! - [`discovery`]: the registry's blocking watch, static fallback from `*_PORTS`.
+//! - [`checks`]: active health checks of `/health`; readmission after ejection.
+//! - [`proxy`]: the request path (theory of operation there), with [`error`] saying which
+//!   failures may be retried and [`body`] streaming bodies.
+//! - [`stats`]: lock-free counters and latency histograms; [`admin`] serves them as
+//!   `/status`, `/api/metrics`, `/metrics`, with fault injection ([`faults`]).
+//! - `server`: the HTTP/1 accept loop; the balancer's own endpoints are matched before the
+//!   proxy routes.
 
+pub mod admin;
+pub mod backend;
+pub mod body;
+pub mod checks;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod faults;
+pub mod proxy;
+mod server;
+pub mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("the balancer component is not built yet")]
-    NotBuilt,
+pub use crate::config::{Config, Routes, Strategy};
+pub use crate::error::Error;
+
+use crate::backend::{BackendSet, Service};
+use crate::body::RequestBody;
+use crate::faults::Faults;
+
+/// How long an idle pooled connection to a backend is kept.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// What the request path, discovery, checks and the admin endpoints share.
+pub struct AppState {
+    pub config: Config,
+    /// The routed services, sorted by name; a backend set's pools are indexed the same way.
+    pub services: Vec<Arc<Service>>,
+    /// For each route (as in `config.routes.entries()`), its service's index.
+    pub route_service: Vec<usize>,
+    pub backends: ArcSwap<BackendSet>,
+    pub client: Client<HttpConnector, RequestBody>,
+    pub faults: Faults,
+    /// The first discovery (dynamic or static) has finished.
+    pub ready: AtomicBool,
+    pub started: Instant,
 }
 
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub kit: kit::Config,
-}
-
-impl Config {
-    pub fn from_vars(vars: &kit::Vars) -> Result<Self, kit::ConfigError> {
-        Ok(Self { kit: kit::Config::from_vars(vars, "balancer")? })
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        let names = config.routes.services();
+        let services: Vec<Arc<Service>> = names.iter().map(|n| Arc::new(Service::new(n))).collect();
+        let route_service = config
+            .routes
+            .entries()
+            .iter()
+            .map(|(_, s)| names.iter().position(|n| n == s).expect("every route's service is listed"))
+            .collect();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .retry_canceled_requests(true)
+            .build(connector);
+        Self {
+            backends: ArcSwap::from_pointee(BackendSet::empty(services.len())),
+            services,
+            route_service,
+            client,
+            faults: Faults::default(),
+            ready: AtomicBool::new(false),
+            started: Instant::now(),
+            config,
+        }
     }
 }
 
-pub async fn serve(_config: Config, _listener: TcpListener, _shutdown: kit::Shutdown) -> Result<(), Error> {
-    Err(Error::NotBuilt)
+/// Serves the balancer on `listener` until `shutdown`.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdown) -> Result<(), Error> {
+    let grace = config.kit.shutdown_grace;
+    let port = listener.local_addr()?.port();
+    kit::registry::spawn_maintain(&config.kit, port, &shutdown);
+    tracing::info!(routes = ?config.routes.entries(), strategy = config.strategy.as_str(),
+        dynamic = config.dynamic_discovery, "balancer starting");
+    let state = Arc::new(AppState::new(config));
+    shutdown.spawn(discovery::run(state.clone(), shutdown.clone()));
+    shutdown.spawn(checks::run(state.clone(), shutdown.clone()));
+    server::run(listener, state, shutdown, grace).await?;
+    Ok(())
 }

@@ -1,0 +1,2 @@
+//! The balancer against nginx (written next).
+fn main() {}

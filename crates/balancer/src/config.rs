@@ -1,0 +1,246 @@
+//! The balancer's settings, from environment variables (see the README's table).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kit::{ConfigError, Vars};
+
+/// The routes when `ROUTES` is unset: the original system's three prefixes.
+pub const DEFAULT_ROUTES: &str = "/api/auth=auth,/api/data=data,/api/compute=compute";
+
+/// Static fallback ports of the original system's services.
+const DEFAULT_PORTS: [(&str, &str); 3] = [("auth", "3001-3003"), ("data", "4002-4004"), ("compute", "5002-5004")];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub kit: kit::Config,
+    /// `ROUTES`: `prefix=service` pairs, longest prefix first.
+    pub routes: Routes,
+    /// `USE_DYNAMIC_DISCOVERY` (default true): watch the registry; false uses the static ports.
+    pub dynamic_discovery: bool,
+    /// `<SERVICE>_PORTS` per routed service: the static fallback.
+    pub static_ports: BTreeMap<String, Vec<u16>>,
+    /// `BALANCE_STRATEGY`: `round-robin` (default) or `least-request`.
+    pub strategy: Strategy,
+    /// `CONNECT_TIMEOUT_MS` (default 1000).
+    pub connect_timeout: Duration,
+    /// `REQUEST_TIMEOUT_MS` (default 30000): until the response head, over all attempts.
+    pub request_timeout: Duration,
+    /// `HEALTH_CHECK_INTERVAL_MS` (default 2000).
+    pub health_interval: Duration,
+    /// `HEALTH_CHECK_TIMEOUT_MS` (default 1000).
+    pub health_timeout: Duration,
+    /// `HEALTH_FAIL_THRESHOLD` (default 2): failed checks in a row that take an instance out.
+    pub fail_threshold: u32,
+    /// `HEALTH_PASS_THRESHOLD` (default 1): passed checks in a row that bring it back.
+    pub pass_threshold: u32,
+    /// `EJECT_THRESHOLD` (default 1): connect errors or timeouts in a row that eject it.
+    pub eject_threshold: u32,
+    /// `MAX_ATTEMPTS` (default 3): attempts per request, each on another instance.
+    pub max_attempts: u32,
+    /// `RETRY_BUFFER_BYTES` (default 65536): request bodies up to this size are kept so
+    /// they can be sent again; larger ones stream and are sent once.
+    pub retry_buffer: usize,
+    /// `DISCOVERY_SETTLE_MS` (default 3000): after the registry comes back, instances it
+    /// does not list yet stay routable this long (it refills from heartbeats).
+    pub settle: Duration,
+}
+
+impl Config {
+    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
+        let kit = kit::Config::from_vars(vars, "balancer")?;
+        let routes = Routes::parse(&vars.string("ROUTES", DEFAULT_ROUTES))
+            .map_err(|why| ConfigError::new("ROUTES", &vars.string("ROUTES", ""), why))?;
+        let mut static_ports = BTreeMap::new();
+        for service in routes.services() {
+            let default = DEFAULT_PORTS.iter().find(|(s, _)| *s == service).map_or("", |(_, p)| *p);
+            static_ports.insert(service.to_owned(), vars.ports(&ports_var(service), default)?);
+        }
+        Ok(Self {
+            kit,
+            routes,
+            dynamic_discovery: vars.flag("USE_DYNAMIC_DISCOVERY", true)?,
+            static_ports,
+            strategy: vars.parse_or("BALANCE_STRATEGY", Strategy::RoundRobin, "round-robin or least-request")?,
+            connect_timeout: vars.millis("CONNECT_TIMEOUT_MS", 1_000, 600_000)?,
+            request_timeout: vars.millis("REQUEST_TIMEOUT_MS", 30_000, 3_600_000)?,
+            health_interval: vars.millis("HEALTH_CHECK_INTERVAL_MS", 2_000, 3_600_000)?,
+            health_timeout: vars.millis("HEALTH_CHECK_TIMEOUT_MS", 1_000, 600_000)?,
+            fail_threshold: vars.number("HEALTH_FAIL_THRESHOLD", 2, 1, 100)? as u32,
+            pass_threshold: vars.number("HEALTH_PASS_THRESHOLD", 1, 1, 100)? as u32,
+            eject_threshold: vars.number("EJECT_THRESHOLD", 1, 1, 100)? as u32,
+            max_attempts: vars.number("MAX_ATTEMPTS", 3, 1, 10)? as u32,
+            retry_buffer: vars.number("RETRY_BUFFER_BYTES", 64 << 10, 0, 16 << 20)? as usize,
+            settle: vars.millis("DISCOVERY_SETTLE_MS", 3_000, 600_000)?,
+        })
+    }
+}
+
+/// `data` → `DATA_PORTS`, `my-svc` → `MY_SVC_PORTS`.
+pub fn ports_var(service: &str) -> String {
+    let name: String =
+        service.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("{name}_PORTS")
+}
+
+/// How an instance is chosen among a pool's healthy ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    RoundRobin,
+    /// Power of two choices: the less busy of two instances picked at random.
+    LeastRequest,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round-robin",
+            Self::LeastRequest => "least-request",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "round-robin" => Ok(Self::RoundRobin),
+            "least-request" => Ok(Self::LeastRequest),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Path prefixes and the services they lead to; the longest matching prefix wins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routes {
+    /// `(prefix, service)`, longest prefix first.
+    entries: Vec<(String, String)>,
+}
+
+impl Routes {
+    /// `/api/auth=auth,/api/data=data`; an error says what is wrong.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut entries: Vec<(String, String)> = Vec::new();
+        for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (prefix, service) =
+                pair.split_once('=').ok_or_else(|| format!("prefix=service pairs, and {pair:?} has no '='"))?;
+            let (prefix, service) = (prefix.trim(), service.trim());
+            if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
+                return Err(format!("prefixes that start with '/', and {prefix:?} does not"));
+            }
+            let valid_name = |s: &str| {
+                !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            };
+            if !valid_name(service) {
+                return Err(format!("service names of letters, digits, '-', '_' or '.', and {service:?} is not one"));
+            }
+            let prefix = match prefix.trim_end_matches('/') {
+                "" => "/",
+                p => p,
+            };
+            if entries.iter().any(|(p, _)| p == prefix) {
+                return Err(format!("each prefix once, and {prefix:?} is repeated"));
+            }
+            entries.push((prefix.to_owned(), service.to_owned()));
+        }
+        if entries.is_empty() {
+            return Err("at least one prefix=service pair".into());
+        }
+        entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Ok(Self { entries })
+    }
+
+    /// `(prefix, service)` pairs, longest prefix first.
+    pub fn entries(&self) -> &[(String, String)] {
+        &self.entries
+    }
+
+    /// The routed services, each once, sorted.
+    pub fn services(&self) -> Vec<&str> {
+        let mut services: Vec<&str> = self.entries.iter().map(|(_, s)| s.as_str()).collect();
+        services.sort_unstable();
+        services.dedup();
+        services
+    }
+
+    /// The index (into [`Routes::entries`]) of the route for `path`: the longest prefix that
+    /// matches whole path segments (`/api/data` matches `/api/data/x`, not `/api/database`).
+    pub fn find(&self, path: &str) -> Option<usize> {
+        self.entries.iter().position(|(prefix, _)| matches_prefix(path, prefix))
+    }
+}
+
+fn matches_prefix(path: &str, prefix: &str) -> bool {
+    prefix == "/" || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_the_longest_whole_prefix() {
+        let routes = Routes::parse("/api/auth=auth, /api/data=data,/api/data/slow/=slow ,/=web").unwrap();
+        let check = |path: &str, expected: &str| {
+            let found = routes.find(path).map(|i| routes.entries()[i].1.as_str());
+            assert_eq!(found, Some(expected), "{path}");
+        };
+        check("/api/auth/login", "auth");
+        check("/api/auth", "auth");
+        check("/api/data/slow/x", "slow");
+        check("/api/data/slow", "slow");
+        check("/api/data/slower", "data");
+        check("/api/database", "web");
+        check("/", "web");
+        assert_eq!(routes.services(), vec!["auth", "data", "slow", "web"]);
+
+        let routes = Routes::parse(DEFAULT_ROUTES).unwrap();
+        assert_eq!(routes.find("/api/authx"), None);
+        assert_eq!(routes.find("/other"), None);
+    }
+
+    #[test]
+    fn bad_routes_say_what_is_wrong() {
+        let check = |raw: &str, needle: &str| {
+            let err = Routes::parse(raw).unwrap_err();
+            assert!(err.contains(needle), "{raw}: {err}");
+        };
+        check("/api/auth", "no '='");
+        check("api=auth", "start with '/'");
+        check("/api=", "service names");
+        check("/api=a b", "service names");
+        check("/a=x,/a/=y", "repeated");
+        check(" , ", "at least one");
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let config = Config::from_vars(&Vars::from_pairs([("DATA_PORTS", "4100,4101")])).unwrap();
+        assert_eq!(config.routes, Routes::parse(DEFAULT_ROUTES).unwrap());
+        assert_eq!(config.static_ports["auth"], vec![3001, 3002, 3003]);
+        assert_eq!(config.static_ports["data"], vec![4100, 4101]);
+        assert_eq!(config.static_ports["compute"], vec![5002, 5003, 5004]);
+        assert_eq!(config.strategy, Strategy::RoundRobin);
+        assert!(config.dynamic_discovery);
+        assert_eq!(config.max_attempts, 3);
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
+
+        let vars = Vars::from_pairs([
+            ("ROUTES", "/x=my-svc"),
+            ("MY_SVC_PORTS", "7000-7001"),
+            ("BALANCE_STRATEGY", "least-request"),
+            ("USE_DYNAMIC_DISCOVERY", "false"),
+        ]);
+        let config = Config::from_vars(&vars).unwrap();
+        assert_eq!(config.static_ports.len(), 1);
+        assert_eq!(config.static_ports["my-svc"], vec![7000, 7001]);
+        assert_eq!(config.strategy, Strategy::LeastRequest);
+        assert!(!config.dynamic_discovery);
+
+        let err = Config::from_vars(&Vars::from_pairs([("BALANCE_STRATEGY", "random")])).unwrap_err();
+        assert!(err.to_string().contains("BALANCE_STRATEGY"), "{err}");
+        let err = Config::from_vars(&Vars::from_pairs([("ROUTES", "nope")])).unwrap_err();
+        assert!(err.to_string().contains("ROUTES"), "{err}");
+    }
+}

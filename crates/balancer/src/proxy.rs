@@ -1,0 +1,340 @@
+//! The request path: route, pick an instance, forward, retry when it is safe, stream the
+//! answer back.
+//!
+//! # Theory of operation
+//!
+//! A request's path picks its service (longest prefix). Its body is read before the first
+//! attempt only when it is small and of known length (up to `RETRY_BUFFER_BYTES`), so it
+//! can be sent again; anything larger streams through once, with the size limit counted
+//! as it passes. Each attempt goes to an instance not tried yet, through a pooled
+//! keep-alive connection (hyper-util's client; a request written on a pooled connection the
+//! backend had just closed is re-sent on a fresh one by the client itself, since hyper can
+//! tell it was never written).
+//!
+//! Whether a failed attempt is tried again follows [`Failure::retry`]: a request that never
+//! reached a backend (connect refused, connect timeout) may always go to another instance;
+//! one that did (the connection broke after it was written, or the backend answered
+//! 502/503/504) only when it is idempotent — GET, HEAD, OPTIONS, PUT, DELETE, or any
+//! method with an `Idempotency-Key`. A POST that reached a backend is never sent twice
+//! otherwise. `REQUEST_TIMEOUT_MS` bounds the whole request up to the response head, over
+//! all attempts; when it passes the client gets 504 and nothing is retried.
+//!
+//! Connect errors and timeouts count against the instance (passive ejection, see
+//! [`Instance::passive_failure`]). Counters are atomics; the response body carries an
+//! [`InFlight`] guard so in-flight counts fall when the body has been streamed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::AppState;
+use crate::backend::{Instance, Service, Tried, pick};
+use crate::body::{InFlight, RequestBody, ResponseBody};
+use crate::error::{Failure, Retry};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_UPSTREAM_INSTANCE: HeaderName = HeaderName::from_static("x-upstream-instance");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Forwards `req` to its service; every answer carries `X-Request-Id`.
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => new_request_id(),
+    };
+    let Some(route) = state.config.routes.find(req.uri().path()) else {
+        let message = format!("no route for {} {}", req.method(), req.uri().path());
+        return json_error(StatusCode::NOT_FOUND, &message, request_id);
+    };
+    let index = state.route_service[route];
+    let service = &state.services[index];
+    service.stats.requests.fetch_add(1, Relaxed);
+    service.stats.in_flight.fetch_add(1, Relaxed);
+    match forward(state, index, service, req, &request_id, started).await {
+        Ok(response) => response,
+        Err((status, message)) => {
+            service.stats.answered(status.as_u16(), started.elapsed(), Instant::now());
+            service.stats.end();
+            json_error(status, message, request_id)
+        }
+    }
+}
+
+type Refusal = (StatusCode, &'static str);
+
+async fn forward(
+    state: &AppState,
+    index: usize,
+    service: &Arc<Service>,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    started: Instant,
+) -> Result<Response<ResponseBody>, Refusal> {
+    if let Some(effect) = state.faults.check(&service.name) {
+        if !effect.delay.is_zero() {
+            tokio::time::sleep(effect.delay).await;
+        }
+        if let Some(status) = effect.error {
+            return Err((status, "injected fault"));
+        }
+    }
+
+    let (mut parts, body) = req.into_parts();
+    let config = &state.config;
+    let limit = config.kit.body_limit;
+    let declared = content_length(&parts.headers);
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than the limit"));
+    }
+    // A small body of known length is kept for retries; anything else streams through once.
+    let over = Arc::new(AtomicBool::new(false));
+    let (replay, mut stream) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if declared.is_some_and(|n| n <= config.retry_buffer as u64) {
+        match body.collect().await {
+            Ok(collected) => (Some(collected.to_bytes()), None),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read request body");
+                return Err((StatusCode::BAD_REQUEST, "cannot read request body"));
+            }
+        }
+    } else {
+        (None, Some(RequestBody::Stream { inner: body, seen: 0, limit, over: over.clone() }))
+    };
+    let idempotent = is_idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+    let set = state.backends.load_full();
+    let pool = &set.pools[index];
+    if pool.is_empty() {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service"));
+    }
+    let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
+    let attempts = config.max_attempts as usize;
+    let mut tried = Tried::default();
+    let mut failure = Failure::Connect;
+    for attempt in 0..attempts {
+        let Some(i) = pick(config.strategy, service, pool, &tried) else { break };
+        tried.insert(i);
+        let instance = &pool[i];
+        if attempt > 0 {
+            service.stats.retries.fetch_add(1, Relaxed);
+        }
+        let last = attempt + 1 == attempts || attempt + 1 >= pool.len();
+        let body = match (&replay, stream.take()) {
+            (Some(bytes), _) => RequestBody::full(bytes.clone()),
+            (None, Some(stream)) => stream,
+            (None, None) => break,
+        };
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = upstream_uri(&instance.authority, &parts.uri);
+        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+
+        instance.stats.requests.fetch_add(1, Relaxed);
+        instance.stats.in_flight.fetch_add(1, Relaxed);
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout_at(deadline, state.client.request(upstream)).await;
+        let now = Instant::now();
+        failure = match outcome {
+            Ok(Ok(response)) => {
+                let status = response.status();
+                instance.passive_success();
+                instance.stats.answered(status.as_u16(), now - sent, now);
+                let unavailable = matches!(status.as_u16(), 502..=504);
+                if unavailable && !last && idempotent && replay.is_some() {
+                    tracing::debug!(instance = %instance.id, %status, "retrying an idempotent request elsewhere");
+                    instance.stats.end();
+                    Failure::Unavailable
+                } else {
+                    service.stats.answered(status.as_u16(), now - started, now);
+                    return Ok(respond(response, service, instance, request_id));
+                }
+            }
+            Ok(Err(e)) => {
+                let failure = if over.load(Relaxed) {
+                    Failure::TooLarge
+                } else if e.is_connect() {
+                    Failure::Connect
+                } else {
+                    Failure::Lost
+                };
+                attempt_failed(state, service, instance, failure, &e);
+                failure
+            }
+            Err(_) => {
+                attempt_failed(state, service, instance, Failure::Timeout, &"request timeout");
+                Failure::Timeout
+            }
+        };
+        let again = match failure.retry() {
+            Retry::Safe => replay.is_some() || stream.is_some(),
+            Retry::IfIdempotent => idempotent && replay.is_some(),
+            Retry::Never => false,
+        };
+        if !again {
+            break;
+        }
+    }
+    Err(failure.answer())
+}
+
+fn attempt_failed(
+    state: &AppState,
+    service: &Service,
+    instance: &Instance,
+    failure: Failure,
+    cause: &dyn std::fmt::Display,
+) {
+    instance.stats.errors.fetch_add(1, Relaxed);
+    instance.stats.end();
+    service.stats.errors.fetch_add(1, Relaxed);
+    tracing::debug!(instance = %instance.id, ?failure, %cause, "attempt failed");
+    if failure.ejects() && instance.passive_failure(state.config.eject_threshold) {
+        tracing::warn!(instance = %instance.id, url = %instance.url, ?failure, "instance ejected");
+    }
+}
+
+fn respond(
+    response: Response<Incoming>,
+    service: &Arc<Service>,
+    instance: &Arc<Instance>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    parts.headers.insert(X_UPSTREAM_INSTANCE.clone(), instance.header.clone());
+    let guard = InFlight { service: service.clone(), instance: instance.clone() };
+    Response::from_parts(parts, ResponseBody::Upstream(body, guard))
+}
+
+fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = original.path_and_query().cloned().or_else(|| Some("/".parse().expect("valid path")));
+    Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Removes the headers that belong to one connection, not to the message.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION) {
+        // Headers the Connection header names are hop-by-hop too.
+        if let Ok(names) = connection.to_str() {
+            for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive") {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER, &header::UPGRADE] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Reads and drops an oversized body (up to a cap), so the client can read the 413.
+async fn drain(mut body: Incoming) {
+    const CAP: usize = 64 << 20;
+    let discard = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > CAP {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), discard).await;
+}
+
+/// A new request id shaped like a UUID (version 4).
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let mut out = [0u8; 36];
+    let mut nibble = 32;
+    for (i, byte) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *byte = b'-';
+        } else {
+            nibble -= 1;
+            *byte = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+}
+
+/// `{"error": message}` with `status`, made by the balancer itself.
+pub fn json_error(status: StatusCode, message: &str, request_id: HeaderValue) -> Response<ResponseBody> {
+    let body = serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
+    let mut response = Response::new(ResponseBody::Full(Some(Bytes::from(body))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(X_REQUEST_ID.clone(), request_id);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_look_like_uuids() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let a = a.to_str().unwrap();
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4", "{a}");
+        assert!("89ab".contains(&a[19..20]), "{a}");
+        assert_eq!(a.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in [("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-kept", "1")] {
+            headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut headers);
+        let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn upstream_uris_keep_path_and_query() {
+        let authority: http::uri::Authority = "127.0.0.1:4002".parse().unwrap();
+        let check = |original: &str, expected: &str| {
+            assert_eq!(upstream_uri(&authority, &original.parse().unwrap()).to_string(), expected);
+        };
+        check("/api/data/k?x=1", "http://127.0.0.1:4002/api/data/k?x=1");
+        check("http://elsewhere:1/api/data", "http://127.0.0.1:4002/api/data");
+    }
+}
