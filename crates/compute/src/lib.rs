@@ -1,24 +1,192 @@
-//! The compute component (not built yet).
+//! The compute service: arithmetic on demand, and a durable job queue shared by every
+//! compute instance.
+//!
+//! `POST /api/compute/direct` evaluates one of eleven operations and answers at once.
+//! `POST /api/compute/job` queues the same operations (plus `sleep`) in the database all
+//! compute instances share; any instance answers for any job, and the workers of every
+//! instance take jobs from it with a lease, so a job survives the crash of the instance that
+//! ran it. No broker: the original system's Bull-on-Redis queue lost jobs when Redis was
+//! away.
+//!
+//! Modules:
+//! - [`ops`]: the operations, their input shapes and bounds, and the arithmetic (pure);
+//! - [`exec`]: runs an operation off the async runtime, within a time limit;
+//! - [`queue`]: the job table: submit, claim with a lease, renew, complete, fail, cancel;
+//! - `worker`: each instance's workers and the change detector that wakes them;
+//! - `api`: the routes; `sweep`: purges old jobs and idempotency keys.
+//!
+//! With `AUTH_REQUIRED` (the default) every route under `/api/compute` needs a valid JWT,
+//! except `/api/compute/health` and `/api/compute/compute-worker`.
 
+mod api;
+pub mod exec;
+pub mod ops;
+pub mod queue;
+mod sweep;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
+
+use kit::db::Migration;
+use kit::health::Health;
+use kit::jwt::Keys;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use api::PRIORITY_RANGE;
+pub use exec::{ExecError, Executor};
+pub use queue::Queue;
+
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "jobs", sql: include_str!("../migrations/0001_jobs.sql") },
+    Migration { version: 2, name: "idempotency keys", sql: kit::idempotency::MIGRATION_SQL },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the compute component is not built yet")]
-    NotBuilt,
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("JWT keys: {0}")]
+    Keys(#[from] kit::jwt::JwtError),
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub kit: kit::Config,
+    /// `COMPUTE_WORKERS` (default 2, 0 = this instance only answers the API).
+    pub workers: usize,
+    /// `COMPUTE_THREADS` (default: the number of CPUs): operations computing at once.
+    pub threads: usize,
+    /// `COMPUTE_TIME_LIMIT_MS` (default 2000): a direct operation answers 503 after this.
+    pub time_limit: Duration,
+    /// `JOB_TIME_LIMIT_MS` (default 30000): one attempt of a job fails after this.
+    pub job_time_limit: Duration,
+    /// `JOB_LEASE_MS` (default 5000): a worker that stops renewing loses its job after this.
+    pub lease: Duration,
+    /// `JOB_MAX_ATTEMPTS` (default 3): a job that fails this often is failed for good.
+    pub max_attempts: u16,
+    /// `JOB_POLL_MS` (default 20): how often idle workers look for commits by others.
+    pub poll: Duration,
+    /// `JOB_SAFETY_POLL_MS` (default 1000): idle workers look at the queue at least this often.
+    pub safety_poll: Duration,
+    /// `JOB_RETENTION_MS` (default 7 days): finished jobs are deleted after this.
+    pub retention: Duration,
+    /// `JOB_SWEEP_MS` (default 60000): how often old jobs and idempotency keys are purged.
+    pub sweep_interval: Duration,
+    /// `WORK_DELAY_MS` (default 550): the delay of `/api/compute/compute-worker`.
+    pub work_delay: Duration,
+    /// `WORK_DELAY_MAX_MS` (default 10000): the largest `?ms=` it accepts.
+    pub work_delay_max: Duration,
 }
 
 impl Config {
     pub fn from_vars(vars: &kit::Vars) -> Result<Self, kit::ConfigError> {
-        Ok(Self { kit: kit::Config::from_vars(vars, "compute")? })
+        let kit = kit::Config::from_vars(vars, "compute")?;
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+        let work_delay_max = Duration::from_millis(vars.number("WORK_DELAY_MAX_MS", 10_000, 0, 3_600_000)?);
+        let work_delay = vars.number("WORK_DELAY_MS", 550, 0, work_delay_max.as_millis() as u64)?;
+        Ok(Self {
+            workers: vars.number("COMPUTE_WORKERS", 2, 0, 64)? as usize,
+            threads: vars.number("COMPUTE_THREADS", cpus, 1, 256)? as usize,
+            time_limit: vars.millis("COMPUTE_TIME_LIMIT_MS", 2_000, 600_000)?,
+            job_time_limit: vars.millis("JOB_TIME_LIMIT_MS", 30_000, 3_600_000)?,
+            lease: Duration::from_millis(vars.number("JOB_LEASE_MS", 5_000, 30, 3_600_000)?),
+            max_attempts: vars.number("JOB_MAX_ATTEMPTS", 3, 1, 100)? as u16,
+            poll: vars.millis("JOB_POLL_MS", 20, 10_000)?,
+            safety_poll: vars.millis("JOB_SAFETY_POLL_MS", 1_000, 600_000)?,
+            retention: vars.millis("JOB_RETENTION_MS", 7 * 24 * 3_600_000, 365 * 24 * 3_600_000)?,
+            sweep_interval: vars.millis("JOB_SWEEP_MS", 60_000, 86_400_000)?,
+            work_delay: Duration::from_millis(work_delay),
+            work_delay_max,
+            kit,
+        })
     }
 }
 
-pub async fn serve(_config: Config, _listener: TcpListener, _shutdown: kit::Shutdown) -> Result<(), Error> {
-    Err(Error::NotBuilt)
+/// This instance's own counters (the queue's figures are in the database).
+#[derive(Debug, Default)]
+pub struct LocalStats {
+    /// Workers waiting for work.
+    pub idle: AtomicUsize,
+    /// Outcomes this instance's workers wrote.
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub retried: AtomicU64,
+    /// Jobs whose lease this instance lost before it could write the outcome.
+    pub lost_leases: AtomicU64,
+}
+
+/// Everything the handlers and the background loops share.
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    queue: Queue,
+    executor: Executor,
+    /// `None` when `AUTH_REQUIRED=false`.
+    keys: Option<Arc<Keys>>,
+    health: Health,
+    /// Bumped to wake this instance's idle workers.
+    wake: Arc<watch::Sender<u64>>,
+    stats: Arc<LocalStats>,
+}
+
+impl AppState {
+    /// Opens and migrates the database and loads the JWT keys; starts nothing.
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        let pool = kit::db::connect(&config.kit.database_url_or("compute.sqlite")).await?;
+        kit::db::migrate(&pool, MIGRATIONS).await?;
+        let keys = if config.kit.auth_required { Some(Arc::new(Keys::load(&config.kit)?)) } else { None };
+        let check_pool = pool.clone();
+        let health = Health::new(&config.kit.service_name).with_check(move || {
+            let pool = check_pool.clone();
+            async move { kit::db::ping(&pool).await }
+        });
+        Ok(Self {
+            executor: Executor::new(config.threads),
+            config: Arc::new(config),
+            queue: Queue::new(pool),
+            keys,
+            health,
+            wake: Arc::new(watch::channel(0).0),
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Wakes this instance's idle workers.
+    fn wake(&self) {
+        self.wake.send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+}
+
+/// The compute routes, with the JWT guard (while auth is required), health, JSON errors and
+/// the body limit.
+pub fn router(state: AppState) -> axum::Router {
+    let limit = state.config.kit.body_limit;
+    let health = state.health.router();
+    let mut protected = api::protected_router();
+    if let Some(keys) = &state.keys {
+        protected = protected.route_layer(axum::middleware::from_fn_with_state(keys.clone(), kit::jwt::require));
+    }
+    let routes = api::open_router().merge(protected).with_state(state);
+    kit::http::finish(routes.merge(health), limit)
+}
+
+/// Serves the compute service on `listener` until `shutdown`, with this instance's workers.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdown) -> Result<(), Error> {
+    let port = listener.local_addr()?.port();
+    let grace = config.kit.shutdown_grace;
+    let state = AppState::open(config).await?;
+    worker::spawn(&state, &shutdown);
+    shutdown.spawn(sweep::run(state.clone(), shutdown.clone()));
+    kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
+    kit::http::serve(listener, router(state), shutdown, grace).await?;
+    Ok(())
 }

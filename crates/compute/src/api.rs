@@ -1,0 +1,283 @@
+//! The compute service's HTTP routes.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use kit::http::{ApiError, Json};
+use kit::idempotency::IdempotencyKey;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::exec::ExecError;
+use crate::ops::{self, OpError, Place};
+use crate::queue::{self, Cancel, NewJob, Status, Submitted};
+
+/// Job priorities: higher runs first, within this range.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
+/// Health through the prefix and the simulated-work endpoint: no token needed.
+pub fn open_router() -> Router<AppState> {
+    Router::new()
+        .route("/api/compute/health", get(health))
+        .route("/api/compute/compute-worker", get(simulated_work).post(simulated_work))
+}
+
+/// Everything that needs a token while auth is required.
+pub fn protected_router() -> Router<AppState> {
+    Router::new()
+        .route("/api/compute/direct", post(direct))
+        .route("/api/compute/job", post(submit))
+        .route("/api/compute/job/{id}", get(job).delete(cancel))
+        .route("/api/compute/stats", get(stats))
+}
+
+/// An error as the client sees it.
+#[derive(Debug)]
+pub enum Error {
+    Api(ApiError),
+    Op(OpError),
+    Exec(ExecError),
+    Database(sqlx::Error),
+}
+
+impl From<ApiError> for Error {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+impl From<OpError> for Error {
+    fn from(e: OpError) -> Self {
+        Self::Op(e)
+    }
+}
+impl From<ExecError> for Error {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Invalid(e) => Self::Op(e),
+            other => Self::Exec(other),
+        }
+    }
+}
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Api(e) => e.into_response(),
+            // The original service listed the operations in `supported`; the message does too.
+            Self::Op(e @ OpError::Unknown { .. }) => {
+                let OpError::Unknown { supported, .. } = &e else { unreachable!() };
+                let body = json!({ "error": e.to_string(), "supported": supported });
+                (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+            }
+            Self::Op(e) => ApiError::bad_request(e.to_string()).into_response(),
+            Self::Exec(e @ ExecError::TimedOut(_)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+            }
+            Self::Exec(ExecError::Crashed(cause)) => ApiError::internal(cause).into_response(),
+            Self::Exec(e @ ExecError::Invalid(_)) => ApiError::bad_request(e.to_string()).into_response(),
+            Self::Database(e) => ApiError::internal(format!("database: {e}")).into_response(),
+        }
+    }
+}
+
+/// `{operation, operands, priority?}` from a request body; the original job API's `type`
+/// and `data` are accepted for `operation` and `operands`.
+struct Request {
+    operation: String,
+    operands: Value,
+    priority: i64,
+}
+
+fn request(body: Value, place: Place) -> Result<Request, ApiError> {
+    let Value::Object(mut map) = body else {
+        return Err(ApiError::bad_request(
+            "request body must be a JSON object {\"operation\": ..., \"operands\": ...}",
+        ));
+    };
+    let take = |map: &mut Map<String, Value>, name: &str, alias: &str| {
+        map.remove(name).or_else(|| if place == Place::Job { map.remove(alias) } else { None })
+    };
+    let operation = match take(&mut map, "operation", "type") {
+        Some(Value::String(s)) => s,
+        None | Some(Value::Null) => return Err(ApiError::bad_request("operation is required")),
+        Some(_) => return Err(ApiError::bad_request("operation must be a string")),
+    };
+    let operands = match take(&mut map, "operands", "data") {
+        None | Some(Value::Null) => return Err(ApiError::bad_request("operands is required")),
+        Some(v) => v,
+    };
+    let priority = match map.remove("priority") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|p| PRIORITY_RANGE.contains(&p)) => {
+            n.as_i64().unwrap_or_default()
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "priority must be a whole number from {} to {} (higher runs first)",
+                PRIORITY_RANGE.start(),
+                PRIORITY_RANGE.end()
+            )));
+        }
+    };
+    Ok(Request { operation, operands, priority })
+}
+
+async fn direct(State(state): State<AppState>, Json(body): Json<Value>) -> Result<Response, Error> {
+    let req = request(body, Place::Direct)?;
+    let (op, task) = ops::parse(&req.operation, &req.operands, Place::Direct)?;
+    let result = state.executor.run(task, state.config.time_limit).await?;
+    Ok(Json(json!({
+        "operation": op.name(),
+        "operands": req.operands,
+        "result": result,
+        "service": state.config.kit.service_name,
+        "computedAt": kit::time::now_iso(),
+    }))
+    .into_response())
+}
+
+async fn submit(
+    State(state): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let req = request(kit::http::parse_json(&body)?, Place::Job)?;
+    let (op, _) = ops::parse(&req.operation, &req.operands, Place::Job)?;
+    let job = NewJob {
+        operation: op.name().to_owned(),
+        operands: req.operands,
+        priority: req.priority,
+        max_attempts: state.config.max_attempts.into(),
+    };
+    let fingerprint = kit::idempotency::fingerprint(&[&body]);
+    let idem = key.as_deref().map(|key| queue::Idempotency { key, fingerprint: &fingerprint });
+    match state.queue.submit(&job, idem).await? {
+        Submitted::Queued { id, body } => {
+            state.wake();
+            tracing::debug!(job = %id, operation = %job.operation, priority = job.priority, "job queued");
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
+        Submitted::Replayed(stored) => Ok(stored.replay(&fingerprint)),
+    }
+}
+
+async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+    match state.queue.get(&id).await? {
+        Some(job) => Ok(Json(job.to_json()).into_response()),
+        None => Err(not_found(&id)),
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    let shown: String = id.chars().take(64).collect();
+    ApiError::not_found(format!("job {shown} not found")).into()
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+    match state.queue.cancel(&id).await? {
+        Cancel::Cancelled(job) => {
+            let mut body = job.to_json();
+            body["message"] = json!("job cancelled");
+            Ok(Json(body).into_response())
+        }
+        Cancel::NotFound => Err(not_found(&id)),
+        Cancel::Conflict(Status::Running) => {
+            Err(ApiError::conflict(format!("job {id} is running; only a queued job can be cancelled")).into())
+        }
+        Cancel::Conflict(status) => {
+            Err(ApiError::conflict(format!("job {id} has already finished ({})", status.as_str())).into())
+        }
+    }
+}
+
+async fn stats(State(state): State<AppState>) -> Result<Response, Error> {
+    let stats = state.queue.stats().await?;
+    let mut counts: Map<String, Value> =
+        Status::ALL.iter().zip(stats.counts).map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect();
+    counts.insert("total".into(), json!(stats.counts.iter().sum::<i64>()));
+    let workers: Vec<Value> = stats
+        .workers
+        .iter()
+        .map(|w| {
+            json!({
+                "worker": w.worker,
+                "running": w.running,
+                "completed": w.completed,
+                "failed": w.failed,
+                "completedLastMinute": w.completed_last_minute,
+                "meanDurationMs": w.mean_duration_ms,
+                "lastFinishedAt": w.last_finished_at.map(kit::time::iso_from_millis),
+            })
+        })
+        .collect();
+    let local = &state.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Json(json!({
+        "service": state.config.kit.service_name,
+        "timestamp": kit::time::now_iso(),
+        "counts": counts,
+        "throughput": {
+            "completedLastMinute": stats.completed_last_minute,
+            "perSecond": stats.completed_last_minute as f64 / 60.0,
+        },
+        "workers": workers,
+        "instance": {
+            "workers": state.config.workers,
+            "idle": local.idle.load(std::sync::atomic::Ordering::SeqCst),
+            "completed": load(&local.completed),
+            "failed": load(&local.failed),
+            "retried": load(&local.retried),
+            "lostLeases": load(&local.lost_leases),
+        },
+    }))
+    .into_response())
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    state.health.health()
+}
+
+#[derive(Deserialize)]
+struct WorkQuery {
+    ms: Option<String>,
+}
+
+/// The original load test's endpoint: answers after a delay, holding no thread meanwhile.
+async fn simulated_work(
+    State(state): State<AppState>,
+    query: Result<Query<WorkQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let max = state.config.work_delay_max;
+    let delay = match query.ms {
+        None => state.config.work_delay,
+        Some(raw) => match raw.trim().parse::<u64>() {
+            Ok(ms) if ms <= max.as_millis() as u64 => Duration::from_millis(ms),
+            _ => {
+                return Err(
+                    ApiError::bad_request(format!("ms must be a whole number from 0 to {}", max.as_millis())).into()
+                );
+            }
+        },
+    };
+    tokio::time::sleep(delay).await;
+    Ok(Json(json!({
+        "message": "compute work completed",
+        "service": state.config.kit.service_name,
+        "timestamp": kit::time::now_iso(),
+        "delayMs": delay.as_millis() as u64,
+    }))
+    .into_response())
+}

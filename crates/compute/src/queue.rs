@@ -1,0 +1,505 @@
+//! The job queue: a table in the database every compute instance shares.
+//!
+//! # Theory of operation
+//!
+//! A job is a row. Submitting inserts it `queued`. A worker *claims* the oldest queued job
+//! of the highest priority inside one write transaction ([`kit::db::begin_write`], so two
+//! claimers in two processes never take the same row): it sets `running`, counts the
+//! attempt, and writes a fresh random *lease token* with an expiry. While it runs the job the
+//! worker renews the expiry. Completing or failing is an `UPDATE ... WHERE id = ? AND
+//! lease_token = ?`: it counts only while the worker still holds the lease, so whatever
+//! happens to workers, a job's outcome is written exactly once.
+//!
+//! A worker that dies stops renewing. The next claim (by any instance) first *reaps*
+//! running jobs whose lease expired: back to `queued`, or `failed` when they have used all
+//! their attempts, with the last error. An error from the job itself does the same at once;
+//! an error that the same input would give again (the result is not a finite number, say)
+//! fails the job without retrying.
+//!
+//! Idle workers do not scan the table: [`Queue::peek`] is one cheap indexed read, and the
+//! worker loop (`worker`) only calls it when woken.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use kit::idempotency::{self, Stored};
+use kit::time::{iso_from_millis, unix_millis};
+use serde_json::{Map, Value, json};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqlitePool};
+
+/// The idempotency scope of job submissions.
+pub const SUBMIT_SCOPE: &str = "POST /api/compute/job";
+
+const COLUMNS: &str = "id, operation, operands, priority, status, result, error, attempts, max_attempts, worker, \
+                       created_at, started_at, finished_at";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [Self::Queued, Self::Running, Self::Completed, Self::Failed, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, sqlx::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown job status {s:?}").into()))
+    }
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub operation: String,
+    pub operands: Value,
+    pub priority: i64,
+    pub status: Status,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub worker: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl Job {
+    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        let json = |column: &str| -> Result<Option<Value>, sqlx::Error> {
+            let text: Option<String> = row.try_get(column)?;
+            text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(e.into()))).transpose()
+        };
+        Ok(Self {
+            id: row.try_get("id")?,
+            operation: row.try_get("operation")?,
+            operands: json("operands")?.unwrap_or(Value::Null),
+            priority: row.try_get("priority")?,
+            status: Status::parse(row.try_get("status")?)?,
+            result: json("result")?,
+            error: row.try_get("error")?,
+            attempts: row.try_get("attempts")?,
+            max_attempts: row.try_get("max_attempts")?,
+            worker: row.try_get("worker")?,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+
+    /// The API's view: `{jobId, operation, operands, priority, status, result?, error?,
+    /// attempts, maxAttempts, worker?, createdAt, startedAt?, finishedAt?}`.
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("jobId".into(), json!(self.id));
+        out.insert("operation".into(), json!(self.operation));
+        out.insert("operands".into(), self.operands.clone());
+        out.insert("priority".into(), json!(self.priority));
+        out.insert("status".into(), json!(self.status.as_str()));
+        if let Some(result) = &self.result {
+            out.insert("result".into(), result.clone());
+        }
+        if let Some(error) = &self.error {
+            out.insert("error".into(), json!(error));
+        }
+        out.insert("attempts".into(), json!(self.attempts));
+        out.insert("maxAttempts".into(), json!(self.max_attempts));
+        if let Some(worker) = &self.worker {
+            out.insert("worker".into(), json!(worker));
+        }
+        out.insert("createdAt".into(), json!(iso_from_millis(self.created_at)));
+        if let Some(at) = self.started_at {
+            out.insert("startedAt".into(), json!(iso_from_millis(at)));
+        }
+        if let Some(at) = self.finished_at {
+            out.insert("finishedAt".into(), json!(iso_from_millis(at)));
+        }
+        Value::Object(out)
+    }
+}
+
+/// What a submit is made of (already validated).
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub operation: String,
+    pub operands: Value,
+    pub priority: i64,
+    pub max_attempts: i64,
+}
+
+/// An `Idempotency-Key` and the fingerprint of the request that carried it.
+#[derive(Clone, Copy, Debug)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+}
+
+#[derive(Debug)]
+pub enum Submitted {
+    /// A new job, with the 202 body.
+    Queued { id: String, body: Value },
+    /// The key was seen before: the first answer.
+    Replayed(Stored),
+}
+
+/// The 202 body of a submit.
+pub fn accepted_body(id: &str) -> Value {
+    json!({ "jobId": id, "status": "queued", "message": "job submitted" })
+}
+
+/// A job claimed by a worker, with the lease token that proves it.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub job: Job,
+    pub token: String,
+}
+
+/// What an idle worker needs to know, from one cheap read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peek {
+    pub queued: bool,
+    /// The earliest lease expiry of a running job (Unix ms).
+    pub next_expiry: Option<i64>,
+}
+
+impl Peek {
+    /// Whether a claim at `now` would find something.
+    pub fn claimable(&self, now: i64) -> bool {
+        self.queued || self.next_expiry.is_some_and(|at| at < now)
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Cancel {
+    Cancelled(Box<Job>),
+    NotFound,
+    /// Running or finished: the current status.
+    Conflict(Status),
+}
+
+/// The queue's figures for `GET /api/compute/stats`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Jobs by status, in [`Status::ALL`] order.
+    pub counts: [i64; 5],
+    pub completed_last_minute: i64,
+    pub workers: Vec<WorkerStats>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerStats {
+    pub worker: String,
+    pub running: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub completed_last_minute: i64,
+    /// Mean time from the last claim to completion, over its completed jobs.
+    pub mean_duration_ms: Option<f64>,
+    pub last_finished_at: Option<i64>,
+}
+
+/// The queue over a pool of the shared database.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    pool: SqlitePool,
+}
+
+impl Queue {
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Queues `job`; with an idempotency key already seen, answers the first outcome and
+    /// queues nothing. The lookup, the insert and the record are one write transaction.
+    pub async fn submit(&self, job: &NewJob, idem: Option<Idempotency<'_>>) -> Result<Submitted, sqlx::Error> {
+        let mut tx = kit::db::begin_write(&self.pool).await?;
+        if let Some(idem) = idem
+            && let Some(stored) = idempotency::lookup(&mut tx, SUBMIT_SCOPE, idem.key).await?
+        {
+            return Ok(Submitted::Replayed(stored));
+        }
+        let id = new_id();
+        sqlx::query(
+            "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+        )
+        .bind(&id)
+        .bind(&job.operation)
+        .bind(job.operands.to_string())
+        .bind(job.priority)
+        .bind(job.max_attempts)
+        .bind(unix_millis())
+        .execute(&mut *tx)
+        .await?;
+        let body = accepted_body(&id);
+        if let Some(idem) = idem {
+            idempotency::record(
+                &mut tx,
+                SUBMIT_SCOPE,
+                idem.key,
+                idem.fingerprint,
+                StatusCode::ACCEPTED,
+                &body.to_string(),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Submitted::Queued { id, body })
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Job::from_row).transpose()
+    }
+
+    /// Cancels a queued job.
+    pub async fn cancel(&self, id: &str) -> Result<Cancel, sqlx::Error> {
+        let mut tx = kit::db::begin_write(&self.pool).await?;
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'cancelled', finished_at = $1
+             WHERE id = $2 AND status = 'queued' RETURNING {COLUMNS}"
+        ))
+        .bind(unix_millis())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match row {
+            Some(row) => Cancel::Cancelled(Box::new(Job::from_row(&row)?)),
+            None => {
+                let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match status {
+                    None => Cancel::NotFound,
+                    Some(s) => Cancel::Conflict(Status::parse(&s)?),
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Whether there may be work, without taking the write lock.
+    pub async fn peek(&self) -> Result<Peek, sqlx::Error> {
+        let (queued, next_expiry): (bool, Option<i64>) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued'),
+                    (SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Peek { queued, next_expiry })
+    }
+
+    /// Claims the next job for `worker` with a lease of `lease`, after putting jobs whose
+    /// lease expired back in the queue (or failing them when out of attempts).
+    pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
+        let now = unix_millis();
+        let mut tx = kit::db::begin_write(&self.pool).await?;
+        reap_expired(&mut tx, now).await?;
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM jobs WHERE status = 'queued' ORDER BY priority DESC, seq LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(seq) = next else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let token = new_id();
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = $1, lease_token = $2,
+                lease_expires_at = $3, started_at = $4
+             WHERE seq = $5 RETURNING {COLUMNS}"
+        ))
+        .bind(worker)
+        .bind(&token)
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(seq)
+        .fetch_one(&mut *tx)
+        .await?;
+        let job = Job::from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(Claimed { job, token }))
+    }
+
+    /// Extends the lease; false if the worker no longer holds it.
+    pub async fn renew(&self, claimed: &Claimed, lease: Duration) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_token = $3 AND status = 'running'",
+        )
+        .bind(unix_millis() + lease.as_millis() as i64)
+        .bind(&claimed.job.id)
+        .bind(&claimed.token)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks the job completed; false if the worker no longer holds the lease.
+    pub async fn complete(&self, claimed: &Claimed, result: &Value) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'completed', result = $1, error = NULL, finished_at = $2,
+                lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $3 AND lease_token = $4 AND status = 'running'",
+        )
+        .bind(result.to_string())
+        .bind(unix_millis())
+        .bind(&claimed.job.id)
+        .bind(&claimed.token)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a failed attempt: back in the queue, or `failed` when `permanent` or out of
+    /// attempts. The new status, or `None` if the worker no longer holds the lease.
+    pub async fn fail(&self, claimed: &Claimed, error: &str, permanent: bool) -> Result<Option<Status>, sqlx::Error> {
+        let status: Option<String> = sqlx::query_scalar(
+            "UPDATE jobs SET
+                status = CASE WHEN $1 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                finished_at = CASE WHEN $1 OR attempts >= max_attempts THEN $2 ELSE NULL END,
+                error = $3, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $4 AND lease_token = $5 AND status = 'running' RETURNING status",
+        )
+        .bind(permanent)
+        .bind(unix_millis())
+        .bind(error)
+        .bind(&claimed.job.id)
+        .bind(&claimed.token)
+        .fetch_optional(&self.pool)
+        .await?;
+        status.map(|s| Status::parse(&s)).transpose()
+    }
+
+    /// Gives the job back untouched (a graceful shutdown interrupted it): queued again, and
+    /// the interrupted attempt does not count. False if the lease was lost already.
+    pub async fn release(&self, claimed: &Claimed) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(&claimed.job.id)
+        .bind(&claimed.token)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn stats(&self) -> Result<Stats, sqlx::Error> {
+        let mut stats = Stats::default();
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+        for (status, n) in counts {
+            let i = Status::ALL.iter().position(|s| s.as_str() == status).unwrap_or(0);
+            stats.counts[i] += n;
+        }
+        let minute_ago = unix_millis() - 60_000;
+        stats.completed_last_minute =
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'completed' AND finished_at >= $1")
+                .bind(minute_ago)
+                .fetch_one(&self.pool)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT worker,
+                SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
+                SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS completed,
+                SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
+                SUM(CASE WHEN status = 'completed' AND finished_at >= $1 THEN 1 ELSE 0 END) AS recent,
+                AVG(CASE WHEN status = 'completed' THEN finished_at - started_at END) AS mean_ms,
+                MAX(finished_at) AS last_finished
+             FROM jobs WHERE worker IS NOT NULL GROUP BY worker ORDER BY worker",
+        )
+        .bind(minute_ago)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            stats.workers.push(WorkerStats {
+                worker: row.try_get("worker")?,
+                running: row.try_get("running")?,
+                completed: row.try_get("completed")?,
+                failed: row.try_get("failed")?,
+                completed_last_minute: row.try_get("recent")?,
+                mean_duration_ms: row.try_get("mean_ms")?,
+                last_finished_at: row.try_get("last_finished")?,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Deletes finished jobs older than `retention`; returns how many.
+    pub async fn purge(&self, retention: Duration) -> Result<u64, sqlx::Error> {
+        let cutoff = unix_millis() - retention.as_millis() as i64;
+        let done =
+            sqlx::query("DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1")
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Running jobs whose lease expired before `now`: queued again, or failed when they have
+/// had all their attempts. Runs inside the claim's write transaction.
+async fn reap_expired(conn: &mut sqlx::SqliteConnection, now: i64) -> Result<(), sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE jobs SET
+            status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+            finished_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE NULL END,
+            error = 'the lease of ' || COALESCE(worker, 'a worker') || ' expired during attempt ' || attempts,
+            lease_token = NULL, lease_expires_at = NULL
+         WHERE status = 'running' AND lease_expires_at < $1",
+    )
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() > 0 {
+        tracing::info!(jobs = done.rows_affected(), "reclaimed jobs whose worker stopped renewing its lease");
+    }
+    Ok(())
+}
+
+/// A random id shaped like a UUID v4.
+pub fn new_id() -> String {
+    let bits: u128 = rand::random();
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_look_like_uuids() {
+        let id = super::new_id();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(&id[14..15], "4", "{id}");
+        assert!("89ab".contains(&id[19..20]), "{id}");
+        assert_ne!(id, super::new_id());
+    }
+}
