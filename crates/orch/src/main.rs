@@ -1,5 +1,7 @@
 //! `orch`: a declarative orchestrator for a local microservices cluster.
+#![allow(dead_code)]
 
+mod manifest;
 mod run;
 
 use clap::{Parser, Subcommand};

@@ -24,6 +24,14 @@ pub enum Component {
 }
 
 impl Component {
+    pub const ALL: [Component; 6] =
+        [Self::Registry, Self::Balancer, Self::Detector, Self::Auth, Self::Data, Self::Compute];
+
+    /// The component called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Registry => "registry",

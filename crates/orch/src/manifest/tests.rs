@@ -1,0 +1,260 @@
+use super::*;
+
+const HEAD: &str = "apiVersion: orch/v1\nkind: Cluster\nmetadata: { name: test }\nspec:\n";
+
+/// A manifest whose spec is `spec` (indented by two spaces already).
+fn doc(spec: &str) -> String {
+    format!("{HEAD}{spec}")
+}
+
+fn ok(text: &str) -> Manifest {
+    parse(Path::new("m.yaml"), text).unwrap_or_else(|e| panic!("expected a valid manifest, got:\n{e}"))
+}
+
+/// Table-style: each manifest is rejected with exactly its expected error; every mismatch
+/// is reported at once.
+fn check_errors(cases: &[(String, &str)]) {
+    let mut wrong = Vec::new();
+    for (text, expected) in cases {
+        match parse(Path::new("m.yaml"), text) {
+            Ok(_) => wrong.push(format!("no error for:\n{text}")),
+            Err(e) if e.to_string() != *expected => {
+                wrong.push(format!("for:\n{text}\n  got:      {e}\n  expected: {expected}"))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+#[test]
+fn the_shipped_cluster_reproduces_the_original_topology() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/cluster.yaml");
+    let m = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let ports: Vec<(&str, u32, Option<u16>)> =
+        m.services.iter().map(|s| (s.name.as_str(), s.replicas, s.port)).collect();
+    assert_eq!(
+        ports,
+        vec![
+            ("registry", 1, Some(3005)),
+            ("auth", 3, Some(3001)),
+            ("data", 3, Some(4002)),
+            ("compute", 3, Some(5002)),
+            ("balancer", 1, Some(3000)),
+            ("detector", 1, Some(3004)),
+        ]
+    );
+    assert_eq!(m.control_port, 3006);
+    assert!(m.auth_required);
+    assert_eq!(m.env["HEARTBEAT_INTERVAL_MS"], "2000");
+    assert!(m.data_dir.ends_with("data"), "{}", m.data_dir.display());
+    let order: Vec<&str> = m.start_order().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(order[0], "registry");
+    let balancer = m.service("balancer").unwrap();
+    assert_eq!(balancer.routes["/api/data"], "data");
+    let pos = |name| order.iter().position(|s| *s == name).unwrap();
+    assert!(pos("balancer") < pos("detector"));
+}
+
+#[test]
+fn every_example_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "minimal, ten instances and a custom command");
+}
+
+#[test]
+fn defaults() {
+    let m = ok(&doc(
+        "  services:\n    - { name: reg, component: registry }\n    - { name: sh, command: [sh, -c, 'exec sleep 100'] }\n",
+    ));
+    assert_eq!(m.control_port, DEFAULT_CONTROL_PORT);
+    assert!(m.auth_required);
+    let reg = &m.services[0];
+    assert_eq!(reg.replicas, 1);
+    assert_eq!(reg.port, None);
+    assert!(reg.socket_activation && !reg.register);
+    assert_eq!(reg.readiness.check, Check::Http("/ready".into()));
+    assert!(reg.readiness.period_ms <= 500);
+    assert_eq!(reg.liveness.check, Check::Http("/health".into()));
+    // A hung process is noticed within about 3 s, and a probe ends before the next is due.
+    assert!(reg.liveness.period_ms * u64::from(reg.liveness.failure_threshold) <= 3000);
+    assert!(reg.liveness.timeout_ms < reg.liveness.period_ms);
+    assert_eq!(
+        reg.restart,
+        Restart {
+            policy: RestartPolicy::Always,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 30_000,
+            reset_after_ms: 10_000
+        }
+    );
+    assert_eq!(reg.grace_period_ms, 5000);
+    let sh = &m.services[1];
+    assert!(!sh.socket_activation && sh.register);
+    assert_eq!(sh.readiness.check, Check::Tcp);
+    assert_eq!(sh.liveness.check, Check::None);
+    match &sh.kind {
+        Kind::Command { program, args } => {
+            assert!(program.is_absolute() && program.ends_with("sh"), "{}", program.display());
+            assert_eq!(args, &["-c", "exec sleep 100"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn values_and_probes() {
+    let m = ok(&doc(
+        "  controlPort: 0\n  auth: { required: false }\n  env: { A: 1, B: true, C: x }\n  services:\n    - name: api\n      component: auth\n      replicas: 0\n      port: 7000\n      readiness: { path: /ok, periodMs: 50 }\n      liveness: { enabled: false }\n      restart: { policy: OnFailure, backoffInitialMs: 5, backoffMaxMs: 40 }\n",
+    ));
+    assert_eq!(m.control_port, 0);
+    assert!(!m.auth_required);
+    assert_eq!(m.env.values().cloned().collect::<Vec<_>>(), ["1", "true", "x"]);
+    let api = &m.services[0];
+    assert_eq!(api.replicas, 0);
+    assert_eq!(
+        api.readiness,
+        Probe { check: Check::Http("/ok".into()), period_ms: 50, timeout_ms: 40, failure_threshold: 3 }
+    );
+    assert_eq!(api.liveness.check, Check::None);
+    assert_eq!(api.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(api.restart.backoff_max_ms, 40);
+}
+
+#[test]
+fn bad_input_is_located_and_explained() {
+    let svc = |body: &str| doc(&format!("  services:\n{body}"));
+    let cases: Vec<(String, &str)> = vec![
+        // Invalid YAML.
+        (
+            doc("  services:\n    - name: a\n     component: registry\n"),
+            "m.yaml:7:6: did not find expected '-' indicator, while parsing a block collection at line 6 column 5; fix: fix the YAML syntax here (indentation, a missing colon or quote)",
+        ),
+        // Unknown field.
+        (
+            svc("    - name: a\n      component: registry\n      replica: 3\n"),
+            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `workingDir`; fix: did you mean `replicas`? (allowed here: name, component, command, args, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, workingDir)",
+        ),
+        // Wrong type.
+        (
+            svc("    - { name: a, component: registry, replicas: three }\n"),
+            "m.yaml:6:49: spec.services[0].replicas: invalid type: string \"three\", expected a whole number; fix: give a whole number",
+        ),
+        // Duplicate service name.
+        (
+            svc("    - { name: a, component: registry }\n    - { name: a, component: registry }\n"),
+            "m.yaml:7:15: duplicate service name \"a\" (services[0] has it too); fix: give every service its own name",
+        ),
+        // Port clash between services.
+        (
+            svc(
+                "    - { name: a, component: registry, replicas: 3, port: 7001 }\n    - { name: b, component: registry, port: 7003 }\n",
+            ),
+            "m.yaml:7:45: port 7003 of \"b\" overlap ports 7001-7003 of \"a\"; fix: give each service its own port range (instance n listens on port + n - 1)",
+        ),
+        // Clash with the control port.
+        (
+            svc("    - { name: a, component: registry, port: 3006 }\n"),
+            "m.yaml:6:45: port 3006 of \"a\" include orch's control port 3006; fix: move the service, or set spec.controlPort to another port",
+        ),
+        // Negative and huge replicas.
+        (
+            svc("    - { name: a, component: registry, replicas: -1 }\n"),
+            "m.yaml:6:49: replicas must be from 0 to 100, got -1; fix: set replicas between 0 and 100",
+        ),
+        (
+            svc("    - { name: a, component: registry, replicas: 100000000000000000000000 }\n"),
+            "m.yaml:6:49: replicas must be from 0 to 100, got 100000000000000000000000; fix: set replicas between 0 and 100",
+        ),
+        // A dependency cycle.
+        (
+            svc(
+                "    - { name: a, component: registry, dependsOn: [c] }\n    - { name: b, component: registry, dependsOn: [a] }\n    - { name: c, component: registry, dependsOn: [b] }\n",
+            ),
+            "m.yaml:6:51: dependency cycle: a -> c -> b -> a; fix: remove one of these dependsOn entries",
+        ),
+        // A dependency that does not exist.
+        (
+            svc(
+                "    - { name: registry, component: registry }\n    - { name: a, component: auth, dependsOn: [regsitry] }\n",
+            ),
+            "m.yaml:7:47: service \"a\" depends on \"regsitry\", which is not in the manifest; fix: did you mean \"registry\"?",
+        ),
+        // A command that does not exist.
+        (
+            svc("    - { name: a, command: [no-such-program-orch-test, --port, '{port}'] }\n"),
+            "m.yaml:6:27: command \"no-such-program-orch-test\" not found on PATH; fix: install it, or give its path (relative to the manifest file)",
+        ),
+        // Unknown component.
+        (
+            svc("    - { name: a, component: regsitry }\n"),
+            "m.yaml:6:29: unknown component \"regsitry\"; fix: did you mean \"registry\"? (components: registry, balancer, detector, auth, data, compute)",
+        ),
+        // Neither component nor command, and both.
+        (
+            svc("    - { name: a, replicas: 2 }\n"),
+            "m.yaml:6:7: service \"a\" has neither component nor command; fix: add `component: <registry, balancer, detector, auth, data, compute>` or `command: [program, args...]`",
+        ),
+        (
+            svc("    - { name: a, component: registry, command: sh }\n"),
+            "m.yaml:6:48: service \"a\" has both component and command; fix: keep one of them",
+        ),
+        // Wrong apiVersion, missing field.
+        (
+            "apiVersion: orch/v2\nkind: Cluster\nmetadata: { name: t }\nspec: { services: [] }\n".to_owned(),
+            "m.yaml:1:13: unsupported apiVersion \"orch/v2\"; fix: write apiVersion: orch/v1",
+        ),
+        (
+            "apiVersion: orch/v1\nkind: Cluster\nspec: { services: [] }\n".to_owned(),
+            "m.yaml:1:1: missing field `metadata`; fix: add `metadata`",
+        ),
+        // A route to nowhere, routes off the balancer, a reserved variable, a useless probe.
+        (
+            svc("    - { name: lb, component: balancer, routes: { /api/x: nope } }\n"),
+            "m.yaml:6:58: route /api/x goes to \"nope\", which is not in the manifest; fix: route to a service of this manifest",
+        ),
+        (
+            svc("    - { name: a, component: auth, routes: { /x: a } }\n"),
+            "m.yaml:6:43: routes are for balancer services; fix: move routes to the balancer service",
+        ),
+        (
+            svc("    - { name: a, component: auth, env: { PORT: 1 } }\n"),
+            "m.yaml:6:48: PORT is set by orch for every instance; fix: remove PORT",
+        ),
+        (
+            svc("    - { name: a, component: auth, readiness: { tcp: true } }\n"),
+            "m.yaml:6:53: a tcp probe of a socket-activated service always succeeds (orch holds the socket); fix: probe a path instead: path: /health",
+        ),
+        (
+            svc("    - { name: a, component: auth, port: 65535, replicas: 2 }\n"),
+            "m.yaml:6:41: 2 instances from port 65535 go past port 65535; fix: choose a lower port or fewer replicas",
+        ),
+        // An empty file.
+        ("".to_owned(), "m.yaml:1:1: missing field `apiVersion`; fix: add `apiVersion`"),
+    ];
+    check_errors(&cases);
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let text = doc(
+        "  services:\n    - { name: a, component: registry, replicas: 101 }\n    - { name: B, component: registry }\n",
+    );
+    let err = parse(Path::new("m.yaml"), &text).unwrap_err();
+    let lines: Vec<usize> = err.problems.iter().map(|p| p.at.unwrap().line).collect();
+    assert_eq!(lines, vec![6, 7]);
+}
+
+#[test]
+fn close_names() {
+    assert_eq!(closest("replica", ["name", "replicas", "port"]), Some("replicas"));
+    assert_eq!(closest("zzz", ["name", "replicas", "port"]), None);
+}
