@@ -71,7 +71,10 @@ pub async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<(), 
     let applied = applied.unwrap_or(0);
     for m in migrations.iter().filter(|m| m.version > applied) {
         tracing::info!(version = m.version, name = m.name, "applying migration");
-        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        // `Executor::execute(conn, raw_sql)`, not `raw_sql.execute(conn)`: the latter's future
+        // is not `Send` for every lifetime (a rustc/sqlx quirk), so a component's `serve`
+        // could not be `tokio::spawn`ed.
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(m.sql)).await?;
         sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
             .bind(m.version)
             .bind(m.name)
@@ -104,6 +107,17 @@ mod tests {
         },
         Migration { version: 2, name: "colour", sql: "ALTER TABLE things ADD COLUMN colour TEXT;" },
     ];
+
+    #[tokio::test]
+    async fn migrating_runs_on_a_spawned_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.sqlite").display());
+        let task = tokio::spawn(async move {
+            let pool = connect(&url).await?;
+            migrate(&pool, MIGRATIONS).await
+        });
+        task.await.unwrap().unwrap();
+    }
 
     #[tokio::test]
     async fn concurrent_migrations_apply_once() {
