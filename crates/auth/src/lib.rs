@@ -1,24 +1,161 @@
-//! The auth component (not built yet).
+//! The auth service: accounts, passwords and tokens.
+//!
+//! `POST /api/auth/register` creates an account (argon2id password hash), `POST
+//! /api/auth/login` exchanges a username or email and a password for an HS256 JWT, `GET
+//! /api/auth/verify` checks a token and `GET /api/auth/profile` returns its user. `signup` and
+//! `signin` are the original system's names for register and login.
+//!
+//! Every instance shares one SQLite file (`auth.sqlite` in the data dir) and one JWT secret
+//! (`JWT_SECRET` or `DATA_DIR/jwt-secret`), so a user registered on one instance logs in on
+//! any other, and a token from any instance verifies everywhere, in data and compute too.
+//!
+//! Modules:
+//! - `api`: the routes and their request/response shapes.
+//! - `account`: input validation (username, email, password) and the `users` queries.
+//! - `password`: argon2id hashing off the async runtime, behind a semaphore.
+//! - `lockout`: failed-login counting in the database (429 after too many), and its purge loop.
+//! - `work`: the simulated-work endpoints of the original load test.
 
+mod account;
+mod api;
+mod lockout;
+mod password;
+mod work;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kit::db::Migration;
+use sqlx::SqlitePool;
 use tokio::net::TcpListener;
+
+pub use account::{validate_email, validate_password, validate_username};
+pub use password::Hasher;
+
+/// The schema, in order; embedded in the binary.
+pub const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "users", sql: include_str!("../migrations/0001_users.sql") }];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the auth component is not built yet")]
-    NotBuilt,
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("JWT keys: {0}")]
+    Jwt(#[from] kit::jwt::JwtError),
+    #[error("password hashing: {0}")]
+    Hashing(String),
+}
+
+/// The argon2id cost parameters (`ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`, `ARGON2_PARALLELISM`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Argon2Params {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub kit: kit::Config,
+    /// `PASSWORD_MIN_LENGTH` (default 6, so the original walkthrough's `pass123` works).
+    pub password_min_length: usize,
+    /// `JWT_TTL_SECONDS` (default 3600): how long a token is valid.
+    pub jwt_ttl: Duration,
+    /// `LOGIN_MAX_FAILURES` (default 5): failed logins for one account within the window
+    /// after which logins for it are refused with 429.
+    pub login_max_failures: u32,
+    /// `LOGIN_WINDOW_MS` (default 900000, 15 minutes).
+    pub login_window: Duration,
+    pub argon2: Argon2Params,
+    /// `HASH_CONCURRENCY` (default: the number of cores): argon2 runs at most this many at once.
+    pub hash_concurrency: usize,
+    /// `WORK_DELAY_MS` (default 800): the simulated-work delay.
+    pub work_delay: Duration,
+    /// `WORK_DELAY_MAX_MS` (default 10000): the largest `?ms=` accepted.
+    pub work_delay_max: Duration,
 }
 
 impl Config {
     pub fn from_vars(vars: &kit::Vars) -> Result<Self, kit::ConfigError> {
-        Ok(Self { kit: kit::Config::from_vars(vars, "auth")? })
+        let kit = kit::Config::from_vars(vars, "auth")?;
+        let argon2 = Argon2Params {
+            memory_kib: vars.number("ARGON2_MEMORY_KIB", 19_456, 64, 4 << 20)? as u32,
+            iterations: vars.number("ARGON2_ITERATIONS", 2, 1, 100)? as u32,
+            parallelism: vars.number("ARGON2_PARALLELISM", 1, 1, 64)? as u32,
+        };
+        if argon2.memory_kib < 8 * argon2.parallelism {
+            return Err(kit::ConfigError::new(
+                "ARGON2_MEMORY_KIB",
+                &argon2.memory_kib.to_string(),
+                format!("at least 8 × ARGON2_PARALLELISM ({})", 8 * argon2.parallelism),
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+        let work_delay_max = vars.number("WORK_DELAY_MAX_MS", 10_000, 0, 3_600_000)?;
+        Ok(Self {
+            kit,
+            password_min_length: vars.number("PASSWORD_MIN_LENGTH", 6, 1, 128)? as usize,
+            jwt_ttl: Duration::from_secs(vars.number("JWT_TTL_SECONDS", 3600, 1, 30 * 86_400)?),
+            login_max_failures: vars.number("LOGIN_MAX_FAILURES", 5, 1, 1_000_000)? as u32,
+            login_window: vars.millis("LOGIN_WINDOW_MS", 900_000, 30 * 86_400_000)?,
+            argon2,
+            hash_concurrency: vars.number("HASH_CONCURRENCY", cores, 1, 1024)? as usize,
+            work_delay: Duration::from_millis(vars.number("WORK_DELAY_MS", 800, 0, work_delay_max)?),
+            work_delay_max: Duration::from_millis(work_delay_max),
+        })
     }
 }
 
-pub async fn serve(_config: Config, _listener: TcpListener, _shutdown: kit::Shutdown) -> Result<(), Error> {
-    Err(Error::NotBuilt)
+/// Everything the handlers and background loops share.
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    pool: SqlitePool,
+    keys: Arc<kit::jwt::Keys>,
+    hasher: Arc<Hasher>,
+}
+
+impl AppState {
+    /// Opens the database (migrating it), loads the JWT keys and prepares the hasher.
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        let pool = kit::db::connect(&config.kit.database_url_or("auth.sqlite")).await?;
+        kit::db::migrate(&pool, MIGRATIONS).await?;
+        let keys = kit::jwt::Keys::load(&config.kit)?;
+        let hasher = Hasher::new(config.argon2, config.hash_concurrency).await?;
+        Ok(Self { config: Arc::new(config), pool, keys: Arc::new(keys), hasher: Arc::new(hasher) })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// The service's routes, with health, JSON errors and the body limit.
+pub fn router(state: AppState) -> axum::Router {
+    let limit = state.config.kit.body_limit;
+    let pool = state.pool.clone();
+    let health = kit::health::Health::new(&state.config.kit.service_name).with_check(move || {
+        let pool = pool.clone();
+        async move { kit::db::ping(&pool).await }
+    });
+    let router = api::router(state.clone())
+        .merge(work::router(state))
+        .merge(health.router())
+        .route("/api/auth/health", axum::routing::get(move || std::future::ready(health.health())));
+    kit::http::finish(router, limit)
+}
+
+/// Serves auth on `listener` until `shutdown`.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdown) -> Result<(), Error> {
+    let port = listener.local_addr()?.port();
+    let grace = config.kit.shutdown_grace;
+    let state = AppState::open(config).await?;
+    kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
+    shutdown.spawn(lockout::run(state.clone(), shutdown.clone()));
+    let pool = state.pool.clone();
+    kit::http::serve(listener, router(state), shutdown, grace).await?;
+    pool.close().await;
+    Ok(())
 }

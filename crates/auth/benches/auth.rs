@@ -1,0 +1,3 @@
+//! Login and verify throughput (written next).
+
+fn main() {}
