@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 mod manifest;
+mod reconcile;
 mod run;
 
 use clap::{Parser, Subcommand};

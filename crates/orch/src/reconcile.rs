@@ -1,0 +1,342 @@
+//! The reconciler: one pure function from (desired, observed, now) to actions.
+//!
+//! [`reconcile`] does not know why it runs (a manifest edit, a child's exit, a probe, a
+//! tick): it looks at what should be and what is, and says what to do next. It is
+//! idempotent — run twice on the same input, it returns the same plan — so duplicate
+//! triggers are harmless, and the controller runs it after every batch of events. Waiting
+//! (a restart backoff, the end of a healthy stretch) is expressed as a requeue time, as in
+//! kube's `Action::requeue`; the caller runs it again then.
+//!
+//! The rules, per service in dependency order:
+//! - ordinals `1..=replicas` must exist: a missing one is started once every service it
+//!   depends on has a ready instance, and recorded as pending until then;
+//! - instances beyond `replicas` (and of services no longer in the manifest) are drained
+//!   and removed, highest ordinals first;
+//! - an instance whose revision is not the service's is replaced, one at a time: the next
+//!   only when every instance of the new revision is running and ready (a crashing new
+//!   revision halts the rollout);
+//! - an unplanned exit restarts per the policy: the first restart at once, then after a
+//!   backoff doubling from `backoffInitialMs` to `backoffMaxMs`; [`CRASHLOOP_AFTER`]
+//!   crashes in a row make it a crash loop; a healthy stretch of `resetAfterMs` forgives;
+//! - a running instance whose liveness probe failed `failureThreshold` times is killed;
+//! - shutting down, an instance is drained once nothing that depends on its service runs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use crate::manifest::{Check, Manifest, RestartPolicy, Service};
+
+/// Crashes in a row after which an instance is shown as crash-looping.
+pub const CRASHLOOP_AFTER: u32 = 5;
+
+/// One instance: `<service>-<ordinal>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId {
+    pub service: String,
+    pub ordinal: u32,
+}
+
+impl InstanceId {
+    pub fn new(service: &str, ordinal: u32) -> Self {
+        Self { service: service.to_owned(), ordinal }
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.service, self.ordinal)
+    }
+}
+
+/// What should run.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    /// In dependency order.
+    pub services: Vec<Goal>,
+    /// Everything stops, dependents first.
+    pub shutting_down: bool,
+}
+
+/// What should run of one service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Goal {
+    pub name: String,
+    pub replicas: u32,
+    /// Instances of another revision are replaced.
+    pub revision: u64,
+    pub depends_on: Vec<String>,
+    pub policy: RestartPolicy,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub reset_after: Duration,
+    /// Consecutive liveness failures that get an instance killed; `None`: no liveness probe.
+    pub liveness_threshold: Option<u32>,
+}
+
+/// What is known about one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub id: InstanceId,
+    /// The revision its process was started with.
+    pub revision: u64,
+    pub phase: Phase,
+    pub ready: bool,
+    /// Since when it has been ready without interruption.
+    pub ready_since: Option<Instant>,
+    /// Unplanned exits in a row (no healthy stretch in between).
+    pub crash_streak: u32,
+    pub liveness_failures: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Recorded, never started: waiting for its dependencies.
+    Pending,
+    /// Its process runs and has not been ready yet.
+    Starting,
+    /// Its process runs and has been ready (it may be not ready for a while now).
+    Running,
+    /// Being stopped on purpose.
+    Stopping(StopReason),
+    /// Its process is gone; `planned` when orch stopped it to replace it.
+    Exited { at: Instant, success: bool, planned: bool },
+    /// Exited, and the restart policy says it stays down.
+    Done { success: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Scaled down or removed from the manifest.
+    Remove,
+    /// Replaced by a new revision (rolling update or restart).
+    Replace,
+    /// The whole cluster stops.
+    Shutdown,
+    /// Killed after failing its liveness probe (comes back through the restart policy).
+    Liveness,
+}
+
+impl Phase {
+    /// Whether a process runs.
+    pub fn is_live(self) -> bool {
+        matches!(self, Phase::Starting | Phase::Running | Phase::Stopping(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Record the instance as pending: its dependencies are not ready yet.
+    Create(InstanceId),
+    /// Start its process: new, restarted, or replaced (same socket, current revision).
+    Start(InstanceId),
+    /// Wait before restarting; `crashloop` when it keeps crashing.
+    Backoff { id: InstanceId, until: Instant, crashloop: bool },
+    /// The restart policy keeps it down.
+    Finish { id: InstanceId, success: bool },
+    /// Liveness failed: kill it now (the restart policy brings it back).
+    Kill(InstanceId),
+    /// Planned stop: deregister, wait until no longer routed, SIGTERM, SIGKILL after grace.
+    Drain { id: InstanceId, reason: StopReason },
+    /// Drop the record of an instance that has no process.
+    Forget(InstanceId),
+    /// It stayed healthy long enough: the next crash restarts at once again.
+    ResetBackoff(InstanceId),
+}
+
+/// What to do now, and when to look again at the latest (besides new events).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub requeue: Option<Instant>,
+}
+
+impl Plan {
+    fn requeue_at(&mut self, at: Instant) {
+        self.requeue = Some(self.requeue.map_or(at, |r| r.min(at)));
+    }
+}
+
+/// The delay before restarting after the `streak`-th crash in a row: none for the first,
+/// then `initial`, doubling up to `max`.
+pub fn backoff_delay(streak: u32, initial: Duration, max: Duration) -> Duration {
+    if streak <= 1 {
+        return Duration::ZERO;
+    }
+    let factor = 1u32.checked_shl(streak - 2).unwrap_or(u32::MAX);
+    initial.checked_mul(factor).unwrap_or(max).min(max)
+}
+
+/// The next steps from `observed` towards `desired`; see the module docs.
+pub fn reconcile(desired: &Desired, observed: &[Observed], now: Instant) -> Plan {
+    let mut plan = Plan::default();
+    let goals: HashMap<&str, &Goal> = desired.services.iter().map(|g| (g.name.as_str(), g)).collect();
+    let has_ready = |service: &str| observed.iter().any(|o| o.id.service == service && o.phase.is_live() && o.ready);
+
+    if desired.shutting_down {
+        for o in observed {
+            match o.phase {
+                Phase::Stopping(_) => {}
+                Phase::Starting | Phase::Running => {
+                    let dependents_run = observed.iter().any(|other| {
+                        other.phase.is_live()
+                            && goals
+                                .get(other.id.service.as_str())
+                                .is_some_and(|g| g.depends_on.contains(&o.id.service))
+                    });
+                    if !dependents_run {
+                        plan.actions.push(Action::Drain { id: o.id.clone(), reason: StopReason::Shutdown });
+                    }
+                }
+                Phase::Pending | Phase::Exited { .. } | Phase::Done { .. } => {
+                    plan.actions.push(Action::Forget(o.id.clone()))
+                }
+            }
+        }
+        return plan;
+    }
+
+    // Instances no longer wanted, highest ordinals first.
+    let mut unwanted: Vec<&Observed> = observed
+        .iter()
+        .filter(|o| goals.get(o.id.service.as_str()).is_none_or(|g| o.id.ordinal > g.replicas))
+        .collect();
+    unwanted.sort_by(|a, b| a.id.service.cmp(&b.id.service).then(b.id.ordinal.cmp(&a.id.ordinal)));
+    for o in unwanted {
+        match o.phase {
+            Phase::Starting | Phase::Running => {
+                plan.actions.push(Action::Drain { id: o.id.clone(), reason: StopReason::Remove })
+            }
+            Phase::Stopping(_) => {}
+            Phase::Pending | Phase::Exited { .. } | Phase::Done { .. } => {
+                plan.actions.push(Action::Forget(o.id.clone()))
+            }
+        }
+    }
+
+    for goal in &desired.services {
+        let deps_ready =
+            goal.depends_on.iter().all(|d| goals.get(d.as_str()).is_none_or(|g| g.replicas == 0) || has_ready(d));
+        let mut current: Vec<&Observed> =
+            observed.iter().filter(|o| o.id.service == goal.name && o.id.ordinal <= goal.replicas).collect();
+        current.sort_by_key(|o| o.id.ordinal);
+
+        for n in 1..=goal.replicas {
+            if !current.iter().any(|o| o.id.ordinal == n) {
+                let id = InstanceId::new(&goal.name, n);
+                plan.actions.push(if deps_ready { Action::Start(id) } else { Action::Create(id) });
+            }
+        }
+
+        // A rollout waits while a replacement is under way (a process stopping, or one
+        // about to start) or an instance of the new revision is not ready.
+        let mut roll_blocked = current.iter().any(|o| match o.phase {
+            Phase::Stopping(_) | Phase::Exited { .. } | Phase::Pending => true,
+            Phase::Starting => o.revision == goal.revision,
+            Phase::Running => o.revision == goal.revision && !o.ready,
+            Phase::Done { .. } => o.revision != goal.revision,
+        });
+
+        for o in current {
+            let id = o.id.clone();
+            let changed = o.revision != goal.revision;
+            match o.phase {
+                Phase::Pending => {
+                    if deps_ready {
+                        plan.actions.push(Action::Start(id));
+                    }
+                }
+                Phase::Starting | Phase::Running => {
+                    if o.phase == Phase::Running && goal.liveness_threshold.is_some_and(|t| o.liveness_failures >= t) {
+                        plan.actions.push(Action::Kill(id));
+                    } else if changed {
+                        if !roll_blocked {
+                            plan.actions.push(Action::Drain { id, reason: StopReason::Replace });
+                            roll_blocked = true;
+                        }
+                    } else if o.phase == Phase::Running && o.ready && o.crash_streak > 0 {
+                        let healthy_at = o.ready_since.unwrap_or(now) + goal.reset_after;
+                        if healthy_at <= now {
+                            plan.actions.push(Action::ResetBackoff(id));
+                        } else {
+                            plan.requeue_at(healthy_at);
+                        }
+                    }
+                }
+                Phase::Stopping(_) => {}
+                Phase::Exited { at, success, planned } => {
+                    let stays_down = match goal.policy {
+                        RestartPolicy::Always => false,
+                        RestartPolicy::OnFailure => success,
+                        RestartPolicy::Never => true,
+                    };
+                    if planned || changed {
+                        plan.actions.push(Action::Start(id));
+                    } else if stays_down {
+                        plan.actions.push(Action::Finish { id, success });
+                    } else {
+                        let until = at + backoff_delay(o.crash_streak, goal.backoff_initial, goal.backoff_max);
+                        if until <= now {
+                            plan.actions.push(Action::Start(id));
+                        } else {
+                            let crashloop = o.crash_streak >= CRASHLOOP_AFTER;
+                            plan.actions.push(Action::Backoff { id, until, crashloop });
+                            plan.requeue_at(until);
+                        }
+                    }
+                }
+                Phase::Done { .. } => {
+                    if changed {
+                        plan.actions.push(Action::Start(id));
+                    }
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// The goals of `manifest`; `revision` gives each service's revision.
+pub fn goals(manifest: &Manifest, revision: impl Fn(&Service) -> u64) -> Vec<Goal> {
+    manifest
+        .start_order()
+        .into_iter()
+        .map(|s| Goal {
+            name: s.name.clone(),
+            replicas: s.replicas,
+            revision: revision(s),
+            depends_on: s.depends_on.clone(),
+            policy: s.restart.policy,
+            backoff_initial: Duration::from_millis(s.restart.backoff_initial_ms),
+            backoff_max: Duration::from_millis(s.restart.backoff_max_ms),
+            reset_after: Duration::from_millis(s.restart.reset_after_ms),
+            liveness_threshold: (s.liveness.check != Check::None).then_some(s.liveness.failure_threshold),
+        })
+        .collect()
+}
+
+/// The revision of `service`: a hash of everything that shapes its processes (program,
+/// arguments, environment, ports, and the cluster settings that reach them as variables).
+/// Replicas, probes, restart policy and grace period take effect without replacing anything.
+pub fn revision(manifest: &Manifest, service: &Service) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&service.kind).unwrap_or_default().hash(&mut h);
+    service.port.hash(&mut h);
+    service.env.hash(&mut h);
+    service.routes.hash(&mut h);
+    service.socket_activation.hash(&mut h);
+    service.register.hash(&mut h);
+    service.working_dir.hash(&mut h);
+    manifest.env.hash(&mut h);
+    manifest.auth_required.hash(&mut h);
+    manifest.data_dir.hash(&mut h);
+    // The registry's and balancer's ports reach every instance as URLs.
+    for component in [crate::run::Component::Registry, crate::run::Component::Balancer] {
+        manifest.component(component).map(|s| (&s.name, s.port)).hash(&mut h);
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests;
