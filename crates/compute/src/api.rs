@@ -236,6 +236,7 @@ async fn stats(State(state): State<AppState>) -> Result<Response, Error> {
         "instance": {
             "workers": state.config.workers,
             "idle": local.idle.load(std::sync::atomic::Ordering::SeqCst),
+            "computing": state.executor.computing(),
             "completed": load(&local.completed),
             "failed": load(&local.failed),
             "retried": load(&local.retried),

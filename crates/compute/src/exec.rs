@@ -7,6 +7,7 @@
 //! abandoned work never piles up beyond the pool size. `sleep` is a timer, not a thread.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -34,11 +35,18 @@ impl ExecError {
 #[derive(Clone, Debug)]
 pub struct Executor {
     permits: Arc<Semaphore>,
+    /// Computations running on the blocking pool now.
+    computing: Arc<AtomicUsize>,
 }
 
 impl Executor {
     pub fn new(threads: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(threads.max(1))) }
+        Self { permits: Arc::new(Semaphore::new(threads.max(1))), computing: Arc::default() }
+    }
+
+    /// How many computations are running on the blocking pool now.
+    pub fn computing(&self) -> usize {
+        self.computing.load(Ordering::SeqCst)
     }
 
     /// Evaluates `task`, giving up after `limit`.
@@ -52,12 +60,15 @@ impl Executor {
         if task.is_cheap() {
             return Ok(task.evaluate()?);
         }
-        let permits = self.permits.clone();
+        let (permits, computing) = (self.permits.clone(), self.computing.clone());
         let work = async move {
             let permit = permits.acquire_owned().await.expect("the semaphore is never closed");
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                task.evaluate()
+                computing.fetch_add(1, Ordering::SeqCst);
+                let outcome = task.evaluate();
+                computing.fetch_sub(1, Ordering::SeqCst);
+                outcome
             })
             .await
         };

@@ -1,0 +1,257 @@
+//! Jobs over real HTTP: instances sharing one database, each answering for every job.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::{Instance, database, send};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// An instance that only answers the API (its jobs run elsewhere).
+const NO_WORKERS: &[(&str, &str)] = &[("COMPUTE_WORKERS", "0")];
+const ONE_WORKER: &[(&str, &str)] = &[("COMPUTE_WORKERS", "1")];
+
+#[tokio::test]
+async fn a_job_submitted_to_one_instance_runs_on_another_and_is_seen_on_both() {
+    let (_dir, db) = database();
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let b = Instance::start(&db, "compute-b", ONE_WORKER).await;
+
+    let (status, accepted) =
+        send(a.post("/api/compute/job", &json!({"operation": "factorial", "operands": [25]}))).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    let id = accepted["jobId"].as_str().unwrap();
+
+    let done = a.wait_for(id, "completed", SECS(10)).await;
+    assert_eq!(done["result"], "15511210043330985984000000");
+    assert_eq!(done["operation"], "factorial");
+    assert_eq!(done["operands"], json!([25]));
+    assert_eq!(done["priority"], 0);
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["maxAttempts"], 3);
+    assert_eq!(done["worker"], "compute-b/w1");
+    assert!(done.get("error").is_none(), "{done}");
+    for field in ["createdAt", "startedAt", "finishedAt"] {
+        assert!(done[field].as_str().unwrap().ends_with('Z'), "{field}: {done}");
+    }
+    assert_eq!(b.job(id).await, done, "both instances answer the same");
+
+    let (status, missing) = send(b.get("/api/compute/job/no-such-job")).await;
+    assert_eq!((status, missing["error"].as_str().unwrap()), (404, "job no-such-job not found"));
+
+    // The original job API's field names work too.
+    let id = a.submit(json!({"type": "add", "data": [2, 2]})).await;
+    assert_eq!(b.wait_for(&id, "completed", SECS(10)).await["result"], 4);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_seen_by_any_instance_returns_the_same_job() {
+    let (_dir, db) = database();
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let b = Instance::start(&db, "compute-b", NO_WORKERS).await;
+    let body = json!({"operation": "fibonacci", "operands": [30]});
+
+    let first = a.post("/api/compute/job", &body).header("idempotency-key", "k-1").send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = b.post("/api/compute/job", &body).header("idempotency-key", "k-1").send().await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first);
+
+    let stats = b.stats().await;
+    assert_eq!(stats["counts"]["queued"], 1, "one job queued: {stats}");
+
+    let other = json!({"operation": "fibonacci", "operands": [31]});
+    let (status, reused) = send(a.post("/api/compute/job", &other).header("idempotency-key", "k-1")).await;
+    assert_eq!(status, 422, "{reused}");
+    let fresh = a.submit(body.clone()).await;
+    assert_ne!(fresh, first["jobId"].as_str().unwrap(), "no key, a new job");
+    assert_eq!(a.stats().await["counts"]["total"], 2);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_jobs_are_refused_and_nothing_is_queued() {
+    let (_dir, db) = database();
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let cases = [
+        (json!({"operation": "modulo", "operands": [1]}), "supported operations: add, subtract"),
+        (json!({"operation": "factorial", "operands": [-1]}), "factorial: n must not be negative"),
+        (json!({"operation": "sleep", "operands": [10_001]}), "sleep: ms must be at most 10000"),
+        (
+            json!({"operation": "add", "operands": [1], "priority": 1001}),
+            "priority must be a whole number from -1000 to 1000",
+        ),
+        (json!({"operation": "add", "operands": [1], "priority": "high"}), "priority must be a whole number"),
+        (json!({"operation": "divide", "operands": [1, 0]}), "division by zero"),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = send(a.post("/api/compute/job", &body)).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(expected), "{body}: {answer}");
+    }
+    let (_, unknown) = send(a.post("/api/compute/job", &json!({"operation": "x", "operands": 1}))).await;
+    assert_eq!(unknown["supported"].as_array().unwrap().last().unwrap(), "sleep", "jobs also offer sleep");
+    assert_eq!(a.stats().await["counts"]["total"], 0);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_queued_job_can_be_cancelled() {
+    let (_dir, db) = database();
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let id = a.submit(json!({"operation": "add", "operands": [1, 2]})).await;
+    let (status, cancelled) = send(a.delete(&format!("/api/compute/job/{id}"))).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!((&cancelled["status"], &cancelled["jobId"]), (&json!("cancelled"), &json!(id)));
+    assert!(cancelled["finishedAt"].is_string());
+    let (status, again) = send(a.delete(&format!("/api/compute/job/{id}"))).await;
+    assert_eq!(status, 409);
+    assert_eq!(again["error"], format!("job {id} has already finished (cancelled)"));
+    let (status, _) = send(a.delete("/api/compute/job/nope")).await;
+    assert_eq!(status, 404);
+
+    // A cancelled job never runs, even once workers appear.
+    let b = Instance::start(&db, "compute-b", ONE_WORKER).await;
+    let running = b.submit(json!({"operation": "sleep", "operands": [3000]})).await;
+    b.wait_for(&running, "running", SECS(10)).await;
+    let (status, answer) = send(a.delete(&format!("/api/compute/job/{running}"))).await;
+    assert_eq!(status, 409);
+    assert!(answer["error"].as_str().unwrap().contains("is running"), "{answer}");
+    assert_eq!(a.job(&id).await["status"], "cancelled");
+    assert!(a.job(&id).await.get("worker").is_none());
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn priority_orders_the_queue() {
+    let (_dir, db) = database();
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let mut ids = Vec::new();
+    for priority in [0, 5, -1, 5, 0] {
+        ids.push(a.submit(json!({"operation": "add", "operands": [1], "priority": priority})).await);
+    }
+    let queue = compute::Queue::new(kit::db::connect(&format!("sqlite://{}", db.display())).await.unwrap());
+    let mut order = Vec::new();
+    while let Some(claimed) = queue.claim("test/w1", SECS(60)).await.unwrap() {
+        order.push(claimed.job.id);
+    }
+    assert_eq!(
+        order,
+        [ids[1].clone(), ids[3].clone(), ids[0].clone(), ids[4].clone(), ids[2].clone()],
+        "highest priority first, then oldest"
+    );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn the_lease_is_renewed_while_a_long_job_runs() {
+    let (_dir, db) = database();
+    let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "1"), ("JOB_LEASE_MS", "150")]).await;
+    let id = b.submit(json!({"operation": "sleep", "operands": [800]})).await;
+    let done = b.wait_for(&id, "completed", SECS(10)).await;
+    assert_eq!((&done["result"], &done["attempts"]), (&json!(800), &json!(1)), "{done}");
+    assert_eq!(b.stats().await["instance"]["lostLeases"], 0);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_failing_stops_after_max_attempts_with_its_last_error() {
+    let (_dir, db) = database();
+    let extra = [("COMPUTE_WORKERS", "1"), ("JOB_TIME_LIMIT_MS", "30"), ("JOB_MAX_ATTEMPTS", "2")];
+    let b = Instance::start(&db, "compute-b", &extra).await;
+    let id = b.submit(json!({"operation": "sleep", "operands": [5000]})).await;
+    let failed = b.wait_for(&id, "failed", SECS(10)).await;
+    assert_eq!((&failed["attempts"], &failed["maxAttempts"]), (&json!(2), &json!(2)), "{failed}");
+    assert_eq!(failed["error"], "the computation exceeded the time limit of 30 ms");
+    assert!(failed.get("result").is_none());
+    let stats = b.stats().await;
+    assert_eq!((&stats["instance"]["retried"], &stats["instance"]["failed"]), (&json!(1), &json!(1)), "{stats}");
+
+    // An error the same input would give again fails at once.
+    let id = b.submit(json!({"operation": "multiply", "operands": [1e200, 1e200]})).await;
+    let failed = b.wait_for(&id, "failed", SECS(10)).await;
+    assert_eq!(failed["attempts"], 1);
+    assert!(failed["error"].as_str().unwrap().contains("too large to be a finite number"), "{failed}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_hands_a_running_job_back() {
+    let (_dir, db) = database();
+    let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "1"), ("SHUTDOWN_GRACE_MS", "300")]).await;
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let id = b.submit(json!({"operation": "sleep", "operands": [10_000]})).await;
+    b.wait_for(&id, "running", SECS(10)).await;
+    b.stop().await;
+    let job = a.job(&id).await;
+    assert_eq!((&job["status"], &job["attempts"]), (&json!("queued"), &json!(0)), "{job}");
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn stats_count_jobs_by_status_and_by_worker() {
+    let (_dir, db) = database();
+    let b = Instance::start(&db, "compute-b", ONE_WORKER).await;
+    let ids: Vec<String> =
+        futures_util::future::join_all((0..3).map(|i| b.submit(json!({"operation": "add", "operands": [i, 1]})))).await;
+    for id in &ids {
+        b.wait_for(id, "completed", SECS(10)).await;
+    }
+    let stats = b.stats().await;
+    assert_eq!(stats["service"], "compute-b");
+    assert_eq!(stats["counts"]["completed"], 3, "{stats}");
+    assert_eq!(stats["counts"]["total"], 3);
+    assert_eq!(stats["throughput"]["completedLastMinute"], 3);
+    assert_eq!(stats["throughput"]["perSecond"], 0.05);
+    let worker = &stats["workers"][0];
+    assert_eq!(
+        (&worker["worker"], &worker["completed"], &worker["failed"]),
+        (&json!("compute-b/w1"), &json!(3), &json!(0))
+    );
+    assert!(worker["meanDurationMs"].is_number() && worker["lastFinishedAt"].is_string(), "{worker}");
+    assert_eq!((&stats["instance"]["workers"], &stats["instance"]["completed"]), (&json!(1), &json!(3)));
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_jobs_across_two_instances_all_complete_once() {
+    let (_dir, db) = database();
+    let a = Instance::start(&db, "compute-a", &[]).await;
+    let b = Instance::start(&db, "compute-b", &[]).await;
+    let instances = [&a, &b];
+    let ids: Vec<String> = futures_util::stream::iter(0..1000)
+        .map(|i| instances[i % 2].submit(json!({"operation": "add", "operands": [i, 1]})))
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 1000, "distinct job ids");
+
+    let stats = crate::eventually(SECS(120), "1000 jobs completed", || async {
+        let stats = a.stats().await;
+        (stats["counts"]["completed"] == 1000).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats["counts"]["total"], 1000, "{stats}");
+    let (sa, sb) = (a.stats().await, b.stats().await);
+    let written = sa["instance"]["completed"].as_u64().unwrap() + sb["instance"]["completed"].as_u64().unwrap();
+    assert_eq!(written, 1000, "each job's outcome written exactly once");
+    let per_worker: i64 = stats["workers"].as_array().unwrap().iter().map(|w| w["completed"].as_i64().unwrap()).sum();
+    assert_eq!(per_worker, 1000);
+    for id in ids.iter().step_by(97) {
+        let job = b.job(id).await;
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -1,0 +1,89 @@
+//! The queue's leases, driven directly: a worker that stops renewing loses its job, and only
+//! the holder of the current lease can write an outcome.
+
+use std::time::Duration;
+
+use compute::Queue;
+use compute::queue::{NewJob, Status, Submitted};
+use serde_json::json;
+
+use crate::{database, eventually};
+
+async fn queue() -> (tempfile::TempDir, Queue) {
+    let (dir, db) = database();
+    let pool = kit::db::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    kit::db::migrate(&pool, compute::MIGRATIONS).await.unwrap();
+    (dir, Queue::new(pool))
+}
+
+async fn submit(queue: &Queue, max_attempts: i64) -> String {
+    let job = NewJob { operation: "sleep".into(), operands: json!([1]), priority: 0, max_attempts };
+    match queue.submit(&job, None).await.unwrap() {
+        Submitted::Queued { id, .. } => id,
+        Submitted::Replayed(_) => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn an_expired_lease_puts_the_job_back_until_it_runs_out_of_attempts() {
+    let (_dir, queue) = queue().await;
+    let id = submit(&queue, 2).await;
+    let short = Duration::from_millis(1);
+
+    let first = queue.claim("ghost/w1", short).await.unwrap().expect("a queued job");
+    assert_eq!((first.job.id.as_str(), first.job.attempts), (id.as_str(), 1));
+    // The ghost never renews; once its lease is over, another worker gets the job.
+    let second = eventually(Duration::from_secs(5), "the job claimed again", || async {
+        queue.claim("other/w1", short).await.unwrap()
+    })
+    .await;
+    assert_eq!((second.job.attempts, second.job.worker.as_deref()), (2, Some("other/w1")));
+    assert_eq!(second.job.error.as_deref(), Some("the lease of ghost/w1 expired during attempt 1"));
+
+    // The first holder's late outcome does not count.
+    assert!(!queue.complete(&first, &json!("late")).await.unwrap());
+    assert!(!queue.renew(&first, short).await.unwrap());
+    assert_eq!(queue.fail(&first, "late", false).await.unwrap(), None);
+
+    // The second lease expires too: no attempts left, so the job fails with that error.
+    eventually(Duration::from_secs(5), "the job failed", || async {
+        assert!(queue.claim("other/w2", short).await.unwrap().is_none(), "nothing to claim");
+        let job = queue.get(&id).await.unwrap().unwrap();
+        (job.status == Status::Failed).then_some(job)
+    })
+    .await;
+    let job = queue.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.error.as_deref(), Some("the lease of other/w1 expired during attempt 2"));
+    assert_eq!(job.attempts, 2);
+    assert!(job.finished_at.is_some());
+    assert!(!queue.complete(&second, &json!("late")).await.unwrap(), "the outcome is written once");
+}
+
+#[tokio::test]
+async fn the_holder_completes_exactly_once() {
+    let (_dir, queue) = queue().await;
+    let id = submit(&queue, 3).await;
+    let claimed = queue.claim("w", Duration::from_secs(60)).await.unwrap().unwrap();
+    assert!(queue.claim("w2", Duration::from_secs(60)).await.unwrap().is_none(), "a running job is not claimed twice");
+    assert!(!queue.peek().await.unwrap().queued);
+    assert!(queue.renew(&claimed, Duration::from_secs(60)).await.unwrap());
+    assert!(queue.complete(&claimed, &json!(42)).await.unwrap());
+    assert!(!queue.complete(&claimed, &json!(43)).await.unwrap(), "a second completion is refused");
+    let job = queue.get(&id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.result), (Status::Completed, Some(json!(42))));
+}
+
+#[tokio::test]
+async fn a_retryable_failure_requeues_and_a_permanent_one_fails() {
+    let (_dir, queue) = queue().await;
+    let id = submit(&queue, 3).await;
+    let claimed = queue.claim("w", Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(queue.fail(&claimed, "busy", false).await.unwrap(), Some(Status::Queued));
+    let job = queue.get(&id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.error.as_deref()), (Status::Queued, Some("busy")));
+    let claimed = queue.claim("w", Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(claimed.job.attempts, 2);
+    assert_eq!(queue.fail(&claimed, "bad input", true).await.unwrap(), Some(Status::Failed));
+    let job = queue.get(&id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempts, job.error.as_deref()), (Status::Failed, 2, Some("bad input")));
+}

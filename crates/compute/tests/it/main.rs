@@ -1,0 +1,161 @@
+//! The compute service: the routes in-process (`oneshot`), and instances serving over real
+//! HTTP on 127.0.0.1:0 that share one database file in a temp dir.
+
+mod auth;
+mod direct;
+mod jobs;
+mod lease;
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub use kit::testing::{eventually, still_pending};
+
+pub const SECRET: &str = "compute-tests-secret-0123456789abcdef";
+
+/// A valid token for the test secret.
+pub fn token() -> String {
+    let now = kit::time::unix_millis() / 1000;
+    kit::jwt::Keys::from_secret(SECRET.as_bytes()).sign(&kit::jwt::Claims {
+        sub: "1".into(),
+        username: "ada".into(),
+        email: "ada@example.com".into(),
+        iat: now,
+        exp: now + 3600,
+    })
+}
+
+/// The settings every test instance gets, then `extra`.
+pub fn config(db: &Path, name: &str, extra: &[(&str, &str)]) -> compute::Config {
+    let url = format!("sqlite://{}", db.display());
+    let dir = db.parent().unwrap().display().to_string();
+    let mut vars = vec![
+        ("SERVICE_NAME", name),
+        ("DATABASE_URL", url.as_str()),
+        ("DATA_DIR", dir.as_str()),
+        ("JWT_SECRET", SECRET),
+        ("REGISTER", "false"),
+        ("SHUTDOWN_GRACE_MS", "1000"),
+    ];
+    vars.extend_from_slice(extra);
+    compute::Config::from_vars(&kit::Vars::from_pairs(vars)).unwrap()
+}
+
+/// A temp dir and the database file in it.
+pub fn database() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("compute.sqlite");
+    (dir, db)
+}
+
+/// The router alone, for `oneshot` requests (no workers run).
+pub async fn app(extra: &[(&str, &str)]) -> (axum::Router, tempfile::TempDir) {
+    let (dir, db) = database();
+    let state = compute::AppState::open(config(&db, "compute-1", extra)).await.unwrap();
+    (compute::router(state), dir)
+}
+
+/// Sends `method path` with a JSON `body` (and the test token unless `token` is `None`).
+pub async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut req = axum::http::Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let res = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// A compute instance serving in this process.
+pub struct Instance {
+    pub url: String,
+    pub name: String,
+    pub shutdown: kit::Shutdown,
+    pub task: tokio::task::JoinHandle<Result<(), compute::Error>>,
+    pub http: reqwest::Client,
+    pub token: String,
+}
+
+impl Instance {
+    pub async fn start(db: &Path, name: &str, extra: &[(&str, &str)]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = kit::Shutdown::new();
+        let task = tokio::spawn(compute::serve(config(db, name, extra), listener, shutdown.clone()));
+        let instance = Self { url, name: name.into(), shutdown, task, http: reqwest::Client::new(), token: token() };
+        eventually(std::time::Duration::from_secs(10), "the instance is ready", || async {
+            instance.http.get(format!("{}/ready", instance.url)).send().await.ok().filter(|r| r.status() == 200)
+        })
+        .await;
+        instance
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.unwrap().unwrap();
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token).json(body)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.delete(format!("{}{path}", self.url)).bearer_auth(&self.token)
+    }
+
+    /// Submits a job; returns its id (asserting 202).
+    pub async fn submit(&self, body: Value) -> String {
+        let (status, answer) = send(self.post("/api/compute/job", &body)).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["jobId"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let (status, job) = send(self.get(&format!("/api/compute/job/{id}"))).await;
+        assert_eq!(status, 200, "{job}");
+        job
+    }
+
+    /// Waits until the job's status is `status`, and returns it.
+    pub async fn wait_for(&self, id: &str, status: &str, deadline: std::time::Duration) -> Value {
+        eventually(deadline, &format!("job {id} {status} (on {})", self.name), || async {
+            let job = self.job(id).await;
+            (job["status"] == status).then_some(job)
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> Value {
+        let (status, stats) = send(self.get("/api/compute/stats")).await;
+        assert_eq!(status, 200, "{stats}");
+        stats
+    }
+}
+
+/// Sends a request; the status and the JSON body.
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// A `rows` x `cols` matrix of ones.
+pub fn ones(rows: usize, cols: usize) -> Value {
+    Value::Array(vec![Value::Array(vec![Value::from(1); cols]); rows])
+}
