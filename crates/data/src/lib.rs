@@ -1,24 +1,191 @@
-//! The data component (not built yet).
+//! The data service: a versioned key-value store over HTTP.
+//!
+//! Items are `{key, value (any JSON), metadata (object), version, createdAt, updatedAt}`.
+//! `POST /api/data` creates, `GET /api/data/:key` reads, `GET /api/data?prefix=&limit=&cursor=`
+//! lists a page in key order, `PUT /api/data/:key` updates (version + 1) and `DELETE
+//! /api/data/:key` deletes. Writes may say which version they expect (`If-Match` or
+//! `expectedVersion`): a mismatch is 412, so read-modify-write clients never lose an update.
+//!
+//! Theory of operation: every instance opens the same SQLite file (`data.sqlite` in the
+//! data dir, WAL). Each write is one `BEGIN IMMEDIATE` transaction ([`kit::db::begin_write`])
+//! that takes the database's write lock first, then checks the `Idempotency-Key` record,
+//! reads the item, checks the expected version, writes, and stores its answer under the
+//! idempotency key, and commits all of it at once. Writers from all processes are thereby
+//! serialised; readers never wait (WAL). A writer waiting for the lock waits up to the busy
+//! timeout instead of failing with "database is locked".
+//!
+//! Modules: `api` (routes, parsing, the write path), `store` (the `items` queries and the
+//! changes), `key` (key rules, cursors, prefix ranges), `work` (simulated work).
 
+mod api;
+mod key;
+mod store;
+mod work;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kit::db::Migration;
+use kit::http::ApiError;
+use serde_json::{Map, Value};
+use sqlx::SqlitePool;
 use tokio::net::TcpListener;
+
+pub use key::MAX_KEY_BYTES;
+
+/// The schema, in order; embedded in the binary.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "items", sql: include_str!("../migrations/0001_items.sql") },
+    Migration { version: 2, name: "idempotency", sql: kit::idempotency::MIGRATION_SQL },
+];
+
+/// How often idempotency records older than their retention are deleted.
+const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the data component is not built yet")]
-    NotBuilt,
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("JWT keys: {0}")]
+    Jwt(#[from] kit::jwt::JwtError),
 }
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub kit: kit::Config,
+    /// `DATA_MAX_VALUE_BYTES` (default 262144): the largest value, as compact JSON; 413 beyond.
+    pub max_value_bytes: usize,
+    /// `DATA_MAX_METADATA_BYTES` (default 16384): the largest metadata object; 413 beyond.
+    pub max_metadata_bytes: usize,
+    /// `DATA_LIST_DEFAULT_LIMIT` (default 100): page size when `limit` is not given.
+    pub list_default_limit: u32,
+    /// `DATA_LIST_MAX_LIMIT` (default 1000): the largest `limit` accepted (400 beyond).
+    pub list_max_limit: u32,
+    /// `WORK_DELAY_MS` (default 500): the simulated-work delay.
+    pub work_delay: Duration,
+    /// `WORK_DELAY_MAX_MS` (default 10000): the largest `?ms=` accepted.
+    pub work_delay_max: Duration,
 }
 
 impl Config {
     pub fn from_vars(vars: &kit::Vars) -> Result<Self, kit::ConfigError> {
-        Ok(Self { kit: kit::Config::from_vars(vars, "data")? })
+        let kit = kit::Config::from_vars(vars, "data")?;
+        let list_max_limit = vars.number("DATA_LIST_MAX_LIMIT", 1000, 1, 100_000)? as u32;
+        let work_delay_max = vars.number("WORK_DELAY_MAX_MS", 10_000, 0, 3_600_000)?;
+        Ok(Self {
+            kit,
+            max_value_bytes: vars.number("DATA_MAX_VALUE_BYTES", 256 << 10, 1, 1 << 30)? as usize,
+            max_metadata_bytes: vars.number("DATA_MAX_METADATA_BYTES", 16 << 10, 2, 1 << 30)? as usize,
+            list_default_limit: vars.number(
+                "DATA_LIST_DEFAULT_LIMIT",
+                100.min(u64::from(list_max_limit)),
+                1,
+                u64::from(list_max_limit),
+            )? as u32,
+            list_max_limit,
+            work_delay: Duration::from_millis(vars.number("WORK_DELAY_MS", 500, 0, work_delay_max)?),
+            work_delay_max: Duration::from_millis(work_delay_max),
+        })
     }
 }
 
-pub async fn serve(_config: Config, _listener: TcpListener, _shutdown: kit::Shutdown) -> Result<(), Error> {
-    Err(Error::NotBuilt)
+/// Everything the handlers and background loops share.
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<Config>,
+    pool: SqlitePool,
+    /// The token keys, when callers must be authenticated (`AUTH_REQUIRED`).
+    keys: Option<Arc<kit::jwt::Keys>>,
+    health: kit::health::Health,
+}
+
+impl AppState {
+    /// Opens the database (migrating it) and, when auth is required, loads the JWT keys.
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        let pool = kit::db::connect(&config.kit.database_url_or("data.sqlite")).await?;
+        kit::db::migrate(&pool, MIGRATIONS).await?;
+        let keys = if config.kit.auth_required { Some(Arc::new(kit::jwt::Keys::load(&config.kit)?)) } else { None };
+        let ping = pool.clone();
+        let health = kit::health::Health::new(&config.kit.service_name).with_check(move || {
+            let pool = ping.clone();
+            async move { kit::db::ping(&pool).await }
+        });
+        Ok(Self { config: Arc::new(config), pool, keys, health })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// 413 when `value` is larger than the limit.
+    fn check_value(&self, value: &Value) -> Result<(), ApiError> {
+        let (size, max) = (json_size(value), self.config.max_value_bytes);
+        if size > max {
+            return Err(too_large("value", size, max));
+        }
+        Ok(())
+    }
+
+    /// The metadata object, if one is given (`null` counts as not given).
+    fn metadata(&self, metadata: Option<Value>) -> Result<Option<Map<String, Value>>, ApiError> {
+        match metadata {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => {
+                let (size, max) = (json_size(&Value::Object(map.clone())), self.config.max_metadata_bytes);
+                if size > max {
+                    return Err(too_large("metadata", size, max));
+                }
+                Ok(Some(map))
+            }
+            Some(_) => Err(ApiError::bad_request("metadata must be a JSON object")),
+        }
+    }
+}
+
+fn json_size(value: &Value) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
+}
+
+fn too_large(what: &str, size: usize, max: usize) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!("{what} is {size} bytes as JSON, larger than the limit of {max} bytes"),
+    )
+}
+
+/// The service's routes, with health, JSON errors and the body limit.
+pub fn router(state: AppState) -> axum::Router {
+    let limit = state.config.kit.body_limit;
+    let health = state.health.router();
+    kit::http::finish(api::router(state).merge(health), limit)
+}
+
+/// Serves data on `listener` until `shutdown`.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdown) -> Result<(), Error> {
+    let port = listener.local_addr()?.port();
+    let grace = config.kit.shutdown_grace;
+    let state = AppState::open(config).await?;
+    kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
+    shutdown.spawn(purge(state.pool.clone(), shutdown.clone()));
+    let pool = state.pool.clone();
+    kit::http::serve(listener, router(state), shutdown, grace).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Deletes expired idempotency records every hour, until shutdown.
+async fn purge(pool: SqlitePool, shutdown: kit::Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => break,
+            _ = tokio::time::sleep(PURGE_INTERVAL) => {}
+        }
+        match kit::idempotency::purge_expired(&pool).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "purged expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+        }
+    }
 }

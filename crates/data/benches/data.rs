@@ -1,0 +1,3 @@
+//! Reads and writes per second (written next).
+
+fn main() {}
