@@ -4,6 +4,7 @@
 mod manifest;
 mod reconcile;
 mod run;
+mod supervisor;
 
 use clap::{Parser, Subcommand};
 
