@@ -65,10 +65,8 @@ impl Executor {
             let permit = permits.acquire_owned().await.expect("the semaphore is never closed");
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                computing.fetch_add(1, Ordering::SeqCst);
-                let outcome = task.evaluate();
-                computing.fetch_sub(1, Ordering::SeqCst);
-                outcome
+                let _running = Running::new(computing);
+                task.evaluate()
             })
             .await
         };
@@ -77,5 +75,21 @@ impl Executor {
             Ok(Err(join)) => Err(ExecError::Crashed(join.to_string())),
             Ok(Ok(outcome)) => Ok(outcome?),
         }
+    }
+}
+
+/// Counts a computation as running until dropped (even if it panics).
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn new(counter: Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }

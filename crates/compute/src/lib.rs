@@ -190,3 +190,28 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdow
     kit::http::serve(listener, router(state), shutdown, grace).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_limits() {
+        let config = Config::from_vars(&kit::Vars::from_pairs([("SERVICE_NAME", "compute-2")])).unwrap();
+        assert_eq!((config.workers, config.max_attempts), (2, 3));
+        assert_eq!((config.lease, config.time_limit), (Duration::from_secs(5), Duration::from_secs(2)));
+        assert_eq!((config.work_delay, config.work_delay_max), (Duration::from_millis(550), Duration::from_secs(10)));
+        assert_eq!(config.poll, Duration::from_millis(20));
+        assert!(config.threads >= 1);
+
+        let bad = |name: &str, value: &str| {
+            let err = Config::from_vars(&kit::Vars::from_pairs([(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        };
+        bad("JOB_MAX_ATTEMPTS", "0");
+        bad("COMPUTE_WORKERS", "65");
+        bad("JOB_LEASE_MS", "5");
+        bad("COMPUTE_TIME_LIMIT_MS", "soon");
+        bad("WORK_DELAY_MS", "20000");
+    }
+}
