@@ -182,9 +182,23 @@ function recentRestart(m) {
   return Date.now() - t < RESTART_RECENT_MS ? exit : null;
 }
 
+// The cluster's own machinery shares one card, after the services it serves.
+const INFRA_TYPES = ['registry', 'balancer', 'detector'];
+
+function serviceGroups(status) {
+  const groups = [];
+  const infra = [];
+  for (const [type, members] of Object.entries((status && status.services) || {}).sort(([a], [b]) => naturally(a, b))) {
+    if (INFRA_TYPES.includes(type)) infra.push(...members);
+    else groups.push([type, members]);
+  }
+  if (infra.length) groups.push(['infrastructure', infra]);
+  return groups;
+}
+
 function renderServices() {
   const root = byId('services');
-  const services = Object.entries((state.status && state.status.services) || {}).sort(([a], [b]) => naturally(a, b));
+  const services = serviceGroups(state.status);
   if (services.length === 0) {
     replaceChildren(root, [el('p', 'placeholder', 'No instances registered yet.')]);
     return;
@@ -217,48 +231,69 @@ function instanceRow(key, m) {
   row.append(el('span', 'dot ' + m.status));
 
   const who = el('div', 'inst-who');
-  const name = el('div', 'inst-name', m.name || m.serviceId);
+  const nameLine = el('div', 'inst-name-line');
+  const name = el('span', 'inst-name', m.name || m.serviceId);
   name.title = m.url;
+  nameLine.append(name);
+  const exit = recentRestart(m);
+  if (exit) {
+    const how = exit.signal ? exit.signal : exit.code !== null && exit.code !== undefined ? 'exit code ' + exit.code : 'exited';
+    const pill = el('span', 'pill warn');
+    pill.title = `last exit: ${how}, ${new Date(exit.at).toLocaleTimeString()}`;
+    pill.append(document.createTextNode('crashed '), when(exit.at, 'pill-when'));
+    nameLine.append(pill);
+  }
+  if (m.orch && m.orch.status && m.orch.status !== 'running') {
+    const bad = ['crashloop', 'failed', 'backoff', 'exited', 'stopped'].includes(m.orch.status);
+    nameLine.append(el('span', 'pill ' + (bad ? 'bad' : 'muted'), m.orch.status));
+  }
   const meta = el('div', 'inst-meta');
   const parts = [];
   if (m.port) parts.push(':' + m.port);
   if (m.orch && m.orch.pid) parts.push('pid ' + m.orch.pid);
-  if (m.orch) parts.push(m.orch.restarts === 1 ? '1 restart' : `${m.orch.restarts} restarts`);
   meta.append(document.createTextNode(parts.join(' · ')));
-  const exit = recentRestart(m);
-  if (exit) {
-    const how = exit.signal ? exit.signal : exit.code !== null && exit.code !== undefined ? 'exit ' + exit.code : 'exit';
-    const pill = el('span', 'pill warn');
-    pill.append(document.createTextNode(`crashed (${how}) `), when(exit.at, 'pill-when'));
-    meta.append(pill);
+  if (m.orch) {
+    const restarts = el('span', 'restarts' + (m.orch.restarts ? ' some' : ''), `↻ ${m.orch.restarts}`);
+    restarts.title = m.orch.restarts === 1 ? '1 restart' : `${m.orch.restarts} restarts`;
+    meta.append(restarts);
   }
-  if (m.orch && m.orch.status && !['running'].includes(m.orch.status)) {
-    meta.append(el('span', 'pill ' + (['crashloop', 'failed', 'backoff', 'exited'].includes(m.orch.status) ? 'bad' : 'muted'), m.orch.status));
-  }
-  who.append(name, meta);
+  who.append(nameLine, meta);
 
   const st = el('div', 'inst-state');
-  const word = el('div', 'inst-status ' + m.status, statusWord(m));
-  const sub = el('div', 'inst-sub');
+  st.append(el('div', 'inst-status ' + m.status, statusWord(m)));
   if (m.status === 'down') {
-    sub.textContent = m.lastError || 'health check failed';
-    sub.title = m.lastError || '';
-  } else if (m.status === 'up') {
-    sub.textContent = fmtMs(m.responseTimeMs);
+    const since = el('div', 'inst-sub');
+    if (m.since) {
+      since.dataset.since = m.since;
+      since.textContent = forHowLong(m.since);
+    }
+    st.append(since);
   } else {
-    sub.textContent = 'not checked yet';
+    st.append(el('div', 'inst-sub', m.status === 'up' ? fmtMs(m.responseTimeMs) : 'not checked yet'));
   }
-  st.append(word, sub);
 
-  row.append(who, st, sparkline(state.histories.get(key) || [], 132, 34));
+  row.append(who, st, sparkline(state.histories.get(key) || [], 120, 34));
+  if (m.status === 'down') {
+    const why = el('div', 'inst-error', m.lastError || 'health check failed');
+    why.title = m.lastError || '';
+    row.append(why);
+  }
   return row;
+}
+
+function forHowLong(iso) {
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  if (s < 60) return `for ${s} s`;
+  if (s < 3600) return `for ${Math.floor(s / 60)} min`;
+  return `for ${Math.floor(s / 3600)} h`;
 }
 
 // A response-time chart: the line over the kept samples, failed checks as red ticks.
 function sparkline(samples, w, h) {
   const chart = svg('svg', { class: 'spark', width: w, height: h, viewBox: `0 0 ${w} ${h}`, 'aria-hidden': 'true' });
-  const cap = Math.max(2, Math.min(state.config.historySize || 60, 60));
-  const shown = samples.slice(-cap);
+  // Up to 60 slots; fewer while the history is short, so a young chart is not a sliver.
+  const shown = samples.slice(-Math.min(state.config.historySize || 60, 60));
+  const cap = Math.max(20, shown.length);
   const top = 11;
   const bottom = h - 3;
   chart.append(svg('line', { class: 'base', x1: 0, y1: bottom + 0.5, x2: w, y2: bottom + 0.5 }));
@@ -277,7 +312,11 @@ function sparkline(samples, w, h) {
       run.push([x, y(s.ms)]);
     } else {
       run = null;
-      chart.append(svg('rect', { class: 'fail', x: Math.max(0, x - 1.5), y: top, width: 3, height: bottom - top, rx: 1 }));
+      // A failed check: a pale band over its slot, and a red mark on the baseline.
+      const left = Math.max(0, x - step / 2);
+      const width = Math.min(w, x + step / 2) - left;
+      chart.append(svg('rect', { class: 'fail', x: left, y: top - 3, width, height: bottom - top + 3 }));
+      chart.append(svg('rect', { class: 'fail-mark', x: left, y: bottom - 2, width, height: 3 }));
     }
   });
   const xy = ([x, yy]) => `${x.toFixed(1)},${yy.toFixed(1)}`;
@@ -374,7 +413,7 @@ function rateChart(chart, points) {
   if (points.length >= 2) {
     const shown = points.slice(-60);
     const max = Math.max(1, ...shown) * 1.15;
-    const step = w / 59;
+    const step = w / (Math.max(20, shown.length) - 1);
     const x0 = w - (shown.length - 1) * step;
     const pts = shown.map((v, i) => `${(x0 + i * step).toFixed(1)},${(bottom - (v / max) * (bottom - 4)).toFixed(1)}`);
     children.push(svg('path', { d: `M${x0.toFixed(1)},${bottom} L${pts.join(' L')} L${w},${bottom} Z`, fill: 'rgba(58,111,216,0.12)' }));
@@ -402,14 +441,14 @@ function renderTraffic() {
   const w = 346;
   const labelW = 84;
   const valueW = 92;
-  const barH = 12;
-  const rowH = 22;
+  const barH = 10;
+  const rowH = 19;
   let yPos = 0;
   const chart = svg('svg', { width: '100%', viewBox: '0 0 0 0', role: 'img', 'aria-label': 'requests per instance' });
   for (const [name, s] of services) {
-    yPos += 14;
+    yPos += 13;
     chart.append(svg('text', { class: 'bar-service', x: 0, y: yPos }, name));
-    yPos += 6;
+    yPos += 3;
     const entries = Object.entries(s.instances).sort(([a], [b]) => naturally(a, b));
     const total = entries.reduce((n, [, i]) => n + i.requests, 0);
     const max = Math.max(1, ...entries.map(([, i]) => i.requests));
@@ -521,6 +560,7 @@ function connect() {
 // Times shown as "3 s ago" stay true.
 setInterval(() => {
   for (const node of document.querySelectorAll('[data-time]')) node.textContent = ago(node.dataset.time);
+  for (const node of document.querySelectorAll('[data-since]')) node.textContent = forHowLong(node.dataset.since);
 }, 1000);
 
 connect();
