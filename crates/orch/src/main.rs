@@ -1,22 +1,110 @@
 //! `orch`: a declarative orchestrator for a local microservices cluster.
-#![allow(dead_code)]
+//!
+//! Modules, from the bottom up:
+//! - [`manifest`]: the YAML manifest, parsed strictly and validated, errors located;
+//! - [`reconcile`]: the pure function from (desired, observed) to actions;
+//! - [`supervisor`]: processes — spawn with socket activation, logs, probes, drains;
+//! - [`controller`]: the event loop that owns the state and executes the plan;
+//! - [`events`], [`state`]: the event log, and what orch keeps in its data dir;
+//! - [`api`]: the control API; [`plane`]: the control plane (`orch apply`);
+//! - [`cli`], [`display`]: the verbs that talk to a running orch, and the console;
+//! - [`run`]: `orch run COMPONENT`, one component in the foreground.
 
+mod api;
+mod cli;
+mod controller;
+mod display;
+mod events;
 mod manifest;
+mod plane;
 mod reconcile;
 mod run;
+mod state;
 mod supervisor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::cli::{Client, Failure};
+
 #[derive(Parser)]
-#[command(name = "orch", version, about = "A declarative orchestrator for a local microservices cluster")]
+#[command(
+    name = "orch",
+    version,
+    about = "A declarative orchestrator for a local microservices cluster",
+    after_help = "Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid manifest, 3 orch not reachable."
+)]
 struct Cli {
+    /// The control API of the running orch (default: the manifest's, else http://127.0.0.1:3006).
+    #[arg(long, global = true, env = "ORCH_CONTROL_URL", value_name = "URL")]
+    control: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start the cluster of FILE and keep it as declared (or hand FILE to the orch that runs it).
+    Apply {
+        file: PathBuf,
+        /// Run in the background; return once every instance is ready.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Run the control plane here, never hand over (what `-d` starts).
+        #[arg(long, hide = true)]
+        serve: bool,
+    },
+    /// List instances: name, pid, port, status, ready, restarts, age.
+    Get {
+        service: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// One instance: its spec, state and recent events.
+    Describe {
+        instance: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// The captured stdout and stderr of an instance.
+    Logs {
+        instance: String,
+        /// Keep printing as the log grows.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// What applying FILE would change (exit 0: nothing, 1: changes).
+    Diff {
+        file: PathBuf,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Change the replicas of a running service: `orch scale data=5`.
+    Scale {
+        #[arg(value_name = "SERVICE=REPLICAS")]
+        target: String,
+    },
+    /// Rolling restart of a service, or restart of one instance.
+    Restart {
+        #[arg(value_name = "SERVICE|INSTANCE")]
+        target: String,
+    },
+    /// Stop every instance, dependents first, and the control plane.
+    Down,
+    /// The same as `down`.
+    Delete,
+    /// The event stream.
+    Events {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Run one component in the foreground (what `orch apply` launches for each instance).
     Run {
         /// registry, balancer, detector, auth, data or compute
@@ -24,16 +112,83 @@ enum Command {
     },
 }
 
-fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run { component } => run::run(component),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    if let Command::Run { component } = cli.command {
+        return match run::run(component) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(failure) => failure.exit(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> cli::Outcome {
+    let control = cli.control.as_deref();
+    let client = || Client::new(control.unwrap_or(cli::DEFAULT_CONTROL_URL));
+    match cli.command {
+        Command::Apply { file, detach, serve } => apply(control, &file, detach, serve).await,
+        Command::Get { service, output } => cli::get(&client(), service.as_deref(), output == Output::Json).await,
+        Command::Describe { instance, output } => cli::describe(&client(), &instance, output == Output::Json).await,
+        Command::Logs { instance, follow, tail } => cli::logs(&client(), &instance, follow, tail).await,
+        Command::Diff { file, output } => cli::diff(control, &file, output == Output::Json).await,
+        Command::Scale { target } => cli::scale(&client(), &target).await,
+        Command::Restart { target } => cli::restart(&client(), &target).await,
+        Command::Down | Command::Delete => cli::down(&client()).await,
+        Command::Events { follow, output } => cli::events(&client(), follow, output == Output::Json).await,
+        Command::Run { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn apply(control: Option<&str>, file: &std::path::Path, detach: bool, serve: bool) -> cli::Outcome {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::Usage(format!("{}: cannot read the manifest: {e}", file.display())))?;
+    let manifest = manifest::parse(file, &text).map_err(|e| Failure::Usage(e.to_string()))?;
+    if !serve {
+        if let Some(code) = cli::hand_over(control, &manifest).await? {
+            return Ok(code);
+        }
+        if detach {
+            return cli::detach(file, &manifest).await;
         }
     }
+    init_logging();
+    match plane::run(manifest, text).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(plane::PlaneError::Invalid(e)) => Err(Failure::Usage(e.to_string())),
+        Err(plane::PlaneError::Runtime(e)) => Err(Failure::Runtime(format!("{e:#}"))),
+    }
+}
+
+/// orch's own log lines (warnings by default; `RUST_LOG` for more) go to stderr.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
 }

@@ -181,11 +181,6 @@ impl Service {
         }
     }
 
-    /// The instance name of ordinal `n` (from 1).
-    pub fn instance_name(&self, n: u32) -> String {
-        format!("{}-{n}", self.name)
-    }
-
     /// The fixed port of ordinal `n`, if the service has a base port.
     pub fn port_of(&self, n: u32) -> Option<u16> {
         self.port.map(|p| p + (n - 1) as u16)

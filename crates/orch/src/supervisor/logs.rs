@@ -26,6 +26,7 @@ impl LogFile {
         Self { path, max_bytes, file: Mutex::new(None) }
     }
 
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,0 +1,260 @@
+//! The control API, on loopback: reads are open, mutations need
+//! `Authorization: Bearer <DATA_DIR/cluster-token>`. Every error is `{"error": "..."}`.
+//!
+//! Each call runs on the controller (see [`crate::controller::Handle::call`]), so what it
+//! reads or changes is the controller's one consistent state; events are served from the
+//! event log directly, so a long poll never holds the controller up.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use kit::http::{ApiError, Json};
+use kit::secret::Secret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::controller::{CallError, Handle};
+use crate::events::EventLog;
+use crate::supervisor::logs;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub handle: Handle,
+    pub events: Arc<EventLog>,
+    pub token: Secret,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/api/cluster", get(cluster))
+        .route("/api/instances", get(instances))
+        .route("/api/instances/{name}", get(instance))
+        .route("/api/events", get(events))
+        .route("/api/logs/{instance}", get(logs))
+        .route("/api/apply", post(apply))
+        .route("/api/scale", post(scale))
+        .route("/api/restart", post(restart))
+        .route("/api/down", post(down))
+        .with_state(state);
+    kit::http::finish(api, 1 << 20)
+}
+
+fn gone() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "orch is stopping")
+}
+
+fn from_call(e: CallError) -> ApiError {
+    ApiError::new(e.0, e.1)
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match kit::http::bearer(headers) {
+        Some(token) if kit::secret::constant_time_eq(token.as_bytes(), state.token.expose().as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("invalid cluster token")),
+        None => Err(ApiError::unauthorized("this call needs Authorization: Bearer <DATA_DIR/cluster-token>")),
+    }
+}
+
+async fn cluster(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    state.handle.call(|c| c.cluster_json()).await.map(Json).ok_or_else(gone)
+}
+
+#[derive(Deserialize)]
+struct InstancesQuery {
+    service: Option<String>,
+}
+
+async fn instances(State(state): State<ApiState>, Query(q): Query<InstancesQuery>) -> Result<Json<Value>, ApiError> {
+    state.handle.call(move |c| c.instances_json(q.service.as_deref())).await.map(Json).ok_or_else(gone)
+}
+
+async fn instance(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let lookup = name.clone();
+    match state.handle.call(move |c| c.instance_json(&lookup)).await {
+        None => Err(gone()),
+        Some(None) => Err(ApiError::not_found(format!("no instance {name:?}"))),
+        Some(Some(v)) => Ok(Json(v)),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+    wait: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `30s`, `500ms`, `2m`, or a number of seconds.
+pub fn parse_wait(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let (number, unit) = raw.find(|c: char| !c.is_ascii_digit()).map_or((raw, ""), |i| raw.split_at(i));
+    let n: u64 = number.parse().ok()?;
+    match unit {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
+    }
+}
+
+async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Result<Json<Value>, ApiError> {
+    let since = q.since.unwrap_or(0);
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let (events, next) = match q.wait.as_deref() {
+        None => state.events.since(since, limit),
+        Some(raw) => {
+            let wait = parse_wait(raw)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid wait {raw:?}: use 500ms, 30s or 2m")))?
+                .min(Duration::from_secs(300));
+            state.events.wait_since(since, limit, wait).await
+        }
+    };
+    Ok(Json(json!({ "events": events, "next": next })))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+    follow: Option<bool>,
+}
+
+async fn logs(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let lookup = name.clone();
+    let path = match state.handle.call(move |c| c.log_path(&lookup)).await {
+        None => return Err(gone()),
+        Some(None) => return Err(ApiError::not_found(format!("no instance {name:?}"))),
+        Some(Some(p)) => p,
+    };
+    let initial = match logs::tail(&path, q.tail.unwrap_or(usize::MAX)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !q.follow.unwrap_or(false) {
+        return Ok((text_plain, initial).into_response());
+    }
+    let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok((text_plain, Body::from_stream(follow(path, offset, initial))).into_response())
+}
+
+/// The log from `offset` on, as it grows (and after it is rotated), after `initial`.
+fn follow(
+    path: PathBuf,
+    offset: u64,
+    initial: Vec<u8>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures_util::stream::unfold((path, offset, Some(initial)), |(path, mut offset, first)| async move {
+        if let Some(first) = first {
+            return Some((Ok(Bytes::from(first)), (path, offset, None)));
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if len < offset {
+                offset = 0;
+            }
+            if len > offset {
+                let chunk = read_range(&path, offset, len);
+                offset = len;
+                return Some((chunk.map(Bytes::from), (path, offset, None)));
+            }
+        }
+    })
+}
+
+fn read_range(path: &std::path::Path, from: u64, to: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::with_capacity((to - from) as usize);
+    file.take(to - from).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ApplyBody {
+    path: Option<PathBuf>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn apply(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<ApplyBody>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    if body.path.as_ref().is_some_and(|p| !p.is_absolute()) {
+        return Err(ApiError::bad_request("path must be absolute"));
+    }
+    let result = state.handle.call(move |c| c.call_apply(body.path, body.dry_run)).await.ok_or_else(gone)?;
+    result.map(Json).map_err(from_call)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleBody {
+    service: String,
+    replicas: i64,
+}
+
+async fn scale(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<ScaleBody>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let result = state.handle.call(move |c| c.call_scale(&body.service, body.replicas)).await.ok_or_else(gone)?;
+    result.map(Json).map_err(from_call)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartBody {
+    target: String,
+}
+
+async fn restart(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(body): Json<RestartBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&state, &headers)?;
+    let result = state.handle.call(move |c| c.call_restart(&body.target)).await.ok_or_else(gone)?;
+    result.map(|v| (StatusCode::ACCEPTED, Json(v))).map_err(from_call)
+}
+
+async fn down(State(state): State<ApiState>, headers: HeaderMap) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&state, &headers)?;
+    let v = state.handle.call(|c| c.call_down()).await.ok_or_else(gone)?;
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits() {
+        assert_eq!(parse_wait("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_wait("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_wait("soon"), None);
+        assert_eq!(parse_wait("5h"), None);
+    }
+}

@@ -1,0 +1,562 @@
+//! The CLI verbs that talk to a running orch through its control API, and `orch apply`.
+//!
+//! The running orch is found at `--control URL` (or `ORCH_CONTROL_URL`), else — for verbs
+//! given a manifest — at the manifest's `spec.controlPort` or, when that is 0, at the URL
+//! the running orch wrote to `DATA_DIR/orch.json`; else at `http://127.0.0.1:3006`.
+//! Mutations read the cluster token from the data dir that `GET /api/cluster` reports (the
+//! file is readable by the same user only): no token ever crosses the API.
+//!
+//! Exit codes: 0 ok; 1 a runtime failure (including "not found"); 2 bad usage or an
+//! invalid manifest; 3 orch cannot be reached. `orch diff` follows `kubectl diff`: 0 no
+//! differences, 1 differences.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::manifest::{self, Manifest};
+
+pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:3006";
+
+/// A CLI failure, with its exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad usage or invalid input (exit 2).
+    Usage(String),
+    /// A runtime failure (exit 1).
+    Runtime(String),
+    /// orch does not answer (exit 3).
+    Unreachable(String),
+}
+
+impl Failure {
+    pub fn exit(&self) -> ExitCode {
+        let (code, message) = match self {
+            Failure::Usage(m) => (2, m),
+            Failure::Runtime(m) => (1, m),
+            Failure::Unreachable(m) => (3, m),
+        };
+        eprintln!("error: {message}");
+        ExitCode::from(code)
+    }
+}
+
+pub type Outcome = Result<ExitCode, Failure>;
+
+/// A client of one orch's control API.
+pub struct Client {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        Self { base: base.trim_end_matches('/').to_owned(), http }
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> Failure {
+        Failure::Unreachable(format!(
+            "cannot reach orch at {} ({}); is the cluster running? (`orch apply FILE` starts it; --control URL or ORCH_CONTROL_URL points elsewhere)",
+            self.base,
+            root_cause(e)
+        ))
+    }
+
+    async fn answer(res: reqwest::Response) -> Result<Value, Failure> {
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["error"].as_str().unwrap_or("request failed").to_owned();
+        Err(match status {
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Failure::Usage(message),
+            _ => Failure::Runtime(message),
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+        let res = self.http.get(format!("{}{path}", self.base)).send().await.map_err(|e| self.unreachable(&e))?;
+        Self::answer(res).await
+    }
+
+    /// Whether an orch answers (quickly) at this address.
+    pub async fn cluster(&self) -> Option<Value> {
+        let res =
+            self.http.get(format!("{}/api/cluster", self.base)).timeout(Duration::from_secs(2)).send().await.ok()?;
+        res.status().is_success().then_some(())?;
+        res.json().await.ok()
+    }
+
+    /// The cluster token, read from the data dir the running orch reports.
+    pub async fn token(&self) -> Result<String, Failure> {
+        let cluster = self.get("/api/cluster").await?;
+        let dir = PathBuf::from(cluster["dataDir"].as_str().unwrap_or_default());
+        let path = dir.join("cluster-token");
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| Failure::Runtime(format!("cannot read the cluster token {}: {e}", path.display())))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
+        let token = self.token().await?;
+        let res = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Self::answer(res).await
+    }
+}
+
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+/// The control URL of the orch running `manifest`: its fixed port, or what it wrote to its
+/// data dir.
+pub fn control_url_of(manifest: &Manifest) -> Option<String> {
+    if manifest.control_port != 0 {
+        return Some(format!("http://127.0.0.1:{}", manifest.control_port));
+    }
+    crate::state::read(&manifest.data_dir).map(|r| r.control_url)
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------
+
+/// An aligned table, like kubectl's.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: Vec<&str>| {
+        let mut line = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}   ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    push_row(headers.to_vec());
+    for row in rows {
+        push_row(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `5s`, `3m`, `2h`, `4d` since an ISO timestamp.
+pub fn age(iso: Option<&str>) -> String {
+    let Some(iso) = iso else { return "-".into() };
+    let Ok(then) = time::OffsetDateTime::parse(iso, &time::format_description::well_known::Iso8601::DEFAULT) else {
+        return "-".into();
+    };
+    let secs = (time::OffsetDateTime::now_utc() - then).whole_seconds().max(0);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+// ---------------------------------------------------------------------------------------
+// Verbs
+// ---------------------------------------------------------------------------------------
+
+pub async fn get(client: &Client, service: Option<&str>, json_out: bool) -> Outcome {
+    let cluster = client.get("/api/cluster").await?;
+    if let Some(s) = service
+        && !cluster["services"].as_array().is_some_and(|list| list.iter().any(|x| x["name"] == s))
+    {
+        return Err(Failure::Runtime(format!("no service {s:?} in cluster {}", cell(&cluster["name"]))));
+    }
+    let query = service.map(|s| format!("?service={s}")).unwrap_or_default();
+    let list = client.get(&format!("/api/instances{query}")).await?;
+    if json_out {
+        print_json(&list);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(err) = cluster["lastError"].as_str() {
+        eprintln!("warning: the last manifest edit was rejected (nothing changed):\n{err}\n");
+    }
+    let rows: Vec<Vec<String>> = list["instances"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|i| {
+            vec![
+                cell(&i["name"]),
+                cell(&i["pid"]),
+                cell(&i["port"]),
+                cell(&i["status"]),
+                if i["ready"] == true { "yes".into() } else { "no".into() },
+                cell(&i["restarts"]),
+                age(i["startedAt"].as_str()),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "PID", "PORT", "STATUS", "READY", "RESTARTS", "AGE"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn describe(client: &Client, name: &str, json_out: bool) -> Outcome {
+    let i = client.get(&format!("/api/instances/{name}")).await?;
+    if json_out {
+        print_json(&i);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = String::new();
+    let ready = if i["ready"] == true { "ready" } else { "not ready" };
+    let _ = writeln!(out, "Name:       {}", cell(&i["name"]));
+    let _ = writeln!(out, "Service:    {}", cell(&i["service"]));
+    let _ = writeln!(out, "Status:     {} ({ready})", cell(&i["status"]));
+    let _ = writeln!(out, "PID:        {}", cell(&i["pid"]));
+    let _ = writeln!(out, "Port:       {} ({})", cell(&i["port"]), cell(&i["url"]));
+    let _ = writeln!(out, "Restarts:   {}", cell(&i["restarts"]));
+    let _ = writeln!(out, "Started:    {} ({} ago)", cell(&i["startedAt"]), age(i["startedAt"].as_str()));
+    let last = &i["lastExit"];
+    if !last.is_null() {
+        let how = match (&last["code"], &last["signal"]) {
+            (Value::Number(c), _) => format!("code {c}"),
+            (_, Value::String(s)) => format!("signal {s}"),
+            _ => cell(&last["error"]),
+        };
+        let _ = writeln!(out, "Last exit:  {how} at {}", cell(&last["at"]));
+    }
+    let spec = serde_yaml::to_string(&i["spec"]).unwrap_or_default();
+    let _ = writeln!(out, "Spec:");
+    for line in spec.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    let _ = writeln!(out, "Events:");
+    for e in i["events"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
+        let time = e["time"].as_str().and_then(|t| t.get(11..23)).unwrap_or("");
+        let _ = writeln!(out, "  {time}  {:<16} {}", cell(&e["type"]), cell(&e["message"]));
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn logs(client: &Client, name: &str, follow: bool, tail: Option<usize>) -> Outcome {
+    let mut url = format!("{}/api/logs/{name}?follow={follow}", client.base);
+    if let Some(n) = tail {
+        let _ = write!(url, "&tail={n}");
+    }
+    let mut res = client.http.get(url).send().await.map_err(|e| client.unreachable(&e))?;
+    if !res.status().is_success() {
+        return Client::answer(res).await.map(|_| ExitCode::SUCCESS);
+    }
+    let mut stdout = std::io::stdout();
+    loop {
+        match res.chunk().await {
+            Ok(Some(chunk)) => {
+                if stdout.write_all(&chunk).and_then(|()| stdout.flush()).is_err() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            Ok(None) => return Ok(ExitCode::SUCCESS),
+            Err(_) if follow => return Err(Failure::Unreachable(format!("orch at {} went away", client.base))),
+            Err(e) => return Err(Failure::Runtime(format!("reading the log: {e}"))),
+        }
+    }
+}
+
+pub async fn events(client: &Client, follow: bool, json_out: bool) -> Outcome {
+    let mut since = 0u64;
+    loop {
+        let wait = if follow && since > 0 { "&wait=30s" } else { "" };
+        let page = match client.get(&format!("/api/events?since={since}{wait}")).await {
+            Ok(p) => p,
+            Err(Failure::Unreachable(_)) if follow && since > 0 => return Ok(ExitCode::SUCCESS),
+            Err(e) => return Err(e),
+        };
+        for e in page["events"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
+            if json_out {
+                println!("{e}");
+            } else {
+                let time = e["time"].as_str().and_then(|t| t.get(11..23)).unwrap_or("");
+                println!("{time}  {:<16} {}", cell(&e["type"]), cell(&e["message"]));
+            }
+        }
+        since = page["next"].as_u64().unwrap_or(since).max(since);
+        if !follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        since = since.max(1);
+    }
+}
+
+pub fn parse_scale(arg: &str) -> Result<(String, i64), Failure> {
+    let usage = || Failure::Usage(format!("expected SERVICE=REPLICAS (like data=5), got {arg:?}"));
+    let (service, n) = arg.split_once('=').ok_or_else(usage)?;
+    let n: i64 = n.trim().parse().map_err(|_| usage())?;
+    if service.trim().is_empty() {
+        return Err(usage());
+    }
+    Ok((service.trim().to_owned(), n))
+}
+
+pub async fn scale(client: &Client, arg: &str) -> Outcome {
+    let (service, replicas) = parse_scale(arg)?;
+    let v = client.post("/api/scale", json!({ "service": service, "replicas": replicas })).await?;
+    println!("{} scaled {} -> {}", cell(&v["service"]), cell(&v["from"]), cell(&v["replicas"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn restart(client: &Client, target: &str) -> Outcome {
+    let v = client.post("/api/restart", json!({ "target": target })).await?;
+    println!("{}", cell(&v["message"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `orch down`: stop everything in reverse dependency order, showing it happen.
+pub async fn down(client: &Client) -> Outcome {
+    // Asking from past the end answers at once with the latest seq.
+    let latest = client.get("/api/events?since=18446744073709551615").await?["next"].as_u64().unwrap_or(0);
+    client.post("/api/down", json!({})).await?;
+    let started = Instant::now();
+    let mut since = latest;
+    loop {
+        match client.get(&format!("/api/events?since={since}&wait=5s")).await {
+            Ok(page) => {
+                for e in page["events"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
+                    let time = e["time"].as_str().and_then(|t| t.get(11..23)).unwrap_or("");
+                    println!("{time}  {:<16} {}", cell(&e["type"]), cell(&e["message"]));
+                }
+                since = page["next"].as_u64().unwrap_or(since).max(since);
+            }
+            Err(Failure::Unreachable(_)) | Err(Failure::Runtime(_)) => break,
+            Err(e) => return Err(e),
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(Failure::Runtime("the cluster is still stopping after 10 minutes".into()));
+        }
+    }
+    // The API goes away just before the process ends.
+    println!("cluster stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_changes(changes: &Value) -> bool {
+    let list = changes.as_array().map(|a| a.as_slice()).unwrap_or_default();
+    if list.is_empty() {
+        println!("no changes");
+        return false;
+    }
+    for c in list {
+        let sign = match c["change"].as_str() {
+            Some("create") => "+",
+            Some("delete") => "-",
+            _ => "~",
+        };
+        println!("{sign} {}", cell(&c["summary"]));
+    }
+    true
+}
+
+/// `orch diff FILE`: what applying FILE would change (everything, if no orch runs).
+pub async fn diff(control: Option<&str>, file: &Path, json_out: bool) -> Outcome {
+    let m = manifest::load(file).map_err(|e| Failure::Usage(e.to_string()))?;
+    let url = control.map(str::to_owned).or_else(|| control_url_of(&m));
+    let running = match &url {
+        Some(u) => Client::new(u).cluster().await.map(|c| (Client::new(u), c)),
+        None => None,
+    };
+    let changes = match running {
+        Some((client, cluster)) if cluster["dataDir"].as_str() == Some(&m.data_dir.display().to_string()) => {
+            client.post("/api/apply", json!({ "path": m.path, "dryRun": true })).await?["changes"].clone()
+        }
+        _ => Value::Array(
+            m.services
+                .iter()
+                .map(|s| {
+                    json!({"service": s.name, "change": "create", "from": null, "to": s.replicas,
+                           "summary": format!("create {} ({} instances; no cluster runs from {})", s.name, s.replicas, m.data_dir.display())})
+                })
+                .collect(),
+        ),
+    };
+    let different = if json_out {
+        print_json(&json!({ "changes": changes }));
+        changes.as_array().is_some_and(|a| !a.is_empty())
+    } else {
+        print_changes(&changes)
+    };
+    Ok(if different { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `orch apply FILE` when an orch already runs this cluster: hand it the file.
+/// `Ok(None)`: no orch runs it; start one.
+pub async fn hand_over(control: Option<&str>, m: &Manifest) -> Result<Option<ExitCode>, Failure> {
+    let Some(url) = control.map(str::to_owned).or_else(|| control_url_of(m)) else { return Ok(None) };
+    let client = Client::new(&url);
+    let Some(cluster) = client.cluster().await else { return Ok(None) };
+    if cluster["dataDir"].as_str() != Some(&m.data_dir.display().to_string()) {
+        return Err(Failure::Runtime(format!(
+            "another orch (cluster {}, data dir {}) answers at {url}; stop it (`orch down --control {url}`) or give this manifest another spec.controlPort",
+            cell(&cluster["name"]),
+            cell(&cluster["dataDir"]),
+        )));
+    }
+    let v = client.post("/api/apply", json!({ "path": m.path })).await?;
+    println!("applied {} to the running cluster {} ({url}):", m.path.display(), cell(&cluster["name"]));
+    print_changes(&v["changes"]);
+    Ok(Some(ExitCode::SUCCESS))
+}
+
+/// `orch apply -d`: runs the control plane detached (its own session, output to
+/// `DATA_DIR/orch.log`) and returns once every instance is ready.
+pub async fn detach(file: &Path, m: &Manifest) -> Outcome {
+    let exe = std::env::current_exe().map_err(|e| Failure::Runtime(format!("cannot find the orch binary: {e}")))?;
+    std::fs::create_dir_all(&m.data_dir)
+        .map_err(|e| Failure::Runtime(format!("cannot create the data dir {}: {e}", m.data_dir.display())))?;
+    let log_path = m.data_dir.join("orch.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Failure::Runtime(format!("cannot open {}: {e}", log_path.display())))?;
+    let log_start = log.metadata().map(|md| md.len()).unwrap_or(0);
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("apply")
+        .arg(file)
+        .arg("--serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().map_err(|e| Failure::Runtime(e.to_string()))?)
+        .stderr(log);
+    new_session(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| Failure::Runtime(format!("cannot start the control plane: {e}")))?;
+    let started = Instant::now();
+    let mut last_shown = String::new();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail =
+                std::fs::read(&log_path).ok().map(|b| String::from_utf8_lossy(&b[log_start as usize..]).into_owned());
+            eprint!("{}", tail.unwrap_or_default());
+            let code = status.code().unwrap_or(1);
+            return Err(if code == 2 {
+                Failure::Usage(format!("the control plane did not start (see {})", log_path.display()))
+            } else {
+                Failure::Runtime(format!("the control plane exited ({status}); see {}", log_path.display()))
+            });
+        }
+        let record = crate::state::read(&m.data_dir).filter(|r| r.pid == child.id());
+        if let Some(record) = record {
+            let client = Client::new(&record.control_url);
+            if let Some(cluster) = client.cluster().await {
+                let services = cluster["services"].as_array().cloned().unwrap_or_default();
+                let total: u64 = services.iter().map(|s| s["replicas"].as_u64().unwrap_or(0)).sum();
+                let ready: u64 = services.iter().map(|s| s["ready"].as_u64().unwrap_or(0)).sum();
+                let shown = format!("{ready}/{total}");
+                if shown != last_shown {
+                    eprintln!("  {ready}/{total} ready");
+                    last_shown = shown;
+                }
+                if ready == total {
+                    println!(
+                        "cluster {} running in the background (pid {}): {total} instances ready in {:.2} s",
+                        cell(&cluster["name"]),
+                        child.id(),
+                        started.elapsed().as_secs_f64()
+                    );
+                    println!("control API {}  log {}", record.control_url, log_path.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(Failure::Runtime(format!(
+                "not every instance is ready after 120 s; the cluster keeps trying in the background (`orch get`, {})",
+                log_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_aligned() {
+        let rows = vec![
+            vec!["web-1".into(), "12".into(), "running".into()],
+            vec!["web-10".into(), "-".into(), "backoff".into()],
+        ];
+        assert_eq!(
+            table(&["NAME", "PID", "STATUS"], &rows),
+            "NAME     PID   STATUS\nweb-1    12    running\nweb-10   -     backoff\n"
+        );
+    }
+
+    #[test]
+    fn scale_arguments() {
+        assert_eq!(parse_scale("data=5").unwrap(), ("data".into(), 5));
+        assert_eq!(parse_scale("data=-1").unwrap(), ("data".into(), -1));
+        assert!(matches!(parse_scale("data"), Err(Failure::Usage(_))));
+        assert!(matches!(parse_scale("data=five"), Err(Failure::Usage(_))));
+        assert!(matches!(parse_scale("=5"), Err(Failure::Usage(_))));
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(None), "-");
+        assert_eq!(age(Some(&kit::time::now_iso())), "0s");
+        assert_eq!(age(Some(&kit::time::iso_from_millis(kit::time::unix_millis() - 7_200_000))), "2h");
+    }
+}

@@ -1,0 +1,199 @@
+//! The event log: what happened to the cluster, numbered, in memory, in
+//! `DATA_DIR/events.jsonl`, and served by `GET /api/events` (with long polling).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// Events kept in memory (the file has them all).
+const KEEP: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    ManifestApplied,
+    ManifestRejected,
+    Scaled,
+    Started,
+    Ready,
+    NotReady,
+    Exited,
+    Restarted,
+    Backoff,
+    Crashloop,
+    LivenessFailed,
+    Stopping,
+    Stopped,
+    Rolled,
+    Chaos,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::ManifestApplied => "manifest-applied",
+            Kind::ManifestRejected => "manifest-rejected",
+            Kind::Scaled => "scaled",
+            Kind::Started => "started",
+            Kind::Ready => "ready",
+            Kind::NotReady => "not-ready",
+            Kind::Exited => "exited",
+            Kind::Restarted => "restarted",
+            Kind::Backoff => "backoff",
+            Kind::Crashloop => "crashloop",
+            Kind::LivenessFailed => "liveness-failed",
+            Kind::Stopping => "stopping",
+            Kind::Stopped => "stopped",
+            Kind::Rolled => "rolled",
+            Kind::Chaos => "chaos",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    pub service: Option<String>,
+    pub instance: Option<String>,
+    pub message: String,
+}
+
+pub struct EventLog {
+    inner: Mutex<Inner>,
+    latest: watch::Sender<u64>,
+}
+
+struct Inner {
+    seq: u64,
+    recent: VecDeque<Event>,
+    file: Option<File>,
+}
+
+impl EventLog {
+    /// A log appending to `path` (created if needed); `None` keeps events in memory only.
+    pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
+        let file = match path {
+            Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
+            None => None,
+        };
+        let (latest, _) = watch::channel(0);
+        Ok(Self { inner: Mutex::new(Inner { seq: 0, recent: VecDeque::new(), file }), latest })
+    }
+
+    /// Records an event and wakes whoever waits for one.
+    pub fn emit(&self, kind: Kind, service: Option<&str>, instance: Option<&str>, message: impl Into<String>) -> Event {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.seq += 1;
+        let event = Event {
+            seq: inner.seq,
+            time: kit::time::now_iso(),
+            kind,
+            service: service.map(str::to_owned),
+            instance: instance.map(str::to_owned),
+            message: message.into(),
+        };
+        tracing::debug!(seq = event.seq, kind = kind.as_str(), message = %event.message, "event");
+        if let Some(file) = inner.file.as_mut() {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            if let Err(e) = file.write_all(&line) {
+                tracing::warn!(error = %e, "cannot append to events.jsonl");
+            }
+        }
+        inner.recent.push_back(event.clone());
+        if inner.recent.len() > KEEP {
+            inner.recent.pop_front();
+        }
+        let seq = inner.seq;
+        drop(inner);
+        self.latest.send_replace(seq);
+        event
+    }
+
+    /// Events after `since`, oldest first, at most `limit`; and the seq to ask from next.
+    pub fn since(&self, since: u64, limit: usize) -> (Vec<Event>, u64) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let events: Vec<Event> = inner.recent.iter().filter(|e| e.seq > since).take(limit).cloned().collect();
+        let next = events.last().map_or(since.min(inner.seq), |e| e.seq);
+        (events, next)
+    }
+
+    /// Like [`since`](Self::since), but waits up to `wait` for at least one event.
+    pub async fn wait_since(&self, since: u64, limit: usize, wait: Duration) -> (Vec<Event>, u64) {
+        let mut rx = self.latest.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|&latest| latest > since)).await;
+        self.since(since, limit)
+    }
+
+    /// The latest seq.
+    pub fn latest(&self) -> u64 {
+        *self.latest.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// The recent events of one instance.
+    pub fn of_instance(&self, instance: &str, limit: usize) -> Vec<Event> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events: Vec<Event> = inner
+            .recent
+            .iter()
+            .rev()
+            .filter(|e| e.instance.as_deref() == Some(instance))
+            .take(limit)
+            .cloned()
+            .collect();
+        events.reverse();
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn numbered_filed_and_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let log = std::sync::Arc::new(EventLog::open(Some(&path)).unwrap());
+        log.emit(Kind::Started, Some("web"), Some("web-1"), "web-1 started");
+        log.emit(Kind::Ready, Some("web"), Some("web-1"), "web-1 ready");
+        let (events, next) = log.since(0, 10);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(next, 2);
+        assert_eq!(log.since(1, 10).0.len(), 1);
+        assert_eq!(log.since(0, 1), (vec![events[0].clone()], 1));
+        assert_eq!(log.since(2, 10), (vec![], 2));
+
+        // A waiter wakes on the next event.
+        let waiter = tokio::spawn({
+            let log = log.clone();
+            async move { log.wait_since(2, 10, Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        log.emit(Kind::Exited, Some("web"), Some("web-1"), "web-1 exited (signal SIGKILL)");
+        let (events, next) = waiter.await.unwrap();
+        assert_eq!((events.len(), next), (1, 3));
+        // No event within the wait: empty.
+        assert_eq!(log.wait_since(3, 10, Duration::from_millis(20)).await, (vec![], 3));
+
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["type"], "exited");
+        assert_eq!(lines[2]["instance"], "web-1");
+        assert_eq!(log.of_instance("web-1", 2).len(), 2);
+    }
+}
