@@ -134,18 +134,42 @@ fn request(body: Value, place: Place) -> Result<Request, ApiError> {
     Ok(Request { operation, operands, priority })
 }
 
-async fn direct(State(state): State<AppState>, Json(body): Json<Value>) -> Result<Response, Error> {
-    let req = request(body, Place::Direct)?;
+/// The idempotency scope of direct operations.
+pub const DIRECT_SCOPE: &str = "POST /api/compute/direct";
+
+async fn direct(
+    State(state): State<AppState>,
+    IdempotencyKey(key): IdempotencyKey,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let req = request(kit::http::parse_json(&body)?, Place::Direct)?;
     let (op, task) = ops::parse(&req.operation, &req.operands, Place::Direct)?;
+    // With a key already answered, the first answer, without computing again.
+    let fingerprint = kit::idempotency::fingerprint(&[&body]);
+    if let Some(key) = &key {
+        let mut conn = state.queue.pool().acquire().await?;
+        if let Some(stored) = kit::idempotency::lookup(&mut conn, DIRECT_SCOPE, key).await? {
+            return Ok(stored.replay(&fingerprint));
+        }
+    }
     let result = state.executor.run(task, state.config.time_limit).await?;
-    Ok(Json(json!({
+    let answer = json!({
         "operation": op.name(),
         "operands": req.operands,
         "result": result,
         "service": state.config.kit.service_name,
         "computedAt": kit::time::now_iso(),
-    }))
-    .into_response())
+    });
+    if let Some(key) = &key {
+        // Two retries racing: the first to record wins, and both answer what it recorded.
+        let mut tx = kit::db::begin_write(state.queue.pool()).await?;
+        if let Some(stored) = kit::idempotency::lookup(&mut tx, DIRECT_SCOPE, key).await? {
+            return Ok(stored.replay(&fingerprint));
+        }
+        kit::idempotency::record(&mut tx, DIRECT_SCOPE, key, &fingerprint, StatusCode::OK, &answer.to_string()).await?;
+        tx.commit().await?;
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn submit(

@@ -198,3 +198,27 @@ async fn simulated_work_waits_then_answers() {
         assert_eq!(body["error"], "ms must be a whole number from 0 to 1000");
     }
 }
+
+#[tokio::test]
+async fn a_direct_request_with_a_seen_idempotency_key_gets_the_first_answer() {
+    let (_dir, db) = database();
+    let a = Instance::start(&db, "compute-a", &[("COMPUTE_WORKERS", "0")]).await;
+    let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "0")]).await;
+    let body = json!({"operation": "fibonacci", "operands": [200]});
+    let first = a.post("/api/compute/direct", &body).header("idempotency-key", "d-1").send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let again = b.post("/api/compute/direct", &body).header("idempotency-key", "d-1").send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first, "the first answer, computedAt and service included");
+
+    let other = json!({"operation": "fibonacci", "operands": [201]});
+    let (status, _) = send(b.post("/api/compute/direct", &other).header("idempotency-key", "d-1")).await;
+    assert_eq!(status, 422);
+    let (status, fresh) = send(b.post("/api/compute/direct", &body)).await;
+    assert_eq!((status, &fresh["service"]), (200, &json!("compute-b")), "without a key, computed again");
+    a.stop().await;
+    b.stop().await;
+}
