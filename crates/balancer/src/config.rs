@@ -44,6 +44,9 @@ pub struct Config {
     /// `DISCOVERY_SETTLE_MS` (default 3000): after the registry comes back, instances it
     /// does not list yet stay routable this long (it refills from heartbeats).
     pub settle: Duration,
+    /// `BALANCER_WORKERS` (default: the number of cores): threads serving the request path,
+    /// each with its own runtime and backend connections.
+    pub workers: usize,
 }
 
 impl Config {
@@ -72,8 +75,13 @@ impl Config {
             max_attempts: vars.number("MAX_ATTEMPTS", 3, 1, 10)? as u32,
             retry_buffer: vars.number("RETRY_BUFFER_BYTES", 64 << 10, 0, 16 << 20)? as usize,
             settle: vars.millis("DISCOVERY_SETTLE_MS", 3_000, 600_000)?,
+            workers: vars.number("BALANCER_WORKERS", default_workers(), 1, 64)? as usize,
         })
     }
+}
+
+fn default_workers() -> u64 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u64).min(64)
 }
 
 /// `data` → `DATA_PORTS`, `my-svc` → `MY_SVC_PORTS`.

@@ -58,7 +58,8 @@ pub struct AppState {
     /// For each route (as in `config.routes.entries()`), its service's index.
     pub route_service: Vec<usize>,
     pub backends: ArcSwap<BackendSet>,
-    pub client: Client<HttpConnector, RequestBody>,
+    /// The health checks' client (each worker of the request path has its own).
+    pub client: Upstream,
     pub faults: Faults,
     /// The first discovery (dynamic or static) has finished.
     pub ready: AtomicBool,
@@ -75,14 +76,7 @@ impl AppState {
             .iter()
             .map(|(_, s)| names.iter().position(|n| n == s).expect("every route's service is listed"))
             .collect();
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .retry_canceled_requests(true)
-            .build(connector);
+        let client = upstream_client(&config);
         Self {
             backends: ArcSwap::from_pointee(BackendSet::empty(services.len())),
             services,
@@ -94,6 +88,21 @@ impl AppState {
             config,
         }
     }
+}
+
+/// A client of the backends, with its pool of keep-alive connections.
+pub type Upstream = Client<HttpConnector, RequestBody>;
+
+/// A new client of the backends; its connections live on the runtime it is first used on.
+pub fn upstream_client(config: &Config) -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .retry_canceled_requests(true)
+        .build(connector)
 }
 
 /// Serves the balancer on `listener` until `shutdown`.

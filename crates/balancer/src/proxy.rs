@@ -35,10 +35,10 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::AppState;
 use crate::backend::{Instance, Service, Tried, pick};
 use crate::body::{InFlight, RequestBody, ResponseBody};
 use crate::error::{Failure, Retry};
+use crate::{AppState, Upstream};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_UPSTREAM_INSTANCE: HeaderName = HeaderName::from_static("x-upstream-instance");
@@ -47,7 +47,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Forwards `req` to its service; every answer carries `X-Request-Id`.
-pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(state: &AppState, client: &Upstream, req: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -61,7 +61,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Respon
     let service = &state.services[index];
     service.stats.requests.fetch_add(1, Relaxed);
     service.stats.in_flight.fetch_add(1, Relaxed);
-    match forward(state, index, service, req, &request_id, started).await {
+    match forward(state, client, index, service, req, &request_id, started).await {
         Ok(response) => response,
         Err((status, message)) => {
             service.stats.answered(status.as_u16(), started.elapsed(), Instant::now());
@@ -75,6 +75,7 @@ type Refusal = (StatusCode, &'static str);
 
 async fn forward(
     state: &AppState,
+    client: &Upstream,
     index: usize,
     service: &Arc<Service>,
     req: Request<Incoming>,
@@ -148,7 +149,7 @@ async fn forward(
         instance.stats.requests.fetch_add(1, Relaxed);
         instance.stats.in_flight.fetch_add(1, Relaxed);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout_at(deadline, state.client.request(upstream)).await;
+        let outcome = tokio::time::timeout_at(deadline, client.request(upstream)).await;
         let now = Instant::now();
         failure = match outcome {
             Ok(Ok(response)) => {

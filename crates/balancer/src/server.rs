@@ -1,6 +1,12 @@
-//! The HTTP/1 accept loop. Requests for the balancer's own endpoints go to the admin
-//! router (axum); everything else takes the proxy path directly on hyper, without a
-//! router or a buffering middleware in between.
+//! The HTTP/1 server: one acceptor, and `BALANCER_WORKERS` worker threads (one per core by
+//! default), each with its own single-threaded runtime and its own pool of backend
+//! connections, as nginx runs one event loop per worker process.
+//!
+//! The acceptor hands each new client connection to the next worker in turn; from then on
+//! the connection, its requests and the backend connections they use stay on that thread,
+//! so the request path has no cross-thread wake-ups and no contended pool. Requests for
+//! the balancer's own endpoints go to the admin router (axum); everything else takes the
+//! proxy path directly on hyper, with no router or buffering middleware in between.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,11 +18,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tower::ServiceExt;
 
-use crate::AppState;
 use crate::body::ResponseBody;
-use crate::{admin, proxy};
+use crate::{AppState, Upstream, admin, proxy, upstream_client};
 
 /// A client must send its request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,11 +33,27 @@ pub async fn run(
     shutdown: kit::Shutdown,
     grace: Duration,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "listening");
+    tracing::info!(addr = %listener.local_addr()?, workers = state.config.workers, "listening");
     let admin = admin::router(state.clone());
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let mut workers = Vec::new();
+    let mut finished = Vec::new();
+    for n in 0..state.config.workers {
+        let (streams, inbox) = mpsc::unbounded_channel();
+        let (done, finish) = oneshot::channel();
+        let (state, admin) = (state.clone(), admin.clone());
+        std::thread::Builder::new().name(format!("balancer-{n}")).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(worker(inbox, state, admin, grace)),
+                Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
+            }
+            let _ = done.send(());
+        })?;
+        workers.push(streams);
+        finished.push(finish);
+    }
+
+    let mut next = 0usize;
     loop {
         let stream = tokio::select! {
             _ = shutdown.requested() => break,
@@ -46,21 +68,17 @@ pub async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (state, admin) = (state.clone(), admin.clone());
-        let service = service_fn(move |req: Request<Incoming>| {
-            let (state, admin) = (state.clone(), admin.clone());
-            async move { Ok::<_, Infallible>(dispatch(&state, admin, req).await) }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-        });
+        // The stream moves to the worker's runtime as a std socket.
+        let Ok(stream) = stream.into_std() else { continue };
+        next = next.wrapping_add(1);
+        if workers[next % workers.len()].send(stream).is_err() {
+            tracing::error!("a worker stopped early");
+        }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "in-flight requests still running after the grace period");
+    drop(workers);
+    for finish in finished {
+        let _ = finish.await;
     }
     if !shutdown.wait_for_tasks(grace).await {
         tracing::warn!("background tasks still running after the grace period");
@@ -69,9 +87,45 @@ pub async fn run(
     Ok(())
 }
 
-async fn dispatch(state: &AppState, admin: axum::Router, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Serves the connections the acceptor hands over, until it stops; then lets in-flight
+/// requests finish within `grace`.
+async fn worker(
+    mut inbox: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    state: Arc<AppState>,
+    admin: axum::Router,
+    grace: Duration,
+) {
+    let client = upstream_client(&state.config);
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    while let Some(stream) = inbox.recv().await {
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
+        let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
+        let service = service_fn(move |req: Request<Incoming>| {
+            let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
+            async move { Ok::<_, Infallible>(dispatch(&state, &client, admin, req).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "in-flight requests still running after the grace period");
+    }
+}
+
+async fn dispatch(
+    state: &AppState,
+    client: &Upstream,
+    admin: axum::Router,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     if !admin::is_admin_path(req.uri().path()) {
-        return proxy::handle(state, req).await;
+        return proxy::handle(state, client, req).await;
     }
     let request_id = req.headers().get(&proxy::X_REQUEST_ID).cloned().unwrap_or_else(proxy::new_request_id);
     let response = match admin.oneshot(req.map(axum::body::Body::new)).await {
