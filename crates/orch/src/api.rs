@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -53,6 +54,18 @@ fn gone() -> ApiError {
 
 fn from_call(e: CallError) -> ApiError {
     ApiError::new(e.0, e.1)
+}
+
+/// A request carrying the cluster token. As an extractor placed before the body, it
+/// answers 401 before anything else about the request is looked at.
+struct Authorized;
+
+impl FromRequestParts<ApiState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        authorize(state, &parts.headers).map(|()| Authorized)
+    }
 }
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -194,10 +207,9 @@ struct ApplyBody {
 
 async fn apply(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _: Authorized,
     Json(body): Json<ApplyBody>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
     if body.path.as_ref().is_some_and(|p| !p.is_absolute()) {
         return Err(ApiError::bad_request("path must be absolute"));
     }
@@ -214,10 +226,9 @@ struct ScaleBody {
 
 async fn scale(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _: Authorized,
     Json(body): Json<ScaleBody>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, &headers)?;
     let result = state.handle.call(move |c| c.call_scale(&body.service, body.replicas)).await.ok_or_else(gone)?;
     result.map(Json).map_err(from_call)
 }
@@ -230,16 +241,14 @@ struct RestartBody {
 
 async fn restart(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _: Authorized,
     Json(body): Json<RestartBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    authorize(&state, &headers)?;
     let result = state.handle.call(move |c| c.call_restart(&body.target)).await.ok_or_else(gone)?;
     result.map(|v| (StatusCode::ACCEPTED, Json(v))).map_err(from_call)
 }
 
-async fn down(State(state): State<ApiState>, headers: HeaderMap) -> Result<(StatusCode, Json<Value>), ApiError> {
-    authorize(&state, &headers)?;
+async fn down(State(state): State<ApiState>, _: Authorized) -> Result<(StatusCode, Json<Value>), ApiError> {
     let v = state.handle.call(|c| c.call_down()).await.ok_or_else(gone)?;
     Ok((StatusCode::ACCEPTED, Json(v)))
 }

@@ -180,7 +180,11 @@ async fn apply(control: Option<&str>, file: &std::path::Path, detach: bool, serv
     init_logging();
     match plane::run(manifest, text).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(plane::PlaneError::Invalid(e)) => Err(Failure::Usage(e.to_string())),
+        Err(plane::PlaneError::Invalid(mut e)) => {
+            // Name the file as the user did.
+            e.file = file.display().to_string();
+            Err(Failure::Usage(e.to_string()))
+        }
         Err(plane::PlaneError::Runtime(e)) => Err(Failure::Runtime(format!("{e:#}"))),
     }
 }

@@ -312,6 +312,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "a manifest: apiVersion, kind, metadata and spec")]
 struct RawManifest {
     api_version: String,
     kind: String,
@@ -321,12 +322,14 @@ struct RawManifest {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "metadata: a mapping with a name")]
 struct RawMetadata {
     name: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "a spec: a mapping with services (and dataDir, controlPort, auth, env, logMaxBytes)")]
 struct RawSpec {
     data_dir: Option<String>,
     control_port: Option<Int>,
@@ -339,12 +342,14 @@ struct RawSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "auth: a mapping with required: true or false")]
 struct RawAuth {
     required: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "a service: a mapping with a name and a component or a command")]
 struct RawService {
     name: String,
     component: Option<String>,
@@ -368,6 +373,7 @@ struct RawService {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "a probe: a mapping with path or tcp, periodMs, timeoutMs, failureThreshold, enabled")]
 struct RawProbe {
     path: Option<String>,
     tcp: Option<bool>,
@@ -379,6 +385,7 @@ struct RawProbe {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "restart: a mapping with policy, backoffInitialMs, backoffMaxMs, resetAfterMs")]
 struct RawRestart {
     policy: Option<RestartPolicy>,
     backoff_initial_ms: Option<Int>,

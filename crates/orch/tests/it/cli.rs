@@ -1,0 +1,300 @@
+//! The CLI verbs and the control API, against a running cluster.
+
+use std::time::Duration;
+
+use kit::testing::eventually;
+use serde_json::{Value, json};
+
+use crate::{Cluster, DEADLINE, ORCH, manifest, orch, stderr, stdout, web};
+
+#[tokio::test]
+async fn get_describe_logs_and_events() {
+    let cluster = Cluster::start(&web(2)).await;
+    let list = cluster.wait_ready(&["registry-1", "web-1", "web-2"]).await;
+
+    let out = cluster.cli(&["get"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PID", "PORT", "STATUS", "READY", "RESTARTS", "AGE"]);
+    assert_eq!(lines.len(), 4);
+    assert!(lines[2].starts_with("web-1 ") && lines[2].contains(" running ") && lines[2].contains(" yes "), "{text}");
+    // Columns are aligned: every row's STATUS starts where the header's does.
+    let col = lines[0].find("STATUS").unwrap();
+    assert!(lines[1..].iter().all(|l| &l[col..col + 7] == "running"), "{text}");
+
+    let out = cluster.cli(&["get", "web", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["instances"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web-1", "web-2"]);
+    assert_eq!(v["instances"][0]["pid"], list[1].1.unwrap());
+
+    let out = cluster.cli(&["get", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no service \"nosuch\""), "{}", stderr(&out));
+
+    let out = cluster.cli(&["describe", "web-2"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("Name:       web-2") && text.contains("Status:     running (ready)"), "{text}");
+    assert!(text.contains("component: registry") && text.contains("web-2 ready"), "{text}");
+    let out = cluster.cli(&["describe", "web-9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no instance \"web-9\""));
+    let v: Value = serde_json::from_slice(&cluster.cli(&["describe", "web-1", "-o", "json"]).stdout).unwrap();
+    assert_eq!(v["spec"]["replicas"], 2);
+    assert!(v["events"].as_array().unwrap().iter().any(|e| e["type"] == "started"));
+
+    // orch's start marker and the component's own lines are in the log.
+    let out = cluster.cli(&["logs", "web-1"]);
+    let text = stdout(&out);
+    assert!(text.contains("[orch ") && text.contains("started web-1"), "{text}");
+    assert!(text.contains("listening"), "{text}");
+    let out = cluster.cli(&["logs", "web-1", "--tail", "1"]);
+    assert_eq!(stdout(&out).lines().count(), 1);
+    let out = cluster.cli(&["logs", "../etc"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = cluster.cli(&["events"]);
+    assert!(stdout(&out).lines().any(|l| l.contains("manifest-applied")), "{}", stdout(&out));
+    let out = cluster.cli(&["events", "-o", "json"]);
+    let first: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["type"], "manifest-applied");
+}
+
+#[tokio::test]
+async fn follow_streams_new_events_and_log_lines() {
+    let cluster = Cluster::start(&web(1)).await;
+    cluster.wait_ready(&["registry-1", "web-1"]).await;
+    let mut events = std::process::Command::new(ORCH)
+        .args(["events", "-f", "--control", &cluster.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut logs = std::process::Command::new(ORCH)
+        .args(["logs", "web-1", "-f", "--control", &cluster.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = cluster.cli(&["restart", "web-1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    cluster.wait_event("rolled", None, "web rolled out").await;
+    // Both followers saw what happened after they started.
+    let read = |child: &mut std::process::Child, needle: &'static str| {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(needle) {
+                    let _ = tx.send(line);
+                    return;
+                }
+            }
+        });
+        rx.recv_timeout(DEADLINE)
+    };
+    let seen_event = read(&mut events, "web-1 stopping (replaced)");
+    let seen_log = read(&mut logs, "exited (");
+    for child in [&mut events, &mut logs] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    seen_event.expect("events -f shows the restart");
+    seen_log.expect("logs -f shows the exit marker");
+}
+
+#[tokio::test]
+async fn scale_restart_and_diff() {
+    let cluster = Cluster::start(&web(2)).await;
+    let before = cluster.wait_ready(&["registry-1", "web-1", "web-2"]).await;
+
+    let out = cluster.cli(&["scale", "web=3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "web scaled 2 -> 3");
+    cluster.wait_ready(&["registry-1", "web-1", "web-2", "web-3"]).await;
+    for (args, code, text) in [
+        (&["scale", "web=-1"][..], 2, "replicas must be from 0 to 100, got -1"),
+        (&["scale", "web=101"][..], 2, "replicas must be from 0 to 100, got 101"),
+        (&["scale", "nosuch=1"][..], 1, "no service \"nosuch\""),
+        (&["scale", "web"][..], 2, "expected SERVICE=REPLICAS"),
+        (&["restart", "nosuch"][..], 1, "no service or instance \"nosuch\""),
+    ] {
+        let out = cluster.cli(args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(text), "{args:?}: {}", stderr(&out));
+    }
+
+    // A rolling restart replaces every instance of the service, one at a time.
+    let out = cluster.cli(&["restart", "web"]);
+    assert!(out.status.success());
+    cluster.wait_event("rolled", None, "web rolled out: 3 instances").await;
+    let after = cluster.wait_ready(&["registry-1", "web-1", "web-2", "web-3"]).await;
+    assert_eq!(after[0], before[0]);
+    assert_ne!(after[1].1, before[1].1);
+    assert_ne!(after[2].1, before[2].1);
+
+    // diff: the file says 2 replicas, the running cluster has 3.
+    let out = cluster.cli(&["diff", "m.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "~ scale web 3 -> 2");
+    std::fs::write(cluster.path("other.yaml"), web(3)).unwrap();
+    let out = cluster.cli(&["diff", "other.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out).trim(), "no changes");
+    std::fs::write(cluster.path("other.yaml"), web(3).replace("replicas: 3", "replicas: 3\n      env: { A: b }"))
+        .unwrap();
+    let out = cluster.cli(&["diff", "other.yaml", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["changes"][0]["change"], "roll");
+    // A dry run changes nothing.
+    assert_eq!(cluster.pids().await, after);
+}
+
+#[tokio::test]
+async fn mutations_need_the_cluster_token() {
+    let cluster = Cluster::start(&web(1)).await;
+    cluster.wait_ready(&["registry-1", "web-1"]).await;
+    let http = reqwest::Client::new();
+    for path in ["/api/scale", "/api/restart", "/api/apply", "/api/down"] {
+        let res = http.post(format!("{}{path}", cluster.url)).json(&json!({})).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path}");
+        let body: Value = res.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+    }
+    let res = http.post(format!("{}/api/down", cluster.url)).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    // The token is the data dir's, private to the user.
+    let token = std::fs::read_to_string(cluster.path("data/cluster-token")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(cluster.path("data/cluster-token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let res = http
+        .post(format!("{}/api/scale", cluster.url))
+        .bearer_auth(token.trim())
+        .json(&json!({"service": "web", "replicas": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = http
+        .post(format!("{}/api/apply", cluster.url))
+        .bearer_auth(token.trim())
+        .json(&json!({"path": "relative.yaml"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    // Unknown routes and bad queries are JSON errors too.
+    let res = http.get(format!("{}/api/nothing", cluster.url)).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    let res = http.get(format!("{}/api/events?wait=soon", cluster.url)).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    // Children learn the control URL and the token.
+    let env = std::fs::read(format!("/proc/{}/environ", cluster.pid("web-1").await)).unwrap();
+    let env = String::from_utf8_lossy(&env);
+    assert!(env.split('\0').any(|kv| kv == format!("ORCH_CONTROL_URL={}", cluster.url)));
+    assert!(env.split('\0').any(|kv| kv == format!("ORCH_CLUSTER_TOKEN={}", token.trim())));
+    assert!(env.split('\0').any(|kv| kv == "ORCH_MANAGED=1"));
+    assert!(env.split('\0').any(|kv| kv == "SERVICE_TYPE=web"));
+}
+
+#[tokio::test]
+async fn events_long_poll_answers_when_something_happens() {
+    let cluster = Cluster::start(&web(1)).await;
+    cluster.wait_ready(&["registry-1", "web-1"]).await;
+    let latest = cluster.get("/api/events?since=0").await["next"].as_u64().unwrap();
+    let url = format!("{}/api/events?since={latest}&wait=30s", cluster.url);
+    let waiting = tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await.unwrap() });
+    let waiting = kit::testing::still_pending(waiting, Duration::from_millis(200), "the long poll").await;
+    assert!(cluster.cli(&["restart", "web-1"]).status.success());
+    let page = waiting.await.unwrap();
+    assert!(page["events"].as_array().unwrap().iter().all(|e| e["seq"].as_u64().unwrap() > latest));
+    assert!(page["next"].as_u64().unwrap() > latest);
+}
+
+#[tokio::test]
+async fn apply_detached_hands_over_and_comes_down() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.yaml"), web(2)).unwrap();
+    let out = orch(dir.path(), &["apply", "-d", "m.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("3 instances ready in"), "{text}");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("data/orch.json")).unwrap()).unwrap();
+    let url = record["controlUrl"].as_str().unwrap().to_owned();
+    let daemon = record["pid"].as_u64().unwrap() as u32;
+    let stop = Guard(daemon);
+    assert!(text.contains(&url));
+
+    // A second apply of the same manifest hands the file to the running orch.
+    std::fs::write(dir.path().join("m.yaml"), web(3)).unwrap();
+    let out = orch(dir.path(), &["apply", "m.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("scale web 2 -> 3"), "{}", stdout(&out));
+    let http = reqwest::Client::new();
+    eventually(DEADLINE, "web-3 ready", || async {
+        let v: Value = http.get(format!("{url}/api/instances?service=web")).send().await.ok()?.json().await.ok()?;
+        (v["instances"].as_array()?.iter().filter(|i| i["ready"] == true).count() == 3).then_some(())
+    })
+    .await;
+    // A bad manifest is refused by the CLI itself.
+    std::fs::write(dir.path().join("m.yaml"), web(3).replace("replicas: 3", "replicas: 3\n      bogus: 1")).unwrap();
+    let out = orch(dir.path(), &["apply", "m.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = orch(dir.path(), &["down", "--control", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(DEADLINE, "the detached orch to exit", || async { crate::gone(daemon).then_some(()) }).await;
+    let out = orch(dir.path(), &["get", "--control", &url]);
+    assert_eq!(out.status.code(), Some(3), "unreachable: {}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach orch"));
+    drop(stop);
+}
+
+/// Ends a detached orch by PID if a test fails before `orch down`.
+struct Guard(u32);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !crate::gone(self.0) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_custom_command_is_registered_under_its_service_name() {
+    // A shell loop answering on its port, registered by orch on its behalf.
+    let yaml = manifest(
+        "    - name: registry\n      component: registry\n    - name: echo\n      command: [sh, -c, 'exec \"$0\" run registry', '{orch}']\n      env: { REGISTER: \"false\", HEARTBEAT_INTERVAL_MS: \"200\" }\n      replicas: 2\n      dependsOn: [registry]\n",
+    )
+    .replace("{orch}", ORCH);
+    let cluster = Cluster::start(&yaml).await;
+    cluster.wait_ready(&["registry-1", "echo-1", "echo-2"]).await;
+    let registry_port = cluster.instances().await[0]["port"].as_u64().unwrap();
+    let echo_ports: Vec<u64> = cluster.instances().await[1..].iter().map(|i| i["port"].as_u64().unwrap()).collect();
+    let registry = format!("http://127.0.0.1:{registry_port}/api/registry/services/echo");
+    let records = eventually(DEADLINE, "both echo instances registered", || async {
+        let v: Value = reqwest::get(&registry).await.ok()?.json().await.ok()?;
+        (v["total"] == 2).then_some(v)
+    })
+    .await;
+    let mut urls: Vec<String> =
+        records["services"].as_array().unwrap().iter().map(|r| r["url"].as_str().unwrap().to_owned()).collect();
+    urls.sort();
+    let mut expected: Vec<String> = echo_ports.iter().map(|p| format!("http://localhost:{p}")).collect();
+    expected.sort();
+    assert_eq!(urls, expected);
+    // Scaled down, it is deregistered.
+    assert!(cluster.cli(&["scale", "echo=1"]).status.success());
+    eventually(DEADLINE, "echo-2 deregistered", || async {
+        let v: Value = reqwest::get(&registry).await.ok()?.json().await.ok()?;
+        (v["total"] == 1 && v["services"][0]["serviceId"] == "echo-1").then_some(())
+    })
+    .await;
+}
