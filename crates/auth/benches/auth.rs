@@ -59,13 +59,13 @@ where
 fn print(rows: &[Row]) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{:<22} {:>9} {:>6} {:>9} {:>10} {:>9} {:>9}",
+        "{:<26} {:>9} {:>6} {:>9} {:>10} {:>9} {:>9}",
         "operation", "requests", "conc", "seconds", "req/s", "p50 ms", "p99 ms"
     );
     for r in rows {
         let pct = |p: f64| r.latencies[((r.latencies.len() as f64 * p) as usize).min(r.latencies.len() - 1)];
         println!(
-            "{:<22} {:>9} {:>6} {:>9.2} {:>10.0} {:>9.2} {:>9.2}",
+            "{:<26} {:>9} {:>6} {:>9.2} {:>10.0} {:>9.2} {:>9.2}",
             r.name,
             r.requests,
             r.concurrency,
