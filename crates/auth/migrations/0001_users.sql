@@ -10,10 +10,10 @@ CREATE TABLE users (
     created_at BIGINT NOT NULL
 );
 
--- Failed logins per account within the current window (see src/lockout.rs). `account` is
--- `user:<id>` for a known user, `name:<identifier>` for an unknown one.
+-- Login attempts since the last success per account, within the current window (see
+-- src/lockout.rs). `account` is `user:<id>` for a known user, `name:<identifier>` else.
 CREATE TABLE login_failures (
     account TEXT PRIMARY KEY,
-    failures BIGINT NOT NULL,
+    attempts BIGINT NOT NULL,
     window_start BIGINT NOT NULL
 );

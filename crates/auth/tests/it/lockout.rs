@@ -70,3 +70,20 @@ async fn the_lock_ends_with_the_window_and_success_resets_the_count() {
     .await;
     auth.stop().await;
 }
+
+#[tokio::test]
+async fn parallel_guesses_cannot_exceed_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [("LOGIN_MAX_FAILURES", "3"), ("LOGIN_WINDOW_MS", "600000")];
+    let (a, b) = tokio::join!(TestAuth::start(dir.path(), &settings), TestAuth::start(dir.path(), &settings));
+    a.register("ada").await;
+    let guesses = (0..12).map(|i| {
+        let instance = if i % 2 == 0 { &a } else { &b };
+        send(instance.post("/api/auth/login", &login("ada", &format!("guess-{i}"))))
+    });
+    let mut statuses: Vec<u16> = futures_util::future::join_all(guesses).await.into_iter().map(|(s, _)| s).collect();
+    statuses.sort();
+    assert_eq!(statuses, [[401; 3].as_slice(), &[429; 9]].concat(), "exactly the limit's worth of guesses checked");
+    a.stop().await;
+    b.stop().await;
+}
