@@ -55,7 +55,10 @@ pub async fn run(header: Header, events: Arc<EventLog>, mut progress: watch::Rec
                 let _ = writeln!(out, "{}{}", if terminal { "\r\x1b[2K" } else { "" }, line(event));
             }
         }
-        if !all_ready && p.total > 0 && p.ready == p.total {
+        if !all_ready && p.total == 0 && !p.stopping {
+            all_ready = true;
+            let _ = writeln!(out, "nothing to run: every service has 0 replicas; events follow");
+        } else if !all_ready && p.total > 0 && p.ready == p.total {
             all_ready = true;
             let clear = if terminal { "\r\x1b[2K" } else { "" };
             let _ = writeln!(

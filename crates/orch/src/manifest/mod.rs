@@ -581,7 +581,7 @@ impl Checker {
         }
         let spec = raw.spec;
         let sp = root.key("spec");
-        let data_dir = self.base.join(spec.data_dir.as_deref().unwrap_or("data"));
+        let data_dir = normalize(&self.base.join(spec.data_dir.as_deref().unwrap_or("data")));
         if data_dir.exists() && !data_dir.is_dir() {
             self.problem(
                 sp.key("dataDir"),
@@ -671,7 +671,7 @@ impl Checker {
         }
         let working_dir = match &raw.working_dir {
             Some(dir) => {
-                let dir = self.base.join(dir);
+                let dir = normalize(&self.base.join(dir));
                 if !dir.is_dir() {
                     self.problem(
                         at.key("workingDir"),
@@ -1049,6 +1049,21 @@ fn topo_order(graph: &[(&str, &[String])]) -> Result<Vec<usize>, Vec<usize>> {
     Ok(order)
 }
 
+/// `path` without `.` and `..` components (lexically: the directories may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn valid_name(name: &str, max: usize) -> bool {
     !name.is_empty()
         && name.len() <= max
@@ -1065,7 +1080,7 @@ fn component_names() -> String {
 fn find_program(program: &str, base: &Path) -> Result<PathBuf, String> {
     let executable = |p: &Path| p.is_file() && p.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
     if program.contains('/') {
-        let path = base.join(program);
+        let path = normalize(&base.join(program));
         return if executable(&path) {
             Ok(path)
         } else if path.exists() {

@@ -2,8 +2,9 @@
 //!
 //! A readiness loop reports changes only: ready after the first success, not ready after
 //! `failureThreshold` failures in a row, ready again after a success. Until the first
-//! success it probes quickly (a socket-activated child answers the probe that waited in its
-//! backlog the moment it accepts). A liveness loop reports every failure and the first
+//! success it probes quickly for a moment (a socket-activated child answers the probe that
+//! waited in its backlog the moment it accepts; a program binding its own port is probed
+//! every 20 ms until it does). A liveness loop reports every failure and the first
 //! success after failures; the reconciler counts them against the threshold.
 
 use std::time::Duration;
@@ -13,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::manifest::{Check, Probe};
 
-/// Retry pace before the first success.
+/// Retry pace before the first success, for at most [`STARTUP_WINDOW`] after the start.
 const STARTUP_PERIOD: Duration = Duration::from_millis(20);
+const STARTUP_WINDOW: Duration = Duration::from_secs(2);
 
 /// An HTTP client for probes: no pooled connections, so every probe meets the current
 /// process.
@@ -58,6 +60,8 @@ pub async fn readiness(
     mut report: impl FnMut(bool, String),
 ) {
     let period = Duration::from_millis(probe.period_ms);
+    let began = Instant::now();
+    let mut ever_ready = false;
     let mut ready = false;
     let mut failures = 0u32;
     loop {
@@ -71,6 +75,7 @@ pub async fn readiness(
                 failures = 0;
                 if !ready {
                     ready = true;
+                    ever_ready = true;
                     report(true, String::new());
                 }
             }
@@ -82,7 +87,8 @@ pub async fn readiness(
                 }
             }
         }
-        let pace = if ready || failures == 0 { period } else { period.min(STARTUP_PERIOD) };
+        let starting = !ever_ready && began.elapsed() < STARTUP_WINDOW;
+        let pace = if starting { period.min(STARTUP_PERIOD) } else { period };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(started + pace) => {}
