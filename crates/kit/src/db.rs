@@ -44,6 +44,10 @@ pub async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlit
 }
 
 /// One step of a schema, embedded in the binary (`include_str!`).
+///
+/// A migration is known by its `name`, which must be unique across every service that may
+/// share a database file (pointing auth, data and compute at one file reproduces the
+/// original single `local-db.sqlite`); `version` orders a service's own migrations.
 #[derive(Clone, Copy, Debug)]
 pub struct Migration {
     pub version: i64,
@@ -51,7 +55,7 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// Applies the migrations not applied yet, in order.
+/// Applies the migrations not applied yet, in order of version.
 ///
 /// Safe when several processes start at once on a new file: the check and the changes run
 /// in one write transaction, so one process migrates and the others then find nothing to do.
@@ -59,25 +63,25 @@ pub async fn migrate(pool: &SqlitePool, migrations: &[Migration]) -> Result<(), 
     let mut tx = begin_write(pool).await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version BIGINT PRIMARY KEY,
-            name TEXT NOT NULL,
+            name TEXT PRIMARY KEY,
+            version BIGINT NOT NULL,
             applied_at BIGINT NOT NULL
         )",
     )
     .execute(&mut *tx)
     .await?;
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations").fetch_one(&mut *tx).await?;
-    let applied = applied.unwrap_or(0);
-    for m in migrations.iter().filter(|m| m.version > applied) {
+    let applied: Vec<String> = sqlx::query_scalar("SELECT name FROM schema_migrations").fetch_all(&mut *tx).await?;
+    let mut pending: Vec<&Migration> = migrations.iter().filter(|m| !applied.iter().any(|a| a == m.name)).collect();
+    pending.sort_by_key(|m| m.version);
+    for m in pending {
         tracing::info!(version = m.version, name = m.name, "applying migration");
         // `Executor::execute(conn, raw_sql)`, not `raw_sql.execute(conn)`: the latter's future
         // is not `Send` for every lifetime (a rustc/sqlx quirk), so a component's `serve`
         // could not be `tokio::spawn`ed.
         sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(m.sql)).await?;
-        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(m.version)
+        sqlx::query("INSERT INTO schema_migrations (name, version, applied_at) VALUES ($1, $2, $3)")
             .bind(m.name)
+            .bind(m.version)
             .bind(crate::time::unix_millis())
             .execute(&mut *tx)
             .await?;
@@ -107,6 +111,21 @@ mod tests {
         },
         Migration { version: 2, name: "colour", sql: "ALTER TABLE things ADD COLUMN colour TEXT;" },
     ];
+
+    #[tokio::test]
+    async fn services_sharing_one_file_each_get_their_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = connect(&format!("sqlite://{}", dir.path().join("shared.sqlite").display())).await.unwrap();
+        let other: &[Migration] =
+            &[Migration { version: 1, name: "gadgets", sql: "CREATE TABLE gadgets (id INTEGER PRIMARY KEY);" }];
+        migrate(&pool, MIGRATIONS).await.unwrap();
+        migrate(&pool, other).await.unwrap();
+        migrate(&pool, MIGRATIONS).await.unwrap();
+        sqlx::query("INSERT INTO gadgets (id) VALUES (1)").execute(&pool).await.unwrap();
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM schema_migrations ORDER BY name").fetch_all(&pool).await.unwrap();
+        assert_eq!(names, ["colour", "gadgets", "things"]);
+    }
 
     #[tokio::test]
     async fn migrating_runs_on_a_spawned_task() {
