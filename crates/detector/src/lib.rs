@@ -443,6 +443,10 @@ mod tests {
         assert_eq!((webhook.url.as_str(), webhook.attempts), ("http://127.0.0.1:9/hook", 3));
         assert_eq!(config.orch_control_url.as_deref(), Some("http://127.0.0.1:3006"));
 
+        let vars = kit::Vars::from_pairs([("ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hook?token=s3cret")]);
+        let shown = format!("{:?}", Config::from_vars(&vars).unwrap());
+        assert!(!shown.contains("s3cret"), "the webhook URL leaks into Debug: {shown}");
+
         let err =
             Config::from_vars(&kit::Vars::from_pairs([("ALERT_WEBHOOK_URL", "https://example.com/x")])).unwrap_err();
         assert!(err.to_string().contains("no TLS"), "{err}");

@@ -138,6 +138,13 @@ pub async fn follow_events(state: AppState, client: OrchClient, shutdown: kit::S
                 for event in page.events {
                     state.orch_event(event, caught_up);
                 }
+                if !any && page.next < since {
+                    // orch's numbering went back: a new orch. Read its history afresh.
+                    tracing::info!("orch's events start over, reading them again");
+                    since = 0;
+                    caught_up = false;
+                    continue;
+                }
                 since = since.max(page.next).max(newest);
                 if !any {
                     caught_up = true;

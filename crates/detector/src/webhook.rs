@@ -18,14 +18,24 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// How to deliver.
-#[derive(Clone, Debug)]
+/// How to deliver. `Debug` leaves the URL out: it may carry a token.
+#[derive(Clone)]
 pub struct Settings {
     pub url: String,
     /// Attempts per alert (the first included).
     pub attempts: u32,
     /// The pause after the first failed attempt; it doubles after each one.
     pub backoff: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &"[redacted]")
+            .field("attempts", &self.attempts)
+            .field("backoff", &self.backoff)
+            .finish()
+    }
 }
 
 /// The sending side: hands alerts to the delivery task without waiting.

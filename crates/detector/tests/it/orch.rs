@@ -89,3 +89,26 @@ async fn an_instance_orch_reports_not_running_stays_down() {
     orch.event("ready", "web-1", "web-1 is ready");
     detector.instance_where("web-1", "web-1 back", |i| i["status"] == "up").await;
 }
+
+#[tokio::test]
+async fn a_new_orch_with_fresh_numbers_is_followed() {
+    let (_registry, orch, detector, _backend, _url) = setup().await;
+    eventually(WAIT, "the first orch's history read", || async {
+        (snapshot(&detector)["events"].as_array().unwrap().len() == 2).then_some(())
+    })
+    .await;
+    orch.reset_events();
+    orch.event("manifest-applied", "", "cluster.yaml applied");
+    eventually(WAIT, "the new orch's first event", || async {
+        let events = snapshot(&detector)["events"].as_array().unwrap().clone();
+        events.iter().any(|e| e["type"] == "manifest-applied").then_some(())
+    })
+    .await;
+    orch.event("exited", "web-1", "web-1 exited (code 1)");
+    let alerts = eventually(WAIT, "the crash alerted", || async {
+        let alerts = detector.alerts().await;
+        (!alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    assert_eq!(alerts.last().unwrap()["message"], "web-1 (web) is down: orch: web-1 exited (code 1)");
+}

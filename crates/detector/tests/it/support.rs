@@ -193,6 +193,12 @@ impl FakeOrch {
         *self.instances.lock().unwrap() = instances;
     }
 
+    /// Forgets every event, as a new orch would (its numbering starts over).
+    pub fn reset_events(&self) {
+        self.events.lock().unwrap().clear();
+        self.appended.notify_waiters();
+    }
+
     /// Appends an event (numbered in order) and wakes long polls.
     pub fn event(&self, kind: &str, instance: &str, message: &str) {
         let mut events = self.events.lock().unwrap();
@@ -230,7 +236,9 @@ async fn orch_events(
             }
         }
     }
-    let next = events.iter().filter_map(|e| e["seq"].as_u64()).max().unwrap_or(since);
+    // As orch answers: the last seq given, or (nothing new) the smaller of `since` and its latest.
+    let latest = orch.events.lock().unwrap().len() as u64;
+    let next = events.iter().filter_map(|e| e["seq"].as_u64()).max().unwrap_or(since.min(latest));
     axum::Json(json!({"events": events, "next": next}))
 }
 
