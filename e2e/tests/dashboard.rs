@@ -47,10 +47,15 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start() -> Self {
+    /// Chromium and chromedriver on the PATH, or a clear failure.
+    fn binaries() -> (PathBuf, PathBuf) {
         let missing = "run `make deps` (scripts/deps.sh installs Debian's chromium and chromium-driver)";
         let chromium = find("chromium").unwrap_or_else(|| panic!("Chromium is missing: {missing}"));
         let chromedriver = find("chromedriver").unwrap_or_else(|| panic!("chromedriver is missing: {missing}"));
+        (chromium, chromedriver)
+    }
+
+    async fn start((chromium, chromedriver): (PathBuf, PathBuf)) -> Self {
         let port = {
             let (socket, addr) = listener();
             drop(socket);
@@ -198,6 +203,7 @@ fn envs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
+    let binaries = Browser::binaries();
     let http = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().display().to_string();
@@ -245,7 +251,12 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
     let mut detector = Component::start("detector-1", "detector", env);
     detector.ready(&http).await;
 
-    // Some traffic through the balancer, for the distribution chart.
+    // Some traffic through the balancer, for the distribution chart, once it routes to all three.
+    eventually(DEADLINE, "the balancer routing to three compute instances", || async {
+        let status: Value = http.get(format!("{}/status", balancer.url())).send().await.ok()?.json().await.ok()?;
+        (status["services"]["compute"]["healthy"] == 3).then_some(())
+    })
+    .await;
     let through = format!("{}/api/compute/health", balancer.url());
     for _ in 0..30 {
         eventually(DEADLINE, "a request through the balancer", || async {
@@ -254,7 +265,7 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
         .await;
     }
 
-    let browser = Browser::start().await;
+    let browser = Browser::start(binaries).await;
     browser.client.goto(&detector.url()).await.expect("opening the dashboard");
 
     // Every registered instance is on the page, up.
