@@ -322,6 +322,7 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
     // The detector itself restarts: the page says so, reconnects by itself, and fills again.
     detector.proc.kill();
     page_until(&browser, "the page reconnecting", |page| page["conn"] == "reconnecting").await;
+    browser.screenshot("dashboard-reconnecting.png").await;
     detector.restart("detector");
     let back = page_until(&browser, "the page live again with every instance up", |page| {
         page["conn"] == "live" && registered.iter().all(|id| page["rows"][id] == "up")
