@@ -16,6 +16,7 @@ use http::HeaderValue;
 use http::uri::Authority;
 
 use crate::config::Strategy;
+use crate::pool::Idle;
 use crate::stats::Stats;
 
 /// One backend instance.
@@ -26,7 +27,11 @@ pub struct Instance {
     /// The URL as registered.
     pub url: String,
     /// Where to connect: an IP address and port, resolved once.
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority (the `Host` for clients that sent none).
     pub authority: Authority,
+    /// Keep-alive connections, per worker thread.
+    pub idle: Idle,
     /// `id` as a header value, for `X-Upstream-Instance`.
     pub header: HeaderValue,
     /// Passes the active checks (cleared after `HEALTH_FAIL_THRESHOLD` failures).
@@ -39,12 +44,14 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(service: &str, id: &str, url: &str, addr: SocketAddr) -> Self {
+    pub fn new(service: &str, id: &str, url: &str, addr: SocketAddr, workers: usize) -> Self {
         Self {
             id: id.to_owned(),
             service: service.to_owned(),
             url: url.to_owned(),
+            addr,
             authority: Authority::try_from(addr.to_string()).expect("a socket address is a valid authority"),
+            idle: Idle::new(workers),
             header: kit::http::header_value(id),
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
@@ -269,7 +276,7 @@ mod tests {
         let service = Service::new("data");
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let pool: Vec<Arc<Instance>> =
-            (1..=3).map(|n| Arc::new(Instance::new("data", &format!("data-{n}"), "http://x", addr))).collect();
+            (1..=3).map(|n| Arc::new(Instance::new("data", &format!("data-{n}"), "http://x", addr, 1))).collect();
         let mut tried = Tried::default();
         for _ in 0..3 {
             let i = pick(Strategy::RoundRobin, &service, &pool, &tried).unwrap();
@@ -289,7 +296,7 @@ mod tests {
     #[test]
     fn ejection_and_readmission() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let instance = Instance::new("data", "data-1", "http://x", addr);
+        let instance = Instance::new("data", "data-1", "http://x", addr, 1);
         assert!(!instance.passive_failure(2));
         instance.passive_success();
         assert!(!instance.passive_failure(2), "a success ends the streak");

@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::backend::{Instance, Service};
+use crate::pool::UpstreamBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -93,7 +94,7 @@ impl Drop for InFlight {
 
 pub enum ResponseBody {
     Full(Option<Bytes>),
-    Upstream(Incoming, InFlight),
+    Upstream(UpstreamBody),
     Axum(axum::body::Body),
 }
 
@@ -110,7 +111,7 @@ impl Body for ResponseBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut *self {
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Upstream(inner, _) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            Self::Upstream(inner) => Pin::new(inner).poll_frame(cx),
             Self::Axum(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
         }
     }
@@ -118,7 +119,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Full(bytes) => bytes.is_none(),
-            Self::Upstream(inner, _) => inner.is_end_stream(),
+            Self::Upstream(inner) => inner.is_end_stream(),
             Self::Axum(inner) => inner.is_end_stream(),
         }
     }
@@ -126,7 +127,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Upstream(inner, _) => inner.size_hint(),
+            Self::Upstream(inner) => inner.size_hint(),
             Self::Axum(inner) => inner.size_hint(),
         }
     }

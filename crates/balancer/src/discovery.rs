@@ -112,7 +112,10 @@ pub async fn apply(state: &AppState, discovery: Discovery, entries: Vec<Entry>) 
         let instance = match known.get(&(entry.service, entry.id.as_str(), entry.url.as_str())) {
             Some(instance) => Arc::clone(instance),
             None => match resolve(&entry.url).await {
-                Some(addr) => Arc::new(Instance::new(&state.services[entry.service].name, &entry.id, &entry.url, addr)),
+                Some(addr) => {
+                    let service = &state.services[entry.service].name;
+                    Arc::new(Instance::new(service, &entry.id, &entry.url, addr, state.config.workers))
+                }
                 None => {
                     tracing::warn!(id = %entry.id, url = %entry.url, "instance URL is not http://host:port, skipped");
                     continue;

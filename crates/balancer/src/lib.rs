@@ -26,6 +26,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod faults;
+pub mod pool;
 pub mod proxy;
 mod server;
 pub mod stats;
@@ -58,8 +59,8 @@ pub struct AppState {
     /// For each route (as in `config.routes.entries()`), its service's index.
     pub route_service: Vec<usize>,
     pub backends: ArcSwap<BackendSet>,
-    /// The health checks' client (each worker of the request path has its own).
-    pub client: Upstream,
+    /// The health checks' client (the request path uses [`pool`]).
+    pub client: Client<HttpConnector, RequestBody>,
     pub faults: Faults,
     /// The first discovery (dynamic or static) has finished.
     pub ready: AtomicBool,
@@ -90,11 +91,8 @@ impl AppState {
     }
 }
 
-/// A client of the backends, with its pool of keep-alive connections.
-pub type Upstream = Client<HttpConnector, RequestBody>;
-
-/// A new client of the backends; its connections live on the runtime it is first used on.
-pub fn upstream_client(config: &Config) -> Upstream {
+/// The health checks' client of the backends.
+fn upstream_client(config: &Config) -> Client<HttpConnector, RequestBody> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.connect_timeout));
     connector.set_nodelay(true);

@@ -29,16 +29,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{Scheme, Uri};
+use http::uri::Uri;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::AppState;
 use crate::backend::{Instance, Service, Tried, pick};
 use crate::body::{InFlight, RequestBody, ResponseBody};
 use crate::error::{Failure, Retry};
-use crate::{AppState, Upstream};
+use crate::pool::{self, Conn, SendError, UpstreamBody};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_UPSTREAM_INSTANCE: HeaderName = HeaderName::from_static("x-upstream-instance");
@@ -47,7 +48,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Forwards `req` to its service; every answer carries `X-Request-Id`.
-pub async fn handle(state: &AppState, client: &Upstream, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(state: &AppState, worker: usize, req: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -61,7 +62,7 @@ pub async fn handle(state: &AppState, client: &Upstream, req: Request<Incoming>)
     let service = &state.services[index];
     service.stats.requests.fetch_add(1, Relaxed);
     service.stats.in_flight.fetch_add(1, Relaxed);
-    match forward(state, client, index, service, req, &request_id, started).await {
+    match forward(state, worker, index, service, req, &request_id, started).await {
         Ok(response) => response,
         Err((status, message)) => {
             service.stats.answered(status.as_u16(), started.elapsed(), Instant::now());
@@ -75,7 +76,7 @@ type Refusal = (StatusCode, &'static str);
 
 async fn forward(
     state: &AppState,
-    client: &Upstream,
+    worker: usize,
     index: usize,
     service: &Arc<Service>,
     req: Request<Incoming>,
@@ -117,6 +118,8 @@ async fn forward(
     let idempotent = is_idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    // Backends get the origin form (`/path?query`), whatever form the client used.
+    let target = origin_form(&parts.uri);
 
     let set = state.backends.load_full();
     let pool = &set.pools[index];
@@ -142,17 +145,23 @@ async fn forward(
         };
         let mut upstream = Request::new(body);
         *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = upstream_uri(&instance.authority, &parts.uri);
+        *upstream.uri_mut() = target.clone();
         *upstream.version_mut() = Version::HTTP_11;
         *upstream.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
+        if !upstream.headers().contains_key(header::HOST) {
+            let host =
+                HeaderValue::from_str(instance.authority.as_str()).expect("an authority is a valid header value");
+            upstream.headers_mut().insert(header::HOST, host);
+        }
 
         instance.stats.requests.fetch_add(1, Relaxed);
         instance.stats.in_flight.fetch_add(1, Relaxed);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout_at(deadline, client.request(upstream)).await;
+        let exchange = pool::send(instance, worker, upstream, config.connect_timeout);
+        let outcome = tokio::time::timeout_at(deadline, exchange).await;
         let now = Instant::now();
         failure = match outcome {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, conn))) => {
                 let status = response.status();
                 instance.passive_success();
                 instance.stats.answered(status.as_u16(), now - sent, now);
@@ -163,16 +172,14 @@ async fn forward(
                     Failure::Unavailable
                 } else {
                     service.stats.answered(status.as_u16(), now - started, now);
-                    return Ok(respond(response, service, instance, request_id));
+                    return Ok(respond(response, conn, service, instance, worker, request_id).await);
                 }
             }
             Ok(Err(e)) => {
-                let failure = if over.load(Relaxed) {
-                    Failure::TooLarge
-                } else if e.is_connect() {
-                    Failure::Connect
-                } else {
-                    Failure::Lost
+                let failure = match e {
+                    _ if over.load(Relaxed) => Failure::TooLarge,
+                    SendError::Connect(_) => Failure::Connect,
+                    SendError::Lost(_) => Failure::Lost,
                 };
                 attempt_failed(state, service, instance, failure, &e);
                 failure
@@ -210,26 +217,33 @@ fn attempt_failed(
     }
 }
 
-fn respond(
+async fn respond(
     response: Response<Incoming>,
+    conn: Box<Conn>,
     service: &Arc<Service>,
     instance: &Arc<Instance>,
+    worker: usize,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.headers.insert(X_UPSTREAM_INSTANCE.clone(), instance.header.clone());
-    let guard = InFlight { service: service.clone(), instance: instance.clone() };
-    Response::from_parts(parts, ResponseBody::Upstream(body, guard))
+    let in_flight = InFlight { service: service.clone(), instance: instance.clone() };
+    let mut body = UpstreamBody::new(body, conn, instance.clone(), worker, in_flight);
+    if body.is_empty() {
+        // Nothing will poll an empty body: the connection goes back to the pool now.
+        body.release_now().await;
+    }
+    Response::from_parts(parts, ResponseBody::Upstream(body))
 }
 
-fn upstream_uri(authority: &http::uri::Authority, original: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query = original.path_and_query().cloned().or_else(|| Some("/".parse().expect("valid path")));
-    Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+/// `/path?query` of `uri` (`/` when it has none).
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -331,11 +345,10 @@ mod tests {
 
     #[test]
     fn upstream_uris_keep_path_and_query() {
-        let authority: http::uri::Authority = "127.0.0.1:4002".parse().unwrap();
         let check = |original: &str, expected: &str| {
-            assert_eq!(upstream_uri(&authority, &original.parse().unwrap()).to_string(), expected);
+            assert_eq!(origin_form(&original.parse().unwrap()).to_string(), expected);
         };
-        check("/api/data/k?x=1", "http://127.0.0.1:4002/api/data/k?x=1");
-        check("http://elsewhere:1/api/data", "http://127.0.0.1:4002/api/data");
+        check("/api/data/k?x=1", "/api/data/k?x=1");
+        check("http://elsewhere:1/api/data?y", "/api/data?y");
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tower::ServiceExt;
 
 use crate::body::ResponseBody;
-use crate::{AppState, Upstream, admin, proxy, upstream_client};
+use crate::{AppState, admin, proxy};
 
 /// A client must send its request head within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,7 +44,7 @@ pub async fn run(
         std::thread::Builder::new().name(format!("balancer-{n}")).spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match runtime {
-                Ok(runtime) => runtime.block_on(worker(inbox, state, admin, grace)),
+                Ok(runtime) => runtime.block_on(worker(n, inbox, state, admin, grace)),
                 Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
             }
             let _ = done.send(());
@@ -90,21 +90,21 @@ pub async fn run(
 /// Serves the connections the acceptor hands over, until it stops; then lets in-flight
 /// requests finish within `grace`.
 async fn worker(
+    id: usize,
     mut inbox: mpsc::UnboundedReceiver<std::net::TcpStream>,
     state: Arc<AppState>,
     admin: axum::Router,
     grace: Duration,
 ) {
-    let client = upstream_client(&state.config);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     while let Some(stream) = inbox.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
-        let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
+        let (state, admin) = (state.clone(), admin.clone());
         let service = service_fn(move |req: Request<Incoming>| {
-            let (state, admin, client) = (state.clone(), admin.clone(), client.clone());
-            async move { Ok::<_, Infallible>(dispatch(&state, &client, admin, req).await) }
+            let (state, admin) = (state.clone(), admin.clone());
+            async move { Ok::<_, Infallible>(dispatch(&state, id, admin, req).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -120,12 +120,12 @@ async fn worker(
 
 async fn dispatch(
     state: &AppState,
-    client: &Upstream,
+    worker: usize,
     admin: axum::Router,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     if !admin::is_admin_path(req.uri().path()) {
-        return proxy::handle(state, client, req).await;
+        return proxy::handle(state, worker, req).await;
     }
     let request_id = req.headers().get(&proxy::X_REQUEST_ID).cloned().unwrap_or_else(proxy::new_request_id);
     let response = match admin.oneshot(req.map(axum::body::Body::new)).await {
