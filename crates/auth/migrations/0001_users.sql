@@ -10,10 +10,10 @@ CREATE TABLE users (
     created_at BIGINT NOT NULL
 );
 
--- Login attempts since the last success per account, within the current window (see
+-- Failed logins per account since the last success, within the current window (see
 -- src/lockout.rs). `account` is `user:<id>` for a known user, `name:<identifier>` else.
 CREATE TABLE login_failures (
     account TEXT PRIMARY KEY,
-    attempts BIGINT NOT NULL,
+    failures BIGINT NOT NULL,
     window_start BIGINT NOT NULL
 );

@@ -68,21 +68,28 @@ async fn login(State(state): State<AppState>, Json(body): Json<LoginBody>) -> Re
         Some(c) => format!("user:{}", c.user.id),
         None => format!("name:{}", account::lookup_key(&identifier).chars().take(EMAIL_MAX_LENGTH).collect::<String>()),
     };
-    // The attempt counts before the password is checked, so parallel guesses count too.
+    // The lock is checked while holding a hashing slot, and a failure is recorded before
+    // the slot is given back: parallel guesses queue for the slots, so no more than the
+    // limit plus the slots in flight (on all instances) are ever checked. A burst of right
+    // passwords is never refused.
+    let slot = state.hasher.slot().await?;
     let (max, window) = (state.config.login_max_failures, state.config.login_window);
-    if let Some(wait) = lockout::attempt(&state.pool, &account, max, window).await? {
+    if let Some(wait) = lockout::locked_for(&state.pool, &account, max, window).await? {
         tracing::info!(%account, "login refused: too many failures");
         return Ok(too_many_failures(wait));
     }
     let hash = found.as_ref().map(|c| c.password_hash.clone());
-    let verified = state.hasher.verify(body.password, hash).await?;
+    let (verified, slot) = state.hasher.verify(slot, body.password, hash).await?;
     let user = match found {
         Some(credentials) if verified => credentials.user,
         _ => {
+            lockout::record_failure(&state.pool, &account, window).await?;
+            drop(slot);
             tracing::info!(%account, "login failed");
             return Err(ApiError::unauthorized(BAD_CREDENTIALS));
         }
     };
+    drop(slot);
     lockout::clear(&state.pool, &account).await?;
     let iat = kit::time::unix_millis() / 1000;
     let exp = iat + state.config.jwt_ttl.as_secs() as i64;

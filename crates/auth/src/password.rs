@@ -1,8 +1,8 @@
 //! argon2id password hashing, off the async runtime.
 //!
 //! A hash takes tens of milliseconds of CPU and `ARGON2_MEMORY_KIB` of memory, so it runs in
-//! `spawn_blocking`, and at most `HASH_CONCURRENCY` at once (a semaphore): a burst of logins
-//! queues for a permit instead of starving the runtime or multiplying the memory.
+//! `spawn_blocking`, and at most `HASH_CONCURRENCY` at once: a burst of logins queues for a
+//! [`Slot`] (a semaphore permit) instead of starving the runtime or multiplying the memory.
 //!
 //! Memory: argon2's working memory (19 MiB by default) is allocated here, with a capacity
 //! above glibc's largest mmap threshold (32 MiB), so it is always a mapping of its own that
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use kit::http::ApiError;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{Argon2Params, Error};
 
@@ -57,32 +57,39 @@ impl Hasher {
         Ok(Self { argon2, permits: Arc::new(Semaphore::new(concurrency.max(1))), dummy })
     }
 
+    /// Waits for a free hashing slot (at most `HASH_CONCURRENCY` are out at once).
+    pub async fn slot(&self) -> Result<Slot, ApiError> {
+        self.permits.clone().acquire_owned().await.map(Slot).map_err(ApiError::internal)
+    }
+
     /// The PHC string (`$argon2id$v=19$m=...`) of `password` with a fresh random salt.
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
         let argon2 = self.argon2.clone();
-        self.blocking(move || hash_with(&argon2, password.as_bytes()).map_err(ApiError::internal)).await?
+        let slot = self.slot().await?;
+        let (hash, _) = run(slot, move || hash_with(&argon2, password.as_bytes()).map_err(ApiError::internal)).await?;
+        hash
     }
 
-    /// Whether `password` matches `hash`; `None` (an unknown user) checks the dummy hash and
-    /// answers false, taking the same time.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+    /// Whether `password` matches `hash`, in `slot`, which comes back with the answer (a
+    /// caller may hold it a little longer). `None` (an unknown user) checks the dummy hash
+    /// and answers false, taking the same time.
+    pub async fn verify(&self, slot: Slot, password: String, hash: Option<String>) -> Result<(bool, Slot), ApiError> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy.clone());
-        let matches =
-            self.blocking(move || verify_with(password.as_bytes(), &hash).map_err(ApiError::internal)).await??;
-        Ok(known && matches)
+        let (matches, slot) =
+            run(slot, move || verify_with(password.as_bytes(), &hash).map_err(ApiError::internal)).await?;
+        Ok((known && matches?, slot))
     }
+}
 
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-        let permit = self.permits.clone().acquire_owned().await.map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || {
-            let out = f();
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(ApiError::internal)
-    }
+/// A permit to run one hash; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code, reason = "held for its Drop")] OwnedSemaphorePermit);
+
+/// Runs `f` on the blocking pool, holding `slot` until `f` is done even if the caller goes
+/// away (so no more hashes run, and no more memory is in use, than there are slots).
+async fn run<T: Send + 'static>(slot: Slot, f: impl FnOnce() -> T + Send + 'static) -> Result<(T, Slot), ApiError> {
+    tokio::task::spawn_blocking(move || (f(), slot)).await.map_err(ApiError::internal)
 }
 
 /// Runs argon2 into `out`, in working memory that is unmapped when done (module docs).
@@ -139,15 +146,20 @@ mod tests {
         let hash = hasher.hash("pass123".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
         assert_ne!(hash, hasher.hash("pass123".into()).await.unwrap(), "salts differ");
-        assert!(hasher.verify("pass123".into(), Some(hash.clone())).await.unwrap());
-        assert!(!hasher.verify("pass124".into(), Some(hash.clone())).await.unwrap());
-        assert!(!hasher.verify("pass123".into(), None).await.unwrap());
+        let verify = |password: &str, hash: Option<String>| {
+            let password = password.to_owned();
+            let hasher = &hasher;
+            async move { hasher.verify(hasher.slot().await?, password, hash).await.map(|(ok, _)| ok) }
+        };
+        assert!(verify("pass123", Some(hash.clone())).await.unwrap());
+        assert!(!verify("pass124", Some(hash.clone())).await.unwrap());
+        assert!(!verify("pass123", None).await.unwrap());
 
         // A hash made with other costs still verifies.
         let stronger = Argon2Params { memory_kib: 128, iterations: 2, parallelism: 1 };
         let other = Hasher::new(stronger, 1).await.unwrap();
-        assert!(other.verify("pass123".into(), Some(hash)).await.unwrap());
-        assert!(hasher.verify("x".into(), Some("$argon2id$garbage".into())).await.is_err());
+        assert!(other.verify(other.slot().await.unwrap(), "pass123".into(), Some(hash)).await.unwrap().0);
+        assert!(verify("x", Some("$argon2id$garbage".into())).await.is_err());
     }
 
     #[test]

@@ -72,18 +72,46 @@ async fn the_lock_ends_with_the_window_and_success_resets_the_count() {
 }
 
 #[tokio::test]
-async fn parallel_guesses_cannot_exceed_the_limit() {
+async fn parallel_guesses_run_no_further_than_the_hashing_slots() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = [("LOGIN_MAX_FAILURES", "3"), ("LOGIN_WINDOW_MS", "600000")];
+    let one_slot = [("LOGIN_MAX_FAILURES", "3"), ("LOGIN_WINDOW_MS", "600000"), ("HASH_CONCURRENCY", "1")];
+    let a = TestAuth::start(dir.path(), &one_slot).await;
+    a.register("ada").await;
+    a.register("grace").await;
+    let guesses = |instances: Vec<&TestAuth>, name: &'static str| {
+        let n = instances.len();
+        futures_util::future::join_all((0..12).map(move |i| {
+            let body = login(name, &format!("guess-{i}"));
+            send(instances[i % n].post("/api/auth/login", &body))
+        }))
+    };
+    let count = |answers: &[(u16, Value)], status: u16| answers.iter().filter(|(s, _)| *s == status).count();
+
+    // One instance, one slot: exactly the limit's worth of guesses are checked.
+    let answers = guesses(vec![&a], "ada").await;
+    assert_eq!((count(&answers, 401), count(&answers, 429)), (3, 9), "{answers:?}");
+
+    // Two instances, one slot each: at most one guess more than the limit slips through.
+    let b = TestAuth::start(dir.path(), &one_slot).await;
+    let answers = guesses(vec![&a, &b], "grace").await;
+    let checked = count(&answers, 401);
+    assert!((3..=4).contains(&checked), "{answers:?}");
+    assert_eq!(checked + count(&answers, 429), 12);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn parallel_right_passwords_are_never_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [("LOGIN_MAX_FAILURES", "2")];
     let (a, b) = tokio::join!(TestAuth::start(dir.path(), &settings), TestAuth::start(dir.path(), &settings));
     a.register("ada").await;
-    let guesses = (0..12).map(|i| {
-        let instance = if i % 2 == 0 { &a } else { &b };
-        send(instance.post("/api/auth/login", &login("ada", &format!("guess-{i}"))))
-    });
-    let mut statuses: Vec<u16> = futures_util::future::join_all(guesses).await.into_iter().map(|(s, _)| s).collect();
-    statuses.sort();
-    assert_eq!(statuses, [[401; 3].as_slice(), &[429; 9]].concat(), "exactly the limit's worth of guesses checked");
+    // One earlier failure is on record; sixteen simultaneous right logins all succeed.
+    assert_eq!(send(a.post("/api/auth/login", &login("ada", "wrong"))).await.0, 401);
+    let logins = (0..16).map(|i| send([&a, &b][i % 2].post("/api/auth/login", &login("ada", "pass123"))));
+    let answers = futures_util::future::join_all(logins).await;
+    assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
     a.stop().await;
     b.stop().await;
 }
