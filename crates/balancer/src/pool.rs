@@ -143,7 +143,9 @@ pub async fn send(
         let fresh = reused.is_none();
         let mut conn = match reused.take() {
             Some(conn) => conn,
-            None => connect(instance.addr, connect_timeout).await?,
+            // Boxed: the connect future is large and rarely needed, and every request's
+            // future would otherwise carry its size.
+            None => Box::pin(connect(instance.addr, connect_timeout)).await?,
         };
         let mut response = std::pin::pin!(conn.sender.try_send_request(req));
         let mut io_done = false;

@@ -64,15 +64,33 @@ pub async fn handle(state: &AppState, worker: usize, req: Request<Incoming>) -> 
     service.stats.in_flight.fetch_add(1, Relaxed);
     match forward(state, worker, index, service, req, &request_id, started).await {
         Ok(response) => response,
-        Err((status, message)) => {
+        Err(Refusal { status, message, close }) => {
             service.stats.answered(status.as_u16(), started.elapsed(), Instant::now());
             service.stats.end();
-            json_error(status, message, request_id)
+            let mut response = json_error(status, message, request_id);
+            if close {
+                // Part of the request body is still unread: this connection cannot carry
+                // another request, and the client should know before it tries.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     }
 }
 
-type Refusal = (StatusCode, &'static str);
+/// An answer of the balancer's own instead of a backend's.
+struct Refusal {
+    status: StatusCode,
+    message: &'static str,
+    /// The client's body was not read to its end.
+    close: bool,
+}
+
+impl From<(StatusCode, &'static str)> for Refusal {
+    fn from((status, message): (StatusCode, &'static str)) -> Self {
+        Self { status, message, close: false }
+    }
+}
 
 async fn forward(
     state: &AppState,
@@ -83,12 +101,16 @@ async fn forward(
     request_id: &HeaderValue,
     started: Instant,
 ) -> Result<Response<ResponseBody>, Refusal> {
+    // When the request is ready to go (after an injected delay or reading its body).
+    let mut ready = started;
     if let Some(effect) = state.faults.check(&service.name) {
         if !effect.delay.is_zero() {
             tokio::time::sleep(effect.delay).await;
+            ready = Instant::now();
         }
         if let Some(status) = effect.error {
-            return Err((status, "injected fault"));
+            let close = !req.body().is_end_stream();
+            return Err(Refusal { status, message: "injected fault", close });
         }
     }
 
@@ -97,8 +119,8 @@ async fn forward(
     let limit = config.kit.body_limit;
     let declared = content_length(&parts.headers);
     if declared.is_some_and(|n| n > limit as u64) {
-        drain(body).await;
-        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than the limit"));
+        Box::pin(drain(body)).await;
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than the limit").into());
     }
     // A small body of known length is kept for retries; anything else streams through once.
     let over = Arc::new(AtomicBool::new(false));
@@ -106,10 +128,17 @@ async fn forward(
         (Some(Bytes::new()), None)
     } else if declared.is_some_and(|n| n <= config.retry_buffer as u64) {
         match body.collect().await {
-            Ok(collected) => (Some(collected.to_bytes()), None),
+            Ok(collected) => {
+                ready = Instant::now();
+                (Some(collected.to_bytes()), None)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read request body");
-                return Err((StatusCode::BAD_REQUEST, "cannot read request body"));
+                return Err(Refusal {
+                    status: StatusCode::BAD_REQUEST,
+                    message: "cannot read request body",
+                    close: true,
+                });
             }
         }
     } else {
@@ -124,7 +153,8 @@ async fn forward(
     let set = state.backends.load_full();
     let pool = &set.pools[index];
     if pool.is_empty() {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service"));
+        let (status, message) = (StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service");
+        return Err(Refusal { status, message, close: replay.is_none() });
     }
     let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
     let attempts = config.max_attempts as usize;
@@ -156,7 +186,7 @@ async fn forward(
 
         instance.stats.requests.fetch_add(1, Relaxed);
         instance.stats.in_flight.fetch_add(1, Relaxed);
-        let sent = Instant::now();
+        let sent = if attempt == 0 { ready } else { Instant::now() };
         let exchange = pool::send(instance, worker, upstream, config.connect_timeout);
         let outcome = tokio::time::timeout_at(deadline, exchange).await;
         let now = Instant::now();
@@ -198,7 +228,8 @@ async fn forward(
             break;
         }
     }
-    Err(failure.answer())
+    let (status, message) = failure.answer();
+    Err(Refusal { status, message, close: replay.is_none() })
 }
 
 fn attempt_failed(
