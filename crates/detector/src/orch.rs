@@ -134,24 +134,26 @@ pub async fn follow_events(state: AppState, client: OrchClient, shutdown: kit::S
                 }
                 backoff = Duration::from_millis(100);
                 let newest = page.events.iter().map(|e| e.seq).max().unwrap_or(0);
-                let any = !page.events.is_empty();
-                for event in page.events {
-                    state.orch_event(event, caught_up);
-                }
-                if !any && page.next < since {
+                let count = page.events.len();
+                if count == 0 && page.next < since {
                     // orch's numbering went back: a new orch. Read its history afresh.
                     tracing::info!("orch's events start over, reading them again");
                     since = 0;
                     caught_up = false;
                     continue;
                 }
+                for event in page.events {
+                    state.orch_event(event, caught_up);
+                }
                 since = since.max(page.next).max(newest);
-                if !any {
-                    caught_up = true;
-                } else if caught_up {
+                if caught_up && count > 0 {
                     // Something happened: restart counts and process states now, then a check.
                     state.wake_orch_poll();
                     state.request_round();
+                }
+                // A page short of the limit is the end of the history: what follows is news.
+                if count < PAGE {
+                    caught_up = true;
                 }
             }
             Err(e) => {
