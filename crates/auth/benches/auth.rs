@@ -154,6 +154,25 @@ fn main() {
             })
             .await,
         );
+        // The cost floor of a login: one argon2id verification, no HTTP, one at a time.
+        let hasher = Arc::new(
+            auth::Hasher::new(auth::Argon2Params { memory_kib: 19_456, iterations: 2, parallelism: 1 }, 1)
+                .await
+                .unwrap(),
+        );
+        let stored = hasher.hash("pass123".into()).await.unwrap();
+        rows.push(
+            measure("argon2id verify (no HTTP)", 30, 1, move |_| {
+                let (hasher, stored) = (hasher.clone(), stored.clone());
+                async move {
+                    let slot = hasher.slot().await.map_err(|e| e.to_string())?;
+                    let (ok, _) =
+                        hasher.verify(slot, "pass123".into(), Some(stored)).await.map_err(|e| e.to_string())?;
+                    if ok { Ok(()) } else { Err("no match".into()) }
+                }
+            })
+            .await,
+        );
         print(&rows);
         println!(
             "process RSS (server and client): {} KiB before the logins, {} KiB after 200 logins (peak {} KiB)",

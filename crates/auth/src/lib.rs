@@ -30,7 +30,7 @@ use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 
 pub use account::{validate_email, validate_password, validate_username};
-pub use password::Hasher;
+pub use password::{Hasher, Slot};
 
 /// The schema, in order; embedded in the binary.
 pub const MIGRATIONS: &[Migration] =
