@@ -32,9 +32,10 @@ use tokio::net::TcpListener;
 pub use account::{validate_email, validate_password, validate_username};
 pub use password::{Hasher, Slot};
 
-/// The schema, in order; embedded in the binary.
+/// The schema, in order; embedded in the binary. Names carry the service, so auth, data and
+/// compute can share one database file.
 pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "users", sql: include_str!("../migrations/0001_users.sql") }];
+    &[Migration { version: 1, name: "auth-users", sql: include_str!("../migrations/0001_users.sql") }];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -33,10 +33,11 @@ use tokio::net::TcpListener;
 
 pub use key::MAX_KEY_BYTES;
 
-/// The schema, in order; embedded in the binary.
+/// The schema, in order; embedded in the binary. Names carry the service, so auth, data and
+/// compute can share one database file.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "items", sql: include_str!("../migrations/0001_items.sql") },
-    Migration { version: 2, name: "idempotency", sql: kit::idempotency::MIGRATION_SQL },
+    Migration { version: 1, name: "data-items", sql: include_str!("../migrations/0001_items.sql") },
+    Migration { version: 2, name: "data-idempotency", sql: kit::idempotency::MIGRATION_SQL },
 ];
 
 /// How often idempotency records older than their retention are deleted.
