@@ -11,6 +11,8 @@
 //!   Moderate load: 8 connections, each pausing 2 ms between
 //!   requests (wrk's `delay()`), against a backend directly and through each proxy; the
 //!   added p99 is the proxy's p99 minus the direct p99.
+//! - Also shown: the proxy's CPU time per request (user + system, from /proc), which the
+//!   other programs on the machine disturb less than requests per second.
 //!
 //! nginx and wrk are installed with apt-get when missing. Run: `cargo bench -p balancer
 //! --bench balancer`. The machine has 2 cores, shared by wrk, the proxy and the backends.
@@ -62,8 +64,14 @@ fn main() {
     // round of each is reported.
     let (mut balancer_rounds, mut nginx_rounds) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        balancer_rounds.push(wrk(balancer, path, 64, secs, None));
-        nginx_rounds.push(wrk(nginx_addr, path, 64, secs, None));
+        let before = balancer_cpu();
+        let mut round = wrk(balancer, path, 64, secs, None);
+        round.cpu_us = per_request(balancer_cpu() - before, &round, secs);
+        balancer_rounds.push(round);
+        let before = nginx_cpu(nginx.id());
+        let mut round = wrk(nginx_addr, path, 64, secs, None);
+        round.cpu_us = per_request(nginx_cpu(nginx.id()) - before, &round, secs);
+        nginx_rounds.push(round);
     }
     let (balancer_max, nginx_max) = (median(balancer_rounds), median(nginx_rounds));
     let direct_mod = wrk(backends[0], path, 8, secs.min(5), Some(&script));
@@ -74,8 +82,11 @@ fn main() {
 
     println!();
     println!("balancer vs nginx, 3 backends, round-robin, keep-alive (wrk -t1; 2 cores shared)");
-    println!("{:<34} {:>12} {:>10} {:>10}", "run", "requests/s", "p50 ms", "p99 ms");
-    let row = |name: &str, r: &Wrk| println!("{name:<34} {:>12.0} {:>10.3} {:>10.3}", r.rps, r.p50_ms, r.p99_ms);
+    println!("{:<34} {:>12} {:>10} {:>10} {:>14}", "run", "requests/s", "p50 ms", "p99 ms", "proxy CPU/req");
+    let row = |name: &str, r: &Wrk| {
+        let cpu = if r.cpu_us.is_nan() { String::new() } else { format!("{:.1} us", r.cpu_us) };
+        println!("{name:<34} {:>12.0} {:>10.3} {:>10.3} {cpu:>14}", r.rps, r.p50_ms, r.p99_ms)
+    };
     row("balancer, 64 connections (median)", &balancer_max);
     row("nginx, 64 connections (median)", &nginx_max);
     row("backend direct, moderate (8c, 2ms)", &direct_mod);
@@ -247,7 +258,47 @@ fn median(mut rounds: Vec<Wrk>) -> Wrk {
     rounds.swap_remove(rounds.len() / 2)
 }
 
+/// CPU time (user + system, in clock ticks) of this process's balancer worker threads.
+fn balancer_cpu() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("balancer-")))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| ticks(&stat))
+        .sum()
+}
+
+/// CPU time (clock ticks) of nginx's master `pid` and its worker processes.
+fn nginx_cpu(pid: u32) -> u64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
+    procs
+        .flatten()
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .filter(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+            stat.starts_with(&format!("{pid} ")) || fields.get(1) == Some(&pid.to_string().as_str())
+        })
+        .map(|stat| ticks(&stat))
+        .sum()
+}
+
+/// utime + stime from a `/proc/.../stat` line.
+fn ticks(stat: &str) -> u64 {
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    // After the command: state is field 3 of the line, utime 14 and stime 15.
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}
+
+/// Microseconds of CPU per request, from clock ticks (100 per second) over a run.
+fn per_request(ticks: u64, run: &Wrk, secs: u64) -> f64 {
+    let requests = run.rps * secs as f64;
+    if requests <= 0.0 { f64::NAN } else { ticks as f64 * 10_000.0 / requests }
+}
+
 struct Wrk {
+    cpu_us: f64,
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -270,7 +321,12 @@ fn wrk(addr: SocketAddr, path: &str, connections: u32, secs: u64, script: Option
     if let Some(errors) = errors {
         println!("wrk against {addr}: {errors}");
     }
-    Wrk { rps, p50_ms: field("50%").map_or(f64::NAN, millis), p99_ms: field("99%").map_or(f64::NAN, millis) }
+    Wrk {
+        cpu_us: f64::NAN,
+        rps,
+        p50_ms: field("50%").map_or(f64::NAN, millis),
+        p99_ms: field("99%").map_or(f64::NAN, millis),
+    }
 }
 
 /// wrk's `123.45us`, `1.23ms`, `1.02s` in milliseconds.

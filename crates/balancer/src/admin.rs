@@ -77,7 +77,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
                     "healthy": i.healthy(),
                     "ejected": i.ejected(),
                     "inFlight": i.stats.in_flight(),
-                    "requests": i.stats.requests.load(Relaxed),
+                    "requests": i.stats.requests(),
                 })
             })
             .collect();
@@ -98,11 +98,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
 
 fn figures(stats: &Stats, now: Instant) -> Map<String, Value> {
     let mut m = Map::new();
-    m.insert("requests".into(), stats.requests.load(Relaxed).into());
-    m.insert("errors".into(), stats.errors.load(Relaxed).into());
+    m.insert("requests".into(), stats.requests().into());
+    m.insert("errors".into(), stats.errors().into());
     m.insert("inFlight".into(), stats.in_flight().into());
-    m.insert("statusClasses".into(), json!(stats.classes.snapshot()));
-    m.insert("latencyMs".into(), json!(stats.latency.percentiles(now)));
+    m.insert("statusClasses".into(), json!(stats.classes()));
+    m.insert("latencyMs".into(), json!(stats.percentiles(now)));
     m
 }
 
@@ -117,12 +117,12 @@ async fn metrics_json(State(state): State<Arc<AppState>>) -> Response {
     let mut services = Map::new();
     for (index, service) in state.services.iter().enumerate() {
         let stats = &service.stats;
-        requests += stats.requests.load(Relaxed);
-        errors += stats.errors.load(Relaxed);
+        requests += stats.requests();
+        errors += stats.errors();
         in_flight += stats.in_flight();
-        retries += stats.retries.load(Relaxed);
+        retries += stats.retries();
         let mut figures_of = figures(stats, now);
-        figures_of.insert("retries".into(), stats.retries.load(Relaxed).into());
+        figures_of.insert("retries".into(), stats.retries().into());
         let mut instances = Map::new();
         for instance in instances_of(&state, index) {
             let mut m = Map::new();
@@ -161,11 +161,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let _ = writeln!(out, "balancer_uptime_seconds {:.3}", state.started.elapsed().as_secs_f64());
 
     let per_service: [Family<Stats>; 4] = [
-        ("balancer_requests_total", "counter", "Client requests per service.", |s| s.requests.load(Relaxed)),
-        ("balancer_errors_total", "counter", "Failed attempts and 5xx answers per service.", |s| {
-            s.errors.load(Relaxed)
-        }),
-        ("balancer_retries_total", "counter", "Attempts after the first per service.", |s| s.retries.load(Relaxed)),
+        ("balancer_requests_total", "counter", "Client requests per service.", |s| s.requests()),
+        ("balancer_errors_total", "counter", "Failed attempts and 5xx answers per service.", |s| s.errors()),
+        ("balancer_retries_total", "counter", "Attempts after the first per service.", |s| s.retries()),
         ("balancer_in_flight", "gauge", "Client requests in flight per service.", |s| s.in_flight()),
     ];
     for (name, kind, help, value) in per_service {
@@ -176,7 +174,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     }
     family(&mut out, "balancer_responses_total", "counter", "Answers to clients per service and status class.");
     for service in &state.services {
-        let c = service.stats.classes.snapshot();
+        let c = service.stats.classes();
         for (class, n) in [("2xx", c.ok), ("3xx", c.redirect), ("4xx", c.client), ("5xx", c.server)] {
             let _ =
                 writeln!(out, "balancer_responses_total{{service=\"{}\",class=\"{class}\"}} {n}", label(&service.name));
@@ -184,7 +182,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     }
     family(&mut out, "balancer_latency_ms", "summary", "Latency to the response head over a recent window.");
     for service in &state.services {
-        let p = service.stats.latency.percentiles(now);
+        let p = service.stats.percentiles(now);
         for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)] {
             let _ = writeln!(out, "balancer_latency_ms{{service=\"{}\",quantile=\"{q}\"}} {v}", label(&service.name));
         }
@@ -192,11 +190,9 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 
     let instances: Vec<Arc<Instance>> = (0..state.services.len()).flat_map(|i| instances_of(&state, i)).collect();
     let per_instance: [Family<Instance>; 5] = [
-        ("balancer_instance_requests_total", "counter", "Attempts sent per instance.", |i| {
-            i.stats.requests.load(Relaxed)
-        }),
+        ("balancer_instance_requests_total", "counter", "Attempts sent per instance.", |i| i.stats.requests()),
         ("balancer_instance_errors_total", "counter", "Failed attempts and 5xx answers per instance.", |i| {
-            i.stats.errors.load(Relaxed)
+            i.stats.errors()
         }),
         ("balancer_instance_in_flight", "gauge", "Attempts in flight per instance.", |i| i.stats.in_flight()),
         ("balancer_instance_healthy", "gauge", "1 if the instance passes its health checks.", |i| {
@@ -215,14 +211,14 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     }
     family(&mut out, "balancer_instance_responses_total", "counter", "Answers per instance and status class.");
     for instance in &instances {
-        let c = instance.stats.classes.snapshot();
+        let c = instance.stats.classes();
         for (class, n) in [("2xx", c.ok), ("3xx", c.redirect), ("4xx", c.client), ("5xx", c.server)] {
             let _ = writeln!(out, "balancer_instance_responses_total{{{},class=\"{class}\"}} {n}", labels(instance));
         }
     }
     family(&mut out, "balancer_instance_latency_ms", "summary", "Latency per instance over a recent window.");
     for instance in &instances {
-        let p = instance.stats.latency.percentiles(now);
+        let p = instance.stats.percentiles(now);
         for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)] {
             let _ = writeln!(out, "balancer_instance_latency_ms{{{},quantile=\"{q}\"}} {v}", labels(instance));
         }

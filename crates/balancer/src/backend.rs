@@ -57,7 +57,7 @@ impl Instance {
             ejected: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             passes: AtomicU32::new(0),
-            stats: Stats::default(),
+            stats: Stats::new(workers),
         }
     }
 
@@ -145,8 +145,8 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(name: &str) -> Self {
-        Self { name: name.to_owned(), next: AtomicUsize::new(0), stats: Stats::default() }
+    pub fn new(name: &str, workers: usize) -> Self {
+        Self { name: name.to_owned(), next: AtomicUsize::new(0), stats: Stats::new(workers) }
     }
 }
 
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn tried_instances_are_not_picked_again() {
-        let service = Service::new("data");
+        let service = Service::new("data", 1);
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let pool: Vec<Arc<Instance>> =
             (1..=3).map(|n| Arc::new(Instance::new("data", &format!("data-{n}"), "http://x", addr, 1))).collect();

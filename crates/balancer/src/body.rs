@@ -83,12 +83,13 @@ impl Body for RequestBody {
 pub struct InFlight {
     pub service: Arc<Service>,
     pub instance: Arc<Instance>,
+    pub worker: usize,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.instance.stats.end();
-        self.service.stats.end();
+        self.instance.stats.at(self.worker).end();
+        self.service.stats.at(self.worker).end();
     }
 }
 

@@ -70,7 +70,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config) -> Self {
         let names = config.routes.services();
-        let services: Vec<Arc<Service>> = names.iter().map(|n| Arc::new(Service::new(n))).collect();
+        let services: Vec<Arc<Service>> = names.iter().map(|n| Arc::new(Service::new(n, config.workers))).collect();
         let route_service = config
             .routes
             .entries()

@@ -60,13 +60,13 @@ pub async fn handle(state: &AppState, worker: usize, req: Request<Incoming>) -> 
     };
     let index = state.route_service[route];
     let service = &state.services[index];
-    service.stats.requests.fetch_add(1, Relaxed);
-    service.stats.in_flight.fetch_add(1, Relaxed);
+    let figures = service.stats.at(worker);
+    figures.begin();
     match forward(state, worker, index, service, req, &request_id, started).await {
         Ok(response) => response,
         Err(Refusal { status, message, close }) => {
-            service.stats.answered(status.as_u16(), started.elapsed(), Instant::now());
-            service.stats.end();
+            figures.answered(status.as_u16(), started.elapsed(), Instant::now());
+            figures.end();
             let mut response = json_error(status, message, request_id);
             if close {
                 // Part of the request body is still unread: this connection cannot carry
@@ -105,7 +105,7 @@ async fn forward(
     let mut ready = started;
     if let Some(effect) = state.faults.check(&service.name) {
         if !effect.delay.is_zero() {
-            tokio::time::sleep(effect.delay).await;
+            Box::pin(tokio::time::sleep(effect.delay)).await;
             ready = Instant::now();
         }
         if let Some(status) = effect.error {
@@ -165,7 +165,7 @@ async fn forward(
         tried.insert(i);
         let instance = &pool[i];
         if attempt > 0 {
-            service.stats.retries.fetch_add(1, Relaxed);
+            service.stats.at(worker).retries.fetch_add(1, Relaxed);
         }
         let last = attempt + 1 == attempts || attempt + 1 >= pool.len();
         let body = match (&replay, stream.take()) {
@@ -184,8 +184,8 @@ async fn forward(
             upstream.headers_mut().insert(header::HOST, host);
         }
 
-        instance.stats.requests.fetch_add(1, Relaxed);
-        instance.stats.in_flight.fetch_add(1, Relaxed);
+        let attempt_figures = instance.stats.at(worker);
+        attempt_figures.begin();
         let sent = if attempt == 0 { ready } else { Instant::now() };
         let exchange = pool::send(instance, worker, upstream, config.connect_timeout);
         let outcome = tokio::time::timeout_at(deadline, exchange).await;
@@ -194,14 +194,14 @@ async fn forward(
             Ok(Ok((response, conn))) => {
                 let status = response.status();
                 instance.passive_success();
-                instance.stats.answered(status.as_u16(), now - sent, now);
+                attempt_figures.answered(status.as_u16(), now - sent, now);
                 let unavailable = matches!(status.as_u16(), 502..=504);
                 if unavailable && !last && idempotent && replay.is_some() {
                     tracing::debug!(instance = %instance.id, %status, "retrying an idempotent request elsewhere");
-                    instance.stats.end();
+                    attempt_figures.end();
                     Failure::Unavailable
                 } else {
-                    service.stats.answered(status.as_u16(), now - started, now);
+                    service.stats.at(worker).answered(status.as_u16(), now - started, now);
                     return Ok(respond(response, conn, service, instance, worker, request_id).await);
                 }
             }
@@ -211,11 +211,11 @@ async fn forward(
                     SendError::Connect(_) => Failure::Connect,
                     SendError::Lost(_) => Failure::Lost,
                 };
-                attempt_failed(state, service, instance, failure, &e);
+                attempt_failed(state, worker, service, instance, failure, &e);
                 failure
             }
             Err(_) => {
-                attempt_failed(state, service, instance, Failure::Timeout, &"request timeout");
+                attempt_failed(state, worker, service, instance, Failure::Timeout, &"request timeout");
                 Failure::Timeout
             }
         };
@@ -234,14 +234,16 @@ async fn forward(
 
 fn attempt_failed(
     state: &AppState,
+    worker: usize,
     service: &Service,
     instance: &Instance,
     failure: Failure,
     cause: &dyn std::fmt::Display,
 ) {
-    instance.stats.errors.fetch_add(1, Relaxed);
-    instance.stats.end();
-    service.stats.errors.fetch_add(1, Relaxed);
+    let figures = instance.stats.at(worker);
+    figures.errors.fetch_add(1, Relaxed);
+    figures.end();
+    service.stats.at(worker).errors.fetch_add(1, Relaxed);
     tracing::debug!(instance = %instance.id, ?failure, %cause, "attempt failed");
     if failure.ejects() && instance.passive_failure(state.config.eject_threshold) {
         tracing::warn!(instance = %instance.id, url = %instance.url, ?failure, "instance ejected");
@@ -260,7 +262,7 @@ async fn respond(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.headers.insert(X_UPSTREAM_INSTANCE.clone(), instance.header.clone());
-    let in_flight = InFlight { service: service.clone(), instance: instance.clone() };
+    let in_flight = InFlight { service: service.clone(), instance: instance.clone(), worker };
     let mut body = UpstreamBody::new(body, conn, instance.clone(), worker, in_flight);
     if body.is_empty() {
         // Nothing will poll an empty body: the connection goes back to the pool now.
@@ -319,10 +321,25 @@ async fn drain(mut body: Incoming) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), discard).await;
 }
 
-/// A new request id shaped like a UUID (version 4).
+/// A new request id shaped like a UUID (version 4): a random number drawn once per thread,
+/// plus a per-thread count, mixed so that consecutive ids look unrelated.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    thread_local! {
+        static NEXT: std::cell::Cell<(u128, u64)> = std::cell::Cell::new((rand::random(), 0));
+    }
+    let (seed, n) = NEXT.with(|next| {
+        let (seed, n) = next.get();
+        next.set((seed, n.wrapping_add(1)));
+        (seed, n)
+    });
+    // A bijective mix of the count (splitmix64), so ids differ in many digits.
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let random = seed ^ u128::from(z);
+    let bits = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let mut out = [0u8; 36];
     let mut nibble = 32;
     for (i, byte) in out.iter_mut().enumerate() {

@@ -99,12 +99,16 @@ async fn worker(
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    // What every request of this worker uses, behind a reference count that only this
+    // thread touches (cloning the shared `Arc<AppState>` per request would bounce its
+    // cache line between cores).
+    let worker = Arc::new(Worker { id, state, admin });
     while let Some(stream) = inbox.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
-        let (state, admin) = (state.clone(), admin.clone());
+        let worker = worker.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let (state, admin) = (state.clone(), admin.clone());
-            async move { Ok::<_, Infallible>(dispatch(&state, id, admin, req).await) }
+            let worker = worker.clone();
+            async move { Ok::<_, Infallible>(dispatch(&worker, req).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -118,17 +122,20 @@ async fn worker(
     }
 }
 
-async fn dispatch(
-    state: &AppState,
-    worker: usize,
+struct Worker {
+    id: usize,
+    state: Arc<AppState>,
     admin: axum::Router,
-    req: Request<Incoming>,
-) -> Response<ResponseBody> {
+}
+
+async fn dispatch(worker: &Worker, req: Request<Incoming>) -> Response<ResponseBody> {
     if !admin::is_admin_path(req.uri().path()) {
-        return proxy::handle(state, worker, req).await;
+        return proxy::handle(&worker.state, worker.id, req).await;
     }
     let request_id = req.headers().get(&proxy::X_REQUEST_ID).cloned().unwrap_or_else(proxy::new_request_id);
-    let response = match admin.oneshot(req.map(axum::body::Body::new)).await {
+    // Boxed: the admin path is rare, and its future would otherwise enlarge every request's.
+    let admin = worker.admin.clone();
+    let response = match Box::pin(admin.oneshot(req.map(axum::body::Body::new))).await {
         Ok(response) => response,
         Err(never) => match never {},
     };

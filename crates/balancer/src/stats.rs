@@ -1,6 +1,8 @@
 //! Counters and latency histograms, written on the request path without locks.
 //!
-//! Every figure is an atomic. Latencies go into a log-linear histogram (8 buckets per power
+//! Every figure is an atomic, kept once per worker thread ([`Shard`], on its own cache
+//! lines): a worker only writes its own shard, so the counters of a busy instance do not
+//! bounce between cores; a reader adds the shards up. Latencies go into a log-linear histogram (8 buckets per power
 //! of two, so a percentile is within about 6% of the true value) kept in time slots: a
 //! percentile is read over the last [`WINDOW_SLOTS`] slots of [`SLOT_SECS`] seconds, so it
 //! shows recent traffic. A writer that finds its slot belonging to an older period clears
@@ -98,8 +100,14 @@ impl Histogram {
 
     /// p50, p90 and p99 in milliseconds over the window ending at `now` (zeros when empty).
     pub fn percentiles(&self, now: Instant) -> Percentiles {
-        let current = period(now);
         let mut counts = vec![0u64; BUCKETS];
+        self.add_counts(now, &mut counts);
+        percentiles(&counts)
+    }
+
+    /// Adds this histogram's counts over the window ending at `now` to `counts`.
+    fn add_counts(&self, now: Instant, counts: &mut [u64]) {
+        let current = period(now);
         for slot in &self.slots {
             let p = slot.period.load(Relaxed);
             if p != 0 && p + WINDOW_SLOTS as u64 > current {
@@ -108,23 +116,27 @@ impl Histogram {
                 }
             }
         }
-        let total: u64 = counts.iter().sum();
-        let at = |q: f64| {
-            if total == 0 {
-                return 0.0;
-            }
-            let rank = ((total as f64 * q).ceil() as u64).max(1);
-            let mut seen = 0;
-            for (i, c) in counts.iter().enumerate() {
-                seen += c;
-                if seen >= rank {
-                    return bucket_value(i).round() / 1000.0;
-                }
-            }
-            0.0
-        };
-        Percentiles { p50: at(0.50), p90: at(0.90), p99: at(0.99) }
     }
+}
+
+/// Percentiles of bucket counts.
+fn percentiles(counts: &[u64]) -> Percentiles {
+    let total: u64 = counts.iter().sum();
+    let at = |q: f64| {
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = ((total as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return bucket_value(i).round() / 1000.0;
+            }
+        }
+        0.0
+    };
+    Percentiles { p50: at(0.50), p90: at(0.90), p99: at(0.99) }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -172,18 +184,21 @@ pub struct StatusClasses {
     pub server: u64,
 }
 
-/// The figures kept for a service (client requests) and for an instance (attempts).
+/// One worker's share of the figures of a service (client requests) or an instance
+/// (attempts).
 #[derive(Default)]
-pub struct Stats {
+#[repr(align(128))]
+pub struct Shard {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// Incremented and decremented by the same worker; only the sum over shards means much.
     pub in_flight: AtomicU64,
     pub retries: AtomicU64,
     pub classes: Classes,
     pub latency: Histogram,
 }
 
-impl Stats {
+impl Shard {
     /// A response with `status` after `latency`; 5xx counts as an error.
     pub fn answered(&self, status: u16, latency: Duration, now: Instant) {
         self.classes.record(status);
@@ -193,12 +208,66 @@ impl Stats {
         self.latency.record(latency, now);
     }
 
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Relaxed)
+    pub fn begin(&self) {
+        self.requests.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
     }
 
     pub fn end(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The figures of a service or an instance: one [`Shard`] per worker thread.
+pub struct Stats {
+    shards: Box<[Shard]>,
+}
+
+impl Stats {
+    pub fn new(workers: usize) -> Self {
+        Self { shards: (0..workers.max(1)).map(|_| Shard::default()).collect() }
+    }
+
+    /// The shard `worker` writes.
+    pub fn at(&self, worker: usize) -> &Shard {
+        &self.shards[worker % self.shards.len()]
+    }
+
+    fn sum(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().fold(0u64, |sum, shard| sum.wrapping_add(field(shard).load(Relaxed)))
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.sum(|s| &s.requests)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.sum(|s| &s.errors)
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.sum(|s| &s.retries)
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.sum(|s| &s.in_flight)
+    }
+
+    pub fn classes(&self) -> StatusClasses {
+        self.shards.iter().map(|s| s.classes.snapshot()).fold(StatusClasses::default(), |a, b| StatusClasses {
+            ok: a.ok + b.ok,
+            redirect: a.redirect + b.redirect,
+            client: a.client + b.client,
+            server: a.server + b.server,
+        })
+    }
+
+    pub fn percentiles(&self, now: Instant) -> Percentiles {
+        let mut counts = vec![0u64; BUCKETS];
+        for shard in self.shards.iter() {
+            shard.latency.add_counts(now, &mut counts);
+        }
+        percentiles(&counts)
     }
 }
 
@@ -236,5 +305,19 @@ mod tests {
         assert_eq!(h.percentiles(later), Percentiles::default());
         h.record(Duration::from_micros(500), later);
         assert!(near(h.percentiles(later).p99, 0.5), "{:?}", h.percentiles(later));
+    }
+
+    #[test]
+    fn shards_add_up() {
+        let stats = Stats::new(2);
+        let now = Instant::now();
+        stats.at(0).begin();
+        stats.at(1).begin();
+        stats.at(1).answered(503, Duration::from_millis(1), now);
+        stats.at(0).answered(200, Duration::from_millis(3), now);
+        stats.at(1).end();
+        assert_eq!((stats.requests(), stats.errors(), stats.in_flight()), (2, 1, 1));
+        assert_eq!(stats.classes(), StatusClasses { ok: 1, redirect: 0, client: 0, server: 1 });
+        assert!(stats.percentiles(now).p99 > 2.5);
     }
 }
