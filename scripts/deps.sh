@@ -8,6 +8,8 @@ need=(
     # the dashboard's browser test (e2e/tests/dashboard.rs) drives Debian's headless Chromium
     "chromium chromium"
     "chromedriver chromium-driver"
+    # manifests/examples/custom-command.yaml runs Python's http.server (checked by orch's tests)
+    "python3 python3"
 )
 
 missing=()
