@@ -953,8 +953,8 @@ impl Controller {
     }
 
     fn reject(&mut self, error: &ManifestError) {
+        // The console shows it as an event (see `display`).
         let message = error.to_string();
-        eprintln!("orch: the manifest was not applied, nothing changed:\n{message}");
         self.last_error = Some(message.clone());
         self.events.emit(EventKind::ManifestRejected, None, None, message);
     }
