@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 /// Events kept in memory (the file has them all).
 const KEEP: usize = 10_000;
+/// `events.jsonl` is moved aside at start past this size.
+const ROTATE_AT: u64 = 10 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -79,10 +81,18 @@ struct Inner {
 }
 
 impl EventLog {
-    /// A log appending to `path` (created if needed); `None` keeps events in memory only.
+    /// A log appending to `path` (created if needed; a file past 10 MiB from earlier runs is
+    /// moved to `<path>.1` first); `None` keeps events in memory only.
     pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
         let file = match path {
-            Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
+            Some(p) => {
+                if std::fs::metadata(p).is_ok_and(|m| m.len() > ROTATE_AT) {
+                    let mut old = p.as_os_str().to_owned();
+                    old.push(".1");
+                    std::fs::rename(p, old)?;
+                }
+                Some(OpenOptions::new().create(true).append(true).open(p)?)
+            }
             None => None,
         };
         let (latest, _) = watch::channel(0);
