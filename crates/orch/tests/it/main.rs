@@ -29,7 +29,7 @@ pub fn manifest(services: &str) -> String {
 /// A registry (the dependency) and `web`: `replicas` registry components with fast probes.
 pub fn web(replicas: u32) -> String {
     manifest(&format!(
-        "    - name: registry\n      component: registry\n    - name: web\n      component: registry\n      replicas: {replicas}\n      dependsOn: [registry]\n      liveness: {{ path: /health, periodMs: 100, timeoutMs: 100, failureThreshold: 3 }}\n      restart: {{ backoffInitialMs: 20, backoffMaxMs: 200 }}\n      gracePeriodMs: 2000\n"
+        "    - name: registry\n      component: registry\n    - name: web\n      component: registry\n      replicas: {replicas}\n      dependsOn: [registry]\n      liveness: {{ path: /health, periodMs: 100, timeoutMs: 300, failureThreshold: 3 }}\n      restart: {{ backoffInitialMs: 20, backoffMaxMs: 200 }}\n      gracePeriodMs: 2000\n"
     ))
 }
 
