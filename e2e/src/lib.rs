@@ -2,7 +2,10 @@
 //!
 //! The binary is `target/<profile>/orch` (set `ORCH_BIN` to use another); `make test` builds
 //! it before the tests run. A [`Proc`] is one process a test started: it is ended by its PID
-//! when dropped, never by name.
+//! when dropped, never by name. A [`cluster::Cluster`] is a whole cluster under a real
+//! `orch apply` on a temporary manifest.
+
+pub mod cluster;
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;

@@ -214,11 +214,13 @@ async fn sigkill_of_orch_leaves_no_child_alive_and_the_next_orch_cleans_up() {
     let dir = std::mem::replace(&mut cluster.dir, tempfile::tempdir().unwrap());
     drop(cluster);
     let cluster = Cluster::start_in(dir).await;
-    let start = std::time::Instant::now();
-    while !gone(grandchild) && start.elapsed() < DEADLINE {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if !gone(grandchild) {
+    let killed = tokio::time::timeout(DEADLINE, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !gone(grandchild) {
+            tick.tick().await;
+        }
+    });
+    if killed.await.is_err() {
         let _ = kill(Pid::from_raw(grandchild as i32), Signal::SIGKILL);
         panic!("the next orch did not kill the stray grandchild {grandchild}");
     }
