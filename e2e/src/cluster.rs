@@ -113,6 +113,70 @@ impl Cluster {
         .await
     }
 
+    /// One instance as orch reports it (`GET /api/instances/:name`).
+    pub async fn instance(&self, name: &str) -> Value {
+        self.get(&format!("/api/instances/{name}")).await
+    }
+
+    /// `http://127.0.0.1:<port>` of instance `name` (orch reports `localhost`, which may
+    /// resolve to `::1` first; instances listen on 127.0.0.1).
+    pub async fn url_of(&self, name: &str) -> String {
+        let list = self.instances().await;
+        let port = list
+            .iter()
+            .find(|i| i["name"] == name)
+            .and_then(|i| i["port"].as_u64())
+            .unwrap_or_else(|| panic!("{name} has no port: {list:?}"));
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// The cluster token (`DATA_DIR/cluster-token`) for mutations.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.path("data/cluster-token")).unwrap().trim().to_owned()
+    }
+
+    /// Sends SIGKILL to instance `name` by the pid orch reports; returns that pid.
+    pub async fn kill(&self, name: &str) -> u32 {
+        let pid = self.pid(name).await;
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 {name} ({pid}): {e}"));
+        pid
+    }
+
+    /// Waits until instance `name` runs again under another pid than `old`, ready; returns it.
+    pub async fn wait_replaced(&self, name: &str, old: u32) -> Value {
+        let what = format!("{name} running again under a new pid (was {old})");
+        eventually(DEADLINE, &what, || async {
+            let i = self.get(&format!("/api/instances/{name}")).await;
+            let pid = i["pid"].as_u64()?;
+            (pid != u64::from(old) && i["status"] == "running" && i["ready"] == true).then_some(i)
+        })
+        .await
+    }
+
+    /// Waits until the balancer (instance `balancer-1`) lists exactly `names` across its
+    /// pools, each healthy: it routes to them and to no other instance. Returns its `/status`.
+    pub async fn wait_routed(&self, names: &[String]) -> Value {
+        let url = format!("{}/status", self.url_of("balancer-1").await);
+        let mut expected: Vec<&str> = names.iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        let what = format!("the balancer routing to exactly {expected:?}");
+        eventually(DEADLINE, &what, || async {
+            let status: Value = self.http.get(&url).send().await.ok()?.json().await.ok()?;
+            let mut listed = Vec::new();
+            for pool in status["services"].as_object()?.values() {
+                for i in pool["instances"].as_array()? {
+                    if i["healthy"] != true || i["ejected"] == true {
+                        return None;
+                    }
+                    listed.push(i["id"].as_str()?.to_owned());
+                }
+            }
+            listed.sort_unstable();
+            (listed == expected).then_some(status)
+        })
+        .await
+    }
+
     /// Every event so far.
     pub async fn events(&self) -> Vec<Value> {
         self.get("/api/events?since=0&limit=10000").await["events"].as_array().unwrap().clone()

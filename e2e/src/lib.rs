@@ -3,9 +3,13 @@
 //! The binary is `target/<profile>/orch` (set `ORCH_BIN` to use another); `make test` builds
 //! it before the tests run. A [`Proc`] is one process a test started: it is ended by its PID
 //! when dropped, never by name. A [`cluster::Cluster`] is a whole cluster under a real
-//! `orch apply` on a temporary manifest.
+//! `orch apply` on a temporary manifest; [`topology::Topology`] writes the full cluster's
+//! manifest (the shipped topology on automatic ports); [`traffic`] is client traffic
+//! through the balancer with every outcome counted.
 
 pub mod cluster;
+pub mod topology;
+pub mod traffic;
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
