@@ -101,11 +101,24 @@ pub struct Mix {
     pub jobs: bool,
     /// Verify the token (`GET /api/auth/verify`) once per round.
     pub verify: bool,
+    /// Once per round, a simulated-work request (the original load test's `auth-worker`,
+    /// `data-work`, `compute-worker`) that keeps an instance busy this long, so an instance
+    /// that is killed or drained is likely to have a request in flight.
+    pub work: Option<Duration>,
+    /// The services the simulated work goes to, in turn.
+    pub work_on: &'static [&'static str],
 }
 
 impl Default for Mix {
     fn default() -> Self {
-        Self { clients: 6, period: Duration::from_millis(25), jobs: false, verify: true }
+        Self {
+            clients: 6,
+            period: Duration::from_millis(25),
+            jobs: false,
+            verify: true,
+            work: None,
+            work_on: &["auth", "data", "compute"],
+        }
     }
 }
 
@@ -318,6 +331,7 @@ enum Op {
     List,
     Job,
     Verify,
+    Work,
     Delete,
 }
 
@@ -339,6 +353,9 @@ impl Client {
         }
         if self.mix.verify {
             ops.push(Op::Verify);
+        }
+        if self.mix.work.is_some() {
+            ops.push(Op::Work);
         }
         ops.extend([Op::Read, Op::Delete]);
         ops
@@ -375,6 +392,7 @@ impl Client {
                     Op::List => self.list().await,
                     Op::Job => self.job().await,
                     Op::Verify => self.verify().await,
+                    Op::Work => self.work(n).await,
                     // Two keys in three are deleted again; the third stays.
                     Op::Delete => {
                         if let Some(v) = version.filter(|_| n % 3 != 0) {
@@ -522,6 +540,18 @@ impl Client {
             let id = accepted["jobId"].as_str().unwrap_or_default().to_owned();
             self.log.jobs.push((id, json!(ms)));
         }
+    }
+
+    async fn work(&mut self, n: u64) {
+        let ms = self.mix.work.unwrap_or_default().as_millis();
+        let path = match self.mix.work_on[n as usize % self.mix.work_on.len()] {
+            "auth" => "/api/auth/auth-worker",
+            "data" => "/api/data/data-work",
+            "compute" => "/api/compute/compute-worker",
+            other => panic!("no simulated work on {other}"),
+        };
+        let req = self.api.request(Method::GET, &format!("{path}?ms={ms}"));
+        self.send("work", req, 200).await;
     }
 
     async fn verify(&mut self) {
