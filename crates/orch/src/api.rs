@@ -15,13 +15,14 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use kit::http::{ApiError, Json};
 use kit::secret::Secret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::chaos;
 use crate::controller::{CallError, Handle};
 use crate::events::EventLog;
 use crate::supervisor::logs;
@@ -44,6 +45,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/scale", post(scale))
         .route("/api/restart", post(restart))
         .route("/api/down", post(down))
+        .route("/api/chaos", get(chaos_list).post(chaos_start).delete(chaos_stop_all))
+        .route("/api/chaos/{id}", delete(chaos_stop))
         .with_state(state);
     kit::http::finish(api, 1 << 20)
 }
@@ -251,6 +254,36 @@ async fn restart(
 async fn down(State(state): State<ApiState>, _: Authorized) -> Result<(StatusCode, Json<Value>), ApiError> {
     let v = state.handle.call(|c| c.call_down()).await.ok_or_else(gone)?;
     Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+async fn chaos_list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    state.handle.call(|c| c.chaos_json()).await.map(Json).ok_or_else(gone)
+}
+
+/// Experiments start and stop in tasks of their own (they talk to the balancer), so a
+/// client that goes away midway leaves nothing half done.
+async fn chaos_start(
+    State(state): State<ApiState>,
+    _: Authorized,
+    Json(body): Json<chaos::Request>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let spec = chaos::Spec::parse(&body, chaos::Names::API).map_err(ApiError::bad_request)?;
+    let started = tokio::spawn(chaos::start(state.handle.clone(), spec)).await.map_err(ApiError::internal)?;
+    started.map(|v| (StatusCode::CREATED, Json(v))).map_err(from_call)
+}
+
+async fn chaos_stop(
+    State(state): State<ApiState>,
+    _: Authorized,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stopped = tokio::spawn(chaos::stop(state.handle.clone(), Some(id))).await.map_err(ApiError::internal)?;
+    stopped.map(Json).map_err(from_call)
+}
+
+async fn chaos_stop_all(State(state): State<ApiState>, _: Authorized) -> Result<Json<Value>, ApiError> {
+    let stopped = tokio::spawn(chaos::stop(state.handle.clone(), None)).await.map_err(ApiError::internal)?;
+    stopped.map(Json).map_err(from_call)
 }
 
 #[cfg(test)]

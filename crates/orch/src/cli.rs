@@ -120,6 +120,18 @@ impl Client {
             .map_err(|e| self.unreachable(&e))?;
         Self::answer(res).await
     }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
+        let token = self.token().await?;
+        let res = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Self::answer(res).await
+    }
 }
 
 fn root_cause(e: &reqwest::Error) -> String {

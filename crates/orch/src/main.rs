@@ -8,9 +8,11 @@
 //! - [`events`], [`state`]: the event log, and what orch keeps in its data dir;
 //! - [`api`]: the control API; [`plane`]: the control plane (`orch apply`);
 //! - [`cli`], [`display`]: the verbs that talk to a running orch, and the console;
-//! - [`run`]: `orch run COMPONENT`, one component in the foreground.
+//! - [`run`]: `orch run COMPONENT`, one component in the foreground;
+//! - [`chaos`]: `orch chaos`, fault injection on purpose.
 
 mod api;
+mod chaos;
 mod cli;
 mod controller;
 mod display;
@@ -105,6 +107,11 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Break things on purpose: kill, pause, or slow down and fail requests at the balancer.
+    Chaos {
+        #[command(subcommand)]
+        command: chaos::Command,
+    },
     /// Run one component in the foreground (what `orch apply` launches for each instance).
     Run {
         /// registry, balancer, detector, auth, data or compute
@@ -161,6 +168,7 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
         Command::Restart { target } => cli::restart(&client(), &target).await,
         Command::Down | Command::Delete => cli::down(&client()).await,
         Command::Events { follow, output } => cli::events(&client(), follow, output == Output::Json).await,
+        Command::Chaos { command } => chaos::verb(&client(), command).await,
         Command::Run { .. } => unreachable!("handled before the runtime starts"),
     }
 }

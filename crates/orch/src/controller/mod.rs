@@ -15,6 +15,7 @@
 //! after the grace period) runs as a task of its own, and the process's exit comes back
 //! as an event.
 
+mod chaos;
 mod instance;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -139,6 +140,8 @@ pub struct Controller {
     requeue: Option<Instant>,
     progress: watch::Sender<Progress>,
     finished: bool,
+    /// `orch chaos` experiments (see [`crate::chaos`]).
+    chaos: crate::chaos::Experiments,
 }
 
 impl Controller {
@@ -172,6 +175,7 @@ impl Controller {
             requeue: None,
             progress,
             finished: false,
+            chaos: crate::chaos::Experiments::default(),
         };
         controller.slots = controller.prepare_slots(&setup.manifest, Some(&setup.manifest_text))?;
         controller.watch_manifest();
@@ -600,6 +604,7 @@ impl Controller {
                         Some(register(registry, &service, &name, instance.slot.port, proc.pid, interval));
                 }
                 self.events.emit(EventKind::Ready, Some(&id.service), Some(&name), message);
+                self.chaos_balancer_ready(id);
             }
             (ProbeKind::Readiness, false) => {
                 instance.ready = false;
@@ -777,6 +782,7 @@ impl Controller {
     fn begin_shutdown(&mut self, why: &str) {
         if !self.shutting_down {
             self.shutting_down = true;
+            self.chaos_shutdown();
             self.events.emit(EventKind::Stopping, None, None, format!("stopping the cluster ({why})"));
         }
     }
