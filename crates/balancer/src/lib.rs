@@ -113,6 +113,25 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdow
     let state = Arc::new(AppState::new(config));
     shutdown.spawn(discovery::run(state.clone(), shutdown.clone()));
     shutdown.spawn(checks::run(state.clone(), shutdown.clone()));
+    first_discovery(&state, FIRST_DISCOVERY_WAIT, &shutdown).await;
     server::run(listener, state, shutdown, grace).await?;
     Ok(())
+}
+
+/// How long connections wait for the first discovery before they are served anyway.
+const FIRST_DISCOVERY_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits, at most `limit`, until the first discovery has filled the pools. Meanwhile
+/// connections wait in the listen backlog: a balancer restarted on a socket that outlived
+/// it (under orch) delays the requests that queued instead of answering them 503 from
+/// empty pools. The first discovery takes milliseconds when the registry answers, and
+/// falls back to static ports at once when it refuses.
+async fn first_discovery(state: &AppState, limit: Duration, shutdown: &kit::Shutdown) {
+    let started = Instant::now();
+    while !state.ready.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < limit {
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+        }
+    }
 }

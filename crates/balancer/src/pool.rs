@@ -63,20 +63,27 @@ impl Conn {
 
 /// The idle connections of one instance, one list per worker thread. Connections stay
 /// boxed in and out of the lists, so checking one out or in moves a pointer.
-#[allow(clippy::vec_box)]
 pub struct Idle {
-    lists: Box<[Mutex<Vec<Box<Conn>>>]>,
+    lists: Box<[Padded<IdleList>]>,
 }
+
+#[allow(clippy::vec_box)]
+type IdleList = Mutex<Vec<Box<Conn>>>;
+
+/// On cache lines of its own, so two workers' lists never share one.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
 
 impl Idle {
     pub fn new(workers: usize) -> Self {
-        Self { lists: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect() }
+        Self { lists: (0..workers.max(1)).map(|_| Padded(Mutex::new(Vec::new()))).collect() }
     }
 
     #[allow(clippy::vec_box)]
     fn list(&self, worker: usize) -> std::sync::MutexGuard<'_, Vec<Box<Conn>>> {
         // Only the worker's own thread takes its list: the lock is never contended.
-        self.lists[worker % self.lists.len()].lock().unwrap_or_else(|e| e.into_inner())
+        self.lists[worker % self.lists.len()].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An idle connection that is still usable, if there is one.
@@ -137,7 +144,7 @@ pub async fn send(
     worker: usize,
     mut req: Request<RequestBody>,
     connect_timeout: Duration,
-) -> Result<(Response<Incoming>, Box<Conn>), SendError> {
+) -> Result<(Response<Incoming>, Option<Box<Conn>>), SendError> {
     let mut reused = instance.idle.checkout(worker);
     loop {
         let fresh = reused.is_none();
@@ -158,7 +165,20 @@ pub async fn send(
         })
         .await;
         match outcome {
-            Ok(res) => return Ok((res, conn)),
+            Ok(res) if res.body().is_end_stream() => {
+                // Nothing will poll an empty body: the connection goes back to the pool now.
+                poll_fn(|cx| {
+                    if conn.poll_io(cx).is_pending() && !conn.sender.is_closed() {
+                        Poll::Ready(true)
+                    } else {
+                        Poll::Ready(false)
+                    }
+                })
+                .await
+                .then(|| instance.idle.checkin(worker, conn));
+                return Ok((res, None));
+            }
+            Ok(res) => return Ok((res, Some(conn))),
             Err(mut e) => match e.take_message() {
                 // Never written: safe to send on a fresh connection.
                 Some(unsent) if !fresh => {
@@ -183,8 +203,15 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub fn new(body: Incoming, conn: Box<Conn>, instance: Arc<Instance>, worker: usize, in_flight: InFlight) -> Self {
-        Self { body, conn: Some(conn), instance, worker, _in_flight: in_flight }
+    /// `conn` is `None` when the body is empty and the connection already went back.
+    pub fn new(
+        body: Incoming,
+        conn: Option<Box<Conn>>,
+        instance: Arc<Instance>,
+        worker: usize,
+        in_flight: InFlight,
+    ) -> Self {
+        Self { body, conn, instance, worker, _in_flight: in_flight }
     }
 
     /// Returns the connection to the pool if it is still open.
@@ -194,19 +221,6 @@ impl UpstreamBody {
                 self.instance.idle.checkin(self.worker, conn);
             }
         }
-    }
-
-    /// For a response without a body: releases the connection at once.
-    pub async fn release_now(&mut self) {
-        poll_fn(|cx| {
-            self.release(cx);
-            Poll::Ready(())
-        })
-        .await
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.body.is_end_stream()
     }
 }
 

@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::uri::Uri;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -40,6 +41,7 @@ use crate::backend::{Instance, Service, Tried, pick};
 use crate::body::{InFlight, RequestBody, ResponseBody};
 use crate::error::{Failure, Retry};
 use crate::pool::{self, Conn, SendError, UpstreamBody};
+use crate::server::Worker;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_UPSTREAM_INSTANCE: HeaderName = HeaderName::from_static("x-upstream-instance");
@@ -47,35 +49,40 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Forwards `req` to its service; every answer carries `X-Request-Id`.
-pub async fn handle(state: &AppState, worker: usize, req: Request<Incoming>) -> Response<ResponseBody> {
+/// Forwards a request to its service; every answer carries `X-Request-Id`.
+///
+/// The request comes as its parts and body, and everything a request needs is in this one
+/// future (no nested futures each holding a copy of the request): hyper moves the future
+/// into place once per request, so its size is paid on every request.
+pub async fn handle(worker: Arc<Worker>, mut parts: Parts, body: Incoming) -> Response<ResponseBody> {
     let started = Instant::now();
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
+    let request_id = match parts.headers.get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
         None => new_request_id(),
     };
-    let Some(route) = state.config.routes.find(req.uri().path()) else {
-        let message = format!("no route for {} {}", req.method(), req.uri().path());
+    let state = &*worker.state;
+    let Some(route) = state.config.routes.find(parts.uri.path()) else {
+        let message = format!("no route for {} {}", parts.method, parts.uri.path());
         return json_error(StatusCode::NOT_FOUND, &message, request_id);
     };
     let index = state.route_service[route];
     let service = &state.services[index];
-    let figures = service.stats.at(worker);
+    let figures = service.stats.at(worker.id);
     figures.begin();
-    match forward(state, worker, index, service, req, &request_id, started).await {
-        Ok(response) => response,
-        Err(Refusal { status, message, close }) => {
-            figures.answered(status.as_u16(), started.elapsed(), Instant::now());
-            figures.end();
-            let mut response = json_error(status, message, request_id);
-            if close {
-                // Part of the request body is still unread: this connection cannot carry
-                // another request, and the client should know before it tries.
-                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            response
-        }
+    let refusal = match forward(state, worker.id, index, service, &mut parts, body, &request_id, started).await {
+        Ok(response) => return response,
+        Err(refusal) => refusal,
+    };
+    let Refusal { status, message, close } = refusal;
+    figures.answered(status.as_u16(), started.elapsed(), Instant::now());
+    figures.end();
+    let mut response = json_error(status, message, request_id);
+    if close {
+        // Part of the request body is still unread: this connection cannot carry
+        // another request, and the client should know before it tries.
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
 }
 
 /// An answer of the balancer's own instead of a backend's.
@@ -92,12 +99,14 @@ impl From<(StatusCode, &'static str)> for Refusal {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &AppState,
     worker: usize,
     index: usize,
     service: &Arc<Service>,
-    req: Request<Incoming>,
+    parts: &mut Parts,
+    body: Incoming,
     request_id: &HeaderValue,
     started: Instant,
 ) -> Result<Response<ResponseBody>, Refusal> {
@@ -109,12 +118,11 @@ async fn forward(
             ready = Instant::now();
         }
         if let Some(status) = effect.error {
-            let close = !req.body().is_end_stream();
+            let close = !body.is_end_stream();
             return Err(Refusal { status, message: "injected fault", close });
         }
     }
 
-    let (mut parts, body) = req.into_parts();
     let config = &state.config;
     let limit = config.kit.body_limit;
     let declared = content_length(&parts.headers);
@@ -173,22 +181,27 @@ async fn forward(
             (None, Some(stream)) => stream,
             (None, None) => break,
         };
-        let mut upstream = Request::new(body);
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = target.clone();
-        *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() };
-        if !upstream.headers().contains_key(header::HOST) {
-            let host =
-                HeaderValue::from_str(instance.authority.as_str()).expect("an authority is a valid header value");
-            upstream.headers_mut().insert(header::HOST, host);
-        }
-
         let attempt_figures = instance.stats.at(worker);
         attempt_figures.begin();
         let sent = if attempt == 0 { ready } else { Instant::now() };
-        let exchange = pool::send(instance, worker, upstream, config.connect_timeout);
-        let outcome = tokio::time::timeout_at(deadline, exchange).await;
+        // Built within the awaited expression: a named local would keep its storage (and
+        // this future's size) across the await even after being moved.
+        let outcome = tokio::time::timeout_at(
+            deadline,
+            pool::send(
+                instance,
+                worker,
+                upstream(
+                    &parts.method,
+                    &target,
+                    if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() },
+                    body,
+                    instance,
+                ),
+                config.connect_timeout,
+            ),
+        )
+        .await;
         let now = Instant::now();
         failure = match outcome {
             Ok(Ok((response, conn))) => {
@@ -202,7 +215,7 @@ async fn forward(
                     Failure::Unavailable
                 } else {
                     service.stats.at(worker).answered(status.as_u16(), now - started, now);
-                    return Ok(respond(response, conn, service, instance, worker, request_id).await);
+                    return Ok(respond(response, conn, service, instance, worker, request_id));
                 }
             }
             Ok(Err(e)) => {
@@ -250,9 +263,29 @@ fn attempt_failed(
     }
 }
 
-async fn respond(
+/// The request to send to `instance`.
+fn upstream(
+    method: &Method,
+    target: &Uri,
+    headers: http::HeaderMap,
+    body: RequestBody,
+    instance: &Instance,
+) -> Request<RequestBody> {
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = method.clone();
+    *upstream.uri_mut() = target.clone();
+    *upstream.version_mut() = Version::HTTP_11;
+    *upstream.headers_mut() = headers;
+    if !upstream.headers().contains_key(header::HOST) {
+        let host = HeaderValue::from_str(instance.authority.as_str()).expect("an authority is a valid header value");
+        upstream.headers_mut().insert(header::HOST, host);
+    }
+    upstream
+}
+
+fn respond(
     response: Response<Incoming>,
-    conn: Box<Conn>,
+    conn: Option<Box<Conn>>,
     service: &Arc<Service>,
     instance: &Arc<Instance>,
     worker: usize,
@@ -263,11 +296,7 @@ async fn respond(
     parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.headers.insert(X_UPSTREAM_INSTANCE.clone(), instance.header.clone());
     let in_flight = InFlight { service: service.clone(), instance: instance.clone(), worker };
-    let mut body = UpstreamBody::new(body, conn, instance.clone(), worker, in_flight);
-    if body.is_empty() {
-        // Nothing will poll an empty body: the connection goes back to the pool now.
-        body.release_now().await;
-    }
+    let body = UpstreamBody::new(body, conn, instance.clone(), worker, in_flight);
     Response::from_parts(parts, ResponseBody::Upstream(body))
 }
 

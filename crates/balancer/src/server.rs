@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::either::Either;
 use tower::ServiceExt;
 
 use crate::body::ResponseBody;
@@ -107,8 +108,15 @@ async fn worker(
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
         let worker = worker.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let worker = worker.clone();
-            async move { Ok::<_, Infallible>(dispatch(&worker, req).await) }
+            let future = if admin::is_admin_path(req.uri().path()) {
+                // Boxed: the admin path is rare, and its future would otherwise enlarge
+                // every request's.
+                Either::Left(Box::pin(answer_admin(worker.clone(), req)))
+            } else {
+                let (parts, body) = req.into_parts();
+                Either::Right(proxy::handle(worker.clone(), parts, body))
+            };
+            async move { Ok::<_, Infallible>(future.await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -122,20 +130,16 @@ async fn worker(
     }
 }
 
-struct Worker {
-    id: usize,
-    state: Arc<AppState>,
-    admin: axum::Router,
+/// What the requests of one worker thread share.
+pub struct Worker {
+    pub id: usize,
+    pub state: Arc<AppState>,
+    pub admin: axum::Router,
 }
 
-async fn dispatch(worker: &Worker, req: Request<Incoming>) -> Response<ResponseBody> {
-    if !admin::is_admin_path(req.uri().path()) {
-        return proxy::handle(&worker.state, worker.id, req).await;
-    }
+async fn answer_admin(worker: Arc<Worker>, req: Request<Incoming>) -> Response<ResponseBody> {
     let request_id = req.headers().get(&proxy::X_REQUEST_ID).cloned().unwrap_or_else(proxy::new_request_id);
-    // Boxed: the admin path is rare, and its future would otherwise enlarge every request's.
-    let admin = worker.admin.clone();
-    let response = match Box::pin(admin.oneshot(req.map(axum::body::Body::new))).await {
+    let response = match worker.admin.clone().oneshot(req.map(axum::body::Body::new)).await {
         Ok(response) => response,
         Err(never) => match never {},
     };

@@ -132,3 +132,42 @@ async fn static_fallback_while_the_registry_is_unreachable_then_dynamic_again() 
     balancer.stop().await;
     registry.stop().await;
 }
+
+#[tokio::test]
+async fn requests_that_arrive_before_the_first_discovery_wait_for_it() {
+    // The registry knows auth-1, but answers only once the test opens the gate in front of
+    // it: until then the balancer has discovered nothing (a balancer restarted under orch
+    // finds requests queued on its socket before its first discovery is done).
+    let registry = TestRegistry::start().await;
+    let backend = TestBackend::start("auth-1").await;
+    registry.register("auth", &backend).await;
+    let gate = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_url = format!("http://{}", gate.local_addr().unwrap());
+    let target = registry.url.trim_start_matches("http://").to_owned();
+    let (open, opened) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = opened.await;
+        while let Ok((mut inbound, _)) = gate.accept().await {
+            let mut outbound = tokio::net::TcpStream::connect(&target).await.unwrap();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+
+    let balancer = TestBalancer::spawn(&gate_url, &[]).await;
+    let request = tokio::spawn(http().get(balancer.at("/api/auth/x")).send());
+    let request = kit::testing::still_pending(
+        request,
+        std::time::Duration::from_millis(300),
+        "a request before the first discovery (it must wait, not get 503)",
+    )
+    .await;
+    open.send(()).unwrap();
+    let (status, instance, body) = read(request.await.unwrap().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(instance.as_deref(), Some("auth-1"));
+    assert_eq!(backend.received(), 1);
+    balancer.stop().await;
+    registry.stop().await;
+}

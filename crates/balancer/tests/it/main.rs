@@ -243,6 +243,18 @@ impl TestBalancer {
     /// A balancer using the registry at `registry` (a URL), with `extra` settings; it is
     /// ready (first discovery done) when this returns.
     pub async fn start(registry: &str, extra: &[(&str, &str)]) -> Self {
+        let balancer = Self::spawn(registry, extra).await;
+        let http = http();
+        eventually(WAIT, "balancer ready", || async {
+            let res = http.get(balancer.at("/ready")).send().await.ok()?;
+            (res.status() == 200).then_some(())
+        })
+        .await;
+        balancer
+    }
+
+    /// Like [`TestBalancer::start`], without waiting for it to be ready.
+    pub async fn spawn(registry: &str, extra: &[(&str, &str)]) -> Self {
         let mut vars: HashMap<&str, &str> = HashMap::from([
             ("ORCH_CLUSTER_TOKEN", TOKEN),
             ("SHUTDOWN_GRACE_MS", "500"),
@@ -256,14 +268,7 @@ impl TestBalancer {
         let addr = listener.local_addr().unwrap();
         let shutdown = kit::Shutdown::new();
         let task = tokio::spawn(balancer::serve(config, listener, shutdown.clone()));
-        let balancer = Self { url: format!("http://{addr}"), addr, shutdown, task };
-        let http = http();
-        eventually(WAIT, "balancer ready", || async {
-            let res = http.get(balancer.at("/ready")).send().await.ok()?;
-            (res.status() == 200).then_some(())
-        })
-        .await;
-        balancer
+        Self { url: format!("http://{addr}"), addr, shutdown, task }
     }
 
     pub fn at(&self, path: &str) -> String {
