@@ -44,6 +44,12 @@ impl Api {
         Self { http, base: base.trim_end_matches('/').to_owned(), token: None }
     }
 
+    /// This client with `token` as its bearer token.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
     /// A request to `path` (from `/api/...`) with the token, if any.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let req = self.http.request(method, format!("{}{path}", self.base));
