@@ -7,8 +7,13 @@
 //! compute-2 is killed with SIGKILL (its socket stays open, held by the test, so checks of
 //! it hang until their timeout, as under orch) and the page must show it down, then up
 //! again once it is restarted on the same socket, and finally ride out a restart of the
-//! detector itself by reconnecting — all without a reload. Screenshots go to
-//! `target/e2e-screenshots/`.
+//! detector itself by reconnecting — all without a reload.
+//!
+//! The second test runs the whole cluster under a real `orch apply` (the shipped topology on
+//! automatic ports): the page shows every instance with the pid orch reports; one instance
+//! is killed with SIGKILL by that pid, and the page shows the crash (the "crashed" badge, the
+//! restart count, orch's `exited` event in the feed) and the instance up again under its new
+//! pid, without a reload. Screenshots go to `target/e2e-screenshots/`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -16,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use e2e::topology::Topology;
 use e2e::{Proc, eventually, listener};
 use fantoccini::{Client, ClientBuilder};
 use nix::sys::signal::{Signal, killpg};
@@ -334,4 +340,111 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
     browser.client.clone().close().await.expect("ending the browser session");
     println!("screenshots: {} and {}", shot.display(), down_shot.display());
     assert!(Path::new(&shot).exists());
+}
+
+/// What the page shows of each instance under orch (status, restart count, the crash badge,
+/// the pid line) and the orch event feed.
+const ORCH_PAGE_STATE: &str = r#"
+    const rows = {};
+    for (const row of document.querySelectorAll('li.instance')) {
+        const restarts = row.querySelector('.restarts');
+        const meta = row.querySelector('.inst-meta');
+        rows[row.dataset.instance] = {
+            status: row.dataset.status,
+            restarts: restarts ? restarts.title : null,
+            crashed: [...row.querySelectorAll('.pill')].some((p) => p.textContent.startsWith('crashed')),
+            meta: meta ? meta.textContent : '',
+        };
+    }
+    return {
+        conn: document.getElementById('conn').dataset.state,
+        rows,
+        events: [...document.querySelectorAll('#events li')].map((li) => [li.dataset.event || '', li.textContent]),
+        marker: window.__sameDocument || null,
+    };
+"#;
+
+async fn orch_page_until(browser: &Browser, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    eventually(DEADLINE, what, || async {
+        let state = browser.eval(ORCH_PAGE_STATE).await;
+        ready(&state).then_some(state)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_under_orch_shows_a_kill_and_the_restart_live() {
+    let binaries = Browser::binaries();
+    let topology = Topology::new().env("detector", "CHECK_INTERVAL_MS", "500");
+    let cluster = topology.start().await;
+    let http = reqwest::Client::new();
+
+    // Some traffic through the balancer, for the distribution chart.
+    let balancer = cluster.url_of("balancer-1").await;
+    for _ in 0..30 {
+        let res = http.get(format!("{balancer}/api/compute/health")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+
+    let browser = Browser::start(binaries).await;
+    browser.client.goto(&cluster.url_of("detector-1").await).await.expect("opening the dashboard");
+
+    // Every registered instance is on the page, up, with the pid orch reports.
+    let mut registered = topology.backend_instances();
+    registered.extend(["balancer-1".to_owned(), "detector-1".to_owned()]);
+    let pids = cluster.pids().await;
+    let pid_of = |name: &str| pids.iter().find(|(n, ..)| n == name).and_then(|(_, pid, _)| *pid).unwrap();
+    let shown = orch_page_until(&browser, "every instance shown up with its pid", |page| {
+        page["conn"] == "live"
+            && registered.iter().all(|id| {
+                let row = &page["rows"][id];
+                row["status"] == "up" && row["meta"].as_str().unwrap_or("").contains(&format!("pid {}", pid_of(id)))
+            })
+    })
+    .await;
+    assert_eq!(shown["rows"].as_object().unwrap().len(), registered.len(), "{shown}");
+    assert_eq!(shown["rows"]["data-2"]["restarts"], "0 restarts", "{shown}");
+    assert_eq!(shown["rows"]["data-2"]["crashed"], false, "{shown}");
+    browser.eval("window.__sameDocument = 'no reload'; return null;").await;
+    browser.screenshot("dashboard-orch-up.png").await;
+
+    // data-2 is killed by its pid; orch restarts it at once.
+    let old = cluster.kill("data-2").await;
+    let new = cluster.wait_replaced("data-2", old).await["pid"].as_u64().unwrap();
+    let after = orch_page_until(&browser, "data-2's crash and restart shown", |page| {
+        let row = &page["rows"]["data-2"];
+        row["status"] == "up"
+            && row["crashed"] == true
+            && row["restarts"] == "1 restart"
+            && row["meta"].as_str().unwrap_or("").contains(&format!("pid {new}"))
+            && page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e[0] == "exited" && e[1].as_str().unwrap().contains("data-2 exited (signal SIGKILL)"))
+    })
+    .await;
+    assert_eq!(after["marker"], "no reload", "shown live, without a reload");
+    assert_eq!(after["rows"]["data-1"]["crashed"], false, "{after}");
+    assert_eq!(after["rows"]["data-1"]["restarts"], "0 restarts", "{after}");
+    let shot = browser.screenshot("dashboard-orch-crash.png").await;
+    // The detector raised the alert and noticed the recovery.
+    let alerts: Value = http
+        .get(format!("{}/api/alerts", cluster.url_of("detector-1").await))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<(&str, &str)> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["serviceId"].as_str().unwrap(), a["type"].as_str().unwrap()))
+        .collect();
+    assert!(kinds.contains(&("data-2", "down")) && kinds.contains(&("data-2", "recovered")), "{alerts}");
+
+    browser.client.clone().close().await.expect("ending the browser session");
+    println!("data-2 killed (pid {old}), shown crashed and up again as pid {new}: {}", shot.display());
 }
