@@ -3,6 +3,7 @@
 //! registry component (`component: registry`) and `/bin/sh` commands.
 
 mod bad_input;
+mod chaos;
 mod cli;
 mod lifecycle;
 mod run_component;
