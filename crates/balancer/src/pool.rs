@@ -139,54 +139,57 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Box<Conn>, SendE
 
 /// Sends `req` to `instance` on a pooled connection of `worker` (or a new one), and waits
 /// for the response head while driving the connection.
-pub async fn send(
+#[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+pub fn send(
     instance: &Instance,
     worker: usize,
     mut req: Request<RequestBody>,
     connect_timeout: Duration,
-) -> Result<(Response<Incoming>, Option<Box<Conn>>), SendError> {
-    let mut reused = instance.idle.checkout(worker);
-    loop {
-        let fresh = reused.is_none();
-        let mut conn = match reused.take() {
-            Some(conn) => conn,
-            // Boxed: the connect future is large and rarely needed, and every request's
-            // future would otherwise carry its size.
-            None => Box::pin(connect(instance.addr, connect_timeout)).await?,
-        };
-        let mut response = std::pin::pin!(conn.sender.try_send_request(req));
-        let mut io_done = false;
-        let outcome = poll_fn(|cx| {
-            if !io_done && conn.poll_io(cx).is_ready() {
-                // Closed: the pending response resolves with an error on this poll.
-                io_done = true;
-            }
-            response.as_mut().poll(cx)
-        })
-        .await;
-        match outcome {
-            Ok(res) if res.body().is_end_stream() => {
-                // Nothing will poll an empty body: the connection goes back to the pool now.
-                poll_fn(|cx| {
-                    if conn.poll_io(cx).is_pending() && !conn.sender.is_closed() {
-                        Poll::Ready(true)
-                    } else {
-                        Poll::Ready(false)
-                    }
-                })
-                .await
-                .then(|| instance.idle.checkin(worker, conn));
-                return Ok((res, None));
-            }
-            Ok(res) => return Ok((res, Some(conn))),
-            Err(mut e) => match e.take_message() {
-                // Never written: safe to send on a fresh connection.
-                Some(unsent) if !fresh => {
-                    tracing::debug!(instance = %instance.id, error = %e.error(), "pooled connection closed, reconnecting");
-                    req = unsent;
+) -> impl Future<Output = Result<(Response<Incoming>, Option<Box<Conn>>), SendError>> {
+    async move {
+        let mut reused = instance.idle.checkout(worker);
+        loop {
+            let fresh = reused.is_none();
+            let mut conn = match reused.take() {
+                Some(conn) => conn,
+                // Boxed: the connect future is large and rarely needed, and every request's
+                // future would otherwise carry its size.
+                None => Box::pin(connect(instance.addr, connect_timeout)).await?,
+            };
+            let mut response = std::pin::pin!(conn.sender.try_send_request(req));
+            let mut io_done = false;
+            let outcome = poll_fn(|cx| {
+                if !io_done && conn.poll_io(cx).is_ready() {
+                    // Closed: the pending response resolves with an error on this poll.
+                    io_done = true;
                 }
-                _ => return Err(SendError::Lost(e.into_error())),
-            },
+                response.as_mut().poll(cx)
+            })
+            .await;
+            match outcome {
+                Ok(res) if res.body().is_end_stream() => {
+                    // Nothing will poll an empty body: the connection goes back to the pool now.
+                    poll_fn(|cx| {
+                        if conn.poll_io(cx).is_pending() && !conn.sender.is_closed() {
+                            Poll::Ready(true)
+                        } else {
+                            Poll::Ready(false)
+                        }
+                    })
+                    .await
+                    .then(|| instance.idle.checkin(worker, conn));
+                    return Ok((res, None));
+                }
+                Ok(res) => return Ok((res, Some(conn))),
+                Err(mut e) => match e.take_message() {
+                    // Never written: safe to send on a fresh connection.
+                    Some(unsent) if !fresh => {
+                        tracing::debug!(instance = %instance.id, error = %e.error(), "pooled connection closed, reconnecting");
+                        req = unsent;
+                    }
+                    _ => return Err(SendError::Lost(e.into_error())),
+                },
+            }
         }
     }
 }

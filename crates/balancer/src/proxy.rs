@@ -23,6 +23,7 @@
 //! [`Instance::passive_failure`]). Counters are atomics; the response body carries an
 //! [`InFlight`] guard so in-flight counts fall when the body has been streamed.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
@@ -52,37 +53,41 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Forwards a request to its service; every answer carries `X-Request-Id`.
 ///
 /// The request comes as its parts and body, and everything a request needs is in this one
-/// future (no nested futures each holding a copy of the request): hyper moves the future
-/// into place once per request, so its size is paid on every request.
-pub async fn handle(worker: Arc<Worker>, mut parts: Parts, body: Incoming) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let request_id = match parts.headers.get(&X_REQUEST_ID) {
-        Some(id) => id.clone(),
-        None => new_request_id(),
-    };
-    let state = &*worker.state;
-    let Some(route) = state.config.routes.find(parts.uri.path()) else {
-        let message = format!("no route for {} {}", parts.method, parts.uri.path());
-        return json_error(StatusCode::NOT_FOUND, &message, request_id);
-    };
-    let index = state.route_service[route];
-    let service = &state.services[index];
-    let figures = service.stats.at(worker.id);
-    figures.begin();
-    let refusal = match forward(state, worker.id, index, service, &mut parts, body, &request_id, started).await {
-        Ok(response) => return response,
-        Err(refusal) => refusal,
-    };
-    let Refusal { status, message, close } = refusal;
-    figures.answered(status.as_u16(), started.elapsed(), Instant::now());
-    figures.end();
-    let mut response = json_error(status, message, request_id);
-    if close {
-        // Part of the request body is still unread: this connection cannot carry
-        // another request, and the client should know before it tries.
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+/// future: hyper moves the future into place once per request, so its size is paid on
+/// every request. (These are plain functions returning `async move` blocks because an
+/// `async fn` keeps two copies of each argument in its future.)
+#[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+pub fn handle(worker: Arc<Worker>, mut parts: Parts, body: Incoming) -> impl Future<Output = Response<ResponseBody>> {
+    async move {
+        let started = Instant::now();
+        let request_id = match parts.headers.get(&X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => new_request_id(),
+        };
+        let state = &*worker.state;
+        let Some(route) = state.config.routes.find(parts.uri.path()) else {
+            let message = format!("no route for {} {}", parts.method, parts.uri.path());
+            return json_error(StatusCode::NOT_FOUND, &message, request_id);
+        };
+        let index = state.route_service[route];
+        let service = &state.services[index];
+        let figures = service.stats.at(worker.id);
+        figures.begin();
+        let refusal = match forward(state, worker.id, index, service, &mut parts, body, &request_id, started).await {
+            Ok(response) => return response,
+            Err(refusal) => refusal,
+        };
+        let Refusal { status, message, close } = refusal;
+        figures.answered(status.as_u16(), started.elapsed(), Instant::now());
+        figures.end();
+        let mut response = json_error(status, message, request_id);
+        if close {
+            // Part of the request body is still unread: this connection cannot carry
+            // another request, and the client should know before it tries.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
-    response
 }
 
 /// An answer of the balancer's own instead of a backend's.
@@ -100,7 +105,8 @@ impl From<(StatusCode, &'static str)> for Refusal {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+#[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
+fn forward(
     state: &AppState,
     worker: usize,
     index: usize,
@@ -109,140 +115,142 @@ async fn forward(
     body: Incoming,
     request_id: &HeaderValue,
     started: Instant,
-) -> Result<Response<ResponseBody>, Refusal> {
-    // When the request is ready to go (after an injected delay or reading its body).
-    let mut ready = started;
-    if let Some(effect) = state.faults.check(&service.name) {
-        if !effect.delay.is_zero() {
-            Box::pin(tokio::time::sleep(effect.delay)).await;
-            ready = Instant::now();
-        }
-        if let Some(status) = effect.error {
-            let close = !body.is_end_stream();
-            return Err(Refusal { status, message: "injected fault", close });
-        }
-    }
-
-    let config = &state.config;
-    let limit = config.kit.body_limit;
-    let declared = content_length(&parts.headers);
-    if declared.is_some_and(|n| n > limit as u64) {
-        Box::pin(drain(body)).await;
-        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than the limit").into());
-    }
-    // A small body of known length is kept for retries; anything else streams through once.
-    let over = Arc::new(AtomicBool::new(false));
-    let (replay, mut stream) = if body.is_end_stream() {
-        (Some(Bytes::new()), None)
-    } else if declared.is_some_and(|n| n <= config.retry_buffer as u64) {
-        match body.collect().await {
-            Ok(collected) => {
+) -> impl Future<Output = Result<Response<ResponseBody>, Refusal>> {
+    async move {
+        // When the request is ready to go (after an injected delay or reading its body).
+        let mut ready = started;
+        if let Some(effect) = state.faults.check(&service.name) {
+            if !effect.delay.is_zero() {
+                Box::pin(tokio::time::sleep(effect.delay)).await;
                 ready = Instant::now();
-                (Some(collected.to_bytes()), None)
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read request body");
-                return Err(Refusal {
-                    status: StatusCode::BAD_REQUEST,
-                    message: "cannot read request body",
-                    close: true,
-                });
+            if let Some(status) = effect.error {
+                let close = !body.is_end_stream();
+                return Err(Refusal { status, message: "injected fault", close });
             }
         }
-    } else {
-        (None, Some(RequestBody::Stream { inner: body, seen: 0, limit, over: over.clone() }))
-    };
-    let idempotent = is_idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    // Backends get the origin form (`/path?query`), whatever form the client used.
-    let target = origin_form(&parts.uri);
 
-    let set = state.backends.load_full();
-    let pool = &set.pools[index];
-    if pool.is_empty() {
-        let (status, message) = (StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service");
-        return Err(Refusal { status, message, close: replay.is_none() });
-    }
-    let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
-    let attempts = config.max_attempts as usize;
-    let mut tried = Tried::default();
-    let mut failure = Failure::Connect;
-    for attempt in 0..attempts {
-        let Some(i) = pick(config.strategy, service, pool, &tried) else { break };
-        tried.insert(i);
-        let instance = &pool[i];
-        if attempt > 0 {
-            service.stats.at(worker).retries.fetch_add(1, Relaxed);
+        let config = &state.config;
+        let limit = config.kit.body_limit;
+        let declared = content_length(&parts.headers);
+        if declared.is_some_and(|n| n > limit as u64) {
+            Box::pin(drain(body)).await;
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than the limit").into());
         }
-        let last = attempt + 1 == attempts || attempt + 1 >= pool.len();
-        let body = match (&replay, stream.take()) {
-            (Some(bytes), _) => RequestBody::full(bytes.clone()),
-            (None, Some(stream)) => stream,
-            (None, None) => break,
-        };
-        let attempt_figures = instance.stats.at(worker);
-        attempt_figures.begin();
-        let sent = if attempt == 0 { ready } else { Instant::now() };
-        // Built within the awaited expression: a named local would keep its storage (and
-        // this future's size) across the await even after being moved.
-        let outcome = tokio::time::timeout_at(
-            deadline,
-            pool::send(
-                instance,
-                worker,
-                upstream(
-                    &parts.method,
-                    &target,
-                    if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() },
-                    body,
-                    instance,
-                ),
-                config.connect_timeout,
-            ),
-        )
-        .await;
-        let now = Instant::now();
-        failure = match outcome {
-            Ok(Ok((response, conn))) => {
-                let status = response.status();
-                instance.passive_success();
-                attempt_figures.answered(status.as_u16(), now - sent, now);
-                let unavailable = matches!(status.as_u16(), 502..=504);
-                if unavailable && !last && idempotent && replay.is_some() {
-                    tracing::debug!(instance = %instance.id, %status, "retrying an idempotent request elsewhere");
-                    attempt_figures.end();
-                    Failure::Unavailable
-                } else {
-                    service.stats.at(worker).answered(status.as_u16(), now - started, now);
-                    return Ok(respond(response, conn, service, instance, worker, request_id));
+        // A small body of known length is kept for retries; anything else streams through once.
+        let over = Arc::new(AtomicBool::new(false));
+        let (replay, mut stream) = if body.is_end_stream() {
+            (Some(Bytes::new()), None)
+        } else if declared.is_some_and(|n| n <= config.retry_buffer as u64) {
+            match body.collect().await {
+                Ok(collected) => {
+                    ready = Instant::now();
+                    (Some(collected.to_bytes()), None)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read request body");
+                    return Err(Refusal {
+                        status: StatusCode::BAD_REQUEST,
+                        message: "cannot read request body",
+                        close: true,
+                    });
                 }
             }
-            Ok(Err(e)) => {
-                let failure = match e {
-                    _ if over.load(Relaxed) => Failure::TooLarge,
-                    SendError::Connect(_) => Failure::Connect,
-                    SendError::Lost(_) => Failure::Lost,
-                };
-                attempt_failed(state, worker, service, instance, failure, &e);
-                failure
-            }
-            Err(_) => {
-                attempt_failed(state, worker, service, instance, Failure::Timeout, &"request timeout");
-                Failure::Timeout
-            }
+        } else {
+            (None, Some(RequestBody::Stream { inner: body, seen: 0, limit, over: over.clone() }))
         };
-        let again = match failure.retry() {
-            Retry::Safe => replay.is_some() || stream.is_some(),
-            Retry::IfIdempotent => idempotent && replay.is_some(),
-            Retry::Never => false,
-        };
-        if !again {
-            break;
+        let idempotent = is_idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        // Backends get the origin form (`/path?query`), whatever form the client used.
+        let target = origin_form(&parts.uri);
+
+        let set = state.backends.load_full();
+        let pool = &set.pools[index];
+        if pool.is_empty() {
+            let (status, message) = (StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service");
+            return Err(Refusal { status, message, close: replay.is_none() });
         }
+        let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
+        let attempts = config.max_attempts as usize;
+        let mut tried = Tried::default();
+        let mut failure = Failure::Connect;
+        for attempt in 0..attempts {
+            let Some(i) = pick(config.strategy, service, pool, &tried) else { break };
+            tried.insert(i);
+            let instance = &pool[i];
+            if attempt > 0 {
+                service.stats.at(worker).retries.fetch_add(1, Relaxed);
+            }
+            let last = attempt + 1 == attempts || attempt + 1 >= pool.len();
+            let body = match (&replay, stream.take()) {
+                (Some(bytes), _) => RequestBody::full(bytes.clone()),
+                (None, Some(stream)) => stream,
+                (None, None) => break,
+            };
+            let attempt_figures = instance.stats.at(worker);
+            attempt_figures.begin();
+            let sent = if attempt == 0 { ready } else { Instant::now() };
+            // Built within the awaited expression: a named local would keep its storage (and
+            // this future's size) across the await even after being moved.
+            let outcome = tokio::time::timeout_at(
+                deadline,
+                pool::send(
+                    instance,
+                    worker,
+                    upstream(
+                        &parts.method,
+                        &target,
+                        if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() },
+                        body,
+                        instance,
+                    ),
+                    config.connect_timeout,
+                ),
+            )
+            .await;
+            let now = Instant::now();
+            failure = match outcome {
+                Ok(Ok((response, conn))) => {
+                    let status = response.status();
+                    instance.passive_success();
+                    attempt_figures.answered(status.as_u16(), now - sent, now);
+                    let unavailable = matches!(status.as_u16(), 502..=504);
+                    if unavailable && !last && idempotent && replay.is_some() {
+                        tracing::debug!(instance = %instance.id, %status, "retrying an idempotent request elsewhere");
+                        attempt_figures.end();
+                        Failure::Unavailable
+                    } else {
+                        service.stats.at(worker).answered(status.as_u16(), now - started, now);
+                        return Ok(respond(response, conn, service, instance, worker, request_id));
+                    }
+                }
+                Ok(Err(e)) => {
+                    let failure = match e {
+                        _ if over.load(Relaxed) => Failure::TooLarge,
+                        SendError::Connect(_) => Failure::Connect,
+                        SendError::Lost(_) => Failure::Lost,
+                    };
+                    attempt_failed(state, worker, service, instance, failure, &e);
+                    failure
+                }
+                Err(_) => {
+                    attempt_failed(state, worker, service, instance, Failure::Timeout, &"request timeout");
+                    Failure::Timeout
+                }
+            };
+            let again = match failure.retry() {
+                Retry::Safe => replay.is_some() || stream.is_some(),
+                Retry::IfIdempotent => idempotent && replay.is_some(),
+                Retry::Never => false,
+            };
+            if !again {
+                break;
+            }
+        }
+        let (status, message) = failure.answer();
+        Err(Refusal { status, message, close: replay.is_none() })
     }
-    let (status, message) = failure.answer();
-    Err(Refusal { status, message, close: replay.is_none() })
 }
 
 fn attempt_failed(

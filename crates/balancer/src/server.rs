@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -116,7 +117,8 @@ async fn worker(
                 let (parts, body) = req.into_parts();
                 Either::Right(proxy::handle(worker.clone(), parts, body))
             };
-            async move { Ok::<_, Infallible>(future.await) }
+            // `map`, not an `async` block awaiting `future`: that would hold it twice.
+            future.map(Ok::<_, Infallible>)
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
