@@ -643,6 +643,7 @@ pub async fn stop(handle: Handle, id: Option<String>) -> Result<Value, CallError
 pub enum Command {
     /// SIGKILL an instance, or a random running instance of a service (orch restarts it).
     Kill {
+        /// An instance (data-2), or a service (data): a random running instance of it each time.
         #[arg(value_name = "INSTANCE|SERVICE")]
         target: String,
         /// Again every DUR (like 500ms, 2s, 1m) until --for ends.
@@ -654,6 +655,7 @@ pub enum Command {
     },
     /// SIGSTOP an instance (a hung process) and SIGCONT it after --duration.
     Pause {
+        /// An instance (data-2), or a service (data): a random running instance of it each time.
         #[arg(value_name = "INSTANCE|SERVICE")]
         target: String,
         /// How long each pause lasts.
@@ -668,6 +670,7 @@ pub enum Command {
     },
     /// Added latency for every request the balancer routes to SERVICE.
     Latency {
+        /// A service the balancer routes to.
         service: String,
         /// The delay in milliseconds.
         #[arg(long, value_name = "N")]
@@ -681,6 +684,7 @@ pub enum Command {
     },
     /// Injected HTTP errors, answered by the balancer, for P% of SERVICE's requests.
     Errors {
+        /// A service the balancer routes to.
         service: String,
         /// The share of requests that fail (above 0, at most 100).
         #[arg(long, value_name = "P")]
