@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use crate::backend::{Instance, Service};
 use crate::pool::UpstreamBody;
+use crate::server::{Snapshot, Worker};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -79,17 +80,30 @@ impl Body for RequestBody {
     }
 }
 
-/// Holds a request's place in the in-flight counts of its service and instance.
+/// Holds a request's place in the in-flight counts of its service and instance. It
+/// reaches them through worker-local handles and indices, so that creating and dropping it
+/// touches no reference count shared with other threads.
 pub struct InFlight {
-    pub service: Arc<Service>,
-    pub instance: Arc<Instance>,
-    pub worker: usize,
+    pub worker: Arc<Worker>,
+    pub snapshot: Arc<Snapshot>,
+    pub service: usize,
+    pub instance: usize,
+}
+
+impl InFlight {
+    pub fn instance(&self) -> &Instance {
+        &self.snapshot.set.pools[self.service][self.instance]
+    }
+
+    fn service(&self) -> &Service {
+        &self.worker.state.services[self.service]
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.instance.stats.at(self.worker).end();
-        self.service.stats.at(self.worker).end();
+        self.instance().stats.at(self.worker.id).end();
+        self.service().stats.at(self.worker.id).end();
     }
 }
 

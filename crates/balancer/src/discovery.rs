@@ -135,6 +135,7 @@ pub async fn apply(state: &AppState, discovery: Discovery, entries: Vec<Entry>) 
         tracing::info!(discovery = discovery.as_str(), "discovery mode changed");
     }
     state.backends.store(Arc::new(BackendSet { discovery, pools }));
+    state.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
     state.ready.store(true, Relaxed);
 }
 

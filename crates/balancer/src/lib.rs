@@ -32,7 +32,7 @@ mod server;
 pub mod stats;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -59,6 +59,8 @@ pub struct AppState {
     /// For each route (as in `config.routes.entries()`), its service's index.
     pub route_service: Vec<usize>,
     pub backends: ArcSwap<BackendSet>,
+    /// Moves after every change of `backends`: workers keep their own copy until it moves.
+    pub generation: AtomicU64,
     /// The health checks' client (the request path uses [`pool`]).
     pub client: Client<HttpConnector, RequestBody>,
     pub faults: Faults,
@@ -80,6 +82,7 @@ impl AppState {
         let client = upstream_client(&config);
         Self {
             backends: ArcSwap::from_pointee(BackendSet::empty(services.len())),
+            generation: AtomicU64::new(0),
             services,
             route_service,
             client,

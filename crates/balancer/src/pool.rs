@@ -21,7 +21,7 @@
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -200,28 +200,20 @@ pub fn send(
 pub struct UpstreamBody {
     body: Incoming,
     conn: Option<Box<Conn>>,
-    instance: Arc<Instance>,
-    worker: usize,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl UpstreamBody {
     /// `conn` is `None` when the body is empty and the connection already went back.
-    pub fn new(
-        body: Incoming,
-        conn: Option<Box<Conn>>,
-        instance: Arc<Instance>,
-        worker: usize,
-        in_flight: InFlight,
-    ) -> Self {
-        Self { body, conn, instance, worker, _in_flight: in_flight }
+    pub fn new(body: Incoming, conn: Option<Box<Conn>>, in_flight: InFlight) -> Self {
+        Self { body, conn, in_flight }
     }
 
     /// Returns the connection to the pool if it is still open.
     fn release(&mut self, cx: &mut Context<'_>) {
         if let Some(mut conn) = self.conn.take() {
             if conn.poll_io(cx).is_pending() && !conn.sender.is_closed() {
-                self.instance.idle.checkin(self.worker, conn);
+                self.in_flight.instance().idle.checkin(self.in_flight.worker.id, conn);
             }
         }
     }

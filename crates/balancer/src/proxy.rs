@@ -73,7 +73,7 @@ pub fn handle(worker: Arc<Worker>, mut parts: Parts, body: Incoming) -> impl Fut
         let service = &state.services[index];
         let figures = service.stats.at(worker.id);
         figures.begin();
-        let refusal = match forward(state, worker.id, index, service, &mut parts, body, &request_id, started).await {
+        let refusal = match forward(&worker, index, service, &mut parts, body, &request_id, started).await {
             Ok(response) => return response,
             Err(refusal) => refusal,
         };
@@ -107,8 +107,7 @@ impl From<(StatusCode, &'static str)> for Refusal {
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
 fn forward(
-    state: &AppState,
-    worker: usize,
+    worker_ref: &Arc<Worker>,
     index: usize,
     service: &Arc<Service>,
     parts: &mut Parts,
@@ -117,6 +116,7 @@ fn forward(
     started: Instant,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Refusal>> {
     async move {
+        let (state, worker) = (&*worker_ref.state, worker_ref.id);
         // When the request is ready to go (after an injected delay or reading its body).
         let mut ready = started;
         if let Some(effect) = state.faults.check(&service.name) {
@@ -165,8 +165,8 @@ fn forward(
         // Backends get the origin form (`/path?query`), whatever form the client used.
         let target = origin_form(&parts.uri);
 
-        let set = state.backends.load_full();
-        let pool = &set.pools[index];
+        let snapshot = worker_ref.snapshot();
+        let pool = &snapshot.set.pools[index];
         if pool.is_empty() {
             let (status, message) = (StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service");
             return Err(Refusal { status, message, close: replay.is_none() });
@@ -222,7 +222,13 @@ fn forward(
                         Failure::Unavailable
                     } else {
                         service.stats.at(worker).answered(status.as_u16(), now - started, now);
-                        return Ok(respond(response, conn, service, instance, worker, request_id));
+                        let in_flight = InFlight {
+                            worker: worker_ref.clone(),
+                            snapshot: snapshot.clone(),
+                            service: index,
+                            instance: i,
+                        };
+                        return Ok(respond(response, conn, in_flight, request_id));
                     }
                 }
                 Ok(Err(e)) => {
@@ -294,17 +300,14 @@ fn upstream(
 fn respond(
     response: Response<Incoming>,
     conn: Option<Box<Conn>>,
-    service: &Arc<Service>,
-    instance: &Arc<Instance>,
-    worker: usize,
+    in_flight: InFlight,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    parts.headers.insert(X_UPSTREAM_INSTANCE.clone(), instance.header.clone());
-    let in_flight = InFlight { service: service.clone(), instance: instance.clone(), worker };
-    let body = UpstreamBody::new(body, conn, instance.clone(), worker, in_flight);
+    parts.headers.insert(X_UPSTREAM_INSTANCE.clone(), in_flight.instance().header.clone());
+    let body = UpstreamBody::new(body, conn, in_flight);
     Response::from_parts(parts, ResponseBody::Upstream(body))
 }
 

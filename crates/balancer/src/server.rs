@@ -9,7 +9,8 @@
 //! proxy path directly on hyper, with no router or buffering middleware in between.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Acquire;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::either::Either;
 use tower::ServiceExt;
 
+use crate::backend::BackendSet;
 use crate::body::ResponseBody;
 use crate::{AppState, admin, proxy};
 
@@ -104,7 +106,8 @@ async fn worker(
     // What every request of this worker uses, behind a reference count that only this
     // thread touches (cloning the shared `Arc<AppState>` per request would bounce its
     // cache line between cores).
-    let worker = Arc::new(Worker { id, state, admin });
+    let snapshot = Mutex::new(Arc::new(Snapshot::of(&state)));
+    let worker = Arc::new(Worker { id, state, admin, snapshot });
     while let Some(stream) = inbox.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
         let worker = worker.clone();
@@ -137,6 +140,33 @@ pub struct Worker {
     pub id: usize,
     pub state: Arc<AppState>,
     pub admin: axum::Router,
+    /// This worker's own handle on the current backend set (only this thread takes it).
+    snapshot: Mutex<Arc<Snapshot>>,
+}
+
+/// The backend set as one worker sees it: requests hold this worker-local handle, so their
+/// reference counting stays on this thread's cache lines.
+pub struct Snapshot {
+    generation: u64,
+    pub set: Arc<BackendSet>,
+}
+
+impl Snapshot {
+    fn of(state: &AppState) -> Self {
+        let generation = state.generation.load(Acquire);
+        Self { generation, set: state.backends.load_full() }
+    }
+}
+
+impl Worker {
+    /// The current backend set.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if snapshot.generation != self.state.generation.load(Acquire) {
+            *snapshot = Arc::new(Snapshot::of(&self.state));
+        }
+        snapshot.clone()
+    }
 }
 
 async fn answer_admin(worker: Arc<Worker>, req: Request<Incoming>) -> Response<ResponseBody> {
