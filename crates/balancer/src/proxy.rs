@@ -339,7 +339,9 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
             }
         }
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER, &header::UPGRADE] {
+    // `Expect: 100-continue` is answered on the client's side (hyper sends the 100 when
+    // the body is first read), so the backend gets the body without being asked.
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER, &header::UPGRADE, &header::EXPECT] {
         if headers.contains_key(name) {
             headers.remove(name);
         }

@@ -228,3 +228,24 @@ async fn no_instance_is_503_json() {
     assert_eq!(body["error"], "no healthy instance of this service");
     balancer.stop().await;
 }
+
+#[tokio::test]
+async fn expect_continue_is_answered_and_the_body_forwarded() {
+    let backend = TestBackend::start("a").await;
+    let balancer = over(&[backend.port()], &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(balancer.addr).await.unwrap();
+    let head = "POST /api/data/x HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\
+                connection: close\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.unwrap().unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    stream.write_all(b"hello").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"bodyBytes\":5"), "{answer}");
+    balancer.stop().await;
+}
