@@ -106,11 +106,6 @@ fn figures(stats: &Stats, now: Instant) -> Map<String, Value> {
     m
 }
 
-/// The instances the service has now.
-fn instances_of(state: &AppState, service: usize) -> Vec<Arc<Instance>> {
-    state.backends.load().pools[service].clone()
-}
-
 async fn metrics_json(State(state): State<Arc<AppState>>) -> Response {
     let now = Instant::now();
     let (mut requests, mut errors, mut in_flight, mut retries) = (0u64, 0u64, 0u64, 0u64);
@@ -124,7 +119,7 @@ async fn metrics_json(State(state): State<Arc<AppState>>) -> Response {
         let mut figures_of = figures(stats, now);
         figures_of.insert("retries".into(), stats.retries().into());
         let mut instances = Map::new();
-        for instance in instances_of(&state, index) {
+        for instance in state.instances_of(index) {
             let mut m = Map::new();
             m.insert("url".into(), instance.url.clone().into());
             m.insert("healthy".into(), instance.healthy().into());
@@ -188,7 +183,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         }
     }
 
-    let instances: Vec<Arc<Instance>> = (0..state.services.len()).flat_map(|i| instances_of(&state, i)).collect();
+    let instances: Vec<Arc<Instance>> = (0..state.services.len()).flat_map(|i| state.instances_of(i)).collect();
     let per_instance: [Family<Instance>; 5] = [
         ("balancer_instance_requests_total", "counter", "Attempts sent per instance.", |i| i.stats.requests()),
         ("balancer_instance_errors_total", "counter", "Failed attempts and 5xx answers per instance.", |i| {

@@ -134,6 +134,12 @@ pub async fn apply(state: &AppState, discovery: Discovery, entries: Vec<Entry>) 
     if current.discovery != discovery {
         tracing::info!(discovery = discovery.as_str(), "discovery mode changed");
     }
+    // Instances leaving stay visible in metrics while requests to them are in flight.
+    let leaving = current.pools.iter().flatten().filter(|old| !pools.iter().flatten().any(|new| Arc::ptr_eq(old, new)));
+    let mut retired = state.retired.lock().unwrap_or_else(|e| e.into_inner());
+    retired.retain(|i| i.stats.in_flight() > 0);
+    retired.extend(leaving.cloned());
+    drop(retired);
     state.backends.store(Arc::new(BackendSet { discovery, pools }));
     state.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
     state.ready.store(true, Relaxed);

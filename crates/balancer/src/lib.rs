@@ -31,8 +31,8 @@ pub mod proxy;
 mod server;
 pub mod stats;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -44,7 +44,7 @@ use tokio::net::TcpListener;
 pub use crate::config::{Config, Routes, Strategy};
 pub use crate::error::Error;
 
-use crate::backend::{BackendSet, Service};
+use crate::backend::{BackendSet, Instance, Service};
 use crate::body::RequestBody;
 use crate::faults::Faults;
 
@@ -61,6 +61,9 @@ pub struct AppState {
     pub backends: ArcSwap<BackendSet>,
     /// Moves after every change of `backends`: workers keep their own copy until it moves.
     pub generation: AtomicU64,
+    /// Instances taken out of the set that still had requests in flight: `/api/metrics`
+    /// keeps showing them until those finish (orch waits for that before stopping one).
+    pub retired: Mutex<Vec<Arc<Instance>>>,
     /// The health checks' client (the request path uses [`pool`]).
     pub client: Client<HttpConnector, RequestBody>,
     pub faults: Faults,
@@ -70,6 +73,21 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The instances of service `index` worth showing in metrics: the current ones, and
+    /// retired ones (by id not current) while requests to them are in flight.
+    pub fn instances_of(&self, index: usize) -> Vec<Arc<Instance>> {
+        let mut instances = self.backends.load().pools[index].clone();
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|i| i.stats.in_flight() > 0);
+        let name = &self.services[index].name;
+        for instance in retired.iter().filter(|r| &r.service == name) {
+            if !instances.iter().any(|i| i.id == instance.id) {
+                instances.push(instance.clone());
+            }
+        }
+        instances
+    }
+
     pub fn new(config: Config) -> Self {
         let names = config.routes.services();
         let services: Vec<Arc<Service>> = names.iter().map(|n| Arc::new(Service::new(n, config.workers))).collect();
@@ -83,6 +101,7 @@ impl AppState {
         Self {
             backends: ArcSwap::from_pointee(BackendSet::empty(services.len())),
             generation: AtomicU64::new(0),
+            retired: Mutex::new(Vec::new()),
             services,
             route_service,
             client,

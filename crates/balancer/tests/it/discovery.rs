@@ -171,3 +171,36 @@ async fn requests_that_arrive_before_the_first_discovery_wait_for_it() {
     balancer.stop().await;
     registry.stop().await;
 }
+
+#[tokio::test]
+async fn a_deregistered_instance_stays_in_metrics_while_requests_are_in_flight() {
+    let registry = TestRegistry::start().await;
+    let backends = three_registered(&registry, "data").await;
+    let balancer = TestBalancer::start(&registry.url, &[]).await;
+    balancer.wait_for_instances("data", &["data-1", "data-2", "data-3"]).await;
+
+    backends[0].set_mode(crate::Mode::Hold);
+    balancer.reset_round_robin().await;
+    let held = tokio::spawn(http().get(balancer.at("/api/data/held")).send());
+    let in_flight =
+        |metrics: serde_json::Value| metrics["services"]["data"]["instances"]["data-1"]["inFlight"].as_u64();
+    eventually(WAIT, "a request in flight on data-1", || async {
+        (in_flight(balancer.metrics().await) == Some(1)).then_some(())
+    })
+    .await;
+
+    // Out of rotation (orch's first condition), but its request is still counted (the second).
+    registry.deregister(&backends[0]).await;
+    balancer.wait_for_instances("data", &["data-2", "data-3"]).await;
+    assert_eq!(in_flight(balancer.metrics().await), Some(1));
+
+    backends[0].release();
+    let (status, instance, _) = read(held.await.unwrap().unwrap()).await;
+    assert_eq!((status, instance.as_deref()), (200, Some("data-1")));
+    eventually(WAIT, "nothing in flight on data-1", || async {
+        (in_flight(balancer.metrics().await).unwrap_or(0) == 0).then_some(())
+    })
+    .await;
+    balancer.stop().await;
+    registry.stop().await;
+}

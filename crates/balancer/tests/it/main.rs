@@ -40,6 +40,8 @@ pub enum Mode {
     Hang = 2,
     /// Reads the request, then closes the connection without answering.
     Drop = 3,
+    /// Answers like `Ok` once [`TestBackend::release`] is called (health answers at once).
+    Hold = 4,
 }
 
 struct Shared {
@@ -48,6 +50,7 @@ struct Shared {
     status: AtomicU16,
     /// Requests other than `/health`.
     received: AtomicUsize,
+    release: tokio::sync::Notify,
 }
 
 /// A small HTTP backend. Killing it closes its listener and every connection at once.
@@ -68,6 +71,7 @@ impl TestBackend {
             mode: AtomicU8::new(Mode::Ok as u8),
             status: AtomicU16::new(500),
             received: AtomicUsize::new(0),
+            release: tokio::sync::Notify::new(),
         });
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(accept(listener, shared.clone()));
@@ -93,6 +97,12 @@ impl TestBackend {
     pub fn fail_with(&self, status: u16) {
         self.shared.status.store(status, SeqCst);
         self.set_mode(Mode::Fail);
+    }
+
+    /// Lets the requests held by [`Mode::Hold`] answer.
+    pub fn release(&self) {
+        self.set_mode(Mode::Ok);
+        self.shared.release.notify_waiters();
     }
 
     pub fn received(&self) -> usize {
@@ -160,6 +170,14 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         return Ok(Response::new(Full::new(Bytes::from_static(br#"{"status":"healthy"}"#))));
     }
     shared.received.fetch_add(1, SeqCst);
+    if mode == Mode::Hold as u8 {
+        let released = shared.release.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        if shared.mode.load(SeqCst) == Mode::Hold as u8 {
+            released.await;
+        }
+    }
     let body_bytes = match body.collect().await {
         Ok(b) => b.to_bytes().len(),
         Err(_) => return Err(Dropped),
