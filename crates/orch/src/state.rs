@@ -17,7 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::{process_group, signal_group, start_time};
+use crate::supervisor::{is_zombie, process_group, signal_group, start_time};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -123,14 +123,16 @@ pub fn clean_strays(data_dir: &Path) -> Vec<u32> {
         if child.pid <= 1 || child.pid == std::process::id() {
             continue;
         }
-        if start_time(child.pid) == Some(child.start_time) {
+        // A zombie is already dead (only not reaped yet): nothing to kill, nothing to report.
+        if start_time(child.pid) == Some(child.start_time) && !is_zombie(child.pid) {
             tracing::warn!(%instance, pid = child.pid, "killing a process left by a previous orch");
             signal_group(child.pid, Signal::SIGKILL);
             killed.push(child.pid);
         }
         // Members of its process group that outlived it (a shell's children).
         for pid in group_members(child.pid) {
-            if start_time(pid).is_some_and(|t| t >= child.start_time) && pid != std::process::id() {
+            let ours = start_time(pid).is_some_and(|t| t >= child.start_time);
+            if ours && pid != child.pid && pid != std::process::id() && !is_zombie(pid) {
                 tracing::warn!(%instance, pid, "killing a process left by a previous orch");
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
                 killed.push(pid);

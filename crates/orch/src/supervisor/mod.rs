@@ -45,6 +45,14 @@ pub fn start_time(pid: u32) -> Option<u64> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether process `pid` is a zombie: dead, only waiting to be reaped by its parent.
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(')')?.1.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
 /// The process group of process `pid`.
 pub fn process_group(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -59,6 +67,19 @@ mod tests {
     fn exits_are_described() {
         assert_eq!(exit_parts(&ExitStatus::from_raw(3 << 8)), (Some(3), None));
         assert_eq!(exit_parts(&ExitStatus::from_raw(9)), (None, Some("SIGKILL".into())));
+    }
+
+    #[test]
+    fn an_exited_child_not_yet_reaped_is_a_zombie() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        assert!(!is_zombie(std::process::id()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !is_zombie(child.id()) {
+            assert!(std::time::Instant::now() < deadline, "the exited child never showed as a zombie");
+            std::thread::yield_now();
+        }
+        child.wait().unwrap();
+        assert!(!is_zombie(child.id()), "a reaped process is gone, not a zombie");
     }
 
     #[test]
