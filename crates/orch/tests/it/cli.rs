@@ -230,9 +230,10 @@ async fn apply_detached_hands_over_and_comes_down() {
     let stop = Guard(daemon);
     assert!(text.contains(&url));
 
-    // A second apply of the same manifest hands the file to the running orch.
-    std::fs::write(dir.path().join("m.yaml"), web(3)).unwrap();
-    let out = orch(dir.path(), &["apply", "m.yaml"]);
+    // A second apply hands the file to the running orch (found through the shared data
+    // dir). A new file, so the running orch's watcher of m.yaml cannot apply it first.
+    std::fs::write(dir.path().join("m2.yaml"), web(3)).unwrap();
+    let out = orch(dir.path(), &["apply", "m2.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("scale web 2 -> 3"), "{}", stdout(&out));
     let http = reqwest::Client::new();
