@@ -6,10 +6,17 @@
 //! `orch apply` on a temporary manifest; [`topology::Topology`] writes the full cluster's
 //! manifest (the shipped topology on automatic ports); [`traffic`] is client traffic
 //! through the balancer with every outcome counted.
+//!
+//! For the benchmarks (`benches/cluster.rs`, and the balancer's): [`wrk`] runs load and
+//! reads its figures, [`nginx`] is the yardstick proxy and the balancer-vs-nginx protocol,
+//! [`procfs`] reads CPU time and memory of processes.
 
 pub mod cluster;
+pub mod nginx;
+pub mod procfs;
 pub mod topology;
 pub mod traffic;
+pub mod wrk;
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
