@@ -30,6 +30,8 @@ pub struct Topology {
     cluster_env: Vec<(String, String)>,
     /// `(service, name, value)`: one service's `env`.
     service_env: Vec<(String, String, String)>,
+    /// `(service, field, YAML value)`: more fields of one service (`restart`, `liveness`, ...).
+    service_fields: Vec<(String, String, String)>,
 }
 
 impl Default for Topology {
@@ -60,6 +62,7 @@ impl Topology {
             replicas: vec![("registry", 1), ("auth", 3), ("data", 3), ("compute", 3), ("balancer", 1), ("detector", 1)],
             cluster_env: pairs(&[("HEARTBEAT_INTERVAL_MS", "500")]),
             service_env,
+            service_fields: Vec::new(),
         }
     }
 
@@ -87,6 +90,15 @@ impl Topology {
             self.service_env.retain(|(s, k, _)| !(s == service && k == name));
             self.service_env.push((service.to_owned(), name.to_owned(), value.to_owned()));
         }
+        self
+    }
+
+    /// A field of one service's entry in the manifest, as YAML (`"{ resetAfterMs: 100 }"` for
+    /// `restart`); a later value for the same field wins.
+    pub fn field(mut self, service: &str, field: &str, yaml: &str) -> Self {
+        assert!(SERVICES.contains(&service), "{service} is not a service of the topology");
+        self.service_fields.retain(|(s, f, _)| !(s == service && f == field));
+        self.service_fields.push((service.to_owned(), field.to_owned(), yaml.to_owned()));
         self
     }
 
@@ -120,6 +132,9 @@ impl Topology {
             }
             if *service == "balancer" {
                 let _ = writeln!(y, "      routes: {{ /api/auth: auth, /api/data: data, /api/compute: compute }}");
+            }
+            for (_, field, value) in self.service_fields.iter().filter(|(s, ..)| s == service) {
+                let _ = writeln!(y, "      {field}: {value}");
             }
             let env = self.service_env.iter().filter(|(s, ..)| s == service);
             write_env(&mut y, "      ", env.map(|(_, k, v)| (k.as_str(), v.as_str())));
@@ -162,5 +177,22 @@ mod tests {
         assert_eq!(t.instances().len(), 14);
         assert_eq!(t.backend_instances().len(), 11);
         assert!(t.backend_instances().contains(&"data-5".to_owned()));
+    }
+
+    #[test]
+    fn fields_go_to_their_service() {
+        let t = Topology::new()
+            .field("data", "restart", "{ resetAfterMs: 50 }")
+            .field("data", "restart", "{ resetAfterMs: 100 }")
+            .field("auth", "gracePeriodMs", "2000");
+        let yaml = t.yaml();
+        assert!(
+            yaml.contains("replicas: 3\n      dependsOn: [registry]\n      restart: { resetAfterMs: 100 }\n"),
+            "{yaml}"
+        );
+        assert_eq!(yaml.matches("restart:").count(), 1, "replaced, not added: {yaml}");
+        let auth = &yaml[yaml.find("- name: auth").unwrap()..yaml.find("- name: data").unwrap()];
+        assert!(auth.contains("      gracePeriodMs: 2000\n"), "{yaml}");
+        assert!(Topology::new().yaml().lines().all(|l| !l.contains("restart")));
     }
 }
