@@ -60,6 +60,7 @@ impl std::fmt::Debug for Keys {
 
 impl Keys {
     pub fn from_secret(secret: &[u8]) -> Self {
+        install_crypto();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -128,6 +129,105 @@ impl<S: Send + Sync> FromRequestParts<S> for Claims {
             .get::<Claims>()
             .cloned()
             .ok_or_else(|| ApiError::unauthorized("missing bearer token (Authorization: Bearer <token>)"))
+    }
+}
+
+/// Installs jsonwebtoken's cryptography for this process: HMAC only (HS256, and HS384/HS512
+/// so tests can forge tokens of the wrong algorithm). The crate's own providers carry RSA,
+/// ECDSA and EdDSA code that every process of the binary would map and never use. Called by
+/// [`Keys::from_secret`]; call it before using `jsonwebtoken` directly. Idempotent.
+pub fn install_crypto() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = hmac_only::PROVIDER.install_default();
+    });
+}
+
+mod hmac_only {
+    use hmac::{Hmac, Mac};
+    use jsonwebtoken::crypto::{CryptoProvider, JwkUtils, JwtSigner, JwtVerifier};
+    use jsonwebtoken::errors::{ErrorKind, Result};
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+    use sha2::{Sha256, Sha384, Sha512};
+    use signature::{Signer, Verifier};
+
+    pub static PROVIDER: CryptoProvider =
+        CryptoProvider { signer_factory: signer, verifier_factory: verifier, jwk_utils: JwkUtils::new_unimplemented() };
+
+    /// An HMAC key for one algorithm; signs and verifies.
+    struct Key {
+        algorithm: Algorithm,
+        secret: Vec<u8>,
+    }
+
+    fn key(algorithm: &Algorithm, secret: &[u8]) -> Result<Key> {
+        match algorithm {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                Ok(Key { algorithm: *algorithm, secret: secret.to_vec() })
+            }
+            _ => Err(ErrorKind::InvalidAlgorithm.into()),
+        }
+    }
+
+    fn signer(algorithm: &Algorithm, key_: &EncodingKey) -> Result<Box<dyn JwtSigner>> {
+        Ok(Box::new(key(algorithm, key_.try_get_hmac_secret()?)?))
+    }
+
+    fn verifier(algorithm: &Algorithm, key_: &DecodingKey) -> Result<Box<dyn JwtVerifier>> {
+        Ok(Box::new(key(algorithm, key_.try_get_hmac_secret()?)?))
+    }
+
+    macro_rules! with_mac {
+        ($key:expr, |$mac:ident| $body:expr) => {
+            match $key.algorithm {
+                Algorithm::HS384 => {
+                    let mut $mac =
+                        Hmac::<Sha384>::new_from_slice(&$key.secret).map_err(signature::Error::from_source)?;
+                    $body
+                }
+                Algorithm::HS512 => {
+                    let mut $mac =
+                        Hmac::<Sha512>::new_from_slice(&$key.secret).map_err(signature::Error::from_source)?;
+                    $body
+                }
+                _ => {
+                    let mut $mac =
+                        Hmac::<Sha256>::new_from_slice(&$key.secret).map_err(signature::Error::from_source)?;
+                    $body
+                }
+            }
+        };
+    }
+
+    impl Signer<Vec<u8>> for Key {
+        fn try_sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, signature::Error> {
+            with_mac!(self, |mac| {
+                mac.update(msg);
+                Ok(mac.finalize().into_bytes().to_vec())
+            })
+        }
+    }
+
+    impl Verifier<Vec<u8>> for Key {
+        /// Constant-time comparison (`verify_slice`).
+        fn verify(&self, msg: &[u8], signature: &Vec<u8>) -> std::result::Result<(), signature::Error> {
+            with_mac!(self, |mac| {
+                mac.update(msg);
+                mac.verify_slice(signature).map_err(signature::Error::from_source)
+            })
+        }
+    }
+
+    impl JwtSigner for Key {
+        fn algorithm(&self) -> Algorithm {
+            self.algorithm
+        }
+    }
+
+    impl JwtVerifier for Key {
+        fn algorithm(&self) -> Algorithm {
+            self.algorithm
+        }
     }
 }
 

@@ -199,8 +199,5 @@ async fn apply(control: Option<&str>, file: &std::path::Path, detach: bool, serv
 
 /// orch's own log lines (warnings by default; `RUST_LOG` for more) go to stderr.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    kit::telemetry::init_with(kit::telemetry::LogFormat::Text, std::io::stderr, "warn");
 }

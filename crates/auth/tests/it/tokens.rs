@@ -32,6 +32,7 @@ pub fn bad_tokens(token: &str, secret: &str, sub: &str) -> Vec<(&'static str, St
     other["username"] = json!("mallory");
     let forged = format!("{}.{}.{}", parts[0], base64_url(other.to_string().as_bytes()), parts[2]);
 
+    kit::jwt::install_crypto();
     let sign = |alg: Algorithm, secret: &str, claims: &Value| {
         jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
     };

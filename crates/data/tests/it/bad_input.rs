@@ -25,6 +25,7 @@ fn bad_tokens(token: &str) -> Vec<(&'static str, String)> {
     let parts: Vec<&str> = token.split('.').collect();
     let mut other = claims.clone();
     other["sub"] = json!("2");
+    kit::jwt::install_crypto();
     let sign = |alg: Algorithm, secret: &str, claims: &Value| {
         jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
     };
