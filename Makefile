@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MANIFEST ?= manifests/cluster.yaml
 
-.PHONY: run build release test e2e bench fmt lint deps clean
+.PHONY: run build release test e2e bench bench-all fmt lint deps clean
 
 run: release                ## build, then run the cluster from manifests/cluster.yaml
 	./target/release/orch apply $(MANIFEST)
@@ -19,8 +19,11 @@ test: deps build            ## every test: unit, integration, end-to-end, browse
 e2e: deps build             ## only the end-to-end suite
 	$(CARGO) test -p e2e
 
-bench: release              ## the benchmarks, as a table (also target/bench/summary.json)
+bench:                      ## release build, then the figures that matter in one run: one table (also target/bench/summary.json)
 	./scripts/bench.sh
+
+bench-all:                  ## every crate's own benchmark, then the same as bench
+	./scripts/bench.sh --all
 
 deps:                       ## what the tests need beyond Rust (installed when missing)
 	./scripts/deps.sh

@@ -1,0 +1,1218 @@
+//! The cluster benchmark (`make bench`): the figures that matter, each measured in this one
+//! run on the release `orch` binary (`ORCH_BIN`, else `target/release/orch`) and the full
+//! 12-process topology (`e2e::topology`, automatic ports), printed as one table with each
+//! target beside its figure, and written to `target/bench/summary.json` (and `summary.md`).
+//!
+//! The steps, one after another (the 2-core machine is shared by the cluster, the load
+//! generator and nginx, so nothing overlaps and every load generator is small: one wrk
+//! thread, or a few client tasks):
+//! 1. cold start, three times: `orch apply` → all 12 instances ready (orch's
+//!    `/api/cluster`) → every backend instance in the balancer's rotation and each route
+//!    answering; the third cluster stays for the rest;
+//! 2. memory at rest: VmRSS and PSS summed over the 12 instances and orch;
+//! 3. the cluster's balancer against nginx in front of the same data instances
+//!    (`e2e::nginx::compare`);
+//! 4. through the balancer with a JWT: data reads and writes, logins, direct compute
+//!    (wrk), jobs (submitted by a few tasks, then polled until all completed);
+//! 5. memory after the load;
+//! 6. saving a 3 → 5 replicas edit of data → both new instances answering through the
+//!    balancer (five times, back to 3 in between);
+//! 7. kill -9 of nine backend instances in turn under light client traffic → each answers
+//!    `/health` again on its port from a new process; failed client requests counted;
+//! 8. a WebSocket client on the detector's dashboard socket: kill -9 → the first message
+//!    that shows the death;
+//! 9. SIGSTOP (a hung instance) → orch reports a new pid ready.
+//!
+//! `BENCH_SECS` (default 5) sets the length of each wrk run.
+
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::cluster::{Cluster, gone};
+use e2e::nginx::{self, Nginx, Setup};
+use e2e::procfs::{self, Memory};
+use e2e::topology::{BACKENDS, Topology};
+use e2e::traffic::{Api, Load, Mix};
+use e2e::wrk::{Run, Script, Wrk};
+use futures_util::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long any one wait may take before the benchmark gives up.
+const DEADLINE: Duration = Duration::from_secs(30);
+const COLD_STARTS: usize = 3;
+const EDITS: usize = 5;
+/// The instances killed with SIGKILL, in turn, each once.
+const KILLS: [&str; 9] =
+    ["auth-1", "data-1", "compute-1", "auth-2", "data-2", "compute-2", "auth-3", "data-3", "compute-3"];
+const DASHBOARD_KILLS: [&str; 5] = ["data-2", "compute-3", "auth-2", "data-3", "compute-1"];
+const HANGS: [&str; 3] = ["data-1", "compute-2", "auth-3"];
+const JOBS: usize = 1000;
+/// Registered users whose logins are measured.
+const USERS: usize = 4;
+const PASSWORD: &str = "bench-password";
+/// A healthy stretch longer than the manifest's `resetAfterMs` (100), so every kill is a
+/// first crash, restarted at once rather than after a backoff.
+const HEALTHY_STRETCH: Duration = Duration::from_millis(300);
+
+fn main() {
+    let started = Instant::now();
+    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
+    assert!(nginx::ensure_tools(), "nginx and wrk are needed (scripts/bench.sh installs them with apt-get)");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let mut bench = Bench {
+        progress: Progress { started, step: Cell::new(0), steps: 9 },
+        rows: Vec::new(),
+        secs,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a client"),
+        // a new connection for every request: what answers is whatever listens right now
+        fresh: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("a client"),
+        run: format!("b{}", std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis()),
+    };
+    let machine = machine();
+    println!(
+        "orch cluster benchmark: {} × {} cores, {} RAM, Linux {}, commit {}",
+        machine["cpu"].as_str().unwrap_or("?"),
+        machine["cores"],
+        machine["memory"].as_str().unwrap_or("?"),
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["commit"].as_str().unwrap_or("?"),
+    );
+    println!("orch binary: {}", e2e::orch_bin().display());
+    runtime.block_on(bench.run_all());
+    drop(runtime);
+    bench.finish(&machine, started.elapsed());
+}
+
+/// Progress lines: the step, and the time since the start.
+struct Progress {
+    started: Instant,
+    step: Cell<usize>,
+    steps: usize,
+}
+
+impl Progress {
+    fn step(&self, what: &str) {
+        self.step.set(self.step.get() + 1);
+        println!("[{:>6.1}s] step {}/{}: {what}", self.started.elapsed().as_secs_f64(), self.step.get(), self.steps);
+    }
+
+    fn note(&self, what: &str) {
+        println!("[{:>6.1}s]   {what}", self.started.elapsed().as_secs_f64());
+    }
+}
+
+struct Bench {
+    progress: Progress,
+    rows: Vec<Row>,
+    secs: u64,
+    http: reqwest::Client,
+    fresh: reqwest::Client,
+    /// Unique to this run: user names and keys.
+    run: String,
+}
+
+// ------------------------------------------------------------------------------------ rows
+
+/// How a figure is held against its target.
+#[derive(Clone, Copy)]
+enum Cmp {
+    Below,
+    AtMost,
+    AtLeast,
+}
+
+#[derive(Clone, Copy)]
+struct Target {
+    cmp: Cmp,
+    bound: f64,
+    text: &'static str,
+}
+
+impl Target {
+    fn below(bound: f64, text: &'static str) -> Option<Self> {
+        Some(Self { cmp: Cmp::Below, bound, text })
+    }
+
+    fn at_most(bound: f64, text: &'static str) -> Option<Self> {
+        Some(Self { cmp: Cmp::AtMost, bound, text })
+    }
+
+    fn at_least(bound: f64, text: &'static str) -> Option<Self> {
+        Some(Self { cmp: Cmp::AtLeast, bound, text })
+    }
+
+    fn met(&self, value: f64) -> bool {
+        match self.cmp {
+            Cmp::Below => value < self.bound,
+            Cmp::AtMost => value <= self.bound,
+            Cmp::AtLeast => value >= self.bound,
+        }
+    }
+
+    fn op(&self) -> &'static str {
+        match self.cmp {
+            Cmp::Below => "<",
+            Cmp::AtMost => "<=",
+            Cmp::AtLeast => ">=",
+        }
+    }
+}
+
+/// One line of the table.
+struct Row {
+    id: &'static str,
+    metric: String,
+    /// The figure held against the target (NaN: not measured).
+    value: f64,
+    unit: &'static str,
+    /// The figure as shown, with its companions (p50, p99, ...).
+    shown: String,
+    target: Option<Target>,
+    /// How it was measured.
+    how: String,
+    details: Map<String, Value>,
+}
+
+impl Row {
+    fn new(id: &'static str, metric: impl Into<String>, value: f64, unit: &'static str) -> Self {
+        Self {
+            id,
+            metric: metric.into(),
+            value,
+            unit,
+            shown: String::new(),
+            target: None,
+            how: String::new(),
+            details: Map::new(),
+        }
+    }
+
+    fn shown(mut self, shown: impl Into<String>) -> Self {
+        self.shown = shown.into();
+        self
+    }
+
+    fn target(mut self, target: Option<Target>) -> Self {
+        self.target = target;
+        self
+    }
+
+    fn how(mut self, how: impl Into<String>) -> Self {
+        self.how = how.into();
+        self
+    }
+
+    fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    fn pass(&self) -> Option<bool> {
+        let target = self.target?;
+        Some(!self.value.is_nan() && target.met(self.value))
+    }
+
+    fn verdict(&self) -> &'static str {
+        match self.pass() {
+            Some(true) => "pass",
+            Some(false) => "MISS",
+            None => "",
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "metric": self.metric,
+            "value": if self.value.is_nan() { Value::Null } else { json!(self.value) },
+            "unit": self.unit,
+            "shown": self.shown,
+            "target": self.target.map(|t| json!({"op": t.op(), "value": t.bound, "text": t.text})),
+            "pass": self.pass(),
+            "how": self.how,
+            "details": self.details,
+        })
+    }
+}
+
+/// The order of the table: the issue's list.
+const ORDER: [&str; 20] = [
+    "coldStartReady",
+    "coldStartRoutable",
+    "killToAnswer",
+    "killFailedRequests",
+    "hungReplaced",
+    "dashboardDeath",
+    "scaleUpServing",
+    "balancerThroughput",
+    "nginxThroughput",
+    "balancerNginxRatio",
+    "balancerAddedP99",
+    "dataReads",
+    "dataWrites",
+    "logins",
+    "computeDirect",
+    "jobs",
+    "memoryRssAtRest",
+    "memoryPssAtRest",
+    "memoryRssAfterLoad",
+    "memoryPssAfterLoad",
+];
+
+// ------------------------------------------------------------------------ formatting
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `9.1 ms`, `212 ms`, `2.95 s`.
+fn show_ms(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".to_owned()
+    } else if v >= 1000.0 {
+        format!("{:.2} s", v / 1000.0)
+    } else if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else if v >= 10.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+/// `21 350` (thin grouping for the eye).
+fn show_count(v: f64) -> String {
+    if v.is_nan() {
+        return "n/a".to_owned();
+    }
+    let digits = format!("{:.0}", v.round());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Megabytes (10^6 bytes, the unit of the target) from KiB.
+fn mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
+}
+
+/// Median, min, max.
+fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    (median, v[0], v[n - 1])
+}
+
+fn show_spread(values: &[f64]) -> String {
+    let (median, min, max) = spread(values);
+    format!("{} (min {}, max {})", show_ms(median), show_ms(min), show_ms(max))
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn wrk_errors(run: &Run) -> String {
+    if run.errors() == 0 {
+        String::new()
+    } else {
+        format!("; {} non-2xx, {} socket errors", run.non_2xx, run.socket_errors)
+    }
+}
+
+// ------------------------------------------------------------------------ waiting
+
+/// Polls `f` every `every` until it returns `Some`; panics naming `what` after [`DEADLINE`].
+async fn until<T, F, Fut>(every: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {DEADLINE:?} waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+const TIGHT: Duration = Duration::from_millis(1);
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+/// `(pid, port)` of `name` once orch reports it running and ready.
+async fn ready_instance(b: &Bench, cluster: &Cluster, name: &str) -> (u32, u16) {
+    let url = format!("{}/api/instances/{name}", cluster.url);
+    until(Duration::from_millis(5), &format!("{name} ready"), || async {
+        let i = get_json(&b.http, &url).await?;
+        (i["status"] == "running" && i["ready"] == true).then_some(())?;
+        Some((i["pid"].as_u64()? as u32, i["port"].as_u64()? as u16))
+    })
+    .await
+}
+
+/// Waits until orch reports `name` ready under another pid than `old`.
+async fn replaced(b: &Bench, cluster: &Cluster, name: &str, old: u32) -> u32 {
+    let url = format!("{}/api/instances/{name}", cluster.url);
+    until(TIGHT, &format!("{name} ready under a new pid"), || async {
+        let i = get_json(&b.http, &url).await?;
+        let pid = i["pid"].as_u64()? as u32;
+        (pid != old && i["status"] == "running" && i["ready"] == true).then_some(pid)
+    })
+    .await
+}
+
+/// The instances the balancer routes to (healthy, not ejected), by pool.
+async fn rotation(http: &reqwest::Client, balancer: &str) -> Option<BTreeSet<String>> {
+    let status = get_json(http, &format!("{balancer}/status")).await?;
+    let mut listed = BTreeSet::new();
+    for pool in status["services"].as_object()?.values() {
+        for i in pool["instances"].as_array()? {
+            if i["healthy"] == true && i["ejected"] != true {
+                listed.insert(i["id"].as_str()?.to_owned());
+            }
+        }
+    }
+    Some(listed)
+}
+
+fn sigkill(pid: u32) {
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 {pid}: {e}"));
+}
+
+// ------------------------------------------------------------------------ the steps
+
+impl Bench {
+    fn topology() -> Topology {
+        let mut t = Topology::new().name("bench");
+        for service in BACKENDS {
+            t = t.field(service, "restart", "{ resetAfterMs: 100 }");
+        }
+        t
+    }
+
+    async fn run_all(&mut self) {
+        let topology = Self::topology();
+        let cluster = self.cold_start(&topology).await;
+        self.progress.step("memory at rest");
+        // At rest: a moment after startup, nothing asked of it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.memory(&cluster, "AtRest", "at rest after startup").await;
+        self.versus_nginx(&cluster).await;
+        let api = self.load_rows(&cluster).await;
+        self.progress.step("memory after the load");
+        self.memory(&cluster, "AfterLoad", "after the load rows").await;
+        self.scale_up(&cluster, &topology).await;
+        self.kills(&cluster, &api).await;
+        self.dashboard(&cluster).await;
+        self.hangs(&cluster).await;
+        self.progress.note("stopping the cluster");
+        tokio::task::block_in_place(|| drop(cluster));
+    }
+
+    /// Step 1: `orch apply` → ready → routable, [`COLD_STARTS`] times; returns the last cluster.
+    async fn cold_start(&mut self, topology: &Topology) -> Cluster {
+        self.progress.step(&format!("cold start × {COLD_STARTS}: orch apply -> 12 ready -> routable"));
+        let expected: BTreeSet<String> = topology.backend_instances().into_iter().collect();
+        let total = topology.instances().len() as u64;
+        let (mut ready, mut routable) = (Vec::new(), Vec::new());
+        let mut kept = None;
+        for n in 1..=COLD_STARTS {
+            let t0 = Instant::now();
+            let cluster = Cluster::start(&topology.yaml()).await;
+            let url = format!("{}/api/cluster", cluster.url);
+            until(TIGHT, "every instance ready", || async {
+                let c = get_json(&self.http, &url).await?;
+                let ready: u64 = c["services"].as_array()?.iter().filter_map(|s| s["ready"].as_u64()).sum();
+                (ready == total).then_some(())
+            })
+            .await;
+            ready.push(ms(t0.elapsed()));
+            let balancer = cluster.url_of("balancer-1").await;
+            until(TIGHT, "every backend instance in the balancer's rotation, each route answering", || async {
+                (rotation(&self.http, &balancer).await? == expected).then_some(())?;
+                for prefix in ["/api/auth", "/api/data", "/api/compute"] {
+                    let res = self.http.get(format!("{balancer}{prefix}/health")).send().await.ok()?;
+                    res.status().is_success().then_some(())?;
+                }
+                Some(())
+            })
+            .await;
+            routable.push(ms(t0.elapsed()));
+            self.progress.note(&format!(
+                "run {n}: ready {}, routable {}",
+                show_ms(ready[n - 1]),
+                show_ms(routable[n - 1])
+            ));
+            if n == COLD_STARTS {
+                kept = Some(cluster);
+            } else {
+                tokio::task::block_in_place(|| drop(cluster));
+            }
+        }
+        let how = format!(
+            "{COLD_STARTS} cold starts, each a new data dir: from running `orch apply` (release) to orch's /api/cluster \
+             counting 12 ready instances, polled every 1 ms"
+        );
+        self.rows.push(
+            Row::new("coldStartReady", "cold start: orch apply -> all 12 instances ready", spread(&ready).0, "ms")
+                .shown(show_spread(&ready))
+                .how(how)
+                .detail("runsMs", ready),
+        );
+        self.rows.push(
+            Row::new("coldStartRoutable", "cold start: orch apply -> 12 ready and routable", spread(&routable).0, "ms")
+                .shown(show_spread(&routable))
+                .target(Target::below(2000.0, "< 2 s"))
+                .how(
+                    "the same starts, until the balancer's /status lists all 9 backend instances healthy and \
+                 /api/auth, /api/data, /api/compute health answer 200 through it",
+                )
+                .detail("runsMs", routable),
+        );
+        kept.expect("at least one cold start")
+    }
+
+    /// Steps 2 and 5: VmRSS and PSS of the 12 instances and orch.
+    async fn memory(&mut self, cluster: &Cluster, id: &str, when: &str) {
+        let instances = cluster.instances().await;
+        let mut per_instance = Map::new();
+        let mut sum = Memory::default();
+        for i in &instances {
+            let name = i["name"].as_str().unwrap_or("?");
+            let pid = i["pid"].as_u64().unwrap_or_else(|| panic!("{name} has no pid")) as u32;
+            let m = procfs::memory(pid).unwrap_or_else(|| panic!("{name} ({pid}) is gone"));
+            per_instance.insert(name.to_owned(), json!({"rssKiB": m.rss_kib, "pssKiB": m.pss_kib}));
+            sum = sum + m;
+        }
+        let orch = procfs::memory(cluster.orch.id()).expect("orch runs");
+        let total = sum + orch;
+        self.progress.note(&format!(
+            "{} instances: VmRSS {:.1} MB, PSS {:.1} MB; orch VmRSS {:.1} MB, PSS {:.1} MB",
+            instances.len(),
+            mb(sum.rss_kib),
+            mb(sum.pss_kib),
+            mb(orch.rss_kib),
+            mb(orch.pss_kib)
+        ));
+        let (rss_id, pss_id) = match id {
+            "AtRest" => ("memoryRssAtRest", "memoryPssAtRest"),
+            _ => ("memoryRssAfterLoad", "memoryPssAfterLoad"),
+        };
+        let details = |row: Row| {
+            row.detail("instancesRssKiB", sum.rss_kib)
+                .detail("instancesPssKiB", sum.pss_kib)
+                .detail("orchRssKiB", orch.rss_kib)
+                .detail("orchPssKiB", orch.pss_kib)
+                .detail("perInstance", per_instance.clone())
+        };
+        self.rows.push(details(
+            Row::new(rss_id, format!("memory {when}: sum of VmRSS, 12 instances + orch"), mb(total.rss_kib), "MB")
+                .shown(format!("{:.1} MB", mb(total.rss_kib)))
+                .target(Target::below(100.0, "< 100 MB"))
+                .how(format!(
+                    "VmRSS from /proc/PID/status of the 12 instances ({:.1} MB) plus orch ({:.1} MB); pages of the one \
+                     orch binary they all run are counted once per process, so this overstates the total",
+                    mb(sum.rss_kib),
+                    mb(orch.rss_kib)
+                )),
+        ));
+        self.rows.push(details(
+            Row::new(pss_id, format!("memory {when}: sum of PSS, 12 instances + orch"), mb(total.pss_kib), "MB")
+                .shown(format!("{:.1} MB", mb(total.pss_kib)))
+                .target(Target::below(100.0, "< 100 MB"))
+                .how(format!(
+                    "Pss from /proc/PID/smaps_rollup (shared pages divided among the processes sharing them: the \
+                     honest total): 12 instances {:.1} MB plus orch {:.1} MB",
+                    mb(sum.pss_kib),
+                    mb(orch.pss_kib)
+                )),
+        ));
+    }
+
+    /// Step 3: the cluster's balancer and an nginx in front of the same data instances.
+    async fn versus_nginx(&mut self, cluster: &Cluster) {
+        self.progress.step("balancer vs nginx in front of data-1..3 (wrk -t1)");
+        let mut upstreams = Vec::new();
+        for name in ["data-1", "data-2", "data-3"] {
+            let (_, port) = ready_instance(self, cluster, name).await;
+            upstreams.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        let (balancer_pid, balancer_port) = ready_instance(self, cluster, "balancer-1").await;
+        let balancer = SocketAddr::from(([127, 0, 0, 1], balancer_port));
+        let progress = &self.progress;
+        let secs = self.secs;
+        let c = tokio::task::block_in_place(|| {
+            let nginx = Nginx::start(&upstreams, 2);
+            nginx::compare(&Setup {
+                balancer,
+                balancer_cpu: &|| procfs::cpu_ticks(balancer_pid),
+                nginx: &nginx,
+                direct: upstreams[0],
+                path: "/api/data/health",
+                connections: 64,
+                secs,
+                rounds: 3,
+                progress: &|what| progress.note(what),
+            })
+        });
+        let throughput = |r: &Run| {
+            format!("{} req/s, p50 {}, p99 {}", show_count(r.per_second), show_ms(r.p50_ms), show_ms(r.p99_ms))
+        };
+        let rounds = format!(
+            "wrk -t1 -c64 keep-alive, GET /api/data/health (answered by data-1..3) for {secs} s; median of 3 rounds \
+             alternating balancer and nginx"
+        );
+        self.rows.push(
+            Row::new("balancerThroughput", "balancer throughput, 64 connections", c.balancer.run.per_second, "req/s")
+                .shown(throughput(&c.balancer.run))
+                .how(format!(
+                    "{rounds}; the cluster's balancer (BALANCER_WORKERS = 2 cores), {:.1} us CPU per request{}",
+                    c.balancer.cpu_us,
+                    wrk_errors(&c.balancer.run)
+                ))
+                .detail("p50Ms", c.balancer.run.p50_ms)
+                .detail("p99Ms", c.balancer.run.p99_ms)
+                .detail("cpuUsPerRequest", round2(c.balancer.cpu_us))
+                .detail("errors", c.balancer.run.errors()),
+        );
+        self.rows.push(
+            Row::new("nginxThroughput", "nginx throughput, same backends and load", c.nginx.run.per_second, "req/s")
+                .shown(throughput(&c.nginx.run))
+                .how(format!(
+                    "{rounds}; nginx worker_processes 2, upstream round-robin over data-1..3 with keepalive 64, \
+                     {:.1} us CPU per request{}",
+                    c.nginx.cpu_us,
+                    wrk_errors(&c.nginx.run)
+                ))
+                .detail("p50Ms", c.nginx.run.p50_ms)
+                .detail("p99Ms", c.nginx.run.p99_ms)
+                .detail("cpuUsPerRequest", round2(c.nginx.cpu_us))
+                .detail("errors", c.nginx.run.errors()),
+        );
+        self.rows.push(
+            Row::new("balancerNginxRatio", "throughput ratio balancer / nginx", c.ratio(), "x")
+                .shown(format!("{:.2}", c.ratio()))
+                .target(Target::at_least(1.0, ">= 1.00"))
+                .how("the two rows above"),
+        );
+        let (conns, pause) = c.moderate;
+        self.rows.push(
+            Row::new("balancerAddedP99", "balancer's added p99 at moderate load", c.balancer_added_p99_ms(), "ms")
+                .shown(format!(
+                    "{:+.2} ms (p99 {} vs {} direct)",
+                    c.balancer_added_p99_ms(),
+                    show_ms(c.balancer_moderate.p99_ms),
+                    show_ms(c.direct_moderate.p99_ms)
+                ))
+                .target(Target::below(1.0, "< 1 ms"))
+                .how(format!(
+                    "wrk -t1, {conns} connections each pausing {pause} ms between requests, {} s each: p99 through the \
+                     balancer ({:.0} req/s) minus p99 straight to data-1; nginx adds {:+.2} ms (p99 {})",
+                    secs.min(5),
+                    c.balancer_moderate.per_second,
+                    c.nginx_added_p99_ms(),
+                    show_ms(c.nginx_moderate.p99_ms)
+                ))
+                .detail("directP99Ms", c.direct_moderate.p99_ms)
+                .detail("balancerP99Ms", c.balancer_moderate.p99_ms)
+                .detail("nginxP99Ms", c.nginx_moderate.p99_ms),
+        );
+    }
+
+    /// Step 4: data reads and writes, logins, direct compute, jobs, through the balancer.
+    /// Returns a signed-in client for the later steps.
+    async fn load_rows(&mut self, cluster: &Cluster) -> Api {
+        self.progress.step("load through the balancer: data reads, writes, logins, compute, jobs");
+        let base = cluster.url_of("balancer-1").await;
+        let run = self.run.clone();
+        let anonymous = Api::new(&base);
+        for n in 0..USERS {
+            let res = anonymous.register(&format!("{run}-u{n}"), PASSWORD).await;
+            assert_eq!(res.status(), 201, "registering a bench user: {}", res.text().await.unwrap_or_default());
+        }
+        let token = anonymous.login(&format!("{run}-u0"), PASSWORD).await;
+        let api = anonymous.clone().with_token(Some(token.clone()));
+        let bearer = format!("Bearer {token}");
+        let dir = tempfile::tempdir().expect("a temp dir for wrk scripts");
+        let secs = Duration::from_secs(self.secs);
+
+        // Reads: 100 keys written first.
+        for n in 0..100 {
+            let res = api
+                .request(Method::POST, "/api/data")
+                .json(&json!({"key": format!("{run}-r-{n}"), "value": {"n": n, "text": "a value to read back"}}))
+                .send()
+                .await
+                .expect("creating a key to read");
+            assert_eq!(res.status(), 201, "creating a key to read: {}", res.text().await.unwrap_or_default());
+        }
+        let wrk = |name: &str, script: Script, connections: u32| {
+            let path = script.write(dir.path(), name);
+            tokio::task::block_in_place(|| Wrk::new(&base).connections(connections).duration(secs).script(&path).run())
+        };
+        let rate = |r: &Run, what: &str| {
+            format!("{} {what}/s, p50 {}, p99 {}", show_count(r.ok_per_second()), show_ms(r.p50_ms), show_ms(r.p99_ms))
+        };
+        let row = |id: &'static str, metric: &str, r: &Run, unit: &'static str, what: &str, how: String| {
+            Row::new(id, metric, r.ok_per_second(), unit)
+                .shown(rate(r, what))
+                .how(format!("{how}{}", wrk_errors(r)))
+                .detail("p50Ms", r.p50_ms)
+                .detail("p99Ms", r.p99_ms)
+                .detail("requests", r.requests)
+                .detail("errors", r.errors())
+        };
+
+        self.progress.note("data reads");
+        let reads = wrk(
+            "reads",
+            Script::new("GET", &format!("/api/data/{run}-r-{{n}}")).header("authorization", &bearer).cycle(100),
+            16,
+        );
+        self.rows.push(row(
+            "dataReads",
+            "data reads through the balancer",
+            &reads,
+            "reads/s",
+            "reads",
+            format!("wrk -t1 -c16 for {} s: GET /api/data/:key over 100 keys, JWT checked on each", self.secs),
+        ));
+
+        self.progress.note("data writes");
+        let writes = wrk(
+            "writes",
+            Script::new("POST", "/api/data")
+                .header("authorization", &bearer)
+                .body(&format!(r#"{{"key":"{run}-w-{{n}}","value":{{"n":{{n}},"text":"a new value"}}}}"#)),
+            16,
+        );
+        self.rows.push(row(
+            "dataWrites",
+            "data writes through the balancer",
+            &writes,
+            "writes/s",
+            "writes",
+            format!(
+                "wrk -t1 -c16 for {} s: POST /api/data of a new key each (one SQLite transaction, shared by the 3 \
+                 instances), JWT checked",
+                self.secs
+            ),
+        ));
+
+        self.progress.note("logins");
+        let logins = wrk(
+            "logins",
+            Script::new("POST", "/api/auth/login")
+                .body(&format!(r#"{{"username":"{run}-u{{n}}","password":"{PASSWORD}"}}"#))
+                .cycle(USERS as u64),
+            4,
+        );
+        self.rows.push(row(
+            "logins",
+            "logins through the balancer",
+            &logins,
+            "logins/s",
+            "logins",
+            format!(
+                "wrk -t1 -c4 for {} s: POST /api/auth/login of {USERS} users in turn; each is an argon2id verification \
+                 (the cost), spread over auth-1..3",
+                self.secs
+            ),
+        ));
+
+        self.progress.note("direct compute");
+        let compute = wrk(
+            "compute",
+            Script::new("POST", "/api/compute/direct")
+                .header("authorization", &bearer)
+                .body(r#"{"operation":"add","operands":[{n},3]}"#),
+            16,
+        );
+        self.rows.push(row(
+            "computeDirect",
+            "direct compute through the balancer",
+            &compute,
+            "ops/s",
+            "ops",
+            format!("wrk -t1 -c16 for {} s: POST /api/compute/direct add, JWT checked", self.secs),
+        ));
+
+        self.progress.note(&format!("{JOBS} jobs"));
+        self.jobs(&api).await;
+        api
+    }
+
+    /// Jobs: [`JOBS`] submitted by 8 tasks, then `/api/compute/stats` polled until all are
+    /// completed.
+    async fn jobs(&mut self, api: &Api) {
+        const TASKS: usize = 8;
+        let counts = |stats: &Value| (stats["counts"]["completed"].as_u64(), stats["counts"]["failed"].as_u64());
+        let stats = || async {
+            let (status, stats) = api.get("/api/compute/stats").await;
+            (status == 200).then_some(stats)
+        };
+        let before = stats().await.expect("compute stats");
+        let (Some(completed0), Some(failed0)) = counts(&before) else {
+            panic!("compute stats without counts: {before}")
+        };
+        let t0 = Instant::now();
+        let submitters: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    for n in (t..JOBS).step_by(TASKS) {
+                        let res = api
+                            .request(Method::POST, "/api/compute/job")
+                            .json(&json!({"operation": "add", "operands": [n, 1]}))
+                            .send()
+                            .await
+                            .expect("submitting a job: no answer");
+                        assert_eq!(res.status(), 202, "submitting a job: {}", res.text().await.unwrap_or_default());
+                    }
+                })
+            })
+            .collect();
+        for task in submitters {
+            task.await.expect("a submitting task panicked");
+        }
+        let submitted = t0.elapsed();
+        let failed = until(Duration::from_millis(10), "every job completed", || async {
+            let (completed, failed) = counts(&stats().await?);
+            let (completed, failed) = (completed? - completed0, failed? - failed0);
+            (completed + failed >= JOBS as u64).then_some(failed)
+        })
+        .await;
+        let all = t0.elapsed();
+        let per_second = JOBS as f64 / all.as_secs_f64();
+        self.rows.push(
+            Row::new("jobs", "jobs through the balancer, submit to completed", per_second, "jobs/s")
+                .shown(format!("{} jobs/s", show_count(per_second)))
+                .how(format!(
+                    "{JOBS} add jobs POSTed by {TASKS} client tasks (all accepted in {}), then /api/compute/stats polled \
+                     every 10 ms until all finished: first submit to last completion, 3 instances × 2 workers, \
+                     {failed} failed",
+                    show_ms(ms(submitted))
+                ))
+                .detail("jobs", JOBS)
+                .detail("submitMs", ms(submitted))
+                .detail("allDoneMs", ms(all))
+                .detail("failed", failed),
+        );
+    }
+
+    /// Step 6: saving a 3 → 5 edit of data's replicas → both new instances serve.
+    async fn scale_up(&mut self, cluster: &Cluster, topology: &Topology) {
+        self.progress.step(&format!("data 3 -> 5 by editing the manifest, × {EDITS}"));
+        let three = topology.yaml();
+        let five = topology.clone().replicas("data", 5).yaml();
+        let balancer = cluster.url_of("balancer-1").await;
+        let nine = topology.backend_instances();
+        let mut serving = Vec::new();
+        let mut in_rotation = Vec::new();
+        for n in 1..=EDITS {
+            let t0 = Instant::now();
+            cluster.edit(&five);
+            until(TIGHT, "data-4 and data-5 in the balancer's rotation", || async {
+                let listed = rotation(&self.http, &balancer).await?;
+                (listed.contains("data-4") && listed.contains("data-5")).then_some(())
+            })
+            .await;
+            in_rotation.push(ms(t0.elapsed()));
+            // They serve: requests through the balancer are answered by each.
+            let mut seen = BTreeSet::new();
+            let end = Instant::now() + DEADLINE;
+            while !(seen.contains("data-4") && seen.contains("data-5")) {
+                assert!(Instant::now() < end, "data-4 and data-5 did not answer through the balancer: {seen:?}");
+                let Ok(res) = self.http.get(format!("{balancer}/api/data/health")).send().await else { continue };
+                let upstream = res.headers().get("x-upstream-instance").and_then(|v| v.to_str().ok());
+                if let (true, Some(upstream)) = (res.status().is_success(), upstream) {
+                    seen.insert(upstream.to_owned());
+                }
+            }
+            serving.push(ms(t0.elapsed()));
+            self.progress.note(&format!(
+                "edit {n}: in rotation {}, both serving {}",
+                show_ms(in_rotation[n - 1]),
+                show_ms(serving[n - 1])
+            ));
+            cluster.edit(&three);
+            cluster.wait_routed(&nine).await;
+            until(Duration::from_millis(10), "data back to 3 instances", || async {
+                let list = cluster.instances().await;
+                (list.iter().filter(|i| i["service"] == "data").count() == 3).then_some(())
+            })
+            .await;
+        }
+        self.rows.push(
+            Row::new("scaleUpServing", "edit 3 -> 5 -> both new instances serving", spread(&serving).0, "ms")
+                .shown(show_spread(&serving))
+                .target(Target::below(1000.0, "< 1 s"))
+                .how(format!(
+                    "{EDITS} times: save the manifest with data's replicas 3 -> 5 (back to 3 between), until \
+                     data-4 and data-5 have each answered a request through the balancer (X-Upstream-Instance); \
+                     in its rotation after {}",
+                    show_ms(spread(&in_rotation).0)
+                ))
+                .detail("runsMs", serving)
+                .detail("inRotationMs", in_rotation),
+        );
+    }
+
+    /// Step 7: kill -9 → answering again, under light client traffic.
+    async fn kills(&mut self, cluster: &Cluster, api: &Api) {
+        self.progress.step(&format!("kill -9 of {} backend instances in turn, under light traffic", KILLS.len()));
+        let mix = Mix { clients: 3, period: Duration::from_millis(25), jobs: false, verify: true, ..Mix::default() };
+        let load = Load::start(api, &format!("{}-kills", self.run), mix);
+        load.wait_for(30).await;
+        let mut answered = Vec::new();
+        let mut ready = Vec::new();
+        for name in KILLS {
+            let (pid, port) = ready_instance(self, cluster, name).await;
+            tokio::time::sleep(HEALTHY_STRETCH).await;
+            let url = format!("http://127.0.0.1:{port}/health");
+            let t0 = Instant::now();
+            sigkill(pid);
+            // Sent at once: it waits in the backlog of the socket orch keeps open. Only an
+            // answer from a process younger than the kill counts.
+            until(Duration::ZERO, &format!("{name} answering from a new process"), || async {
+                let res = self.fresh.get(&url).send().await.ok()?;
+                let since_kill = t0.elapsed();
+                let health: Value = res.json().await.ok()?;
+                (health["uptime"].as_f64()? <= since_kill.as_secs_f64()).then_some(())
+            })
+            .await;
+            answered.push(ms(t0.elapsed()));
+            replaced(self, cluster, name, pid).await;
+            ready.push(ms(t0.elapsed()));
+            self.progress.note(&format!(
+                "{name}: answering after {}, ready (orch) after {}",
+                show_ms(answered[answered.len() - 1]),
+                show_ms(ready[ready.len() - 1])
+            ));
+        }
+        let report = load.stop().await;
+        self.progress.note(&format!("traffic: {report}"));
+        self.rows.push(
+            Row::new("killToAnswer", "kill -9 -> answering again on its port", spread(&answered).0, "ms")
+                .shown(show_spread(&answered))
+                .target(Target::at_most(25.0, "<= 25 ms"))
+                .how(format!(
+                    "median of {} kills (auth, data, compute 1-3, each a first crash: resetAfterMs 100) of the pid \
+                     orch reports, under the traffic below: until GET /health on its port is answered by a process \
+                     younger than the kill; orch reports it ready after {} (median)",
+                    KILLS.len(),
+                    show_ms(spread(&ready).0)
+                ))
+                .detail("runsMs", answered)
+                .detail("readyMs", ready),
+        );
+        let failures = report.failures.len();
+        self.rows.push(
+            Row::new("killFailedRequests", "failed client requests during the kills", failures as f64, "requests")
+                .shown(format!("{failures} of {}", show_count(report.requests as f64)))
+                .target(Target::at_most(0.0, "0"))
+                .how(format!(
+                    "3 signed-in clients through the balancer, one request each 25 ms (data create, read, update, \
+                     list, delete with Idempotency-Key; token checks) for {:.1} s{}",
+                    report.elapsed.as_secs_f64(),
+                    if failures == 0 { String::new() } else { format!(": {}", report.failure_lines(3).trim()) }
+                ))
+                .detail("requests", report.requests),
+        );
+    }
+
+    /// Step 8: kill -9 → the dashboard's socket shows it.
+    async fn dashboard(&mut self, cluster: &Cluster) {
+        self.progress.step(&format!("instance death on the dashboard, × {}", DASHBOARD_KILLS.len()));
+        let (_, port) = ready_instance(self, cluster, "detector-1").await;
+        let ws_url = format!("ws://127.0.0.1:{port}/ws");
+        let mut shown = Vec::new();
+        let mut signals = Vec::new();
+        for name in DASHBOARD_KILLS {
+            let (pid, _) = ready_instance(self, cluster, name).await;
+            tokio::time::sleep(HEALTHY_STRETCH).await;
+            let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.expect("connecting to the dashboard");
+            // Until the page would show the instance up under this pid; its last crash then.
+            let last_exit = until_message(&mut ws, &format!("{name} up with pid {pid} on the dashboard"), |msg| {
+                let m = member(msg, name)?;
+                (m["status"] == "up" && m["orch"]["pid"].as_u64() == Some(u64::from(pid)))
+                    .then(|| m["orch"]["lastExit"]["at"].clone())
+            })
+            .await;
+            let t0 = Instant::now();
+            sigkill(pid);
+            let signal = until_message(&mut ws, &format!("{name}'s death on the dashboard"), |msg| {
+                if msg["type"] == "event" && msg["event"]["type"] == "exited" && msg["event"]["instance"] == name {
+                    return Some("orch's exited event");
+                }
+                let m = member(msg, name)?;
+                if m["status"] == "down" {
+                    Some("status down")
+                } else if m["orch"]["lastExit"]["at"] != last_exit {
+                    Some("crash (new lastExit)")
+                } else {
+                    None
+                }
+            })
+            .await;
+            shown.push(ms(t0.elapsed()));
+            signals.push(signal);
+            let _ = ws.close(None).await;
+            self.progress.note(&format!("{name}: shown after {} ({signal})", show_ms(shown[shown.len() - 1])));
+            replaced(self, cluster, name, pid).await;
+        }
+        self.rows.push(
+            Row::new("dashboardDeath", "instance death on the dashboard", spread(&shown).0, "ms")
+                .shown(show_spread(&shown))
+                .target(Target::below(1000.0, "< 1 s"))
+                .how(format!(
+                    "median of {} kills: a WebSocket client on the detector's /ws (what the page reads), from kill -9 \
+                     to the first message showing the instance down, its new crash, or orch's exited event for it \
+                     (first: {})",
+                    DASHBOARD_KILLS.len(),
+                    signals.join(", ")
+                ))
+                .detail("runsMs", shown),
+        );
+    }
+
+    /// Step 9: SIGSTOP → orch reports a new pid ready (liveness kills the hung one).
+    async fn hangs(&mut self, cluster: &Cluster) {
+        self.progress.step(&format!("hung instance (SIGSTOP) replaced, × {}", HANGS.len()));
+        let mut replaced_ms = Vec::new();
+        for name in HANGS {
+            let (pid, _) = ready_instance(self, cluster, name).await;
+            tokio::time::sleep(HEALTHY_STRETCH).await;
+            let t0 = Instant::now();
+            kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap_or_else(|e| panic!("SIGSTOP {name}: {e}"));
+            replaced(self, cluster, name, pid).await;
+            replaced_ms.push(ms(t0.elapsed()));
+            self.progress.note(&format!("{name}: replaced after {}", show_ms(replaced_ms[replaced_ms.len() - 1])));
+            // orch killed the stopped process; make sure nothing stays stopped.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !gone(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if !gone(pid) {
+                self.progress.note(&format!("{name}'s old process {pid} still there: killed"));
+                sigkill(pid);
+            }
+        }
+        self.rows.push(
+            Row::new("hungReplaced", "hung (SIGSTOP) instance replaced", spread(&replaced_ms).0, "ms")
+                .shown(show_spread(&replaced_ms))
+                .target(Target::at_most(3000.0, "<= 3 s"))
+                .how(format!(
+                    "median of {}: SIGSTOP of the pid orch reports, until orch reports a new pid ready; liveness is \
+                     the component default (GET /health every 1000 ms, 800 ms timeout, 3 failures)",
+                    HANGS.len()
+                ))
+                .detail("runsMs", replaced_ms),
+        );
+    }
+
+    // -------------------------------------------------------------------------- output
+
+    fn finish(mut self, machine: &Value, took: Duration) {
+        self.rows.sort_by_key(|r| ORDER.iter().position(|id| *id == r.id).unwrap_or(ORDER.len()));
+        let took_text = format!("{}:{:02}", took.as_secs() / 60, took.as_secs() % 60);
+        let header = format!(
+            "orch benchmark, {} ({} × {} cores, {} RAM, Linux {}), commit {}; measured in one run of {took_text} min",
+            machine["date"].as_str().unwrap_or("?"),
+            machine["cpu"].as_str().unwrap_or("?"),
+            machine["cores"],
+            machine["memory"].as_str().unwrap_or("?"),
+            machine["kernel"].as_str().unwrap_or("?"),
+            machine["commit"].as_str().unwrap_or("?"),
+        );
+
+        let widths = (
+            self.rows.iter().map(|r| r.metric.chars().count()).max().unwrap_or(6).max(6),
+            self.rows.iter().map(|r| r.shown.chars().count()).max().unwrap_or(5).max(5),
+            self.rows.iter().map(|r| r.target.map_or(1, |t| t.text.chars().count())).max().unwrap_or(6).max(6),
+        );
+        let mut table = String::new();
+        let _ = writeln!(table, "\n{header}\n");
+        let _ = writeln!(
+            table,
+            "{:>2}  {:<w0$}  {:<w1$}  {:<w2$}  result",
+            "#",
+            "metric",
+            "value",
+            "target",
+            w0 = widths.0,
+            w1 = widths.1,
+            w2 = widths.2
+        );
+        let _ = writeln!(table, "{}", "-".repeat(4 + widths.0 + 2 + widths.1 + 2 + widths.2 + 2 + 6));
+        for (n, r) in self.rows.iter().enumerate() {
+            let target = r.target.map_or("-", |t| t.text);
+            let _ = writeln!(
+                table,
+                "{:>2}  {:<w0$}  {:<w1$}  {:<w2$}  {}",
+                n + 1,
+                r.metric,
+                r.shown,
+                target,
+                r.verdict(),
+                w0 = widths.0,
+                w1 = widths.1,
+                w2 = widths.2
+            );
+        }
+        let (passed, targets) = (
+            self.rows.iter().filter(|r| r.pass() == Some(true)).count(),
+            self.rows.iter().filter(|r| r.target.is_some()).count(),
+        );
+        let _ = writeln!(table, "\n{passed} of {targets} targets met. How each row was measured:");
+        for (n, r) in self.rows.iter().enumerate() {
+            let _ = writeln!(table, "{:>2}. {}", n + 1, r.how);
+        }
+
+        // The same as Markdown, for the README.
+        let mut md =
+            format!("{header}\n\n| # | metric | value | target | result |\n| ---: | --- | --- | --- | --- |\n");
+        for (n, r) in self.rows.iter().enumerate() {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                n + 1,
+                r.metric,
+                r.shown,
+                r.target.map_or("", |t| t.text),
+                r.verdict()
+            );
+        }
+        md.push_str("\nHow each row was measured:\n\n");
+        for (n, r) in self.rows.iter().enumerate() {
+            let _ = writeln!(md, "{}. {}", n + 1, r.how);
+        }
+
+        let summary = json!({
+            "machine": machine,
+            "durationSeconds": round2(took.as_secs_f64()),
+            "orchBinary": e2e::orch_bin().display().to_string(),
+            "wrkSeconds": self.secs,
+            "targetsMet": passed,
+            "targets": targets,
+            "rows": self.rows.iter().map(Row::json).collect::<Vec<_>>(),
+        });
+        let dir = target_dir().join("bench");
+        std::fs::create_dir_all(&dir).expect("creating target/bench");
+        let json_path = dir.join("summary.json");
+        std::fs::write(&json_path, serde_json::to_string_pretty(&summary).expect("JSON") + "\n")
+            .expect("writing summary.json");
+        std::fs::write(dir.join("summary.md"), md).expect("writing summary.md");
+        print!("{table}");
+        println!("\nwritten: {} (and summary.md beside it)", json_path.display());
+    }
+}
+
+/// Reads dashboard messages until `check` accepts one; panics after [`DEADLINE`].
+async fn until_message<S, T>(ws: &mut S, what: &str, mut check: impl FnMut(&Value) -> Option<T>) -> T
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let next = tokio::time::timeout_at(end, ws.next()).await;
+        let msg = match next {
+            Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
+            Ok(None) => panic!("the dashboard socket closed while waiting for {what}"),
+            Ok(Some(Err(e))) => panic!("the dashboard socket failed while waiting for {what}: {e}"),
+            Ok(Some(Ok(msg))) => msg,
+        };
+        let Message::Text(text) = msg else { continue };
+        let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
+        if let Some(found) = check(&value) {
+            return found;
+        }
+    }
+}
+
+/// Instance `name` in a dashboard `snapshot` or `status` message.
+fn member<'a>(msg: &'a Value, name: &str) -> Option<&'a Value> {
+    if msg["type"] != "snapshot" && msg["type"] != "status" {
+        return None;
+    }
+    msg["status"]["services"]
+        .as_object()?
+        .values()
+        .filter_map(Value::as_array)
+        .flatten()
+        .find(|m| m["serviceId"] == name)
+}
+
+/// `target/`, from this benchmark's own path (`target/release/deps/cluster-...`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the benchmark has a path");
+    exe.ancestors().nth(3).expect("target/<profile>/deps/<exe>").to_owned()
+}
+
+/// The machine the figures come from.
+fn machine() -> Value {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
+        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "memory": format!("{:.1} GiB", mem_kib as f64 / 1024.0 / 1024.0),
+        "memoryKiB": mem_kib,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "os": os,
+        "date": kit::time::now_iso(),
+        "commit": if dirty { format!("{commit} (with uncommitted changes)") } else { commit },
+    })
+}
