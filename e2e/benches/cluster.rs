@@ -92,7 +92,11 @@ fn main() {
         machine["kernel"].as_str().unwrap_or("?"),
         machine["commit"].as_str().unwrap_or("?"),
     );
-    println!("orch binary: {}", e2e::orch_bin().display());
+    println!(
+        "orch binary: {}; load average before the start: {} (other work on the machine disturbs the figures)",
+        e2e::orch_bin().display(),
+        machine["loadAverage"].as_str().unwrap_or("?")
+    );
     runtime.block_on(bench.run_all());
     drop(runtime);
     bench.finish(&machine, started.elapsed());
@@ -337,6 +341,11 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+/// Milliseconds for the JSON, to the hundredth.
+fn runs(values: &[f64]) -> Vec<f64> {
+    values.iter().copied().map(round2).collect()
+}
+
 fn wrk_errors(run: &Run) -> String {
     if run.errors() == 0 {
         String::new()
@@ -480,14 +489,14 @@ impl Bench {
             }
         }
         let how = format!(
-            "{COLD_STARTS} cold starts, each a new data dir: from running `orch apply` (release) to orch's /api/cluster \
-             counting 12 ready instances, polled every 1 ms"
+            "{COLD_STARTS} cold starts, each with a new data dir (the binary in the page cache): from running `orch \
+             apply` (release) to orch's /api/cluster counting 12 ready instances, polled every 1 ms"
         );
         self.rows.push(
             Row::new("coldStartReady", "cold start: orch apply -> all 12 instances ready", spread(&ready).0, "ms")
                 .shown(show_spread(&ready))
                 .how(how)
-                .detail("runsMs", ready),
+                .detail("runsMs", runs(&ready)),
         );
         self.rows.push(
             Row::new("coldStartRoutable", "cold start: orch apply -> 12 ready and routable", spread(&routable).0, "ms")
@@ -497,7 +506,7 @@ impl Bench {
                     "the same starts, until the balancer's /status lists all 9 backend instances healthy and \
                  /api/auth, /api/data, /api/compute health answer 200 through it",
                 )
-                .detail("runsMs", routable),
+                .detail("runsMs", runs(&routable)),
         );
         kept.expect("at least one cold start")
     }
@@ -511,7 +520,10 @@ impl Bench {
             let name = i["name"].as_str().unwrap_or("?");
             let pid = i["pid"].as_u64().unwrap_or_else(|| panic!("{name} has no pid")) as u32;
             let m = procfs::memory(pid).unwrap_or_else(|| panic!("{name} ({pid}) is gone"));
-            per_instance.insert(name.to_owned(), json!({"rssKiB": m.rss_kib, "pssKiB": m.pss_kib}));
+            per_instance.insert(
+                name.to_owned(),
+                json!({"rssKiB": m.rss_kib, "pssKiB": m.pss_kib, "privateKiB": m.private_kib}),
+            );
             sum = sum + m;
         }
         let orch = procfs::memory(cluster.orch.id()).expect("orch runs");
@@ -533,6 +545,8 @@ impl Bench {
                 .detail("instancesPssKiB", sum.pss_kib)
                 .detail("orchRssKiB", orch.rss_kib)
                 .detail("orchPssKiB", orch.pss_kib)
+                .detail("instancesPrivateKiB", sum.private_kib)
+                .detail("orchPrivateKiB", orch.private_kib)
                 .detail("perInstance", per_instance.clone())
         };
         self.rows.push(details(
@@ -540,10 +554,12 @@ impl Bench {
                 .shown(format!("{:.1} MB", mb(total.rss_kib)))
                 .target(Target::below(100.0, "< 100 MB"))
                 .how(format!(
-                    "VmRSS from /proc/PID/status of the 12 instances ({:.1} MB) plus orch ({:.1} MB); pages of the one \
-                     orch binary they all run are counted once per process, so this overstates the total",
+                    "VmRSS from /proc/PID/status of the 12 instances ({:.1} MB) plus orch ({:.1} MB): the pages of \
+                     the one orch binary all 13 run are counted once per process, so this overstates the total; \
+                     private to each (freed on its exit): {:.1} MB in all",
                     mb(sum.rss_kib),
-                    mb(orch.rss_kib)
+                    mb(orch.rss_kib),
+                    mb(total.private_kib)
                 )),
         ));
         self.rows.push(details(
@@ -883,8 +899,8 @@ impl Bench {
                      in its rotation after {}",
                     show_ms(spread(&in_rotation).0)
                 ))
-                .detail("runsMs", serving)
-                .detail("inRotationMs", in_rotation),
+                .detail("runsMs", runs(&serving))
+                .detail("inRotationMs", runs(&in_rotation)),
         );
     }
 
@@ -933,8 +949,8 @@ impl Bench {
                     KILLS.len(),
                     show_ms(spread(&ready).0)
                 ))
-                .detail("runsMs", answered)
-                .detail("readyMs", ready),
+                .detail("runsMs", runs(&answered))
+                .detail("readyMs", runs(&ready)),
         );
         let failures = report.failures.len();
         self.rows.push(
@@ -1000,9 +1016,9 @@ impl Bench {
                      to the first message showing the instance down, its new crash, or orch's exited event for it \
                      (first: {})",
                     DASHBOARD_KILLS.len(),
-                    signals.join(", ")
+                    tally(&signals)
                 ))
-                .detail("runsMs", shown),
+                .detail("runsMs", runs(&shown)),
         );
     }
 
@@ -1037,7 +1053,7 @@ impl Bench {
                      the component default (GET /health every 1000 ms, 800 ms timeout, 3 failures)",
                     HANGS.len()
                 ))
-                .detail("runsMs", replaced_ms),
+                .detail("runsMs", runs(&replaced_ms)),
         );
     }
 
@@ -1047,12 +1063,14 @@ impl Bench {
         self.rows.sort_by_key(|r| ORDER.iter().position(|id| *id == r.id).unwrap_or(ORDER.len()));
         let took_text = format!("{}:{:02}", took.as_secs() / 60, took.as_secs() % 60);
         let header = format!(
-            "orch benchmark, {} ({} × {} cores, {} RAM, Linux {}), commit {}; measured in one run of {took_text} min",
+            "orch benchmark, {} ({} × {} cores, {} RAM, Linux {}; load average before {}), commit {}; measured in one \
+             run of {took_text} min",
             machine["date"].as_str().unwrap_or("?"),
             machine["cpu"].as_str().unwrap_or("?"),
             machine["cores"],
             machine["memory"].as_str().unwrap_or("?"),
             machine["kernel"].as_str().unwrap_or("?"),
+            machine["loadAverage"].as_str().unwrap_or("?"),
             machine["commit"].as_str().unwrap_or("?"),
         );
 
@@ -1138,6 +1156,18 @@ impl Bench {
     }
 }
 
+/// `orch's exited event × 4, status down × 1`: how often each kind came first.
+fn tally(kinds: &[&str]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for kind in kinds {
+        match counts.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    counts.iter().map(|(k, n)| format!("{k} × {n}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Reads dashboard messages until `check` accepts one; panics after [`DEADLINE`].
 async fn until_message<S, T>(ws: &mut S, what: &str, mut check: impl FnMut(&Value) -> Option<T>) -> T
 where
@@ -1213,6 +1243,8 @@ fn machine() -> Value {
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
         "os": os,
         "date": kit::time::now_iso(),
+        // other work on the machine while the benchmark starts (1, 5, 15 minutes)
+        "loadAverage": read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         "commit": if dirty { format!("{commit} (with uncommitted changes)") } else { commit },
     })
 }

@@ -37,13 +37,19 @@ pub struct Memory {
     /// `Pss`: pages shared with other processes (the one `orch` binary every instance runs)
     /// divided among them, so a sum over processes is their real footprint.
     pub pss_kib: u64,
+    /// `Private_Clean + Private_Dirty`: pages no other process maps, which its exit would free.
+    pub private_kib: u64,
 }
 
 impl std::ops::Add for Memory {
     type Output = Self;
 
     fn add(self, other: Self) -> Self {
-        Self { rss_kib: self.rss_kib + other.rss_kib, pss_kib: self.pss_kib + other.pss_kib }
+        Self {
+            rss_kib: self.rss_kib + other.rss_kib,
+            pss_kib: self.pss_kib + other.pss_kib,
+            private_kib: self.private_kib + other.private_kib,
+        }
     }
 }
 
@@ -53,14 +59,19 @@ impl std::iter::Sum for Memory {
     }
 }
 
-/// `VmRSS` from `/proc/<pid>/status` and `Pss` from `/proc/<pid>/smaps_rollup`; `None` when
-/// the process is gone.
+/// `VmRSS` from `/proc/<pid>/status`, `Pss` and the private pages from
+/// `/proc/<pid>/smaps_rollup`; `None` when the process is gone.
 pub fn memory(pid: u32) -> Option<Memory> {
-    let field = |file: &str, name: &str| -> Option<u64> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |text: &str, name: &str| -> Option<u64> {
         text.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
     };
-    Some(Memory { rss_kib: field("status", "VmRSS:")?, pss_kib: field("smaps_rollup", "Pss:")? })
+    Some(Memory {
+        rss_kib: field(&status, "VmRSS:")?,
+        pss_kib: field(&rollup, "Pss:")?,
+        private_kib: field(&rollup, "Private_Clean:")? + field(&rollup, "Private_Dirty:")?,
+    })
 }
 
 /// The fields of a stat line after the command (which may contain spaces and parentheses):
@@ -87,6 +98,7 @@ mod tests {
         let me = std::process::id();
         let memory = memory(me).expect("this process exists");
         assert!(memory.rss_kib > 0 && memory.pss_kib > 0 && memory.pss_kib <= memory.rss_kib, "{memory:?}");
+        assert!(memory.private_kib > 0 && memory.private_kib <= memory.pss_kib, "{memory:?}");
         let parent = std::os::unix::process::parent_id();
         assert!(children(parent).contains(&me));
     }
