@@ -72,10 +72,8 @@ pub struct Config {
     pub argon2: Argon2Params,
     /// `HASH_CONCURRENCY` (default: the number of cores): argon2 runs at most this many at once.
     pub hash_concurrency: usize,
-    /// `WORK_DELAY_MS` (default 800): the simulated-work delay.
-    pub work_delay: Duration,
-    /// `WORK_DELAY_MAX_MS` (default 10000): the largest `?ms=` accepted.
-    pub work_delay_max: Duration,
+    /// `WORK_DELAY_MS` (default 800) and `WORK_DELAY_MAX_MS`: the simulated work.
+    pub work: kit::work::SimulatedWork,
 }
 
 impl Config {
@@ -94,7 +92,6 @@ impl Config {
             ));
         }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-        let work_delay_max = vars.number("WORK_DELAY_MAX_MS", 10_000, 0, 3_600_000)?;
         Ok(Self {
             kit,
             password_min_length: vars.number("PASSWORD_MIN_LENGTH", 6, 1, 128)? as usize,
@@ -103,8 +100,7 @@ impl Config {
             login_window: vars.millis("LOGIN_WINDOW_MS", 900_000, 30 * 86_400_000)?,
             argon2,
             hash_concurrency: vars.number("HASH_CONCURRENCY", cores, 1, 1024)? as usize,
-            work_delay: Duration::from_millis(vars.number("WORK_DELAY_MS", 800, 0, work_delay_max)?),
-            work_delay_max: Duration::from_millis(work_delay_max),
+            work: kit::work::SimulatedWork::from_vars(vars, 800)?,
         })
     }
 }

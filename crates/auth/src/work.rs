@@ -1,17 +1,13 @@
 //! The original load test's simulated work: `GET|POST /api/auth/auth-worker` (alias
-//! `/api/auth/auth-work`) answers `{message, service, timestamp}` after `WORK_DELAY_MS`
-//! (default 800), or `?ms=` within `WORK_DELAY_MAX_MS`. The wait is a timer: it holds no
-//! thread, so thousands can wait at once.
-
-use std::time::Duration;
+//! `/api/auth/auth-work`), see [`kit::work`].
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use kit::http::{ApiError, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use kit::work::WorkQuery;
+use serde_json::Value;
 
 use crate::AppState;
 
@@ -22,34 +18,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Deserialize)]
-struct WorkQuery {
-    ms: Option<String>,
-}
-
 async fn work(
     State(state): State<AppState>,
     query: Result<Query<WorkQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let max = state.config.work_delay_max;
-    let requested = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?.0.ms;
-    let delay = match requested {
-        None => state.config.work_delay,
-        Some(ms) => match ms.trim().parse::<u64>() {
-            Ok(ms) if Duration::from_millis(ms) <= max => Duration::from_millis(ms),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "ms must be a whole number of milliseconds from 0 to {}",
-                    max.as_millis()
-                )));
-            }
-        },
-    };
-    tokio::time::sleep(delay).await;
-    Ok(Json(json!({
-        "message": "Auth work completed",
-        "service": state.config.kit.service_name,
-        "delayMs": delay.as_millis() as u64,
-        "timestamp": kit::time::now_iso(),
-    })))
+    state.config.work.answer("Auth work completed", &state.config.kit.service_name, query).await
 }

@@ -1,7 +1,5 @@
 //! The compute service's HTTP routes.
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -11,7 +9,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use kit::http::{ApiError, Json};
 use kit::idempotency::IdempotencyKey;
-use serde::Deserialize;
+use kit::work::WorkQuery;
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
@@ -274,35 +272,10 @@ async fn health(State(state): State<AppState>) -> Response {
     state.health.health()
 }
 
-#[derive(Deserialize)]
-struct WorkQuery {
-    ms: Option<String>,
-}
-
 /// The original load test's endpoint: answers after a delay, holding no thread meanwhile.
 async fn simulated_work(
     State(state): State<AppState>,
     query: Result<Query<WorkQuery>, QueryRejection>,
-) -> Result<Response, Error> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    let max = state.config.work_delay_max;
-    let delay = match query.ms {
-        None => state.config.work_delay,
-        Some(raw) => match raw.trim().parse::<u64>() {
-            Ok(ms) if ms <= max.as_millis() as u64 => Duration::from_millis(ms),
-            _ => {
-                return Err(
-                    ApiError::bad_request(format!("ms must be a whole number from 0 to {}", max.as_millis())).into()
-                );
-            }
-        },
-    };
-    tokio::time::sleep(delay).await;
-    Ok(Json(json!({
-        "message": "compute work completed",
-        "service": state.config.kit.service_name,
-        "timestamp": kit::time::now_iso(),
-        "delayMs": delay.as_millis() as u64,
-    }))
-    .into_response())
+) -> Result<Json<Value>, ApiError> {
+    state.config.work.answer("Compute work completed", &state.config.kit.service_name, query).await
 }

@@ -77,18 +77,14 @@ pub struct Config {
     pub retention: Duration,
     /// `JOB_SWEEP_MS` (default 60000): how often old jobs and idempotency keys are purged.
     pub sweep_interval: Duration,
-    /// `WORK_DELAY_MS` (default 550): the delay of `/api/compute/compute-worker`.
-    pub work_delay: Duration,
-    /// `WORK_DELAY_MAX_MS` (default 10000): the largest `?ms=` it accepts.
-    pub work_delay_max: Duration,
+    /// `WORK_DELAY_MS` (default 550) and `WORK_DELAY_MAX_MS`: `/api/compute/compute-worker`.
+    pub work: kit::work::SimulatedWork,
 }
 
 impl Config {
     pub fn from_vars(vars: &kit::Vars) -> Result<Self, kit::ConfigError> {
         let kit = kit::Config::from_vars(vars, "compute")?;
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-        let work_delay_max = Duration::from_millis(vars.number("WORK_DELAY_MAX_MS", 10_000, 0, 3_600_000)?);
-        let work_delay = vars.number("WORK_DELAY_MS", 550, 0, work_delay_max.as_millis() as u64)?;
         Ok(Self {
             workers: vars.number("COMPUTE_WORKERS", 2, 0, 64)? as usize,
             threads: vars.number("COMPUTE_THREADS", cpus, 1, 256)? as usize,
@@ -100,8 +96,7 @@ impl Config {
             safety_poll: vars.millis("JOB_SAFETY_POLL_MS", 1_000, 600_000)?,
             retention: vars.millis("JOB_RETENTION_MS", 7 * 24 * 3_600_000, 365 * 24 * 3_600_000)?,
             sweep_interval: vars.millis("JOB_SWEEP_MS", 60_000, 86_400_000)?,
-            work_delay: Duration::from_millis(work_delay),
-            work_delay_max,
+            work: kit::work::SimulatedWork::from_vars(vars, 550)?,
             kit,
         })
     }
@@ -200,7 +195,7 @@ mod tests {
         let config = Config::from_vars(&kit::Vars::from_pairs([("SERVICE_NAME", "compute-2")])).unwrap();
         assert_eq!((config.workers, config.max_attempts), (2, 3));
         assert_eq!((config.lease, config.time_limit), (Duration::from_secs(5), Duration::from_secs(2)));
-        assert_eq!((config.work_delay, config.work_delay_max), (Duration::from_millis(550), Duration::from_secs(10)));
+        assert_eq!((config.work.delay, config.work.max), (Duration::from_millis(550), Duration::from_secs(10)));
         assert_eq!(config.poll, Duration::from_millis(20));
         assert!(config.threads >= 1);
 

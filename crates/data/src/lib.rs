@@ -64,17 +64,14 @@ pub struct Config {
     pub list_default_limit: u32,
     /// `DATA_LIST_MAX_LIMIT` (default 1000): the largest `limit` accepted (400 beyond).
     pub list_max_limit: u32,
-    /// `WORK_DELAY_MS` (default 500): the simulated-work delay.
-    pub work_delay: Duration,
-    /// `WORK_DELAY_MAX_MS` (default 10000): the largest `?ms=` accepted.
-    pub work_delay_max: Duration,
+    /// `WORK_DELAY_MS` (default 500) and `WORK_DELAY_MAX_MS`: the simulated work.
+    pub work: kit::work::SimulatedWork,
 }
 
 impl Config {
     pub fn from_vars(vars: &kit::Vars) -> Result<Self, kit::ConfigError> {
         let kit = kit::Config::from_vars(vars, "data")?;
         let list_max_limit = vars.number("DATA_LIST_MAX_LIMIT", 1000, 1, 100_000)? as u32;
-        let work_delay_max = vars.number("WORK_DELAY_MAX_MS", 10_000, 0, 3_600_000)?;
         Ok(Self {
             kit,
             max_value_bytes: vars.number("DATA_MAX_VALUE_BYTES", 256 << 10, 1, 1 << 30)? as usize,
@@ -86,8 +83,7 @@ impl Config {
                 u64::from(list_max_limit),
             )? as u32,
             list_max_limit,
-            work_delay: Duration::from_millis(vars.number("WORK_DELAY_MS", 500, 0, work_delay_max)?),
-            work_delay_max: Duration::from_millis(work_delay_max),
+            work: kit::work::SimulatedWork::from_vars(vars, 500)?,
         })
     }
 }

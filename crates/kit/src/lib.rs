@@ -21,6 +21,7 @@
 //! - [`idempotency`]: the `Idempotency-Key` store shared by data and compute.
 //! - [`secret`]: secrets in files created once, 0600, race-free between processes.
 //! - [`time`]: timestamps in the original system's ISO-8601 shape.
+//! - [`work`]: the original load test's simulated-work endpoints.
 //!
 //! **Invariant:** kit depends on no other crate of the workspace.
 
@@ -38,6 +39,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod work;
 
 pub use config::{Config, ConfigError, Vars};
 pub use shutdown::Shutdown;

@@ -195,7 +195,7 @@ async fn simulated_work_waits_then_answers() {
     for bad in ["?ms=1001", "?ms=-1", "?ms=soon"] {
         let (status, body) = call(&app, "GET", &format!("/api/compute/compute-worker{bad}"), None, None).await;
         assert_eq!(status, 400, "{bad}: {body}");
-        assert_eq!(body["error"], "ms must be a whole number from 0 to 1000");
+        assert_eq!(body["error"], "ms must be a whole number of milliseconds from 0 to 1000");
     }
 }
 
