@@ -196,6 +196,19 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
+/// The cluster-token guard of mutating calls: `Ok` when no token is configured, or when the
+/// request carries `Authorization: Bearer <token>` (compared in constant time); else 401.
+pub fn require_token(expected: Option<&crate::secret::Secret>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = expected else { return Ok(()) };
+    match bearer(headers) {
+        Some(token) if crate::secret::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("invalid cluster token")),
+        None => Err(ApiError::unauthorized(
+            "missing cluster token (Authorization: Bearer <token>, the token is DATA_DIR/cluster-token)",
+        )),
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown`; then stops accepting, lets in-flight
 /// requests finish and background tasks clean up, each within `grace`.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, grace: Duration) -> std::io::Result<()> {

@@ -72,11 +72,7 @@ impl FromRequestParts<ApiState> for Authorized {
 }
 
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match kit::http::bearer(headers) {
-        Some(token) if kit::secret::constant_time_eq(token.as_bytes(), state.token.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("invalid cluster token")),
-        None => Err(ApiError::unauthorized("this call needs Authorization: Bearer <DATA_DIR/cluster-token>")),
-    }
+    kit::http::require_token(Some(&state.token), headers)
 }
 
 async fn cluster(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {

@@ -28,12 +28,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Mutations need the cluster token whenever one is configured.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.config.kit.cluster_token else { return Ok(()) };
-    match kit::http::bearer(headers) {
-        Some(token) if kit::secret::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("invalid cluster token")),
-        None => Err(ApiError::unauthorized("missing cluster token (Authorization: Bearer <token>)")),
-    }
+    kit::http::require_token(state.config.kit.cluster_token.as_ref(), headers)
 }
 
 #[derive(Deserialize)]
