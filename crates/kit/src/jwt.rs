@@ -266,8 +266,8 @@ mod tests {
         check("", "token is not valid: malformed token");
 
         // `alg: none` with the same claims and no signature.
-        let header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = base64_url(serde_json::to_string(&claims(3600)).unwrap().as_bytes());
+        let header = crate::testing::base64_url(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = crate::testing::base64_url(serde_json::to_string(&claims(3600)).unwrap().as_bytes());
         let none = format!("{header}.{body}.");
         assert!(keys.verify(&none).is_err());
 
@@ -292,17 +292,5 @@ mod tests {
         )
         .unwrap();
         check(&no_exp, "token is not valid: claims are missing or malformed");
-    }
-
-    fn base64_url(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..=chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
     }
 }

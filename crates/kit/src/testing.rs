@@ -28,3 +28,57 @@ pub async fn still_pending<F: Future + Unpin>(mut future: F, window: Duration, w
     assert!(!finished, "{what} finished within {window:?}, it should still be waiting");
     future
 }
+
+/// Tokens that must not verify, each with what it is, built around a valid `token` signed
+/// with `secret` for user `sub`: a forged payload, another secret, `alg: none`, expired,
+/// another HMAC algorithm, no `exp`, garbage, a truncated signature.
+pub fn bad_tokens(token: &str, secret: &str, sub: &str) -> Vec<(&'static str, String)> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::{Value, json};
+
+    crate::jwt::install_crypto();
+    let sign = |alg: Algorithm, secret: &str, claims: &Value| {
+        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret.as_bytes()))
+            .expect("HMAC signing cannot fail")
+    };
+    let now = crate::time::unix_millis() / 1000;
+    let claims = json!({"sub": sub, "username": "ada", "email": "ada@example.com", "iat": now, "exp": now + 3600});
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a JWT: {token}");
+    // The real token with its payload swapped for one naming another user.
+    let mut other = claims.clone();
+    other["sub"] = json!(format!("{sub}9"));
+    other["username"] = json!("mallory");
+    let mut expired = claims.clone();
+    expired["iat"] = json!(now - 7200);
+    expired["exp"] = json!(now - 3600);
+    let mut no_exp = claims.clone();
+    no_exp.as_object_mut().expect("an object").remove("exp");
+    vec![
+        ("forged payload", format!("{}.{}.{}", parts[0], base64_url(other.to_string().as_bytes()), parts[2])),
+        ("another secret", sign(Algorithm::HS256, &format!("not-{secret}"), &claims)),
+        (
+            "alg none",
+            format!("{}.{}.", base64_url(br#"{"alg":"none","typ":"JWT"}"#), base64_url(claims.to_string().as_bytes())),
+        ),
+        ("expired", sign(Algorithm::HS256, secret, &expired)),
+        ("HS384", sign(Algorithm::HS384, secret, &claims)),
+        ("HS512", sign(Algorithm::HS512, secret, &claims)),
+        ("no exp", sign(Algorithm::HS256, secret, &no_exp)),
+        ("garbage", "not.a.token".to_owned()),
+        ("truncated signature", token[..token.len() - 4].to_owned()),
+    ]
+}
+
+/// Base64url without padding, as JWTs encode their parts.
+pub fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}

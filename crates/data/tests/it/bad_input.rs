@@ -1,48 +1,9 @@
 //! Bad input gets a clear JSON error and changes nothing; odd but valid keys are stored
 //! exactly as given.
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{SECRET, TestData, item_path, send};
-
-fn base64_url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-/// Tokens that must not pass, built around the valid `token`.
-fn bad_tokens(token: &str) -> Vec<(&'static str, String)> {
-    let now = kit::time::unix_millis() / 1000;
-    let claims = json!({"sub": "1", "username": "ada", "email": "ada@example.com", "iat": now, "exp": now + 3600});
-    let parts: Vec<&str> = token.split('.').collect();
-    let mut other = claims.clone();
-    other["sub"] = json!("2");
-    kit::jwt::install_crypto();
-    let sign = |alg: Algorithm, secret: &str, claims: &Value| {
-        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
-    };
-    let mut expired = claims.clone();
-    expired["exp"] = json!(now - 3600);
-    vec![
-        ("forged payload", format!("{}.{}.{}", parts[0], base64_url(other.to_string().as_bytes()), parts[2])),
-        ("another secret", sign(Algorithm::HS256, "not-the-cluster-secret-0123456789abc", &claims)),
-        (
-            "alg none",
-            format!("{}.{}.", base64_url(br#"{"alg":"none","typ":"JWT"}"#), base64_url(claims.to_string().as_bytes())),
-        ),
-        ("expired", sign(Algorithm::HS256, SECRET, &expired)),
-        ("HS384", sign(Algorithm::HS384, SECRET, &claims)),
-        ("garbage", "garbage".to_owned()),
-    ]
-}
 
 #[tokio::test]
 async fn bad_tokens_and_missing_headers_are_401_and_change_nothing() {
@@ -66,8 +27,10 @@ async fn bad_tokens_and_missing_headers_are_401_and_change_nothing() {
             with(c.delete(url("/api/data/kept"))),
         ]
     };
-    let mut cases: Vec<(String, Option<String>)> =
-        bad_tokens(&data.token).into_iter().map(|(what, t)| (what.to_owned(), Some(format!("Bearer {t}")))).collect();
+    let mut cases: Vec<(String, Option<String>)> = kit::testing::bad_tokens(&data.token, SECRET, "1")
+        .into_iter()
+        .map(|(what, t)| (what.to_owned(), Some(format!("Bearer {t}"))))
+        .collect();
     cases.push(("missing header".into(), None));
     cases.push(("empty bearer".into(), Some("Bearer ".into())));
     cases.push(("basic auth".into(), Some(format!("Basic {}", data.token))));
