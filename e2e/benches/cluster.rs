@@ -1050,7 +1050,7 @@ impl Bench {
                 .target(Target::at_most(3000.0, "<= 3 s"))
                 .how(format!(
                     "median of {}: SIGSTOP of the pid orch reports, until orch reports a new pid ready; liveness is \
-                     the component default (GET /health every 1000 ms, 800 ms timeout, 3 failures)",
+                     the component default (GET /health every 500 ms, 400 ms timeout, 4 failures)",
                     HANGS.len()
                 ))
                 .detail("runsMs", runs(&replaced_ms)),

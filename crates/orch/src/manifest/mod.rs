@@ -796,9 +796,10 @@ impl Checker {
             Probe { check: Check::Tcp, period_ms: 200, timeout_ms: 1000, failure_threshold: 3 }
         };
         let liveness_default = if is_component {
-            Probe { check: Check::Http("/health".into()), period_ms: 1000, timeout_ms: 800, failure_threshold: 3 }
+            // A hung process is killed 1.9-2.4 s after it stops answering (four failed checks).
+            Probe { check: Check::Http("/health".into()), period_ms: 500, timeout_ms: 400, failure_threshold: 4 }
         } else {
-            Probe { check: Check::None, period_ms: 1000, timeout_ms: 800, failure_threshold: 3 }
+            Probe { check: Check::None, period_ms: 500, timeout_ms: 400, failure_threshold: 4 }
         };
         let readiness = self.probe(at.key("readiness"), raw.readiness, readiness_default, socket_activation);
         let liveness = self.probe(at.key("liveness"), raw.liveness, liveness_default, socket_activation);
