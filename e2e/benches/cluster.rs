@@ -15,13 +15,15 @@
 //! 4. through the balancer with a JWT: data reads and writes, logins, direct compute
 //!    (wrk), jobs (submitted by a few tasks, then polled until all completed);
 //! 5. memory after the load;
-//! 6. saving a 3 → 5 replicas edit of data → both new instances answering through the
+//! 6. data writes still accepted (a write cancelled by its client at the end of a wrk run
+//!    must not leave the shared database locked; if it did, data is restarted to go on);
+//! 7. saving a 3 → 5 replicas edit of data → both new instances answering through the
 //!    balancer (five times, back to 3 in between);
-//! 7. kill -9 of nine backend instances in turn under light client traffic → each answers
+//! 8. kill -9 of nine backend instances in turn under light client traffic → each answers
 //!    `/health` again on its port from a new process; failed client requests counted;
-//! 8. a WebSocket client on the detector's dashboard socket: kill -9 → the first message
+//! 9. a WebSocket client on the detector's dashboard socket: kill -9 → the first message
 //!    that shows the death;
-//! 9. SIGSTOP (a hung instance) → orch reports a new pid ready.
+//! 10. SIGSTOP (a hung instance) → orch reports a new pid ready.
 //!
 //! `BENCH_SECS` (default 5) sets the length of each wrk run.
 
@@ -71,7 +73,7 @@ fn main() {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let mut bench = Bench {
-        progress: Progress { started, step: Cell::new(0), steps: 9 },
+        progress: Progress { started, step: Cell::new(0), steps: 10 },
         rows: Vec::new(),
         secs,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a client"),
@@ -255,7 +257,7 @@ impl Row {
 }
 
 /// The order of the table: the issue's list.
-const ORDER: [&str; 20] = [
+const ORDER: [&str; 21] = [
     "coldStartReady",
     "coldStartRoutable",
     "killToAnswer",
@@ -272,6 +274,7 @@ const ORDER: [&str; 20] = [
     "logins",
     "computeDirect",
     "jobs",
+    "writesAfterLoad",
     "memoryRssAtRest",
     "memoryPssAtRest",
     "memoryRssAfterLoad",
@@ -414,6 +417,16 @@ async fn rotation(http: &reqwest::Client, balancer: &str) -> Option<BTreeSet<Str
     Some(listed)
 }
 
+/// The instance that answered through the balancer.
+fn upstream_of(res: &reqwest::Response) -> String {
+    res.headers().get("x-upstream-instance").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned()
+}
+
+/// Nanoseconds of the clock: a suffix that differs between calls.
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos()
+}
+
 fn sigkill(pid: u32) {
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 {pid}: {e}"));
 }
@@ -440,6 +453,7 @@ impl Bench {
         let api = self.load_rows(&cluster).await;
         self.progress.step("memory after the load");
         self.memory(&cluster, "AfterLoad", "after the load rows").await;
+        self.writes_after_load(&cluster, &api).await;
         self.scale_up(&cluster, &topology).await;
         self.kills(&cluster, &api).await;
         self.dashboard(&cluster).await;
@@ -846,7 +860,77 @@ impl Bench {
         );
     }
 
-    /// Step 6: saving a 3 → 5 edit of data's replicas → both new instances serve.
+    /// Step 6: data writes still go through after the load. A write whose client went away
+    /// at the end of a wrk run must not leave the shared database locked; if it did, data is
+    /// restarted (orch's rolling restart) so the later steps can run, and the row says so.
+    async fn writes_after_load(&mut self, cluster: &Cluster, api: &Api) {
+        self.progress.step("data writes still accepted after the load");
+        // Three writes: round-robin spreads them over the three data instances.
+        let mut outcomes = Vec::new();
+        for n in 0..3 {
+            let t0 = Instant::now();
+            let res = api
+                .request(Method::POST, "/api/data")
+                .json(&json!({"key": format!("{}-probe-{n}", self.run), "value": n}))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            let outcome = match res {
+                Ok(res) => {
+                    let (status, upstream) = (res.status(), upstream_of(&res));
+                    let body = res.text().await.unwrap_or_default();
+                    format!(
+                        "{status} from {upstream} in {}{}",
+                        show_ms(ms(t0.elapsed())),
+                        if status == 201 { String::new() } else { format!(": {body}") }
+                    )
+                }
+                Err(e) => format!("no answer within 3 s ({e})"),
+            };
+            outcomes.push(outcome);
+        }
+        let ok = outcomes.iter().all(|o| o.starts_with("201 "));
+        self.progress.note(&outcomes.join("; "));
+        let mut how =
+            format!("3 writes through the balancer right after the wrk runs, each within 3 s: {}", outcomes.join("; "));
+        if !ok {
+            self.progress.note("data's writes are stuck: a rolling restart of data (orch restart data) to go on");
+            let restart = self
+                .http
+                .post(format!("{}/api/restart", cluster.url))
+                .bearer_auth(cluster.token())
+                .json(&json!({"target": "data"}))
+                .send()
+                .await
+                .expect("orch restart data");
+            assert!(restart.status().is_success(), "orch restart data: {}", restart.status());
+            until(Duration::from_millis(50), "data's writes accepted again after the restart", || async {
+                let res = api
+                    .request(Method::POST, "/api/data")
+                    .json(&json!({"key": format!("{}-probe-{}", self.run, rand_suffix()), "value": 0}))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?;
+                (res.status() == 201).then_some(())
+            })
+            .await;
+            let topology = Self::topology();
+            cluster.wait_routed(&topology.backend_instances()).await;
+            how.push_str(
+                "; writes were stuck (the database's write lock held by a connection left in a transaction), so \
+                 data was restarted before the next steps",
+            );
+        }
+        self.rows.push(
+            Row::new("writesAfterLoad", "data writes still accepted after the load", f64::from(u8::from(ok)), "yes/no")
+                .shown(if ok { "yes" } else { "NO" })
+                .target(Target::at_least(1.0, "yes"))
+                .how(how),
+        );
+    }
+
+    /// Step 7: saving a 3 → 5 edit of data's replicas → both new instances serve.
     async fn scale_up(&mut self, cluster: &Cluster, topology: &Topology) {
         self.progress.step(&format!("data 3 -> 5 by editing the manifest, × {EDITS}"));
         let three = topology.yaml();
@@ -904,7 +988,7 @@ impl Bench {
         );
     }
 
-    /// Step 7: kill -9 → answering again, under light client traffic.
+    /// Step 8: kill -9 → answering again, under light client traffic.
     async fn kills(&mut self, cluster: &Cluster, api: &Api) {
         self.progress.step(&format!("kill -9 of {} backend instances in turn, under light traffic", KILLS.len()));
         let mix = Mix { clients: 3, period: Duration::from_millis(25), jobs: false, verify: true, ..Mix::default() };
@@ -967,7 +1051,7 @@ impl Bench {
         );
     }
 
-    /// Step 8: kill -9 → the dashboard's socket shows it.
+    /// Step 9: kill -9 → the dashboard's socket shows it.
     async fn dashboard(&mut self, cluster: &Cluster) {
         self.progress.step(&format!("instance death on the dashboard, × {}", DASHBOARD_KILLS.len()));
         let (_, port) = ready_instance(self, cluster, "detector-1").await;
@@ -1022,10 +1106,18 @@ impl Bench {
         );
     }
 
-    /// Step 9: SIGSTOP → orch reports a new pid ready (liveness kills the hung one).
+    /// Step 10: SIGSTOP → orch reports a new pid ready (liveness kills the hung one).
     async fn hangs(&mut self, cluster: &Cluster) {
         self.progress.step(&format!("hung instance (SIGSTOP) replaced, × {}", HANGS.len()));
         let mut replaced_ms = Vec::new();
+        let spec = cluster.instance(HANGS[0]).await["spec"]["liveness"].clone();
+        let liveness = format!(
+            "GET {} every {} ms, {} ms timeout, {} failures in a row",
+            spec["check"]["http"].as_str().unwrap_or("?"),
+            spec["periodMs"],
+            spec["timeoutMs"],
+            spec["failureThreshold"]
+        );
         for name in HANGS {
             let (pid, _) = ready_instance(self, cluster, name).await;
             tokio::time::sleep(HEALTHY_STRETCH).await;
@@ -1050,9 +1142,10 @@ impl Bench {
                 .target(Target::at_most(3000.0, "<= 3 s"))
                 .how(format!(
                     "median of {}: SIGSTOP of the pid orch reports, until orch reports a new pid ready; liveness is \
-                     the component default (GET /health every 500 ms, 400 ms timeout, 4 failures)",
+                     the component default ({liveness})",
                     HANGS.len()
                 ))
+                .detail("liveness", spec)
                 .detail("runsMs", runs(&replaced_ms)),
         );
     }
