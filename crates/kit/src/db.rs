@@ -39,8 +39,18 @@ pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
 }
 
 /// A write transaction holding the write lock from its first statement.
+///
+/// Cancel-safe: sqlx's `begin` is not (launchbadge/sqlx#3932). A caller dropped while
+/// `BEGIN IMMEDIATE` waits for another process's lock (a client that hangs up) would leave
+/// the statement to complete on a pooled connection that no `Transaction` owns: that
+/// connection then holds the database's write lock for the life of the process, and every
+/// other instance's writes fail. The begin therefore runs in a task of its own; if nobody
+/// is left to take the transaction, it is dropped there and rolled back.
 pub async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-    pool.begin_with("BEGIN IMMEDIATE").await
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+        .await
+        .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("beginning a transaction: {e}"))))?
 }
 
 /// One step of a schema, embedded in the binary (`include_str!`).
@@ -125,6 +135,43 @@ mod tests {
         let names: Vec<String> =
             sqlx::query_scalar("SELECT name FROM schema_migrations ORDER BY name").fetch_all(&pool).await.unwrap();
         assert_eq!(names, ["colour", "gadgets", "things"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn begins_cancelled_at_any_moment_leave_nothing_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.sqlite").display());
+        let (a, b) = (connect(&url).await.unwrap(), connect(&url).await.unwrap());
+        migrate(&a, MIGRATIONS).await.unwrap();
+
+        // Another process holds the write lock; a begin waits for it and is abandoned at a
+        // different moment each time, around when the lock is released (a client hanging up).
+        for i in 0..400u64 {
+            let holder = begin_write(&b).await.unwrap();
+            let waiting = begin_write(&a);
+            let release = async {
+                holder.commit().await.unwrap();
+                tokio::time::sleep(Duration::from_micros(i * 13 % 700)).await;
+            };
+            tokio::select! {
+                _ = waiting => {}
+                _ = release => {}
+            }
+        }
+
+        // Nothing is left holding the lock: the other process writes, within far less than
+        // the busy timeout, and so does this one, on every pooled connection.
+        let write = async {
+            let mut tx = begin_write(&b).await?;
+            sqlx::query("INSERT INTO things (name) VALUES ('b')").execute(&mut *tx).await?;
+            tx.commit().await
+        };
+        tokio::time::timeout(Duration::from_secs(3), write).await.expect("the write lock was left held").unwrap();
+        for i in 0..8 {
+            let mut tx = begin_write(&a).await.unwrap();
+            sqlx::query("INSERT INTO things (name) VALUES ($1)").bind(format!("a{i}")).execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
     }
 
     #[tokio::test]
