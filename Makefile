@@ -10,8 +10,8 @@ run: release                ## build, then run the cluster from manifests/cluste
 build:                      ## debug build of the orch binary
 	$(CARGO) build -p orch
 
-release:                    ## optimised build of the orch binary
-	$(CARGO) build --release -p orch
+release:                    ## optimised build of the orch binary (glibc linked statically), at target/release/orch
+	./scripts/release.sh
 
 test: deps build            ## every test: unit, integration, end-to-end, browser
 	$(CARGO) test --workspace

@@ -40,7 +40,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== building the release orch binary" >&2
-cargo build --release --quiet -p orch
+./scripts/release.sh --quiet
 
 if $all; then
     for file in crates/*/benches/*.rs; do

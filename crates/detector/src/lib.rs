@@ -175,8 +175,7 @@ enum Message<'a> {
 
 impl AppState {
     pub fn new(config: Config, shutdown: kit::Shutdown) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = kit::http::client_builder()
             .connect_timeout(config.check_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()

@@ -189,6 +189,13 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
+/// A client builder for talking to the cluster: no proxies (everything is on this machine),
+/// and `localhost` resolved to 127.0.0.1 without the system resolver (components bind
+/// 127.0.0.1; `::1` would only be refused, and a static binary need not load NSS modules).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().no_proxy().resolve("localhost", std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
 /// The bearer token of a request, if it has one.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -105,7 +105,7 @@ pub struct RegistryClient {
 impl RegistryClient {
     /// A client of the registry at `base_url`, authenticating mutations with `token`.
     pub fn new(base_url: &str, token: Option<Secret>) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()

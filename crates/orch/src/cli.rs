@@ -56,9 +56,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
+        let http = kit::http::client_builder()
             .connect_timeout(Duration::from_secs(2))
-            .no_proxy()
             .build()
             .expect("building an HTTP client without TLS cannot fail");
         Self { base: base.trim_end_matches('/').to_owned(), http }

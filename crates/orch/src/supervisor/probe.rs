@@ -21,9 +21,8 @@ const STARTUP_WINDOW: Duration = Duration::from_secs(2);
 /// An HTTP client for probes: no pooled connections, so every probe meets the current
 /// process.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    kit::http::client_builder()
         .pool_max_idle_per_host(0)
-        .no_proxy()
         .build()
         .expect("building an HTTP client without TLS cannot fail")
 }
