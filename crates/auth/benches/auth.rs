@@ -2,7 +2,7 @@
 //! default argon2id costs (m=19456 KiB, t=2, p=1): logins/s (one argon2 verify each) and
 //! token verifications/s. Client and server share this process and the machine's cores.
 //!
-//! `cargo bench -p auth --bench auth` (or `make bench`).
+//! `cargo bench -p auth --bench auth` (or `make bench-all`).
 
 use std::future::Future;
 use std::sync::Arc;

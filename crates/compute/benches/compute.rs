@@ -9,7 +9,7 @@
 //!
 //! Everything runs in this one process, so the clients and the servers share the CPUs.
 //!
-//! `cargo bench -p compute --bench compute` (or `make bench` for every benchmark).
+//! `cargo bench -p compute --bench compute` (or `make bench-all` for every benchmark).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! `If-Match`, creates with an `Idempotency-Key`, reads and list pages. Client and server
 //! share this process and the machine's cores.
 //!
-//! `cargo bench -p data --bench data` (or `make bench`).
+//! `cargo bench -p data --bench data` (or `make bench-all`).
 
 use std::future::Future;
 use std::sync::Arc;

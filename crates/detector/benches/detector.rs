@@ -1,5 +1,5 @@
 //! How fast the detector sees and shows things, in-process over real HTTP and WebSockets:
-//! `cargo bench -p detector --bench detector` (or `make bench`).
+//! `cargo bench -p detector --bench detector` (or `make bench-all`).
 //!
 //! - crash to dashboard: orch reports an instance `exited` → a dashboard socket has the
 //!   status showing it down (the target: an instance's death on the dashboard within 1 s);

@@ -1,5 +1,5 @@
 //! The control plane's speed, with the release `orch` binary that `cargo bench` builds
-//! (`make bench` runs it; alone: `cargo bench -p orch --bench orch`).
+//! (`make bench-all` runs it; alone: `cargo bench -p orch --bench orch`).
 //!
 //! Every cluster runs on automatic ports (`controlPort: 0`, no `port:`) in a temporary data
 //! dir, so the benchmark needs no free well-known port. Measured from a client's point of
