@@ -30,12 +30,33 @@ pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
     if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
     }
-    SqlitePoolOptions::new()
-        .max_connections(4)
-        .min_connections(1)
-        .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
-        .connect_with(options)
-        .await
+    // Switching a new file to WAL takes an exclusive lock; when several processes open the
+    // file at once, SQLite's deadlock avoidance answers SQLITE_BUSY at once rather than
+    // waiting out the busy timeout, so opening is retried for as long.
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let opened = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await;
+        match opened {
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED, with any extended code.
+fn is_busy(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else { return false };
+    let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+    matches!(code & 0xff, 5 | 6)
 }
 
 /// A write transaction holding the write lock from its first statement.
@@ -183,6 +204,29 @@ mod tests {
             migrate(&pool, MIGRATIONS).await
         });
         task.await.unwrap().unwrap();
+    }
+
+    /// Instances of a service start together on a new data dir: every one opens the file
+    /// and migrates, although switching a new file to WAL meets SQLite's deadlock
+    /// avoidance (SQLITE_BUSY at once, without the busy timeout).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_starting_at_once_on_a_new_file_all_open_it() {
+        for round in 0..25 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("new.sqlite").display());
+            let starts = (0..6).map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let pool = connect(&url).await.map_err(|e| format!("connect: {e}"))?;
+                    migrate(&pool, MIGRATIONS).await.map_err(|e| format!("migrate: {e}"))
+                })
+            });
+            for start in futures_util::future::join_all(starts).await {
+                if let Err(e) = start.unwrap() {
+                    panic!("round {round}: {e}");
+                }
+            }
+        }
     }
 
     #[tokio::test]
