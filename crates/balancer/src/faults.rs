@@ -22,6 +22,9 @@ pub struct FaultSpec {
     pub service: String,
     #[serde(default)]
     pub latency_ms: u64,
+    /// The share of requests delayed (default 100).
+    #[serde(default)]
+    pub latency_percent: Option<f64>,
     #[serde(default)]
     pub error_percent: f64,
     #[serde(default)]
@@ -36,6 +39,7 @@ pub struct Fault {
     pub id: String,
     pub service: String,
     pub latency_ms: u64,
+    pub latency_percent: f64,
     pub error_percent: f64,
     pub error_status: u16,
     pub expires_at: String,
@@ -65,6 +69,9 @@ impl FaultSpec {
         if self.latency_ms > 600_000 {
             return Err("latencyMs must be at most 600000".into());
         }
+        if self.latency_percent.is_some_and(|p| !(p > 0.0 && p <= 100.0)) {
+            return Err("latencyPercent must be above 0 and at most 100".into());
+        }
         if !(0.0..=100.0).contains(&self.error_percent) {
             return Err("errorPercent must be from 0 to 100".into());
         }
@@ -90,6 +97,7 @@ impl Faults {
             id: format!("fault-{:016x}", rand::random::<u64>()),
             service: spec.service,
             latency_ms: spec.latency_ms,
+            latency_percent: spec.latency_percent.unwrap_or(100.0),
             error_percent: spec.error_percent,
             error_status: spec.error_status.unwrap_or(503),
             expires_at: kit::time::iso(SystemTime::now() + duration),
@@ -145,11 +153,10 @@ impl Faults {
         let mut any = false;
         for fault in list.iter().filter(|f| f.service == service && f.expires > now) {
             any = true;
-            effect.delay = effect.delay.max(Duration::from_millis(fault.latency_ms));
-            if effect.error.is_none()
-                && fault.error_percent > 0.0
-                && rand::random::<f64>() * 100.0 < fault.error_percent
-            {
+            if fault.latency_ms > 0 && hits(fault.latency_percent) {
+                effect.delay = effect.delay.max(Duration::from_millis(fault.latency_ms));
+            }
+            if effect.error.is_none() && fault.error_percent > 0.0 && hits(fault.error_percent) {
                 effect.error =
                     Some(StatusCode::from_u16(fault.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE));
             }
@@ -166,6 +173,11 @@ impl Faults {
         list.retain(|f| f.expires > now);
         self.count.store(list.len(), Relaxed);
     }
+}
+
+/// True for `percent`% of calls.
+fn hits(percent: f64) -> bool {
+    percent >= 100.0 || rand::random::<f64>() * 100.0 < percent
 }
 
 #[cfg(test)]
@@ -187,6 +199,7 @@ mod tests {
         check(serde_json::json!({"service": "nope", "latencyMs": 1}), "not routed");
         check(serde_json::json!({"service": "data"}), "latencyMs or errorPercent");
         check(serde_json::json!({"service": "data", "errorPercent": 101}), "errorPercent");
+        check(serde_json::json!({"service": "data", "latencyMs": 5, "latencyPercent": 0}), "latencyPercent");
         check(serde_json::json!({"service": "data", "errorPercent": 5, "errorStatus": 200}), "errorStatus");
         check(serde_json::json!({"service": "data", "latencyMs": 5, "durationMs": 0}), "durationMs");
         assert!(faults.list().is_empty());
@@ -217,5 +230,14 @@ mod tests {
         assert!(faults.check("auth").is_some());
         let later = Instant::now() + Duration::from_secs(2);
         assert_eq!(faults.check_at("auth", later), None, "an expired fault has no effect");
+    }
+
+    #[test]
+    fn latency_for_a_share_of_requests() {
+        let faults = Faults::default();
+        let spec = spec(serde_json::json!({"service": "data", "latencyMs": 50, "latencyPercent": 30}));
+        assert_eq!(faults.add(spec, &["data"]).unwrap().latency_percent, 30.0);
+        let delayed = (0..2000).filter(|_| !faults.check("data").unwrap().delay.is_zero()).count();
+        assert!((450..750).contains(&delayed), "{delayed} of 2000 delayed, expected about 600");
     }
 }

@@ -216,17 +216,11 @@ impl Spec {
             (Action::Errors, None) => {
                 return Err(format!("{} is required for errors: the share of requests that fail", n.percent));
             }
-            (Action::Errors, Some(p)) if !(p > 0.0 && p <= 100.0) => {
+            (Action::Errors | Action::Latency, Some(p)) if !(p > 0.0 && p <= 100.0) => {
                 return Err(format!("{} must be above 0 and at most 100, got {p}", n.percent));
             }
-            (Action::Errors, Some(p)) => p,
-            (Action::Latency, Some(p)) if p != 100.0 => {
-                return Err(format!(
-                    "{} must be 100 for latency, got {p}: the balancer delays every request of the service",
-                    n.percent
-                ));
-            }
-            (Action::Latency, _) => 100.0,
+            (Action::Errors | Action::Latency, Some(p)) => p,
+            (Action::Latency, None) => 100.0,
             (_, Some(_)) => return Err(format!("{} applies to latency and errors only", n.percent)),
             (_, None) => 0.0,
         };
@@ -254,7 +248,9 @@ impl Spec {
     pub fn fault_body(&self, service: &str, lasts: Duration) -> Value {
         let duration_ms = lasts.as_millis().max(1) as u64;
         match self.action {
-            Action::Latency => json!({ "service": service, "latencyMs": self.latency_ms, "durationMs": duration_ms }),
+            Action::Latency => json!({
+                "service": service, "latencyMs": self.latency_ms, "latencyPercent": self.percent, "durationMs": duration_ms,
+            }),
             _ => json!({
                 "service": service, "errorPercent": self.percent, "errorStatus": self.status, "durationMs": duration_ms,
             }),
@@ -265,6 +261,9 @@ impl Spec {
     pub fn fault_effect(&self, service: &str) -> String {
         let span = self.span.map(show).unwrap_or_default();
         match self.action {
+            Action::Latency if self.percent < 100.0 => {
+                format!("{service} +{} ms latency on {}% for {span}", self.latency_ms, self.percent)
+            }
             Action::Latency => format!("{service} +{} ms latency for {span}", self.latency_ms),
             _ => format!("{service} answers {}% {} for {span}", self.percent, self.status),
         }
@@ -668,14 +667,14 @@ pub enum Command {
         #[arg(long = "for", value_name = "DUR", value_parser = parse_duration)]
         span: Option<Duration>,
     },
-    /// Added latency for every request the balancer routes to SERVICE.
+    /// Added latency for P% (default all) of the requests the balancer routes to SERVICE.
     Latency {
         /// A service the balancer routes to.
         service: String,
         /// The delay in milliseconds.
         #[arg(long, value_name = "N")]
         ms: u64,
-        /// The share of requests delayed (the balancer delays all: only 100).
+        /// The share of requests delayed (above 0, at most 100; default 100).
         #[arg(long, value_name = "P")]
         percent: Option<f64>,
         /// How long the fault lasts (at most 1h).
@@ -927,9 +926,9 @@ mod tests {
                 "--ms must be from 1 to 600000",
             ),
             (
-                json!({"action": "latency", "target": "data", "forMs": 1000, "latencyMs": 5, "percent": 50}),
-                "percent must be 100 for latency, got 50",
-                "--percent must be 100 for latency",
+                json!({"action": "latency", "target": "data", "forMs": 1000, "latencyMs": 5, "percent": 150}),
+                "percent must be above 0 and at most 100, got 150",
+                "--percent must be above 0 and at most 100, got 150",
             ),
             (
                 json!({"action": "latency", "target": "data", "forMs": 1000, "latencyMs": 5, "everyMs": 500}),
@@ -1018,8 +1017,15 @@ mod tests {
         assert_eq!(latency.fault_effect("data"), "data +200 ms latency for 10s");
         assert_eq!(
             latency.fault_body("data", Duration::from_secs(10)),
-            json!({"service": "data", "latencyMs": 200, "durationMs": 10_000})
+            json!({"service": "data", "latencyMs": 200, "latencyPercent": 100.0, "durationMs": 10_000})
         );
+        let some = Spec::parse(
+            &req(json!({"action": "latency", "target": "data", "forMs": 10_000, "latencyMs": 200, "percent": 25})),
+            Names::API,
+        )
+        .unwrap();
+        assert_eq!(some.fault_effect("data"), "data +200 ms latency on 25% for 10s");
+        assert_eq!(some.fault_body("data", Duration::from_secs(1))["latencyPercent"], json!(25.0));
 
         let experiment = |spec: Spec, target: Target| Experiment {
             id: 3,

@@ -293,6 +293,20 @@ async fn latency_and_errors_at_the_balancer_end_by_themselves() {
     assert!(faults().await.is_empty());
     assert!(experiments(&cluster).await.is_empty());
 
+    // Latency for a share of the requests: some wait, some do not.
+    let out = chaos(&cluster, &["latency", "files", "--ms", "200", "--percent", "50", "--for", "1m"]);
+    cluster.wait_event("chaos", None, "chaos: files +200 ms latency on 50% for 1m").await;
+    assert_eq!(faults().await[0]["latencyPercent"].as_f64(), Some(50.0));
+    let mut delayed = 0;
+    for _ in 0..16 {
+        let (status, _, took) = fetch(&http, &balancer).await;
+        assert_eq!(status, 200);
+        delayed += usize::from(took >= Duration::from_millis(200));
+    }
+    assert!((1..16).contains(&delayed), "{delayed} of 16 requests delayed");
+    chaos(&cluster, &["stop", &experiment_id(&out)]);
+    assert!(faults().await.is_empty());
+
     // Stopped early, a fault is removed at once.
     let out = chaos(&cluster, &["errors", "files", "--percent", "100", "--for", "1m"]);
     assert_eq!(fetch(&http, &balancer).await.0, 503, "the default status");
@@ -328,7 +342,11 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         ),
         (&["errors", "web", "--percent", "50"], 2, "--for <DUR>"),
         (&["latency", "web", "--ms", "0", "--for", "1s"], 2, "--ms must be from 1 to 600000, got 0"),
-        (&["latency", "web", "--ms", "100", "--percent", "50", "--for", "1s"], 2, "--percent must be 100 for latency"),
+        (
+            &["latency", "web", "--ms", "100", "--percent", "0", "--for", "1s"],
+            2,
+            "--percent must be above 0 and at most 100, got 0",
+        ),
         (&["latency", "web", "--ms", "100", "--for", "1s"], 2, "the cluster has no balancer"),
         (&["errors", "web", "--percent", "5", "--for", "1s"], 2, "the cluster has no balancer"),
         (&["stop", "42"], 1, "no chaos experiment \"42\""),
