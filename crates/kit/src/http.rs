@@ -169,13 +169,45 @@ async fn drain(mut body: Body) {
 }
 
 /// The finishing touches every component's router gets: JSON 404 for unknown routes, JSON
-/// 405 for wrong methods, and the body limit.
+/// 405 for wrong methods, the body limit, and JSON for every other error axum answers itself.
 pub fn finish(router: Router, body_limit: usize) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(body_limit, limit_body))
+        .layer(middleware::from_fn(json_errors))
+}
+
+/// The rejections axum writes in plain text (a query string or a path parameter that does
+/// not parse, a WebSocket request without the upgrade) reach the client as
+/// `{"error": "..."}` too, with their status and other headers.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Such rejections are a line of text; anything larger is not one of them.
+    let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    let mut answer = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -257,7 +289,19 @@ mod tests {
     }
 
     fn app() -> Router {
-        finish(Router::new().route("/thing", post(|Json(t): Json<Thing>| async move { Json(t) })), 16)
+        let query = |axum::extract::Query(q): axum::extract::Query<Limit>| async move { q.limit.to_string() };
+        let path = |axum::extract::Path(n): axum::extract::Path<u32>| async move { n.to_string() };
+        let routes = Router::new()
+            .route("/thing", post(|Json(t): Json<Thing>| async move { Json(t) }))
+            .route("/query", axum::routing::get(query))
+            .route("/path/{n}", axum::routing::get(path))
+            .route("/teapot", axum::routing::get(|| async { (StatusCode::IM_A_TEAPOT, [("retry-after", "5")], "") }));
+        finish(routes, 16)
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Limit {
+        limit: u32,
     }
 
     async fn call(req: Request) -> (StatusCode, serde_json::Value) {
@@ -299,6 +343,31 @@ mod tests {
         let (status, body) = call(Request::get("/thing").body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert!(body["error"].as_str().unwrap().contains("GET"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn axums_own_rejections_are_json() {
+        let get = |uri: &'static str| Request::get(uri).body(Body::empty()).unwrap();
+        let (status, body) = call(get("/query?limit=abc")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+        let (status, body) = call(get("/path/%ff")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().unwrap().contains("UTF-8"), "{body}");
+        let (status, body) = call(get("/path/x")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].is_string(), "{body}");
+
+        let res = app().oneshot(get("/teapot")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(res.headers()["retry-after"], "5", "other headers are kept");
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["error"], "I'm a teapot");
+
+        let res = app().oneshot(get("/query?limit=7")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"), "left alone");
     }
 
     #[test]

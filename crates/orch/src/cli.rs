@@ -422,7 +422,7 @@ pub async fn diff(control: Option<&str>, file: &Path, json_out: bool) -> Outcome
                 .iter()
                 .map(|s| {
                     json!({"service": s.name, "change": "create", "from": null, "to": s.replicas,
-                           "summary": format!("create {} ({} instances; no cluster runs from {})", s.name, s.replicas, m.data_dir.display())})
+                           "summary": format!("create {} ({} instance{}; no cluster runs from {})", s.name, s.replicas, if s.replicas == 1 { "" } else { "s" }, m.data_dir.display())})
                 })
                 .collect(),
         ),

@@ -142,6 +142,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if !matches!(cli.command, Command::Apply { .. }) {
+        die_quietly_on_closed_stdout();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -153,6 +156,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(failure) => failure.exit(),
     }
+}
+
+/// `orch events | head` ends like any Unix tool when `head` has read enough: killed by
+/// SIGPIPE, silently, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
+/// Not for `apply`, whose control plane writes to sockets that clients may close.
+#[allow(unsafe_code)]
+fn die_quietly_on_closed_stdout() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called before any other thread exists, and SIG_DFL runs no code of ours.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 async fn dispatch(cli: Cli) -> cli::Outcome {
