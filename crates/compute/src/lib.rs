@@ -182,7 +182,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdow
     worker::spawn(&state, &shutdown);
     shutdown.spawn(sweep::run(state.clone(), shutdown.clone()));
     kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
+    let pool = state.queue.pool().clone();
     kit::http::serve(listener, router(state), shutdown, grace).await?;
+    // The last connection to close checkpoints the WAL into the database file.
+    let _ = tokio::time::timeout(grace, pool.close()).await;
     Ok(())
 }
 
