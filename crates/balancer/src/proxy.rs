@@ -77,10 +77,14 @@ pub fn handle(worker: Arc<Worker>, mut parts: Parts, body: Incoming) -> impl Fut
             Ok(response) => return response,
             Err(refusal) => refusal,
         };
-        let Refusal { status, message, close } = refusal;
+        let Refusal { status, message, close, tried } = refusal;
         figures.answered(status.as_u16(), started.elapsed(), Instant::now());
         figures.end();
         let mut response = json_error(status, message, request_id);
+        if let Some(instance) = tried {
+            // The instance whose failure this answer reports (a 502 or a 504).
+            response.headers_mut().insert(X_UPSTREAM_INSTANCE.clone(), instance);
+        }
         if close {
             // Part of the request body is still unread: this connection cannot carry
             // another request, and the client should know before it tries.
@@ -96,11 +100,13 @@ struct Refusal {
     message: &'static str,
     /// The client's body was not read to its end.
     close: bool,
+    /// The last instance tried, when attempts failed.
+    tried: Option<HeaderValue>,
 }
 
 impl From<(StatusCode, &'static str)> for Refusal {
     fn from((status, message): (StatusCode, &'static str)) -> Self {
-        Self { status, message, close: false }
+        Self { status, message, close: false, tried: None }
     }
 }
 
@@ -126,7 +132,7 @@ fn forward(
             }
             if let Some(status) = effect.error {
                 let close = !body.is_end_stream();
-                return Err(Refusal { status, message: "injected fault", close });
+                return Err(Refusal { status, message: "injected fault", close, tried: None });
             }
         }
 
@@ -153,6 +159,7 @@ fn forward(
                         status: StatusCode::BAD_REQUEST,
                         message: "cannot read request body",
                         close: true,
+                        tried: None,
                     });
                 }
             }
@@ -169,12 +176,13 @@ fn forward(
         let pool = &snapshot.set.pools[index];
         if pool.is_empty() {
             let (status, message) = (StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service");
-            return Err(Refusal { status, message, close: replay.is_none() });
+            return Err(Refusal { status, message, close: replay.is_none(), tried: None });
         }
         let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
         let attempts = config.max_attempts as usize;
         let mut tried = Tried::default();
         let mut failure = Failure::Connect;
+        let mut tried_last = None;
         for attempt in 0..attempts {
             let Some(i) = pick(config.strategy, service, pool, &tried) else { break };
             tried.insert(i);
@@ -245,6 +253,7 @@ fn forward(
                     Failure::Timeout
                 }
             };
+            tried_last = Some(instance.header.clone());
             let again = match failure.retry() {
                 Retry::Safe => replay.is_some() || stream.is_some(),
                 Retry::IfIdempotent => idempotent && replay.is_some(),
@@ -255,7 +264,7 @@ fn forward(
             }
         }
         let (status, message) = failure.answer();
-        Err(Refusal { status, message, close: replay.is_none() })
+        Err(Refusal { status, message, close: replay.is_none(), tried: tried_last })
     }
 }
 
