@@ -35,8 +35,8 @@ pub fn filter_from_env(default: &str) -> Targets {
     std::env::var("RUST_LOG").ok().and_then(|v| parse(&v)).or_else(|| parse(default)).unwrap_or_default()
 }
 
-/// Installs the global subscriber writing to `writer`, at `info` unless `RUST_LOG` says
-/// otherwise. Calling it twice is harmless (the second call does nothing), so tests may call
+/// Installs the global subscriber writing to `writer` (the process's stderr, whose being a
+/// terminal decides colours), at `info` unless `RUST_LOG` says otherwise. Calling it twice is harmless (the second call does nothing), so tests may call
 /// it freely.
 pub fn init<W>(format: LogFormat, writer: W)
 where
@@ -50,7 +50,9 @@ pub fn init_with<W>(format: LogFormat, writer: W, default_filter: &str)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(writer);
+    // Colours only for a person at a terminal: not in files, pipes, or with NO_COLOR set.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(writer).with_ansi(ansi);
     let filter = filter_from_env(default_filter);
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
