@@ -36,8 +36,8 @@ pub fn filter_from_env(default: &str) -> Targets {
 }
 
 /// Installs the global subscriber writing to `writer` (the process's stderr, whose being a
-/// terminal decides colours), at `info` unless `RUST_LOG` says otherwise. Calling it twice is harmless (the second call does nothing), so tests may call
-/// it freely.
+/// terminal decides colours), at `info` unless `RUST_LOG` says otherwise. Calling it twice
+/// is harmless (the second call does nothing), so tests may call it freely.
 pub fn init<W>(format: LogFormat, writer: W)
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
