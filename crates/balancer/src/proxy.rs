@@ -144,7 +144,8 @@ fn forward(
             return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body is larger than the limit").into());
         }
         // A small body of known length is kept for retries; anything else streams through once.
-        let over = Arc::new(AtomicBool::new(false));
+        // Set when a streamed body passes the limit (only a streamed body needs it).
+        let mut over = None;
         let (replay, mut stream) = if body.is_end_stream() {
             (Some(Bytes::new()), None)
         } else if declared.is_some_and(|n| n <= config.retry_buffer as u64) {
@@ -164,7 +165,9 @@ fn forward(
                 }
             }
         } else {
-            (None, Some(RequestBody::Stream { inner: body, seen: 0, limit, over: over.clone() }))
+            let flag = Arc::new(AtomicBool::new(false));
+            over = Some(flag.clone());
+            (None, Some(RequestBody::Stream { inner: body, seen: 0, limit, over: flag }))
         };
         let idempotent = is_idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
         strip_hop_by_hop(&mut parts.headers);
@@ -241,7 +244,7 @@ fn forward(
                 }
                 Ok(Err(e)) => {
                     let failure = match e {
-                        _ if over.load(Relaxed) => Failure::TooLarge,
+                        _ if over.as_ref().is_some_and(|over| over.load(Relaxed)) => Failure::TooLarge,
                         SendError::Connect(_) => Failure::Connect,
                         SendError::Lost(_) => Failure::Lost,
                     };
