@@ -377,16 +377,31 @@ async fn drain(mut body: Incoming) {
 
 /// A new request id shaped like a UUID (version 4): a random number drawn once per thread,
 /// plus a per-thread count, mixed so that consecutive ids look unrelated.
+///
+/// The ids of a thread are cut from one shared buffer, so making one (and cloning it into
+/// the response) allocates nothing most of the time.
 pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// Ids per buffer.
+    const BATCH: usize = 256;
     thread_local! {
-        static NEXT: std::cell::Cell<(u128, u64)> = std::cell::Cell::new((rand::random(), 0));
+        static NEXT: std::cell::RefCell<(u128, u64, bytes::BytesMut)> =
+            std::cell::RefCell::new((rand::random(), 0, bytes::BytesMut::new()));
     }
-    let (seed, n) = NEXT.with(|next| {
-        let (seed, n) = next.get();
-        next.set((seed, n.wrapping_add(1)));
-        (seed, n)
-    });
+    NEXT.with(|next| {
+        let (seed, n, buf) = &mut *next.borrow_mut();
+        let count = *n;
+        *n = count.wrapping_add(1);
+        let out = format_request_id(*seed, count);
+        if buf.capacity() < out.len() {
+            buf.reserve(out.len() * BATCH);
+        }
+        buf.extend_from_slice(&out);
+        HeaderValue::from_maybe_shared(buf.split().freeze()).expect("hex digits and dashes are a valid header value")
+    })
+}
+
+/// The id number `n` of a thread whose random number is `seed`, as text.
+fn format_request_id(seed: u128, n: u64) -> [u8; 36] {
     // A bijective mix of the count (splitmix64), so ids differ in many digits.
     let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -394,17 +409,19 @@ pub fn new_request_id() -> HeaderValue {
     z ^= z >> 31;
     let random = seed ^ u128::from(z);
     let bits = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let mut out = [0u8; 36];
-    let mut nibble = 32;
-    for (i, byte) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *byte = b'-';
-        } else {
-            nibble -= 1;
-            *byte = HEX[((bits >> (nibble * 4)) & 0xf) as usize];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = bits.to_be_bytes();
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
         }
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
-    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+    out
 }
 
 /// `{"error": message}` with `status`, made by the balancer itself.
@@ -443,6 +460,35 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn request_ids_are_the_uuid_layout_of_their_bits() {
+        // Digit by digit, as ids were first formatted.
+        let reference = |seed: u128, n: u64| {
+            let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let random = seed ^ u128::from(z);
+            let bits = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+            let mut out = [0u8; 36];
+            let mut nibble = 32;
+            for (i, byte) in out.iter_mut().enumerate() {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    *byte = b'-';
+                } else {
+                    nibble -= 1;
+                    *byte = b"0123456789abcdef"[((bits >> (nibble * 4)) & 0xf) as usize];
+                }
+            }
+            out
+        };
+        for (seed, n) in [(0, 0), (u128::MAX, u64::MAX), (0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 12345)] {
+            assert_eq!(format_request_id(seed, n), reference(seed, n));
+        }
+        let ids: std::collections::HashSet<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
     }
 
     #[test]
