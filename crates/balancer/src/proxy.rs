@@ -212,7 +212,7 @@ fn forward(
                     upstream(
                         &parts.method,
                         &target,
-                        if last { std::mem::take(&mut parts.headers) } else { parts.headers.clone() },
+                        if last { std::mem::take(&mut parts.headers) } else { copy_headers(&parts.headers) },
                         body,
                         instance,
                     ),
@@ -239,6 +239,8 @@ fn forward(
                             service: index,
                             instance: i,
                         };
+                        // The copy kept for a retry that did not happen serves a later request.
+                        recycle_headers(std::mem::take(&mut parts.headers));
                         return Ok(respond(response, conn, in_flight, request_id));
                     }
                 }
@@ -287,6 +289,41 @@ fn attempt_failed(
     if failure.ejects() && instance.passive_failure(state.config.eject_threshold) {
         tracing::warn!(instance = %instance.id, url = %instance.url, ?failure, "instance ejected");
     }
+}
+
+thread_local! {
+    /// Emptied header maps, kept with their capacity: each request that may be retried
+    /// sends a copy of its headers, and gives back the map it kept once answered.
+    static SPARE_HEADERS: std::cell::RefCell<Vec<http::HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Spare maps kept per thread at most.
+const MAX_SPARE_HEADERS: usize = 256;
+
+/// A copy of `headers` (the same names and values in the same order), in a spare map when
+/// there is one.
+fn copy_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let spare = SPARE_HEADERS.with(|spare| spare.borrow_mut().pop());
+    let Some(mut copy) = spare else { return headers.clone() };
+    copy.reserve(headers.len());
+    for (name, value) in headers {
+        copy.append(name.clone(), value.clone());
+    }
+    copy
+}
+
+/// Keeps `headers`' map for [`copy_headers`].
+fn recycle_headers(mut headers: http::HeaderMap) {
+    if headers.capacity() == 0 {
+        return;
+    }
+    headers.clear();
+    SPARE_HEADERS.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < MAX_SPARE_HEADERS {
+            spare.push(headers);
+        }
+    });
 }
 
 /// The request to send to `instance`.
