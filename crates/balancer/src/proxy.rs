@@ -378,6 +378,10 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 
 /// Removes the headers that belong to one connection, not to the message.
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // Most messages have none: a glance at a few names is cheaper than seven lookups.
+    if headers.keys_len() <= 16 && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.remove(header::CONNECTION) {
         // Headers the Connection header names are hop-by-hop too.
         if let Ok(names) = connection.to_str() {
@@ -395,6 +399,20 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// One of the names `strip_hop_by_hop` always removes.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::UPGRADE,
+        &header::EXPECT,
+    ]
+    .contains(&name)
 }
 
 /// Reads and drops an oversized body (up to a cap), so the client can read the 413.
@@ -497,6 +515,40 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, vec!["x-kept"]);
+
+        for name in ["te", "trailer", "upgrade", "expect", "proxy-connection", "keep-alive", "connection"] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static("a"));
+            headers.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(headers.keys().collect::<Vec<_>>(), vec![header::HOST], "{name}");
+        }
+        // Past the quick scan too.
+        let mut headers = http::HeaderMap::new();
+        for n in 0..20 {
+            headers.insert(HeaderName::try_from(format!("x-{n}")).unwrap(), HeaderValue::from_static("1"));
+        }
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 20);
+    }
+
+    #[test]
+    fn copied_headers_are_the_same() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(header::ACCEPT, HeaderValue::from_static("a"));
+        headers.append(HeaderName::from_static("x-one"), HeaderValue::from_static("1"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("b"));
+        let mut spare = http::HeaderMap::new();
+        spare.insert(header::HOST, HeaderValue::from_static("old"));
+        recycle_headers(spare);
+        for _ in 0..2 {
+            let copy = copy_headers(&headers);
+            assert_eq!(copy, headers);
+            let pairs = |m: &http::HeaderMap| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>();
+            assert_eq!(pairs(&copy), pairs(&headers));
+            recycle_headers(copy);
+        }
     }
 
     #[test]
