@@ -507,6 +507,35 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_the_uuid_layout_of_their_bits() {
+        // Digit by digit, as ids were first formatted.
+        let reference = |seed: u128, n: u64| {
+            let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            let random = seed ^ u128::from(z);
+            let bits = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+            let mut out = [0u8; 36];
+            let mut nibble = 32;
+            for (i, byte) in out.iter_mut().enumerate() {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    *byte = b'-';
+                } else {
+                    nibble -= 1;
+                    *byte = b"0123456789abcdef"[((bits >> (nibble * 4)) & 0xf) as usize];
+                }
+            }
+            out
+        };
+        for (seed, n) in [(0, 0), (u128::MAX, u64::MAX), (0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 12345)] {
+            assert_eq!(format_request_id(seed, n), reference(seed, n));
+        }
+        let ids: std::collections::HashSet<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+
+    #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut headers = http::HeaderMap::new();
         for (k, v) in [("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-kept", "1")] {
@@ -549,35 +578,6 @@ mod tests {
             assert_eq!(pairs(&copy), pairs(&headers));
             recycle_headers(copy);
         }
-    }
-
-    #[test]
-    fn request_ids_are_the_uuid_layout_of_their_bits() {
-        // Digit by digit, as ids were first formatted.
-        let reference = |seed: u128, n: u64| {
-            let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            let random = seed ^ u128::from(z);
-            let bits = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-            let mut out = [0u8; 36];
-            let mut nibble = 32;
-            for (i, byte) in out.iter_mut().enumerate() {
-                if matches!(i, 8 | 13 | 18 | 23) {
-                    *byte = b'-';
-                } else {
-                    nibble -= 1;
-                    *byte = b"0123456789abcdef"[((bits >> (nibble * 4)) & 0xf) as usize];
-                }
-            }
-            out
-        };
-        for (seed, n) in [(0, 0), (u128::MAX, u64::MAX), (0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 12345)] {
-            assert_eq!(format_request_id(seed, n), reference(seed, n));
-        }
-        let ids: std::collections::HashSet<HeaderValue> = (0..1000).map(|_| new_request_id()).collect();
-        assert_eq!(ids.len(), 1000);
     }
 
     #[test]
