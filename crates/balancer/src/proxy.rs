@@ -457,13 +457,7 @@ pub fn new_request_id() -> HeaderValue {
 
 /// The id number `n` of a thread whose random number is `seed`, as text.
 fn format_request_id(seed: u128, n: u64) -> [u8; 36] {
-    // A bijective mix of the count (splitmix64), so ids differ in many digits.
-    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    let random = seed ^ u128::from(z);
-    let bits = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let bits = request_id_bits(seed, n);
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = bits.to_be_bytes();
     let mut out = [b'-'; 36];
@@ -477,6 +471,17 @@ fn format_request_id(seed: u128, n: u64) -> [u8; 36] {
         at += 2;
     }
     out
+}
+
+/// The 128 bits of id number `n`: `seed` mixed with a bijective mix of the count
+/// (splitmix64), so ids differ in many digits, with the version (4) and variant bits set.
+fn request_id_bits(seed: u128, n: u64) -> u128 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let random = seed ^ u128::from(z);
+    (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)
 }
 
 /// `{"error": message}` with `status`, made by the balancer itself.
@@ -510,12 +515,7 @@ mod tests {
     fn request_ids_are_the_uuid_layout_of_their_bits() {
         // Digit by digit, as ids were first formatted.
         let reference = |seed: u128, n: u64| {
-            let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            let random = seed ^ u128::from(z);
-            let bits = (random & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+            let bits = request_id_bits(seed, n);
             let mut out = [0u8; 36];
             let mut nibble = 32;
             for (i, byte) in out.iter_mut().enumerate() {
