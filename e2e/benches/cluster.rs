@@ -623,33 +623,27 @@ impl Bench {
             "wrk -t1 -c64 keep-alive, GET /api/data/health (answered by data-1..3) for {secs} s; median of 3 rounds \
              alternating balancer and nginx"
         );
-        self.rows.push(
-            Row::new("balancerThroughput", "balancer throughput, 64 connections", c.balancer.run.per_second, "req/s")
-                .shown(throughput(&c.balancer.run))
-                .how(format!(
-                    "{rounds}; the cluster's balancer (BALANCER_WORKERS = 2 cores), {:.1} us CPU per request{}",
-                    c.balancer.cpu_us,
-                    wrk_errors(&c.balancer.run)
-                ))
-                .detail("p50Ms", c.balancer.run.p50_ms)
-                .detail("p99Ms", c.balancer.run.p99_ms)
-                .detail("cpuUsPerRequest", round2(c.balancer.cpu_us))
-                .detail("errors", c.balancer.run.errors()),
-        );
-        self.rows.push(
-            Row::new("nginxThroughput", "nginx throughput, same backends and load", c.nginx.run.per_second, "req/s")
-                .shown(throughput(&c.nginx.run))
-                .how(format!(
-                    "{rounds}; nginx worker_processes 2, upstream round-robin over data-1..3 with keepalive 64, \
-                     {:.1} us CPU per request{}",
-                    c.nginx.cpu_us,
-                    wrk_errors(&c.nginx.run)
-                ))
-                .detail("p50Ms", c.nginx.run.p50_ms)
-                .detail("p99Ms", c.nginx.run.p99_ms)
-                .detail("cpuUsPerRequest", round2(c.nginx.cpu_us))
-                .detail("errors", c.nginx.run.errors()),
-        );
+        let row = |id: &'static str, label: &'static str, round: &nginx::Round, setup: &str| {
+            Row::new(id, label, round.run.per_second, "req/s")
+                .shown(throughput(&round.run))
+                .how(format!("{rounds}; {setup}, {:.1} us CPU per request{}", round.cpu_us, wrk_errors(&round.run)))
+                .detail("p50Ms", round.run.p50_ms)
+                .detail("p99Ms", round.run.p99_ms)
+                .detail("cpuUsPerRequest", round2(round.cpu_us))
+                .detail("errors", round.run.errors())
+        };
+        self.rows.push(row(
+            "balancerThroughput",
+            "balancer throughput, 64 connections",
+            &c.balancer,
+            "the cluster's balancer (BALANCER_WORKERS = 2 cores)",
+        ));
+        self.rows.push(row(
+            "nginxThroughput",
+            "nginx throughput, same backends and load",
+            &c.nginx,
+            "nginx worker_processes 2, upstream round-robin over data-1..3 with keepalive 64",
+        ));
         self.rows.push(
             Row::new("balancerNginxRatio", "throughput ratio balancer / nginx", c.ratio(), "x")
                 .shown(format!("{:.2}", c.ratio()))

@@ -305,6 +305,16 @@ impl Report {
         summary
     }
 
+    /// Panics, listing the first failures, unless every client request succeeded.
+    pub fn assert_no_failures(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "{} failed client requests:\n{}",
+            self.failures.len(),
+            self.failure_lines(20)
+        );
+    }
+
     /// The first few failures, one a line.
     pub fn failure_lines(&self, at_most: usize) -> String {
         self.failures.iter().take(at_most).map(|f| format!("  {}\n", f.what)).collect()

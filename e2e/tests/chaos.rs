@@ -98,12 +98,7 @@ async fn random_kills_under_load_lose_no_request_write_or_job() {
     );
     assert!(kills.len() >= 10, "a kill every {EVERY:?} for {CHAOS:?}: {kills:?}");
     assert!(report.requests >= 1000, "{report}");
-    assert!(
-        report.failures.is_empty(),
-        "{} failed client requests:\n{}",
-        report.failures.len(),
-        report.failure_lines(20)
-    );
+    report.assert_no_failures();
 
     // Every acknowledged write reads back as acknowledged.
     let checked = report.read_back(&api).await;

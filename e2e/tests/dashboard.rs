@@ -157,9 +157,10 @@ const PAGE_STATE: &str = r#"
     };
 "#;
 
-async fn page_until(browser: &Browser, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+/// The page's state as `script` reads it, once `ready` accepts it.
+async fn page_until(browser: &Browser, script: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
     eventually(DEADLINE, what, || async {
-        let state = browser.eval(PAGE_STATE).await;
+        let state = browser.eval(script).await;
         ready(&state).then_some(state)
     })
     .await
@@ -286,7 +287,7 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
     for id in ["compute-1", "compute-2", "compute-3", "balancer-1", "detector-1"] {
         assert!(registered.contains(&id.to_owned()), "{id} registered: {registered:?}");
     }
-    let shown = page_until(&browser, "every instance shown up, with traffic", |page| {
+    let shown = page_until(&browser, PAGE_STATE, "every instance shown up, with traffic", |page| {
         page["conn"] == "live"
             && registered.iter().all(|id| page["rows"][id] == "up")
             && page["bars"].as_u64() >= Some(3)
@@ -298,10 +299,11 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
 
     // compute-2 dies; its socket stays open (held here), so checks hang until they time out.
     computes[1].proc.kill();
-    let down = page_until(&browser, "compute-2 shown down", |page| page["rows"]["compute-2"] == "down").await;
+    let down =
+        page_until(&browser, PAGE_STATE, "compute-2 shown down", |page| page["rows"]["compute-2"] == "down").await;
     assert_eq!(down["rows"]["compute-1"], "up");
     assert_eq!(down["marker"], "no reload");
-    page_until(&browser, "the down alert in the feed", |page| {
+    page_until(&browser, PAGE_STATE, "the down alert in the feed", |page| {
         page["alerts"].as_array().unwrap().iter().any(|a| a.as_str().unwrap().contains("compute-2 (compute) is down"))
     })
     .await;
@@ -309,9 +311,10 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
 
     // Restarted on the same socket: up again, on the same page.
     computes[1].restart("compute");
-    let up = page_until(&browser, "compute-2 shown up again", |page| page["rows"]["compute-2"] == "up").await;
+    let up =
+        page_until(&browser, PAGE_STATE, "compute-2 shown up again", |page| page["rows"]["compute-2"] == "up").await;
     assert_eq!(up["marker"], "no reload");
-    page_until(&browser, "the recovery in the feed", |page| {
+    page_until(&browser, PAGE_STATE, "the recovery in the feed", |page| {
         page["alerts"].as_array().unwrap().iter().any(|a| a.as_str().unwrap().contains("compute-2 (compute) recovered"))
     })
     .await;
@@ -327,10 +330,10 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
 
     // The detector itself restarts: the page says so, reconnects by itself, and fills again.
     detector.proc.kill();
-    page_until(&browser, "the page reconnecting", |page| page["conn"] == "reconnecting").await;
+    page_until(&browser, PAGE_STATE, "the page reconnecting", |page| page["conn"] == "reconnecting").await;
     browser.screenshot("dashboard-reconnecting.png").await;
     detector.restart("detector");
-    let back = page_until(&browser, "the page live again with every instance up", |page| {
+    let back = page_until(&browser, PAGE_STATE, "the page live again with every instance up", |page| {
         page["conn"] == "live" && registered.iter().all(|id| page["rows"][id] == "up")
     })
     .await;
@@ -364,14 +367,6 @@ const ORCH_PAGE_STATE: &str = r#"
     };
 "#;
 
-async fn orch_page_until(browser: &Browser, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    eventually(DEADLINE, what, || async {
-        let state = browser.eval(ORCH_PAGE_STATE).await;
-        ready(&state).then_some(state)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_under_orch_shows_a_kill_and_the_restart_live() {
     let binaries = Browser::binaries();
@@ -394,7 +389,7 @@ async fn the_dashboard_under_orch_shows_a_kill_and_the_restart_live() {
     registered.extend(["balancer-1".to_owned(), "detector-1".to_owned()]);
     let pids = cluster.pids().await;
     let pid_of = |name: &str| pids.iter().find(|(n, ..)| n == name).and_then(|(_, pid, _)| *pid).unwrap();
-    let shown = orch_page_until(&browser, "every instance shown up with its pid", |page| {
+    let shown = page_until(&browser, ORCH_PAGE_STATE, "every instance shown up with its pid", |page| {
         page["conn"] == "live"
             && registered.iter().all(|id| {
                 let row = &page["rows"][id];
@@ -411,7 +406,7 @@ async fn the_dashboard_under_orch_shows_a_kill_and_the_restart_live() {
     // data-2 is killed by its pid; orch restarts it at once.
     let old = cluster.kill("data-2").await;
     let new = cluster.wait_replaced("data-2", old).await["pid"].as_u64().unwrap();
-    let after = orch_page_until(&browser, "data-2's crash and restart shown", |page| {
+    let after = page_until(&browser, ORCH_PAGE_STATE, "data-2's crash and restart shown", |page| {
         let row = &page["rows"]["data-2"];
         row["status"] == "up"
             && row["crashed"] == true

@@ -107,12 +107,7 @@ async fn scaling_by_edit_and_a_rolling_restart_under_traffic_fail_no_request() {
         "balancer: {} requests, {} errors, {} retries",
         metrics["requests"], metrics["errors"], metrics["retries"]
     );
-    assert!(
-        report.failures.is_empty(),
-        "{} failed client requests:\n{}",
-        report.failures.len(),
-        report.failure_lines(20)
-    );
+    report.assert_no_failures();
     let checked = report.read_back(&api).await;
     assert!(checked >= 50, "{report}");
     println!("{checked} acknowledged writes read back");

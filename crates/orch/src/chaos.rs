@@ -373,6 +373,23 @@ pub struct Experiment {
 }
 
 impl Experiment {
+    /// A new experiment, started at `started_at`, over after `lasts` (`None`: at once).
+    pub fn new(id: u64, spec: Spec, target: Target, started_at: SystemTime, lasts: Option<Duration>) -> Self {
+        Self {
+            id,
+            spec,
+            target,
+            started_at,
+            ends_at: lasts.map(|d| started_at + d),
+            injected: 0,
+            last: None,
+            stop: CancellationToken::new(),
+            paused: Vec::new(),
+            faults: Vec::new(),
+            ending: false,
+        }
+    }
+
     /// `kill a random instance of data every 1s for 10s`.
     pub fn description(&self) -> String {
         let s = &self.spec;
@@ -1027,19 +1044,7 @@ mod tests {
         assert_eq!(some.fault_effect("data"), "data +200 ms latency on 25% for 10s");
         assert_eq!(some.fault_body("data", Duration::from_secs(1))["latencyPercent"], json!(25.0));
 
-        let experiment = |spec: Spec, target: Target| Experiment {
-            id: 3,
-            spec,
-            target,
-            started_at: SystemTime::UNIX_EPOCH,
-            ends_at: None,
-            injected: 0,
-            last: None,
-            stop: CancellationToken::new(),
-            paused: Vec::new(),
-            faults: Vec::new(),
-            ending: false,
-        };
+        let experiment = |spec: Spec, target: Target| Experiment::new(3, spec, target, SystemTime::UNIX_EPOCH, None);
         let e = experiment(repeat, Target::Service("data".into()));
         assert_eq!(e.description(), "kill a random instance of data every 1s for 10s");
         let v = e.to_json();

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 use axum::http::StatusCode;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use super::{CallError, Controller, Handle};
 use crate::chaos::{
@@ -72,23 +71,10 @@ impl Controller {
         }
         self.chaos.next_id += 1;
         let id = self.chaos.next_id;
-        let started_at = SystemTime::now();
         let lasts = spec.lasts();
         let (every, action) = (spec.every, spec.action);
-        let stop = CancellationToken::new();
-        let experiment = Experiment {
-            id,
-            spec,
-            target: target.clone(),
-            started_at,
-            ends_at: lasts.map(|d| started_at + d),
-            injected: 0,
-            last: None,
-            stop: stop.clone(),
-            paused: Vec::new(),
-            faults: Vec::new(),
-            ending: false,
-        };
+        let experiment = Experiment::new(id, spec, target.clone(), SystemTime::now(), lasts);
+        let stop = experiment.stop.clone();
         if every.is_some() {
             self.chaos_event(&target, None, format!("chaos experiment {id} started: {}", experiment.description()));
         }
@@ -295,20 +281,7 @@ impl Controller {
         let body = spec.fault_body(service, lasts);
         self.chaos.next_id += 1;
         let id = self.chaos.next_id;
-        let started_at = SystemTime::now();
-        let experiment = Experiment {
-            id,
-            spec,
-            target,
-            started_at,
-            ends_at: Some(started_at + lasts),
-            injected: 0,
-            last: None,
-            stop: CancellationToken::new(),
-            paused: Vec::new(),
-            faults: Vec::new(),
-            ending: false,
-        };
+        let experiment = Experiment::new(id, spec, target, SystemTime::now(), Some(lasts));
         self.chaos.active.insert(id, experiment);
         Ok(Begun::Faults { id, balancers, body, client: self.balancer_client() })
     }
