@@ -157,6 +157,12 @@ const PAGE_STATE: &str = r#"
     };
 "#;
 
+/// `(serviceId, type)` of each alert in a `GET /api/alerts` answer.
+fn alert_kinds(alerts: &Value) -> Vec<(&str, &str)> {
+    let alerts = alerts["alerts"].as_array().expect("alerts is an array");
+    alerts.iter().map(|a| (a["serviceId"].as_str().unwrap(), a["type"].as_str().unwrap())).collect()
+}
+
 /// The page's state as `script` reads it, once `ready` accepts it.
 async fn page_until(browser: &Browser, script: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
     eventually(DEADLINE, what, || async {
@@ -319,12 +325,7 @@ async fn the_dashboard_shows_a_crash_and_the_recovery_live() {
     })
     .await;
     let alerts: Value = http.get(format!("{}/api/alerts", detector.url())).send().await.unwrap().json().await.unwrap();
-    let kinds: Vec<(&str, &str)> = alerts["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["serviceId"].as_str().unwrap(), a["type"].as_str().unwrap()))
-        .collect();
+    let kinds = alert_kinds(&alerts);
     assert!(kinds.contains(&("compute-2", "down")) && kinds.contains(&("compute-2", "recovered")), "{alerts}");
     let shot = browser.screenshot("dashboard.png").await;
 
@@ -432,12 +433,7 @@ async fn the_dashboard_under_orch_shows_a_kill_and_the_restart_live() {
         .json()
         .await
         .unwrap();
-    let kinds: Vec<(&str, &str)> = alerts["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["serviceId"].as_str().unwrap(), a["type"].as_str().unwrap()))
-        .collect();
+    let kinds = alert_kinds(&alerts);
     assert!(kinds.contains(&("data-2", "down")) && kinds.contains(&("data-2", "recovered")), "{alerts}");
 
     browser.client.clone().close().await.expect("ending the browser session");
