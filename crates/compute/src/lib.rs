@@ -132,7 +132,7 @@ pub struct AppState {
 impl AppState {
     /// Opens and migrates the database and loads the JWT keys; starts nothing.
     pub async fn open(config: Config) -> Result<Self, Error> {
-        let pool = kit::db::connect(&config.kit.database_url_or("compute.sqlite")).await?;
+        let pool = kit::db::open(&config.kit, "compute.sqlite").await?;
         kit::db::migrate(&pool, MIGRATIONS).await?;
         let keys = if config.kit.auth_required { Some(Arc::new(Keys::load(&config.kit)?)) } else { None };
         let check_pool = pool.clone();

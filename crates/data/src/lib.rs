@@ -101,7 +101,7 @@ pub struct AppState {
 impl AppState {
     /// Opens the database (migrating it) and, when auth is required, loads the JWT keys.
     pub async fn open(config: Config) -> Result<Self, Error> {
-        let pool = kit::db::connect(&config.kit.database_url_or("data.sqlite")).await?;
+        let pool = kit::db::open(&config.kit, "data.sqlite").await?;
         kit::db::migrate(&pool, MIGRATIONS).await?;
         let keys = if config.kit.auth_required { Some(Arc::new(kit::jwt::Keys::load(&config.kit)?)) } else { None };
         let ping = pool.clone();

@@ -159,6 +159,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `DATABASE_URL`: overrides the component's default database file.
     pub database_url: Option<String>,
+    /// `SQLITE_SYNCHRONOUS` (`FULL`, the default, or `NORMAL`): whether a commit waits for
+    /// the disk (see [`crate::db`]).
+    pub sqlite_synchronous: crate::db::Synchronous,
     /// `HEARTBEAT_INTERVAL_MS` (default 10000).
     pub heartbeat_interval: Duration,
     /// `BODY_LIMIT_BYTES` (default 1 MiB): larger request bodies get 413.
@@ -187,6 +190,7 @@ impl Config {
             managed: vars.flag("ORCH_MANAGED", false)?,
             data_dir: PathBuf::from(vars.string("DATA_DIR", "data")),
             database_url: vars.get("DATABASE_URL"),
+            sqlite_synchronous: vars.parse_or("SQLITE_SYNCHRONOUS", crate::db::Synchronous::Full, "FULL or NORMAL")?,
             heartbeat_interval: vars.millis("HEARTBEAT_INTERVAL_MS", 10_000, 3_600_000)?,
             body_limit: vars.number("BODY_LIMIT_BYTES", 1 << 20, 1, 1 << 30)? as usize,
             shutdown_grace: vars.millis("SHUTDOWN_GRACE_MS", 5_000, 600_000)?,

@@ -7,6 +7,12 @@
 //! takes the write lock up front. A deferred transaction that read first could not upgrade
 //! once another process had committed, and would fail however long the busy timeout.
 //!
+//! Durability: a write acknowledged to a client survives a power loss. In WAL mode,
+//! `synchronous=FULL` (the default here) syncs the WAL on every commit; `NORMAL` syncs only
+//! at checkpoints, so the last commits before a power cut can be lost (never corrupted). That
+//! trade is a setting, `SQLITE_SYNCHRONOUS=FULL|NORMAL` ([`Synchronous`], read by
+//! `kit::Config`), and [`open`] applies it.
+//!
 //! Queries are built at run time (`sqlx::query`), so a build needs no database. The SQL
 //! sticks to what PostgreSQL also runs.
 
@@ -19,12 +25,56 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 /// How long a writer waits for another process's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`).
+/// When a commit waits for the disk (`SQLITE_SYNCHRONOUS`, `PRAGMA synchronous`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Every commit is on disk before it is acknowledged (the default).
+    #[default]
+    Full,
+    /// Commits reach the disk at the next checkpoint: faster, and the last ones before a
+    /// power loss (not a process crash) can be lost.
+    Normal,
+}
+
+impl FromStr for Synchronous {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "FULL" => Ok(Self::Full),
+            "NORMAL" => Ok(Self::Normal),
+            _ => Err(()),
+        }
+    }
+}
+
+impl From<Synchronous> for SqliteSynchronous {
+    fn from(s: Synchronous) -> Self {
+        match s {
+            Synchronous::Full => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+        }
+    }
+}
+
+/// Opens a component's database: `DATABASE_URL`, else `file` in the data dir, with the
+/// configured `SQLITE_SYNCHRONOUS`.
+pub async fn open(config: &crate::Config, file: &str) -> Result<SqlitePool, sqlx::Error> {
+    connect_with(&config.database_url_or(file), config.sqlite_synchronous).await
+}
+
+/// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`),
+/// durable ([`Synchronous::Full`]).
 pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
+    connect_with(url, Synchronous::default()).await
+}
+
+/// [`connect`] with another [`Synchronous`].
+pub async fn connect_with(url: &str, synchronous: Synchronous) -> Result<SqlitePool, sqlx::Error> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(synchronous.into())
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true);
     if let Some(dir) = options.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -142,6 +192,39 @@ mod tests {
         },
         Migration { version: 2, name: "colour", sql: "ALTER TABLE things ADD COLUMN colour TEXT;" },
     ];
+
+    /// `PRAGMA synchronous` on two connections of the pool `vars` configure.
+    async fn synchronous_of(vars: &[(&str, &str)]) -> Vec<i64> {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().display().to_string();
+        let mut pairs = vec![("DATA_DIR", data_dir.as_str())];
+        pairs.extend_from_slice(vars);
+        let config = crate::Config::from_vars(&crate::Vars::from_pairs(pairs), "test").unwrap();
+        let pool = open(&config, "s.sqlite").await.unwrap();
+        let (mut a, mut b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+        let mut levels = Vec::new();
+        for conn in [&mut a, &mut b] {
+            levels.push(sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut **conn).await.unwrap());
+        }
+        levels
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_are_durable_by_default() {
+        // 2 is FULL, 1 is NORMAL.
+        assert_eq!(synchronous_of(&[]).await, [2, 2]);
+        assert_eq!(synchronous_of(&[("SQLITE_SYNCHRONOUS", "NORMAL")]).await, [1, 1]);
+        assert_eq!(synchronous_of(&[("SQLITE_SYNCHRONOUS", "full")]).await, [2, 2]);
+    }
+
+    #[test]
+    fn a_bad_synchronous_setting_is_refused_at_startup() {
+        for bad in ["OFF", "EXTRA", "2", "fast"] {
+            let vars = crate::Vars::from_pairs([("SQLITE_SYNCHRONOUS", bad)]);
+            let err = crate::Config::from_vars(&vars, "test").unwrap_err().to_string();
+            assert_eq!(err, format!("invalid SQLITE_SYNCHRONOUS={bad:?}: expected FULL or NORMAL"));
+        }
+    }
 
     #[tokio::test]
     async fn services_sharing_one_file_each_get_their_schema() {
