@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::account::{self, EMAIL_MAX_LENGTH};
-use crate::lockout;
+use crate::client::Client;
 
 /// The one answer to a wrong username, email or password.
 pub const BAD_CREDENTIALS: &str = "invalid username/email or password";
@@ -58,7 +58,11 @@ struct LoginBody {
     password: String,
 }
 
-async fn login(State(state): State<AppState>, Json(body): Json<LoginBody>) -> Result<Response, ApiError> {
+async fn login(
+    State(state): State<AppState>,
+    Client(client): Client,
+    Json(body): Json<LoginBody>,
+) -> Result<Response, ApiError> {
     let present = |s: Option<String>| s.filter(|s| !s.is_empty());
     let identifier = present(body.username)
         .or(present(body.email))
@@ -68,14 +72,13 @@ async fn login(State(state): State<AppState>, Json(body): Json<LoginBody>) -> Re
         Some(c) => format!("user:{}", c.user.id),
         None => format!("name:{}", account::lookup_key(&identifier).chars().take(EMAIL_MAX_LENGTH).collect::<String>()),
     };
-    // The lock is checked while holding a hashing slot, and a failure is recorded before
-    // the slot is given back: parallel guesses queue for the slots, so no more than the
-    // limit plus the slots in flight (on all instances) are ever checked. A burst of right
-    // passwords is never refused.
+    // The throttle is checked while holding a hashing slot, and a failure is recorded
+    // before the slot is given back: parallel guesses queue for the slots, so no more than
+    // the limit plus the slots in flight (on all instances) are ever checked. A burst of
+    // right passwords is never refused.
     let slot = state.hasher.slot().await?;
-    let (max, window) = (state.config.login_max_failures, state.config.login_window);
-    if let Some(wait) = lockout::locked_for(&state.pool, &account, max, window).await? {
-        tracing::info!(%account, "login refused: too many failures");
+    if let Some(wait) = state.throttle.wait(&state.pool, &account, &client).await? {
+        tracing::info!(%account, %client, "login refused: too many failures");
         return Ok(too_many_failures(wait));
     }
     let hash = found.as_ref().map(|c| c.password_hash.clone());
@@ -83,14 +86,14 @@ async fn login(State(state): State<AppState>, Json(body): Json<LoginBody>) -> Re
     let user = match found {
         Some(credentials) if verified => credentials.user,
         _ => {
-            lockout::record_failure(&state.pool, &account, window).await?;
+            state.throttle.failed(&state.pool, &account, &client).await?;
             drop(slot);
-            tracing::info!(%account, "login failed");
+            tracing::info!(%account, %client, "login failed");
             return Err(ApiError::unauthorized(BAD_CREDENTIALS));
         }
     };
     drop(slot);
-    lockout::clear(&state.pool, &account).await?;
+    state.throttle.succeeded(&state.pool, &account, &client).await?;
     let iat = kit::time::unix_millis() / 1000;
     let exp = iat + state.config.jwt_ttl.as_secs() as i64;
     let claims =
@@ -100,9 +103,10 @@ async fn login(State(state): State<AppState>, Json(body): Json<LoginBody>) -> Re
     Ok(Json(json!({ "token": token, "expiresIn": state.config.jwt_ttl.as_secs(), "user": user })).into_response())
 }
 
+/// 429 with `Retry-After` in whole seconds, rounded up.
 fn too_many_failures(wait: std::time::Duration) -> Response {
-    let secs = wait.as_secs();
-    let message = format!("too many failed logins for this account, try again in {secs} seconds");
+    let secs = wait.as_millis().div_ceil(1000).max(1) as u64;
+    let message = format!("too many failed logins, try again in {secs} seconds");
     let mut res = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
     res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     res

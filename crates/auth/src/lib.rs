@@ -13,13 +13,17 @@
 //! - `api`: the routes and their request/response shapes.
 //! - `account`: input validation (username, email, password) and the `users` queries.
 //! - `password`: argon2id hashing off the async runtime, behind a semaphore.
-//! - `lockout`: failed-login counting in the database (429 after too many), and its purge loop.
+//! - `throttle`: failed logins per (account, client) and per account in the database, with
+//!   doubling delays (429 and `Retry-After`), and its purge loop.
+//! - `client`: the client address a login is throttled by (`X-Forwarded-For` from loopback
+//!   proxies only).
 //! - `work`: the simulated-work endpoints of the original load test.
 
 mod account;
 mod api;
-mod lockout;
+mod client;
 mod password;
+mod throttle;
 mod work;
 
 use std::sync::Arc;
@@ -31,11 +35,14 @@ use tokio::net::TcpListener;
 
 pub use account::{validate_email, validate_password, validate_username};
 pub use password::{Hasher, Slot};
+pub use throttle::{Clock, Policy};
 
 /// The schema, in order; embedded in the binary. Names carry the service, so auth, data and
 /// compute can share one database file.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "auth-users", sql: include_str!("../migrations/0001_users.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "auth-users", sql: include_str!("../migrations/0001_users.sql") },
+    Migration { version: 2, name: "auth-login-throttle", sql: include_str!("../migrations/0002_login_throttle.sql") },
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,11 +71,10 @@ pub struct Config {
     pub password_min_length: usize,
     /// `JWT_TTL_SECONDS` (default 3600): how long a token is valid.
     pub jwt_ttl: Duration,
-    /// `LOGIN_MAX_FAILURES` (default 5): failed logins for one account within the window
-    /// after which logins for it are refused with 429.
-    pub login_max_failures: u32,
-    /// `LOGIN_WINDOW_MS` (default 900000, 15 minutes).
-    pub login_window: Duration,
+    /// `LOGIN_MAX_FAILURES` (5), `LOGIN_ACCOUNT_MAX_FAILURES` (100), `LOGIN_DELAY_MS` (1000),
+    /// `LOGIN_DELAY_MAX_MS` (900000) and `LOGIN_WINDOW_MS` (900000): the login throttle
+    /// (see `throttle`).
+    pub login: Policy,
     pub argon2: Argon2Params,
     /// `HASH_CONCURRENCY` (default: the number of cores): argon2 runs at most this many at once.
     pub hash_concurrency: usize,
@@ -96,8 +102,13 @@ impl Config {
             kit,
             password_min_length: vars.number("PASSWORD_MIN_LENGTH", 6, 1, 128)? as usize,
             jwt_ttl: Duration::from_secs(vars.number("JWT_TTL_SECONDS", 3600, 1, 30 * 86_400)?),
-            login_max_failures: vars.number("LOGIN_MAX_FAILURES", 5, 1, 1_000_000)? as u32,
-            login_window: vars.millis("LOGIN_WINDOW_MS", 900_000, 30 * 86_400_000)?,
+            login: Policy {
+                pair_failures: vars.number("LOGIN_MAX_FAILURES", 5, 1, 1_000_000)? as u32,
+                account_failures: vars.number("LOGIN_ACCOUNT_MAX_FAILURES", 100, 1, 1_000_000)? as u32,
+                first_delay: vars.millis("LOGIN_DELAY_MS", 1_000, 86_400_000)?,
+                max_delay: vars.millis("LOGIN_DELAY_MAX_MS", 900_000, 30 * 86_400_000)?,
+                forget_after: vars.millis("LOGIN_WINDOW_MS", 900_000, 30 * 86_400_000)?,
+            },
             argon2,
             hash_concurrency: vars.number("HASH_CONCURRENCY", cores, 1, 1024)? as usize,
             work: kit::work::SimulatedWork::from_vars(vars, 800)?,
@@ -112,16 +123,28 @@ pub struct AppState {
     pool: SqlitePool,
     keys: Arc<kit::jwt::Keys>,
     hasher: Arc<Hasher>,
+    throttle: Arc<throttle::Throttle>,
+    /// The listener is bound to a loopback address (see `client`).
+    loopback_listener: bool,
 }
 
 impl AppState {
-    /// Opens the database (migrating it), loads the JWT keys and prepares the hasher.
-    pub async fn open(config: Config) -> Result<Self, Error> {
-        let pool = kit::db::connect(&config.kit.database_url_or("auth.sqlite")).await?;
+    /// Opens the database (migrating it), loads the JWT keys and prepares the hasher; the
+    /// login throttle reads `clock`.
+    pub async fn open(config: Config, clock: Clock) -> Result<Self, Error> {
+        let pool = kit::db::open(&config.kit, "auth.sqlite").await?;
         kit::db::migrate(&pool, MIGRATIONS).await?;
         let keys = kit::jwt::Keys::load(&config.kit)?;
         let hasher = Hasher::new(config.argon2, config.hash_concurrency).await?;
-        Ok(Self { config: Arc::new(config), pool, keys: Arc::new(keys), hasher: Arc::new(hasher) })
+        let throttle = throttle::Throttle { policy: config.login, clock };
+        Ok(Self {
+            config: Arc::new(config),
+            pool,
+            keys: Arc::new(keys),
+            hasher: Arc::new(hasher),
+            throttle: Arc::new(throttle),
+            loopback_listener: false,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -146,11 +169,22 @@ pub fn router(state: AppState) -> axum::Router {
 
 /// Serves auth on `listener` until `shutdown`.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdown) -> Result<(), Error> {
-    let port = listener.local_addr()?.port();
+    serve_with_clock(config, Clock::system(), listener, shutdown).await
+}
+
+/// [`serve`] with the login throttle on `clock` (a test's [`Clock::manual`]).
+pub async fn serve_with_clock(
+    config: Config,
+    clock: Clock,
+    listener: TcpListener,
+    shutdown: kit::Shutdown,
+) -> Result<(), Error> {
+    let local = listener.local_addr()?;
     let grace = config.kit.shutdown_grace;
-    let state = AppState::open(config).await?;
-    kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
-    shutdown.spawn(lockout::run(state.clone(), shutdown.clone()));
+    let mut state = AppState::open(config, clock).await?;
+    state.loopback_listener = local.ip().is_loopback();
+    kit::registry::spawn_maintain(&state.config.kit, local.port(), &shutdown);
+    shutdown.spawn(throttle::run(state.clone(), shutdown.clone()));
     let pool = state.pool.clone();
     kit::http::serve(listener, router(state), shutdown, grace).await?;
     pool.close().await;

@@ -2,7 +2,7 @@
 
 mod contract;
 mod instances;
-mod lockout;
+mod throttle;
 mod tokens;
 
 use std::path::Path;
@@ -20,6 +20,11 @@ impl TestAuth {
     /// An instance whose database and JWT secret live in `dir` (shared by every instance
     /// started on the same `dir`), with cheap argon2 costs and `extra` settings.
     pub async fn start(dir: &Path, extra: &[(&str, &str)]) -> Self {
+        Self::start_with_clock(dir, extra, auth::Clock::system()).await
+    }
+
+    /// [`TestAuth::start`] with the login throttle on `clock`.
+    pub async fn start_with_clock(dir: &Path, extra: &[(&str, &str)], clock: auth::Clock) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let data_dir = dir.display().to_string();
         let mut vars = vec![
@@ -34,7 +39,7 @@ impl TestAuth {
         let config = auth::Config::from_vars(&kit::Vars::from_pairs(vars)).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = kit::Shutdown::new();
-        let task = tokio::spawn(auth::serve(config, listener, shutdown.clone()));
+        let task = tokio::spawn(auth::serve_with_clock(config, clock, listener, shutdown.clone()));
         let auth = Self { url, shutdown, task };
         let c = http();
         kit::testing::eventually(std::time::Duration::from_secs(10), "auth ready", || {
