@@ -105,6 +105,7 @@ fn main() {
             ("DATA_DIR", data_dir.as_str()),
             ("REGISTER", "false"),
             ("LOGIN_MAX_FAILURES", "1000000"),
+            ("LOGIN_ACCOUNT_MAX_FAILURES", "1000000"),
         ]);
         let config = auth::Config::from_vars(&vars).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
