@@ -7,7 +7,10 @@
 # `scripts/bench.sh --all` (`make bench-all`): first every crate's own benchmark
 # (crates/*/benches/*.rs, each printing its table), then the same cluster benchmark.
 #
-# BENCH_SECS (default 5) sets the length of each load run.
+# BENCH_SECS (default 5) sets the length of each load run. BENCH_ONLY runs only the named
+# steps of the cluster benchmark, comma-separated (coldstart, memory, nginx, load, afterload,
+# durability, scale, kills, dashboard, hangs, slowloris): `BENCH_ONLY=durability,slowloris
+# make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -18,15 +18,22 @@
 //! 6. data writes still accepted (a write cancelled by its client at the end of a wrk run
 //!    must not leave the shared database locked; if it did, data's instances are killed and
 //!    restarted to go on);
-//! 7. saving a 3 → 5 replicas edit of data → both new instances answering through the
+//! 7. durability: data rolled to `SQLITE_SYNCHRONOUS=NORMAL` through the manifest, the
+//!    writes of step 4 (at the default, `FULL`) measured again, then rolled back;
+//! 8. saving a 3 → 5 replicas edit of data → both new instances answering through the
 //!    balancer (five times, back to 3 in between);
-//! 8. kill -9 of nine backend instances in turn under light client traffic → each answers
+//! 9. kill -9 of nine backend instances in turn under light client traffic → each answers
 //!    `/health` again on its port from a new process; failed client requests counted;
-//! 9. a WebSocket client on the detector's dashboard socket: kill -9 → the first message
-//!    that shows the death;
-//! 10. SIGSTOP (a hung instance) → orch reports a new pid ready.
+//! 10. a WebSocket client on the detector's dashboard socket: kill -9 → the first message
+//!     that shows the death;
+//! 11. SIGSTOP (a hung instance) → orch reports a new pid ready;
+//! 12. slowloris: requests answered by the registry and by the balancer (wrk) while
+//!     [`SLOW_CONNECTIONS`] connections each hold a partial request open against it, beside
+//!     the same wrk run without them.
 //!
-//! `BENCH_SECS` (default 5) sets the length of each wrk run.
+//! `BENCH_SECS` (default 5) sets the length of each wrk run. `BENCH_ONLY` runs only the steps
+//! it names, comma-separated, from [`STEPS`] (`BENCH_ONLY=durability,slowloris`); the
+//! cluster is then started once, without the cold-start rows.
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -66,15 +73,43 @@ const PASSWORD: &str = "bench-password";
 /// A healthy stretch longer than the manifest's `resetAfterMs` (100), so every kill is a
 /// first crash, restarted at once rather than after a backoff.
 const HEALTHY_STRETCH: Duration = Duration::from_millis(300);
+/// Connections each holding a partial request, in the slowloris step.
+const SLOW_CONNECTIONS: usize = 2000;
+/// The steps by the names `BENCH_ONLY` takes, in the order they run.
+/// (`memory` is both memory steps.)
+const STEPS: [&str; 11] = [
+    "coldstart",
+    "memory",
+    "nginx",
+    "load",
+    "afterload",
+    "durability",
+    "scale",
+    "kills",
+    "dashboard",
+    "hangs",
+    "slowloris",
+];
 
 fn main() {
     let started = Instant::now();
     let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
     assert!(nginx::ensure_tools(), "nginx and wrk are needed (scripts/bench.sh installs them with apt-get)");
+    let only: Option<Vec<String>> = std::env::var("BENCH_ONLY").ok().filter(|s| !s.trim().is_empty()).map(|s| {
+        let names: Vec<String> = s.split(',').map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+        for name in &names {
+            assert!(STEPS.contains(&name.as_str()), "BENCH_ONLY: no step {name:?}; the steps are {}", STEPS.join(","));
+        }
+        names
+    });
+    let wants = |step: &str| only.as_ref().is_none_or(|names| names.iter().any(|n| n == step));
+    // The cluster is started in any case; memory is measured twice.
+    let steps = 1 + STEPS[1..].iter().filter(|s| wants(s)).count() + usize::from(wants("memory"));
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let mut bench = Bench {
-        progress: Progress { started, step: Cell::new(0), steps: 10 },
+        progress: Progress { started, step: Cell::new(0), steps },
+        only,
         rows: Vec::new(),
         secs,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a client"),
@@ -131,6 +166,8 @@ struct Bench {
     fresh: reqwest::Client,
     /// Unique to this run: user names and keys.
     run: String,
+    /// `BENCH_ONLY`: the steps to run (all when unset).
+    only: Option<Vec<String>>,
 }
 
 // ------------------------------------------------------------------------------------ rows
@@ -258,7 +295,7 @@ impl Row {
 }
 
 /// The order of the table: the issue's list.
-const ORDER: [&str; 21] = [
+const ORDER: [&str; 24] = [
     "coldStartReady",
     "coldStartRoutable",
     "killToAnswer",
@@ -272,10 +309,13 @@ const ORDER: [&str; 21] = [
     "balancerAddedP99",
     "dataReads",
     "dataWrites",
+    "dataWritesNormal",
     "logins",
     "computeDirect",
     "jobs",
     "writesAfterLoad",
+    "slowlorisRegistry",
+    "slowlorisBalancer",
     "memoryRssAtRest",
     "memoryPssAtRest",
     "memoryRssAfterLoad",
@@ -356,6 +396,22 @@ fn wrk_errors(run: &Run) -> String {
     } else {
         format!("; {} non-2xx, {} socket errors", run.non_2xx, run.socket_errors)
     }
+}
+
+/// `21 350 writes/s, p50 1.20 ms, p99 9.10 ms`.
+fn wrk_rate(r: &Run, what: &str) -> String {
+    format!("{} {what}/s, p50 {}, p99 {}", show_count(r.ok_per_second()), show_ms(r.p50_ms), show_ms(r.p99_ms))
+}
+
+/// The row of a wrk run: answers with a 2xx per second, p50 and p99.
+fn wrk_row(id: &'static str, metric: &str, r: &Run, unit: &'static str, what: &str, how: String) -> Row {
+    Row::new(id, metric, r.ok_per_second(), unit)
+        .shown(wrk_rate(r, what))
+        .how(format!("{how}{}", wrk_errors(r)))
+        .detail("p50Ms", r.p50_ms)
+        .detail("p99Ms", r.p99_ms)
+        .detail("requests", r.requests)
+        .detail("errors", r.errors())
 }
 
 // ------------------------------------------------------------------------ waiting
@@ -443,22 +499,54 @@ impl Bench {
         t
     }
 
+    /// Whether `BENCH_ONLY` lets `step` (one of [`STEPS`]) run.
+    fn wants(&self, step: &str) -> bool {
+        self.only.as_ref().is_none_or(|names| names.iter().any(|n| n == step))
+    }
+
     async fn run_all(&mut self) {
         let topology = Self::topology();
-        let cluster = self.cold_start(&topology).await;
-        self.progress.step("memory at rest");
-        // At rest: a moment after startup, nothing asked of it.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        self.memory(&cluster, "AtRest", "at rest after startup").await;
-        self.versus_nginx(&cluster).await;
-        let api = self.load_rows(&cluster).await;
-        self.progress.step("memory after the load");
-        self.memory(&cluster, "AfterLoad", "after the load rows").await;
-        self.writes_after_load(&cluster, &api).await;
-        self.scale_up(&cluster, &topology).await;
-        self.kills(&cluster, &api).await;
-        self.dashboard(&cluster).await;
-        self.hangs(&cluster).await;
+        let cluster = if self.wants("coldstart") {
+            self.cold_start(&topology).await
+        } else {
+            self.progress.step("starting the cluster");
+            topology.start().await
+        };
+        if self.wants("memory") {
+            self.progress.step("memory at rest");
+            // At rest: a moment after startup, nothing asked of it.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            self.memory(&cluster, "AtRest", "at rest after startup").await;
+        }
+        if self.wants("nginx") {
+            self.versus_nginx(&cluster).await;
+        }
+        let api = if self.wants("load") { self.load_rows(&cluster).await } else { self.sign_in(&cluster).await };
+        if self.wants("memory") {
+            self.progress.step("memory after the load");
+            self.memory(&cluster, "AfterLoad", "after the load rows").await;
+        }
+        if self.wants("afterload") {
+            self.writes_after_load(&cluster, &api).await;
+        }
+        if self.wants("durability") {
+            self.durability(&cluster, &topology, &api).await;
+        }
+        if self.wants("scale") {
+            self.scale_up(&cluster, &topology).await;
+        }
+        if self.wants("kills") {
+            self.kills(&cluster, &api).await;
+        }
+        if self.wants("dashboard") {
+            self.dashboard(&cluster).await;
+        }
+        if self.wants("hangs") {
+            self.hangs(&cluster).await;
+        }
+        if self.wants("slowloris") {
+            self.slowloris(&cluster).await;
+        }
         self.progress.note("stopping the cluster");
         tokio::task::block_in_place(|| drop(cluster));
     }
@@ -678,16 +766,9 @@ impl Bench {
     /// Returns a signed-in client for the later steps.
     async fn load_rows(&mut self, cluster: &Cluster) -> Api {
         self.progress.step("load through the balancer: data reads, writes, logins, compute, jobs");
-        let base = cluster.url_of("balancer-1").await;
-        let run = self.run.clone();
-        let anonymous = Api::new(&base);
-        for n in 0..USERS {
-            let res = anonymous.register(&format!("{run}-u{n}"), PASSWORD).await;
-            assert_eq!(res.status(), 201, "registering a bench user: {}", res.text().await.unwrap_or_default());
-        }
-        let token = anonymous.login(&format!("{run}-u0"), PASSWORD).await;
-        let api = anonymous.clone().with_token(Some(token.clone()));
-        let bearer = format!("Bearer {token}");
+        let api = self.sign_in(cluster).await;
+        let (base, run) = (api.base.clone(), self.run.clone());
+        let bearer = format!("Bearer {}", api.token.as_deref().unwrap_or_default());
         let dir = tempfile::tempdir().expect("a temp dir for wrk scripts");
         let secs = Duration::from_secs(self.secs);
 
@@ -705,18 +786,7 @@ impl Bench {
             let path = script.write(dir.path(), name);
             tokio::task::block_in_place(|| Wrk::new(&base).connections(connections).duration(secs).script(&path).run())
         };
-        let rate = |r: &Run, what: &str| {
-            format!("{} {what}/s, p50 {}, p99 {}", show_count(r.ok_per_second()), show_ms(r.p50_ms), show_ms(r.p99_ms))
-        };
-        let row = |id: &'static str, metric: &str, r: &Run, unit: &'static str, what: &str, how: String| {
-            Row::new(id, metric, r.ok_per_second(), unit)
-                .shown(rate(r, what))
-                .how(format!("{how}{}", wrk_errors(r)))
-                .detail("p50Ms", r.p50_ms)
-                .detail("p99Ms", r.p99_ms)
-                .detail("requests", r.requests)
-                .detail("errors", r.errors())
-        };
+        let row = wrk_row;
 
         self.progress.note("data reads");
         let reads = wrk(
@@ -734,25 +804,8 @@ impl Bench {
         ));
 
         self.progress.note("data writes");
-        let writes = wrk(
-            "writes",
-            Script::new("POST", "/api/data")
-                .header("authorization", &bearer)
-                .body(&format!(r#"{{"key":"{run}-w-{{n}}","value":{{"n":{{n}},"text":"a new value"}}}}"#)),
-            16,
-        );
-        self.rows.push(row(
-            "dataWrites",
-            "data writes through the balancer",
-            &writes,
-            "writes/s",
-            "writes",
-            format!(
-                "wrk -t1 -c16 for {} s: POST /api/data of a new key each (one SQLite transaction, shared by the 3 \
-                 instances), JWT checked",
-                self.secs
-            ),
-        ));
+        let writes = self.data_writes(&api, "w");
+        self.rows.push(self.writes_row("FULL", &writes));
 
         self.progress.note("logins");
         let logins = wrk(
@@ -795,6 +848,137 @@ impl Bench {
         self.progress.note(&format!("{JOBS} jobs"));
         self.jobs(&api).await;
         api
+    }
+
+    /// Registers the bench users through the balancer and signs the first in.
+    async fn sign_in(&self, cluster: &Cluster) -> Api {
+        let anonymous = Api::new(&cluster.url_of("balancer-1").await);
+        for n in 0..USERS {
+            let res = anonymous.register(&format!("{}-u{n}", self.run), PASSWORD).await;
+            assert_eq!(res.status(), 201, "registering a bench user: {}", res.text().await.unwrap_or_default());
+        }
+        let token = anonymous.login(&format!("{}-u0", self.run), PASSWORD).await;
+        anonymous.with_token(Some(token))
+    }
+
+    /// wrk -c16 of `POST /api/data` through the balancer, a new key each (`<run>-<tag>-<n>`).
+    fn data_writes(&self, api: &Api, tag: &str) -> Run {
+        let dir = tempfile::tempdir().expect("a temp dir for wrk scripts");
+        let body = format!(r#"{{"key":"{}-{tag}-{{n}}","value":{{"n":{{n}},"text":"a new value"}}}}"#, self.run);
+        let script = Script::new("POST", "/api/data")
+            .header("authorization", &format!("Bearer {}", api.token.as_deref().unwrap_or_default()))
+            .body(&body)
+            .write(dir.path(), tag);
+        let wrk = Wrk::new(&api.base).connections(16).duration(Duration::from_secs(self.secs)).script(&script);
+        tokio::task::block_in_place(|| wrk.run())
+    }
+
+    /// The data-writes row for `SQLITE_SYNCHRONOUS=<mode>`.
+    fn writes_row(&self, mode: &str, writes: &Run) -> Row {
+        let (id, metric, note) = match mode {
+            "FULL" => (
+                "dataWrites",
+                "data writes through the balancer (durable: SQLITE_SYNCHRONOUS=FULL, the default)",
+                "every commit synced to disk before its 201",
+            ),
+            _ => (
+                "dataWritesNormal",
+                "data writes through the balancer, SQLITE_SYNCHRONOUS=NORMAL",
+                "data rolled to NORMAL through the manifest's env for this run (the WAL synced at checkpoints only: \
+                 the last 201s before a power loss can be lost), then back",
+            ),
+        };
+        wrk_row(
+            id,
+            metric,
+            writes,
+            "writes/s",
+            "writes",
+            format!(
+                "wrk -t1 -c16 for {} s: POST /api/data of a new key each (one SQLite transaction, shared by the 3 \
+                 instances), JWT checked; {note}",
+                self.secs
+            ),
+        )
+    }
+
+    /// Step 7: the data writes again with `SQLITE_SYNCHRONOUS=NORMAL` (data rolled to it
+    /// through the manifest, and back after), beside the durable default.
+    async fn durability(&mut self, cluster: &Cluster, topology: &Topology, api: &Api) {
+        self.progress.step("data writes with SQLITE_SYNCHRONOUS=NORMAL (data rolled to it and back)");
+        if !self.rows.iter().any(|r| r.id == "dataWrites") {
+            self.progress.note("data writes, FULL");
+            let writes = self.data_writes(api, "w");
+            self.rows.push(self.writes_row("FULL", &writes));
+        }
+        let progress = &self.progress;
+        let roll = |yaml: String, what: &'static str| async move {
+            let seq = cluster.latest_event().await;
+            let t0 = Instant::now();
+            cluster.edit(&yaml);
+            cluster.wait_event_after(seq, "rolled", None, "data rolled out").await;
+            cluster.wait_routed(&topology.backend_instances()).await;
+            progress.note(&format!("data rolled to {what} and routed in {}", show_ms(ms(t0.elapsed()))));
+        };
+        roll(topology.clone().env("data", "SQLITE_SYNCHRONOUS", "NORMAL").yaml(), "NORMAL").await;
+        self.progress.note("data writes, NORMAL");
+        let writes = self.data_writes(api, "wn");
+        roll(topology.yaml(), "FULL").await;
+        self.rows.push(self.writes_row("NORMAL", &writes));
+    }
+
+    /// Step 12: requests answered while [`SLOW_CONNECTIONS`] connections each hold a partial
+    /// request open (a header line, then silence), on the registry (kit's server) and on the
+    /// balancer (its own), beside the same wrk run without them.
+    async fn slowloris(&mut self, cluster: &Cluster) {
+        self.progress.step(&format!("slowloris: {SLOW_CONNECTIONS} partial requests held open, registry and balancer"));
+        raise_open_files(SLOW_CONNECTIONS as u64 + 1000);
+        let targets = [
+            ("slowlorisRegistry", "registry-1", "/health", "the registry's GET /health"),
+            ("slowlorisBalancer", "balancer-1", "/api/data/health", "GET /api/data/health through the balancer"),
+        ];
+        for (id, instance, path, what) in targets {
+            let (_, port) = ready_instance(self, cluster, instance).await;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let url = format!("http://{addr}{path}");
+            let wrk = Wrk::new(&url).connections(16).duration(Duration::from_secs(self.secs));
+            let alone = tokio::task::block_in_place(|| wrk.run());
+            let t0 = Instant::now();
+            let slow = hold_partial_requests(addr, path, SLOW_CONNECTIONS).await;
+            let opened = slow.len();
+            self.progress.note(&format!("{instance}: {opened} slow connections open in {}", show_ms(ms(t0.elapsed()))));
+            let under = tokio::task::block_in_place(|| wrk.run());
+            let still_open = slow.iter().filter(|c| is_open(c)).count();
+            drop(slow);
+            self.progress.note(&format!(
+                "{instance}: {} alone, {} beside them; {still_open} of {opened} still open after {}",
+                wrk_rate(&alone, "req"),
+                wrk_rate(&under, "req"),
+                show_ms(ms(t0.elapsed()))
+            ));
+            self.rows.push(
+                wrk_row(
+                    id,
+                    &format!("{what}, {SLOW_CONNECTIONS} slow connections held open"),
+                    &under,
+                    "req/s",
+                    "req",
+                    format!(
+                        "{opened} connections to {instance} each sent a partial request (`GET {path} HTTP/1.1` and \
+                         one header line, no end) and then nothing; meanwhile wrk -t1 -c16 for {} s: {} (without \
+                         them: {}); {still_open} of them still open at the end ({} after they opened)",
+                        self.secs,
+                        what,
+                        wrk_rate(&alone, "req"),
+                        show_ms(ms(t0.elapsed()))
+                    ),
+                )
+                .detail("slowConnections", opened)
+                .detail("stillOpen", still_open)
+                .detail("withoutPerSecond", alone.ok_per_second())
+                .detail("withoutP99Ms", alone.p99_ms),
+            );
+        }
     }
 
     /// Jobs: [`JOBS`] submitted by 8 tasks, then `/api/compute/stats` polled until all are
@@ -1287,6 +1471,43 @@ fn member<'a>(msg: &'a Value, name: &str) -> Option<&'a Value> {
         .filter_map(Value::as_array)
         .flatten()
         .find(|m| m["serviceId"] == name)
+}
+
+/// Raises this process's soft limit of open files to at least `wanted` (up to the hard
+/// limit): the slowloris step holds thousands of sockets.
+fn raise_open_files(wanted: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("reading RLIMIT_NOFILE");
+    if soft < wanted {
+        let raised = wanted.min(hard);
+        setrlimit(Resource::RLIMIT_NOFILE, raised, hard).expect("raising RLIMIT_NOFILE");
+        assert!(raised >= wanted, "RLIMIT_NOFILE: the hard limit {hard} is below the {wanted} open files needed");
+    }
+}
+
+/// `n` connections to `addr`, each having sent the start of a request for `path` and no
+/// more (opened 100 at a time; those that fail to open are left out).
+async fn hold_partial_requests(addr: SocketAddr, path: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let partial = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    let open = |_| async {
+        let mut stream =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await.ok()?.ok()?;
+        stream.write_all(partial.as_bytes()).await.ok()?;
+        Some(stream)
+    };
+    let mut held = Vec::with_capacity(n);
+    for start in (0..n).step_by(100) {
+        let batch = futures_util::future::join_all((start..n.min(start + 100)).map(open)).await;
+        held.extend(batch.into_iter().flatten());
+    }
+    held
+}
+
+/// Whether the server still keeps `stream` open: nothing to read yet (no answer, no close).
+fn is_open(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// `target/`, from this benchmark's own path (`target/release/deps/cluster-...`).
