@@ -10,8 +10,8 @@ CREATE TABLE users (
     created_at BIGINT NOT NULL
 );
 
--- Failed logins per account since the last success, within a fixed window; replaced by
--- `login_throttle` (0002). `account` is `user:<id>` for a known user, `name:<identifier>` else.
+-- Failed logins per account since the last success, within the current window (see
+-- src/lockout.rs). `account` is `user:<id>` for a known user, `name:<identifier>` else.
 CREATE TABLE login_failures (
     account TEXT PRIMARY KEY,
     failures BIGINT NOT NULL,
