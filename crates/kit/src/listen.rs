@@ -8,7 +8,7 @@
 //!
 //! A server holds one file descriptor per connection, and the usual soft limit of open files
 //! (1024) is far below what a server should hold: [`raise_fd_limit`] raises it to the hard
-//! limit, and `serve` calls it before accepting.
+//! limit; [`listener`] and `serve` call it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,7 +29,10 @@ pub fn activation_fd(vars: &Vars, pid: u32) -> Option<RawFd> {
 }
 
 /// The listener for this component: inherited when socket activation says so, else bound.
+/// Raises the open files limit first (see [`raise_fd_limit`]), for components with servers
+/// of their own too.
 pub async fn listener(config: &Config, vars: &Vars) -> io::Result<TcpListener> {
+    raise_fd_limit();
     match activation_fd(vars, std::process::id()) {
         Some(fd) => {
             // The environment names this process; a stale LISTEN_PID from a parent won't match.
@@ -104,7 +107,10 @@ mod tests {
 
     #[test]
     fn the_fd_limit_is_raised_to_the_hard_limit() {
-        use nix::sys::resource::{Resource, getrlimit};
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // The usual default soft limit, below the hard one where the hard one allows.
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(1024), hard).unwrap();
         let soft = raise_fd_limit().unwrap();
         let (now, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         assert_eq!((soft, now), (hard, hard));
