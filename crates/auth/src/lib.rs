@@ -180,13 +180,13 @@ pub async fn serve_with_clock(
     shutdown: kit::Shutdown,
 ) -> Result<(), Error> {
     let local = listener.local_addr()?;
-    let grace = config.kit.shutdown_grace;
+    let (grace, limits) = (config.kit.shutdown_grace, config.kit.limits.clone());
     let mut state = AppState::open(config, clock).await?;
     state.loopback_listener = local.ip().is_loopback();
     kit::registry::spawn_maintain(&state.config.kit, local.port(), &shutdown);
     shutdown.spawn(throttle::run(state.clone(), shutdown.clone()));
     let pool = state.pool.clone();
-    kit::http::serve(listener, router(state), shutdown, grace).await?;
+    kit::http::serve(listener, router(state), shutdown, limits, grace).await?;
     pool.close().await;
     Ok(())
 }

@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         async move { if ready { Ok(()) } else { Err("first discovery not finished".into()) } }
     });
     let limit = state.config.kit.body_limit;
+    let guard = kit::guard::Guard::new(state.config.kit.bind_addr, &state.config.kit.allowed_hosts);
     let api = Router::new()
         .route("/status", get(status))
         .route("/api/metrics", get(metrics_json))
@@ -45,7 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/faults/{id}", delete(remove_fault))
         .route("/api/round-robin/reset", post(reset_round_robin))
         .with_state(state);
-    kit::http::finish(api.merge(health.router()), limit)
+    guard.wrap(kit::http::finish(api.merge(health.router()), limit))
 }
 
 /// Mutations and fault injection need the cluster token whenever one is configured.

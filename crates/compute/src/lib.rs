@@ -177,13 +177,13 @@ pub fn router(state: AppState) -> axum::Router {
 /// Serves the compute service on `listener` until `shutdown`, with this instance's workers.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdown) -> Result<(), Error> {
     let port = listener.local_addr()?.port();
-    let grace = config.kit.shutdown_grace;
+    let (grace, limits) = (config.kit.shutdown_grace, config.kit.limits.clone());
     let state = AppState::open(config).await?;
     worker::spawn(&state, &shutdown);
     shutdown.spawn(sweep::run(state.clone(), shutdown.clone()));
     kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
     let pool = state.queue.pool().clone();
-    kit::http::serve(listener, router(state), shutdown, grace).await?;
+    kit::http::serve(listener, router(state), shutdown, limits, grace).await?;
     // The last connection to close checkpoints the WAL into the database file.
     let _ = tokio::time::timeout(grace, pool.close()).await;
     Ok(())

@@ -162,12 +162,12 @@ pub fn router(state: AppState) -> axum::Router {
 /// Serves data on `listener` until `shutdown`.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdown) -> Result<(), Error> {
     let port = listener.local_addr()?.port();
-    let grace = config.kit.shutdown_grace;
+    let (grace, limits) = (config.kit.shutdown_grace, config.kit.limits.clone());
     let state = AppState::open(config).await?;
     kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
     shutdown.spawn(purge(state.pool.clone(), shutdown.clone()));
     let pool = state.pool.clone();
-    kit::http::serve(listener, router(state), shutdown, grace).await?;
+    kit::http::serve(listener, router(state), shutdown, limits, grace).await?;
     pool.close().await;
     Ok(())
 }

@@ -386,13 +386,14 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The detector's routes, with JSON errors and the body limit.
+/// The detector's routes, with JSON errors, the body limit and the loopback guard.
 pub fn router(state: AppState) -> axum::Router {
-    let limit = state.config().kit.body_limit;
+    let kit = &state.config().kit;
+    let (limit, guard) = (kit.body_limit, kit::guard::Guard::new(kit.bind_addr, &kit.allowed_hosts));
     // Ready once started: the detector must not wait for the balancer or anything else.
-    let health = kit::health::Health::new(&state.config().kit.service_name);
+    let health = kit::health::Health::new(&kit.service_name);
     let routes = api::router(state.clone()).merge(dashboard::router(state)).merge(health.router());
-    kit::http::finish(routes, limit)
+    guard.wrap(kit::http::finish(routes, limit))
 }
 
 /// Starts the background loops on `state` and serves it on `listener` until shutdown.
@@ -408,8 +409,8 @@ pub async fn run(state: AppState, listener: TcpListener) -> Result<(), Error> {
         shutdown.spawn(orch::follow_events(state.clone(), client.clone(), shutdown.clone()));
         shutdown.spawn(orch::poll_instances(state.clone(), client, shutdown.clone()));
     }
-    let grace = config.kit.shutdown_grace;
-    kit::http::serve(listener, router(state.clone()), shutdown, grace).await?;
+    let (grace, limits) = (config.kit.shutdown_grace, config.kit.limits.clone());
+    kit::http::serve(listener, router(state.clone()), shutdown, limits, grace).await?;
     Ok(())
 }
 

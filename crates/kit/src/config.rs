@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::secret::Secret;
+use crate::serve::Limits;
 use crate::telemetry::LogFormat;
 
 /// A configuration value that could not be used.
@@ -105,12 +106,39 @@ impl Vars {
         }
     }
 
+    /// A comma-separated list of host names (lowercased, a trailing dot dropped).
+    pub fn hosts(&self, name: &str) -> Result<Vec<String>, ConfigError> {
+        let Some(raw) = self.get(name) else { return Ok(Vec::new()) };
+        let hosts: Vec<String> = raw
+            .split(',')
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if hosts.iter().all(|h| is_host(h)) {
+            Ok(hosts)
+        } else {
+            Err(ConfigError::new(
+                name,
+                &raw,
+                "host names like orch.example.com,registry separated by commas (no scheme or port)",
+            ))
+        }
+    }
+
     /// A list of ports: `3001,3002,3003`, or a range `3001-3003`, or a mix.
     pub fn ports(&self, name: &str, default: &str) -> Result<Vec<u16>, ConfigError> {
         let raw = self.string(name, default);
         parse_ports(&raw)
             .ok_or_else(|| ConfigError::new(name, &raw, "ports like 3001,3002,3003 or a range like 3001-3003"))
     }
+}
+
+/// Whether `host` is a bare host name or IP address (no scheme, port, path or spaces).
+fn is_host(host: &str) -> bool {
+    let name = host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    let ipv6 =
+        host.starts_with('[') && host.ends_with(']') && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+    !host.is_empty() && (name || ipv6)
 }
 
 fn parse_ports(raw: &str) -> Option<Vec<u16>> {
@@ -143,6 +171,9 @@ pub struct Config {
     pub port: Option<u16>,
     /// `BIND_ADDR` (default `127.0.0.1`): the address to bind when no socket is inherited.
     pub bind_addr: IpAddr,
+    /// `ALLOWED_HOSTS` (comma-separated, default none): host names the control-plane APIs
+    /// answer besides loopback names (see [`crate::guard`]).
+    pub allowed_hosts: Vec<String>,
     /// `SERVICE_REGISTRY_URL` (default `http://localhost:3005`).
     pub registry_url: String,
     /// `REGISTER` (default true): whether to register with the registry at all.
@@ -168,6 +199,9 @@ pub struct Config {
     pub body_limit: usize,
     /// `SHUTDOWN_GRACE_MS` (default 5000): how long in-flight work may take after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `HTTP_HEADER_TIMEOUT_MS`, `HTTP_BODY_TIMEOUT_MS`, `HTTP_IDLE_TIMEOUT_MS`,
+    /// `HTTP_MAX_CONNECTIONS`: how the server bounds its connections.
+    pub limits: Limits,
     /// `LOG_FORMAT` (`text` or `json`).
     pub log_format: LogFormat,
 }
@@ -182,6 +216,7 @@ impl Config {
             service_host: vars.string("SERVICE_HOST", "localhost"),
             port,
             bind_addr: vars.parse_or("BIND_ADDR", IpAddr::from([127, 0, 0, 1]), "an IP address")?,
+            allowed_hosts: vars.hosts("ALLOWED_HOSTS")?,
             registry_url: vars.string("SERVICE_REGISTRY_URL", "http://localhost:3005").trim_end_matches('/').to_owned(),
             register: vars.flag("REGISTER", true)?,
             cluster_token: vars.get("ORCH_CLUSTER_TOKEN").map(Secret::new),
@@ -194,6 +229,7 @@ impl Config {
             heartbeat_interval: vars.millis("HEARTBEAT_INTERVAL_MS", 10_000, 3_600_000)?,
             body_limit: vars.number("BODY_LIMIT_BYTES", 1 << 20, 1, 1 << 30)? as usize,
             shutdown_grace: vars.millis("SHUTDOWN_GRACE_MS", 5_000, 600_000)?,
+            limits: Limits::from_vars(vars)?,
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text, "text or json")?,
         })
     }
@@ -235,6 +271,9 @@ mod tests {
         assert_eq!(config.registry_url, "http://localhost:3005");
         assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(config.body_limit, 1 << 20);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits.header_timeout, Duration::from_secs(10));
+        assert!(config.allowed_hosts.is_empty());
         assert_eq!(config.public_url(3001), "http://localhost:3001");
         assert!(config.auth_required);
 
@@ -246,6 +285,35 @@ mod tests {
         let config = Config::from_vars(&vars, "auth").unwrap();
         assert_eq!(config.service_name, "auth-2");
         assert_eq!(config.registry_url, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn server_limits_and_allowed_hosts() {
+        let vars = Vars::from_pairs([
+            ("HTTP_HEADER_TIMEOUT_MS", "250"),
+            ("HTTP_BODY_TIMEOUT_MS", "500"),
+            ("HTTP_IDLE_TIMEOUT_MS", "750"),
+            ("HTTP_MAX_CONNECTIONS", "20"),
+            ("ALLOWED_HOSTS", " Orch.Example.com., registry ,,[::2]"),
+        ]);
+        let config = Config::from_vars(&vars, "registry").unwrap();
+        let limits = Limits {
+            header_timeout: Duration::from_millis(250),
+            body_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_millis(750),
+            max_connections: 20,
+        };
+        assert_eq!(config.limits, limits);
+        assert_eq!(config.allowed_hosts, ["orch.example.com", "registry", "[::2]"]);
+        for (name, value) in [
+            ("HTTP_MAX_CONNECTIONS", "0"),
+            ("HTTP_IDLE_TIMEOUT_MS", "soon"),
+            ("ALLOWED_HOSTS", "http://evil.example"),
+            ("ALLOWED_HOSTS", "a.example:8080"),
+        ] {
+            let err = Config::from_vars(&Vars::from_pairs([(name, value)]), "registry").unwrap_err();
+            assert_eq!(err.name, name, "{err}");
+        }
     }
 
     #[test]

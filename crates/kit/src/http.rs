@@ -1,5 +1,5 @@
 //! HTTP plumbing shared by every component: JSON errors, a JSON extractor whose rejections
-//! are JSON, request body limits, and `serve` with graceful shutdown.
+//! are JSON, and request body limits. `serve` is [`crate::serve::serve`].
 //!
 //! Every error a client sees is `{"error": "..."}` with a fitting status code, including
 //! the ones axum would otherwise answer in plain text (unknown route, wrong method,
@@ -17,9 +17,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
 
-use crate::shutdown::Shutdown;
+use crate::serve::BodyTimeout;
+pub use crate::serve::serve;
 
 /// An error as the client sees it: a status and a message, written as `{"error": message}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) ->
     loop {
         match body.frame().await {
             None => break,
-            Some(Err(e)) => return ApiError::bad_request(format!("cannot read request body: {e}")).into_response(),
+            Some(Err(e)) => return body_error(&e).into_response(),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     if buffered.len() + data.len() > limit {
@@ -151,6 +151,14 @@ pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) ->
         }
     }
     next.run(Request::from_parts(parts, Body::from(buffered))).await
+}
+
+/// 408 for a body that arrived too slowly, else 400.
+fn body_error(e: &axum::Error) -> ApiError {
+    match std::error::Error::source(e).and_then(|s| s.downcast_ref::<BodyTimeout>()) {
+        Some(timeout) => ApiError::new(StatusCode::REQUEST_TIMEOUT, timeout.to_string()),
+        None => ApiError::bad_request(format!("cannot read request body: {e}")),
+    }
 }
 
 async fn drain(mut body: Body) {
@@ -246,29 +254,6 @@ pub fn require_token(expected: Option<&crate::secret::Secret>, headers: &HeaderM
             "missing cluster token (Authorization: Bearer <token>, the token is DATA_DIR/cluster-token)",
         )),
     }
-}
-
-/// Serves `router` on `listener` until `shutdown`; then stops accepting, lets in-flight
-/// requests finish and background tasks clean up, each within `grace`.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: Shutdown, grace: Duration) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.requested_owned());
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => result?,
-        _ = shutdown.requested() => {
-            // In-flight requests finish; long-lived ones (websockets) are cut after the grace.
-            if tokio::time::timeout(grace, &mut server).await.is_err() {
-                tracing::warn!(?grace, "in-flight requests still running after the grace period");
-            }
-        }
-    }
-    if !shutdown.wait_for_tasks(grace).await {
-        tracing::warn!("background tasks still running after the grace period");
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// A header value from a string that is known to be valid (ids, numbers).

@@ -10,8 +10,11 @@
 //! - [`listen`]: the listening socket, inherited through systemd socket activation
 //!   (`LISTEN_FDS`, fd 3) or bound from `PORT`.
 //! - [`shutdown`]: one cancellation primitive plus a task tracker, triggered by SIGTERM/SIGINT.
-//! - [`http`]: JSON errors, a JSON extractor whose rejections are JSON, request body limits,
-//!   and `serve` with graceful shutdown.
+//! - [`http`]: JSON errors, a JSON extractor whose rejections are JSON, request body limits.
+//! - [`serve`]: the HTTP server of every axum component, with header, body and idle timeouts,
+//!   a connection cap and graceful shutdown (`kit::http::serve`).
+//! - [`guard`]: the loopback guard of the control-plane APIs (allowed `Host` and `Origin`,
+//!   JSON-only mutations).
 //! - [`health`]: `GET /health` (liveness) and `GET /ready` (readiness).
 //! - [`registry`]: the registry client (register, heartbeat, re-register, deregister, watch)
 //!   and the record types of the registry's contract.
@@ -27,6 +30,7 @@
 
 pub mod config;
 pub mod db;
+pub mod guard;
 pub mod health;
 pub mod http;
 pub mod idempotency;
@@ -34,6 +38,7 @@ pub mod jwt;
 pub mod listen;
 pub mod registry;
 pub mod secret;
+pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

@@ -5,6 +5,10 @@
 //! sockets, and the first one is fd 3. orch keeps its copy open while the process restarts,
 //! so clients see a short delay instead of "connection refused". Run by hand, a component
 //! binds `BIND_ADDR:PORT` itself (`PORT` unset or `0`: any free port).
+//!
+//! A server holds one file descriptor per connection, and the usual soft limit of open files
+//! (1024) is far below what a server should hold: [`raise_fd_limit`] raises it to the hard
+//! limit; [`listener`] and `serve` call it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +29,10 @@ pub fn activation_fd(vars: &Vars, pid: u32) -> Option<RawFd> {
 }
 
 /// The listener for this component: inherited when socket activation says so, else bound.
+/// Raises the open files limit first (see [`raise_fd_limit`]), for components with servers
+/// of their own too.
 pub async fn listener(config: &Config, vars: &Vars) -> io::Result<TcpListener> {
+    raise_fd_limit();
     match activation_fd(vars, std::process::id()) {
         Some(fd) => {
             // The environment names this process; a stale LISTEN_PID from a parent won't match.
@@ -36,6 +43,23 @@ pub async fn listener(config: &Config, vars: &Vars) -> io::Result<TcpListener> {
         None => {
             let addr = SocketAddr::new(config.bind_addr, config.port.unwrap_or(0));
             TcpListener::bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        }
+    }
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns the soft limit in
+/// force afterwards (`None` if it cannot be read). Raising it twice is harmless.
+pub fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return Some(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Some(hard),
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            Some(soft)
         }
     }
 }
@@ -79,6 +103,18 @@ mod tests {
         let accept = tokio::spawn(async move { listener.accept().await.map(|(_, peer)| peer) });
         let client = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert_eq!(accept.await.unwrap().unwrap(), client.local_addr().unwrap());
+    }
+
+    #[test]
+    fn the_fd_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // The usual default soft limit, below the hard one where the hard one allows.
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(1024), hard).unwrap();
+        let soft = raise_fd_limit().unwrap();
+        let (now, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!((soft, now), (hard, hard));
+        assert_eq!(raise_fd_limit(), Some(hard));
     }
 
     #[test]

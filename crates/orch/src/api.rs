@@ -48,7 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/chaos", get(chaos_list).post(chaos_start).delete(chaos_stop_all))
         .route("/api/chaos/{id}", delete(chaos_stop))
         .with_state(state);
-    kit::http::finish(api, 1 << 20)
+    kit::guard::Guard::loopback().wrap(kit::http::finish(api, 1 << 20))
 }
 
 fn gone() -> ApiError {

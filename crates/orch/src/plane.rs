@@ -83,8 +83,10 @@ pub async fn run(manifest: Manifest, text: String) -> Result<(), PlaneError> {
     let api =
         router(ApiState { handle: handle.clone(), events: events.clone(), token: kit::secret::Secret::new(token) });
     let listener = tokio::net::TcpListener::from_std(control).context("control socket")?;
+    let limits = kit::serve::Limits::from_vars(&kit::Vars::from_env()).context("orch's control API")?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api).await {
+        let serving = kit::http::serve(listener, api, kit::Shutdown::new(), limits, std::time::Duration::ZERO);
+        if let Err(e) = serving.await {
             tracing::error!(error = %e, "the control API stopped");
         }
     });

@@ -100,18 +100,19 @@ impl AppState {
     }
 }
 
-/// The registry's routes, with JSON errors and the body limit.
+/// The registry's routes, with JSON errors, the body limit and the loopback guard.
 pub fn router(state: AppState) -> axum::Router {
-    let limit = state.config.kit.body_limit;
-    let health = kit::health::Health::new(&state.config.kit.service_name);
-    kit::http::finish(api::router(state).merge(health.router()), limit)
+    let kit = &state.config.kit;
+    let (limit, guard) = (kit.body_limit, kit::guard::Guard::new(kit.bind_addr, &kit.allowed_hosts));
+    let health = kit::health::Health::new(&kit.service_name);
+    guard.wrap(kit::http::finish(api::router(state).merge(health.router()), limit))
 }
 
 /// Serves the registry on `listener` until `shutdown`.
 pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdown) -> Result<(), Error> {
-    let grace = config.kit.shutdown_grace;
+    let (grace, limits) = (config.kit.shutdown_grace, config.kit.limits.clone());
     let state = AppState::new(config, shutdown.clone());
     shutdown.spawn(sweep::run(state.clone(), shutdown.clone()));
-    kit::http::serve(listener, router(state), shutdown, grace).await?;
+    kit::http::serve(listener, router(state), shutdown, limits, grace).await?;
     Ok(())
 }

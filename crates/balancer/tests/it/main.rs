@@ -4,6 +4,7 @@
 mod discovery;
 mod failover;
 mod failures;
+mod guard;
 mod metrics;
 mod routing;
 

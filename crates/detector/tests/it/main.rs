@@ -3,6 +3,7 @@
 //! and orch's control API (`/api/instances`, `/api/events`), built from the contract.
 
 mod api;
+mod guard;
 mod health;
 mod orch;
 mod socket;

@@ -5,6 +5,7 @@
 mod bad_input;
 mod chaos;
 mod cli;
+mod guard;
 mod lifecycle;
 mod run_component;
 

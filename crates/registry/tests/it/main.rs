@@ -1,7 +1,9 @@
 //! The registry over real HTTP, in-process on 127.0.0.1:0.
 
 mod contract;
+mod guard;
 mod lifecycle;
+mod limits;
 
 use serde_json::Value;
 
