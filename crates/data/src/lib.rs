@@ -129,7 +129,8 @@ impl AppState {
         &self.pool
     }
 
-    /// 413 when `value` is larger than the limit, 400 when it nests too deeply.
+    /// 413 when `value` is larger than the limit, 400 when it nests too deeply or holds a lone
+    /// surrogate.
     fn check_value(&self, value: &RawValue) -> Result<(), ApiError> {
         check_json("value", value, self.config.max_value_bytes)
     }
@@ -145,8 +146,8 @@ impl AppState {
     }
 }
 
-/// 413 when `text` is larger than `max` bytes as compact JSON, 400 when it nests deeper than
-/// [`MAX_DEPTH`].
+/// 413 when `text` is larger than `max` bytes as compact JSON; 400 when it nests deeper than
+/// [`MAX_DEPTH`] or escapes a lone surrogate.
 fn check_json(what: &str, text: &RawValue, max: usize) -> Result<(), ApiError> {
     let shape = json::Shape::of(text.get());
     if shape.compact_bytes > max {
@@ -159,6 +160,11 @@ fn check_json(what: &str, text: &RawValue, max: usize) -> Result<(), ApiError> {
         return Err(ApiError::bad_request(format!(
             "{what} nests {} levels deep, deeper than the limit of {MAX_DEPTH}",
             shape.depth
+        )));
+    }
+    if shape.lone_surrogate {
+        return Err(ApiError::bad_request(format!(
+            "{what} has a \\u escape of half a surrogate pair, which is no Unicode character"
         )));
     }
     Ok(())

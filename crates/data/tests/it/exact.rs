@@ -151,7 +151,7 @@ async fn values_and_metadata_come_back_byte_for_byte() {
 }
 
 #[tokio::test]
-async fn limits_measure_the_compact_json_and_nesting_past_the_limit_is_400() {
+async fn limits_measure_the_compact_json_and_too_deep_or_lone_surrogates_are_400() {
     let dir = tempfile::tempdir().unwrap();
     let data = TestData::start(dir.path(), &[("DATA_MAX_VALUE_BYTES", "1000")]).await;
     data.create("kept", json!("original")).await;
@@ -170,6 +170,9 @@ async fn limits_measure_the_compact_json_and_nesting_past_the_limit_is_400() {
         (post("1", &deep_metadata), "metadata nests 101 levels deep"),
         (put(format!(r#"{{"value":{too_deep}}}"#)), "value nests 101 levels deep"),
         (put(format!(r#"{{"metadata":{deep_metadata}}}"#)), "metadata nests 101 levels deep"),
+        (post(r#""\ud83d""#, "{}"), "value has a \\u escape of half a surrogate pair"),
+        (post("1", r#"{"\ude00": 1}"#), "metadata has a \\u escape of half a surrogate pair"),
+        (put(r#"{"value":["\ud83d\u0041"]}"#.to_owned()), "value has a \\u escape"),
     ] {
         let (status, body) = send(req).await;
         assert_eq!(status, 400, "{body}");
