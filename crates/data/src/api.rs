@@ -9,10 +9,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use bytes::Bytes;
-use kit::http::{ApiError, Json};
+use kit::http::ApiError;
 use kit::idempotency::{self, IdempotencyKey};
-use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 
 use crate::AppState;
 use crate::key;
@@ -78,15 +78,23 @@ fn path_key(path: Result<Path<String>, PathRejection>) -> Result<String, ApiErro
 }
 
 /// `ETag: "<version>"` for a successful answer that names a version.
-fn with_etag(mut res: Response, body: &Value) -> Response {
-    if let (true, Some(version)) = (res.status().is_success(), body.get("version").and_then(Value::as_i64)) {
+fn with_etag(mut res: Response, version: Option<i64>) -> Response {
+    if let (true, Some(version)) = (res.status().is_success(), version) {
         res.headers_mut().insert(header::ETAG, kit::http::header_value(&format!("\"{version}\"")));
     }
     res
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response {
-    with_etag((status, Json(&body)).into_response(), &body)
+/// A JSON body already written.
+fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.into()).into_response()
+}
+
+/// `value` written as JSON into a buffer of `capacity` bytes (the size, when known).
+fn to_json<T: Serialize>(value: &T, capacity: usize) -> Result<Vec<u8>, ApiError> {
+    let mut buf = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buf, value).map_err(ApiError::internal)?;
+    Ok(buf)
 }
 
 // ---- reads ----
@@ -103,7 +111,10 @@ async fn read(
 async fn read_item(state: AppState, _: Caller, key: String) -> Result<Response, ApiError> {
     key::validate(&key)?;
     match store::get(&state.pool, &key).await.map_err(ApiError::internal)? {
-        Some(item) => Ok(json_response(StatusCode::OK, item.to_json())),
+        Some(item) => {
+            let capacity = item.value.get().len() + item.metadata.get().len() + 256;
+            Ok(with_etag(json_response(StatusCode::OK, to_json(&item, capacity)?), Some(item.version)))
+        }
         None => Err(ApiError::not_found(format!("no item with key {key:?}"))),
     }
 }
@@ -115,11 +126,19 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
+/// A list page as the client sees it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PageBody<'a> {
+    items: &'a [store::Item],
+    next_cursor: Option<String>,
+}
+
 async fn list(
     State(state): State<AppState>,
     _: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let (default, max) = (state.config.list_default_limit, state.config.list_max_limit);
     let limit = match query.limit.as_deref().map(str::trim) {
@@ -135,43 +154,43 @@ async fn list(
         return Err(ApiError::bad_request(format!("prefix must be at most {} bytes", key::MAX_KEY_BYTES)));
     }
     let after = query.cursor.filter(|c| !c.is_empty()).map(|c| key::decode_cursor(&c)).transpose()?;
-    // One more than asked tells whether another page follows.
-    let mut items = store::list(&state.pool, &prefix, after.as_deref(), limit + 1).await.map_err(ApiError::internal)?;
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|last| key::encode_cursor(&last.key))
-    } else {
-        None
-    };
-    let items: Vec<Value> = items.iter().map(store::Item::to_json).collect();
-    Ok(Json(json!({ "items": items, "nextCursor": next })))
+    let page = store::page(&state.pool, &prefix, after.as_deref(), limit, state.config.page_max_bytes)
+        .await
+        .map_err(ApiError::internal)?;
+    let body = PageBody { items: &page.items, next_cursor: page.more_after.as_deref().map(key::encode_cursor) };
+    // The items' size is known: room for them and the envelope (a cursor is at most 512 bytes).
+    Ok(json_response(StatusCode::OK, to_json(&body, page.bytes + 2 * key::MAX_KEY_BYTES + 64)?))
 }
 
 // ---- writes ----
 
-/// A field that may be present with the value `null`: `Some(Value::Null)`, unlike absent.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+/// A field that may be present with the value `null`: `Some("null")`, unlike absent.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
+
+// Value and metadata are taken as the JSON text sent (`RawValue`), never parsed into a tree:
+// they are stored and answered exactly as written (see `crate::json`). `null` metadata is
+// `None`, as if absent.
 
 #[derive(Deserialize)]
 struct CreateBody {
     key: String,
     #[serde(default, deserialize_with = "present")]
-    value: Option<Value>,
+    value: Option<Box<RawValue>>,
     #[serde(default)]
-    metadata: Option<Value>,
+    metadata: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct UpdateBody {
     #[serde(default, deserialize_with = "present")]
-    value: Option<Value>,
+    value: Option<Box<RawValue>>,
     #[serde(default)]
-    metadata: Option<Value>,
+    metadata: Option<Box<RawValue>>,
     #[serde(default)]
-    expected_version: Option<Value>,
+    expected_version: Option<Box<RawValue>>,
 }
 
 async fn create(
@@ -184,7 +203,7 @@ async fn create(
     key::validate(&parsed.key)?;
     let value = parsed.value.ok_or_else(|| ApiError::bad_request("missing field `value` (null is a value)"))?;
     state.check_value(&value)?;
-    let metadata = state.metadata(parsed.metadata)?.unwrap_or_default();
+    let metadata = state.metadata(parsed.metadata)?.unwrap_or_else(crate::json::empty_object);
     let change = Change::Create { key: parsed.key, value, metadata };
     let fingerprint = idempotency::fingerprint(&[&body]);
     commit(&state, &caller, idem, "POST /api/data".to_owned(), fingerprint, change).await
@@ -212,7 +231,7 @@ async fn update_item(
 ) -> Result<Response, ApiError> {
     key::validate(&key)?;
     let parsed: UpdateBody = kit::http::parse_json(&body)?;
-    if parsed.value.is_none() && parsed.metadata.as_ref().is_none_or(Value::is_null) {
+    if parsed.value.is_none() && parsed.metadata.is_none() {
         return Err(ApiError::bad_request("body must set value, metadata or both"));
     }
     if let Some(value) = &parsed.value {
@@ -256,7 +275,7 @@ fn if_match_bytes(headers: &HeaderMap) -> &[u8] {
 }
 
 /// The version a write expects, from `If-Match` (`3`, `"3"` or `*`) or `expectedVersion`.
-fn expected_version(headers: &HeaderMap, body: Option<Value>) -> Result<Option<Expected>, ApiError> {
+fn expected_version(headers: &HeaderMap, body: Option<Box<RawValue>>) -> Result<Option<Expected>, ApiError> {
     let from_header = match headers.get(header::IF_MATCH) {
         None => None,
         Some(raw) => {
@@ -271,12 +290,12 @@ fn expected_version(headers: &HeaderMap, body: Option<Value>) -> Result<Option<E
         }
     };
     let from_body = match body {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let version = match &v {
-                Value::Number(n) => n.as_i64().filter(|v| *v >= 0),
-                Value::String(s) => parse_version(s),
-                _ => None,
+        None => None,
+        Some(raw) => {
+            // A whole number, or a string holding one.
+            let version = match serde_json::from_str::<i64>(raw.get()) {
+                Ok(n) => Some(n).filter(|v| *v >= 0),
+                Err(_) => serde_json::from_str::<String>(raw.get()).ok().as_deref().and_then(parse_version),
             };
             Some(Expected::Version(
                 version.ok_or_else(|| ApiError::bad_request("expectedVersion must be a whole number"))?,
@@ -308,18 +327,16 @@ async fn commit(
     if let Some(key) = &idem.0 {
         if let Some(stored) = idempotency::lookup(&mut tx, &scope, key).await.map_err(ApiError::internal)? {
             drop(tx);
-            let body: Value = serde_json::from_str(&stored.body).unwrap_or(Value::Null);
+            let version = store::version_of(&stored.body);
             tracing::debug!(%scope, idempotency_key = %key, "replaying a stored answer");
-            return Ok(with_etag(stored.replay(&fingerprint), &body));
+            return Ok(with_etag(stored.replay(&fingerprint), version));
         }
     }
-    let Answer { status, body } = store::apply(&mut tx, change).await.map_err(ApiError::internal)?;
-    let text = body.to_string();
+    let Answer { status, body, version } = store::apply(&mut tx, change).await.map_err(ApiError::internal)?;
     if let Some(key) = &idem.0 {
-        idempotency::record(&mut tx, &scope, key, &fingerprint, status, &text).await.map_err(ApiError::internal)?;
+        idempotency::record(&mut tx, &scope, key, &fingerprint, status, &body).await.map_err(ApiError::internal)?;
     }
     tx.commit().await.map_err(ApiError::internal)?;
     tracing::debug!(%scope, status = status.as_u16(), user = caller.user(), "write");
-    let res = (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], text).into_response();
-    Ok(with_etag(res, &body))
+    Ok(with_etag(json_response(status, body), version))
 }

@@ -14,10 +14,17 @@
 //! serialised; readers never wait (WAL). A writer waiting for the lock waits up to the busy
 //! timeout instead of failing with "database is locked".
 //!
-//! Modules: `api` (routes, parsing, the write path), `store` (the `items` queries and the
-//! changes), `key` (key rules, cursors, prefix ranges), `work` (simulated work).
+//! Values and metadata are kept as the JSON text the client sent (checked, never parsed into
+//! a tree), so they come back exactly as written; list pages are bounded in bytes as well as
+//! in items (`DATA_PAGE_MAX_BYTES`), so no request costs memory in proportion to what the
+//! client asked for.
+//!
+//! Modules: `api` (routes, parsing, the write path), `store` (the `items` queries, pages and
+//! the changes), `json` (the checks on value and metadata texts), `key` (key rules, cursors,
+//! prefix ranges), `work` (simulated work).
 
 mod api;
+mod json;
 mod key;
 mod store;
 mod work;
@@ -27,10 +34,11 @@ use std::time::Duration;
 
 use kit::db::Migration;
 use kit::http::ApiError;
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 
+pub use json::MAX_DEPTH;
 pub use key::MAX_KEY_BYTES;
 
 /// The schema, in order; embedded in the binary. Names carry the service, so auth, data and
@@ -58,8 +66,12 @@ pub struct Config {
     pub kit: kit::Config,
     /// `DATA_MAX_VALUE_BYTES` (default 262144): the largest value, as compact JSON; 413 beyond.
     pub max_value_bytes: usize,
-    /// `DATA_MAX_METADATA_BYTES` (default 16384): the largest metadata object; 413 beyond.
+    /// `DATA_MAX_METADATA_BYTES` (default 16384): the largest metadata object, as compact
+    /// JSON; 413 beyond.
     pub max_metadata_bytes: usize,
+    /// `DATA_PAGE_MAX_BYTES` (default 1 MiB): the most item JSON a list page holds (a page
+    /// holds at least one item, however large); a page cut short has a `nextCursor`.
+    pub page_max_bytes: usize,
     /// `DATA_LIST_DEFAULT_LIMIT` (default 100): page size when `limit` is not given.
     pub list_default_limit: u32,
     /// `DATA_LIST_MAX_LIMIT` (default 1000): the largest `limit` accepted (400 beyond).
@@ -76,6 +88,7 @@ impl Config {
             kit,
             max_value_bytes: vars.number("DATA_MAX_VALUE_BYTES", 256 << 10, 1, 1 << 30)? as usize,
             max_metadata_bytes: vars.number("DATA_MAX_METADATA_BYTES", 16 << 10, 2, 1 << 30)? as usize,
+            page_max_bytes: vars.number("DATA_PAGE_MAX_BYTES", 1 << 20, 1, 1 << 30)? as usize,
             list_default_limit: vars.number(
                 "DATA_LIST_DEFAULT_LIMIT",
                 100.min(u64::from(list_max_limit)),
@@ -116,40 +129,45 @@ impl AppState {
         &self.pool
     }
 
-    /// 413 when `value` is larger than the limit.
-    fn check_value(&self, value: &Value) -> Result<(), ApiError> {
-        let (size, max) = (json_size(value), self.config.max_value_bytes);
-        if size > max {
-            return Err(too_large("value", size, max));
-        }
-        Ok(())
+    /// 413 when `value` is larger than the limit, 400 when it nests too deeply or holds a lone
+    /// surrogate.
+    fn check_value(&self, value: &RawValue) -> Result<(), ApiError> {
+        check_json("value", value, self.config.max_value_bytes)
     }
 
     /// The metadata object, if one is given (`null` counts as not given).
-    fn metadata(&self, metadata: Option<Value>) -> Result<Option<Map<String, Value>>, ApiError> {
-        match metadata {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Object(map)) => {
-                let (size, max) = (json_size(&Value::Object(map.clone())), self.config.max_metadata_bytes);
-                if size > max {
-                    return Err(too_large("metadata", size, max));
-                }
-                Ok(Some(map))
-            }
-            Some(_) => Err(ApiError::bad_request("metadata must be a JSON object")),
+    fn metadata(&self, metadata: Option<Box<RawValue>>) -> Result<Option<Box<RawValue>>, ApiError> {
+        let Some(metadata) = metadata else { return Ok(None) };
+        if !json::is_object(&metadata) {
+            return Err(ApiError::bad_request("metadata must be a JSON object"));
         }
+        check_json("metadata", &metadata, self.config.max_metadata_bytes)?;
+        Ok(Some(metadata))
     }
 }
 
-fn json_size(value: &Value) -> usize {
-    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
-}
-
-fn too_large(what: &str, size: usize, max: usize) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-        format!("{what} is {size} bytes as JSON, larger than the limit of {max} bytes"),
-    )
+/// 413 when `text` is larger than `max` bytes as compact JSON; 400 when it nests deeper than
+/// [`MAX_DEPTH`] or escapes a lone surrogate.
+fn check_json(what: &str, text: &RawValue, max: usize) -> Result<(), ApiError> {
+    let shape = json::Shape::of(text.get());
+    if shape.compact_bytes > max {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is {} bytes as JSON, larger than the limit of {max} bytes", shape.compact_bytes),
+        ));
+    }
+    if shape.depth > MAX_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "{what} nests {} levels deep, deeper than the limit of {MAX_DEPTH}",
+            shape.depth
+        )));
+    }
+    if shape.lone_surrogate {
+        return Err(ApiError::bad_request(format!(
+            "{what} has a \\u escape of half a surrogate pair, which is no Unicode character"
+        )));
+    }
+    Ok(())
 }
 
 /// The service's routes, with health, JSON errors and the body limit.

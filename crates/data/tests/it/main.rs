@@ -3,13 +3,17 @@
 
 mod bad_input;
 mod contract;
+mod exact;
 mod idempotency;
 mod instances;
+mod pages;
 mod race;
 
 use std::path::Path;
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "data-test-secret-0123456789abcdef0123";
@@ -148,4 +152,38 @@ pub async fn send_raw(req: reqwest::RequestBuilder) -> (u16, reqwest::header::He
     let status = res.status().as_u16();
     let headers = res.headers().clone();
     (status, headers, res.text().await.unwrap())
+}
+
+/// An item with its value and metadata as the JSON texts the server wrote.
+#[derive(Debug, Deserialize)]
+pub struct RawItem {
+    pub key: String,
+    pub value: Box<RawValue>,
+    pub metadata: Box<RawValue>,
+    pub version: i64,
+}
+
+/// A list page, items as [`RawItem`]s.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawPage {
+    pub items: Vec<RawItem>,
+    pub next_cursor: Option<String>,
+}
+
+/// Every item with keys starting with `prefix`, in key order, paging `limit` at a time.
+pub async fn raw_pages(data: &TestData, prefix: &str, limit: u32) -> Vec<RawItem> {
+    let mut items = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, _, raw) =
+            send_raw(data.get(&format!("/api/data?prefix={prefix}&limit={limit}&cursor={cursor}"))).await;
+        assert_eq!(status, 200, "{raw:.300}");
+        let page: RawPage = serde_json::from_str(&raw).unwrap();
+        items.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = next,
+            None => return items,
+        }
+    }
 }
