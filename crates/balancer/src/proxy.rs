@@ -16,8 +16,12 @@
 //! one that did (the connection broke after it was written, or the backend answered
 //! 502/503/504) only when it is idempotent — GET, HEAD, OPTIONS, PUT, DELETE, or any
 //! method with an `Idempotency-Key`. A POST that reached a backend is never sent twice
-//! otherwise. `REQUEST_TIMEOUT_MS` bounds the whole request up to the response head, over
-//! all attempts; when it passes the client gets 504 and nothing is retried.
+//! otherwise. A request whose connection breaks on a second instance is not sent to a third:
+//! it is a suspected poison request (one that makes instances crash), answered 502 and
+//! counted, so one bad request cannot take every instance down in turn (refused connects
+//! never reached a backend and do not count). `REQUEST_TIMEOUT_MS` bounds the whole
+//! request up to the response head, over all attempts; when it passes the client gets 504
+//! and nothing is retried.
 //!
 //! Connect errors and timeouts count against the instance (passive ejection, see
 //! [`Instance::passive_failure`]). Counters are atomics; the response body carries an
@@ -49,6 +53,10 @@ pub static X_UPSTREAM_INSTANCE: HeaderName = HeaderName::from_static("x-upstream
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Connections a request may break (lost after it was written) before it is no longer
+/// sent anywhere: the second loss makes it a suspected poison request.
+const MAX_LOSSES: u32 = 2;
 
 /// Forwards a request to its service; every answer carries `X-Request-Id`.
 ///
@@ -186,6 +194,7 @@ fn forward(
         let mut tried = Tried::default();
         let mut failure = Failure::Connect;
         let mut tried_last = None;
+        let mut losses = 0;
         for attempt in 0..attempts {
             let Some(i) = pick(config.strategy, service, pool, &tried) else { break };
             tried.insert(i);
@@ -259,6 +268,17 @@ fn forward(
                 }
             };
             tried_last = Some(instance.header.clone());
+            if failure == Failure::Lost {
+                losses += 1;
+                if losses == MAX_LOSSES {
+                    failure = Failure::Poison;
+                    service.stats.at(worker).poison.fetch_add(1, Relaxed);
+                    tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), method = %parts.method,
+                        path = parts.uri.path(), service = %service.name,
+                        "suspected poison request: two instances lost the connection while handling it");
+                    break;
+                }
+            }
             let again = match failure.retry() {
                 Retry::Safe => replay.is_some() || stream.is_some(),
                 Retry::IfIdempotent => idempotent && replay.is_some(),
