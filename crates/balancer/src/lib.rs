@@ -16,12 +16,14 @@
 //! - [`stats`]: lock-free counters and latency histograms; [`admin`] serves them as
 //!   `/status`, `/api/metrics`, `/metrics`, with fault injection ([`faults`]).
 //! - `server`: the HTTP/1 accept loop; the balancer's own endpoints are matched before the
-//!   proxy routes.
+//!   proxy routes. [`client`] watches each client connection: head and idle deadlines,
+//!   JSON instead of hyper's own empty error answers.
 
 pub mod admin;
 pub mod backend;
 pub mod body;
 pub mod checks;
+pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod error;

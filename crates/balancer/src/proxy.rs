@@ -20,8 +20,9 @@
 //! it is a suspected poison request (one that makes instances crash), answered 502 and
 //! counted, so one bad request cannot take every instance down in turn (refused connects
 //! never reached a backend and do not count). `REQUEST_TIMEOUT_MS` bounds the whole
-//! request up to the response head, over all attempts; when it passes the client gets 504
-//! and nothing is retried.
+//! request up to the response head, over all attempts (reading a kept body included); when
+//! it passes the client gets 504 (408 while its body was still being read) and nothing is
+//! retried.
 //!
 //! Connect errors and timeouts count against the instance (passive ejection, see
 //! [`Instance::passive_failure`]). Counters are atomics; the response body carries an
@@ -145,6 +146,7 @@ fn forward(
         }
 
         let config = &state.config;
+        let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
         let limit = config.kit.body_limit;
         let declared = content_length(&parts.headers);
         if declared.is_some_and(|n| n > limit as u64) {
@@ -157,12 +159,20 @@ fn forward(
         let (replay, mut stream) = if body.is_end_stream() {
             (Some(Bytes::new()), None)
         } else if declared.is_some_and(|n| n <= config.retry_buffer as u64) {
-            match body.collect().await {
-                Ok(collected) => {
+            match tokio::time::timeout_at(deadline, body.collect()).await {
+                Ok(Ok(collected)) => {
                     ready = Instant::now();
                     (Some(collected.to_bytes()), None)
                 }
-                Err(e) => {
+                Err(_) => {
+                    return Err(Refusal {
+                        status: StatusCode::REQUEST_TIMEOUT,
+                        message: "request body not received in time",
+                        close: true,
+                        tried: None,
+                    });
+                }
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "cannot read request body");
                     return Err(Refusal {
                         status: StatusCode::BAD_REQUEST,
@@ -189,7 +199,6 @@ fn forward(
             let (status, message) = (StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service");
             return Err(Refusal { status, message, close: replay.is_none(), tried: None });
         }
-        let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
         let attempts = config.max_attempts as usize;
         let mut tried = Tried::default();
         let mut failure = Failure::Connect;

@@ -254,6 +254,7 @@ async fn malformed_http_gets_400() {
         let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.unwrap();
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n{\"error\":\"malformed request\"}"), "a JSON body: {answer}");
     }
     // The balancer still serves.
     assert_eq!(balancer.status().await["status"], "ok");

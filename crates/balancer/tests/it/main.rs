@@ -1,6 +1,7 @@
 //! The balancer over real sockets, in-process on 127.0.0.1:0, with an in-process registry
 //! and small backends that can be made to fail, hang, drop connections or die.
 
+mod clients;
 mod discovery;
 mod failover;
 mod failures;
