@@ -15,7 +15,8 @@
 //!
 //! The phase ([`Phase`]) follows the bytes that pass and the service: [`Heads`] counts the
 //! heads hyper has handed to the service, and a change of that count means a request is
-//! being answered (no deadline: `REQUEST_TIMEOUT_MS` bounds the wait for a backend). A
+//! being answered (no deadline: `REQUEST_TIMEOUT_MS` bounds the wait for a backend) until
+//! its answer is written (an interim `100 Continue` is not one: the body comes next). A
 //! deadline is looked at only when a read or a write would wait; the one timer of the
 //! connection is moved only when it would fire too late, and a timer that fires early is
 //! set again, so a busy keep-alive connection costs no timer operation per request. A
@@ -205,11 +206,19 @@ impl ClientIo {
         Poll::Ready(Ok(len))
     }
 
-    /// After a write attempt: an answer is being sent, and bytes moved or it waits.
-    fn wrote(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    /// After a write attempt: an answer is being sent, and bytes moved or it waits. An
+    /// interim `100 Continue` (`interim`) is not an answer: the request's body comes next.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+        interim: bool,
+    ) -> Poll<io::Result<usize>> {
         match result {
             Poll::Ready(Ok(n)) => {
-                self.moved(Phase::Idle);
+                if !(interim && self.phase == Phase::Busy) {
+                    self.moved(Phase::Idle);
+                }
                 Poll::Ready(Ok(n))
             }
             Poll::Pending => {
@@ -222,6 +231,9 @@ impl ClientIo {
         }
     }
 }
+
+/// What hyper writes when a request's body is first read after `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The status of `bytes` when they are the head of an empty 4xx answer, as hyper writes
 /// when it refuses a head (`HTTP/1.1 431 Request Header Fields Too Large`, a zero
@@ -261,7 +273,7 @@ impl AsyncWrite for ClientIo {
             return this.poll_replacing(cx, buf.len());
         }
         let result = Pin::new(&mut this.stream).poll_write(cx, buf);
-        this.wrote(cx, result)
+        this.wrote(cx, result, buf == CONTINUE)
     }
 
     fn poll_write_vectored(
@@ -275,8 +287,9 @@ impl AsyncWrite for ClientIo {
         if this.replace(first) {
             return this.poll_replacing(cx, bufs.iter().map(|b| b.len()).sum());
         }
+        let interim = first == CONTINUE && bufs.iter().map(|b| b.len()).sum::<usize>() == CONTINUE.len();
         let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.wrote(cx, result)
+        this.wrote(cx, result, interim)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -218,6 +218,35 @@ async fn slow_heads_are_closed_at_the_head_timeout_and_idle_ones_are_kept() {
 }
 
 #[tokio::test]
+async fn a_body_after_100_continue_is_not_held_to_the_head_timeout() {
+    let backend = TestBackend::start("a").await;
+    let balancer = over(&backend, &[("BALANCER_HEADER_TIMEOUT_MS", "300")]).await;
+    let mut stream = TcpStream::connect(balancer.addr).await.unwrap();
+    let head = "POST /api/data/x HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, stream.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    // The body takes longer than the head timeout (a slow head opened after its first
+    // bytes is closed before the rest is sent).
+    stream.write_all(b"he").await.unwrap();
+    let mut clock = slowloris(&balancer, 1).await.remove(0);
+    closed(&mut clock, "a slow head").await;
+    stream.write_all(b"llo").await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("bodyBytes") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"bodyBytes\":5"), "{answer}");
+    balancer.stop().await;
+}
+
+#[tokio::test]
 async fn idle_connections_are_closed_at_the_idle_timeout() {
     let backend = TestBackend::start("a").await;
     let balancer = over(&backend, &[("BALANCER_IDLE_TIMEOUT_MS", "300")]).await;
