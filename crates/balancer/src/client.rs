@@ -68,7 +68,7 @@ impl Limits {
         }
     }
 
-    /// The JSON answer replacing hyper's answer with `status` (the 400 one for others).
+    /// The JSON answer replacing hyper's answer with `status` (400, 414 or 431).
     fn answer(&self, status: u16) -> Bytes {
         let found = self.answers.iter().find(|(s, _)| *s == status);
         found.unwrap_or(&self.answers[2]).1.clone()
@@ -235,8 +235,8 @@ impl ClientIo {
 /// What hyper writes when a request's body is first read after `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// The status of `bytes` when they are the head of an empty 4xx answer, as hyper writes
-/// when it refuses a head (`HTTP/1.1 431 Request Header Fields Too Large`, a zero
+/// The status of `bytes` when they are the head of an empty 400, 414 or 431 answer, as
+/// hyper writes when it refuses a head (`HTTP/1.1 431 Request Header Fields Too Large`, a zero
 /// `content-length`, the end of the head).
 fn refusal_status(bytes: &[u8]) -> Option<u16> {
     let rest = bytes.strip_prefix(b"HTTP/1.1 ")?;
@@ -244,7 +244,7 @@ fn refusal_status(bytes: &[u8]) -> Option<u16> {
     let empty = bytes.len() < 512
         && bytes.ends_with(b"\r\n\r\n")
         && bytes.windows(19).any(|w| w.eq_ignore_ascii_case(b"\r\ncontent-length: 0"));
-    ((400..500).contains(&status) && empty).then_some(status)
+    (matches!(status, 400 | 414 | 431) && empty).then_some(status)
 }
 
 impl AsyncRead for ClientIo {
@@ -317,6 +317,7 @@ mod tests {
         check(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n", Some(431));
         check(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", Some(400));
         check(b"HTTP/1.1 404 Not Found\r\ncontent-length: 10\r\n\r\n", None);
+        check(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", None);
         check(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", None);
         check(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n", None);
         check(b"{\"some\": \"body\"}", None);

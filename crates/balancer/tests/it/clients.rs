@@ -164,6 +164,13 @@ async fn header_caps_are_configurable() {
     let (status, _, _) = read(http().get(balancer.at("/api/data/x")).send().await.unwrap()).await;
     assert_eq!(status, 200);
     balancer.stop().await;
+
+    // With room for it in the head, a target too long for hyper gets its 414, as JSON.
+    let balancer = over(&backend, &[("BALANCER_MAX_HEADER_BYTES", "131072")]).await;
+    let long = format!("GET /api/data/{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    let (status, body) = parse(&send_raw(&balancer, long.as_bytes()).await);
+    assert_eq!((status, body["error"].as_str()), (414, Some("request target is too long")));
+    balancer.stop().await;
 }
 
 #[tokio::test]
