@@ -13,7 +13,7 @@
 //!   hyper hands the complete head to the service; bytes that trickle in meanwhile do not
 //!   extend it (a slowloris client is closed when it passes).
 //!
-//! The phase ([`Phase`]) follows the bytes that pass and the service: [`Heads`] counts the
+//! The phase (`Phase`) follows the bytes that pass and the service: [`Heads`] counts the
 //! heads hyper has handed to the service, and a change of that count means a request is
 //! being answered (no deadline: `REQUEST_TIMEOUT_MS` bounds the wait for a backend) until
 //! its answer is written (an interim `100 Continue` is not one: the body comes next). A
@@ -26,7 +26,9 @@
 //! writes an answer of its own, with an empty body, and closes the connection. hyper writes
 //! such an answer only while a head is being read and no response is in progress, so the
 //! bytes written while a head is being read, when they are an empty answer's head, are
-//! replaced by the same status with a JSON body `{"error": ...}`.
+//! replaced by the same status with a JSON body `{"error": ...}`. (A bad head pipelined
+//! behind a request whose answer was still being written is the exception: its bytes came
+//! in during that answer, and hyper's empty answer goes out as it is.)
 
 use std::io;
 use std::pin::Pin;
