@@ -62,6 +62,10 @@ pub struct Config {
     /// `BALANCER_MAX_CONNECTIONS` (default 10000): client connections served at once; more
     /// wait in the listen backlog until one ends.
     pub max_connections: usize,
+    /// `BALANCER_UPSTREAM_IDLE_MS` (default 50000): a pooled backend connection idle longer
+    /// than this is closed rather than reused; kept below the backends' own idle timeout
+    /// (`HTTP_IDLE_TIMEOUT_MS`, 60 s), so a request never meets one the backend is closing.
+    pub upstream_idle: Duration,
 }
 
 impl Config {
@@ -96,6 +100,7 @@ impl Config {
             header_timeout: vars.millis("BALANCER_HEADER_TIMEOUT_MS", 10_000, 600_000)?,
             idle_timeout: vars.millis("BALANCER_IDLE_TIMEOUT_MS", 60_000, 3_600_000)?,
             max_connections: vars.number("BALANCER_MAX_CONNECTIONS", 10_000, 1, 1_000_000)? as usize,
+            upstream_idle: vars.millis("BALANCER_UPSTREAM_IDLE_MS", 50_000, 3_600_000)?,
         })
     }
 }
@@ -255,6 +260,7 @@ mod tests {
         assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert_eq!((config.max_header_bytes, config.max_headers, config.max_connections), (65_536, 100, 10_000));
         assert_eq!((config.header_timeout, config.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert_eq!(config.upstream_idle, Duration::from_secs(50));
 
         let vars = Vars::from_pairs([
             ("ROUTES", "/x=my-svc"),
@@ -276,5 +282,11 @@ mod tests {
         assert!(err.to_string().contains("BALANCER_MAX_HEADERS"), "{err}");
         let err = Config::from_vars(&Vars::from_pairs([("BALANCER_MAX_CONNECTIONS", "0")])).unwrap_err();
         assert!(err.to_string().contains("BALANCER_MAX_CONNECTIONS"), "{err}");
+        for bad in ["0", "-5", "soon", "3600001"] {
+            let err = Config::from_vars(&Vars::from_pairs([("BALANCER_UPSTREAM_IDLE_MS", bad)])).unwrap_err();
+            assert!(err.to_string().contains("BALANCER_UPSTREAM_IDLE_MS"), "{bad}: {err}");
+        }
+        let config = Config::from_vars(&Vars::from_pairs([("BALANCER_UPSTREAM_IDLE_MS", "250")])).unwrap();
+        assert_eq!(config.upstream_idle, Duration::from_millis(250));
     }
 }

@@ -4,7 +4,8 @@
 //! of instances, chosen round-robin or by least requests (power of two choices) among the
 //! healthy ones; it retries where that is safe, each attempt on another instance, and
 //! streams bodies both ways. It adds `X-Request-Id` (kept when the client sent one) and
-//! `X-Upstream-Instance` to every proxied answer; its own errors are JSON `{"error": ...}`.
+//! `X-Upstream-Instance` to every proxied answer, tells backends the client's address
+//! (`X-Forwarded-For`, `X-Real-IP`); its own errors are JSON `{"error": ...}`.
 //!
 //! Modules:
 //! - [`config`]: settings from the environment, routes.
@@ -49,9 +50,6 @@ pub use crate::error::Error;
 use crate::backend::{BackendSet, Instance, Service};
 use crate::body::RequestBody;
 use crate::faults::Faults;
-
-/// How long an idle pooled connection to a backend is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// What the request path, discovery, checks and the admin endpoints share.
 pub struct AppState {
@@ -122,7 +120,7 @@ fn upstream_client(config: &Config) -> Client<HttpConnector, RequestBody> {
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE)
+        .pool_idle_timeout(config.upstream_idle)
         .retry_canceled_requests(true)
         .build(connector)
 }

@@ -14,6 +14,7 @@
 //! and each connection is a [`ClientIo`] that closes slow and idle clients.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Acquire;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,8 +44,9 @@ const PARSER_HEADERS: usize = 100;
 /// a client still sending it more likely to see a reset instead of the answer).
 const HYPER_BUFFER: usize = 8192 + 4096 * 100;
 
-/// An accepted client connection, with its place among `BALANCER_MAX_CONNECTIONS`.
-type Accepted = (std::net::TcpStream, OwnedSemaphorePermit);
+/// An accepted client connection, its peer's address, and its place among
+/// `BALANCER_MAX_CONNECTIONS`.
+type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 
 pub async fn run(
     listener: TcpListener,
@@ -84,10 +86,10 @@ pub async fn run(
             _ = shutdown.requested() => break,
             place = places.clone().acquire_owned() => place.expect("the semaphore is never closed"),
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.requested() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -100,7 +102,7 @@ pub async fn run(
         // The stream moves to the worker's runtime as a std socket.
         let Ok(stream) = stream.into_std() else { continue };
         next = next.wrapping_add(1);
-        if workers[next % workers.len()].send((stream, place)).is_err() {
+        if workers[next % workers.len()].send((stream, peer, place)).is_err() {
             tracing::error!("a worker stopped early");
         }
     }
@@ -133,9 +135,11 @@ async fn worker(
     // cache line between cores).
     let snapshot = Mutex::new(Arc::new(Snapshot::of(&state)));
     let worker = Arc::new(Worker { id, state, admin, snapshot });
-    while let Some((stream, place)) = inbox.recv().await {
+    while let Some((stream, peer, place)) = inbox.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
         let worker = worker.clone();
+        // Made once per connection; each request clones it (a reference count).
+        let peer = proxy::peer_header(peer);
         let heads = Arc::new(Heads::default());
         let io = ClientIo::new(stream, limits.clone(), heads.clone());
         let service = service_fn(move |req: Request<Incoming>| {
@@ -146,7 +150,7 @@ async fn worker(
                 Either::Left(Box::pin(answer_admin(worker.clone(), req)))
             } else {
                 let (parts, body) = req.into_parts();
-                Either::Right(proxy::handle(worker.clone(), parts, body))
+                Either::Right(proxy::handle(worker.clone(), peer.clone(), parts, body))
             };
             // `map`, not an `async` block awaiting `future`: that would hold it twice.
             future.map(Ok::<_, Infallible>)

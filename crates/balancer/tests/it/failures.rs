@@ -292,3 +292,34 @@ async fn expect_continue_is_answered_and_the_body_forwarded() {
     assert!(answer.contains("\"bodyBytes\":5"), "{answer}");
     balancer.stop().await;
 }
+
+#[tokio::test]
+async fn backend_connections_idle_too_long_are_not_reused() {
+    let backend = TestBackend::start("data-1").await;
+    let http = http();
+    // The number of the backend connection a request came on.
+    let connection = |balancer: &TestBalancer| {
+        let req = http.get(balancer.at("/api/data/x"));
+        async move {
+            let (status, _, body) = read(req.send().await.unwrap()).await;
+            assert_eq!(status, 200, "{body}");
+            body["connection"].as_u64().unwrap()
+        }
+    };
+    // One worker: every request uses the same idle list.
+    let one_worker = ("BALANCER_WORKERS", "1");
+
+    let balancer = over(&[backend.port()], &[one_worker]).await;
+    let first = connection(&balancer).await;
+    assert_eq!(connection(&balancer).await, first, "idle for less than the default 50 s: reused");
+    balancer.stop().await;
+
+    const IDLE: Duration = Duration::from_millis(100);
+    let balancer = over(&[backend.port()], &[one_worker, ("BALANCER_UPSTREAM_IDLE_MS", "100")]).await;
+    let first = connection(&balancer).await;
+    // The passage of time is the behaviour under test.
+    tokio::time::sleep(IDLE * 2).await;
+    let second = connection(&balancer).await;
+    assert_ne!(second, first, "idle for longer than BALANCER_UPSTREAM_IDLE_MS: a new connection");
+    balancer.stop().await;
+}
