@@ -87,6 +87,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "strategy": state.config.strategy.as_str(),
         "timestamp": kit::time::now_iso(),
         "routes": routes_json(&state),
+        "poisonRequests": state.services.iter().map(|s| s.stats.poison()).sum::<u64>(),
         "services": services,
     }))
     .into_response()
@@ -104,7 +105,7 @@ fn figures(stats: &Stats, now: Instant) -> Map<String, Value> {
 
 async fn metrics_json(State(state): State<Arc<AppState>>) -> Response {
     let now = Instant::now();
-    let (mut requests, mut errors, mut in_flight, mut retries) = (0u64, 0u64, 0u64, 0u64);
+    let (mut requests, mut errors, mut in_flight, mut retries, mut poison) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut services = Map::new();
     for (index, service) in state.services.iter().enumerate() {
         let stats = &service.stats;
@@ -112,8 +113,10 @@ async fn metrics_json(State(state): State<Arc<AppState>>) -> Response {
         errors += stats.errors();
         in_flight += stats.in_flight();
         retries += stats.retries();
+        poison += stats.poison();
         let mut figures_of = figures(stats, now);
         figures_of.insert("retries".into(), stats.retries().into());
+        figures_of.insert("poisonRequests".into(), stats.poison().into());
         let mut instances = Map::new();
         for instance in state.instances_of(index) {
             let mut m = Map::new();
@@ -132,6 +135,7 @@ async fn metrics_json(State(state): State<Arc<AppState>>) -> Response {
         "errors": errors,
         "inFlight": in_flight,
         "retries": retries,
+        "poisonRequests": poison,
         "services": services,
     }))
     .into_response()
@@ -151,11 +155,17 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     family(&mut out, "balancer_uptime_seconds", "gauge", "Seconds since the balancer started.");
     let _ = writeln!(out, "balancer_uptime_seconds {:.3}", state.started.elapsed().as_secs_f64());
 
-    let per_service: [Family<Stats>; 4] = [
+    let per_service: [Family<Stats>; 5] = [
         ("balancer_requests_total", "counter", "Client requests per service.", |s| s.requests()),
         ("balancer_errors_total", "counter", "Failed attempts and 5xx answers per service.", |s| s.errors()),
         ("balancer_retries_total", "counter", "Attempts after the first per service.", |s| s.retries()),
         ("balancer_in_flight", "gauge", "Client requests in flight per service.", |s| s.in_flight()),
+        (
+            "balancer_poison_requests_total",
+            "counter",
+            "Requests that broke two instances' connections per service.",
+            |s| s.poison(),
+        ),
     ];
     for (name, kind, help, value) in per_service {
         family(&mut out, name, kind, help);

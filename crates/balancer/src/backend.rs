@@ -11,6 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 use http::HeaderValue;
 use http::uri::Authority;
@@ -44,14 +45,15 @@ pub struct Instance {
 }
 
 impl Instance {
-    pub fn new(service: &str, id: &str, url: &str, addr: SocketAddr, workers: usize) -> Self {
+    /// `max_idle`: how long its pooled connections may sit idle (`BALANCER_UPSTREAM_IDLE_MS`).
+    pub fn new(service: &str, id: &str, url: &str, addr: SocketAddr, workers: usize, max_idle: Duration) -> Self {
         Self {
             id: id.to_owned(),
             service: service.to_owned(),
             url: url.to_owned(),
             addr,
             authority: Authority::try_from(addr.to_string()).expect("a socket address is a valid authority"),
-            idle: Idle::new(workers),
+            idle: Idle::new(workers, max_idle),
             header: kit::http::header_value(id),
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),
@@ -275,8 +277,11 @@ mod tests {
     fn tried_instances_are_not_picked_again() {
         let service = Service::new("data", 1);
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let pool: Vec<Arc<Instance>> =
-            (1..=3).map(|n| Arc::new(Instance::new("data", &format!("data-{n}"), "http://x", addr, 1))).collect();
+        let pool: Vec<Arc<Instance>> = (1..=3)
+            .map(|n| {
+                Arc::new(Instance::new("data", &format!("data-{n}"), "http://x", addr, 1, Duration::from_secs(50)))
+            })
+            .collect();
         let mut tried = Tried::default();
         for _ in 0..3 {
             let i = pick(Strategy::RoundRobin, &service, &pool, &tried).unwrap();
@@ -296,7 +301,7 @@ mod tests {
     #[test]
     fn ejection_and_readmission() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let instance = Instance::new("data", "data-1", "http://x", addr, 1);
+        let instance = Instance::new("data", "data-1", "http://x", addr, 1, Duration::from_secs(50));
         assert!(!instance.passive_failure(2));
         instance.passive_success();
         assert!(!instance.passive_failure(2), "a success ends the streak");

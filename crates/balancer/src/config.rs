@@ -47,6 +47,25 @@ pub struct Config {
     /// `BALANCER_WORKERS` (default: the number of cores): threads serving the request path,
     /// each with its own runtime and backend connections.
     pub workers: usize,
+    /// `BALANCER_MAX_HEADER_BYTES` (default 65536): the largest request head (request line
+    /// and header fields) a client may send; larger gets 431.
+    pub max_header_bytes: usize,
+    /// `BALANCER_MAX_HEADERS` (default 100, at most 100: the parser keeps that many on the
+    /// stack): header fields per request; more gets 431.
+    pub max_headers: usize,
+    /// `BALANCER_HEADER_TIMEOUT_MS` (default 10000): from the first byte of a request head
+    /// to its end; a client slower than that is disconnected.
+    pub header_timeout: Duration,
+    /// `BALANCER_IDLE_TIMEOUT_MS` (default 60000): a client connection with no request
+    /// waiting for its answer and no byte moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// `BALANCER_MAX_CONNECTIONS` (default 10000): client connections served at once; more
+    /// wait in the listen backlog until one ends.
+    pub max_connections: usize,
+    /// `BALANCER_UPSTREAM_IDLE_MS` (default 50000): a pooled backend connection idle longer
+    /// than this is closed rather than reused; kept below the backends' own idle timeout
+    /// (`HTTP_IDLE_TIMEOUT_MS`, 60 s), so a request never meets one the backend is closing.
+    pub upstream_idle: Duration,
 }
 
 impl Config {
@@ -76,6 +95,12 @@ impl Config {
             retry_buffer: vars.number("RETRY_BUFFER_BYTES", 64 << 10, 0, 16 << 20)? as usize,
             settle: vars.millis("DISCOVERY_SETTLE_MS", 3_000, 600_000)?,
             workers: vars.number("BALANCER_WORKERS", default_workers(), 1, 64)? as usize,
+            max_header_bytes: vars.number("BALANCER_MAX_HEADER_BYTES", 64 << 10, 1 << 10, 1 << 20)? as usize,
+            max_headers: vars.number("BALANCER_MAX_HEADERS", 100, 1, 100)? as usize,
+            header_timeout: vars.millis("BALANCER_HEADER_TIMEOUT_MS", 10_000, 600_000)?,
+            idle_timeout: vars.millis("BALANCER_IDLE_TIMEOUT_MS", 60_000, 3_600_000)?,
+            max_connections: vars.number("BALANCER_MAX_CONNECTIONS", 10_000, 1, 1_000_000)? as usize,
+            upstream_idle: vars.millis("BALANCER_UPSTREAM_IDLE_MS", 50_000, 3_600_000)?,
         })
     }
 }
@@ -233,6 +258,9 @@ mod tests {
         assert!(config.dynamic_discovery);
         assert_eq!(config.max_attempts, 3);
         assert_eq!(config.request_timeout, Duration::from_secs(30));
+        assert_eq!((config.max_header_bytes, config.max_headers, config.max_connections), (65_536, 100, 10_000));
+        assert_eq!((config.header_timeout, config.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert_eq!(config.upstream_idle, Duration::from_secs(50));
 
         let vars = Vars::from_pairs([
             ("ROUTES", "/x=my-svc"),
@@ -250,5 +278,15 @@ mod tests {
         assert!(err.to_string().contains("BALANCE_STRATEGY"), "{err}");
         let err = Config::from_vars(&Vars::from_pairs([("ROUTES", "nope")])).unwrap_err();
         assert!(err.to_string().contains("ROUTES"), "{err}");
+        let err = Config::from_vars(&Vars::from_pairs([("BALANCER_MAX_HEADERS", "101")])).unwrap_err();
+        assert!(err.to_string().contains("BALANCER_MAX_HEADERS"), "{err}");
+        let err = Config::from_vars(&Vars::from_pairs([("BALANCER_MAX_CONNECTIONS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("BALANCER_MAX_CONNECTIONS"), "{err}");
+        for bad in ["0", "-5", "soon", "3600001"] {
+            let err = Config::from_vars(&Vars::from_pairs([("BALANCER_UPSTREAM_IDLE_MS", bad)])).unwrap_err();
+            assert!(err.to_string().contains("BALANCER_UPSTREAM_IDLE_MS"), "{bad}: {err}");
+        }
+        let config = Config::from_vars(&Vars::from_pairs([("BALANCER_UPSTREAM_IDLE_MS", "250")])).unwrap();
+        assert_eq!(config.upstream_idle, Duration::from_millis(250));
     }
 }

@@ -114,7 +114,8 @@ pub async fn apply(state: &AppState, discovery: Discovery, entries: Vec<Entry>) 
             None => match resolve(&entry.url).await {
                 Some(addr) => {
                     let service = &state.services[entry.service].name;
-                    Arc::new(Instance::new(service, &entry.id, &entry.url, addr, state.config.workers))
+                    let config = &state.config;
+                    Arc::new(Instance::new(service, &entry.id, &entry.url, addr, config.workers, config.upstream_idle))
                 }
                 None => {
                     tracing::warn!(id = %entry.id, url = %entry.url, "instance URL is not http://host:port, skipped");

@@ -34,6 +34,10 @@ pub enum Failure {
     Timeout,
     /// The request body was larger than the limit (found while streaming it).
     TooLarge,
+    /// The connection broke after the request was written, for the second time in this
+    /// request: a request that takes instances down with it is not sent to more of them
+    /// (a suspected poison request).
+    Poison,
 }
 
 impl Failure {
@@ -41,7 +45,7 @@ impl Failure {
         match self {
             Self::Connect => Retry::Safe,
             Self::Lost | Self::Unavailable => Retry::IfIdempotent,
-            Self::Timeout | Self::TooLarge => Retry::Never,
+            Self::Timeout | Self::TooLarge | Self::Poison => Retry::Never,
         }
     }
 
@@ -58,6 +62,10 @@ impl Failure {
             Self::Lost | Self::Unavailable => (StatusCode::BAD_GATEWAY, "the instance failed before answering"),
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, "the instance did not answer in time"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body is too large"),
+            Self::Poison => (
+                StatusCode::BAD_GATEWAY,
+                "suspected poison request: two instances lost the connection while handling it",
+            ),
         }
     }
 }
@@ -76,5 +84,6 @@ mod tests {
         check(Failure::Unavailable, Retry::IfIdempotent, false, 502);
         check(Failure::Timeout, Retry::Never, true, 504);
         check(Failure::TooLarge, Retry::Never, false, 413);
+        check(Failure::Poison, Retry::Never, false, 502);
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! The request path first reads one atomic (how many faults exist); only when it is not
 //! zero does it look at the list, under a read lock. Faults end by themselves at
-//! `expiresAt`: an expired fault is ignored at once and dropped on the next change or
-//! listing.
+//! `expiresAt`: an expired fault is ignored at once, and dropped on the next change or
+//! listing, or by the first request that finds it (when the write lock is free), so the
+//! request path is back to its one atomic load once every fault has ended.
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -91,6 +92,12 @@ impl FaultSpec {
 impl Faults {
     /// Adds a fault (default status 503, default duration 10 s); the error says what is wrong.
     pub fn add(&self, spec: FaultSpec, services: &[&str]) -> Result<Fault, String> {
+        self.add_at(spec, services, Instant::now(), SystemTime::now())
+    }
+
+    /// [`Faults::add`] at `now` (`wall` is the same moment on the wall clock); expired
+    /// faults are dropped first, so they never count against [`MAX_FAULTS`].
+    fn add_at(&self, spec: FaultSpec, services: &[&str], now: Instant, wall: SystemTime) -> Result<Fault, String> {
         spec.validate(services)?;
         let duration = Duration::from_millis(spec.duration_ms.unwrap_or(10_000));
         let fault = Fault {
@@ -100,10 +107,11 @@ impl Faults {
             latency_percent: spec.latency_percent.unwrap_or(100.0),
             error_percent: spec.error_percent,
             error_status: spec.error_status.unwrap_or(503),
-            expires_at: kit::time::iso(SystemTime::now() + duration),
-            expires: Instant::now() + duration,
+            expires_at: kit::time::iso(wall + duration),
+            expires: now + duration,
         };
         let mut list = self.write();
+        self.prune(&mut list, now);
         if list.len() >= MAX_FAULTS {
             return Err(format!("at most {MAX_FAULTS} faults at once"));
         }
@@ -115,14 +123,14 @@ impl Faults {
     /// The faults still active.
     pub fn list(&self) -> Vec<Fault> {
         let mut list = self.write();
-        self.prune(&mut list);
+        self.prune(&mut list, Instant::now());
         list.clone()
     }
 
     /// Removes one fault; false if there was none with `id`.
     pub fn remove(&self, id: &str) -> bool {
         let mut list = self.write();
-        self.prune(&mut list);
+        self.prune(&mut list, Instant::now());
         let before = list.len();
         list.retain(|f| f.id != id);
         self.count.store(list.len(), Relaxed);
@@ -132,7 +140,7 @@ impl Faults {
     /// Removes every fault; returns how many there were.
     pub fn clear(&self) -> usize {
         let mut list = self.write();
-        self.prune(&mut list);
+        self.prune(&mut list, Instant::now());
         let n = list.len();
         list.clear();
         self.count.store(0, Relaxed);
@@ -151,7 +159,15 @@ impl Faults {
         let list = self.list.read().unwrap_or_else(|e| e.into_inner());
         let mut effect = Effect::default();
         let mut any = false;
-        for fault in list.iter().filter(|f| f.service == service && f.expires > now) {
+        let mut expired = false;
+        for fault in list.iter() {
+            if fault.expires <= now {
+                expired = true;
+                continue;
+            }
+            if fault.service != service {
+                continue;
+            }
             any = true;
             if fault.latency_ms > 0 && hits(fault.latency_percent) {
                 effect.delay = effect.delay.max(Duration::from_millis(fault.latency_ms));
@@ -161,6 +177,13 @@ impl Faults {
                     Some(StatusCode::from_u16(fault.error_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE));
             }
         }
+        drop(list);
+        if expired {
+            // Whoever holds the lock now will not be waited for: a later request prunes.
+            if let Ok(mut list) = self.list.try_write() {
+                self.prune(&mut list, now);
+            }
+        }
         any.then_some(effect)
     }
 
@@ -168,8 +191,7 @@ impl Faults {
         self.list.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn prune(&self, list: &mut Vec<Fault>) {
-        let now = Instant::now();
+    fn prune(&self, list: &mut Vec<Fault>, now: Instant) {
         list.retain(|f| f.expires > now);
         self.count.store(list.len(), Relaxed);
     }
@@ -230,6 +252,37 @@ mod tests {
         assert!(faults.check("auth").is_some());
         let later = Instant::now() + Duration::from_secs(2);
         assert_eq!(faults.check_at("auth", later), None, "an expired fault has no effect");
+    }
+
+    #[test]
+    fn expired_faults_make_room_for_new_ones() {
+        let faults = Faults::default();
+        let short = || spec(serde_json::json!({"service": "data", "latencyMs": 1, "durationMs": 1000}));
+        let (start, wall) = (Instant::now(), SystemTime::now());
+        for _ in 0..MAX_FAULTS {
+            faults.add_at(short(), &["data"], start, wall).unwrap();
+        }
+        let err = faults.add_at(short(), &["data"], start, wall).unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+        // Far more than the cap over time, each batch added after the last one ended.
+        for batch in 1..=3u64 {
+            let later = start + Duration::from_millis(1_001 * batch);
+            let wall = wall + Duration::from_millis(1_001 * batch);
+            for _ in 0..MAX_FAULTS {
+                faults.add_at(short(), &["data"], later, wall).expect("expired faults are pruned on add");
+            }
+        }
+        assert_eq!(faults.count.load(Relaxed), MAX_FAULTS);
+    }
+
+    #[test]
+    fn the_request_path_drops_expired_faults() {
+        let faults = Faults::default();
+        let short = spec(serde_json::json!({"service": "data", "latencyMs": 1, "durationMs": 1000}));
+        faults.add(short, &["data", "auth"]).unwrap();
+        let later = Instant::now() + Duration::from_secs(2);
+        assert_eq!(faults.check_at("auth", later), None);
+        assert_eq!(faults.count.load(Relaxed), 0, "back to the one atomic load");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! of instances, chosen round-robin or by least requests (power of two choices) among the
 //! healthy ones; it retries where that is safe, each attempt on another instance, and
 //! streams bodies both ways. It adds `X-Request-Id` (kept when the client sent one) and
-//! `X-Upstream-Instance` to every proxied answer; its own errors are JSON `{"error": ...}`.
+//! `X-Upstream-Instance` to every proxied answer, tells backends the client's address
+//! (`X-Forwarded-For`, `X-Real-IP`); its own errors are JSON `{"error": ...}`.
 //!
 //! Modules:
 //! - [`config`]: settings from the environment, routes.
@@ -16,12 +17,14 @@
 //! - [`stats`]: lock-free counters and latency histograms; [`admin`] serves them as
 //!   `/status`, `/api/metrics`, `/metrics`, with fault injection ([`faults`]).
 //! - `server`: the HTTP/1 accept loop; the balancer's own endpoints are matched before the
-//!   proxy routes.
+//!   proxy routes. [`client`] watches each client connection: head and idle deadlines,
+//!   JSON instead of hyper's own empty error answers.
 
 pub mod admin;
 pub mod backend;
 pub mod body;
 pub mod checks;
+pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod error;
@@ -47,9 +50,6 @@ pub use crate::error::Error;
 use crate::backend::{BackendSet, Instance, Service};
 use crate::body::RequestBody;
 use crate::faults::Faults;
-
-/// How long an idle pooled connection to a backend is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// What the request path, discovery, checks and the admin endpoints share.
 pub struct AppState {
@@ -120,7 +120,7 @@ fn upstream_client(config: &Config) -> Client<HttpConnector, RequestBody> {
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE)
+        .pool_idle_timeout(config.upstream_idle)
         .retry_canceled_requests(true)
         .build(connector)
 }

@@ -17,6 +17,15 @@
 //! Should a request still meet a connection that closes before hyper has written anything,
 //! hyper hands the request back and it is sent on a fresh connection — it provably never
 //! left. Errors after that point are the proxy's to judge (see `proxy`).
+//!
+//! That poll cannot see a close that is about to happen: a backend closes a keep-alive
+//! connection after its own idle timeout (`HTTP_IDLE_TIMEOUT_MS`, 60 s), and a request
+//! written at that moment may be lost after it left (a POST without an `Idempotency-Key`
+//! then gets 502). So, as nginx's `keepalive_timeout` and Envoy's `idle_timeout` for
+//! upstreams do, a connection idle longer than `BALANCER_UPSTREAM_IDLE_MS` (50 s, safely
+//! below the backends') is never reused: its idle time starts at checkin, and checkout
+//! drops it. A list is ordered by that time (pushed and popped at its end), so checkout
+//! stops at the first one too old, and checkin drops the too old ones at its start.
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -32,6 +41,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::backend::Instance;
 use crate::body::{BoxError, InFlight, RequestBody};
@@ -43,6 +53,8 @@ const MAX_IDLE: usize = 512;
 pub struct Conn {
     sender: SendRequest<RequestBody>,
     io: Connection<TokioIo<TcpStream>, RequestBody>,
+    /// When it last went back to the idle list (or was made).
+    idle_since: Instant,
 }
 
 impl Conn {
@@ -65,8 +77,11 @@ impl Conn {
 /// boxed in and out of the lists, so checking one out or in moves a pointer.
 pub struct Idle {
     lists: Box<[Padded<IdleList>]>,
+    /// Connections idle longer than this are not reused (`BALANCER_UPSTREAM_IDLE_MS`).
+    max_idle: Duration,
 }
 
+/// Oldest first: connections are pushed and popped at the end, each stamped when pushed.
 #[allow(clippy::vec_box)]
 type IdleList = Mutex<Vec<Box<Conn>>>;
 
@@ -76,8 +91,8 @@ type IdleList = Mutex<Vec<Box<Conn>>>;
 struct Padded<T>(T);
 
 impl Idle {
-    pub fn new(workers: usize) -> Self {
-        Self { lists: (0..workers.max(1)).map(|_| Padded(Mutex::new(Vec::new()))).collect() }
+    pub fn new(workers: usize, max_idle: Duration) -> Self {
+        Self { lists: (0..workers.max(1)).map(|_| Padded(Mutex::new(Vec::new()))).collect(), max_idle }
     }
 
     #[allow(clippy::vec_box)]
@@ -86,10 +101,23 @@ impl Idle {
         self.lists[worker % self.lists.len()].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle connection that is still usable, if there is one.
+    fn expired(&self, conn: &Conn, now: Instant) -> bool {
+        now.saturating_duration_since(conn.idle_since) > self.max_idle
+    }
+
+    /// An idle connection that is still usable and has not been idle too long, if there is one.
     fn checkout(&self, worker: usize) -> Option<Box<Conn>> {
         let mut list = self.list(worker);
+        if list.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
         while let Some(mut conn) = list.pop() {
+            if self.expired(&conn, now) {
+                // Every one below it went idle earlier still.
+                list.clear();
+                return None;
+            }
             if conn.usable() {
                 return Some(conn);
             }
@@ -97,8 +125,13 @@ impl Idle {
         None
     }
 
-    fn checkin(&self, worker: usize, conn: Box<Conn>) {
+    fn checkin(&self, worker: usize, mut conn: Box<Conn>) {
+        let now = Instant::now();
+        conn.idle_since = now;
         let mut list = self.list(worker);
+        // Those idle too long (at the start) would only be dropped by a checkout.
+        let expired = list.partition_point(|c| self.expired(c, now));
+        list.drain(..expired);
         if list.len() < MAX_IDLE {
             list.push(conn);
         }
@@ -134,7 +167,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Box<Conn>, SendE
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| SendError::Connect(std::io::Error::other(e)))?;
-    Ok(Box::new(Conn { sender, io }))
+    Ok(Box::new(Conn { sender, io, idle_since: Instant::now() }))
 }
 
 /// Sends `req` to `instance` on a pooled connection of `worker` (or a new one), and waits
@@ -256,5 +289,65 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that accepts connections and keeps them open, saying nothing.
+    async fn silent_backend() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn connections_idle_past_the_limit_are_not_reused() {
+        const LIMIT: Duration = Duration::from_secs(50);
+        const MS: Duration = Duration::from_millis(1);
+        let addr = silent_backend().await;
+        let idle = Idle::new(1, LIMIT);
+        let (a, b) = (connect(addr, LIMIT).await.unwrap(), connect(addr, LIMIT).await.unwrap());
+        let id = |conn: &Conn| conn as *const Conn as usize;
+        let (id_a, id_b) = (id(&a), id(&b));
+        tokio::time::pause();
+
+        // Idle just under the limit: reused, the latest first.
+        idle.checkin(0, a);
+        tokio::time::advance(LIMIT / 2).await;
+        idle.checkin(0, b);
+        tokio::time::advance(LIMIT / 2 - MS).await;
+        let a = idle.checkout(0).expect("b, idle for half the limit");
+        assert_eq!(id(&a), id_b);
+        let a = idle.checkout(0).expect("a, idle for just under the limit");
+        assert_eq!(id(&a), id_a);
+
+        // Past it: not reused, and the older ones below go too.
+        let b = connect(addr, LIMIT).await.unwrap();
+        idle.checkin(0, a);
+        idle.checkin(0, b);
+        tokio::time::advance(LIMIT + MS).await;
+        assert!(idle.checkout(0).is_none(), "idle longer than the limit");
+        assert!(idle.list(0).is_empty());
+
+        // A checkin drops the ones past the limit and keeps the others.
+        let (a, b) = (connect(addr, LIMIT).await.unwrap(), connect(addr, LIMIT).await.unwrap());
+        let c = connect(addr, LIMIT).await.unwrap();
+        let id_b = id(&b);
+        idle.checkin(0, a);
+        tokio::time::advance(LIMIT / 2).await;
+        idle.checkin(0, b);
+        tokio::time::advance(LIMIT / 2 + MS).await;
+        idle.checkin(0, c);
+        assert_eq!(idle.list(0).len(), 2, "a expired, b and c kept");
+        assert_eq!(id(&idle.list(0)[0]), id_b);
     }
 }

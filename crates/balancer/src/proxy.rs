@@ -16,14 +16,30 @@
 //! one that did (the connection broke after it was written, or the backend answered
 //! 502/503/504) only when it is idempotent — GET, HEAD, OPTIONS, PUT, DELETE, or any
 //! method with an `Idempotency-Key`. A POST that reached a backend is never sent twice
-//! otherwise. `REQUEST_TIMEOUT_MS` bounds the whole request up to the response head, over
-//! all attempts; when it passes the client gets 504 and nothing is retried.
+//! otherwise. A request whose connection breaks on a second instance is not sent to a third:
+//! it is a suspected poison request (one that makes instances crash), answered 502 and
+//! counted, so one bad request cannot take every instance down in turn (refused connects
+//! never reached a backend and do not count). `REQUEST_TIMEOUT_MS` bounds the whole
+//! request up to the response head, over all attempts (reading a kept body included); when
+//! it passes the client gets 504 (408 while its body was still being read) and nothing is
+//! retried.
+//!
+//! Backends learn who the client is from two headers the balancer sets on every request
+//! (retries included): `X-Real-IP`, the client connection's peer address (one the client
+//! sent is replaced), and `X-Forwarded-For`, the client's own (all its fields, in order)
+//! with that address appended, as nginx's `$proxy_add_x_forwarded_for` does. Appending
+//! keeps a chain of proxies in front of the balancer visible, and only the last entry is
+//! the balancer's word: everything before it is the client's and may be forged, so a
+//! backend that trusts the balancer reads the last entry (auth's login throttle does).
+//! Both are set after the hop-by-hop headers are removed, so a client cannot have them
+//! removed by naming them in `Connection`.
 //!
 //! Connect errors and timeouts count against the instance (passive ejection, see
 //! [`Instance::passive_failure`]). Counters are atomics; the response body carries an
 //! [`InFlight`] guard so in-flight counts fall when the body has been streamed.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Instant;
@@ -46,18 +62,30 @@ use crate::server::Worker;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_UPSTREAM_INSTANCE: HeaderName = HeaderName::from_static("x-upstream-instance");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Forwards a request to its service; every answer carries `X-Request-Id`.
+/// Connections a request may break (lost after it was written) before it is no longer
+/// sent anywhere: the second loss makes it a suspected poison request.
+const MAX_LOSSES: u32 = 2;
+
+/// Forwards a request to its service; every answer carries `X-Request-Id`. `peer` is the
+/// client connection's address as a header value ([`peer_header`]).
 ///
 /// The request comes as its parts and body, and everything a request needs is in this one
 /// future: hyper moves the future into place once per request, so its size is paid on
 /// every request. (These are plain functions returning `async move` blocks because an
 /// `async fn` keeps two copies of each argument in its future.)
 #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
-pub fn handle(worker: Arc<Worker>, mut parts: Parts, body: Incoming) -> impl Future<Output = Response<ResponseBody>> {
+pub fn handle(
+    worker: Arc<Worker>,
+    peer: HeaderValue,
+    mut parts: Parts,
+    body: Incoming,
+) -> impl Future<Output = Response<ResponseBody>> {
     async move {
         let started = Instant::now();
         let request_id = match parts.headers.get(&X_REQUEST_ID) {
@@ -73,7 +101,7 @@ pub fn handle(worker: Arc<Worker>, mut parts: Parts, body: Incoming) -> impl Fut
         let service = &state.services[index];
         let figures = service.stats.at(worker.id);
         figures.begin();
-        let refusal = match forward(&worker, index, service, &mut parts, body, &request_id, started).await {
+        let refusal = match forward(&worker, index, service, &mut parts, body, &request_id, &peer, started).await {
             Ok(response) => return response,
             Err(refusal) => refusal,
         };
@@ -119,6 +147,7 @@ fn forward(
     parts: &mut Parts,
     body: Incoming,
     request_id: &HeaderValue,
+    peer: &HeaderValue,
     started: Instant,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Refusal>> {
     async move {
@@ -137,6 +166,7 @@ fn forward(
         }
 
         let config = &state.config;
+        let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
         let limit = config.kit.body_limit;
         let declared = content_length(&parts.headers);
         if declared.is_some_and(|n| n > limit as u64) {
@@ -149,12 +179,20 @@ fn forward(
         let (replay, mut stream) = if body.is_end_stream() {
             (Some(Bytes::new()), None)
         } else if declared.is_some_and(|n| n <= config.retry_buffer as u64) {
-            match body.collect().await {
-                Ok(collected) => {
+            match tokio::time::timeout_at(deadline, body.collect()).await {
+                Ok(Ok(collected)) => {
                     ready = Instant::now();
                     (Some(collected.to_bytes()), None)
                 }
-                Err(e) => {
+                Err(_) => {
+                    return Err(Refusal {
+                        status: StatusCode::REQUEST_TIMEOUT,
+                        message: "request body not received in time",
+                        close: true,
+                        tried: None,
+                    });
+                }
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "cannot read request body");
                     return Err(Refusal {
                         status: StatusCode::BAD_REQUEST,
@@ -172,6 +210,7 @@ fn forward(
         let idempotent = is_idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        forwarded_for(&mut parts.headers, peer);
         // Backends get the origin form (`/path?query`), whatever form the client used.
         let target = origin_form(&parts.uri);
 
@@ -181,11 +220,11 @@ fn forward(
             let (status, message) = (StatusCode::SERVICE_UNAVAILABLE, "no healthy instance of this service");
             return Err(Refusal { status, message, close: replay.is_none(), tried: None });
         }
-        let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
         let attempts = config.max_attempts as usize;
         let mut tried = Tried::default();
         let mut failure = Failure::Connect;
         let mut tried_last = None;
+        let mut losses = 0;
         for attempt in 0..attempts {
             let Some(i) = pick(config.strategy, service, pool, &tried) else { break };
             tried.insert(i);
@@ -259,6 +298,17 @@ fn forward(
                 }
             };
             tried_last = Some(instance.header.clone());
+            if failure == Failure::Lost {
+                losses += 1;
+                if losses == MAX_LOSSES {
+                    failure = Failure::Poison;
+                    service.stats.at(worker).poison.fetch_add(1, Relaxed);
+                    tracing::warn!(request_id = request_id.to_str().unwrap_or("-"), method = %parts.method,
+                        path = parts.uri.path(), service = %service.name,
+                        "suspected poison request: two instances lost the connection while handling it");
+                    break;
+                }
+            }
             let again = match failure.retry() {
                 Retry::Safe => replay.is_some() || stream.is_some(),
                 Retry::IfIdempotent => idempotent && replay.is_some(),
@@ -358,6 +408,36 @@ fn respond(
     parts.headers.insert(X_UPSTREAM_INSTANCE.clone(), in_flight.instance().header.clone());
     let body = UpstreamBody::new(body, conn, in_flight);
     Response::from_parts(parts, ResponseBody::Upstream(body))
+}
+
+/// A client connection's peer address as a header value (the IP alone, an IPv4 address
+/// mapped into IPv6 as IPv4), made once per connection.
+pub fn peer_header(peer: SocketAddr) -> HeaderValue {
+    let ip = peer.ip().to_canonical().to_string();
+    HeaderValue::from_maybe_shared(Bytes::from(ip)).expect("an IP address is a valid header value")
+}
+
+/// Says who the client is (see the module docs): `X-Real-IP` is `peer`, and `peer` is
+/// appended to the client's `X-Forwarded-For` (its fields joined, empty ones left out).
+fn forwarded_for(headers: &mut http::HeaderMap, peer: &HeaderValue) {
+    headers.insert(X_REAL_IP.clone(), peer.clone());
+    let mut sent = match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(entry) => {
+            entry.insert(peer.clone());
+            return;
+        }
+        header::Entry::Occupied(entry) => entry,
+    };
+    let entries = || sent.iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty());
+    let mut joined = Vec::with_capacity(entries().map(|v| v.len() + 2).sum::<usize>() + peer.len());
+    for entry in entries() {
+        joined.extend_from_slice(entry);
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(peer.as_bytes());
+    // Bytes the client's header values already held, commas, spaces and an IP address.
+    let value = HeaderValue::from_maybe_shared(Bytes::from(joined)).unwrap_or_else(|_| peer.clone());
+    sent.insert(value);
 }
 
 /// `/path?query` of `uri` (`/` when it has none).
@@ -578,6 +658,35 @@ mod tests {
             assert_eq!(pairs(&copy), pairs(&headers));
             recycle_headers(copy);
         }
+    }
+
+    #[test]
+    fn the_client_address_is_appended_to_x_forwarded_for() {
+        let peer = peer_header("127.0.0.1:4000".parse().unwrap());
+        let check = |sent: &[(&'static str, &'static str)], forwarded: &str| {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in sent {
+                headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+            }
+            strip_hop_by_hop(&mut headers);
+            forwarded_for(&mut headers, &peer);
+            let all = |name: &HeaderName| headers.get_all(name).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>();
+            assert_eq!(all(&X_FORWARDED_FOR), vec![forwarded], "{sent:?}");
+            assert_eq!(all(&X_REAL_IP), vec!["127.0.0.1"], "{sent:?}");
+        };
+        check(&[], "127.0.0.1");
+        check(&[("x-real-ip", "5.6.7.8"), ("x-real-ip", "9.9.9.9")], "127.0.0.1");
+        check(&[("x-forwarded-for", "1.2.3.4")], "1.2.3.4, 127.0.0.1");
+        check(
+            &[("x-forwarded-for", "1.2.3.4, 10.0.0.1"), ("x-forwarded-for", " 2.2.2.2 ")],
+            "1.2.3.4, 10.0.0.1, 2.2.2.2, 127.0.0.1",
+        );
+        check(&[("x-forwarded-for", ""), ("x-forwarded-for", "1.2.3.4")], "1.2.3.4, 127.0.0.1");
+        // Naming them in `Connection` does not make the balancer drop its own.
+        check(&[("connection", "x-forwarded-for, x-real-ip"), ("x-forwarded-for", "1.2.3.4")], "127.0.0.1");
+
+        assert_eq!(peer_header("[::ffff:10.1.2.3]:80".parse().unwrap()), "10.1.2.3");
+        assert_eq!(peer_header("[::1]:80".parse().unwrap()), "::1");
     }
 
     #[test]

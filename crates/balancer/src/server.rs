@@ -7,8 +7,14 @@
 //! so the request path has no cross-thread wake-ups and no contended pool. Requests for
 //! the balancer's own endpoints go to the admin router (axum); everything else takes the
 //! proxy path directly on hyper, with no router or buffering middleware in between.
+//!
+//! Clients are bounded: at most `BALANCER_MAX_CONNECTIONS` connections are served at once
+//! (the acceptor waits for a place before it accepts, so more wait in the listen backlog),
+//! hyper refuses heads over `BALANCER_MAX_HEADER_BYTES` or `BALANCER_MAX_HEADERS` (431),
+//! and each connection is a [`ClientIo`] that closes slow and idle clients.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Acquire;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,19 +23,30 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::either::Either;
 use tower::ServiceExt;
 
 use crate::backend::BackendSet;
 use crate::body::ResponseBody;
-use crate::{AppState, admin, proxy};
+use crate::client::{ClientIo, Heads, Limits};
+use crate::{AppState, Config, admin, proxy};
 
-/// A client must send its request head within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The header fields hyper's parser keeps on the stack; a lower cap is set, a higher one
+/// would cost an allocation per request.
+const PARSER_HEADERS: usize = 100;
+
+/// hyper's default largest read buffer: the body of a request that is refused before it
+/// has been read goes partly there before the connection is closed (a smaller buffer makes
+/// a client still sending it more likely to see a reset instead of the answer).
+const HYPER_BUFFER: usize = 8192 + 4096 * 100;
+
+/// An accepted client connection, its peer's address, and its place among
+/// `BALANCER_MAX_CONNECTIONS`.
+type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
 
 pub async fn run(
     listener: TcpListener,
@@ -57,12 +74,22 @@ pub async fn run(
         finished.push(finish);
     }
 
-    let mut next = 0usize;
+    let places = Arc::new(Semaphore::new(state.config.max_connections));
+    let (mut next, mut full) = (0usize, false);
     loop {
-        let stream = tokio::select! {
+        // Said once each time the limit is reached.
+        let was_full = std::mem::replace(&mut full, places.available_permits() == 0);
+        if full && !was_full {
+            tracing::warn!(max = state.config.max_connections, "connection limit reached: new connections wait");
+        }
+        let place = tokio::select! {
+            _ = shutdown.requested() => break,
+            place = places.clone().acquire_owned() => place.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
             _ = shutdown.requested() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: pause rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -75,7 +102,7 @@ pub async fn run(
         // The stream moves to the worker's runtime as a std socket.
         let Ok(stream) = stream.into_std() else { continue };
         next = next.wrapping_add(1);
-        if workers[next % workers.len()].send(stream).is_err() {
+        if workers[next % workers.len()].send((stream, peer, place)).is_err() {
             tracing::error!("a worker stopped early");
         }
     }
@@ -95,44 +122,65 @@ pub async fn run(
 /// requests finish within `grace`.
 async fn worker(
     id: usize,
-    mut inbox: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut inbox: mpsc::UnboundedReceiver<Accepted>,
     state: Arc<AppState>,
     admin: axum::Router,
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let http = http_builder(&state.config);
+    let limits = Arc::new(Limits::new(&state.config));
     // What every request of this worker uses, behind a reference count that only this
     // thread touches (cloning the shared `Arc<AppState>` per request would bounce its
     // cache line between cores).
     let snapshot = Mutex::new(Arc::new(Snapshot::of(&state)));
     let worker = Arc::new(Worker { id, state, admin, snapshot });
-    while let Some(stream) = inbox.recv().await {
+    while let Some((stream, peer, place)) = inbox.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
         let worker = worker.clone();
+        // Made once per connection; each request clones it (a reference count).
+        let peer = proxy::peer_header(peer);
+        let heads = Arc::new(Heads::default());
+        let io = ClientIo::new(stream, limits.clone(), heads.clone());
         let service = service_fn(move |req: Request<Incoming>| {
+            heads.arrived();
             let future = if admin::is_admin_path(req.uri().path()) {
                 // Boxed: the admin path is rare, and its future would otherwise enlarge
                 // every request's.
                 Either::Left(Box::pin(answer_admin(worker.clone(), req)))
             } else {
                 let (parts, body) = req.into_parts();
-                Either::Right(proxy::handle(worker.clone(), parts, body))
+                Either::Right(proxy::handle(worker.clone(), peer.clone(), parts, body))
             };
             // `map`, not an `async` block awaiting `future`: that would hold it twice.
             future.map(Ok::<_, Infallible>)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
+            drop(place);
         });
     }
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(?grace, "in-flight requests still running after the grace period");
     }
+}
+
+/// hyper's server settings. Its header read timeout is off: it would also bound the time a
+/// keep-alive connection sits idle, and [`ClientIo`] keeps the two deadlines apart.
+fn http_builder(config: &Config) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.header_read_timeout(None)
+        .keep_alive(true)
+        .max_header_size(config.max_header_bytes)
+        // hyper's default, or room for a whole head of the largest size.
+        .max_buf_size((config.max_header_bytes + 8192).max(HYPER_BUFFER));
+    if config.max_headers < PARSER_HEADERS {
+        http.max_headers(config.max_headers);
+    }
+    http
 }
 
 /// What the requests of one worker thread share.

@@ -194,6 +194,8 @@ pub struct Shard {
     /// Incremented and decremented by the same worker; only the sum over shards means much.
     pub in_flight: AtomicU64,
     pub retries: AtomicU64,
+    /// Suspected poison requests (see `error::Failure::Poison`), per service.
+    pub poison: AtomicU64,
     pub classes: Classes,
     pub latency: Histogram,
 }
@@ -247,6 +249,10 @@ impl Stats {
 
     pub fn retries(&self) -> u64 {
         self.sum(|s| &s.retries)
+    }
+
+    pub fn poison(&self) -> u64 {
+        self.sum(|s| &s.poison)
     }
 
     pub fn in_flight(&self) -> u64 {

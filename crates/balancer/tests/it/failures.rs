@@ -1,4 +1,4 @@
-//! Retries, ejection and readmission, timeouts, and bad input.
+//! Retries, ejection and readmission, poison requests, timeouts, and bad input.
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,48 @@ async fn a_post_that_reached_a_backend_is_not_sent_again() {
     let (status, instance, _) = read(http.get(balancer.at("/api/data/x")).send().await.unwrap()).await;
     assert_eq!((status, instance.as_deref()), (200, Some("data-2")));
     assert_eq!((dropping.received(), good.received()), (3, 2));
+    assert_eq!(balancer.metrics().await["poisonRequests"], 0, "one lost connection is not a poison request");
+    balancer.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_breaks_two_instances_is_not_sent_to_a_third() {
+    // Every instance dies on the request (reads it, drops the connection without answering).
+    let backends = [TestBackend::start("a").await, TestBackend::start("b").await, TestBackend::start("c").await];
+    for backend in &backends {
+        backend.set_mode(Mode::Drop);
+    }
+    let ports: Vec<u16> = backends.iter().map(TestBackend::port).collect();
+    let balancer = over(&ports, &[("HEALTH_CHECK_INTERVAL_MS", "60000")]).await;
+    let http = http();
+    let received = || backends.iter().map(TestBackend::received).sum::<usize>();
+
+    let res = http.get(balancer.at("/api/data/poison")).header("x-request-id", "poison-1").send().await.unwrap();
+    let (status, instance, body) = read(res).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("poison request"), "{body}");
+    assert!(instance.is_some(), "the last instance it broke is named");
+    assert_eq!(received(), 2, "the second lost connection ends it: a third instance never sees it");
+
+    let metrics = balancer.metrics().await;
+    assert_eq!(metrics["poisonRequests"], 1);
+    assert_eq!(metrics["services"]["data"]["poisonRequests"], 1);
+    assert_eq!(metrics["services"]["data"]["retries"], 1);
+    assert_eq!(balancer.status().await["poisonRequests"], 1);
+    let text = http.get(balancer.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("balancer_poison_requests_total{service=\"data\"} 1\n"), "{text}");
+
+    // A POST that loses its connection once is not retried anyway: not a poison request.
+    let (status, _, _) = read(http.post(balancer.at("/api/data/x")).body("{}").send().await.unwrap()).await;
+    assert_eq!((status, received()), (502, 3));
+    assert_eq!(balancer.metrics().await["poisonRequests"], 1);
+
+    // Back to normal: requests are served.
+    for backend in &backends {
+        backend.set_mode(Mode::Ok);
+    }
+    let (status, _, body) = read(http.get(balancer.at("/api/data/x")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
     balancer.stop().await;
 }
 
@@ -212,6 +254,7 @@ async fn malformed_http_gets_400() {
         let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await.unwrap();
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n{\"error\":\"malformed request\"}"), "a JSON body: {answer}");
     }
     // The balancer still serves.
     assert_eq!(balancer.status().await["status"], "ok");
@@ -247,5 +290,36 @@ async fn expect_continue_is_answered_and_the_body_forwarded() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"bodyBytes\":5"), "{answer}");
+    balancer.stop().await;
+}
+
+#[tokio::test]
+async fn backend_connections_idle_too_long_are_not_reused() {
+    let backend = TestBackend::start("data-1").await;
+    let http = http();
+    // The number of the backend connection a request came on.
+    let connection = |balancer: &TestBalancer| {
+        let req = http.get(balancer.at("/api/data/x"));
+        async move {
+            let (status, _, body) = read(req.send().await.unwrap()).await;
+            assert_eq!(status, 200, "{body}");
+            body["connection"].as_u64().unwrap()
+        }
+    };
+    // One worker: every request uses the same idle list.
+    let one_worker = ("BALANCER_WORKERS", "1");
+
+    let balancer = over(&[backend.port()], &[one_worker]).await;
+    let first = connection(&balancer).await;
+    assert_eq!(connection(&balancer).await, first, "idle for less than the default 50 s: reused");
+    balancer.stop().await;
+
+    const IDLE: Duration = Duration::from_millis(100);
+    let balancer = over(&[backend.port()], &[one_worker, ("BALANCER_UPSTREAM_IDLE_MS", "100")]).await;
+    let first = connection(&balancer).await;
+    // The passage of time is the behaviour under test.
+    tokio::time::sleep(IDLE * 2).await;
+    let second = connection(&balancer).await;
+    assert_ne!(second, first, "idle for longer than BALANCER_UPSTREAM_IDLE_MS: a new connection");
     balancer.stop().await;
 }

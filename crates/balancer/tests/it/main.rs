@@ -1,6 +1,7 @@
 //! The balancer over real sockets, in-process on 127.0.0.1:0, with an in-process registry
 //! and small backends that can be made to fail, hang, drop connections or die.
 
+mod clients;
 mod discovery;
 mod failover;
 mod failures;
@@ -33,7 +34,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Mode {
-    /// 200 with `{"instance", "method", "path", "bodyBytes"}`.
+    /// 200 with `{"instance", "connection", "forwardedFor", "realIp", "method", "path",
+    /// "bodyBytes", "requestId"}` (`connection`: the number of the connection it came on).
     Ok = 0,
     /// Answers the status set by [`TestBackend::fail_with`].
     Fail = 1,
@@ -51,6 +53,8 @@ struct Shared {
     status: AtomicU16,
     /// Requests other than `/health`.
     received: AtomicUsize,
+    /// Connections accepted: each one's number is in its answers.
+    connections: AtomicUsize,
     release: tokio::sync::Notify,
 }
 
@@ -72,6 +76,7 @@ impl TestBackend {
             mode: AtomicU8::new(Mode::Ok as u8),
             status: AtomicU16::new(500),
             received: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             release: tokio::sync::Notify::new(),
         });
         let addr = listener.local_addr().unwrap();
@@ -141,8 +146,9 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
+                let connection = shared.connections.fetch_add(1, SeqCst) + 1;
                 connections.spawn(async move {
-                    let service = service_fn(move |req| answer(shared.clone(), req));
+                    let service = service_fn(move |req| answer(shared.clone(), connection, req));
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
                 });
             }
@@ -160,7 +166,11 @@ impl std::fmt::Display for Dropped {
 }
 impl std::error::Error for Dropped {}
 
-async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
+async fn answer(
+    shared: Arc<Shared>,
+    connection: usize,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
     let mode = shared.mode.load(SeqCst);
     if mode == Mode::Hang as u8 {
         std::future::pending::<()>().await;
@@ -189,8 +199,16 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if let Some(n) = parts.uri.query().and_then(|q| q.strip_prefix("bytes=")).and_then(|n| n.parse::<usize>().ok()) {
         return Ok(Response::new(Full::new(Bytes::from(vec![b'x'; n]))));
     }
+    // Each header as the backend got it: its fields joined, null when absent.
+    let header = |name: &str| {
+        let values: Vec<&str> = parts.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
     let body = serde_json::json!({
         "instance": shared.id,
+        "connection": connection,
+        "forwardedFor": header("x-forwarded-for"),
+        "realIp": header("x-real-ip"),
         "method": parts.method.as_str(),
         "path": path,
         "bodyBytes": body_bytes,

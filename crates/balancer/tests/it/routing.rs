@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::{TOKEN, TestBackend, TestBalancer, TestRegistry, http, read, three_registered};
+use crate::{Mode, TOKEN, TestBackend, TestBalancer, TestRegistry, http, read, three_registered};
 
 #[tokio::test]
 async fn round_robin_is_even_over_three_backends() {
@@ -64,6 +64,45 @@ async fn request_ids_are_kept_or_created() {
     // The balancer's own answers carry one too.
     let res = http.get(balancer.at("/status")).send().await.unwrap();
     assert!(res.headers().contains_key("x-request-id"));
+    balancer.stop().await;
+}
+
+#[tokio::test]
+async fn backends_learn_the_client_address_whatever_the_client_forged() {
+    // data-1 answers 503 to requests (GETs are then retried on data-2), so some of the
+    // requests data-2 sees are retries.
+    let failing = TestBackend::start("data-1").await;
+    failing.fail_with(503);
+    let backend = TestBackend::start("data-2").await;
+    let ports = format!("{},{}", failing.port(), backend.port());
+    let balancer =
+        TestBalancer::start("http://127.0.0.1:9", &[("USE_DYNAMIC_DISCOVERY", "false"), ("DATA_PORTS", &ports)]).await;
+    let http = http();
+
+    for _ in 0..4 {
+        let res = http
+            .get(balancer.at("/api/data/who"))
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-real-ip", "5.6.7.8")
+            .send()
+            .await
+            .unwrap();
+        let (status, instance, body) = read(res).await;
+        assert_eq!((status, instance.as_deref()), (200, Some("data-2")), "{body}");
+        assert_eq!(body["forwardedFor"], "1.2.3.4, 127.0.0.1", "the peer appended: the last entry is the balancer's");
+        assert_eq!(body["realIp"], "127.0.0.1", "the client's X-Real-IP replaced");
+    }
+    assert!(failing.received() >= 1, "some requests went to data-1 first and were retried");
+    assert!(balancer.metrics().await["retries"].as_u64().unwrap() >= 1);
+
+    // Without headers of the client's own; and naming them in `Connection` removes nothing.
+    failing.set_mode(Mode::Ok);
+    for _ in 0..2 {
+        let res = http.get(balancer.at("/api/data/who")).header("connection", "x-forwarded-for, x-real-ip");
+        let (status, _, body) = read(res.send().await.unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!((&body["forwardedFor"], &body["realIp"]), (&"127.0.0.1".into(), &"127.0.0.1".into()), "{body}");
+    }
     balancer.stop().await;
 }
 
