@@ -42,6 +42,7 @@ pub use queue::Queue;
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs", sql: include_str!("../migrations/0001_jobs.sql") },
     Migration { version: 2, name: "idempotency keys", sql: kit::idempotency::MIGRATION_SQL },
+    Migration { version: 3, name: "idempotency records", sql: kit::idempotency::RECORDS_MIGRATION_SQL },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,9 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// `WORK_DELAY_MS` (default 550) and `WORK_DELAY_MAX_MS`: `/api/compute/compute-worker`.
     pub work: kit::work::SimulatedWork,
+    /// `IDEMPOTENCY_MAX_KEYS_PER_USER` (default 10000) and `IDEMPOTENCY_MAX_BYTES_PER_USER`
+    /// (default 16 MiB): the answers kept for `Idempotency-Key`s, per user.
+    pub idempotency: kit::idempotency::Limits,
 }
 
 impl Config {
@@ -97,6 +101,7 @@ impl Config {
             retention: vars.millis("JOB_RETENTION_MS", 7 * 24 * 3_600_000, 365 * 24 * 3_600_000)?,
             sweep_interval: vars.millis("JOB_SWEEP_MS", 60_000, 86_400_000)?,
             work: kit::work::SimulatedWork::from_vars(vars, 550)?,
+            idempotency: kit::idempotency::Limits::from_vars(vars)?,
             kit,
         })
     }
@@ -170,6 +175,8 @@ pub fn router(state: AppState) -> axum::Router {
     if let Some(keys) = &state.keys {
         protected = protected.route_layer(axum::middleware::from_fn_with_state(keys.clone(), kit::jwt::require));
     }
+    // The idempotency store's limits, for the `IdempotencyKey` extractor.
+    let protected = protected.layer(axum::Extension(state.config.idempotency));
     let routes = api::open_router().merge(protected).with_state(state);
     kit::http::finish(routes.merge(health), limit)
 }
