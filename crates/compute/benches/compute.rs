@@ -170,13 +170,16 @@ fn bounds() {
     let square = |n: usize| Value::Array(vec![Value::Array((0..n).map(|i| json!(i % 7)).collect()); n]);
     let halves = |n: usize| Value::Array(vec![Value::Array((0..n).map(|i| json!(i as f64 + 0.5)).collect()); n]);
     let many = Value::Array((0..ops::MAX_OPERANDS).map(|i| json!(i as f64 + 0.5)).collect());
-    // Integers of the largest size, as many as fit a 1 MiB body, then as many as the product's digits allow.
-    let big = |count: usize| format!("[{}]", vec!["9".repeat(ops::MAX_INTEGER_DIGITS); count].join(","));
+    // Integers of the largest size, as many as fit a 1 MiB body (or the product's digits allow).
+    let digits = ops::MAX_INTEGER_DIGITS;
+    let fill = (1 << 20) / (digits + 1);
+    let big = |count: usize| format!("[{}]", vec!["9".repeat(digits); count].join(","));
+    let product = (ops::MAX_POWER_DIGITS as usize / digits).min(fill);
     let big_cases = [
-        ("add", format!("100 integers of {} digits", ops::MAX_INTEGER_DIGITS), big(100)),
-        ("sumOfSquares", format!("100 integers of {} digits", ops::MAX_INTEGER_DIGITS), big(100)),
-        ("multiply", format!("10 integers of {} digits", ops::MAX_INTEGER_DIGITS), big(10)),
-        ("divide", format!("100 integers of {} digits", ops::MAX_INTEGER_DIGITS), big(100)),
+        ("add", format!("{fill} integers of {digits} digits"), big(fill)),
+        ("sumOfSquares", format!("{fill} integers of {digits} digits"), big(fill)),
+        ("average", format!("{fill} integers of {digits} digits"), big(fill)),
+        ("multiply", format!("{product} integers of {digits} digits"), big(product)),
     ];
     let cases = [
         ("add", format!("{} operands", ops::MAX_OPERANDS), many.clone()),

@@ -37,7 +37,7 @@ pub const MAX_FIBONACCI: u64 = 100_000;
 pub const MAX_POWER_DIGITS: u64 = 100_000;
 /// An integer operand: at most this many digits (beyond 64 bits it is computed exactly,
 /// as a big integer).
-pub const MAX_INTEGER_DIGITS: usize = 10_000;
+pub const MAX_INTEGER_DIGITS: usize = 2_000;
 /// primeCheck: n at most 2^53 - 1, the largest integer a JSON client represents exactly.
 pub const MAX_PRIME: u64 = (1 << 53) - 1;
 /// matrixMultiply: rows and columns of each matrix at most this.
@@ -521,6 +521,10 @@ impl Task {
     pub fn is_cheap(&self) -> bool {
         let small = |v: &[Num]| v.len() <= 1_000 && !v.iter().any(|x| matches!(x, Num::Big(_)));
         match self {
+            // An exact product of up to a thousand digits (as for power).
+            Self::Multiply(v) if v.iter().all(Num::is_integer) && !v.iter().any(Num::is_zero) => {
+                small(v) && v.iter().map(Num::log10).sum::<f64>() <= 1_000.0
+            }
             Self::Add(v) | Self::Subtract(v) | Self::Multiply(v) | Self::Divide(v) => small(v),
             Self::SumOfSquares(v) | Self::Average(v) => small(v),
             Self::Power(Num::Int(b), Num::Int(e)) if *e >= 0 => {
@@ -587,12 +591,26 @@ fn exact_or_float(
     float: impl Fn(&[f64]) -> f64,
 ) -> Result<Box<RawValue>, OpError> {
     if !values.iter().all(Num::is_integer) {
-        return float_value(float(&values.iter().map(Num::f64).collect::<Vec<_>>()));
+        return float_value(float(&doubles(values)?));
     }
     match small_ints(values).and_then(|is| small(&is)) {
         Some(result) => raw(result.to_string()),
         None => raw(big(values.iter().map(Num::big).collect()).to_string()),
     }
+}
+
+/// The operands as doubles, for a result that is a double.
+fn doubles(values: &[Num]) -> Result<Vec<f64>, OpError> {
+    values.iter().enumerate().map(|(i, v)| double(v, &format!("operand {}", i + 1))).collect()
+}
+
+/// An integer beyond the doubles' range cannot take part in a result that is a double.
+fn double(v: &Num, what: &str) -> Result<f64, OpError> {
+    let x = v.f64();
+    if x.is_finite() {
+        return Ok(x);
+    }
+    invalid(format!("{what} is beyond the range of doubles (about ±1.8e308), and this result is computed in doubles"))
 }
 
 /// The operands as 128-bit integers, if every one is a 64-bit integer.
@@ -634,9 +652,8 @@ fn divide(values: &[Num]) -> Result<Box<RawValue>, OpError> {
             return raw(quotient);
         }
     }
-    let mut floats = values.iter().map(Num::f64);
-    let first = floats.next().unwrap_or(f64::NAN);
-    float_value(floats.fold(first, |acc, x| acc / x))
+    let floats = doubles(values)?;
+    float_value(floats[1..].iter().fold(floats[0], |acc, x| acc / x))
 }
 
 /// Integers whose mean is whole give it exactly; anything else is a double.
@@ -658,7 +675,7 @@ fn average(values: &[Num]) -> Result<Box<RawValue>, OpError> {
             }
         };
     }
-    float_value(values.iter().map(Num::f64).sum::<f64>() / n as f64)
+    float_value(doubles(values)?.iter().sum::<f64>() / n as f64)
 }
 
 fn power(base: &Num, exponent: &Num) -> Result<Box<RawValue>, OpError> {
@@ -677,7 +694,7 @@ fn power(base: &Num, exponent: &Num) -> Result<Box<RawValue>, OpError> {
     if base.is_zero() && exponent.is_negative() {
         return invalid("division by zero (0 to a negative power)");
     }
-    float_value(base.f64().powf(exponent.f64()))
+    float_value(double(base, "base")?.powf(double(exponent, "exponent")?))
 }
 
 /// JSON text (made by this module, so always valid).
@@ -988,17 +1005,26 @@ mod tests {
         check_err_text("power", &format!("[{BIG}, 5000]"), "the limit is 100000 digits");
         check_err_text(
             "multiply",
-            &format!("[{}]", vec!["1".to_owned() + &"0".repeat(9_999); 11].join(",")),
-            "multiply: the exact result would have about 109989 digits; the limit is 100000 digits",
+            &format!("[{}]", vec!["1".to_owned() + &"0".repeat(1_999); 51].join(",")),
+            "multiply: the exact result would have about 101949 digits; the limit is 100000 digits",
         );
         let at_limit = format!("[{}]", "7".repeat(MAX_INTEGER_DIGITS));
         assert_eq!(run_text("add", &at_limit), Ok("7".repeat(MAX_INTEGER_DIGITS)));
         check_err_text(
             "add",
             &format!("[1, -{}]", "7".repeat(MAX_INTEGER_DIGITS + 1)),
-            "operand 2 has 10001 digits; an integer has at most 10000 digits",
+            &format!(
+                "operand 2 has {} digits; an integer has at most {MAX_INTEGER_DIGITS} digits",
+                MAX_INTEGER_DIGITS + 1
+            ),
         );
         check_err_text("factorial", &format!("[{BIG}]"), "factorial: n must be at most 10000");
+        // Beyond the doubles' range: exact when whole, else refused, naming the limit.
+        let huge = format!("1{}", "0".repeat(400));
+        check_text("divide", &format!("[{huge}, 1{}]", "0".repeat(399)), "10");
+        check_err_text("divide", &format!("[{huge}, 3]"), "operand 1 is beyond the range of doubles (about ±1.8e308)");
+        check_err_text("power", &format!("[{huge}, 0.5]"), "base is beyond the range of doubles");
+        check_err_text("add", &format!("[{huge}, 0.5]"), "operand 1 is beyond the range of doubles");
         check_err_text(
             "primeCheck",
             &format!("[-{BIG}]"),
@@ -1230,5 +1256,10 @@ mod tests {
         assert!(!cheap("fibonacci", json!([50000])));
         assert!(!cheap("power", json!([3, 100000])));
         assert!(!cheap("sleep", json!([1])));
+        assert!(cheap("multiply", Value::Array(vec![json!(i64::MAX); 50])));
+        assert!(!cheap("multiply", Value::Array(vec![json!(i64::MAX); 60])), "an exact product of 1100 digits");
+        assert!(cheap("multiply", Value::Array(vec![json!(1.5); 1000])));
+        let big = serde_json::from_str::<Box<RawValue>>("[12345678901234567890123, 1]").unwrap();
+        assert!(!parse("add", &big, Place::Job).unwrap().1.is_cheap(), "big integers are parsed off the runtime");
     }
 }
