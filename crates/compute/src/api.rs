@@ -167,6 +167,7 @@ async fn direct(
 ) -> Result<Response, Error> {
     let req = request(&body, Place::Direct)?;
     let (op, task) = ops::parse(&req.operation, req.operands, Place::Direct)?;
+    let key = key.map(|key| key.with_limits(state.config.idempotency));
     // With a key already answered, the first answer, without computing again.
     let fingerprint = kit::idempotency::fingerprint(&[&body]);
     if let Some(key) = &key {
@@ -203,6 +204,7 @@ async fn submit(
 ) -> Result<Response, Error> {
     let req = request(&body, Place::Job)?;
     let (op, _) = ops::parse(&req.operation, req.operands, Place::Job)?;
+    let key = key.map(|key| key.with_limits(state.config.idempotency));
     let job = NewJob {
         operation: op.name().to_owned(),
         operands: req.operands.to_owned(),

@@ -175,8 +175,6 @@ pub fn router(state: AppState) -> axum::Router {
     if let Some(keys) = &state.keys {
         protected = protected.route_layer(axum::middleware::from_fn_with_state(keys.clone(), kit::jwt::require));
     }
-    // The idempotency store's limits, for the `IdempotencyKey` extractor.
-    let protected = protected.layer(axum::Extension(state.config.idempotency));
     let routes = api::open_router().merge(protected).with_state(state);
     kit::http::finish(routes.merge(health), limit)
 }

@@ -18,8 +18,8 @@
 //! `IDEMPOTENCY_MAX_BYTES_PER_USER`); [`record`] evicts the owner's oldest records beyond
 //! that, never the one it just wrote. Per-owner totals live in `idempotency_owners`,
 //! updated in the same transaction as the records, so checking the bounds costs one upsert
-//! rather than a scan. A service puts its [`Limits`] in the request extensions (an
-//! `axum::Extension` layer); without them a key gets [`Limits::default`].
+//! rather than a scan. The extractor gives a key [`Limits::default`]; a service with limits
+//! of its own sets them with [`Key::with_limits`].
 //!
 //! [`Claims`]: crate::jwt::Claims
 
@@ -127,6 +127,11 @@ impl Key {
     pub fn limits(&self) -> Limits {
         self.limits
     }
+
+    /// The same key under `limits` (a service's configured ones).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self { limits, ..self }
+    }
 }
 
 impl Deref for Key {
@@ -162,8 +167,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             return Err(ApiError::bad_request("Idempotency-Key must be 1-255 visible ASCII characters"));
         };
         let owner = parts.extensions.get::<crate::jwt::Claims>().map(|c| c.sub.as_str()).unwrap_or_default();
-        let limits = parts.extensions.get::<Limits>().copied().unwrap_or_default();
-        Ok(Self(Some(Key::new(key, owner, limits))))
+        Ok(Self(Some(Key::new(key, owner, Limits::default()))))
     }
 }
 
