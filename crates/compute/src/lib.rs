@@ -205,6 +205,9 @@ mod tests {
         assert_eq!((config.lease, config.time_limit), (Duration::from_secs(5), Duration::from_secs(2)));
         assert_eq!((config.work.delay, config.work.max), (Duration::from_millis(550), Duration::from_secs(10)));
         assert_eq!(config.poll, Duration::from_millis(20));
+        assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
+        let limits = kit::idempotency::Limits { max_keys: 10_000, max_bytes: 16 << 20 };
+        assert_eq!(config.idempotency, limits);
         assert!(config.threads >= 1);
 
         let bad = |name: &str, value: &str| {
@@ -216,5 +219,7 @@ mod tests {
         bad("JOB_LEASE_MS", "5");
         bad("COMPUTE_TIME_LIMIT_MS", "soon");
         bad("WORK_DELAY_MS", "20000");
+        bad("IDEMPOTENCY_MAX_KEYS_PER_USER", "0");
+        bad("IDEMPOTENCY_MAX_BYTES_PER_USER", "100");
     }
 }
