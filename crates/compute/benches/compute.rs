@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use compute::ops::{self, Place};
 use futures_util::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 const SECRET: &str = "compute-bench-secret-0123456789abcdef";
@@ -167,7 +168,19 @@ fn bounds() {
     println!("the largest input each operation accepts (one evaluation, no HTTP; best of 3)");
     println!("  {:<16} {:<40} {:>9}", "operation", "input", "ms");
     let square = |n: usize| Value::Array(vec![Value::Array((0..n).map(|i| json!(i % 7)).collect()); n]);
+    let halves = |n: usize| Value::Array(vec![Value::Array((0..n).map(|i| json!(i as f64 + 0.5)).collect()); n]);
     let many = Value::Array((0..ops::MAX_OPERANDS).map(|i| json!(i as f64 + 0.5)).collect());
+    // Integers of the largest size, as many as fit a 1 MiB body (or the product's digits allow).
+    let digits = ops::MAX_INTEGER_DIGITS;
+    let fill = (1 << 20) / (digits + 1);
+    let big = |count: usize| format!("[{}]", vec!["9".repeat(digits); count].join(","));
+    let product = (ops::MAX_POWER_DIGITS as usize / digits).min(fill);
+    let big_cases = [
+        ("add", format!("{fill} integers of {digits} digits"), big(fill)),
+        ("sumOfSquares", format!("{fill} integers of {digits} digits"), big(fill)),
+        ("average", format!("{fill} integers of {digits} digits"), big(fill)),
+        ("multiply", format!("{product} integers of {digits} digits"), big(product)),
+    ];
     let cases = [
         ("add", format!("{} operands", ops::MAX_OPERANDS), many.clone()),
         ("sumOfSquares", format!("{} operands", ops::MAX_OPERANDS), many),
@@ -180,8 +193,15 @@ fn bounds() {
             format!("{0}x{0} by {0}x{0}", ops::MAX_MATRIX_DIM),
             json!([square(ops::MAX_MATRIX_DIM), square(ops::MAX_MATRIX_DIM)]),
         ),
+        (
+            "matrixMultiply",
+            format!("{0}x{0} by {0}x{0}, doubles", ops::MAX_MATRIX_DIM),
+            json!([halves(ops::MAX_MATRIX_DIM), halves(ops::MAX_MATRIX_DIM)]),
+        ),
     ];
+    let cases = cases.into_iter().map(|(op, input, operands)| (op, input, operands.to_string())).chain(big_cases);
     for (operation, input, operands) in cases {
+        let operands: Box<RawValue> = serde_json::from_str(&operands).expect("JSON");
         let best = (0..3)
             .map(|_| {
                 let start = Instant::now();

@@ -1,24 +1,29 @@
 //! The compute service's HTTP routes.
 
+use std::collections::HashMap;
+
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use kit::http::{ApiError, Json};
 use kit::idempotency::IdempotencyKey;
 use kit::work::WorkQuery;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::exec::ExecError;
-use crate::ops::{self, OpError, Place};
-use crate::queue::{self, Cancel, NewJob, Status, Submitted};
+use crate::ops::{self, Num, OpError, Place};
+use crate::queue::{self, Cancel, JobView, NewJob, Status, Submitted};
 
-/// Job priorities: higher runs first, within this range.
-pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+/// Job priorities: higher runs first. A priority outside this range is clamped into it, so
+/// no client can put its jobs ahead of everyone else's by more than this.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -10..=10;
 
 /// Health through the prefix and the simulated-work endpoint: no token needed.
 pub fn open_router() -> Router<AppState> {
@@ -91,57 +96,78 @@ impl IntoResponse for Error {
 }
 
 /// `{operation, operands, priority?}` from a request body; the original job API's `type`
-/// and `data` are accepted for `operation` and `operands`.
-struct Request {
+/// and `data` are accepted for `operation` and `operands`. `operands` stays the JSON text
+/// the client sent.
+struct Request<'a> {
     operation: String,
-    operands: Value,
+    operands: &'a RawValue,
     priority: i64,
 }
 
-fn request(body: Value, place: Place) -> Result<Request, ApiError> {
-    let Value::Object(mut map) = body else {
+fn request(body: &[u8], place: Place) -> Result<Request<'_>, ApiError> {
+    let Ok(mut fields) = serde_json::from_slice::<HashMap<String, &RawValue>>(body) else {
+        // Not an object: say whether it is JSON at all.
+        kit::http::parse_json::<Value>(body)?;
         return Err(ApiError::bad_request(
             "request body must be a JSON object {\"operation\": ..., \"operands\": ...}",
         ));
     };
-    let take = |map: &mut Map<String, Value>, name: &str, alias: &str| {
-        map.remove(name).or_else(|| if place == Place::Job { map.remove(alias) } else { None })
+    // A field given as null counts as absent.
+    let mut take = |name: &str, alias: Option<&str>| {
+        let field =
+            fields.remove(name).or_else(|| alias.filter(|_| place == Place::Job).and_then(|a| fields.remove(a)));
+        field.filter(|v| v.get() != "null")
     };
-    let operation = match take(&mut map, "operation", "type") {
-        Some(Value::String(s)) => s,
-        None | Some(Value::Null) => return Err(ApiError::bad_request("operation is required")),
-        Some(_) => return Err(ApiError::bad_request("operation must be a string")),
-    };
-    let operands = match take(&mut map, "operands", "data") {
-        None | Some(Value::Null) => return Err(ApiError::bad_request("operands is required")),
-        Some(v) => v,
-    };
-    let priority = match map.remove("priority") {
-        None | Some(Value::Null) => 0,
-        Some(Value::Number(n)) if n.as_i64().is_some_and(|p| PRIORITY_RANGE.contains(&p)) => {
-            n.as_i64().unwrap_or_default()
+    let operation = match take("operation", Some("type")) {
+        None => return Err(ApiError::bad_request("operation is required")),
+        Some(v) => {
+            serde_json::from_str::<String>(v.get()).map_err(|_| ApiError::bad_request("operation must be a string"))?
         }
-        Some(_) => {
-            return Err(ApiError::bad_request(format!(
-                "priority must be a whole number from {} to {} (higher runs first)",
-                PRIORITY_RANGE.start(),
-                PRIORITY_RANGE.end()
-            )));
-        }
+    };
+    let operands = take("operands", Some("data")).ok_or_else(|| ApiError::bad_request("operands is required"))?;
+    let priority = match take("priority", None) {
+        None => 0,
+        Some(v) => priority(v)?,
     };
     Ok(Request { operation, operands, priority })
 }
 
+/// A whole number, clamped into [`PRIORITY_RANGE`].
+fn priority(v: &RawValue) -> Result<i64, ApiError> {
+    let (low, high) = (*PRIORITY_RANGE.start(), *PRIORITY_RANGE.end());
+    let clamp = |negative: bool| if negative { low } else { high };
+    match ops::number(v, "priority") {
+        Ok(Num::Int(p)) => Ok(p.clamp(low, high)),
+        Ok(Num::Big(text)) => Ok(clamp(text.starts_with('-'))),
+        Ok(Num::Float(p)) if p.fract() == 0.0 => Ok(p.clamp(low as f64, high as f64) as i64),
+        _ => Err(ApiError::bad_request(format!(
+            "priority must be a whole number (higher runs first; clamped to {low}..{high})"
+        ))),
+    }
+}
+
 /// The idempotency scope of direct operations.
 pub const DIRECT_SCOPE: &str = "POST /api/compute/direct";
+
+/// The answer of a direct operation; `operands` is the request's own text.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Direct<'a> {
+    operation: &'static str,
+    operands: &'a RawValue,
+    result: &'a RawValue,
+    service: &'a str,
+    computed_at: String,
+}
 
 async fn direct(
     State(state): State<AppState>,
     IdempotencyKey(key): IdempotencyKey,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let req = request(kit::http::parse_json(&body)?, Place::Direct)?;
-    let (op, task) = ops::parse(&req.operation, &req.operands, Place::Direct)?;
+    let req = request(&body, Place::Direct)?;
+    let (op, task) = ops::parse(&req.operation, req.operands, Place::Direct)?;
+    let key = key.map(|key| key.with_limits(state.config.idempotency));
     // With a key already answered, the first answer, without computing again.
     let fingerprint = kit::idempotency::fingerprint(&[&body]);
     if let Some(key) = &key {
@@ -151,23 +177,24 @@ async fn direct(
         }
     }
     let result = state.executor.run(task, state.config.time_limit).await?;
-    let answer = json!({
-        "operation": op.name(),
-        "operands": req.operands,
-        "result": result,
-        "service": state.config.kit.service_name,
-        "computedAt": kit::time::now_iso(),
-    });
+    let answer = Direct {
+        operation: op.name(),
+        operands: req.operands,
+        result: &result,
+        service: &state.config.kit.service_name,
+        computed_at: kit::time::now_iso(),
+    };
+    let text = serde_json::to_string(&answer).map_err(|e| ApiError::internal(format!("writing the answer: {e}")))?;
     if let Some(key) = &key {
         // Two retries racing: the first to record wins, and both answer what it recorded.
         let mut tx = kit::db::begin_write(state.queue.pool()).await?;
         if let Some(stored) = kit::idempotency::lookup(&mut tx, DIRECT_SCOPE, key).await? {
             return Ok(stored.replay(&fingerprint));
         }
-        kit::idempotency::record(&mut tx, DIRECT_SCOPE, key, &fingerprint, StatusCode::OK, &answer.to_string()).await?;
+        kit::idempotency::record(&mut tx, DIRECT_SCOPE, key, &fingerprint, StatusCode::OK, &text).await?;
         tx.commit().await?;
     }
-    Ok(Json(answer).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
 }
 
 async fn submit(
@@ -175,16 +202,17 @@ async fn submit(
     IdempotencyKey(key): IdempotencyKey,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let req = request(kit::http::parse_json(&body)?, Place::Job)?;
-    let (op, _) = ops::parse(&req.operation, &req.operands, Place::Job)?;
+    let req = request(&body, Place::Job)?;
+    let (op, _) = ops::parse(&req.operation, req.operands, Place::Job)?;
+    let key = key.map(|key| key.with_limits(state.config.idempotency));
     let job = NewJob {
         operation: op.name().to_owned(),
-        operands: req.operands,
+        operands: req.operands.to_owned(),
         priority: req.priority,
         max_attempts: state.config.max_attempts.into(),
     };
     let fingerprint = kit::idempotency::fingerprint(&[&body]);
-    let idem = key.as_deref().map(|key| queue::Idempotency { key, fingerprint: &fingerprint });
+    let idem = key.as_ref().map(|key| queue::Idempotency { key, fingerprint: &fingerprint });
     match state.queue.submit(&job, idem).await? {
         Submitted::Queued { id, body } => {
             state.wake();
@@ -197,7 +225,7 @@ async fn submit(
 
 async fn job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
     match state.queue.get(&id).await? {
-        Some(job) => Ok(Json(job.to_json()).into_response()),
+        Some(job) => Ok(Json(job.view()).into_response()),
         None => Err(not_found(&id)),
     }
 }
@@ -209,11 +237,7 @@ fn not_found(id: &str) -> Error {
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
     match state.queue.cancel(&id).await? {
-        Cancel::Cancelled(job) => {
-            let mut body = job.to_json();
-            body["message"] = json!("job cancelled");
-            Ok(Json(body).into_response())
-        }
+        Cancel::Cancelled(job) => Ok(Json(JobView { message: Some("job cancelled"), ..job.view() }).into_response()),
         Cancel::NotFound => Err(not_found(&id)),
         Cancel::Conflict(Status::Running) => {
             Err(ApiError::conflict(format!("job {id} is running; only a queued job can be cancelled")).into())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 
 use crate::ops::{OpError, Task};
@@ -49,11 +49,11 @@ impl Executor {
         self.computing.load(Ordering::SeqCst)
     }
 
-    /// Evaluates `task`, giving up after `limit`.
-    pub async fn run(&self, task: Task, limit: Duration) -> Result<Value, ExecError> {
+    /// Evaluates `task`, giving up after `limit`; the result as JSON text.
+    pub async fn run(&self, task: Task, limit: Duration) -> Result<Box<RawValue>, ExecError> {
         if let Task::Sleep(ms) = task {
             return match tokio::time::timeout(limit, tokio::time::sleep(Duration::from_millis(ms))).await {
-                Ok(()) => Ok(json!(ms)),
+                Ok(()) => Ok(task.evaluate()?),
                 Err(_) => Err(ExecError::TimedOut(limit)),
             };
         }

@@ -42,6 +42,7 @@ pub use queue::Queue;
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs", sql: include_str!("../migrations/0001_jobs.sql") },
     Migration { version: 2, name: "idempotency keys", sql: kit::idempotency::MIGRATION_SQL },
+    Migration { version: 3, name: "idempotency records", sql: kit::idempotency::RECORDS_MIGRATION_SQL },
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,9 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// `WORK_DELAY_MS` (default 550) and `WORK_DELAY_MAX_MS`: `/api/compute/compute-worker`.
     pub work: kit::work::SimulatedWork,
+    /// `IDEMPOTENCY_MAX_KEYS_PER_USER` (default 10000) and `IDEMPOTENCY_MAX_BYTES_PER_USER`
+    /// (default 16 MiB): the answers kept for `Idempotency-Key`s, per user.
+    pub idempotency: kit::idempotency::Limits,
 }
 
 impl Config {
@@ -97,6 +101,7 @@ impl Config {
             retention: vars.millis("JOB_RETENTION_MS", 7 * 24 * 3_600_000, 365 * 24 * 3_600_000)?,
             sweep_interval: vars.millis("JOB_SWEEP_MS", 60_000, 86_400_000)?,
             work: kit::work::SimulatedWork::from_vars(vars, 550)?,
+            idempotency: kit::idempotency::Limits::from_vars(vars)?,
             kit,
         })
     }
@@ -200,6 +205,9 @@ mod tests {
         assert_eq!((config.lease, config.time_limit), (Duration::from_secs(5), Duration::from_secs(2)));
         assert_eq!((config.work.delay, config.work.max), (Duration::from_millis(550), Duration::from_secs(10)));
         assert_eq!(config.poll, Duration::from_millis(20));
+        assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
+        let limits = kit::idempotency::Limits { max_keys: 10_000, max_bytes: 16 << 20 };
+        assert_eq!(config.idempotency, limits);
         assert!(config.threads >= 1);
 
         let bad = |name: &str, value: &str| {
@@ -211,5 +219,7 @@ mod tests {
         bad("JOB_LEASE_MS", "5");
         bad("COMPUTE_TIME_LIMIT_MS", "soon");
         bad("WORK_DELAY_MS", "20000");
+        bad("IDEMPOTENCY_MAX_KEYS_PER_USER", "0");
+        bad("IDEMPOTENCY_MAX_BYTES_PER_USER", "100");
     }
 }

@@ -18,13 +18,28 @@
 //!
 //! Idle workers do not scan the table: [`Queue::peek`] is one cheap indexed read, and the
 //! worker loop (`worker`) only calls it when woken.
+//!
+//! **Invariant:** a lease is stamped with the clock read *after* the write lock is held
+//! (claim and renew both run in [`kit::db::begin_write`]), so however long a worker waited
+//! for the lock (up to [`kit::db::BUSY_TIMEOUT`], 10 s, which is longer than the default
+//! lease), the lease it writes is a whole lease from that moment, and the reaper, which
+//! runs under the same lock, never sees it expired. A worker renews every third of a lease,
+//! so it keeps its job unless it cannot get the lock for two thirds of a lease in a row;
+//! then the job counts as abandoned and is taken over, and the lease token still lets only
+//! one outcome through. The queue's own transactions are a few statements each (the purge
+//! deletes in batches), so none holds the lock for a noticeable part of a lease.
+//!
+//! Operands and results are stored as the JSON text that came in and went out, and given
+//! back as that text ([`RawValue`]), never re-read as numbers: what a client sent is what
+//! it reads back.
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use kit::idempotency::{self, Stored};
 use kit::time::{iso_from_millis, unix_millis};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 
@@ -65,14 +80,16 @@ impl Status {
 }
 
 /// A job as stored.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Job {
     pub id: String,
     pub operation: String,
-    pub operands: Value,
+    /// The JSON text the client sent.
+    pub operands: Box<RawValue>,
     pub priority: i64,
     pub status: Status,
-    pub result: Option<Value>,
+    /// The JSON text of the result, as the worker wrote it.
+    pub result: Option<Box<RawValue>>,
     pub error: Option<String>,
     pub attempts: i64,
     pub max_attempts: i64,
@@ -84,14 +101,14 @@ pub struct Job {
 
 impl Job {
     fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
-        let json = |column: &str| -> Result<Option<Value>, sqlx::Error> {
+        let json = |column: &str| -> Result<Option<Box<RawValue>>, sqlx::Error> {
             let text: Option<String> = row.try_get(column)?;
-            text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(e.into()))).transpose()
+            text.map(|t| RawValue::from_string(t).map_err(|e| sqlx::Error::Decode(e.into()))).transpose()
         };
         Ok(Self {
             id: row.try_get("id")?,
             operation: row.try_get("operation")?,
-            operands: json("operands")?.unwrap_or(Value::Null),
+            operands: json("operands")?.ok_or_else(|| sqlx::Error::Decode("a job without operands".into()))?,
             priority: row.try_get("priority")?,
             status: Status::parse(row.try_get("status")?)?,
             result: json("result")?,
@@ -107,40 +124,59 @@ impl Job {
 
     /// The API's view: `{jobId, operation, operands, priority, status, result?, error?,
     /// attempts, maxAttempts, worker?, createdAt, startedAt?, finishedAt?}`.
-    pub fn to_json(&self) -> Value {
-        let mut out = Map::new();
-        out.insert("jobId".into(), json!(self.id));
-        out.insert("operation".into(), json!(self.operation));
-        out.insert("operands".into(), self.operands.clone());
-        out.insert("priority".into(), json!(self.priority));
-        out.insert("status".into(), json!(self.status.as_str()));
-        if let Some(result) = &self.result {
-            out.insert("result".into(), result.clone());
+    pub fn view(&self) -> JobView<'_> {
+        JobView {
+            job_id: &self.id,
+            operation: &self.operation,
+            operands: &self.operands,
+            priority: self.priority,
+            status: self.status.as_str(),
+            result: self.result.as_deref(),
+            error: self.error.as_deref(),
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            worker: self.worker.as_deref(),
+            created_at: iso_from_millis(self.created_at),
+            started_at: self.started_at.map(iso_from_millis),
+            finished_at: self.finished_at.map(iso_from_millis),
+            message: None,
         }
-        if let Some(error) = &self.error {
-            out.insert("error".into(), json!(error));
-        }
-        out.insert("attempts".into(), json!(self.attempts));
-        out.insert("maxAttempts".into(), json!(self.max_attempts));
-        if let Some(worker) = &self.worker {
-            out.insert("worker".into(), json!(worker));
-        }
-        out.insert("createdAt".into(), json!(iso_from_millis(self.created_at)));
-        if let Some(at) = self.started_at {
-            out.insert("startedAt".into(), json!(iso_from_millis(at)));
-        }
-        if let Some(at) = self.finished_at {
-            out.insert("finishedAt".into(), json!(iso_from_millis(at)));
-        }
-        Value::Object(out)
     }
+}
+
+/// A job as the API shows it; operands and result are the stored JSON text.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView<'a> {
+    pub job_id: &'a str,
+    pub operation: &'a str,
+    pub operands: &'a RawValue,
+    pub priority: i64,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<&'a str>,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Set by a cancel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'static str>,
 }
 
 /// What a submit is made of (already validated).
 #[derive(Clone, Debug)]
 pub struct NewJob {
     pub operation: String,
-    pub operands: Value,
+    /// The JSON text the client sent (already checked by `ops::parse`).
+    pub operands: Box<RawValue>,
     pub priority: i64,
     pub max_attempts: i64,
 }
@@ -148,21 +184,36 @@ pub struct NewJob {
 /// An `Idempotency-Key` and the fingerprint of the request that carried it.
 #[derive(Clone, Copy, Debug)]
 pub struct Idempotency<'a> {
-    pub key: &'a str,
+    pub key: &'a idempotency::Key,
     pub fingerprint: &'a str,
 }
 
 #[derive(Debug)]
 pub enum Submitted {
     /// A new job, with the 202 body.
-    Queued { id: String, body: Value },
+    Queued { id: String, body: Accepted },
     /// The key was seen before: the first answer.
     Replayed(Stored),
 }
 
 /// The 202 body of a submit.
-pub fn accepted_body(id: &str) -> Value {
-    json!({ "jobId": id, "status": "queued", "message": "job submitted" })
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub job_id: String,
+    pub status: &'static str,
+    pub message: &'static str,
+}
+
+impl Accepted {
+    pub fn new(id: &str) -> Self {
+        Self { job_id: id.to_owned(), status: Status::Queued.as_str(), message: "job submitted" }
+    }
+
+    /// The body as JSON text (what is stored for an idempotent replay).
+    pub fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// A job claimed by a worker, with the lease token that proves it.
@@ -170,6 +221,8 @@ pub fn accepted_body(id: &str) -> Value {
 pub struct Claimed {
     pub job: Job,
     pub token: String,
+    /// When the lease, as claimed, expires (Unix ms).
+    pub expires_at: i64,
 }
 
 /// What an idle worker needs to know, from one cheap read.
@@ -187,7 +240,7 @@ impl Peek {
     }
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub enum Cancel {
     Cancelled(Box<Job>),
     NotFound,
@@ -247,23 +300,16 @@ impl Queue {
         )
         .bind(&id)
         .bind(&job.operation)
-        .bind(job.operands.to_string())
+        .bind(job.operands.get())
         .bind(job.priority)
         .bind(job.max_attempts)
         .bind(unix_millis())
         .execute(&mut *tx)
         .await?;
-        let body = accepted_body(&id);
+        let body = Accepted::new(&id);
         if let Some(idem) = idem {
-            idempotency::record(
-                &mut tx,
-                SUBMIT_SCOPE,
-                idem.key,
-                idem.fingerprint,
-                StatusCode::ACCEPTED,
-                &body.to_string(),
-            )
-            .await?;
+            idempotency::record(&mut tx, SUBMIT_SCOPE, idem.key, idem.fingerprint, StatusCode::ACCEPTED, &body.text())
+                .await?;
         }
         tx.commit().await?;
         Ok(Submitted::Queued { id, body })
@@ -319,8 +365,9 @@ impl Queue {
     /// Claims the next job for `worker` with a lease of `lease`, after putting jobs whose
     /// lease expired back in the queue (or failing them when out of attempts).
     pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
-        let now = unix_millis();
         let mut tx = kit::db::begin_write(&self.pool).await?;
+        // After the lock is held: the wait for it must not shorten the lease (module docs).
+        let now = unix_millis();
         reap_expired(&mut tx, now).await?;
         let next: Option<i64> =
             sqlx::query_scalar("SELECT seq FROM jobs WHERE status = 'queued' ORDER BY priority DESC, seq LIMIT 1")
@@ -331,6 +378,7 @@ impl Queue {
             return Ok(None);
         };
         let token = new_id();
+        let expires_at = now + lease.as_millis() as i64;
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = $1, lease_token = $2,
                 lease_expires_at = $3, started_at = $4
@@ -338,37 +386,40 @@ impl Queue {
         ))
         .bind(worker)
         .bind(&token)
-        .bind(now + lease.as_millis() as i64)
+        .bind(expires_at)
         .bind(now)
         .bind(seq)
         .fetch_one(&mut *tx)
         .await?;
         let job = Job::from_row(&row)?;
         tx.commit().await?;
-        Ok(Some(Claimed { job, token }))
+        Ok(Some(Claimed { job, token, expires_at }))
     }
 
-    /// Extends the lease; false if the worker no longer holds it.
+    /// Extends the lease to `lease` from now; false if the worker no longer holds it.
     pub async fn renew(&self, claimed: &Claimed, lease: Duration) -> Result<bool, sqlx::Error> {
+        let mut tx = kit::db::begin_write(&self.pool).await?;
+        // After the lock is held, as for a claim.
         let done = sqlx::query(
             "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_token = $3 AND status = 'running'",
         )
         .bind(unix_millis() + lease.as_millis() as i64)
         .bind(&claimed.job.id)
         .bind(&claimed.token)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Marks the job completed; false if the worker no longer holds the lease.
-    pub async fn complete(&self, claimed: &Claimed, result: &Value) -> Result<bool, sqlx::Error> {
+    pub async fn complete(&self, claimed: &Claimed, result: &RawValue) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE jobs SET status = 'completed', result = $1, error = NULL, finished_at = $2,
                 lease_token = NULL, lease_expires_at = NULL
              WHERE id = $3 AND lease_token = $4 AND status = 'running'",
         )
-        .bind(result.to_string())
+        .bind(result.get())
         .bind(unix_millis())
         .bind(&claimed.job.id)
         .bind(&claimed.token)
@@ -452,15 +503,27 @@ impl Queue {
         Ok(stats)
     }
 
-    /// Deletes finished jobs older than `retention`; returns how many.
+    /// Deletes finished (completed, failed, cancelled) jobs that finished more than
+    /// `retention` ago; returns how many. In batches, each its own transaction, so the
+    /// write lock is never held for long.
     pub async fn purge(&self, retention: Duration) -> Result<u64, sqlx::Error> {
+        const BATCH: u64 = 1_000;
         let cutoff = unix_millis() - retention.as_millis() as i64;
-        let done =
-            sqlx::query("DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1")
-                .bind(cutoff)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected())
+        let mut purged = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs
+                    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1 LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(BATCH as i64)
+            .execute(&self.pool)
+            .await?;
+            purged += done.rows_affected();
+            if done.rows_affected() < BATCH {
+                return Ok(purged);
+            }
+        }
     }
 }
 

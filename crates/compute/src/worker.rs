@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use kit::Shutdown;
 use kit::time::unix_millis;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::AppState;
 use crate::exec::ExecError;
@@ -149,7 +149,7 @@ async fn keep_lease(state: &AppState, claimed: &Claimed) {
 }
 
 /// Writes the outcome (a few tries: the database may be busy for a moment).
-async fn record(state: &AppState, worker: &str, claimed: &Claimed, outcome: Result<Value, ExecError>) {
+async fn record(state: &AppState, worker: &str, claimed: &Claimed, outcome: Result<Box<RawValue>, ExecError>) {
     let job = &claimed.job.id;
     for attempt in 1..=3u32 {
         let written = match &outcome {

@@ -46,6 +46,7 @@ pub use key::MAX_KEY_BYTES;
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "data-items", sql: include_str!("../migrations/0001_items.sql") },
     Migration { version: 2, name: "data-idempotency", sql: kit::idempotency::MIGRATION_SQL },
+    Migration { version: 3, name: "data-idempotency-records", sql: kit::idempotency::RECORDS_MIGRATION_SQL },
 ];
 
 /// How often idempotency records older than their retention are deleted.

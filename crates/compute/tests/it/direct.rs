@@ -222,3 +222,40 @@ async fn a_direct_request_with_a_seen_idempotency_key_gets_the_first_answer() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The answers kept for `Idempotency-Key`s are bounded per user: beyond
+/// `IDEMPOTENCY_MAX_KEYS_PER_USER` the oldest are forgotten, the newest still replay, and
+/// the table stays at the cap. Another user has an allowance (and keys) of its own.
+#[tokio::test]
+async fn the_idempotency_store_keeps_at_most_the_limit_per_user() {
+    let (_dir, db) = database();
+    let a =
+        Instance::start(&db, "compute-a", &[("COMPUTE_WORKERS", "0"), ("IDEMPOTENCY_MAX_KEYS_PER_USER", "3")]).await;
+    let pool = kit::db::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM idempotency_records").fetch_one(&pool).await.unwrap()
+    };
+    let body = json!({"operation": "add", "operands": [1, 2]});
+    let direct = |key: String, token: String| {
+        let req = a.http.post(format!("{}/api/compute/direct", a.url)).bearer_auth(token).json(&body);
+        async move {
+            let res = req.header("idempotency-key", key).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.headers().get("idempotent-replayed").is_some()
+        }
+    };
+    for i in 0..10 {
+        assert!(!direct(format!("k{i}"), token()).await, "k{i} is new");
+        assert!(stored().await <= 3, "the store never grows past the cap");
+    }
+    assert_eq!(stored().await, 3);
+    for i in 7..10 {
+        assert!(direct(format!("k{i}"), token()).await, "k{i}, among the newest, replays");
+    }
+    assert!(!direct("k0".into(), token()).await, "k0, the oldest, is forgotten: computed anew");
+    assert_eq!(stored().await, 3);
+
+    assert!(!direct("k9".into(), crate::token_for("2")).await, "another user's k9 is another key");
+    assert_eq!(stored().await, 4, "another user has an allowance of its own");
+    a.stop().await;
+}

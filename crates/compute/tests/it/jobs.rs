@@ -87,11 +87,8 @@ async fn invalid_jobs_are_refused_and_nothing_is_queued() {
         (json!({"operation": "modulo", "operands": [1]}), "supported operations: add, subtract"),
         (json!({"operation": "factorial", "operands": [-1]}), "factorial: n must not be negative"),
         (json!({"operation": "sleep", "operands": [10_001]}), "sleep: ms must be at most 10000"),
-        (
-            json!({"operation": "add", "operands": [1], "priority": 1001}),
-            "priority must be a whole number from -1000 to 1000",
-        ),
         (json!({"operation": "add", "operands": [1], "priority": "high"}), "priority must be a whole number"),
+        (json!({"operation": "add", "operands": [1], "priority": 2.5}), "priority must be a whole number"),
         (json!({"operation": "divide", "operands": [1, 0]}), "division by zero"),
     ];
     for (body, expected) in cases {
@@ -102,6 +99,32 @@ async fn invalid_jobs_are_refused_and_nothing_is_queued() {
     let (_, unknown) = send(a.post("/api/compute/job", &json!({"operation": "x", "operands": 1}))).await;
     assert_eq!(unknown["supported"].as_array().unwrap().last().unwrap(), "sleep", "jobs also offer sleep");
     assert_eq!(a.stats().await["counts"]["total"], 0);
+    a.stop().await;
+}
+
+/// Any user may ask for any priority; it is clamped to -10..=10, so nobody can jump the
+/// queue by more than that.
+#[tokio::test]
+async fn priorities_are_clamped_to_the_documented_range() {
+    let (_dir, db) = database();
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    assert_eq!(compute::PRIORITY_RANGE, -10..=10);
+    for (asked, kept) in [
+        ("1000", 10),
+        ("-1000", -10),
+        ("10", 10),
+        ("-3", -3),
+        ("4.0", 4),
+        ("12345678901234567890123", 10),
+        ("-1e300", -10),
+        ("null", 0),
+    ] {
+        let body = format!(r#"{{"operation": "add", "operands": [1], "priority": {asked}}}"#);
+        let (status, answer) = a.post_text("/api/compute/job", &body).await;
+        assert_eq!(status, 202, "{body}: {answer}");
+        let id = serde_json::from_str::<Value>(&answer).unwrap()["jobId"].as_str().unwrap().to_owned();
+        assert_eq!(a.job(&id).await["priority"], kept, "priority {asked}");
+    }
     a.stop().await;
 }
 
@@ -254,4 +277,36 @@ async fn a_thousand_jobs_across_two_instances_all_complete_once() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// Finished jobs (completed, failed, cancelled) are deleted once `JOB_RETENTION_MS` has
+/// passed since they finished; queued and running ones never are.
+#[tokio::test]
+async fn finished_jobs_are_purged_after_the_retention_and_others_are_kept() {
+    let (_dir, db) = database();
+    let retention = [("JOB_RETENTION_MS", "1"), ("JOB_SWEEP_MS", "50")];
+    let a = Instance::start(&db, "compute-a", &[NO_WORKERS, &retention].concat()).await;
+    let add = json!({"operation": "add", "operands": [1, 2]});
+    let queued = a.submit(add.clone()).await;
+    let cancelled = a.submit(add).await;
+    let (status, _) = send(a.delete(&format!("/api/compute/job/{cancelled}"))).await;
+    assert_eq!(status, 200);
+    let gone = |id: String| {
+        let a = &a;
+        async move {
+            let (status, _) = send(a.get(&format!("/api/compute/job/{id}"))).await;
+            (status == 404).then_some(())
+        }
+    };
+    crate::eventually(SECS(10), "the cancelled job is purged", || gone(cancelled.clone())).await;
+    assert_eq!(a.job(&queued).await["status"], "queued", "a queued job is kept however old");
+
+    // Once a worker has run it, the job goes too.
+    let b = Instance::start(&db, "compute-b", &[ONE_WORKER, &retention].concat()).await;
+    crate::eventually(SECS(10), "the job ran and was purged", || gone(queued.clone())).await;
+    let stats = a.stats().await;
+    assert_eq!(stats["counts"]["total"], 0, "{stats}");
+    assert_eq!(stats["workers"][0]["worker"], json!(null), "{stats}");
+    b.stop().await;
+    a.stop().await;
 }

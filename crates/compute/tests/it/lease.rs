@@ -5,19 +5,28 @@ use std::time::Duration;
 
 use compute::Queue;
 use compute::queue::{NewJob, Status, Submitted};
-use serde_json::json;
+use kit::time::unix_millis;
+use serde_json::value::RawValue;
 
 use crate::{database, eventually};
 
 async fn queue() -> (tempfile::TempDir, Queue) {
-    let (dir, db) = database();
-    let pool = kit::db::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let (dir, _) = database();
+    let pool = kit::db::connect(&url(&dir)).await.unwrap();
     kit::db::migrate(&pool, compute::MIGRATIONS).await.unwrap();
     (dir, Queue::new(pool))
 }
 
+fn url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("compute.sqlite").display())
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned()).unwrap()
+}
+
 async fn submit(queue: &Queue, max_attempts: i64) -> String {
-    let job = NewJob { operation: "sleep".into(), operands: json!([1]), priority: 0, max_attempts };
+    let job = NewJob { operation: "sleep".into(), operands: raw("[1]"), priority: 0, max_attempts };
     match queue.submit(&job, None).await.unwrap() {
         Submitted::Queued { id, .. } => id,
         Submitted::Replayed(_) => unreachable!(),
@@ -41,7 +50,7 @@ async fn an_expired_lease_puts_the_job_back_until_it_runs_out_of_attempts() {
     assert_eq!(second.job.error.as_deref(), Some("the lease of ghost/w1 expired during attempt 1"));
 
     // The first holder's late outcome does not count.
-    assert!(!queue.complete(&first, &json!("late")).await.unwrap());
+    assert!(!queue.complete(&first, &raw("\"late\"")).await.unwrap());
     assert!(!queue.renew(&first, short).await.unwrap());
     assert_eq!(queue.fail(&first, "late", false).await.unwrap(), None);
 
@@ -56,7 +65,7 @@ async fn an_expired_lease_puts_the_job_back_until_it_runs_out_of_attempts() {
     assert_eq!(job.error.as_deref(), Some("the lease of other/w1 expired during attempt 2"));
     assert_eq!(job.attempts, 2);
     assert!(job.finished_at.is_some());
-    assert!(!queue.complete(&second, &json!("late")).await.unwrap(), "the outcome is written once");
+    assert!(!queue.complete(&second, &raw("\"late\"")).await.unwrap(), "the outcome is written once");
 }
 
 #[tokio::test]
@@ -67,10 +76,10 @@ async fn the_holder_completes_exactly_once() {
     assert!(queue.claim("w2", Duration::from_secs(60)).await.unwrap().is_none(), "a running job is not claimed twice");
     assert!(!queue.peek().await.unwrap().queued);
     assert!(queue.renew(&claimed, Duration::from_secs(60)).await.unwrap());
-    assert!(queue.complete(&claimed, &json!(42)).await.unwrap());
-    assert!(!queue.complete(&claimed, &json!(43)).await.unwrap(), "a second completion is refused");
+    assert!(queue.complete(&claimed, &raw("42")).await.unwrap());
+    assert!(!queue.complete(&claimed, &raw("43")).await.unwrap(), "a second completion is refused");
     let job = queue.get(&id).await.unwrap().unwrap();
-    assert_eq!((job.status, job.result), (Status::Completed, Some(json!(42))));
+    assert_eq!((job.status, job.result.map(|r| r.get().to_owned())), (Status::Completed, Some("42".to_owned())));
 }
 
 #[tokio::test]
@@ -86,4 +95,43 @@ async fn a_retryable_failure_requeues_and_a_permanent_one_fails() {
     assert_eq!(queue.fail(&claimed, "bad input", true).await.unwrap(), Some(Status::Failed));
     let job = queue.get(&id).await.unwrap().unwrap();
     assert_eq!((job.status, job.attempts, job.error.as_deref()), (Status::Failed, 2, Some("bad input")));
+}
+
+/// A claim that waited for the write lock longer than a lease still writes a whole lease:
+/// the clock is read once the lock is held, so no other worker reaps the job meanwhile and
+/// it runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_waited_for_the_lock_gets_a_whole_lease() {
+    let (dir, queue) = queue().await;
+    let id = submit(&queue, 3).await;
+    let lease = Duration::from_secs(2);
+
+    // Another process holds the database's write lock.
+    let other = kit::db::connect(&url(&dir)).await.unwrap();
+    let holder = kit::db::begin_write(&other).await.unwrap();
+    let began = unix_millis();
+    let claim = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.claim("w1", lease).await }
+    });
+    // Longer than a lease passes while the claim waits for the lock.
+    let held = lease.as_millis() as i64 * 5 / 4;
+    eventually(Duration::from_secs(30), "more than a lease has passed", || async {
+        (unix_millis() > began + held).then_some(())
+    })
+    .await;
+    assert!(!claim.is_finished(), "the claim waits for the lock");
+    let released = unix_millis();
+    holder.commit().await.unwrap();
+
+    let claimed = claim.await.unwrap().unwrap().expect("the queued job");
+    assert!(
+        claimed.expires_at > released,
+        "the lease runs from when the lock was held: expires at {}, the lock was released at {released}",
+        claimed.expires_at
+    );
+    assert!(queue.claim("w2", lease).await.unwrap().is_none(), "nobody else takes the job over");
+    assert!(queue.complete(&claimed, &raw("1")).await.unwrap(), "the claimer still holds the lease");
+    let job = queue.get(&id).await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempts, job.worker.as_deref()), (Status::Completed, 1, Some("w1")));
 }

@@ -5,6 +5,7 @@ mod auth;
 mod direct;
 mod jobs;
 mod lease;
+mod numbers;
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +20,14 @@ pub const SECRET: &str = "compute-tests-secret-0123456789abcdef";
 
 /// A valid token for the test secret.
 pub fn token() -> String {
+    token_for("1")
+}
+
+/// A valid token of the user `sub`.
+pub fn token_for(sub: &str) -> String {
     let now = kit::time::unix_millis() / 1000;
     kit::jwt::Keys::from_secret(SECRET.as_bytes()).sign(&kit::jwt::Claims {
-        sub: "1".into(),
+        sub: sub.into(),
         username: "ada".into(),
         email: "ada@example.com".into(),
         iat: now,
@@ -113,6 +119,20 @@ impl Instance {
 
     pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
         self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token).json(body)
+    }
+
+    /// POSTs `body` as it is written (the client's own JSON text); the status and the text
+    /// of the answer.
+    pub async fn post_text(&self, path: &str, body: &str) -> (u16, String) {
+        let req = self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token);
+        let res = req.header("content-type", "application/json").body(body.to_owned()).send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    /// GETs `path`; the status and the text of the answer.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let res = self.get(path).send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
     }
 
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
