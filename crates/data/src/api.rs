@@ -323,8 +323,12 @@ async fn commit(
     fingerprint: String,
     change: Change,
 ) -> Result<Response, ApiError> {
+    // The caller owns its keys: one user's key never replays another's, and each user's
+    // stored answers are bounded by the configured limits.
+    let idem =
+        idem.0.map(|key| idempotency::Key::new(&*key, caller.user().unwrap_or_default(), state.config.idempotency));
     let mut tx = kit::db::begin_write(&state.pool).await.map_err(ApiError::internal)?;
-    if let Some(key) = &idem.0 {
+    if let Some(key) = &idem {
         if let Some(stored) = idempotency::lookup(&mut tx, &scope, key).await.map_err(ApiError::internal)? {
             drop(tx);
             let version = store::version_of(&stored.body);
@@ -333,7 +337,7 @@ async fn commit(
         }
     }
     let Answer { status, body, version } = store::apply(&mut tx, change).await.map_err(ApiError::internal)?;
-    if let Some(key) = &idem.0 {
+    if let Some(key) = &idem {
         idempotency::record(&mut tx, &scope, key, &fingerprint, status, &body).await.map_err(ApiError::internal)?;
     }
     tx.commit().await.map_err(ApiError::internal)?;

@@ -79,6 +79,9 @@ pub struct Config {
     pub list_max_limit: u32,
     /// `WORK_DELAY_MS` (default 500) and `WORK_DELAY_MAX_MS`: the simulated work.
     pub work: kit::work::SimulatedWork,
+    /// `IDEMPOTENCY_MAX_KEYS_PER_USER` / `IDEMPOTENCY_MAX_BYTES_PER_USER`: the stored answers
+    /// each caller keeps, the oldest evicted first.
+    pub idempotency: kit::idempotency::Limits,
 }
 
 impl Config {
@@ -98,6 +101,7 @@ impl Config {
             )? as u32,
             list_max_limit,
             work: kit::work::SimulatedWork::from_vars(vars, 500)?,
+            idempotency: kit::idempotency::Limits::from_vars(vars)?,
         })
     }
 }

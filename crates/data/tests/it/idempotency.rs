@@ -91,3 +91,38 @@ async fn concurrent_repeats_on_two_instances_have_one_effect() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn keys_belong_to_their_user_and_each_user_keeps_at_most_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = TestData::start(dir.path(), &[("IDEMPOTENCY_MAX_KEYS_PER_USER", "2")]).await;
+    let keys = kit::jwt::Keys::from_secret(crate::SECRET.as_bytes());
+    let other = crate::token(&keys, "2");
+
+    // The same key from another user is that user's own: no replay of the first user's answer.
+    let mine = send_raw(data.post("/api/data", &json!({"key": "a", "value": 1})).header("idempotency-key", "k")).await;
+    assert_eq!(mine.0, 201, "{}", mine.2);
+    let theirs = data
+        .client
+        .post(format!("{}/api/data", data.url))
+        .bearer_auth(&other)
+        .json(&json!({"key": "b", "value": 2}))
+        .header("idempotency-key", "k");
+    let theirs = send_raw(theirs).await;
+    assert_eq!(theirs.0, 201, "another user's key is not a replay: {}", theirs.2);
+    assert!(theirs.2.contains(r#""key":"b""#), "{}", theirs.2);
+
+    // The first user writes two more keys: with a limit of two, its oldest answer is gone,
+    // so sending it again is a new request (the key exists now: 409), the newest replays.
+    for (key, item) in [("k2", "c"), ("k3", "d")] {
+        let (status, _, body) =
+            send_raw(data.post("/api/data", &json!({"key": item, "value": 3})).header("idempotency-key", key)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let evicted =
+        send_raw(data.post("/api/data", &json!({"key": "a", "value": 1})).header("idempotency-key", "k")).await;
+    assert_eq!(evicted.0, 409, "the oldest answer was evicted: {}", evicted.2);
+    let kept = send_raw(data.post("/api/data", &json!({"key": "d", "value": 3})).header("idempotency-key", "k3")).await;
+    assert_eq!((kept.0, kept.1["idempotent-replayed"].to_str().unwrap()), (201, "true"));
+    data.stop().await;
+}
