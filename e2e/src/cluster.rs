@@ -45,6 +45,11 @@ impl Cluster {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with_env(dir, &[]).await
+    }
+
+    /// Like [`start_in`](Self::start_in), with `env` added to orch's environment.
+    pub async fn start_with_env(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let out = std::fs::File::create(dir.path().join("orch.out")).unwrap();
         let orch = Command::new(orch_bin())
             .args(["apply", "m.yaml"])
@@ -52,6 +57,7 @@ impl Cluster {
             .env_remove("ORCH_CONTROL_URL")
             .env_remove("ORCH_CONTROL_TOKEN")
             .env("HOME", dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -88,7 +88,13 @@ fn record_path(home: &Path, port: u16) -> PathBuf {
 }
 
 /// Writes the record of this process, the orch on control port `port`.
-pub fn write_record(home: &Path, port: u16, data_dir: &Path, control_url: &str, manifest: &Path) -> io::Result<PathBuf> {
+pub fn write_record(
+    home: &Path,
+    port: u16,
+    data_dir: &Path,
+    control_url: &str,
+    manifest: &Path,
+) -> io::Result<PathBuf> {
     let pid = std::process::id();
     let record = UserRecord {
         pid,
@@ -203,7 +209,8 @@ impl Sources {
 }
 
 fn read_token(path: &Path) -> Result<Secret, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("cannot read the control token {}: {e}", path.display()))?;
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("cannot read the control token {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("the control token {} is empty", path.display()));
@@ -231,7 +238,11 @@ pub fn loopback_port(url: &str) -> Option<u16> {
     let url = reqwest::Url::parse(url).ok()?;
     let host = url.host_str()?;
     let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     loopback.then(|| url.port_or_known_default()).flatten()
 }
 

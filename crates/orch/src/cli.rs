@@ -306,8 +306,7 @@ pub async fn logs(client: &Client, name: &str, follow: bool, tail: Option<usize>
     if let Some(n) = tail {
         let _ = write!(url, "&tail={n}");
     }
-    let mut res =
-        client.http.get(url).bearer_auth(token.expose()).send().await.map_err(|e| client.unreachable(&e))?;
+    let mut res = client.http.get(url).bearer_auth(token.expose()).send().await.map_err(|e| client.unreachable(&e))?;
     if !res.status().is_success() {
         return Client::answer(res).await.map(|_| ExitCode::SUCCESS);
     }

@@ -171,8 +171,7 @@ pub fn clean_strays(data_dir: &Path) -> Vec<u32> {
 
 /// Whether the environment process `pid` started with holds the entry `entry` (`K=V`).
 fn has_env_entry(pid: u32, entry: &str) -> bool {
-    fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
+    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
 }
 
 fn group_members(pgid: u32) -> Vec<u32> {
@@ -220,7 +219,8 @@ mod tests {
         // reused by another program of the user), with another run's marker, and a marked
         // one whose start time does not match the record.
         let mut unmarked = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
-        let mut other_run = Command::new("sleep").arg("30").env(CLUSTER_ID_VAR, "other").process_group(0).spawn().unwrap();
+        let mut other_run =
+            Command::new("sleep").arg("30").env(CLUSTER_ID_VAR, "other").process_group(0).spawn().unwrap();
         let mut late = Command::new("sleep");
         marked(late.arg("30").process_group(0));
         let mut late = late.spawn().unwrap();

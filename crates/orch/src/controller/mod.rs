@@ -480,7 +480,8 @@ impl Controller {
         // and the tokens a user may have exported for the CLI.
         let mut env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| {
-                !k.starts_with("LISTEN_") && !["NOTIFY_SOCKET", "ORCH_CONTROL_TOKEN", "ORCH_CLUSTER_TOKEN"].contains(&k.as_str())
+                !k.starts_with("LISTEN_")
+                    && !["NOTIFY_SOCKET", "ORCH_CONTROL_TOKEN", "ORCH_CLUSTER_TOKEN"].contains(&k.as_str())
             })
             .collect();
         let mut set = |k: &str, v: String| {
