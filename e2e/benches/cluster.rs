@@ -438,11 +438,16 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// One instance as orch reports it (a read that needs the control token).
+async fn instance(b: &Bench, cluster: &Cluster, name: &str) -> Option<Value> {
+    let url = format!("{}/api/instances/{name}", cluster.url);
+    b.http.get(url).bearer_auth(cluster.control_token()).send().await.ok()?.json().await.ok()
+}
+
 /// `(pid, port)` of `name` once orch reports it running and ready.
 async fn ready_instance(b: &Bench, cluster: &Cluster, name: &str) -> (u32, u16) {
-    let url = format!("{}/api/instances/{name}", cluster.url);
     until(Duration::from_millis(5), &format!("{name} ready"), || async {
-        let i = get_json(&b.http, &url).await?;
+        let i = instance(b, cluster, name).await?;
         (i["status"] == "running" && i["ready"] == true).then_some(())?;
         Some((i["pid"].as_u64()? as u32, i["port"].as_u64()? as u16))
     })
@@ -451,9 +456,8 @@ async fn ready_instance(b: &Bench, cluster: &Cluster, name: &str) -> (u32, u16) 
 
 /// Waits until orch reports `name` ready under another pid than `old`.
 async fn replaced(b: &Bench, cluster: &Cluster, name: &str, old: u32) -> u32 {
-    let url = format!("{}/api/instances/{name}", cluster.url);
     until(TIGHT, &format!("{name} ready under a new pid"), || async {
-        let i = get_json(&b.http, &url).await?;
+        let i = instance(b, cluster, name).await?;
         let pid = i["pid"].as_u64()? as u32;
         (pid != old && i["status"] == "running" && i["ready"] == true).then_some(pid)
     })

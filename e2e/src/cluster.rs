@@ -1,6 +1,11 @@
 //! A whole cluster run by the real `orch apply`, as a user runs it: a manifest in a
 //! temporary directory (automatic ports: `controlPort: 0`, no `port:`), its data dir beside
 //! it, and the control URL read from `DATA_DIR/orch.json`. Ended by its PID when dropped.
+//!
+//! orch and the CLI run with `HOME` set to that directory: `orch apply` records the
+//! cluster in `HOME/.orch/clusters/`, where the CLI finds the control token as a user's
+//! CLI would (no token from the environment). The test's own requests send the control
+//! token read from `DATA_DIR/control-token`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -40,11 +45,19 @@ impl Cluster {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_with_env(dir, &[]).await
+    }
+
+    /// Like [`start_in`](Self::start_in), with `env` added to orch's environment.
+    pub async fn start_with_env(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let out = std::fs::File::create(dir.path().join("orch.out")).unwrap();
         let orch = Command::new(orch_bin())
             .args(["apply", "m.yaml"])
             .current_dir(dir.path())
             .env_remove("ORCH_CONTROL_URL")
+            .env_remove("ORCH_CONTROL_TOKEN")
+            .env("HOME", dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -76,8 +89,17 @@ impl Cluster {
         std::fs::rename(tmp, self.path("m.yaml")).unwrap();
     }
 
+    /// A GET of the control API, with the control token.
     pub async fn get(&self, path: &str) -> Value {
-        self.http.get(format!("{}{path}", self.url)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(self.control_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn instances(&self) -> Vec<Value> {
@@ -130,9 +152,16 @@ impl Cluster {
         format!("http://127.0.0.1:{port}")
     }
 
-    /// The cluster token (`DATA_DIR/cluster-token`) for mutations.
-    pub fn token(&self) -> String {
-        std::fs::read_to_string(self.path("data/cluster-token")).unwrap().trim().to_owned()
+    /// orch's control token (`DATA_DIR/control-token`, new at every start): for its
+    /// mutations, instance details and logs.
+    pub fn control_token(&self) -> String {
+        std::fs::read_to_string(self.path("data/control-token")).unwrap_or_default().trim().to_owned()
+    }
+
+    /// The registry token (`DATA_DIR/registry-token`, new at every start): for the
+    /// registry's and the balancer's mutations.
+    pub fn registry_token(&self) -> String {
+        std::fs::read_to_string(self.path("data/registry-token")).unwrap().trim().to_owned()
     }
 
     /// Sends SIGKILL to instance `name` by the pid orch reports; returns that pid.
@@ -206,13 +235,16 @@ impl Cluster {
         .await
     }
 
-    /// Runs the CLI against this cluster.
+    /// Runs the CLI against this cluster (it finds the control token in the record `orch
+    /// apply` wrote under `HOME`).
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(orch_bin())
             .args(args)
             .arg("--control")
             .arg(&self.url)
             .current_dir(self.dir.path())
+            .env_remove("ORCH_CONTROL_TOKEN")
+            .env("HOME", self.dir.path())
             .output()
             .unwrap()
     }
@@ -256,9 +288,16 @@ impl Drop for Cluster {
     }
 }
 
-/// Runs `orch` with `args` in `dir`.
+/// Runs `orch` with `args` in `dir`, which is also its `HOME`.
 pub fn run_orch(dir: &Path, args: &[&str]) -> Output {
-    Command::new(orch_bin()).args(args).current_dir(dir).env_remove("ORCH_CONTROL_URL").output().unwrap()
+    Command::new(orch_bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("ORCH_CONTROL_URL")
+        .env_remove("ORCH_CONTROL_TOKEN")
+        .env("HOME", dir)
+        .output()
+        .unwrap()
 }
 
 pub fn stdout(out: &Output) -> String {

@@ -249,9 +249,9 @@ pub fn require_token(expected: Option<&crate::secret::Secret>, headers: &HeaderM
     let Some(expected) = expected else { return Ok(()) };
     match bearer(headers) {
         Some(token) if crate::secret::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("invalid cluster token")),
+        Some(_) => Err(ApiError::unauthorized("invalid token")),
         None => Err(ApiError::unauthorized(
-            "missing cluster token (Authorization: Bearer <token>, the token is DATA_DIR/cluster-token)",
+            "missing token (Authorization: Bearer <token>: DATA_DIR/registry-token for the registry and the balancer, DATA_DIR/control-token for orch)",
         )),
     }
 }

@@ -1,6 +1,7 @@
-//! Secrets kept in files: created once with mode 0600, never logged.
+//! Secrets kept in files: created with mode 0600, never logged.
 //!
-//! Several processes may start at once on a fresh data dir (three auth instances all
+//! [`rotate`] replaces a secret with a new random value (orch's tokens, new at every start);
+//! [`load_or_create`] creates one only if it does not exist yet. Several processes may start at once on a fresh data dir (three auth instances all
 //! wanting the JWT secret). The file is written under a private name and then hard-linked
 //! into place, which fails if it exists: exactly one process creates it, and no one reads
 //! a half-written file.
@@ -36,6 +37,27 @@ pub fn load_or_create(path: &Path) -> io::Result<String> {
     let _ = fs::remove_file(&tmp);
     result?;
     read(path)
+}
+
+/// Replaces the secret in `path` with a new random value (32 random bytes, hex) and
+/// returns it. The new file is written 0600 under a private name and renamed into place,
+/// so a reader sees the old secret or the new one, never half of one.
+pub fn rotate(path: &Path) -> io::Result<String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let secret = random_hex(32);
+    let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), random_hex(4)));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        file.write_all(secret.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|()| secret)
 }
 
 fn read(path: &Path) -> io::Result<String> {
@@ -100,6 +122,21 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let leftovers = fs::read_dir(dir.path().join("sub")).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary files remain");
+    }
+
+    #[test]
+    fn rotation_replaces_the_secret_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control-token");
+        fs::write(&path, "old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let first = rotate(&path).unwrap();
+        let second = rotate(&path).unwrap();
+        assert_eq!(second.len(), 64);
+        assert_ne!(first, second);
+        assert_eq!(fs::read_to_string(&path).unwrap(), second);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary files remain");
     }
 
     #[test]

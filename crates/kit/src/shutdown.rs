@@ -57,7 +57,7 @@ impl Shutdown {
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 
-    /// Triggers this shutdown on SIGTERM or SIGINT (Ctrl-C).
+    /// Triggers this shutdown on SIGTERM, SIGINT (Ctrl-C) or SIGHUP.
     pub fn trigger_on_signals(&self) {
         let shutdown = self.clone();
         tokio::spawn(async move {
@@ -68,13 +68,16 @@ impl Shutdown {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
+/// Completes on SIGTERM, SIGINT or SIGHUP. A closed terminal (SIGHUP) is a graceful stop
+/// like any other, not the default sudden death that would skip every drain.
 pub async fn signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = hup.recv() => {}
     }
 }

@@ -1,5 +1,8 @@
-//! The control API, on loopback: reads are open, mutations need
-//! `Authorization: Bearer <DATA_DIR/cluster-token>`. Every error is `{"error": "..."}`.
+//! The control API, on loopback. Every mutation, and every read that shows an
+//! instance's environment or output (`GET /api/instances/{name}`, `GET /api/logs/{name}`),
+//! needs `Authorization: Bearer <DATA_DIR/control-token>` (401 without it). The open reads
+//! (the cluster, the instance list, events, chaos experiments) hold no environment values:
+//! the detector polls them without a token. Every error is `{"error": "..."}`.
 //!
 //! Each call runs on the controller (see [`crate::controller::Handle::call`]), so what it
 //! reads or changes is the controller's one consistent state; events are served from the
@@ -88,7 +91,11 @@ async fn instances(State(state): State<ApiState>, Query(q): Query<InstancesQuery
     state.handle.call(move |c| c.instances_json(q.service.as_deref())).await.map(Json).ok_or_else(gone)
 }
 
-async fn instance(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn instance(
+    State(state): State<ApiState>,
+    _: Authorized,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let lookup = name.clone();
     match state.handle.call(move |c| c.instance_json(&lookup)).await {
         None => Err(gone()),
@@ -132,6 +139,11 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
     Ok(Json(json!({ "events": events, "next": next })))
 }
 
+/// Lines of a log answered when the request names no `tail`.
+pub const DEFAULT_TAIL: usize = 200;
+/// The most lines one request gets (a larger `tail` is cut to this).
+pub const MAX_TAIL: usize = 100_000;
+
 #[derive(Deserialize)]
 struct LogsQuery {
     tail: Option<usize>,
@@ -140,6 +152,7 @@ struct LogsQuery {
 
 async fn logs(
     State(state): State<ApiState>,
+    _: Authorized,
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
@@ -149,9 +162,13 @@ async fn logs(
         Some(None) => return Err(ApiError::not_found(format!("no instance {name:?}"))),
         Some(Some(p)) => p,
     };
-    let initial = match logs::tail(&path, q.tail.unwrap_or(usize::MAX)) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    let lines = q.tail.unwrap_or(DEFAULT_TAIL).min(MAX_TAIL);
+    let tail_of = path.clone();
+    // File reads stay off the runtime: a large log must not hold up probes and restarts.
+    let initial = match tokio::task::spawn_blocking(move || logs::tail(&tail_of, lines)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Ok(Err(e)) => return Err(ApiError::internal(e)),
         Err(e) => return Err(ApiError::internal(e)),
     };
     let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
@@ -179,7 +196,10 @@ fn follow(
                 offset = 0;
             }
             if len > offset {
-                let chunk = read_range(&path, offset, len);
+                let from = path.clone();
+                let chunk = tokio::task::spawn_blocking(move || read_range(&from, offset, len))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 offset = len;
                 return Some((chunk.map(Bytes::from), (path, offset, None)));
             }

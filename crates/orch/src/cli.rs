@@ -3,8 +3,8 @@
 //! The running orch is found at `--control URL` (or `ORCH_CONTROL_URL`), else — for verbs
 //! given a manifest — at the manifest's `spec.controlPort` or, when that is 0, at the URL
 //! the running orch wrote to `DATA_DIR/orch.json`; else at `http://127.0.0.1:3006`.
-//! Mutations read the cluster token from the data dir that `GET /api/cluster` reports (the
-//! file is readable by the same user only): no token ever crosses the API.
+//! Mutations, instance details and logs send the control token, found from local
+//! knowledge only ([`crate::access::Sources`]), never from what a server says.
 //!
 //! Exit codes: 0 ok; 1 a runtime failure (including "not found"); 2 bad usage or an
 //! invalid manifest; 3 orch cannot be reached. `orch diff` follows `kubectl diff`: 0 no
@@ -12,13 +12,16 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use kit::secret::Secret;
+
+use crate::access::{self, Sources};
 use crate::manifest::{self, Manifest};
 
 pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:3006";
@@ -52,15 +55,16 @@ pub type Outcome = Result<ExitCode, Failure>;
 pub struct Client {
     pub base: String,
     http: reqwest::Client,
+    access: Sources,
 }
 
 impl Client {
-    pub fn new(base: &str) -> Self {
+    pub fn new(base: &str, access: Sources) -> Self {
         let http = kit::http::client_builder()
             .connect_timeout(Duration::from_secs(2))
             .build()
             .expect("building an HTTP client without TLS cannot fail");
-        Self { base: base.trim_end_matches('/').to_owned(), http }
+        Self { base: base.trim_end_matches('/').to_owned(), http, access }
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> Failure {
@@ -97,22 +101,30 @@ impl Client {
         res.json().await.ok()
     }
 
-    /// The cluster token, read from the data dir the running orch reports.
-    pub async fn token(&self) -> Result<String, Failure> {
-        let cluster = self.get("/api/cluster").await?;
-        let dir = PathBuf::from(cluster["dataDir"].as_str().unwrap_or_default());
-        let path = dir.join("cluster-token");
-        std::fs::read_to_string(&path)
-            .map(|t| t.trim().to_owned())
-            .map_err(|e| Failure::Runtime(format!("cannot read the cluster token {}: {e}", path.display())))
+    /// The control token for this orch, from local knowledge only.
+    fn token(&self) -> Result<Secret, Failure> {
+        self.access.control_token(&self.base).map_err(Failure::Usage)
+    }
+
+    /// A read that needs the control token (an instance's details).
+    pub async fn get_private(&self, path: &str) -> Result<Value, Failure> {
+        let token = self.token()?;
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token.expose())
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Self::answer(res).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
-        let token = self.token().await?;
+        let token = self.token()?;
         let res = self
             .http
             .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
+            .bearer_auth(token.expose())
             .json(&body)
             .send()
             .await
@@ -121,11 +133,11 @@ impl Client {
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
-        let token = self.token().await?;
+        let token = self.token()?;
         let res = self
             .http
             .delete(format!("{}{path}", self.base))
-            .bearer_auth(token)
+            .bearer_auth(token.expose())
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
@@ -251,7 +263,7 @@ pub async fn get(client: &Client, service: Option<&str>, json_out: bool) -> Outc
 }
 
 pub async fn describe(client: &Client, name: &str, json_out: bool) -> Outcome {
-    let i = client.get(&format!("/api/instances/{name}")).await?;
+    let i = client.get_private(&format!("/api/instances/{name}")).await?;
     if json_out {
         print_json(&i);
         return Ok(ExitCode::SUCCESS);
@@ -289,11 +301,12 @@ pub async fn describe(client: &Client, name: &str, json_out: bool) -> Outcome {
 }
 
 pub async fn logs(client: &Client, name: &str, follow: bool, tail: Option<usize>) -> Outcome {
+    let token = client.token()?;
     let mut url = format!("{}/api/logs/{name}?follow={follow}", client.base);
     if let Some(n) = tail {
         let _ = write!(url, "&tail={n}");
     }
-    let mut res = client.http.get(url).send().await.map_err(|e| client.unreachable(&e))?;
+    let mut res = client.http.get(url).bearer_auth(token.expose()).send().await.map_err(|e| client.unreachable(&e))?;
     if !res.status().is_success() {
         return Client::answer(res).await.map(|_| ExitCode::SUCCESS);
     }
@@ -405,19 +418,32 @@ fn print_changes(changes: &Value) -> bool {
     true
 }
 
+/// The running orch of `m`'s data dir, if it listens at `url` (or at the URL it recorded
+/// when `url` is `None`): a client holding `m`'s data dir as where the control token is.
+/// `Ok(None)`: no orch runs on that data dir.
+fn running_orch(url: Option<&str>, sources: &Sources, m: &Manifest) -> Result<Option<Client>, Failure> {
+    let Some(record) = crate::state::running(&m.data_dir) else { return Ok(None) };
+    let url = url.unwrap_or(&record.control_url);
+    let same = access::loopback_port(url).is_some_and(|p| access::loopback_port(&record.control_url) == Some(p));
+    if !same {
+        return Err(Failure::Runtime(format!(
+            "the orch of the data dir {} (pid {}) listens at {}, not at {url}; drop --control, or point it there",
+            m.data_dir.display(),
+            record.pid,
+            record.control_url
+        )));
+    }
+    let access = Sources { data_dir: Some(m.data_dir.clone()), ..sources.clone() };
+    Ok(Some(Client::new(url, access)))
+}
+
 /// `orch diff FILE`: what applying FILE would change (everything, if no orch runs).
-pub async fn diff(control: Option<&str>, file: &Path, json_out: bool) -> Outcome {
+pub async fn diff(control: Option<&str>, sources: &Sources, file: &Path, json_out: bool) -> Outcome {
     let m = manifest::load(file).map_err(|e| Failure::Usage(e.to_string()))?;
     let url = control.map(str::to_owned).or_else(|| control_url_of(&m));
-    let running = match &url {
-        Some(u) => Client::new(u).cluster().await.map(|c| (Client::new(u), c)),
-        None => None,
-    };
-    let changes = match running {
-        Some((client, cluster)) if cluster["dataDir"].as_str() == Some(&m.data_dir.display().to_string()) => {
-            client.post("/api/apply", json!({ "path": m.path, "dryRun": true })).await?["changes"].clone()
-        }
-        _ => Value::Array(
+    let changes = match running_orch(url.as_deref(), sources, &m)? {
+        Some(client) => client.post("/api/apply", json!({ "path": m.path, "dryRun": true })).await?["changes"].clone(),
+        None => Value::Array(
             m.services
                 .iter()
                 .map(|s| {
@@ -436,21 +462,25 @@ pub async fn diff(control: Option<&str>, file: &Path, json_out: bool) -> Outcome
     Ok(if different { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// `orch apply FILE` when an orch already runs this cluster: hand it the file.
-/// `Ok(None)`: no orch runs it; start one.
-pub async fn hand_over(control: Option<&str>, m: &Manifest) -> Result<Option<ExitCode>, Failure> {
-    let Some(url) = control.map(str::to_owned).or_else(|| control_url_of(m)) else { return Ok(None) };
-    let client = Client::new(&url);
-    let Some(cluster) = client.cluster().await else { return Ok(None) };
-    if cluster["dataDir"].as_str() != Some(&m.data_dir.display().to_string()) {
-        return Err(Failure::Runtime(format!(
-            "another orch (cluster {}, data dir {}) answers at {url}; stop it (`orch down --control {url}`) or give this manifest another spec.controlPort",
-            cell(&cluster["name"]),
-            cell(&cluster["dataDir"]),
-        )));
-    }
+/// `orch apply FILE` when an orch already runs this cluster (FILE's data dir): hand it the
+/// file, with the control token of that data dir. `Ok(None)`: no orch runs it; start one.
+pub async fn hand_over(control: Option<&str>, sources: &Sources, m: &Manifest) -> Result<Option<ExitCode>, Failure> {
+    let url = control.map(str::to_owned).or_else(|| control_url_of(m));
+    let Some(client) = running_orch(url.as_deref(), sources, m)? else {
+        // Nothing runs on this data dir; something else answering on the port is another
+        // cluster (starting would fail on the port anyway, so say it plainly).
+        if let Some(url) = url
+            && let Some(cluster) = Client::new(&url, Sources::default()).cluster().await
+        {
+            return Err(Failure::Runtime(format!(
+                "another orch (cluster {}) answers at {url}; stop it (`orch down --control {url}`) or give this manifest another spec.controlPort",
+                cell(&cluster["name"]),
+            )));
+        }
+        return Ok(None);
+    };
     let v = client.post("/api/apply", json!({ "path": m.path })).await?;
-    println!("applied {} to the running cluster {} ({url}):", m.path.display(), cell(&cluster["name"]));
+    println!("applied {} to the running cluster {} ({}):", m.path.display(), m.name, client.base);
     print_changes(&v["changes"]);
     Ok(Some(ExitCode::SUCCESS))
 }
@@ -459,8 +489,7 @@ pub async fn hand_over(control: Option<&str>, m: &Manifest) -> Result<Option<Exi
 /// `DATA_DIR/orch.log`) and returns once every instance is ready.
 pub async fn detach(file: &Path, m: &Manifest) -> Outcome {
     let exe = std::env::current_exe().map_err(|e| Failure::Runtime(format!("cannot find the orch binary: {e}")))?;
-    std::fs::create_dir_all(&m.data_dir)
-        .map_err(|e| Failure::Runtime(format!("cannot create the data dir {}: {e}", m.data_dir.display())))?;
+    crate::plane::prepare_data_dir(&m.data_dir).map_err(|e| Failure::Runtime(format!("{e:#}")))?;
     let log_path = m.data_dir.join("orch.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -481,8 +510,9 @@ pub async fn detach(file: &Path, m: &Manifest) -> Outcome {
     let mut last_shown = String::new();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            let tail =
-                std::fs::read(&log_path).ok().map(|b| String::from_utf8_lossy(&b[log_start as usize..]).into_owned());
+            let tail = std::fs::read(&log_path)
+                .ok()
+                .map(|b| String::from_utf8_lossy(b.get(log_start as usize..).unwrap_or(&b)).into_owned());
             eprint!("{}", tail.unwrap_or_default());
             let code = status.code().unwrap_or(1);
             return Err(if code == 2 {
@@ -493,7 +523,7 @@ pub async fn detach(file: &Path, m: &Manifest) -> Outcome {
         }
         let record = crate::state::read(&m.data_dir).filter(|r| r.pid == child.id());
         if let Some(record) = record {
-            let client = Client::new(&record.control_url);
+            let client = Client::new(&record.control_url, Sources::default());
             if let Some(cluster) = client.cluster().await {
                 let services = cluster["services"].as_array().cloned().unwrap_or_default();
                 let total: u64 = services.iter().map(|s| s["replicas"].as_u64().unwrap_or(0)).sum();

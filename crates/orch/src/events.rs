@@ -1,20 +1,20 @@
 //! The event log: what happened to the cluster, numbered, in memory, in
-//! `DATA_DIR/events.jsonl`, and served by `GET /api/events` (with long polling).
+//! `DATA_DIR/events.jsonl` (moved to `events.jsonl.1` when it grows past a cap, so the two
+//! files together hold at most twice the cap), and served by `GET /api/events` (with long
+//! polling).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-/// Events kept in memory (the file has them all).
+/// Events kept in memory (the files have more).
 const KEEP: usize = 10_000;
-/// `events.jsonl` is moved aside at start past this size.
-const ROTATE_AT: u64 = 10 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -77,24 +77,43 @@ pub struct EventLog {
 struct Inner {
     seq: u64,
     recent: VecDeque<Event>,
-    file: Option<File>,
+    file: Option<Filed>,
+}
+
+/// The file events are appended to.
+struct Filed {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    rotate_at: u64,
+}
+
+impl Filed {
+    fn open(path: &Path, rotate_at: u64) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Self { path: path.to_owned(), file, len, rotate_at })
+    }
+
+    /// Appends `line`, first moving a file that would grow past the cap to `<path>.1`.
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.len > 0 && self.len + line.len() as u64 > self.rotate_at {
+            let mut old = self.path.as_os_str().to_owned();
+            old.push(".1");
+            std::fs::rename(&self.path, old)?;
+            *self = Self::open(&self.path, self.rotate_at)?;
+        }
+        self.file.write_all(line)?;
+        self.len += line.len() as u64;
+        Ok(())
+    }
 }
 
 impl EventLog {
-    /// A log appending to `path` (created if needed; a file past 10 MiB from earlier runs is
-    /// moved to `<path>.1` first); `None` keeps events in memory only.
-    pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
-        let file = match path {
-            Some(p) => {
-                if std::fs::metadata(p).is_ok_and(|m| m.len() > ROTATE_AT) {
-                    let mut old = p.as_os_str().to_owned();
-                    old.push(".1");
-                    std::fs::rename(p, old)?;
-                }
-                Some(OpenOptions::new().create(true).append(true).open(p)?)
-            }
-            None => None,
-        };
+    /// A log appending to `path` (created if needed), moved to `<path>.1` whenever it would
+    /// grow past `rotate_at` bytes; `None` keeps events in memory only.
+    pub fn open(path: Option<&Path>, rotate_at: u64) -> std::io::Result<Self> {
+        let file = path.map(|p| Filed::open(p, rotate_at)).transpose()?;
         let (latest, _) = watch::channel(0);
         Ok(Self { inner: Mutex::new(Inner { seq: 0, recent: VecDeque::new(), file }), latest })
     }
@@ -115,7 +134,7 @@ impl EventLog {
         if let Some(file) = inner.file.as_mut() {
             let mut line = serde_json::to_vec(&event).unwrap_or_default();
             line.push(b'\n');
-            if let Err(e) = file.write_all(&line) {
+            if let Err(e) = file.append(&line) {
                 tracing::warn!(error = %e, "cannot append to events.jsonl");
             }
         }
@@ -177,7 +196,7 @@ mod tests {
     async fn numbered_filed_and_waited_for() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let log = std::sync::Arc::new(EventLog::open(Some(&path)).unwrap());
+        let log = std::sync::Arc::new(EventLog::open(Some(&path), 1 << 20).unwrap());
         log.emit(Kind::Started, Some("web"), Some("web-1"), "web-1 started");
         log.emit(Kind::Ready, Some("web"), Some("web-1"), "web-1 ready");
         let (events, next) = log.since(0, 10);
@@ -205,5 +224,26 @@ mod tests {
         assert_eq!(lines[2]["type"], "exited");
         assert_eq!(lines[2]["instance"], "web-1");
         assert_eq!(log.of_instance("web-1", 2).len(), 2);
+    }
+
+    #[test]
+    fn the_file_is_rotated_at_its_cap_keeping_one_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let log = EventLog::open(Some(&path), 1000).unwrap();
+        for i in 0..100 {
+            log.emit(Kind::Started, Some("web"), Some("web-1"), format!("web-1 started ({i})"));
+        }
+        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        let old = dir.path().join("events.jsonl.1");
+        assert!(size(&path) <= 1000 && size(&old) <= 1000, "{} {}", size(&path), size(&old));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "one old file is kept");
+        let last = std::fs::read_to_string(&path).unwrap();
+        assert!(last.lines().last().unwrap().contains("web-1 started (99)"), "{last}");
+        // A new log goes on appending to the file it finds.
+        drop(log);
+        let log = EventLog::open(Some(&path), 1000).unwrap();
+        log.emit(Kind::Stopped, None, None, "cluster stopped");
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("\"cluster stopped\"}\n"));
     }
 }

@@ -6,11 +6,13 @@
 //! - [`supervisor`]: processes — spawn with socket activation, logs, probes, drains;
 //! - [`controller`]: the event loop that owns the state and executes the plan;
 //! - [`events`], [`state`]: the event log, and what orch keeps in its data dir;
+//! - [`access`]: the control and registry tokens, and how the CLI finds the control token;
 //! - [`api`]: the control API; [`plane`]: the control plane (`orch apply`);
 //! - [`cli`], [`display`]: the verbs that talk to a running orch, and the console;
 //! - [`run`]: `orch run COMPONENT`, one component in the foreground;
 //! - [`chaos`]: `orch chaos`, fault injection on purpose.
 
+mod access;
 mod api;
 mod chaos;
 mod cli;
@@ -42,6 +44,15 @@ struct Cli {
     /// The control API of the running orch (default: the manifest's, else http://127.0.0.1:3006).
     #[arg(long, global = true, env = "ORCH_CONTROL_URL", value_name = "URL")]
     control: Option<String>,
+    /// The control token, for verbs that change the cluster or show an instance's details
+    /// or logs (default: ORCH_CONTROL_TOKEN, else the manifest's data dir, else the record
+    /// `orch apply` keeps in ~/.orch/clusters/).
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// The manifest of the running cluster: its control port and its data dir (where the
+    /// control token is).
+    #[arg(short = 'm', long, global = true, value_name = "FILE")]
+    manifest: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,7 +87,7 @@ enum Command {
         /// Keep printing as the log grows.
         #[arg(short, long)]
         follow: bool,
-        /// Only the last N lines.
+        /// The last N lines (default 200, at most 100000).
         #[arg(long, value_name = "N")]
         tail: Option<usize>,
     },
@@ -126,6 +137,7 @@ enum Output {
 }
 
 fn main() -> ExitCode {
+    private_files();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -158,6 +170,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Everything orch creates — the data dir's databases, logs, events and tokens, by orch
+/// and by the children that inherit the mask — is private to the user (mode 0600/0700).
+fn private_files() {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o077));
+}
+
 /// `orch events | head` ends like any Unix tool when `head` has read enough: killed by
 /// SIGPIPE, silently, instead of a panic in `println!` (Rust ignores SIGPIPE by default).
 /// Not for `apply`, whose control plane writes to sockets that clients may close.
@@ -169,14 +188,20 @@ fn die_quietly_on_closed_stdout() {
 }
 
 async fn dispatch(cli: Cli) -> cli::Outcome {
-    let control = cli.control.as_deref();
-    let client = || Client::new(control.unwrap_or(cli::DEFAULT_CONTROL_URL));
+    let given = match &cli.manifest {
+        Some(file) => Some(manifest::load(file).map_err(|e| Failure::Usage(e.to_string()))?),
+        None => None,
+    };
+    let control = cli.control.clone().or_else(|| given.as_ref().and_then(cli::control_url_of));
+    let control = control.as_deref();
+    let sources = access::Sources::from_env(cli.token_file.clone(), given.as_ref().map(|m| m.data_dir.clone()));
+    let client = || Client::new(control.unwrap_or(cli::DEFAULT_CONTROL_URL), sources.clone());
     match cli.command {
-        Command::Apply { file, detach, serve } => apply(control, &file, detach, serve).await,
+        Command::Apply { file, detach, serve } => apply(control, &sources, &file, detach, serve).await,
         Command::Get { service, output } => cli::get(&client(), service.as_deref(), output == Output::Json).await,
         Command::Describe { instance, output } => cli::describe(&client(), &instance, output == Output::Json).await,
         Command::Logs { instance, follow, tail } => cli::logs(&client(), &instance, follow, tail).await,
-        Command::Diff { file, output } => cli::diff(control, &file, output == Output::Json).await,
+        Command::Diff { file, output } => cli::diff(control, &sources, &file, output == Output::Json).await,
         Command::Scale { target } => cli::scale(&client(), &target).await,
         Command::Restart { target } => cli::restart(&client(), &target).await,
         Command::Down | Command::Delete => cli::down(&client()).await,
@@ -186,12 +211,18 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
     }
 }
 
-async fn apply(control: Option<&str>, file: &std::path::Path, detach: bool, serve: bool) -> cli::Outcome {
+async fn apply(
+    control: Option<&str>,
+    sources: &access::Sources,
+    file: &std::path::Path,
+    detach: bool,
+    serve: bool,
+) -> cli::Outcome {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::Usage(format!("{}: cannot read the manifest: {e}", file.display())))?;
     let manifest = manifest::parse(file, &text).map_err(|e| Failure::Usage(e.to_string()))?;
     if !serve {
-        if let Some(code) = cli::hand_over(control, &manifest).await? {
+        if let Some(code) = cli::hand_over(control, sources, &manifest).await? {
             return Ok(code);
         }
         if detach {

@@ -327,6 +327,7 @@ pub fn revision(manifest: &Manifest, service: &Service) -> u64 {
     service.routes.hash(&mut h);
     service.socket_activation.hash(&mut h);
     service.register.hash(&mut h);
+    service.registers.hash(&mut h);
     service.working_dir.hash(&mut h);
     manifest.env.hash(&mut h);
     manifest.auth_required.hash(&mut h);

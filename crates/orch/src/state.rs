@@ -2,11 +2,13 @@
 //!
 //! - `orch.lock`: held (flock) for as long as a control plane runs on this data dir; the
 //!   kernel releases it when that process dies, however it dies.
-//! - `orch.json`: the running orch's pid, control URL and manifest, and the pid and start
-//!   time of every child it runs. After a crash of orch (even SIGKILL) the next orch kills
-//!   whatever is left of those children — only processes recorded here whose start time
-//!   still matches (a recycled pid is someone else's), and members of their process groups
-//!   started no earlier — never anything found by name.
+//! - `orch.json`: the running orch's pid, control URL, manifest and cluster id, and the pid
+//!   and start time of every child it runs. After a crash of orch (even SIGKILL) the next
+//!   orch kills whatever is left of those children — only processes proven to be this
+//!   cluster's: a recorded pid whose start time still matches (a recycled pid is someone
+//!   else's), or a member of its process group started no earlier, and in both cases whose
+//!   environment carries `ORCH_CLUSTER_ID=<the recorded id>` (orch gives every child a new
+//!   random id at each start) — never anything found by name.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -17,7 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-use crate::supervisor::{is_zombie, process_group, signal_group, start_time};
+use crate::supervisor::{is_zombie, process_group, start_time};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,8 +28,14 @@ pub struct Record {
     pub start_time: u64,
     pub control_url: String,
     pub manifest: PathBuf,
+    /// `ORCH_CLUSTER_ID` of every child of this run.
+    #[serde(default)]
+    pub cluster_id: String,
     pub children: BTreeMap<String, Child>,
 }
+
+/// The variable that marks every child of one run of orch.
+pub const CLUSTER_ID_VAR: &str = "ORCH_CLUSTER_ID";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,8 +60,14 @@ pub fn read(data_dir: &Path) -> Option<Record> {
     serde_json::from_str(&text).ok()
 }
 
+/// The record of the orch that runs on `data_dir` now (its recorded pid is alive and is
+/// the same process).
+pub fn running(data_dir: &Path) -> Option<Record> {
+    read(data_dir).filter(|r| start_time(r.pid) == Some(r.start_time) && !is_zombie(r.pid))
+}
+
 impl StateFile {
-    pub fn new(data_dir: &Path, control_url: String, manifest: PathBuf) -> Self {
+    pub fn new(data_dir: &Path, control_url: String, manifest: PathBuf, cluster_id: String) -> Self {
         let pid = std::process::id();
         Self {
             path: state_path(data_dir),
@@ -62,6 +76,7 @@ impl StateFile {
                 start_time: start_time(pid).unwrap_or(0),
                 control_url,
                 manifest,
+                cluster_id,
                 children: BTreeMap::new(),
             },
         }
@@ -119,19 +134,28 @@ pub fn lock(data_dir: &Path) -> Result<Flock<File>, String> {
 pub fn clean_strays(data_dir: &Path) -> Vec<u32> {
     let Some(record) = read(data_dir) else { return Vec::new() };
     let mut killed = Vec::new();
+    // Without an id (a record of an older orch) nothing can be proven to be ours.
+    let marker = (!record.cluster_id.is_empty()).then(|| format!("{CLUSTER_ID_VAR}={}", record.cluster_id));
+    let Some(marker) = marker else {
+        let _ = fs::remove_file(state_path(data_dir));
+        return killed;
+    };
+    let marked = |pid: u32| has_env_entry(pid, &marker);
     for (instance, child) in &record.children {
         if child.pid <= 1 || child.pid == std::process::id() {
             continue;
         }
+        let leader = start_time(child.pid) == Some(child.start_time) && marked(child.pid);
         // A zombie is already dead (only not reaped yet): nothing to kill, nothing to report.
-        if start_time(child.pid) == Some(child.start_time) && !is_zombie(child.pid) {
+        if leader && !is_zombie(child.pid) {
             tracing::warn!(%instance, pid = child.pid, "killing a process left by a previous orch");
-            signal_group(child.pid, Signal::SIGKILL);
+            // Only the leader: the group may hold processes that are not ours (below).
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.pid as i32), Signal::SIGKILL);
             killed.push(child.pid);
         }
         // Members of its process group that outlived it (a shell's children).
         for pid in group_members(child.pid) {
-            let ours = start_time(pid).is_some_and(|t| t >= child.start_time);
+            let ours = start_time(pid).is_some_and(|t| t >= child.start_time) && marked(pid);
             if ours && pid != child.pid && pid != std::process::id() && !is_zombie(pid) {
                 tracing::warn!(%instance, pid, "killing a process left by a previous orch");
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -143,6 +167,11 @@ pub fn clean_strays(data_dir: &Path) -> Vec<u32> {
     killed.sort_unstable();
     killed.dedup();
     killed
+}
+
+/// Whether the environment process `pid` started with holds the entry `entry` (`K=V`).
+fn has_env_entry(pid: u32, entry: &str) -> bool {
+    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
 }
 
 fn group_members(pgid: u32) -> Vec<u32> {
@@ -162,7 +191,7 @@ mod tests {
     #[test]
     fn the_lock_is_exclusive_and_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let mut state = StateFile::new(dir.path(), "http://127.0.0.1:1".into(), "/m.yaml".into());
+        let mut state = StateFile::new(dir.path(), "http://127.0.0.1:1".into(), "/m.yaml".into(), "id".into());
         state.save();
         let held = lock(dir.path()).unwrap();
         let err = lock(dir.path()).unwrap_err();
@@ -178,19 +207,49 @@ mod tests {
     #[test]
     fn strays_are_killed_only_when_they_are_ours() {
         let dir = tempfile::tempdir().unwrap();
-        let mut stray = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
-        let mut other = Command::new("sleep").arg("30").spawn().unwrap();
-        let mut state = StateFile::new(dir.path(), String::new(), PathBuf::new());
+        let id = "c0ffee";
+        let marked = |cmd: &mut Command| {
+            cmd.env(CLUSTER_ID_VAR, id);
+        };
+        // A stray of the crashed orch: recorded, same start time, marked.
+        let mut stray = Command::new("sleep");
+        marked(stray.arg("30").process_group(0));
+        let mut stray = stray.spawn().unwrap();
+        // Decoys: a process group with the right start time but without the marker (a pid
+        // reused by another program of the user), with another run's marker, and a marked
+        // one whose start time does not match the record.
+        let mut unmarked = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let mut other_run =
+            Command::new("sleep").arg("30").env(CLUSTER_ID_VAR, "other").process_group(0).spawn().unwrap();
+        let mut late = Command::new("sleep");
+        marked(late.arg("30").process_group(0));
+        let mut late = late.spawn().unwrap();
+        let mut state = StateFile::new(dir.path(), String::new(), PathBuf::new(), id.into());
         state.child_started("web-1", stray.id());
-        // A recorded pid whose start time does not match is someone else's process.
-        state.record.children.insert("web-2".into(), Child { pid: other.id(), start_time: 1 });
+        state.child_started("web-2", unmarked.id());
+        state.child_started("web-3", other_run.id());
+        state.record.children.insert("web-4".into(), Child { pid: late.id(), start_time: 1 });
         state.save();
         let killed = clean_strays(dir.path());
         assert_eq!(killed, vec![stray.id()]);
         assert!(!stray.wait().unwrap().success());
-        assert!(other.try_wait().unwrap().is_none(), "an unrelated process is left alone");
-        other.kill().unwrap();
-        other.wait().unwrap();
+        for decoy in [&mut unmarked, &mut other_run, &mut late] {
+            assert!(decoy.try_wait().unwrap().is_none(), "a process not proven ours is left alone");
+            decoy.kill().unwrap();
+            decoy.wait().unwrap();
+        }
         assert!(read(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_record_without_a_cluster_id_kills_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let mut state = StateFile::new(dir.path(), String::new(), PathBuf::new(), String::new());
+        state.child_started("web-1", child.id());
+        assert!(clean_strays(dir.path()).is_empty());
+        assert!(child.try_wait().unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

@@ -104,7 +104,10 @@ pub struct Progress {
 pub struct Setup {
     pub manifest: Manifest,
     pub manifest_text: String,
+    /// The registry token (see [`crate::access`]).
     pub token: Secret,
+    /// `ORCH_CLUSTER_ID`, the mark of this run's children (see [`crate::state`]).
+    pub cluster_id: String,
     pub control_url: String,
     pub events: Arc<EventLog>,
     pub spawner: Spawner,
@@ -118,7 +121,10 @@ pub struct Controller {
     manifest: Manifest,
     /// Hash of the manifest text last read from disk (applied or rejected).
     seen_text: u64,
+    /// The registry token: for the registry, the balancer's admin API, and the instances
+    /// that register themselves. Never the control token.
     token: Secret,
+    cluster_id: String,
     control_url: String,
     started_at: String,
     events: Arc<EventLog>,
@@ -154,6 +160,7 @@ impl Controller {
             seen_text: hash_text(&setup.manifest_text),
             manifest: setup.manifest.clone(),
             token: setup.token,
+            cluster_id: setup.cluster_id,
             control_url: setup.control_url,
             started_at: kit::time::now_iso(),
             events: setup.events,
@@ -469,9 +476,14 @@ impl Controller {
 
     fn launch_spec(&self, service: &Service, id: &InstanceId, slot: &Slot) -> LaunchSpec {
         let m = &self.manifest;
-        // orch's own environment (PATH, HOME, RUST_LOG...), minus what names orch's sockets.
-        let mut env: BTreeMap<String, String> =
-            std::env::vars().filter(|(k, _)| !k.starts_with("LISTEN_") && k != "NOTIFY_SOCKET").collect();
+        // orch's own environment (PATH, HOME, RUST_LOG...), minus what names orch's sockets
+        // and the tokens a user may have exported for the CLI.
+        let mut env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| {
+                !k.starts_with("LISTEN_")
+                    && !["NOTIFY_SOCKET", "ORCH_CONTROL_TOKEN", "ORCH_CLUSTER_TOKEN"].contains(&k.as_str())
+            })
+            .collect();
         let mut set = |k: &str, v: String| {
             env.insert(k.to_owned(), v);
         };
@@ -485,7 +497,10 @@ impl Controller {
             Some(p) => set("SERVICE_REGISTRY_URL", format!("http://localhost:{p}")),
             None => set("REGISTER", "false".into()),
         }
-        set("ORCH_CLUSTER_TOKEN", self.token.expose().to_owned());
+        if service.registers {
+            set("ORCH_CLUSTER_TOKEN", self.token.expose().to_owned());
+        }
+        set(crate::state::CLUSTER_ID_VAR, self.cluster_id.clone());
         set("ORCH_MANAGED", "1".into());
         set("ORCH_CONTROL_URL", self.control_url.clone());
         set("DATA_DIR", m.data_dir.display().to_string());

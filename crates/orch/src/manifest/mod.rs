@@ -37,6 +37,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "LISTEN_FDS",
     "LISTEN_PID",
     "ORCH_CLUSTER_TOKEN",
+    "ORCH_CLUSTER_ID",
     "ORCH_MANAGED",
     "ORCH_CONTROL_URL",
 ];
@@ -87,6 +88,10 @@ pub struct Service {
     pub socket_activation: bool,
     /// orch registers the instances in the registry (commands; components do it themselves).
     pub register: bool,
+    /// The instances register themselves, so they get the registry token
+    /// (`ORCH_CLUSTER_TOKEN`): always for components, for commands only when the manifest
+    /// says `registers: true`.
+    pub registers: bool,
     pub working_dir: PathBuf,
 }
 
@@ -368,6 +373,7 @@ struct RawService {
     routes: Option<BTreeMap<String, String>>,
     socket_activation: Option<bool>,
     register: Option<bool>,
+    registers: Option<bool>,
     working_dir: Option<String>,
 }
 
@@ -650,6 +656,12 @@ impl Checker {
                     format!("invalid environment variable name {key:?}"),
                     "use letters, digits and underscores, not starting with a digit",
                 );
+            } else if key == "ORCH_CONTROL_TOKEN" {
+                self.problem(
+                    at.key(&key),
+                    "ORCH_CONTROL_TOKEN is the CLI's: the control token is given to no instance",
+                    "remove ORCH_CONTROL_TOKEN",
+                );
             } else if RESERVED_ENV.contains(&key.as_str()) {
                 self.problem(at.key(&key), format!("{key} is set by orch for every instance"), format!("remove {key}"));
             } else if value.contains('\0') {
@@ -785,8 +797,28 @@ impl Checker {
                 self.problem(at.key("register"), "components register themselves", "remove register");
                 false
             }
+            Some(true) if raw.registers == Some(true) => {
+                self.problem(
+                    at.key("register"),
+                    "register (orch registers the instances) and registers (they register themselves) are both true",
+                    "keep one of them",
+                );
+                false
+            }
             Some(r) => r,
-            None => !is_component,
+            None => !is_component && raw.registers != Some(true),
+        };
+        let registers = match raw.registers {
+            Some(_) if is_component => {
+                self.problem(
+                    at.key("registers"),
+                    "components register themselves and always get the registry token",
+                    "remove registers",
+                );
+                true
+            }
+            Some(r) => r,
+            None => is_component,
         };
         let readiness_default = if is_component {
             Probe { check: Check::Http("/ready".into()), period_ms: 200, timeout_ms: 1000, failure_threshold: 3 }
@@ -853,6 +885,7 @@ impl Checker {
             routes,
             socket_activation,
             register,
+            registers,
             working_dir,
         }
     }

@@ -81,7 +81,7 @@ fn defaults() {
     let reg = &m.services[0];
     assert_eq!(reg.replicas, 1);
     assert_eq!(reg.port, None);
-    assert!(reg.socket_activation && !reg.register);
+    assert!(reg.socket_activation && !reg.register && reg.registers);
     assert_eq!(reg.readiness.check, Check::Http("/ready".into()));
     assert!(reg.readiness.period_ms <= 500);
     assert_eq!(reg.liveness.check, Check::Http("/health".into()));
@@ -99,7 +99,7 @@ fn defaults() {
     );
     assert_eq!(reg.grace_period_ms, 5000);
     let sh = &m.services[1];
-    assert!(!sh.socket_activation && sh.register);
+    assert!(!sh.socket_activation && sh.register && !sh.registers, "a command gets no registry token by default");
     assert_eq!(sh.readiness.check, Check::Tcp);
     assert_eq!(sh.liveness.check, Check::None);
     match &sh.kind {
@@ -109,6 +109,12 @@ fn defaults() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_command_that_registers_itself_gets_the_registry_token_and_is_not_registered_by_orch() {
+    let m = ok(&doc("  services:\n    - { name: sh, command: [sh], registers: true }\n"));
+    assert!(m.services[0].registers && !m.services[0].register);
 }
 
 #[test]
@@ -142,7 +148,7 @@ fn bad_input_is_located_and_explained() {
         // Unknown field.
         (
             svc("    - name: a\n      component: registry\n      replica: 3\n"),
-            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `workingDir`; fix: did you mean `replicas`? (allowed here: name, component, command, args, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, workingDir)",
+            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `registers`, `workingDir`; fix: did you mean `replicas`? (allowed here: name, component, command, args, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, registers, workingDir)",
         ),
         // Wrong type.
         (
@@ -229,6 +235,24 @@ fn bad_input_is_located_and_explained() {
         (
             svc("    - { name: a, component: auth, env: { PORT: 1 } }\n"),
             "m.yaml:6:48: PORT is set by orch for every instance; fix: remove PORT",
+        ),
+        (
+            svc("    - { name: a, component: auth, env: { ORCH_CONTROL_TOKEN: x } }\n"),
+            "m.yaml:6:62: ORCH_CONTROL_TOKEN is the CLI's: the control token is given to no instance; fix: remove ORCH_CONTROL_TOKEN",
+        ),
+        // The registry token: components always have it; a command registers itself or is
+        // registered by orch, not both.
+        (
+            svc("    - { name: a, component: auth, registers: false }\n"),
+            "m.yaml:6:46: components register themselves and always get the registry token; fix: remove registers",
+        ),
+        (
+            svc("    - { name: a, command: [sh], register: true, registers: true }\n"),
+            "m.yaml:6:43: register (orch registers the instances) and registers (they register themselves) are both true; fix: keep one of them",
+        ),
+        (
+            svc("    - { name: a, command: [sh], registers: yes }\n"),
+            "m.yaml:6:44: spec.services[0].registers: invalid type: string \"yes\", expected a boolean; fix: give a boolean",
         ),
         (
             svc("    - { name: a, component: auth, readiness: { tcp: true } }\n"),

@@ -107,37 +107,45 @@ pub fn tail(path: &Path, n: usize) -> io::Result<Vec<u8>> {
     Ok(older)
 }
 
-/// The last `n` lines of one file, reading backwards in blocks.
+/// The last `n` lines of one file, read backwards from its end in blocks: each byte is
+/// looked at once, and nothing before the lines asked for is read.
 fn read_tail(path: &Path, n: usize) -> io::Result<Vec<u8>> {
+    const BLOCK: u64 = 64 << 10;
     let mut file = File::open(path)?;
-    let len = file.metadata()?.len();
-    let mut start = len;
-    let mut buf: Vec<u8> = Vec::new();
-    while start > 0 {
-        let step = 64 << 10;
-        let from = start.saturating_sub(step);
-        let mut block = vec![0u8; (start - from) as usize];
-        file.seek(SeekFrom::Start(from))?;
-        file.read_exact(&mut block)?;
-        block.extend_from_slice(&buf);
-        buf = block;
-        start = from;
-        // n lines need n+1 newlines before them unless we reached the start.
-        if buf.iter().filter(|&&b| b == b'\n').count() > n {
-            break;
-        }
-    }
-    let newlines: Vec<usize> = buf.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i).collect();
-    // Ignore a final newline: it ends the last line.
-    let ends = if buf.last() == Some(&b'\n') { newlines.len() - 1 } else { newlines.len() };
     if n == 0 {
         return Ok(Vec::new());
     }
-    if ends >= n {
-        let cut = newlines[ends - n] + 1;
-        return Ok(buf[cut..].to_vec());
+    let len = file.metadata()?.len();
+    // Blocks from the end backwards; the answer starts after the (n+1)-th newline from the
+    // end, not counting a final newline (it ends the last line).
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut start = len;
+    let mut newlines = 0usize;
+    let mut cut: Option<usize> = None;
+    while start > 0 && cut.is_none() {
+        let from = start.saturating_sub(BLOCK);
+        let mut block = vec![0u8; (start - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut block)?;
+        for i in (0..block.len()).rev() {
+            if block[i] != b'\n' || (start == len && i + 1 == block.len()) {
+                continue;
+            }
+            newlines += 1;
+            if newlines == n {
+                cut = Some(i + 1);
+                break;
+            }
+        }
+        start = from;
+        blocks.push(block);
     }
-    Ok(buf)
+    let mut out = Vec::with_capacity(blocks.iter().map(Vec::len).sum());
+    for (k, block) in blocks.iter().enumerate().rev() {
+        let skip = if k + 1 == blocks.len() { cut.unwrap_or(0) } else { 0 };
+        out.extend_from_slice(&block[skip..]);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -163,6 +171,34 @@ mod tests {
         assert!(fifteen.starts_with("line 15\n"), "{fifteen}");
         assert_eq!(tail(&path, 0).unwrap(), b"");
         assert!(tail(&dir.path().join("none.log"), 5).is_err());
+    }
+
+    #[test]
+    fn the_tail_of_a_large_file_is_exactly_its_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.log");
+        // 30 MB of numbered lines, some of them longer than a block, the last one unended.
+        let mut text = Vec::with_capacity(31 << 20);
+        let mut i = 0;
+        while text.len() < 30 << 20 {
+            let pad = if i % 1000 == 7 { 70_000 } else { 20 };
+            text.extend_from_slice(format!("line {i:07} {}\n", "x".repeat(pad)).as_bytes());
+            i += 1;
+        }
+        text.extend_from_slice(b"unended");
+        fs::write(&path, &text).unwrap();
+        let expected: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        for n in [1, 2, 200, 2500] {
+            let got = read_tail(&path, n).unwrap();
+            assert_eq!(got, expected[expected.len() - n..].join(&b'\n'), "{n} lines");
+        }
+        // More lines than the file has: all of it.
+        assert_eq!(read_tail(&path, usize::MAX).unwrap().len(), text.len());
+        // A final newline ends the last line; it does not start an empty one.
+        fs::write(&path, b"a\nb\nc\n").unwrap();
+        assert_eq!(read_tail(&path, 2).unwrap(), b"b\nc\n");
+        assert_eq!(read_tail(&path, 3).unwrap(), b"a\nb\nc\n");
+        assert_eq!(read_tail(&path, 9).unwrap(), b"a\nb\nc\n");
     }
 
     #[tokio::test]

@@ -44,8 +44,9 @@ async fn experiments(cluster: &Cluster) -> Vec<Value> {
     cluster.get("/api/chaos").await["experiments"].as_array().unwrap().clone()
 }
 
+/// The balancer's admin API takes the registry token.
 fn token(cluster: &Cluster) -> String {
-    std::fs::read_to_string(cluster.path("data/cluster-token")).unwrap().trim().to_owned()
+    cluster.registry_token()
 }
 
 /// Runs `orch chaos ARGS` and expects success; its stdout.
@@ -372,7 +373,7 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
     let http = &cluster.http;
     let res = http.post(&url).json(&json!({"action": "kill", "target": "web"})).send().await.unwrap();
     assert_eq!(res.status(), 401);
-    let token = token(&cluster);
+    let token = cluster.control_token();
     let api_cases = [
         (json!({"action": "kill", "target": "web", "everyMs": 1000}), 400, "everyMs needs forMs"),
         (json!({"action": "explode", "target": "web"}), 400, "unknown variant `explode`"),

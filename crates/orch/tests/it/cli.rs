@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kit::testing::eventually;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{Cluster, DEADLINE, ORCH, manifest, orch, stderr, stdout, web};
 
@@ -75,6 +75,7 @@ async fn follow_streams_new_events_and_log_lines() {
         .unwrap();
     let mut logs = std::process::Command::new(ORCH)
         .args(["logs", "web-1", "-f", "--control", &cluster.url])
+        .env("HOME", cluster.dir.path())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -151,54 +152,6 @@ async fn scale_restart_and_diff() {
     assert_eq!(v["changes"][0]["change"], "roll");
     // A dry run changes nothing.
     assert_eq!(cluster.pids().await, after);
-}
-
-#[tokio::test]
-async fn mutations_need_the_cluster_token() {
-    let cluster = Cluster::start(&web(1)).await;
-    cluster.wait_ready(&["registry-1", "web-1"]).await;
-    let http = reqwest::Client::new();
-    for path in ["/api/scale", "/api/restart", "/api/apply", "/api/down"] {
-        let res = http.post(format!("{}{path}", cluster.url)).json(&json!({})).send().await.unwrap();
-        assert_eq!(res.status(), 401, "{path}");
-        let body: Value = res.json().await.unwrap();
-        assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
-    }
-    let res = http.post(format!("{}/api/down", cluster.url)).bearer_auth("wrong").send().await.unwrap();
-    assert_eq!(res.status(), 401);
-    // The token is the data dir's, private to the user.
-    let token = std::fs::read_to_string(cluster.path("data/cluster-token")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(cluster.path("data/cluster-token")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let res = http
-        .post(format!("{}/api/scale", cluster.url))
-        .bearer_auth(token.trim())
-        .json(&json!({"service": "web", "replicas": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let res = http
-        .post(format!("{}/api/apply", cluster.url))
-        .bearer_auth(token.trim())
-        .json(&json!({"path": "relative.yaml"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
-    // Unknown routes and bad queries are JSON errors too.
-    let res = http.get(format!("{}/api/nothing", cluster.url)).send().await.unwrap();
-    assert_eq!(res.status(), 404);
-    let res = http.get(format!("{}/api/events?wait=soon", cluster.url)).send().await.unwrap();
-    assert_eq!(res.status(), 400);
-    // Children learn the control URL and the token.
-    let env = std::fs::read(format!("/proc/{}/environ", cluster.pid("web-1").await)).unwrap();
-    let env = String::from_utf8_lossy(&env);
-    assert!(env.split('\0').any(|kv| kv == format!("ORCH_CONTROL_URL={}", cluster.url)));
-    assert!(env.split('\0').any(|kv| kv == format!("ORCH_CLUSTER_TOKEN={}", token.trim())));
-    assert!(env.split('\0').any(|kv| kv == "ORCH_MANAGED=1"));
-    assert!(env.split('\0').any(|kv| kv == "SERVICE_TYPE=web"));
 }
 
 #[tokio::test]
@@ -298,4 +251,72 @@ async fn a_custom_command_is_registered_under_its_service_name() {
         (v["total"] == 1 && v["services"][0]["serviceId"] == "echo-1").then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn logs_answer_their_tail_a_default_of_200_lines_even_from_a_large_file() {
+    let cluster = Cluster::start(&web(1)).await;
+    cluster.wait_ready(&["registry-1", "web-1"]).await;
+    // A log of tens of MB (an instance that was very talkative before a restart of orch).
+    let mut text = String::with_capacity(41 << 20);
+    let mut i = 0;
+    while text.len() < 40 << 20 {
+        text.push_str(&format!("line {i:08} of a very talkative instance\n"));
+        i += 1;
+    }
+    std::fs::write(cluster.path("data/logs/talk-1.log"), &text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let http = reqwest::Client::new();
+    let get = |query: &str| {
+        let req = http.get(format!("{}/api/logs/talk-1{query}", cluster.url)).bearer_auth(cluster.control_token());
+        async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.text().await.unwrap()
+        }
+    };
+    let last = |n: usize| format!("{}\n", lines[lines.len() - n..].join("\n"));
+    assert_eq!(get("?tail=7").await, last(7));
+    assert_eq!(get("").await, last(200), "the default is the last 200 lines");
+    assert_eq!(get("?tail=100000000").await, last(100_000), "tail is capped");
+    let out = cluster.cli(&["logs", "talk-1", "--tail", "3"]);
+    assert_eq!(stdout(&out), last(3));
+}
+
+#[tokio::test]
+async fn a_detached_orch_rotates_its_log_and_events_at_the_configured_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // Once DATA_DIR/go exists, `flaky` crash-loops: events (and console lines) come fast.
+    let yaml = manifest(
+        "    - name: registry\n      component: registry\n    - name: flaky\n      command: [sh, -c, 'if [ -e {dataDir}/go ]; then sleep 0.05; exit 3; fi; exec sleep 300']\n      readiness: { enabled: false }\n      restart: { backoffInitialMs: 1, backoffMaxMs: 20 }\n",
+    )
+    .replace("  controlPort: 0\n", "  controlPort: 0\n  logMaxBytes: 4096\n");
+    std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+    let out = orch(dir.path(), &["apply", "-d", "m.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("data/orch.json")).unwrap()).unwrap();
+    let daemon = record["pid"].as_u64().unwrap() as u32;
+    let url = record["controlUrl"].as_str().unwrap().to_owned();
+    let stop = Guard(daemon);
+    let data = dir.path().join("data");
+    std::fs::write(data.join("go"), "").unwrap();
+    let out = orch(dir.path(), &["restart", "flaky", "--control", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let size = |name: &str| std::fs::metadata(data.join(name)).map(|m| m.len()).ok();
+    eventually(DEADLINE, "orch.log and events.jsonl rotated", || async {
+        (size("orch.log.1").is_some() && size("events.jsonl.1").is_some()).then_some(())
+    })
+    .await;
+    // The daemon goes on writing to a new orch.log, and events.jsonl stays under its cap.
+    eventually(DEADLINE, "new lines in the new orch.log", || async {
+        let text = std::fs::read_to_string(data.join("orch.log")).ok()?;
+        text.contains("flaky-1").then_some(())
+    })
+    .await;
+    assert!(size("events.jsonl").unwrap() <= 4096 && size("events.jsonl.1").unwrap() <= 4096);
+    let out = orch(dir.path(), &["down", "--control", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(DEADLINE, "the detached orch to exit", || async { crate::gone(daemon).then_some(()) }).await;
+    drop(stop);
 }

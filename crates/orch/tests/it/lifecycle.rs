@@ -293,3 +293,75 @@ async fn ctrl_c_stops_the_cluster_gracefully() {
     assert!(out.contains("all 2 instances ready in"), "{out}");
     assert!(out.contains("cluster stopped"), "{out}");
 }
+
+#[tokio::test]
+async fn sighup_stops_the_cluster_gracefully_in_reverse_order() {
+    // A closed terminal sends SIGHUP: a drain like SIGTERM's, not a sudden death.
+    let mut cluster = Cluster::start(&web(2)).await;
+    cluster.wait_ready(&["registry-1", "web-1", "web-2"]).await;
+    let pids: Vec<u32> = cluster.pids().await.iter().map(|(_, pid, _)| pid.unwrap() as u32).collect();
+    cluster.signal(Signal::SIGHUP);
+    let status = cluster.wait_exit(DEADLINE).expect("orch exits on SIGHUP");
+    assert!(status.success(), "{status}");
+    assert!(pids.iter().all(|&p| gone(p)), "no strays");
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(cluster.path("data/events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |kind: &str, instance: &str| {
+        events
+            .iter()
+            .position(|e| e["type"] == kind && e["instance"] == instance)
+            .unwrap_or_else(|| panic!("{kind} {instance}"))
+    };
+    for web in ["web-1", "web-2"] {
+        assert!(at("stopped", web) < at("stopping", "registry-1"), "{web} stops before its dependency");
+        assert!(events[at("stopped", web)]["message"].as_str().unwrap().contains("code 0"), "{web} drained");
+    }
+    assert!(events[at("stopped", "registry-1")]["message"].as_str().unwrap().contains("code 0"));
+    assert!(!cluster.path("data/orch.json").exists());
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_data_dir_and_everything_in_it_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    // A data dir left readable by everyone (as the old orch created it) is tightened.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let yaml = manifest(
+        "    - name: registry\n      component: registry\n    - name: store\n      component: data\n      dependsOn: [registry]\n      env: { AUTH_REQUIRED: \"false\" }\n",
+    );
+    std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+    let cluster = Cluster::start_in(dir).await;
+    cluster.wait_ready(&["registry-1", "store-1"]).await;
+    let out = cluster.output();
+    assert!(out.contains("was mode 0755") && out.contains("now 0700"), "{out}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&data), 0o700);
+    let files = files_under(&data);
+    let names: Vec<String> =
+        files.iter().map(|p| p.strip_prefix(&data).unwrap().display().to_string()).collect::<Vec<_>>();
+    for expected in ["store.sqlite", "events.jsonl", "control-token", "registry-token", "orch.json", "logs/store-1.log"]
+    {
+        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+    }
+    let open: Vec<String> =
+        files.iter().filter(|p| mode(p) & 0o077 != 0).map(|p| format!("{} {:o}", p.display(), mode(p))).collect();
+    assert!(open.is_empty(), "readable by others: {open:?}");
+}

@@ -2,6 +2,7 @@
 //! ports (`controlPort: 0`, no `port:`) and a temporary data dir. The test programs are the
 //! registry component (`component: registry`) and `/bin/sh` commands.
 
+mod access;
 mod bad_input;
 mod chaos;
 mod cli;
