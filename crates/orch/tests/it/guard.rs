@@ -10,7 +10,7 @@ async fn a_form_post_and_a_foreign_host_are_refused() {
     let cluster = Cluster::start(&web(1)).await;
     let before = cluster.wait_ready(&["registry-1", "web-1"]).await;
     let http = reqwest::Client::new();
-    let token = cluster.token();
+    let token = cluster.control_token();
     for (path, body) in [("/api/down", "{}"), ("/api/scale", r#"{"service": "web", "replicas": 3}"#)] {
         for content_type in ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"] {
             let req =
