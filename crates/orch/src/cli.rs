@@ -108,39 +108,21 @@ impl Client {
 
     /// A read that needs the control token (an instance's details).
     pub async fn get_private(&self, path: &str) -> Result<Value, Failure> {
-        let token = self.token()?;
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token.expose())
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        Self::answer(res).await
+        self.send_with_token(self.http.get(format!("{}{path}", self.base))).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
-        let token = self.token()?;
-        let res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token.expose())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        Self::answer(res).await
+        self.send_with_token(self.http.post(format!("{}{path}", self.base)).json(&body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
+        self.send_with_token(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
+    /// Sends `req` with the control token, found from local knowledge only.
+    async fn send_with_token(&self, req: reqwest::RequestBuilder) -> Result<Value, Failure> {
         let token = self.token()?;
-        let res = self
-            .http
-            .delete(format!("{}{path}", self.base))
-            .bearer_auth(token.expose())
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+        let res = req.bearer_auth(token.expose()).send().await.map_err(|e| self.unreachable(&e))?;
         Self::answer(res).await
     }
 }

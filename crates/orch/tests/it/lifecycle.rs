@@ -255,17 +255,8 @@ async fn down_stops_everything_in_reverse_dependency_order() {
     assert!(status.success());
     assert!(pids.iter().all(|&p| gone(p)));
 
-    let events: Vec<serde_json::Value> = std::fs::read_to_string(cluster.path("data/events.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let at = |kind: &str, instance: &str| {
-        events
-            .iter()
-            .position(|e| e["type"] == kind && e["instance"] == instance)
-            .unwrap_or_else(|| panic!("{kind} {instance}"))
-    };
+    let events = recorded_events(&cluster);
+    let at = |kind: &str, instance: &str| position(&events, kind, instance);
     assert!(at("stopped", "edge-1") < at("stopping", "web-1"));
     assert!(at("stopped", "edge-1") < at("stopping", "web-2"));
     assert!(at("stopped", "web-1") < at("stopping", "registry-1"));
@@ -304,17 +295,8 @@ async fn sighup_stops_the_cluster_gracefully_in_reverse_order() {
     let status = cluster.wait_exit(DEADLINE).expect("orch exits on SIGHUP");
     assert!(status.success(), "{status}");
     assert!(pids.iter().all(|&p| gone(p)), "no strays");
-    let events: Vec<serde_json::Value> = std::fs::read_to_string(cluster.path("data/events.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let at = |kind: &str, instance: &str| {
-        events
-            .iter()
-            .position(|e| e["type"] == kind && e["instance"] == instance)
-            .unwrap_or_else(|| panic!("{kind} {instance}"))
-    };
+    let events = recorded_events(&cluster);
+    let at = |kind: &str, instance: &str| position(&events, kind, instance);
     for web in ["web-1", "web-2"] {
         assert!(at("stopped", web) < at("stopping", "registry-1"), "{web} stops before its dependency");
         assert!(events[at("stopped", web)]["message"].as_str().unwrap().contains("code 0"), "{web} drained");
@@ -364,4 +346,21 @@ async fn the_data_dir_and_everything_in_it_are_private() {
     let open: Vec<String> =
         files.iter().filter(|p| mode(p) & 0o077 != 0).map(|p| format!("{} {:o}", p.display(), mode(p))).collect();
     assert!(open.is_empty(), "readable by others: {open:?}");
+}
+
+/// The events orch wrote to `events.jsonl`, in order.
+fn recorded_events(cluster: &Cluster) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(cluster.path("data/events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Where the first event of `kind` for `instance` is in `events`.
+fn position(events: &[serde_json::Value], kind: &str, instance: &str) -> usize {
+    events
+        .iter()
+        .position(|e| e["type"] == kind && e["instance"] == instance)
+        .unwrap_or_else(|| panic!("{kind} {instance}"))
 }
