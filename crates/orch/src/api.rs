@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::chaos;
+use crate::controller::chaos::tasks as experiments;
 use crate::controller::{CallError, Handle};
 use crate::events::EventLog;
 use crate::supervisor::logs;
@@ -284,7 +285,7 @@ async fn chaos_start(
     Json(body): Json<chaos::Request>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let spec = chaos::Spec::parse(&body, chaos::Names::API).map_err(ApiError::bad_request)?;
-    let started = tokio::spawn(chaos::start(state.handle.clone(), spec)).await.map_err(ApiError::internal)?;
+    let started = tokio::spawn(experiments::start(state.handle.clone(), spec)).await.map_err(ApiError::internal)?;
     started.map(|v| (StatusCode::CREATED, Json(v))).map_err(from_call)
 }
 
@@ -293,12 +294,12 @@ async fn chaos_stop(
     _: Authorized,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let stopped = tokio::spawn(chaos::stop(state.handle.clone(), Some(id))).await.map_err(ApiError::internal)?;
+    let stopped = tokio::spawn(experiments::stop(state.handle.clone(), Some(id))).await.map_err(ApiError::internal)?;
     stopped.map(Json).map_err(from_call)
 }
 
 async fn chaos_stop_all(State(state): State<ApiState>, _: Authorized) -> Result<Json<Value>, ApiError> {
-    let stopped = tokio::spawn(chaos::stop(state.handle.clone(), None)).await.map_err(ApiError::internal)?;
+    let stopped = tokio::spawn(experiments::stop(state.handle.clone(), None)).await.map_err(ApiError::internal)?;
     stopped.map(Json).map_err(from_call)
 }
 

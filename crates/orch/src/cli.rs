@@ -24,7 +24,16 @@ use kit::secret::Secret;
 use crate::access::{self, Sources};
 use crate::manifest::{self, Manifest};
 
+pub mod chaos;
+
 pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:3006";
+
+/// `-o table|json`: how a verb prints what it gets.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
 
 /// A CLI failure, with its exit code.
 #[derive(Debug)]

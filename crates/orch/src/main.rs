@@ -10,7 +10,8 @@
 //! - [`api`]: the control API; [`plane`]: the control plane (`orch apply`);
 //! - [`cli`], [`display`]: the verbs that talk to a running orch, and the console;
 //! - [`run`]: `orch run COMPONENT`, one component in the foreground;
-//! - [`chaos`]: `orch chaos`, fault injection on purpose.
+//! - [`chaos`]: what an `orch chaos` experiment asks for (its experiments run in
+//!   [`controller::chaos`], its verbs are [`cli::chaos`]).
 
 mod access;
 mod api;
@@ -31,7 +32,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::cli::{Client, Failure};
+use crate::cli::{Client, Failure, Output};
 
 #[derive(Parser)]
 #[command(
@@ -121,19 +122,13 @@ enum Command {
     /// Break things on purpose: kill, pause, or slow down and fail requests at the balancer.
     Chaos {
         #[command(subcommand)]
-        command: chaos::Command,
+        command: cli::chaos::Command,
     },
     /// Run one component in the foreground (what `orch apply` launches for each instance).
     Run {
         /// registry, balancer, detector, auth, data or compute
         component: run::Component,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
 }
 
 fn main() -> ExitCode {
@@ -206,7 +201,7 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
         Command::Restart { target } => cli::restart(&client(), &target).await,
         Command::Down | Command::Delete => cli::down(&client()).await,
         Command::Events { follow, output } => cli::events(&client(), follow, output == Output::Json).await,
-        Command::Chaos { command } => chaos::verb(&client(), command).await,
+        Command::Chaos { command } => cli::chaos::verb(&client(), command).await,
         Command::Run { .. } => unreachable!("handled before the runtime starts"),
     }
 }

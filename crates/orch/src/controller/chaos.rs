@@ -1,6 +1,15 @@
-//! The controller's side of `orch chaos` (see [`crate::chaos`]): experiments are part of
-//! the state the controller owns, and every signal is sent from here, to the pid it holds
-//! for the instance at that moment.
+//! The controller's side of `orch chaos`: experiments are part of the state the
+//! controller owns ([`experiments`]), and every signal is sent from here, to the pid it
+//! holds for the instance at that moment, so a kill never meets a process that is no
+//! longer that instance; a pause remembers the process generation it stopped, and is
+//! resumed only if that process still runs. The balancer's faults are posted and removed
+//! in [`tasks`] between two calls to the controller ([`faults`] is the client), never on
+//! the controller. When the cluster stops, every experiment ends: paused processes are
+//! resumed, balancer faults removed. The request and its checks are [`crate::chaos`].
+
+pub mod experiments;
+pub mod faults;
+pub mod tasks;
 
 use std::time::{Duration, SystemTime};
 
@@ -8,10 +17,11 @@ use axum::http::StatusCode;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use self::experiments::{Experiment, MAX_EXPERIMENTS, Paused, PostedFault, Target, Why, random_below};
+use self::faults::{Balancer, BalancerClient};
+use self::tasks::Begun;
 use super::{CallError, Controller, Handle};
-use crate::chaos::{
-    self, Action, Balancer, BalancerClient, Begun, Experiment, Paused, PostedFault, Spec, Target, Why, show,
-};
+use crate::chaos::{Action, Spec, show};
 use crate::events::Kind as EventKind;
 use crate::manifest::Service;
 use crate::reconcile::{InstanceId, Phase};
@@ -43,8 +53,8 @@ impl Controller {
         if self.shutting_down {
             return Err(conflict("the cluster is stopping".into()));
         }
-        if self.chaos.active.len() >= chaos::MAX_EXPERIMENTS {
-            return Err(conflict(format!("at most {} chaos experiments at once", chaos::MAX_EXPERIMENTS)));
+        if self.chaos.active.len() >= MAX_EXPERIMENTS {
+            return Err(conflict(format!("at most {} chaos experiments at once", MAX_EXPERIMENTS)));
         }
         let target = if self.manifest.service(&spec.target).is_some() {
             Target::Service(spec.target.clone())
@@ -88,7 +98,7 @@ impl Controller {
         };
         debug_assert!(action == Action::Pause || every.is_some());
         let end = tokio::time::Instant::now() + lasts;
-        tokio::spawn(chaos::run(self.chaos_handle(), id, every, end, stop));
+        tokio::spawn(tasks::run(self.chaos_handle(), id, every, end, stop));
         Ok(Begun::Done(self.chaos.active[&id].to_json()))
     }
 
@@ -136,7 +146,7 @@ impl Controller {
         let (action, target, pause, stop) =
             (experiment.spec.action, experiment.target.clone(), experiment.spec.pause, experiment.stop.clone());
         let candidates = self.chaos_candidates(&target, action)?;
-        let hit = candidates[chaos::random_below(candidates.len())].clone();
+        let hit = candidates[random_below(candidates.len())].clone();
         let instance = &self.instances[&hit];
         let proc = instance.proc.as_ref().expect("a candidate has a process");
         let (pid, generation, name) = (proc.pid, instance.generation, instance.name.clone());
@@ -149,7 +159,7 @@ impl Controller {
                 let pause = pause.unwrap_or_default();
                 signal_group(pid, Signal::SIGSTOP);
                 let paused = Paused { instance: hit.clone(), generation };
-                tokio::spawn(chaos::resume_later(self.chaos_handle(), id, paused.clone(), pause, stop));
+                tokio::spawn(tasks::resume_later(self.chaos_handle(), id, paused.clone(), pause, stop));
                 if let Some(e) = self.chaos.active.get_mut(&id) {
                     e.paused.push(paused);
                 }
@@ -329,7 +339,7 @@ impl Controller {
         }
         self.chaos_event(&target, None, message);
         let left = ends_at.and_then(|t| t.duration_since(SystemTime::now()).ok()).unwrap_or_default();
-        tokio::spawn(chaos::run(self.chaos_handle(), id, None, tokio::time::Instant::now() + left, stop));
+        tokio::spawn(tasks::run(self.chaos_handle(), id, None, tokio::time::Instant::now() + left, stop));
         Ok(json)
     }
 

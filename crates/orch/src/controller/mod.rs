@@ -15,7 +15,7 @@
 //! after the grace period) runs as a task of its own, and the process's exit comes back
 //! as an event.
 
-mod chaos;
+pub mod chaos;
 mod instance;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -146,8 +146,8 @@ pub struct Controller {
     requeue: Option<Instant>,
     progress: watch::Sender<Progress>,
     finished: bool,
-    /// `orch chaos` experiments (see [`crate::chaos`]).
-    chaos: crate::chaos::Experiments,
+    /// `orch chaos` experiments (see [`chaos`]).
+    chaos: chaos::experiments::Experiments,
 }
 
 impl Controller {
@@ -182,7 +182,7 @@ impl Controller {
             requeue: None,
             progress,
             finished: false,
-            chaos: crate::chaos::Experiments::default(),
+            chaos: chaos::experiments::Experiments::default(),
         };
         controller.slots = controller.prepare_slots(&setup.manifest, Some(&setup.manifest_text))?;
         controller.watch_manifest();

@@ -1,0 +1,112 @@
+//! The tasks that drive an experiment through the controller's [`Handle`]: starting one
+//! (the controller records it, a balancer fault is posted between two calls to it),
+//! ending one (its balancer faults are removed between two calls), and its timers (a
+//! repeat, the end, a pause's end). Talking to the balancer takes time, so it happens here,
+//! never on the controller.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::experiments::{Paused, Why};
+use super::faults::{Balancer, BalancerClient};
+use crate::chaos::Spec;
+use crate::controller::{CallError, Handle};
+
+fn gone() -> CallError {
+    (StatusCode::SERVICE_UNAVAILABLE, "orch is stopping".into())
+}
+
+/// What the controller answers when an experiment starts.
+pub enum Begun {
+    /// Done (kill, pause): the experiment object.
+    Done(Value),
+    /// A balancer fault to post to these balancer instances, then to report back with
+    /// `chaos_faults_posted`.
+    Faults { id: u64, balancers: Vec<Balancer>, body: Value, client: BalancerClient },
+}
+
+/// `POST /api/chaos`: starts an experiment. Runs as its own task, so a client that goes
+/// away midway leaves no half-started experiment.
+pub async fn start(handle: Handle, spec: Spec) -> Result<Value, CallError> {
+    let begun = handle.call(move |c| c.chaos_start(spec)).await.ok_or_else(gone)??;
+    match begun {
+        Begun::Done(v) => Ok(v),
+        Begun::Faults { id, balancers, body, client } => {
+            let posts = balancers.into_iter().map(|balancer| {
+                let (client, body) = (client.clone(), &body);
+                async move {
+                    let result = client.post(&balancer.url, body).await;
+                    (balancer, result)
+                }
+            });
+            let results = futures_util::future::join_all(posts).await;
+            handle.call(move |c| c.chaos_faults_posted(id, results, client)).await.ok_or_else(gone)?
+        }
+    }
+}
+
+/// Ends experiment `id`: the controller resumes what it paused and hands over its balancer
+/// faults, which are removed before it is gone from the list. `None`: no such experiment
+/// (`Some(None)`: it was already ending).
+pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Option<Value>> {
+    let Some((faults, client)) = handle.call(move |c| c.chaos_ending(id, why)).await?? else {
+        return Some(None);
+    };
+    client.delete_all(&faults).await;
+    handle.call(move |c| c.chaos_ended(id, why)).await
+}
+
+/// An experiment's timer: repeats (at `every` after the start, while before `end`), then
+/// the end. The first injection happened when it started.
+pub async fn run(handle: Handle, id: u64, every: Option<Duration>, end: tokio::time::Instant, stop: CancellationToken) {
+    if let Some(every) = every {
+        let mut next = tokio::time::Instant::now() + every;
+        while next < end {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(next) => {}
+            }
+            if handle.call(move |c| c.chaos_inject(id)).await.is_none() {
+                return;
+            }
+            next += every;
+        }
+    }
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = tokio::time::sleep_until(end) => {}
+    }
+    finish(&handle, id, Why::Expired).await;
+}
+
+/// Resumes a paused process after `after`, unless its experiment ends first (which resumes
+/// it then).
+pub async fn resume_later(handle: Handle, id: u64, paused: Paused, after: Duration, stop: CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(after) => {
+            handle.call(move |c| c.chaos_resume(id, &paused)).await;
+        }
+    }
+}
+
+/// `DELETE /api/chaos[/:id]`: ends one experiment, or all; the stopped ones.
+pub async fn stop(handle: Handle, id: Option<String>) -> Result<Value, CallError> {
+    let ids = match id {
+        Some(raw) => {
+            let known = handle.call(|c| c.chaos_ids()).await.ok_or_else(gone)?;
+            let id = raw.parse::<u64>().ok().filter(|id| known.contains(id));
+            vec![id.ok_or_else(|| (StatusCode::NOT_FOUND, format!("no chaos experiment {raw:?}")))?]
+        }
+        None => handle.call(|c| c.chaos_ids()).await.ok_or_else(gone)?,
+    };
+    let ends = ids.iter().map(|&id| {
+        let handle = handle.clone();
+        async move { finish(&handle, id, Why::Stopped).await.flatten() }
+    });
+    let stopped: Vec<Value> = futures_util::future::join_all(ends).await.into_iter().flatten().collect();
+    Ok(json!({ "stopped": stopped }))
+}
