@@ -5,9 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use super::{Client, Failure, Outcome, Output, table};
+use super::{Client, Failure, Outcome, Output, cell, print_json, table};
 use crate::chaos::{Action, Names, Request, Spec, parse_duration, show};
 
 #[derive(clap::Subcommand)]
@@ -133,14 +131,14 @@ pub async fn verb(client: &Client, command: Command) -> Outcome {
         let body = serde_json::to_value(&req).unwrap_or_default();
         let v = client.post("/api/chaos", body).await?;
         if v["endsAt"].is_null() {
-            println!("chaos: {}", text(&v["last"]));
+            println!("chaos: {}", cell(&v["last"]));
         } else {
             println!(
                 "chaos experiment {} started: {}; ends in {} (`orch chaos stop {}` ends it sooner)",
-                text(&v["id"]),
-                text(&v["description"]),
+                cell(&v["id"]),
+                cell(&v["description"]),
                 until(v["endsAt"].as_str()),
-                text(&v["id"]),
+                cell(&v["id"]),
             );
             if let Some(last) = v["last"].as_str() {
                 println!("chaos: {last}");
@@ -152,7 +150,7 @@ pub async fn verb(client: &Client, command: Command) -> Outcome {
         Command::List { output } => {
             let v = client.get("/api/chaos").await?;
             if output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                print_json(&v);
                 return Ok(ExitCode::SUCCESS);
             }
             let list = v["experiments"].as_array().map(|a| a.as_slice()).unwrap_or_default();
@@ -164,12 +162,12 @@ pub async fn verb(client: &Client, command: Command) -> Outcome {
                 .iter()
                 .map(|e| {
                     vec![
-                        text(&e["id"]),
-                        text(&e["action"]),
-                        text(&e["target"]),
-                        text(&e["injected"]),
+                        cell(&e["id"]),
+                        cell(&e["action"]),
+                        cell(&e["target"]),
+                        cell(&e["injected"]),
                         until(e["endsAt"].as_str()),
-                        text(&e["description"]),
+                        cell(&e["description"]),
                     ]
                 })
                 .collect();
@@ -186,22 +184,14 @@ pub async fn verb(client: &Client, command: Command) -> Outcome {
             for e in stopped {
                 println!(
                     "chaos experiment {} stopped ({}; {} injected)",
-                    text(&e["id"]),
-                    text(&e["description"]),
-                    text(&e["injected"])
+                    cell(&e["id"]),
+                    cell(&e["description"]),
+                    cell(&e["injected"])
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         _ => unreachable!("experiments are started above"),
-    }
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use axum::http::StatusCode;
 use nix::sys::signal::Signal;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use self::experiments::{Experiment, MAX_EXPERIMENTS, Paused, PostedFault, Target, Why, random_below};
 use self::faults::{Balancer, BalancerClient};
@@ -84,7 +85,6 @@ impl Controller {
         let lasts = spec.lasts();
         let (every, action) = (spec.every, spec.action);
         let experiment = Experiment::new(id, spec, target.clone(), SystemTime::now(), lasts);
-        let stop = experiment.stop.clone();
         if every.is_some() {
             self.chaos_event(&target, None, format!("chaos experiment {id} started: {}", experiment.description()));
         }
@@ -97,9 +97,9 @@ impl Controller {
             return Ok(Begun::Done(done.to_json()));
         };
         debug_assert!(action == Action::Pause || every.is_some());
-        let end = tokio::time::Instant::now() + lasts;
-        tokio::spawn(tasks::run(self.chaos_handle(), id, every, end, stop));
-        Ok(Begun::Done(self.chaos.active[&id].to_json()))
+        let e = self.chaos.active.get_mut(&id).expect("inserted above");
+        e.arm(Instant::now(), every, lasts);
+        Ok(Begun::Done(e.to_json()))
     }
 
     /// The instances a kill or pause of `target` may hit now, or why there is none.
@@ -143,8 +143,7 @@ impl Controller {
         if experiment.ending {
             return Err("the experiment is ending".into());
         }
-        let (action, target, pause, stop) =
-            (experiment.spec.action, experiment.target.clone(), experiment.spec.pause, experiment.stop.clone());
+        let (action, target, pause) = (experiment.spec.action, experiment.target.clone(), experiment.spec.pause);
         let candidates = self.chaos_candidates(&target, action)?;
         let hit = candidates[random_below(candidates.len())].clone();
         let instance = &self.instances[&hit];
@@ -158,8 +157,7 @@ impl Controller {
             _ => {
                 let pause = pause.unwrap_or_default();
                 signal_group(pid, Signal::SIGSTOP);
-                let paused = Paused { instance: hit.clone(), generation };
-                tokio::spawn(tasks::resume_later(self.chaos_handle(), id, paused.clone(), pause, stop));
+                let paused = Paused { instance: hit.clone(), generation, until: Instant::now() + pause };
                 if let Some(e) = self.chaos.active.get_mut(&id) {
                     e.paused.push(paused);
                 }
@@ -178,22 +176,52 @@ impl Controller {
         Ok(did)
     }
 
-    /// A repeat of experiment `id` is due.
-    pub fn chaos_inject(&mut self, id: u64) {
-        if let Err(why) = self.chaos_strike(id) {
-            tracing::debug!(experiment = id, %why, "chaos: nothing hit this time");
+    /// The experiments' earliest deadline: the loop wakes then at the latest.
+    pub(super) fn chaos_deadline(&self) -> Option<Instant> {
+        self.chaos.next_deadline()
+    }
+
+    /// The loop woke: does what is due of each experiment at `now`: resumes the pauses that
+    /// are over, makes a repeat's kill or pause, ends an experiment whose time is up.
+    pub(super) fn chaos_due(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .chaos
+            .active
+            .values()
+            .filter(|e| e.next_deadline().is_some_and(|at| at <= now))
+            .map(|e| e.id)
+            .collect();
+        for id in due {
+            let Some(e) = self.chaos.active.get_mut(&id) else { continue };
+            let due = e.take_due(now);
+            let target = e.target.clone();
+            for paused in &due.resume {
+                self.chaos_continue(&target, paused);
+            }
+            if due.strike
+                && let Err(why) = self.chaos_strike(id)
+            {
+                tracing::debug!(experiment = id, %why, "chaos: nothing hit this time");
+            }
+            if due.end {
+                self.chaos_expire(id);
+            }
         }
     }
 
-    /// A pause of experiment `id` is over: resume the process if it is still the one paused.
-    pub fn chaos_resume(&mut self, id: u64, paused: &Paused) {
-        let Some(e) = self.chaos.active.get_mut(&id) else { return };
-        let before = e.paused.len();
-        e.paused.retain(|p| p != paused);
-        if e.paused.len() != before {
-            let target = e.target.clone();
-            self.chaos_continue(&target, paused);
+    /// Experiment `id`'s time is up: it ends now, or once its balancer faults are removed
+    /// (outside the controller).
+    fn chaos_expire(&mut self, id: u64) {
+        let Some(Some((faults, client))) = self.chaos_ending(id, Why::Expired) else { return };
+        if faults.is_empty() {
+            self.chaos_ended(id, Why::Expired);
+            return;
         }
+        let handle = self.chaos_handle();
+        tokio::spawn(async move {
+            client.delete_all(&faults).await;
+            handle.call(move |c| c.chaos_ended(id, Why::Expired)).await;
+        });
     }
 
     /// SIGCONT for a paused process, unless it is gone (liveness or a kill replaced it): a
@@ -331,15 +359,15 @@ impl Controller {
         e.injected = posted.len() as u64;
         e.faults = posted;
         e.last = Some(effect.clone());
-        let (target, stop, ends_at) = (e.target.clone(), e.stop.clone(), e.ends_at);
+        let left = e.ends_at.and_then(|t| t.duration_since(SystemTime::now()).ok()).unwrap_or_default();
+        e.arm(Instant::now(), None, left);
+        let target = e.target.clone();
         let json = e.to_json();
         let mut message = format!("chaos: {effect}");
         if !failures.is_empty() {
             message.push_str(&format!(" (not at {})", failures.join("; ")));
         }
         self.chaos_event(&target, None, message);
-        let left = ends_at.and_then(|t| t.duration_since(SystemTime::now()).ok()).unwrap_or_default();
-        tokio::spawn(tasks::run(self.chaos_handle(), id, None, tokio::time::Instant::now() + left, stop));
         Ok(json)
     }
 
@@ -417,7 +445,7 @@ impl Controller {
         }
     }
 
-    /// Ends experiment `id` on the controller: stops its timers and resumes what it paused;
+    /// Ends experiment `id` on the controller: no more deadlines, and what it paused resumes;
     /// its balancer faults are handed back to be removed. `None`: no such experiment;
     /// `Some(None)`: it is ending already.
     pub fn chaos_ending(&mut self, id: u64, why: Why) -> Option<Option<(Vec<PostedFault>, BalancerClient)>> {
@@ -426,7 +454,6 @@ impl Controller {
             return Some(None);
         }
         e.ending = true;
-        e.stop.cancel();
         let paused = std::mem::take(&mut e.paused);
         let faults = e.faults.clone();
         let target = e.target.clone();

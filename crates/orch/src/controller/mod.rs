@@ -8,7 +8,8 @@
 //! [`reconcile`](crate::reconcile::reconcile) on (desired, observed) and executes its
 //! actions. Nothing else changes the state, so duplicate triggers collapse and there is
 //! never more than one decision about an instance at a time. The loop also wakes at the
-//! plan's requeue time (a backoff ends) and on a tick, the safety net.
+//! plan's requeue time (a backoff ends), at the chaos experiments' deadlines (see
+//! [`chaos`]), and on a tick, the safety net.
 //!
 //! Executing an action never blocks the loop for long: starting a process is a fork on
 //! the spawner thread; a planned stop (deregister, wait for the balancer, SIGTERM, SIGKILL
@@ -216,6 +217,9 @@ impl Controller {
             if let Some(at) = self.reload_at {
                 wake = wake.min(at);
             }
+            if let Some(at) = self.chaos_deadline() {
+                wake = wake.min(at);
+            }
             tokio::select! {
                 event = rx.recv() => {
                     let Some(event) = event else { break };
@@ -230,6 +234,7 @@ impl Controller {
                 self.reload_at = None;
                 self.reload();
             }
+            self.chaos_due(tokio::time::Instant::now());
         }
         self.events.emit(EventKind::Stopped, None, None, "cluster stopped");
         self.update_progress();

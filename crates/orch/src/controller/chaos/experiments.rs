@@ -1,13 +1,16 @@
 //! The experiments a cluster runs, as the controller keeps them: what each acts on, what
-//! it has done so far (kills, pauses, faults posted), when it ends, and how the API shows
-//! it. Records only: the controller changes them ([`super`]), nothing here does I/O.
+//! it has done so far (kills, pauses, faults posted), how the API shows it, and its
+//! deadlines: the next repeat, the end, each pause's end. The controller's loop wakes at
+//! the earliest ([`Experiments::next_deadline`]) and takes what is due
+//! ([`Experiment::take_due`]); there is no timer task. Records only: the controller
+//! changes them ([`super`]), nothing here does I/O.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
 use crate::chaos::{Action, Spec, show};
 use crate::reconcile::InstanceId;
@@ -46,6 +49,8 @@ impl Target {
 pub struct Paused {
     pub instance: InstanceId,
     pub generation: u64,
+    /// When the pause is over.
+    pub until: Instant,
 }
 
 /// A fault an experiment injected at one balancer instance.
@@ -68,8 +73,10 @@ pub struct Experiment {
     pub injected: u64,
     /// What the latest injection did.
     pub last: Option<String>,
-    /// Cancelled when it ends: stops its timers.
-    pub stop: CancellationToken,
+    /// The next repeat (kill, pause), always before `end`.
+    pub next: Option<Instant>,
+    /// When its time is up (set once it is under way: a balancer fault's once posted).
+    pub end: Option<Instant>,
     pub paused: Vec<Paused>,
     pub faults: Vec<PostedFault>,
     /// Being ended (its balancer faults are being removed).
@@ -87,11 +94,42 @@ impl Experiment {
             ends_at: lasts.map(|d| started_at + d),
             injected: 0,
             last: None,
-            stop: CancellationToken::new(),
+            next: None,
+            end: None,
             paused: Vec::new(),
             faults: Vec::new(),
             ending: false,
         }
+    }
+
+    /// Sets its deadlines from `now`: a repeat every `every` while before the end, the end
+    /// after `lasts`.
+    pub fn arm(&mut self, now: Instant, every: Option<Duration>, lasts: Duration) {
+        let end = now + lasts;
+        self.end = Some(end);
+        self.next = every.map(|every| now + every).filter(|&next| next < end);
+    }
+
+    /// When it next has something to do; `None` once it is ending.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.ending {
+            return None;
+        }
+        [self.next, self.end].into_iter().flatten().chain(self.paused.iter().map(|p| p.until)).min()
+    }
+
+    /// Takes what is due at `now` (the next repeat moves on by `every`).
+    pub fn take_due(&mut self, now: Instant) -> Due {
+        if self.ending {
+            return Due::default();
+        }
+        let (resume, paused) = std::mem::take(&mut self.paused).into_iter().partition(|p| p.until <= now);
+        self.paused = paused;
+        let strike = self.next.is_some_and(|next| next <= now);
+        if let (true, Some(next), Some(every)) = (strike, self.next, self.spec.every) {
+            self.next = Some(next + every).filter(|&next| self.end.is_some_and(|end| next < end));
+        }
+        Due { resume, strike, end: self.end.is_some_and(|end| end <= now) }
     }
 
     /// `kill a random instance of data every 1s for 10s`.
@@ -152,6 +190,17 @@ impl Experiment {
     }
 }
 
+/// What is due of an experiment, in this order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Pauses that are over: their processes are resumed (if still the ones paused).
+    pub resume: Vec<Paused>,
+    /// A repeat: the next kill or pause.
+    pub strike: bool,
+    /// Its time is up.
+    pub end: bool,
+}
+
 /// The experiments of a cluster.
 #[derive(Default)]
 pub struct Experiments {
@@ -163,6 +212,11 @@ impl Experiments {
     /// Whether some experiment holds `instance`'s process `generation` stopped.
     pub fn is_paused(&self, instance: &InstanceId, generation: u64) -> bool {
         self.active.values().any(|e| e.paused.iter().any(|p| p.instance == *instance && p.generation == generation))
+    }
+
+    /// The earliest deadline of any experiment: when the controller's loop must wake.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.active.values().filter_map(Experiment::next_deadline).min()
     }
 
     pub fn to_json(&self) -> Value {
@@ -226,6 +280,42 @@ mod tests {
         let e = experiment(pause, Target::Instance(InstanceId::new("compute", 1)));
         assert_eq!(e.description(), "pause compute-1 for 3s");
         assert_eq!(e.to_json()["paused"], json!([]));
+    }
+
+    /// A repeating pause: its repeats, each pause's end and its own end are deadlines, taken
+    /// when due and not before; an ending experiment has none.
+    #[test]
+    fn deadlines_come_due_in_turn() {
+        let ms = Duration::from_millis;
+        let spec =
+            spec(json!({"action": "pause", "target": "data", "durationMs": 300, "everyMs": 1000, "forMs": 2500}));
+        let t0 = Instant::now();
+        let mut e = Experiment::new(1, spec, Target::Service("data".into()), SystemTime::UNIX_EPOCH, None);
+        assert_eq!(e.next_deadline(), None, "not armed yet");
+        let paused = |at: Instant| Paused { instance: InstanceId::new("data", 1), generation: 7, until: at + ms(300) };
+        e.paused.push(paused(t0));
+        e.arm(t0, e.spec.every, ms(2500));
+        assert_eq!((e.next, e.end), (Some(t0 + ms(1000)), Some(t0 + ms(2500))));
+        let mut experiments = Experiments::default();
+        experiments.active.insert(1, e);
+        assert_eq!(experiments.next_deadline(), Some(t0 + ms(300)), "the first pause ends first");
+        let e = experiments.active.get_mut(&1).unwrap();
+
+        assert_eq!(e.take_due(t0 + ms(299)), Due::default(), "nothing before its time");
+        assert_eq!(e.take_due(t0 + ms(300)), Due { resume: vec![paused(t0)], ..Due::default() });
+        assert_eq!(e.next_deadline(), Some(t0 + ms(1000)));
+        assert_eq!(e.take_due(t0 + ms(1000)), Due { strike: true, ..Due::default() });
+        assert_eq!(e.next, Some(t0 + ms(2000)), "the next repeat");
+        // Late: the repeat at 2s and the end at 2.5s at once; no repeat at 3s (past the end).
+        let due = e.take_due(t0 + ms(2600));
+        assert_eq!((due.strike, due.end), (true, true));
+        assert_eq!(e.next, None);
+
+        e.arm(t0, e.spec.every, ms(2500));
+        e.ending = true;
+        assert_eq!(e.next_deadline(), None, "an ending experiment has no deadline");
+        assert_eq!(e.take_due(t0 + ms(5000)), Due::default());
+        assert_eq!(experiments.next_deadline(), None);
     }
 
     #[test]

@@ -1,16 +1,13 @@
-//! The tasks that drive an experiment through the controller's [`Handle`]: starting one
-//! (the controller records it, a balancer fault is posted between two calls to it),
-//! ending one (its balancer faults are removed between two calls), and its timers (a
-//! repeat, the end, a pause's end). Talking to the balancer takes time, so it happens here,
-//! never on the controller.
-
-use std::time::Duration;
+//! The tasks that drive an experiment through the controller's [`Handle`] for the control
+//! API: starting one (the controller records it, a balancer fault is posted between two
+//! calls to it) and stopping one (its balancer faults are removed between two calls).
+//! Talking to the balancer takes time, so it happens here, never on the controller. An
+//! experiment's timers are not tasks: they are deadlines of the controller's loop.
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use super::experiments::{Paused, Why};
+use super::experiments::Why;
 use super::faults::{Balancer, BalancerClient};
 use crate::chaos::Spec;
 use crate::controller::{CallError, Handle};
@@ -57,40 +54,6 @@ pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Option<Value>>
     };
     client.delete_all(&faults).await;
     handle.call(move |c| c.chaos_ended(id, why)).await
-}
-
-/// An experiment's timer: repeats (at `every` after the start, while before `end`), then
-/// the end. The first injection happened when it started.
-pub async fn run(handle: Handle, id: u64, every: Option<Duration>, end: tokio::time::Instant, stop: CancellationToken) {
-    if let Some(every) = every {
-        let mut next = tokio::time::Instant::now() + every;
-        while next < end {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep_until(next) => {}
-            }
-            if handle.call(move |c| c.chaos_inject(id)).await.is_none() {
-                return;
-            }
-            next += every;
-        }
-    }
-    tokio::select! {
-        () = stop.cancelled() => return,
-        () = tokio::time::sleep_until(end) => {}
-    }
-    finish(&handle, id, Why::Expired).await;
-}
-
-/// Resumes a paused process after `after`, unless its experiment ends first (which resumes
-/// it then).
-pub async fn resume_later(handle: Handle, id: u64, paused: Paused, after: Duration, stop: CancellationToken) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = tokio::time::sleep(after) => {
-            handle.call(move |c| c.chaos_resume(id, &paused)).await;
-        }
-    }
 }
 
 /// `DELETE /api/chaos[/:id]`: ends one experiment, or all; the stopped ones.
