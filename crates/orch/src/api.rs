@@ -59,11 +59,20 @@ pub fn router(state: ApiState) -> Router {
 }
 
 fn gone() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "orch is stopping")
+    from_call(CallError::Gone)
 }
 
+/// The one place a controller's [`CallError`] becomes an HTTP status.
 fn from_call(e: CallError) -> ApiError {
-    ApiError::new(e.0, e.1)
+    let status = match &e {
+        CallError::Stopping | CallError::Conflict(_) => StatusCode::CONFLICT,
+        CallError::Gone => StatusCode::SERVICE_UNAVAILABLE,
+        CallError::NotFound(_) => StatusCode::NOT_FOUND,
+        CallError::Invalid(_) => StatusCode::BAD_REQUEST,
+        CallError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        CallError::Upstream(_) => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, e.to_string())
 }
 
 /// A request carrying the cluster token. As an extractor placed before the body, it
@@ -300,5 +309,26 @@ mod tests {
         assert_eq!(parse_wait("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_wait("soon"), None);
         assert_eq!(parse_wait("5h"), None);
+    }
+
+    #[test]
+    fn call_errors_get_their_statuses() {
+        let cases = [
+            (CallError::Stopping, 409, "the cluster is stopping"),
+            (CallError::Gone, 503, "orch is stopping"),
+            (CallError::NotFound("no service \"x\"".into()), 404, "no service \"x\""),
+            (CallError::Invalid("replicas must be from 0 to 100".into()), 400, "replicas must be from 0 to 100"),
+            (CallError::Conflict("port 80 is taken".into()), 409, "port 80 is taken"),
+            (CallError::Manifest("m.yaml: invalid".into()), 422, "m.yaml: invalid"),
+            (
+                CallError::Upstream("the balancer did not take the fault".into()),
+                502,
+                "the balancer did not take the fault",
+            ),
+        ];
+        for (error, status, message) in cases {
+            let expected = ApiError::new(StatusCode::from_u16(status).unwrap(), message);
+            assert_eq!(from_call(error), expected);
+        }
     }
 }

@@ -500,7 +500,7 @@ pub fn random_below(n: usize) -> usize {
 // ---------------------------------------------------------------------------------------
 
 fn gone() -> CallError {
-    (StatusCode::SERVICE_UNAVAILABLE, "orch is stopping".into())
+    CallError::Gone
 }
 
 /// What the controller answers when an experiment starts.
@@ -639,7 +639,7 @@ pub async fn stop(handle: Handle, id: Option<String>) -> Result<Value, CallError
         Some(raw) => {
             let known = handle.call(|c| c.chaos_ids()).await.ok_or_else(gone)?;
             let id = raw.parse::<u64>().ok().filter(|id| known.contains(id));
-            vec![id.ok_or_else(|| (StatusCode::NOT_FOUND, format!("no chaos experiment {raw:?}")))?]
+            vec![id.ok_or_else(|| CallError::NotFound(format!("no chaos experiment {raw:?}")))?]
         }
         None => handle.call(|c| c.chaos_ids()).await.ok_or_else(gone)?,
     };

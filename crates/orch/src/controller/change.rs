@@ -63,10 +63,13 @@ mod tests {
         serde_json::to_string(&s.kind).unwrap().len() as u64
     }
 
+    /// A change: service, kind, from, to.
+    type Expected = (&'static str, ChangeKind, Option<u32>, Option<u32>);
+
     #[test]
     fn changes_per_service() {
         let old = "    - { name: a, component: registry }\n    - { name: b, command: [sh], replicas: 2 }\n    - { name: c, command: [sh] }\n    - { name: d, command: [sh] }\n";
-        let cases: &[(&str, &[(&str, ChangeKind, Option<u32>, Option<u32>)])] = &[
+        let cases: &[(&str, &[Expected])] = &[
             (old, &[]),
             (
                 "    - { name: a, component: registry }\n    - { name: b, command: [sh], replicas: 3 }\n    - { name: c, command: [bash] }\n    - { name: d, command: [sh], restart: { policy: OnFailure } }\n    - { name: e, command: [sh], replicas: 4 }\n",

@@ -17,6 +17,7 @@
 
 mod change;
 mod chaos;
+mod error;
 mod instance;
 mod views;
 
@@ -26,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::http::StatusCode;
 use kit::orch_api::{ApplyResult, Change, ChangeKind, Message, Scaled};
 use kit::secret::Secret;
 use nix::sys::signal::Signal;
@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use change::diff;
+pub use error::CallError;
 pub use instance::{Instance, LastExit, Proc, Slot, Status};
 
 use crate::events::{EventLog, Kind as EventKind};
@@ -116,9 +117,6 @@ pub struct Setup {
     pub spawner: Spawner,
     pub state: StateFile,
 }
-
-/// An API error: a status and a message.
-pub type CallError = (StatusCode, String);
 
 pub struct Controller {
     manifest: Manifest,
@@ -1061,12 +1059,11 @@ impl Controller {
     /// `POST /api/apply`: the file at `path` (default: the current manifest).
     pub fn call_apply(&mut self, path: Option<PathBuf>, dry_run: bool) -> Result<ApplyResult, CallError> {
         if self.shutting_down {
-            return Err((StatusCode::CONFLICT, "the cluster is stopping".into()));
+            return Err(CallError::Stopping);
         }
         let path = path.unwrap_or_else(|| self.manifest.path.clone());
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            (StatusCode::UNPROCESSABLE_ENTITY, format!("{}: cannot read the manifest: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CallError::Manifest(format!("{}: cannot read the manifest: {e}", path.display())))?;
         let result = manifest::parse(&path, &text).and_then(|m| self.apply(m, &text, dry_run));
         match result {
             Ok(changes) => Ok(ApplyResult { applied: !dry_run, manifest: self.manifest.path.clone(), changes }),
@@ -1075,7 +1072,7 @@ impl Controller {
                     self.seen_text = hash_text(&text);
                     self.reject(&e);
                 }
-                Err((StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+                Err(CallError::Manifest(e.to_string()))
             }
         }
     }
@@ -1083,22 +1080,21 @@ impl Controller {
     /// `POST /api/scale`: replicas of the running cluster (until the next manifest edit).
     pub fn call_scale(&mut self, service: &str, replicas: i64) -> Result<Scaled, CallError> {
         if self.shutting_down {
-            return Err((StatusCode::CONFLICT, "the cluster is stopping".into()));
+            return Err(CallError::Stopping);
         }
         let Some(index) = self.manifest.services.iter().position(|s| s.name == service) else {
-            return Err((StatusCode::NOT_FOUND, format!("no service {service:?} in the cluster")));
+            return Err(CallError::NotFound(format!("no service {service:?} in the cluster")));
         };
         let max = manifest::MAX_REPLICAS;
         let replicas = u32::try_from(replicas)
             .ok()
             .filter(|r| *r <= max)
-            .ok_or_else(|| (StatusCode::BAD_REQUEST, format!("replicas must be from 0 to {max}, got {replicas}")))?;
+            .ok_or_else(|| CallError::Invalid(format!("replicas must be from 0 to {max}, got {replicas}")))?;
         let mut new = self.manifest.clone();
         let from = new.services[index].replicas;
         new.services[index].replicas = replicas;
-        manifest::check_ports(&new).map_err(|e| (StatusCode::CONFLICT, e))?;
-        let slots =
-            self.prepare_slots(&new, None).map_err(|e| (StatusCode::CONFLICT, e.problems[0].message.clone()))?;
+        manifest::check_ports(&new).map_err(CallError::Conflict)?;
+        let slots = self.prepare_slots(&new, None).map_err(|e| CallError::Conflict(e.problems[0].message.clone()))?;
         self.manifest = new;
         self.slots = slots;
         if from != replicas {
@@ -1115,7 +1111,7 @@ impl Controller {
     /// `POST /api/restart`: a rolling restart of a service, or of one instance.
     pub fn call_restart(&mut self, target: &str) -> Result<Message, CallError> {
         if self.shutting_down {
-            return Err((StatusCode::CONFLICT, "the cluster is stopping".into()));
+            return Err(CallError::Stopping);
         }
         if self.manifest.service(target).is_some() {
             *self.restart_generations.entry(target.to_owned()).or_default() += 1;
@@ -1123,7 +1119,7 @@ impl Controller {
             return Ok(Message { message: format!("rolling restart of {target}") });
         }
         let Some(instance) = self.instances.values_mut().find(|i| i.name == target) else {
-            return Err((StatusCode::NOT_FOUND, format!("no service or instance {target:?} in the cluster")));
+            return Err(CallError::NotFound(format!("no service or instance {target:?} in the cluster")));
         };
         instance.revision = 0;
         self.rolling.insert(instance.id.service.clone());

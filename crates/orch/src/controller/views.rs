@@ -64,3 +64,61 @@ impl Controller {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use detector::orch::{OrchEvent, OrchInstance, ProcessStatus};
+    use kit::orch_api::{EventKind, EventPage, InstanceList, LastExit, Status};
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::Slot;
+    use crate::events::EventLog;
+    use crate::reconcile::InstanceId;
+
+    /// What orch serves, read as the detector reads it: the contract's field names and
+    /// values on the wire, the same values on the other side.
+    #[test]
+    fn instances_and_events_go_from_orch_to_the_detector() {
+        let mut crashing = Instance::new(InstanceId::new("web", 2), Slot { port: 4002, socket: None, fixed: true });
+        crashing.status = Status::Crashloop;
+        crashing.restarts = 5;
+        crashing.last_exit =
+            Some(LastExit { code: Some(1), signal: None, at: "2026-01-01T00:00:00.000Z".into(), error: None });
+        let running = Instance::new(InstanceId::new("web", 1), Slot { port: 4001, socket: None, fixed: true });
+        let list = InstanceList { instances: vec![running.view(), crashing.view()] };
+        let wire = serde_json::to_vec(&list).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&wire).unwrap()["instances"][1],
+            json!({
+                "name": "web-2", "service": "web", "ordinal": 2, "pid": null, "port": 4002,
+                "url": "http://localhost:4002", "status": "crashloop", "ready": false, "restarts": 5,
+                "startedAt": null, "lastExit": {"code": 1, "signal": null, "at": "2026-01-01T00:00:00.000Z"},
+            })
+        );
+        let read: InstanceList = serde_json::from_slice(&wire).unwrap();
+        let read: &[OrchInstance] = &read.instances;
+        assert_eq!(read, list.instances);
+        assert_eq!(read.iter().map(|i| i.status.is_not_running()).collect::<Vec<_>>(), [false, true]);
+        assert!(ProcessStatus::Orch(read[1].status).is_not_running());
+        assert_eq!(ProcessStatus::Orch(read[1].status).to_string(), "crashloop");
+
+        let log = EventLog::open(None, 1 << 20).unwrap();
+        log.emit(EventKind::Exited, Some("web"), Some("web-2"), "web-2 exited (code 1)");
+        log.emit(EventKind::LivenessFailed, Some("web"), Some("web-1"), "web-1 failed its liveness probe");
+        let (events, next) = log.since(0, 10);
+        let wire = serde_json::to_vec(&EventPage { events: events.clone(), next }).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(
+            (&value["events"][0]["type"], &value["events"][1]["type"]),
+            (&json!("exited"), &json!("liveness-failed"))
+        );
+        assert_eq!(value["next"], 2);
+        let page: EventPage = serde_json::from_slice(&wire).unwrap();
+        let read: &[OrchEvent] = &page.events;
+        assert_eq!(read, events);
+        let after: Vec<Option<ProcessStatus>> = read.iter().map(|e| ProcessStatus::after(e.kind)).collect();
+        assert_eq!(after, [Some(ProcessStatus::Exited), None]);
+        assert_eq!(serde_json::to_value(after[0]).unwrap(), "exited", "as the dashboard shows it");
+    }
+}
