@@ -16,18 +16,13 @@ use kit::registry::ServiceRecord;
 use serde::Serialize;
 
 use crate::machine::{Change, Machine, Millis, Observation, Sample, Status};
-use crate::orch::{LastExit, OrchEvent, OrchInstance};
+use crate::orch::{LastExit, OrchEvent, OrchInstance, ProcessStatus};
 use crate::traffic::Traffic;
 
 /// Alerts kept for `GET /api/alerts` and the dashboard (newest first).
 pub const ALERTS_KEPT: usize = 200;
 /// Orch events kept for the dashboard.
 pub const EVENTS_KEPT: usize = 100;
-
-/// orch statuses in which the process is not running.
-const NOT_RUNNING: &[&str] = &["stopped", "backoff", "crashloop", "failed"];
-/// orch events that mean the process just went away.
-const GONE_EVENTS: &[&str] = &["exited", "backoff", "crashloop", "stopped"];
 
 /// Which target.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,7 +71,7 @@ impl Member {
 
     /// orch says the process is not running.
     fn orch_veto(&self) -> Option<String> {
-        let orch = self.orch.as_ref().filter(|o| NOT_RUNNING.contains(&o.status.as_str()))?;
+        let orch = self.orch.as_ref().filter(|o| o.status.is_not_running())?;
         Some(format!("orch reports it {}", orch.status))
     }
 
@@ -91,7 +86,7 @@ impl Member {
 #[serde(rename_all = "camelCase")]
 pub struct OrchInfo {
     pub name: String,
-    pub status: String,
+    pub status: ProcessStatus,
     pub pid: Option<u32>,
     pub ready: bool,
     pub restarts: u32,
@@ -288,7 +283,7 @@ impl Cluster {
     pub fn sync_orch(&mut self, instances: &[OrchInstance], at: Millis) -> (bool, Vec<Alert>) {
         let by_name: HashMap<&str, &OrchInstance> = instances.iter().map(|i| (i.name.as_str(), i)).collect();
         let by_url: HashMap<String, &OrchInstance> =
-            instances.iter().filter_map(|i| Some((url_key(i.url.as_deref()?)?, i))).collect();
+            instances.iter().filter_map(|i| Some((url_key(&i.url)?, i))).collect();
         let mut alerts = Vec::new();
         let mut changed = false;
         let Self { instances: members, balancer, registry, alerts: feed, reports, .. } = self;
@@ -296,12 +291,13 @@ impl Cluster {
             let found = by_name.get(member.id.as_str()).or_else(|| url_key(&member.url).and_then(|u| by_url.get(&u)));
             let orch = found.map(|i| OrchInfo {
                 name: i.name.clone(),
-                status: i.status.clone(),
+                status: ProcessStatus::Orch(i.status),
                 pid: i.pid,
                 ready: i.ready,
                 restarts: i.restarts,
                 started_at: i.started_at.clone(),
-                last_exit: i.last_exit.clone(),
+                // Why a process could not start stays with orch, as before.
+                last_exit: i.last_exit.clone().map(|e| LastExit { error: None, ..e }),
             });
             changed |= orch != member.orch;
             member.orch = orch;
@@ -320,7 +316,7 @@ impl Cluster {
     /// start) about a process going away turns its target down at once.
     pub fn orch_event(&mut self, event: OrchEvent, live: bool, at: Millis) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        if live && GONE_EVENTS.contains(&event.kind.as_str()) {
+        if live && let Some(status) = ProcessStatus::after(event.kind) {
             if let Some(name) = event.instance.as_deref() {
                 let Self { instances, balancer, registry, alerts: feed, reports, .. } = self;
                 let target = instances
@@ -329,7 +325,7 @@ impl Cluster {
                     .find(|m| m.id == name || m.orch.as_ref().is_some_and(|o| o.name == name));
                 if let Some(member) = target {
                     if let Some(orch) = member.orch.as_mut() {
-                        orch.status = if event.kind == "exited" { "exited".into() } else { event.kind.clone() };
+                        orch.status = status;
                     }
                     Self::report(reports, member);
                     let reason = format!("orch: {}", event.message);

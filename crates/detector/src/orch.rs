@@ -8,12 +8,13 @@
 //! milliseconds even though orch keeps the socket open. [`poll_instances`] reads the list
 //! every [`INSTANCES_PERIOD`] and whenever an event asks for it.
 //!
-//! Only the fields named here are read from orch and shown: nothing else orch knows (its
-//! token, the environment of its children) can reach the dashboard.
+//! What orch answers is read as its wire types ([`kit::orch_api`]), which carry no
+//! environment values; the dashboard shows the fields of [`crate::cluster::OrchInfo`] only:
+//! nothing else orch knows (its token, the environment of its children) can reach it.
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::AppState;
 use crate::cluster::loopback;
@@ -25,65 +26,47 @@ const EVENTS_WAIT: Duration = Duration::from_secs(30);
 /// Events asked for per page while catching up.
 const PAGE: usize = 500;
 
-/// An instance as orch's `GET /api/instances` lists it (the fields the detector uses).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OrchInstance {
-    pub name: String,
-    #[serde(default)]
-    pub service: String,
-    #[serde(default)]
-    pub pid: Option<u32>,
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub ready: bool,
-    #[serde(default)]
-    pub restarts: u32,
-    #[serde(default)]
-    pub started_at: Option<String>,
-    #[serde(default)]
-    pub last_exit: Option<LastExit>,
+/// orch's wire types, under the names the detector gives them.
+pub use kit::orch_api::{Event as OrchEvent, Instance as OrchInstance, LastExit};
+use kit::orch_api::{EventKind, EventPage, InstanceList, Status};
+
+/// A process's status as the dashboard shows it: what orch's instance list says, or,
+/// between two reads of that list, what an event just told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessStatus {
+    /// The process exited (orch has not yet said what it does about it).
+    Exited,
+    #[serde(untagged)]
+    Orch(Status),
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-pub struct LastExit {
-    #[serde(default)]
-    pub code: Option<i32>,
-    #[serde(default)]
-    pub signal: Option<String>,
-    #[serde(default)]
-    pub at: Option<String>,
+impl ProcessStatus {
+    /// The status after an event of `kind`, if the event says the process went away.
+    pub fn after(kind: EventKind) -> Option<Self> {
+        match kind {
+            EventKind::Exited => Some(Self::Exited),
+            EventKind::Backoff => Some(Self::Orch(Status::Backoff)),
+            EventKind::Crashloop => Some(Self::Orch(Status::Crashloop)),
+            EventKind::Stopped => Some(Self::Orch(Status::Stopped)),
+            _ => None,
+        }
+    }
+
+    /// orch says no process runs behind the instance (an exit alone does not: orch may
+    /// have restarted it already).
+    pub fn is_not_running(self) -> bool {
+        matches!(self, Self::Orch(status) if status.is_not_running())
+    }
 }
 
-/// One of orch's events, as the dashboard shows it.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-pub struct OrchEvent {
-    pub seq: u64,
-    #[serde(default)]
-    pub time: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub service: Option<String>,
-    #[serde(default)]
-    pub instance: Option<String>,
-    #[serde(default)]
-    pub message: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct InstanceList {
-    instances: Vec<OrchInstance>,
-}
-
-#[derive(Debug, Deserialize)]
-struct EventPage {
-    events: Vec<OrchEvent>,
-    #[serde(default)]
-    next: u64,
+impl std::fmt::Display for ProcessStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited => f.write_str("exited"),
+            Self::Orch(status) => status.fmt(f),
+        }
+    }
 }
 
 /// A reader of orch's control API.

@@ -23,6 +23,8 @@
 //!   embedded, multi-process-safe migrator.
 //! - [`idempotency`]: the `Idempotency-Key` store shared by data and compute.
 //! - [`secret`]: secrets in files created once, 0600, race-free between processes.
+//! - [`orch_api`]: the wire types of orch's control API (instances, events, applies),
+//!   shared by orch's server, its CLI and the detector.
 //! - [`time`]: timestamps in the original system's ISO-8601 shape.
 //! - [`work`]: the original load test's simulated-work endpoints.
 //!
@@ -36,6 +38,7 @@ pub mod http;
 pub mod idempotency;
 pub mod jwt;
 pub mod listen;
+pub mod orch_api;
 pub mod registry;
 pub mod secret;
 pub mod serve;

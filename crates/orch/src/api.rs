@@ -21,9 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use kit::http::{ApiError, Json};
+use kit::orch_api::{
+    self, ApplyRequest, ApplyResult, EventPage, InstanceDetail, InstanceList, Message, RestartRequest, ScaleRequest,
+    Scaled,
+};
 use kit::secret::Secret;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::chaos;
 use crate::controller::chaos::tasks as experiments;
@@ -56,11 +60,20 @@ pub fn router(state: ApiState) -> Router {
 }
 
 fn gone() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "orch is stopping")
+    from_call(CallError::Gone)
 }
 
+/// The one place a controller's [`CallError`] becomes an HTTP status.
 fn from_call(e: CallError) -> ApiError {
-    ApiError::new(e.0, e.1)
+    let status = match &e {
+        CallError::Stopping | CallError::Conflict(_) => StatusCode::CONFLICT,
+        CallError::Gone => StatusCode::SERVICE_UNAVAILABLE,
+        CallError::NotFound(_) => StatusCode::NOT_FOUND,
+        CallError::Invalid(_) => StatusCode::BAD_REQUEST,
+        CallError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        CallError::Upstream(_) => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, e.to_string())
 }
 
 /// A request carrying the cluster token. As an extractor placed before the body, it
@@ -79,8 +92,8 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     kit::http::require_token(Some(&state.token), headers)
 }
 
-async fn cluster(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    state.handle.call(|c| c.cluster_json()).await.map(Json).ok_or_else(gone)
+async fn cluster(State(state): State<ApiState>) -> Result<Json<orch_api::Cluster>, ApiError> {
+    state.handle.call(|c| c.cluster_view()).await.map(Json).ok_or_else(gone)
 }
 
 #[derive(Deserialize)]
@@ -88,17 +101,20 @@ struct InstancesQuery {
     service: Option<String>,
 }
 
-async fn instances(State(state): State<ApiState>, Query(q): Query<InstancesQuery>) -> Result<Json<Value>, ApiError> {
-    state.handle.call(move |c| c.instances_json(q.service.as_deref())).await.map(Json).ok_or_else(gone)
+async fn instances(
+    State(state): State<ApiState>,
+    Query(q): Query<InstancesQuery>,
+) -> Result<Json<InstanceList>, ApiError> {
+    state.handle.call(move |c| c.instances_view(q.service.as_deref())).await.map(Json).ok_or_else(gone)
 }
 
 async fn instance(
     State(state): State<ApiState>,
     _: Authorized,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InstanceDetail>, ApiError> {
     let lookup = name.clone();
-    match state.handle.call(move |c| c.instance_json(&lookup)).await {
+    match state.handle.call(move |c| c.instance_view(&lookup)).await {
         None => Err(gone()),
         Some(None) => Err(ApiError::not_found(format!("no instance {name:?}"))),
         Some(Some(v)) => Ok(Json(v)),
@@ -125,7 +141,7 @@ pub fn parse_wait(raw: &str) -> Option<Duration> {
     }
 }
 
-async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Result<Json<Value>, ApiError> {
+async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Result<Json<EventPage>, ApiError> {
     let since = q.since.unwrap_or(0);
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let (events, next) = match q.wait.as_deref() {
@@ -137,7 +153,7 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
             state.events.wait_since(since, limit, wait).await
         }
     };
-    Ok(Json(json!({ "events": events, "next": next })))
+    Ok(Json(EventPage { events, next }))
 }
 
 /// Lines of a log answered when the request names no `tail`.
@@ -217,19 +233,11 @@ fn read_range(path: &std::path::Path, from: u64, to: u64) -> std::io::Result<Vec
     Ok(buf)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ApplyBody {
-    path: Option<PathBuf>,
-    #[serde(default)]
-    dry_run: bool,
-}
-
 async fn apply(
     State(state): State<ApiState>,
     _: Authorized,
-    Json(body): Json<ApplyBody>,
-) -> Result<Json<Value>, ApiError> {
+    Json(body): Json<ApplyRequest>,
+) -> Result<Json<ApplyResult>, ApiError> {
     if body.path.as_ref().is_some_and(|p| !p.is_absolute()) {
         return Err(ApiError::bad_request("path must be absolute"));
     }
@@ -237,38 +245,25 @@ async fn apply(
     result.map(Json).map_err(from_call)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScaleBody {
-    service: String,
-    replicas: i64,
-}
-
 async fn scale(
     State(state): State<ApiState>,
     _: Authorized,
-    Json(body): Json<ScaleBody>,
-) -> Result<Json<Value>, ApiError> {
+    Json(body): Json<ScaleRequest>,
+) -> Result<Json<Scaled>, ApiError> {
     let result = state.handle.call(move |c| c.call_scale(&body.service, body.replicas)).await.ok_or_else(gone)?;
     result.map(Json).map_err(from_call)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RestartBody {
-    target: String,
 }
 
 async fn restart(
     State(state): State<ApiState>,
     _: Authorized,
-    Json(body): Json<RestartBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    Json(body): Json<RestartRequest>,
+) -> Result<(StatusCode, Json<Message>), ApiError> {
     let result = state.handle.call(move |c| c.call_restart(&body.target)).await.ok_or_else(gone)?;
     result.map(|v| (StatusCode::ACCEPTED, Json(v))).map_err(from_call)
 }
 
-async fn down(State(state): State<ApiState>, _: Authorized) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn down(State(state): State<ApiState>, _: Authorized) -> Result<(StatusCode, Json<Message>), ApiError> {
     let v = state.handle.call(|c| c.call_down()).await.ok_or_else(gone)?;
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
@@ -315,5 +310,26 @@ mod tests {
         assert_eq!(parse_wait("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_wait("soon"), None);
         assert_eq!(parse_wait("5h"), None);
+    }
+
+    #[test]
+    fn call_errors_get_their_statuses() {
+        let cases = [
+            (CallError::Stopping, 409, "the cluster is stopping"),
+            (CallError::Gone, 503, "orch is stopping"),
+            (CallError::NotFound("no service \"x\"".into()), 404, "no service \"x\""),
+            (CallError::Invalid("replicas must be from 0 to 100".into()), 400, "replicas must be from 0 to 100"),
+            (CallError::Conflict("port 80 is taken".into()), 409, "port 80 is taken"),
+            (CallError::Manifest("m.yaml: invalid".into()), 422, "m.yaml: invalid"),
+            (
+                CallError::Upstream("the balancer did not take the fault".into()),
+                502,
+                "the balancer did not take the fault",
+            ),
+        ];
+        for (error, status, message) in cases {
+            let expected = ApiError::new(StatusCode::from_u16(status).unwrap(), message);
+            assert_eq!(from_call(error), expected);
+        }
     }
 }

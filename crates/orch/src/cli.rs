@@ -16,8 +16,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use kit::orch_api::{
+    self, ApplyRequest, ApplyResult, Change, ChangeKind, EventPage, InstanceDetail, InstanceList, Message,
+    RestartRequest, ScaleRequest, Scaled,
+};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use kit::secret::Secret;
 
@@ -84,26 +90,39 @@ impl Client {
         ))
     }
 
-    async fn answer(res: reqwest::Response) -> Result<Value, Failure> {
+    /// The answer of a call as `T`, or the failure its `{"error": ...}` tells.
+    async fn answer<T: DeserializeOwned>(res: reqwest::Response) -> Result<T, Failure> {
         let status = res.status();
-        let body: Value = res.json().await.unwrap_or(Value::Null);
+        let body = res.bytes().await.unwrap_or_default();
         if status.is_success() {
-            return Ok(body);
+            return serde_json::from_slice(&body)
+                .map_err(|e| Failure::Runtime(format!("orch answered something this orch cannot read: {e}")));
         }
-        let message = body["error"].as_str().unwrap_or("request failed").to_owned();
+        #[derive(serde::Deserialize)]
+        struct ErrorBody {
+            error: String,
+        }
+        let message =
+            serde_json::from_slice::<ErrorBody>(&body).map_or_else(|_| "request failed".to_owned(), |b| b.error);
         Err(match status {
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Failure::Usage(message),
             _ => Failure::Runtime(message),
         })
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+    /// An open read, as the wire type `T`.
+    pub async fn read<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         let res = self.http.get(format!("{}{path}", self.base)).send().await.map_err(|e| self.unreachable(&e))?;
         Self::answer(res).await
     }
 
+    /// An open read as untyped JSON (chaos experiments, which have no wire type yet).
+    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.read(path).await
+    }
+
     /// Whether an orch answers (quickly) at this address.
-    pub async fn cluster(&self) -> Option<Value> {
+    pub async fn cluster(&self) -> Option<orch_api::Cluster> {
         let res =
             self.http.get(format!("{}/api/cluster", self.base)).timeout(Duration::from_secs(2)).send().await.ok()?;
         res.status().is_success().then_some(())?;
@@ -116,12 +135,18 @@ impl Client {
     }
 
     /// A read that needs the control token (an instance's details).
-    pub async fn get_private(&self, path: &str) -> Result<Value, Failure> {
+    pub async fn get_private<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.send_with_token(self.http.get(format!("{}{path}", self.base))).await
     }
 
+    /// A mutation with a JSON body, answered as the wire type `T`.
+    pub async fn call<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, Failure> {
+        self.send_with_token(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    /// A mutation as untyped JSON (chaos experiments, which have no wire type yet).
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
-        self.send_with_token(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+        self.call(path, &body).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
@@ -129,7 +154,7 @@ impl Client {
     }
 
     /// Sends `req` with the control token, found from local knowledge only.
-    async fn send_with_token(&self, req: reqwest::RequestBuilder) -> Result<Value, Failure> {
+    async fn send_with_token<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, Failure> {
         let token = self.token()?;
         let res = req.bearer_auth(token.expose()).send().await.map_err(|e| self.unreachable(&e))?;
         Self::answer(res).await
@@ -200,15 +225,12 @@ pub fn age(iso: Option<&str>) -> String {
     }
 }
 
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A value of a table or a description, `-` when there is none.
+fn cell(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-fn print_json(v: &Value) {
+fn print_json(v: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -217,35 +239,33 @@ fn print_json(v: &Value) {
 // ---------------------------------------------------------------------------------------
 
 pub async fn get(client: &Client, service: Option<&str>, json_out: bool) -> Outcome {
-    let cluster = client.get("/api/cluster").await?;
+    let cluster: orch_api::Cluster = client.read("/api/cluster").await?;
     if let Some(s) = service
-        && !cluster["services"].as_array().is_some_and(|list| list.iter().any(|x| x["name"] == s))
+        && !cluster.services.iter().any(|x| x.name == s)
     {
-        return Err(Failure::Runtime(format!("no service {s:?} in cluster {}", cell(&cluster["name"]))));
+        return Err(Failure::Runtime(format!("no service {s:?} in cluster {}", cluster.name)));
     }
     let query = service.map(|s| format!("?service={s}")).unwrap_or_default();
-    let list = client.get(&format!("/api/instances{query}")).await?;
+    let list: InstanceList = client.read(&format!("/api/instances{query}")).await?;
     if json_out {
         print_json(&list);
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(err) = cluster["lastError"].as_str() {
+    if let Some(err) = &cluster.last_error {
         eprintln!("warning: the last manifest edit was rejected (nothing changed):\n{err}\n");
     }
-    let rows: Vec<Vec<String>> = list["instances"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = list
+        .instances
         .iter()
         .map(|i| {
             vec![
-                cell(&i["name"]),
-                cell(&i["pid"]),
-                cell(&i["port"]),
-                cell(&i["status"]),
-                if i["ready"] == true { "yes".into() } else { "no".into() },
-                cell(&i["restarts"]),
-                age(i["startedAt"].as_str()),
+                i.name.clone(),
+                cell(i.pid),
+                i.port.to_string(),
+                i.status.to_string(),
+                if i.ready { "yes".into() } else { "no".into() },
+                i.restarts.to_string(),
+                age(i.started_at.as_deref()),
             ]
         })
         .collect();
@@ -254,38 +274,37 @@ pub async fn get(client: &Client, service: Option<&str>, json_out: bool) -> Outc
 }
 
 pub async fn describe(client: &Client, name: &str, json_out: bool) -> Outcome {
-    let i = client.get_private(&format!("/api/instances/{name}")).await?;
+    let detail: InstanceDetail = client.get_private(&format!("/api/instances/{name}")).await?;
     if json_out {
-        print_json(&i);
+        print_json(&detail);
         return Ok(ExitCode::SUCCESS);
     }
+    let i = &detail.instance;
     let mut out = String::new();
-    let ready = if i["ready"] == true { "ready" } else { "not ready" };
-    let _ = writeln!(out, "Name:       {}", cell(&i["name"]));
-    let _ = writeln!(out, "Service:    {}", cell(&i["service"]));
-    let _ = writeln!(out, "Status:     {} ({ready})", cell(&i["status"]));
-    let _ = writeln!(out, "PID:        {}", cell(&i["pid"]));
-    let _ = writeln!(out, "Port:       {} ({})", cell(&i["port"]), cell(&i["url"]));
-    let _ = writeln!(out, "Restarts:   {}", cell(&i["restarts"]));
-    let _ = writeln!(out, "Started:    {} ({} ago)", cell(&i["startedAt"]), age(i["startedAt"].as_str()));
-    let last = &i["lastExit"];
-    if !last.is_null() {
-        let how = match (&last["code"], &last["signal"]) {
-            (Value::Number(c), _) => format!("code {c}"),
-            (_, Value::String(s)) => format!("signal {s}"),
-            _ => cell(&last["error"]),
+    let ready = if i.ready { "ready" } else { "not ready" };
+    let _ = writeln!(out, "Name:       {}", i.name);
+    let _ = writeln!(out, "Service:    {}", i.service);
+    let _ = writeln!(out, "Status:     {} ({ready})", i.status);
+    let _ = writeln!(out, "PID:        {}", cell(i.pid));
+    let _ = writeln!(out, "Port:       {} ({})", i.port, i.url);
+    let _ = writeln!(out, "Restarts:   {}", i.restarts);
+    let _ = writeln!(out, "Started:    {} ({} ago)", cell(i.started_at.as_deref()), age(i.started_at.as_deref()));
+    if let Some(last) = &i.last_exit {
+        let how = match (last.code, &last.signal) {
+            (Some(c), _) => format!("code {c}"),
+            (None, Some(s)) => format!("signal {s}"),
+            (None, None) => cell(last.error.as_deref()),
         };
-        let _ = writeln!(out, "Last exit:  {how} at {}", cell(&last["at"]));
+        let _ = writeln!(out, "Last exit:  {how} at {}", last.at);
     }
-    let spec = serde_yaml::to_string(&i["spec"]).unwrap_or_default();
+    let spec = serde_yaml::to_string(&detail.spec).unwrap_or_default();
     let _ = writeln!(out, "Spec:");
     for line in spec.lines() {
         let _ = writeln!(out, "  {line}");
     }
     let _ = writeln!(out, "Events:");
-    for e in i["events"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
-        let time = e["time"].as_str().and_then(|t| t.get(11..23)).unwrap_or("");
-        let _ = writeln!(out, "  {time}  {:<16} {}", cell(&e["type"]), cell(&e["message"]));
+    for e in &detail.events {
+        let _ = writeln!(out, "  {}", e.line());
     }
     print!("{out}");
     Ok(ExitCode::SUCCESS)
@@ -299,7 +318,7 @@ pub async fn logs(client: &Client, name: &str, follow: bool, tail: Option<usize>
     }
     let mut res = client.http.get(url).bearer_auth(token.expose()).send().await.map_err(|e| client.unreachable(&e))?;
     if !res.status().is_success() {
-        return Client::answer(res).await.map(|_| ExitCode::SUCCESS);
+        return Client::answer::<serde::de::IgnoredAny>(res).await.map(|_| ExitCode::SUCCESS);
     }
     let mut stdout = std::io::stdout();
     loop {
@@ -320,20 +339,19 @@ pub async fn events(client: &Client, follow: bool, json_out: bool) -> Outcome {
     let mut since = 0u64;
     loop {
         let wait = if follow && since > 0 { "&wait=30s" } else { "" };
-        let page = match client.get(&format!("/api/events?since={since}{wait}")).await {
+        let page: EventPage = match client.read(&format!("/api/events?since={since}{wait}")).await {
             Ok(p) => p,
             Err(Failure::Unreachable(_)) if follow && since > 0 => return Ok(ExitCode::SUCCESS),
             Err(e) => return Err(e),
         };
-        for e in page["events"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
+        for e in &page.events {
             if json_out {
-                println!("{e}");
+                println!("{}", serde_json::to_string(e).unwrap_or_default());
             } else {
-                let time = e["time"].as_str().and_then(|t| t.get(11..23)).unwrap_or("");
-                println!("{time}  {:<16} {}", cell(&e["type"]), cell(&e["message"]));
+                println!("{}", e.line());
             }
         }
-        since = page["next"].as_u64().unwrap_or(since).max(since);
+        since = page.next.max(since);
         if !follow {
             return Ok(ExitCode::SUCCESS);
         }
@@ -353,32 +371,31 @@ pub fn parse_scale(arg: &str) -> Result<(String, i64), Failure> {
 
 pub async fn scale(client: &Client, arg: &str) -> Outcome {
     let (service, replicas) = parse_scale(arg)?;
-    let v = client.post("/api/scale", json!({ "service": service, "replicas": replicas })).await?;
-    println!("{} scaled {} -> {}", cell(&v["service"]), cell(&v["from"]), cell(&v["replicas"]));
+    let v: Scaled = client.call("/api/scale", &ScaleRequest { service, replicas }).await?;
+    println!("{} scaled {} -> {}", v.service, v.from, v.replicas);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn restart(client: &Client, target: &str) -> Outcome {
-    let v = client.post("/api/restart", json!({ "target": target })).await?;
-    println!("{}", cell(&v["message"]));
+    let v: Message = client.call("/api/restart", &RestartRequest { target: target.to_owned() }).await?;
+    println!("{}", v.message);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `orch down`: stop everything in reverse dependency order, showing it happen.
 pub async fn down(client: &Client) -> Outcome {
     // Asking from past the end answers at once with the latest seq.
-    let latest = client.get("/api/events?since=18446744073709551615").await?["next"].as_u64().unwrap_or(0);
-    client.post("/api/down", json!({})).await?;
+    let latest = client.read::<EventPage>("/api/events?since=18446744073709551615").await?.next;
+    client.call::<Message>("/api/down", &serde_json::Map::new()).await?;
     let started = Instant::now();
     let mut since = latest;
     loop {
-        match client.get(&format!("/api/events?since={since}&wait=5s")).await {
+        match client.read::<EventPage>(&format!("/api/events?since={since}&wait=5s")).await {
             Ok(page) => {
-                for e in page["events"].as_array().map(|a| a.as_slice()).unwrap_or_default() {
-                    let time = e["time"].as_str().and_then(|t| t.get(11..23)).unwrap_or("");
-                    println!("{time}  {:<16} {}", cell(&e["type"]), cell(&e["message"]));
+                for e in &page.events {
+                    println!("{}", e.line());
                 }
-                since = page["next"].as_u64().unwrap_or(since).max(since);
+                since = page.next.max(since);
             }
             Err(Failure::Unreachable(_)) | Err(Failure::Runtime(_)) => break,
             Err(e) => return Err(e),
@@ -392,19 +409,13 @@ pub async fn down(client: &Client) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_changes(changes: &Value) -> bool {
-    let list = changes.as_array().map(|a| a.as_slice()).unwrap_or_default();
-    if list.is_empty() {
+fn print_changes(changes: &[Change]) -> bool {
+    if changes.is_empty() {
         println!("no changes");
         return false;
     }
-    for c in list {
-        let sign = match c["change"].as_str() {
-            Some("create") => "+",
-            Some("delete") => "-",
-            _ => "~",
-        };
-        println!("{sign} {}", cell(&c["summary"]));
+    for c in changes {
+        println!("{} {}", c.change.sign(), c.summary);
     }
     true
 }
@@ -433,20 +444,35 @@ pub async fn diff(control: Option<&str>, sources: &Sources, file: &Path, json_ou
     let m = manifest::load(file).map_err(|e| Failure::Usage(e.to_string()))?;
     let url = control.map(str::to_owned).or_else(|| control_url_of(&m));
     let changes = match running_orch(url.as_deref(), sources, &m)? {
-        Some(client) => client.post("/api/apply", json!({ "path": m.path, "dryRun": true })).await?["changes"].clone(),
-        None => Value::Array(
-            m.services
-                .iter()
-                .map(|s| {
-                    json!({"service": s.name, "change": "create", "from": null, "to": s.replicas,
-                           "summary": format!("create {} ({} instance{}; no cluster runs from {})", s.name, s.replicas, if s.replicas == 1 { "" } else { "s" }, m.data_dir.display())})
-                })
-                .collect(),
-        ),
+        Some(client) => {
+            let request = ApplyRequest { path: Some(m.path.clone()), dry_run: true };
+            client.call::<ApplyResult>("/api/apply", &request).await?.changes
+        }
+        None => m
+            .services
+            .iter()
+            .map(|s| Change {
+                service: s.name.clone(),
+                change: ChangeKind::Create,
+                from: None,
+                to: Some(s.replicas),
+                summary: format!(
+                    "create {} ({} instance{}; no cluster runs from {})",
+                    s.name,
+                    s.replicas,
+                    if s.replicas == 1 { "" } else { "s" },
+                    m.data_dir.display()
+                ),
+            })
+            .collect(),
     };
     let different = if json_out {
-        print_json(&json!({ "changes": changes }));
-        changes.as_array().is_some_and(|a| !a.is_empty())
+        #[derive(Serialize)]
+        struct Changes<'a> {
+            changes: &'a [Change],
+        }
+        print_json(&Changes { changes: &changes });
+        !changes.is_empty()
     } else {
         print_changes(&changes)
     };
@@ -465,14 +491,15 @@ pub async fn hand_over(control: Option<&str>, sources: &Sources, m: &Manifest) -
         {
             return Err(Failure::Runtime(format!(
                 "another orch (cluster {}) answers at {url}; stop it (`orch down --control {url}`) or give this manifest another spec.controlPort",
-                cell(&cluster["name"]),
+                cluster.name,
             )));
         }
         return Ok(None);
     };
-    let v = client.post("/api/apply", json!({ "path": m.path })).await?;
+    let v: ApplyResult =
+        client.call("/api/apply", &ApplyRequest { path: Some(m.path.clone()), dry_run: false }).await?;
     println!("applied {} to the running cluster {} ({}):", m.path.display(), m.name, client.base);
-    print_changes(&v["changes"]);
+    print_changes(&v.changes);
     Ok(Some(ExitCode::SUCCESS))
 }
 
@@ -516,9 +543,8 @@ pub async fn detach(file: &Path, m: &Manifest) -> Outcome {
         if let Some(record) = record {
             let client = Client::new(&record.control_url, Sources::default());
             if let Some(cluster) = client.cluster().await {
-                let services = cluster["services"].as_array().cloned().unwrap_or_default();
-                let total: u64 = services.iter().map(|s| s["replicas"].as_u64().unwrap_or(0)).sum();
-                let ready: u64 = services.iter().map(|s| s["ready"].as_u64().unwrap_or(0)).sum();
+                let total: u64 = cluster.services.iter().map(|s| u64::from(s.replicas)).sum();
+                let ready: u64 = cluster.services.iter().map(|s| u64::from(s.ready)).sum();
                 let shown = format!("{ready}/{total}");
                 if shown != last_shown {
                     eprintln!("  {ready}/{total} ready");
@@ -527,7 +553,7 @@ pub async fn detach(file: &Path, m: &Manifest) -> Outcome {
                 if ready == total {
                     println!(
                         "cluster {} running in the background (pid {}): {total} instances ready in {:.2} s",
-                        cell(&cluster["name"]),
+                        cluster.name,
                         child.id(),
                         started.elapsed().as_secs_f64()
                     );

@@ -10,19 +10,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::controller::Progress;
-use crate::events::{Event, EventLog, Kind};
+use crate::events::{EventLog, Kind};
 
 pub struct Header {
     pub name: String,
     pub manifest: PathBuf,
     pub data_dir: PathBuf,
     pub control_url: String,
-}
-
-/// One event as a console line: `12:00:01.234  exited           web-2 exited (signal SIGKILL)`.
-pub fn line(event: &Event) -> String {
-    let time = event.time.get(11..23).unwrap_or(&event.time);
-    format!("{time}  {:<16} {}", event.kind.as_str(), event.message)
 }
 
 /// Events that show even while the progress line is drawn.
@@ -52,7 +46,7 @@ pub async fn run(header: Header, events: Arc<EventLog>, mut progress: watch::Rec
         seen = next;
         for event in &batch {
             if all_ready || !terminal || is_trouble(event.kind) {
-                let _ = writeln!(out, "{}{}", if terminal { "\r\x1b[2K" } else { "" }, line(event));
+                let _ = writeln!(out, "{}{}", if terminal { "\r\x1b[2K" } else { "" }, event.line());
             }
         }
         if !all_ready && p.total == 0 && !p.stopping {

@@ -1,7 +1,7 @@
 //! The event log: what happened to the cluster, numbered, in memory, in
 //! `DATA_DIR/events.jsonl` (moved to `events.jsonl.1` when it grows past a cap, so the two
 //! files together hold at most twice the cap), and served by `GET /api/events` (with long
-//! polling).
+//! polling). The event itself is a wire type, [`kit::orch_api::Event`].
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -10,64 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// Events kept in memory (the files have more).
 const KEEP: usize = 10_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    ManifestApplied,
-    ManifestRejected,
-    Scaled,
-    Started,
-    Ready,
-    NotReady,
-    Exited,
-    Restarted,
-    Backoff,
-    Crashloop,
-    LivenessFailed,
-    Stopping,
-    Stopped,
-    Rolled,
-    Chaos,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::ManifestApplied => "manifest-applied",
-            Kind::ManifestRejected => "manifest-rejected",
-            Kind::Scaled => "scaled",
-            Kind::Started => "started",
-            Kind::Ready => "ready",
-            Kind::NotReady => "not-ready",
-            Kind::Exited => "exited",
-            Kind::Restarted => "restarted",
-            Kind::Backoff => "backoff",
-            Kind::Crashloop => "crashloop",
-            Kind::LivenessFailed => "liveness-failed",
-            Kind::Stopping => "stopping",
-            Kind::Stopped => "stopped",
-            Kind::Rolled => "rolled",
-            Kind::Chaos => "chaos",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub seq: u64,
-    pub time: String,
-    #[serde(rename = "type")]
-    pub kind: Kind,
-    pub service: Option<String>,
-    pub instance: Option<String>,
-    pub message: String,
-}
+pub use kit::orch_api::{Event, EventKind as Kind};
 
 pub struct EventLog {
     inner: Mutex<Inner>,

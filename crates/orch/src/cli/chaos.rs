@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::{Client, Failure, Outcome, Output, cell, print_json, table};
+use serde_json::Value;
+
+use super::{Client, Failure, Outcome, Output, print_json, table};
 use crate::chaos::{Action, Names, Request, Spec, parse_duration, show};
 
 #[derive(clap::Subcommand)]
@@ -205,4 +207,13 @@ fn until(iso: Option<&str>) -> String {
     // Rounded up to whole seconds past a second.
     let ms = if left >= 1000 { left.div_ceil(1000) * 1000 } else { left };
     show(Duration::from_millis(ms))
+}
+
+/// A value of the chaos API's untyped JSON, `-` when there is none.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }

@@ -13,7 +13,6 @@ pub mod tasks;
 
 use std::time::{Duration, SystemTime};
 
-use axum::http::StatusCode;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -30,7 +29,7 @@ use crate::run::Component;
 use crate::supervisor::signal_group;
 
 fn conflict(message: String) -> CallError {
-    (StatusCode::CONFLICT, message)
+    CallError::Conflict(message)
 }
 
 impl Controller {
@@ -52,7 +51,7 @@ impl Controller {
     /// be posted outside the controller.
     pub fn chaos_start(&mut self, spec: Spec) -> Result<Begun, CallError> {
         if self.shutting_down {
-            return Err(conflict("the cluster is stopping".into()));
+            return Err(CallError::Stopping);
         }
         if self.chaos.active.len() >= MAX_EXPERIMENTS {
             return Err(conflict(format!("at most {} chaos experiments at once", MAX_EXPERIMENTS)));
@@ -62,10 +61,7 @@ impl Controller {
         } else if let Some(i) = self.instances.values().find(|i| i.name == spec.target) {
             Target::Instance(i.id.clone())
         } else {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no instance or service named {:?} in the cluster", spec.target),
-            ));
+            return Err(CallError::NotFound(format!("no instance or service named {:?} in the cluster", spec.target)));
         };
         if spec.action.on_processes() {
             self.chaos_start_on_processes(spec, target)
@@ -250,22 +246,17 @@ impl Controller {
         let balancers: Vec<&Service> =
             self.manifest.services.iter().filter(|s| s.component() == Some(Component::Balancer)).collect();
         if balancers.is_empty() {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                "the cluster has no balancer (a service with component: balancer): latency and errors are injected there"
+            return Err(CallError::Invalid("the cluster has no balancer (a service with component: balancer): latency and errors are injected there"
                     .into(),
             ));
         }
         let routing: Vec<&Service> = balancers.iter().copied().filter(|b| self.routes(b).contains(service)).collect();
         if routing.is_empty() {
             let routed: Vec<String> = balancers.iter().flat_map(|b| self.routes(b)).collect();
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the balancer routes nothing to {service:?} (it routes to {}): add a route to it in the balancer's routes",
-                    routed.join(", ")
-                ),
-            ));
+            return Err(CallError::Invalid(format!(
+                "the balancer routes nothing to {service:?} (it routes to {}): add a route to it in the balancer's routes",
+                routed.join(", ")
+            )));
         }
         let running: Vec<Balancer> = self
             .instances
@@ -305,14 +296,11 @@ impl Controller {
     fn chaos_start_at_balancer(&mut self, spec: Spec, target: Target) -> Result<Begun, CallError> {
         let Target::Service(service) = &target else {
             let service = target.service();
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{} acts on a service at the balancer, and {} is an instance: use {service}",
-                    spec.action.as_str(),
-                    spec.target
-                ),
-            ));
+            return Err(CallError::Invalid(format!(
+                "{} acts on a service at the balancer, and {} is an instance: use {service}",
+                spec.action.as_str(),
+                spec.target
+            )));
         };
         let balancers = self.chaos_balancers(service)?;
         let lasts = spec.span.unwrap_or(Duration::from_secs(10));
@@ -349,10 +337,7 @@ impl Controller {
         if posted.is_empty() {
             self.chaos.active.remove(&id);
             tracing::warn!(experiment = id, ?failures, "chaos: no balancer took the fault");
-            return Err((
-                StatusCode::BAD_GATEWAY,
-                format!("the balancer did not take the fault: {}", failures.join("; ")),
-            ));
+            return Err(CallError::Upstream(format!("the balancer did not take the fault: {}", failures.join("; "))));
         }
         let e = self.chaos.active.get_mut(&id).expect("checked above");
         let effect = e.spec.fault_effect(e.target.service());

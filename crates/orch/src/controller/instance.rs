@@ -1,11 +1,10 @@
-//! One instance as the controller tracks it, and how the API shows it.
+//! One instance as the controller tracks it, and how the API shows it
+//! ([`kit::orch_api::Instance`]).
 
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::manifest::Service;
@@ -22,39 +21,7 @@ pub struct Slot {
     pub fixed: bool,
 }
 
-/// The status the API and `orch get` show.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pending,
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Backoff,
-    Crashloop,
-    Failed,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct LastExit {
-    pub code: Option<i32>,
-    pub signal: Option<String>,
-    pub at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl LastExit {
-    pub fn describe(&self) -> String {
-        match (&self.error, self.code, &self.signal) {
-            (Some(e), _, _) => format!("failed to start: {e}"),
-            (None, Some(code), _) => format!("code {code}"),
-            (None, None, Some(sig)) => format!("signal {sig}"),
-            (None, None, None) => "unknown status".to_owned(),
-        }
-    }
-}
+pub use kit::orch_api::{LastExit, Status};
 
 /// A running process of an instance.
 pub struct Proc {
@@ -129,19 +96,19 @@ impl Instance {
     }
 
     /// The contract's Instance object.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "name": self.name,
-            "service": self.id.service,
-            "ordinal": self.id.ordinal,
-            "pid": self.proc.as_ref().map(|p| p.pid),
-            "port": self.slot.port,
-            "url": format!("http://localhost:{}", self.slot.port),
-            "status": self.status,
-            "ready": self.ready,
-            "restarts": self.restarts,
-            "startedAt": self.started_at.map(kit::time::iso),
-            "lastExit": self.last_exit,
-        })
+    pub fn view(&self) -> kit::orch_api::Instance {
+        kit::orch_api::Instance {
+            name: self.name.clone(),
+            service: self.id.service.clone(),
+            ordinal: self.id.ordinal,
+            pid: self.proc.as_ref().map(|p| p.pid),
+            port: self.slot.port,
+            url: format!("http://localhost:{}", self.slot.port),
+            status: self.status,
+            ready: self.ready,
+            restarts: self.restarts,
+            started_at: self.started_at.map(kit::time::iso),
+            last_exit: self.last_exit.clone(),
+        }
     }
 }

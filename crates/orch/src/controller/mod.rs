@@ -16,8 +16,11 @@
 //! after the grace period) runs as a task of its own, and the process's exit comes back
 //! as an event.
 
+mod change;
 pub mod chaos;
+mod error;
 mod instance;
+mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -25,14 +28,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::http::StatusCode;
+use kit::orch_api::{ApplyResult, Change, ChangeKind, Message, Scaled};
 use kit::secret::Secret;
 use nix::sys::signal::Signal;
 use notify::Watcher;
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use change::diff;
+pub use error::CallError;
 pub use instance::{Instance, LastExit, Proc, Slot, Status};
 
 use crate::events::{EventLog, Kind as EventKind};
@@ -114,9 +118,6 @@ pub struct Setup {
     pub spawner: Spawner,
     pub state: StateFile,
 }
-
-/// An API error: a status and a message.
-pub type CallError = (StatusCode, String);
 
 pub struct Controller {
     manifest: Manifest,
@@ -986,7 +987,7 @@ impl Controller {
     }
 
     /// Applies a valid manifest (or, `dry_run`, only says what would change).
-    fn apply(&mut self, new: Manifest, text: &str, dry_run: bool) -> Result<Vec<Value>, ManifestError> {
+    fn apply(&mut self, new: Manifest, text: &str, dry_run: bool) -> Result<Vec<Change>, ManifestError> {
         if new.data_dir != self.manifest.data_dir {
             return Err(ManifestError::new(
                 &new.path,
@@ -1019,20 +1020,21 @@ impl Controller {
         let slots = self.prepare_slots(&new, Some(text))?;
         let path_changed = new.path != self.manifest.path;
         for change in &changes {
-            let service = change["service"].as_str().unwrap_or_default();
-            match change["change"].as_str() {
-                Some("scale") => {
+            let service = change.service.as_str();
+            match change.change {
+                ChangeKind::Scale => {
+                    let (from, to) = (count(change.from), count(change.to));
                     self.events.emit(
                         EventKind::Scaled,
                         Some(service),
                         None,
-                        format!("{service} scaled {} -> {}", change["from"], change["to"]),
+                        format!("{service} scaled {from} -> {to}"),
                     );
                 }
-                Some("roll") => {
+                ChangeKind::Roll => {
                     self.rolling.insert(service.to_owned());
                 }
-                _ => {}
+                ChangeKind::Create | ChangeKind::Update | ChangeKind::Delete => {}
             }
         }
         self.manifest = new;
@@ -1044,8 +1046,7 @@ impl Controller {
             self.state.record.manifest = self.manifest.path.clone();
             self.state.save();
         }
-        let summary: Vec<String> =
-            changes.iter().map(|c| c["summary"].as_str().unwrap_or_default().to_owned()).collect();
+        let summary: Vec<&str> = changes.iter().map(|c| c.summary.as_str()).collect();
         let summary = if summary.is_empty() { "no changes".to_owned() } else { summary.join("; ") };
         self.events.emit(
             EventKind::ManifestApplied,
@@ -1061,46 +1062,44 @@ impl Controller {
     // -----------------------------------------------------------------------------------
 
     /// `POST /api/apply`: the file at `path` (default: the current manifest).
-    pub fn call_apply(&mut self, path: Option<PathBuf>, dry_run: bool) -> Result<Value, CallError> {
+    pub fn call_apply(&mut self, path: Option<PathBuf>, dry_run: bool) -> Result<ApplyResult, CallError> {
         if self.shutting_down {
-            return Err((StatusCode::CONFLICT, "the cluster is stopping".into()));
+            return Err(CallError::Stopping);
         }
         let path = path.unwrap_or_else(|| self.manifest.path.clone());
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            (StatusCode::UNPROCESSABLE_ENTITY, format!("{}: cannot read the manifest: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| CallError::Manifest(format!("{}: cannot read the manifest: {e}", path.display())))?;
         let result = manifest::parse(&path, &text).and_then(|m| self.apply(m, &text, dry_run));
         match result {
-            Ok(changes) => Ok(json!({ "applied": !dry_run, "manifest": self.manifest.path, "changes": changes })),
+            Ok(changes) => Ok(ApplyResult { applied: !dry_run, manifest: self.manifest.path.clone(), changes }),
             Err(e) => {
                 if !dry_run {
                     self.seen_text = hash_text(&text);
                     self.reject(&e);
                 }
-                Err((StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+                Err(CallError::Manifest(e.to_string()))
             }
         }
     }
 
     /// `POST /api/scale`: replicas of the running cluster (until the next manifest edit).
-    pub fn call_scale(&mut self, service: &str, replicas: i64) -> Result<Value, CallError> {
+    pub fn call_scale(&mut self, service: &str, replicas: i64) -> Result<Scaled, CallError> {
         if self.shutting_down {
-            return Err((StatusCode::CONFLICT, "the cluster is stopping".into()));
+            return Err(CallError::Stopping);
         }
         let Some(index) = self.manifest.services.iter().position(|s| s.name == service) else {
-            return Err((StatusCode::NOT_FOUND, format!("no service {service:?} in the cluster")));
+            return Err(CallError::NotFound(format!("no service {service:?} in the cluster")));
         };
         let max = manifest::MAX_REPLICAS;
         let replicas = u32::try_from(replicas)
             .ok()
             .filter(|r| *r <= max)
-            .ok_or_else(|| (StatusCode::BAD_REQUEST, format!("replicas must be from 0 to {max}, got {replicas}")))?;
+            .ok_or_else(|| CallError::Invalid(format!("replicas must be from 0 to {max}, got {replicas}")))?;
         let mut new = self.manifest.clone();
         let from = new.services[index].replicas;
         new.services[index].replicas = replicas;
-        manifest::check_ports(&new).map_err(|e| (StatusCode::CONFLICT, e))?;
-        let slots =
-            self.prepare_slots(&new, None).map_err(|e| (StatusCode::CONFLICT, e.problems[0].message.clone()))?;
+        manifest::check_ports(&new).map_err(CallError::Conflict)?;
+        let slots = self.prepare_slots(&new, None).map_err(|e| CallError::Conflict(e.problems[0].message.clone()))?;
         self.manifest = new;
         self.slots = slots;
         if from != replicas {
@@ -1111,86 +1110,31 @@ impl Controller {
                 format!("{service} scaled {from} -> {replicas} (orch scale)"),
             );
         }
-        Ok(json!({ "service": service, "from": from, "replicas": replicas }))
+        Ok(Scaled { service: service.to_owned(), from, replicas })
     }
 
     /// `POST /api/restart`: a rolling restart of a service, or of one instance.
-    pub fn call_restart(&mut self, target: &str) -> Result<Value, CallError> {
+    pub fn call_restart(&mut self, target: &str) -> Result<Message, CallError> {
         if self.shutting_down {
-            return Err((StatusCode::CONFLICT, "the cluster is stopping".into()));
+            return Err(CallError::Stopping);
         }
         if self.manifest.service(target).is_some() {
             *self.restart_generations.entry(target.to_owned()).or_default() += 1;
             self.rolling.insert(target.to_owned());
-            return Ok(json!({ "message": format!("rolling restart of {target}") }));
+            return Ok(Message { message: format!("rolling restart of {target}") });
         }
         let Some(instance) = self.instances.values_mut().find(|i| i.name == target) else {
-            return Err((StatusCode::NOT_FOUND, format!("no service or instance {target:?} in the cluster")));
+            return Err(CallError::NotFound(format!("no service or instance {target:?} in the cluster")));
         };
         instance.revision = 0;
         self.rolling.insert(instance.id.service.clone());
-        Ok(json!({ "message": format!("restarting {target}") }))
+        Ok(Message { message: format!("restarting {target}") })
     }
 
     /// `POST /api/down`: stop everything, dependents first, then exit.
-    pub fn call_down(&mut self) -> Value {
+    pub fn call_down(&mut self) -> Message {
         self.begin_shutdown("orch down");
-        json!({ "message": "stopping the cluster" })
-    }
-
-    /// `GET /api/cluster`.
-    pub fn cluster_json(&self) -> Value {
-        let services: Vec<Value> = self
-            .manifest
-            .services
-            .iter()
-            .map(|s| {
-                let ready = self
-                    .instances
-                    .values()
-                    .filter(|i| i.id.service == s.name && i.id.ordinal <= s.replicas && i.ready && i.phase.is_live())
-                    .count();
-                let mut v = json!({ "name": s.name, "replicas": s.replicas, "ready": ready, "port": s.port });
-                match &s.kind {
-                    Kind::Component(c) => v["component"] = json!(c.name()),
-                    Kind::Command { .. } => {
-                        v["command"] = serde_json::to_value(&s.kind).unwrap_or_default()["command"].clone()
-                    }
-                }
-                v
-            })
-            .collect();
-        json!({
-            "name": self.manifest.name,
-            "manifest": self.manifest.path,
-            "dataDir": self.manifest.data_dir,
-            "controlUrl": self.control_url,
-            "startedAt": self.started_at,
-            "lastError": self.last_error,
-            "stopping": self.shutting_down,
-            "services": services,
-        })
-    }
-
-    /// `GET /api/instances`.
-    pub fn instances_json(&self, service: Option<&str>) -> Value {
-        // In manifest order, then by ordinal.
-        let position = |name: &str| self.manifest.services.iter().position(|s| s.name == name).unwrap_or(usize::MAX);
-        let mut list: Vec<&Instance> =
-            self.instances.values().filter(|i| service.is_none_or(|s| i.id.service == s)).collect();
-        list.sort_by_key(|i| (position(&i.id.service), i.id.ordinal));
-        let list: Vec<Value> = list.into_iter().map(Instance::to_json).collect();
-        json!({ "instances": list })
-    }
-
-    /// `GET /api/instances/:name`.
-    pub fn instance_json(&self, name: &str) -> Option<Value> {
-        let instance = self.instances.values().find(|i| i.name == name)?;
-        let mut v = instance.to_json();
-        let spec = instance.spec.as_ref().or_else(|| self.manifest.service(&instance.id.service));
-        v["spec"] = serde_json::to_value(spec).unwrap_or_default();
-        v["events"] = serde_json::to_value(self.events.of_instance(name, 20)).unwrap_or_default();
-        Some(v)
+        Message { message: "stopping the cluster".to_owned() }
     }
 
     /// Whether `name` is (or was) an instance with a log file.
@@ -1204,54 +1148,9 @@ impl Controller {
     }
 }
 
-/// What applying `new` over `old` changes, per service.
-pub fn diff(
-    old: &Manifest,
-    new: &Manifest,
-    old_rev: impl Fn(&Service) -> u64,
-    new_rev: impl Fn(&Service) -> u64,
-) -> Vec<Value> {
-    let mut changes = Vec::new();
-    for s in &new.services {
-        match old.service(&s.name) {
-            None => changes.push(json!({
-                "service": s.name, "change": "create", "from": null, "to": s.replicas,
-                "summary": format!("create {} ({} instances)", s.name, s.replicas),
-            })),
-            Some(o) => {
-                if o.replicas != s.replicas {
-                    changes.push(json!({
-                        "service": s.name, "change": "scale", "from": o.replicas, "to": s.replicas,
-                        "summary": format!("scale {} {} -> {}", s.name, o.replicas, s.replicas),
-                    }));
-                }
-                if old_rev(o) != new_rev(s) {
-                    changes.push(json!({
-                        "service": s.name, "change": "roll", "from": null, "to": null,
-                        "summary": format!("replace the instances of {} one at a time (spec changed)", s.name),
-                    }));
-                } else {
-                    let mut a = o.clone();
-                    a.replicas = s.replicas;
-                    if a != *s {
-                        changes.push(json!({
-                            "service": s.name, "change": "update", "from": null, "to": null,
-                            "summary": format!("update {} (probes, restart or grace: no restart needed)", s.name),
-                        }));
-                    }
-                }
-            }
-        }
-    }
-    for o in &old.services {
-        if new.service(&o.name).is_none() {
-            changes.push(json!({
-                "service": o.name, "change": "delete", "from": o.replicas, "to": 0,
-                "summary": format!("delete {} ({} instances)", o.name, o.replicas),
-            }));
-        }
-    }
-    changes
+/// A replica count of a [`Change`] as an event tells it.
+fn count(n: Option<u32>) -> String {
+    n.map_or_else(|| "null".to_owned(), |n| n.to_string())
 }
 
 fn hash_text(text: &str) -> u64 {

@@ -4,7 +4,6 @@
 //! Talking to the balancer takes time, so it happens here, never on the controller. An
 //! experiment's timers are not tasks: they are deadlines of the controller's loop.
 
-use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::experiments::Why;
@@ -13,7 +12,7 @@ use crate::chaos::Spec;
 use crate::controller::{CallError, Handle};
 
 fn gone() -> CallError {
-    (StatusCode::SERVICE_UNAVAILABLE, "orch is stopping".into())
+    CallError::Gone
 }
 
 /// What the controller answers when an experiment starts.
@@ -62,7 +61,7 @@ pub async fn stop(handle: Handle, id: Option<String>) -> Result<Value, CallError
         Some(raw) => {
             let known = handle.call(|c| c.chaos_ids()).await.ok_or_else(gone)?;
             let id = raw.parse::<u64>().ok().filter(|id| known.contains(id));
-            vec![id.ok_or_else(|| (StatusCode::NOT_FOUND, format!("no chaos experiment {raw:?}")))?]
+            vec![id.ok_or_else(|| CallError::NotFound(format!("no chaos experiment {raw:?}")))?]
         }
         None => handle.call(|c| c.chaos_ids()).await.ok_or_else(gone)?,
     };

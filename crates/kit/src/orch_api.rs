@@ -1,0 +1,330 @@
+//! The wire types of orch's control API: what `GET /api/cluster`, `GET /api/instances`,
+//! `GET /api/events`, `POST /api/apply`, `POST /api/scale` and friends answer. orch's
+//! server builds them, its CLI and the detector read them, so the three agree by
+//! construction: fields are camelCase, statuses and event types are closed enums.
+//!
+//! Chaos experiments are not here yet (orch still shapes them itself).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// An instance's status, as the API and `orch get` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Backoff,
+    Crashloop,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Stopping => "stopping",
+            Status::Stopped => "stopped",
+            Status::Backoff => "backoff",
+            Status::Crashloop => "crashloop",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// No process runs behind the instance (whatever its socket, held by orch, answers).
+    pub fn is_not_running(self) -> bool {
+        matches!(self, Status::Stopped | Status::Backoff | Status::Crashloop | Status::Failed)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an instance's last process ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastExit {
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    pub at: String,
+    /// Why the process could not be started (then `code` and `signal` are null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LastExit {
+    pub fn describe(&self) -> String {
+        match (&self.error, self.code, &self.signal) {
+            (Some(e), _, _) => format!("failed to start: {e}"),
+            (None, Some(code), _) => format!("code {code}"),
+            (None, None, Some(sig)) => format!("signal {sig}"),
+            (None, None, None) => "unknown status".to_owned(),
+        }
+    }
+}
+
+/// The contract's Instance object (`GET /api/instances`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    pub name: String,
+    pub service: String,
+    pub ordinal: u32,
+    pub pid: Option<u32>,
+    pub port: u16,
+    pub url: String,
+    pub status: Status,
+    pub ready: bool,
+    pub restarts: u32,
+    pub started_at: Option<String>,
+    pub last_exit: Option<LastExit>,
+}
+
+/// `GET /api/instances`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceList {
+    pub instances: Vec<Instance>,
+}
+
+/// `GET /api/instances/{name}`: the instance, its spec (as the manifest has it, camelCase)
+/// and its recent events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceDetail {
+    #[serde(flatten)]
+    pub instance: Instance,
+    pub spec: serde_json::Value,
+    pub events: Vec<Event>,
+}
+
+/// One service of `GET /api/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub replicas: u32,
+    /// Live instances that are ready.
+    pub ready: u32,
+    pub port: Option<u16>,
+    /// The built-in component it runs, or else
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// the command line it runs (program first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+}
+
+/// `GET /api/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    pub name: String,
+    pub manifest: PathBuf,
+    pub data_dir: PathBuf,
+    pub control_url: String,
+    pub started_at: String,
+    /// Why the last manifest edit was rejected (nothing changed), if it was.
+    pub last_error: Option<String>,
+    pub stopping: bool,
+    pub services: Vec<ServiceView>,
+}
+
+/// What happened, in an [`Event`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    ManifestApplied,
+    ManifestRejected,
+    Scaled,
+    Started,
+    Ready,
+    NotReady,
+    Exited,
+    Restarted,
+    Backoff,
+    Crashloop,
+    LivenessFailed,
+    Stopping,
+    Stopped,
+    Rolled,
+    Chaos,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ManifestApplied => "manifest-applied",
+            EventKind::ManifestRejected => "manifest-rejected",
+            EventKind::Scaled => "scaled",
+            EventKind::Started => "started",
+            EventKind::Ready => "ready",
+            EventKind::NotReady => "not-ready",
+            EventKind::Exited => "exited",
+            EventKind::Restarted => "restarted",
+            EventKind::Backoff => "backoff",
+            EventKind::Crashloop => "crashloop",
+            EventKind::LivenessFailed => "liveness-failed",
+            EventKind::Stopping => "stopping",
+            EventKind::Stopped => "stopped",
+            EventKind::Rolled => "rolled",
+            EventKind::Chaos => "chaos",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One numbered event of the cluster (`GET /api/events`, `DATA_DIR/events.jsonl`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time: String,
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    pub service: Option<String>,
+    pub instance: Option<String>,
+    pub message: String,
+}
+
+impl Event {
+    /// The event as a console line: `12:00:01.234  exited           web-2 exited (signal SIGKILL)`.
+    pub fn line(&self) -> String {
+        let time = self.time.get(11..23).unwrap_or(&self.time);
+        format!("{time}  {:<16} {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// `GET /api/events`: events after `since`, oldest first, and the seq to ask from next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    pub next: u64,
+}
+
+/// What kind of change an apply makes to a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// A new service: `to` instances.
+    Create,
+    /// Replicas `from` -> `to`.
+    Scale,
+    /// The spec changed: its instances are replaced one at a time.
+    Roll,
+    /// Probes, restart policy or grace changed: nothing restarts.
+    Update,
+    /// A service is gone: its `from` instances stop.
+    Delete,
+}
+
+impl ChangeKind {
+    /// `+`, `-` or `~`, as `orch diff` marks it.
+    pub fn sign(self) -> char {
+        match self {
+            ChangeKind::Create => '+',
+            ChangeKind::Delete => '-',
+            ChangeKind::Scale | ChangeKind::Roll | ChangeKind::Update => '~',
+        }
+    }
+}
+
+/// One change of an apply, per service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub service: String,
+    pub change: ChangeKind,
+    pub from: Option<u32>,
+    pub to: Option<u32>,
+    pub summary: String,
+}
+
+/// `POST /api/apply` (and `orch diff --json`, without `applied` and `manifest`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub applied: bool,
+    pub manifest: PathBuf,
+    pub changes: Vec<Change>,
+}
+
+/// `POST /api/apply`'s body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApplyRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// `POST /api/scale`'s body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub service: String,
+    pub replicas: i64,
+}
+
+/// `POST /api/scale`'s answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scaled {
+    pub service: String,
+    pub from: u32,
+    pub replicas: u32,
+}
+
+/// `POST /api/restart`'s body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartRequest {
+    pub target: String,
+}
+
+/// The answer of `POST /api/restart` and `POST /api/down`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_kinds_are_the_strings_of_the_contract() {
+        for status in [
+            Status::Pending,
+            Status::Starting,
+            Status::Running,
+            Status::Stopping,
+            Status::Stopped,
+            Status::Backoff,
+            Status::Crashloop,
+            Status::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+            assert_eq!(serde_json::from_value::<Status>(status.as_str().into()).unwrap(), status);
+        }
+        assert_eq!(serde_json::to_value(EventKind::LivenessFailed).unwrap(), "liveness-failed");
+        assert_eq!(serde_json::from_value::<EventKind>("not-ready".into()).unwrap(), EventKind::NotReady);
+        assert_eq!(serde_json::to_value(ChangeKind::Roll).unwrap(), "roll");
+        assert!(serde_json::from_value::<Status>("exited".into()).is_err());
+    }
+
+    #[test]
+    fn an_apply_request_reads_as_before() {
+        let body: ApplyRequest = serde_json::from_str(r#"{"path": "/m.yaml", "dryRun": true}"#).unwrap();
+        assert_eq!(body, ApplyRequest { path: Some("/m.yaml".into()), dry_run: true });
+        assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"path":"/m.yaml","dryRun":true}"#);
+        assert!(serde_json::from_str::<ApplyRequest>(r#"{"dry_run": true}"#).is_err());
+    }
+}
