@@ -31,8 +31,10 @@ pub mod error;
 pub mod faults;
 pub mod pool;
 pub mod proxy;
+pub mod response;
 mod server;
 pub mod stats;
+mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
