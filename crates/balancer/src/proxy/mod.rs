@@ -37,15 +37,15 @@
 //! # The phases, file by file
 //!
 //! [`handle`] routes the request (longest prefix) and counts it in its service's figures;
-//! a [`Forward`] then carries it through the phases, one method each: `faults` (an
-//! injected delay or error, [`intake`]), `read_body` (keep a small body for retries or
-//! stream it, [`intake`]), `prepare` (the headers backends get, [`headers`]), and per
+//! a `Forward` (`request`) then carries it through the phases, one method each: `faults` (an
+//! injected delay or error, `intake`), `read_body` (keep a small body for retries or
+//! stream it, `intake`), `prepare` (the headers backends get, `headers`), and per
 //! attempt: `pick` an instance not tried yet ([`crate::backend::pick`]), `send` on a
 //! pooled connection ([`crate::pool::send`]), and the retry decision (`retry_unavailable`,
-//! `again`, [`attempt`]); the figures (`crate::stats`) are counted as each phase ends.
+//! `again`, `attempt`); the figures (`crate::stats`) are counted as each phase ends.
 //!
 //! Connect errors and timeouts count against the instance (passive ejection, see
-//! [`Instance::passive_failure`]). Counters are atomics; the response body carries an
+//! [`crate::backend::Instance::passive_failure`]). Counters are atomics; the response body carries an
 //! [`InFlight`] guard so in-flight counts fall when the body has been streamed.
 
 mod attempt;
