@@ -59,7 +59,9 @@ impl Outgoing {
 impl Forward<'_> {
     /// The faults phase: an injected delay, then an injected error answer.
     #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
-    pub(super) fn faults<'s>(&'s mut self, body: &'s Incoming) -> impl Future<Output = Result<(), Refusal>> + 's {
+    /// `body_ended`: the client's body has been read to its end (else an error closes the
+    /// connection).
+    pub(super) fn faults(&mut self, body_ended: bool) -> impl Future<Output = Result<(), Refusal>> + '_ {
         async move {
             if let Some(effect) = self.worker.state.faults.check(&self.service.name) {
                 if !effect.delay.is_zero() {
@@ -67,8 +69,7 @@ impl Forward<'_> {
                     self.ready = Instant::now();
                 }
                 if let Some(status) = effect.error {
-                    let close = !body.is_end_stream();
-                    return Err(Refusal { status, message: "injected fault", close, tried: None });
+                    return Err(Refusal { status, message: "injected fault", close: !body_ended, tried: None });
                 }
             }
             Ok(())
@@ -76,13 +77,9 @@ impl Forward<'_> {
     }
 
     /// The body phase: refuses a declared size over the limit, reads a small body of known
-    /// length (by `deadline`) so it can be sent again, and streams anything else.
+    /// length (by the request's deadline) so it can be sent again, and streams anything else.
     #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
-    pub(super) fn read_body(
-        &mut self,
-        body: Incoming,
-        deadline: tokio::time::Instant,
-    ) -> impl Future<Output = Result<Outgoing, Refusal>> + '_ {
+    pub(super) fn read_body(&mut self, body: Incoming) -> impl Future<Output = Result<Outgoing, Refusal>> + '_ {
         async move {
             let config = &self.worker.state.config;
             let limit = config.kit.body_limit;
@@ -95,7 +92,7 @@ impl Forward<'_> {
                 return Ok(Outgoing { replay: Some(Bytes::new()), stream: None, over: None });
             }
             if declared.is_some_and(|n| n <= config.retry_buffer as u64) {
-                return match tokio::time::timeout_at(deadline, body.collect()).await {
+                return match tokio::time::timeout_at(self.deadline(), body.collect()).await {
                     Ok(Ok(collected)) => {
                         self.ready = Instant::now();
                         Ok(Outgoing { replay: Some(collected.to_bytes()), stream: None, over: None })

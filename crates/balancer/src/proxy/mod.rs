@@ -62,6 +62,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::backend::pick;
@@ -144,10 +145,10 @@ impl Forward<'_> {
     #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
     fn forward(mut self, body: Incoming) -> impl Future<Output = Result<Response<ResponseBody>, Refusal>> {
         async move {
-            self.faults(&body).await?;
+            self.faults(body.is_end_stream()).await?;
+            let mut outgoing = self.read_body(body).await?;
             let config = &self.worker.state.config;
-            let deadline = tokio::time::Instant::from_std(self.started + config.request_timeout);
-            let mut outgoing = self.read_body(body, deadline).await?;
+            let deadline = self.deadline();
             // Backends get the origin form (`/path?query`), whatever form the client used.
             let target = self.prepare();
 

@@ -48,6 +48,11 @@ pub(super) struct Forward<'a> {
 }
 
 impl Forward<'_> {
+    /// When the request must have its response head (`REQUEST_TIMEOUT_MS` after it came).
+    pub(super) fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + self.worker.state.config.request_timeout)
+    }
+
     /// This worker's figures of the request's service.
     pub(super) fn figures(&self) -> &Shard {
         self.service.stats.at(self.worker.id)
