@@ -12,8 +12,11 @@
 //! - [`backend`]: instances, the backend set swapped atomically, instance selection.
 //! - [`discovery`]: the registry's blocking watch, static fallback from `*_PORTS`.
 //! - [`checks`]: active health checks of `/health`; readmission after ejection.
-//! - [`proxy`]: the request path (theory of operation there), with [`error`] saying which
-//!   failures may be retried and [`body`] streaming bodies.
+//! - [`proxy`]: the request path in phases (theory of operation there), with [`error`]
+//!   saying which failures may be retried, [`body`] streaming request bodies, [`pool`] the
+//!   keep-alive connections to backends, and [`response`] streaming answers back.
+//! - `worker`: what one worker thread's requests share (its handle on the backend set,
+//!   the in-flight guard).
 //! - [`stats`]: lock-free counters and latency histograms; [`admin`] serves them as
 //!   `/status`, `/api/metrics`, `/metrics`, with fault injection ([`faults`]).
 //! - `server`: the HTTP/1 accept loop; the balancer's own endpoints are matched before the
@@ -31,8 +34,10 @@ pub mod error;
 pub mod faults;
 pub mod pool;
 pub mod proxy;
+pub mod response;
 mod server;
 pub mod stats;
+mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,7 @@
 //! that does the I/O. Instead of spawning the `Connection` as a task of its own (as
 //! hyper-util's pooled client does, which costs two task wake-ups per request), the request
 //! that has checked the connection out polls it itself: while waiting for the response
-//! head ([`send`]), then while streaming the response body ([`UpstreamBody`]). When the
+//! head ([`send`]), then while streaming the response body ([`crate::response::UpstreamBody`]). When the
 //! body has ended and the connection is still open, it goes back to the idle list of its
 //! instance for this worker. Everything stays on the worker's thread.
 //!
@@ -34,17 +34,15 @@ use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::backend::Instance;
-use crate::body::{BoxError, InFlight, RequestBody};
+use crate::body::RequestBody;
 
 /// Idle connections kept per instance and worker; more are closed.
 const MAX_IDLE: usize = 512;
@@ -59,8 +57,13 @@ pub struct Conn {
 
 impl Conn {
     /// Polls the connection's I/O; `Ready` means it is closed (or failed) for good.
-    fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         Pin::new(&mut self.io).poll(cx).map(|_| ())
+    }
+
+    /// Still open after a response: it may go back to the idle list.
+    pub fn reusable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.poll_io(cx).is_pending() && !self.sender.is_closed()
     }
 
     /// Still open and ready for a request (polled once, without waiting).
@@ -125,7 +128,7 @@ impl Idle {
         None
     }
 
-    fn checkin(&self, worker: usize, mut conn: Box<Conn>) {
+    pub fn checkin(&self, worker: usize, mut conn: Box<Conn>) {
         let now = Instant::now();
         conn.idle_since = now;
         let mut list = self.list(worker);
@@ -170,24 +173,25 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Box<Conn>, SendE
     Ok(Box::new(Conn { sender, io, idle_since: Instant::now() }))
 }
 
-/// Sends `req` to `instance` on a pooled connection of `worker` (or a new one), and waits
-/// for the response head while driving the connection.
+/// Sends `req` to the instance at `addr` on one of its pooled connections (`idle`) of
+/// `worker` (or a new one), and waits for the response head while driving the connection.
 #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
 pub fn send(
-    instance: &Instance,
+    idle: &Idle,
+    addr: SocketAddr,
     worker: usize,
     mut req: Request<RequestBody>,
     connect_timeout: Duration,
 ) -> impl Future<Output = Result<(Response<Incoming>, Option<Box<Conn>>), SendError>> {
     async move {
-        let mut reused = instance.idle.checkout(worker);
+        let mut reused = idle.checkout(worker);
         loop {
             let fresh = reused.is_none();
             let mut conn = match reused.take() {
                 Some(conn) => conn,
                 // Boxed: the connect future is large and rarely needed, and every request's
                 // future would otherwise carry its size.
-                None => Box::pin(connect(instance.addr, connect_timeout)).await?,
+                None => Box::pin(connect(addr, connect_timeout)).await?,
             };
             let mut response = std::pin::pin!(conn.sender.try_send_request(req));
             let mut io_done = false;
@@ -202,93 +206,20 @@ pub fn send(
             match outcome {
                 Ok(res) if res.body().is_end_stream() => {
                     // Nothing will poll an empty body: the connection goes back to the pool now.
-                    poll_fn(|cx| {
-                        if conn.poll_io(cx).is_pending() && !conn.sender.is_closed() {
-                            Poll::Ready(true)
-                        } else {
-                            Poll::Ready(false)
-                        }
-                    })
-                    .await
-                    .then(|| instance.idle.checkin(worker, conn));
+                    poll_fn(|cx| Poll::Ready(conn.reusable(cx))).await.then(|| idle.checkin(worker, conn));
                     return Ok((res, None));
                 }
                 Ok(res) => return Ok((res, Some(conn))),
                 Err(mut e) => match e.take_message() {
                     // Never written: safe to send on a fresh connection.
                     Some(unsent) if !fresh => {
-                        tracing::debug!(instance = %instance.id, error = %e.error(), "pooled connection closed, reconnecting");
+                        tracing::debug!(%addr, error = %e.error(), "pooled connection closed, reconnecting");
                         req = unsent;
                     }
                     _ => return Err(SendError::Lost(e.into_error())),
                 },
             }
         }
-    }
-}
-
-/// A backend's response body on its way to the client. It drives the connection it comes
-/// on, gives the connection back to the pool once the body has ended, and holds the
-/// request's in-flight place until then.
-pub struct UpstreamBody {
-    body: Incoming,
-    conn: Option<Box<Conn>>,
-    in_flight: InFlight,
-}
-
-impl UpstreamBody {
-    /// `conn` is `None` when the body is empty and the connection already went back.
-    pub fn new(body: Incoming, conn: Option<Box<Conn>>, in_flight: InFlight) -> Self {
-        Self { body, conn, in_flight }
-    }
-
-    /// Returns the connection to the pool if it is still open.
-    fn release(&mut self, cx: &mut Context<'_>) {
-        if let Some(mut conn) = self.conn.take() {
-            if conn.poll_io(cx).is_pending() && !conn.sender.is_closed() {
-                self.in_flight.instance().idle.checkin(self.in_flight.worker.id, conn);
-            }
-        }
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(conn) = &mut this.conn {
-            if conn.poll_io(cx).is_ready() {
-                // Closed; whatever it read is already in the body channel.
-                this.conn = None;
-            }
-        }
-        match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(None) => {
-                this.release(cx);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.body.is_end_stream() {
-                    this.release(cx);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.conn = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -15,8 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Acquire;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -30,9 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::either::Either;
 use tower::ServiceExt;
 
-use crate::backend::BackendSet;
-use crate::body::ResponseBody;
 use crate::client::{ClientIo, Heads, Limits};
+use crate::response::ResponseBody;
+use crate::worker::Worker;
 use crate::{AppState, Config, admin, proxy};
 
 /// The header fields hyper's parser keeps on the stack; a lower cap is set, a higher one
@@ -131,10 +130,8 @@ async fn worker(
     let http = http_builder(&state.config);
     let limits = Arc::new(Limits::new(&state.config));
     // What every request of this worker uses, behind a reference count that only this
-    // thread touches (cloning the shared `Arc<AppState>` per request would bounce its
-    // cache line between cores).
-    let snapshot = Mutex::new(Arc::new(Snapshot::of(&state)));
-    let worker = Arc::new(Worker { id, state, admin, snapshot });
+    // thread touches.
+    let worker = Arc::new(Worker::new(id, state, admin));
     while let Some((stream, peer, place)) = inbox.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
         let worker = worker.clone();
@@ -181,40 +178,6 @@ fn http_builder(config: &Config) -> hyper::server::conn::http1::Builder {
         http.max_headers(config.max_headers);
     }
     http
-}
-
-/// What the requests of one worker thread share.
-pub struct Worker {
-    pub id: usize,
-    pub state: Arc<AppState>,
-    pub admin: axum::Router,
-    /// This worker's own handle on the current backend set (only this thread takes it).
-    snapshot: Mutex<Arc<Snapshot>>,
-}
-
-/// The backend set as one worker sees it: requests hold this worker-local handle, so their
-/// reference counting stays on this thread's cache lines.
-pub struct Snapshot {
-    generation: u64,
-    pub set: Arc<BackendSet>,
-}
-
-impl Snapshot {
-    fn of(state: &AppState) -> Self {
-        let generation = state.generation.load(Acquire);
-        Self { generation, set: state.backends.load_full() }
-    }
-}
-
-impl Worker {
-    /// The current backend set.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        let mut snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-        if snapshot.generation != self.state.generation.load(Acquire) {
-            *snapshot = Arc::new(Snapshot::of(&self.state));
-        }
-        snapshot.clone()
-    }
 }
 
 async fn answer_admin(worker: Arc<Worker>, req: Request<Incoming>) -> Response<ResponseBody> {

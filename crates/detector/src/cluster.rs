@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::machine::{Change, Machine, Millis, Observation, Sample, Status};
 use crate::orch::{LastExit, OrchEvent, OrchInstance, ProcessStatus};
 use crate::traffic::Traffic;
+use crate::urls::{display_url, health_url, url_key};
 
 /// Alerts kept for `GET /api/alerts` and the dashboard (newest first).
 pub const ALERTS_KEPT: usize = 200;
@@ -497,39 +498,6 @@ impl<'a> MemberView<'a> {
     }
 }
 
-/// A URL fit to show: no user or password, no trailing slash.
-pub fn display_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.to_string().trim_end_matches('/').to_owned()
-        }
-        Err(_) => url.trim_end_matches('/').to_owned(),
-    }
-}
-
-/// The URL to connect to: `localhost` becomes 127.0.0.1 (no DNS, no ::1).
-pub fn loopback(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.host_str() == Some("localhost") => {
-            let _ = parsed.set_host(Some("127.0.0.1"));
-            parsed.to_string().trim_end_matches('/').to_owned()
-        }
-        _ => url.trim_end_matches('/').to_owned(),
-    }
-}
-
-fn health_url(url: &str) -> String {
-    format!("{}/health", loopback(url))
-}
-
-/// Host and port, for matching orch's instances to targets whatever the spelling.
-fn url_key(url: &str) -> Option<String> {
-    let parsed = reqwest::Url::parse(&loopback(url)).ok()?;
-    Some(format!("{}:{}", parsed.host_str()?, parsed.port_or_known_default()?))
-}
-
 fn human_duration(ms: Millis) -> String {
     match ms {
         ..1_000 => format!("{ms} ms"),
@@ -727,12 +695,7 @@ mod tests {
     }
 
     #[test]
-    fn urls() {
-        assert_eq!(loopback("http://localhost:3001"), "http://127.0.0.1:3001");
-        assert_eq!(loopback("http://localhost:3001/"), "http://127.0.0.1:3001");
-        assert_eq!(loopback("http://10.0.0.1:80"), "http://10.0.0.1:80");
-        assert_eq!(display_url("http://user:secret@localhost:3001/"), "http://localhost:3001");
-        assert_eq!(url_key("http://localhost:3001"), url_key("http://127.0.0.1:3001/"));
+    fn durations() {
         assert_eq!(human_duration(250), "250 ms");
         assert_eq!(human_duration(61_000), "1m 1s");
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kit::registry::RegistryClient;
 
 use crate::AppState;
-use crate::cluster::loopback;
+use crate::urls::loopback;
 
 /// How long one blocking query waits for a change.
 const WATCH_WAIT: Duration = Duration::from_secs(30);

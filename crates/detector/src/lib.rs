@@ -18,7 +18,9 @@
 //! decisions come from the pure state machine in [`machine`]. Every change is published
 //! on a bounded broadcast channel as a ready-made JSON message that the dashboard's
 //! sockets (`dashboard`) forward; `api` serves the JSON endpoints, `webhook` delivers
-//! alerts in the background.
+//! alerts in the background. [`urls`] holds the URL helpers every loop uses (connect to
+//! 127.0.0.1 for `localhost`, show without credentials), so no loop reaches into `cluster`
+//! for them.
 
 mod api;
 pub mod check;
@@ -28,6 +30,7 @@ mod discovery;
 pub mod machine;
 pub mod orch;
 pub mod traffic;
+pub mod urls;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

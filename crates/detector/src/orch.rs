@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::AppState;
-use crate::cluster::loopback;
+use crate::urls::loopback;
 
 /// How often the instance list is read when no event asks for it sooner.
 pub const INSTANCES_PERIOD: Duration = Duration::from_secs(2);

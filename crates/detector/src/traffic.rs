@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::cluster::loopback;
 use crate::machine::Millis;
+use crate::urls::loopback;
 
 /// How many requests-per-second points are kept for the header's sparkline.
 pub const RATE_POINTS: usize = 120;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::cluster::{Alert, loopback};
+use crate::cluster::Alert;
+use crate::urls::loopback;
 
 /// Alerts waiting for delivery, at most.
 pub const QUEUE: usize = 256;
