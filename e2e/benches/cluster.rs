@@ -37,14 +37,14 @@
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bench::report::{self, Row, Target};
+use bench::stats::{mb, ms, round2, runs, show_count, show_ms, show_spread, spread};
 use e2e::cluster::{Cluster, gone};
+use e2e::eventually_every;
 use e2e::nginx::{self, Nginx, Setup};
 use e2e::procfs::{self, Memory};
 use e2e::topology::{BACKENDS, Topology};
@@ -121,7 +121,7 @@ fn main() {
             .expect("a client"),
         run: format!("b{}", std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default().as_millis()),
     };
-    let machine = machine();
+    let machine = report::machine();
     println!(
         "orch cluster benchmark: {} × {} cores, {} RAM, Linux {}, commit {}",
         machine["cpu"].as_str().unwrap_or("?"),
@@ -170,130 +170,6 @@ struct Bench {
     only: Option<Vec<String>>,
 }
 
-// ------------------------------------------------------------------------------------ rows
-
-/// How a figure is held against its target.
-#[derive(Clone, Copy)]
-enum Cmp {
-    Below,
-    AtMost,
-    AtLeast,
-}
-
-#[derive(Clone, Copy)]
-struct Target {
-    cmp: Cmp,
-    bound: f64,
-    text: &'static str,
-}
-
-impl Target {
-    fn below(bound: f64, text: &'static str) -> Option<Self> {
-        Some(Self { cmp: Cmp::Below, bound, text })
-    }
-
-    fn at_most(bound: f64, text: &'static str) -> Option<Self> {
-        Some(Self { cmp: Cmp::AtMost, bound, text })
-    }
-
-    fn at_least(bound: f64, text: &'static str) -> Option<Self> {
-        Some(Self { cmp: Cmp::AtLeast, bound, text })
-    }
-
-    fn met(&self, value: f64) -> bool {
-        match self.cmp {
-            Cmp::Below => value < self.bound,
-            Cmp::AtMost => value <= self.bound,
-            Cmp::AtLeast => value >= self.bound,
-        }
-    }
-
-    fn op(&self) -> &'static str {
-        match self.cmp {
-            Cmp::Below => "<",
-            Cmp::AtMost => "<=",
-            Cmp::AtLeast => ">=",
-        }
-    }
-}
-
-/// One line of the table.
-struct Row {
-    id: &'static str,
-    metric: String,
-    /// The figure held against the target (NaN: not measured).
-    value: f64,
-    unit: &'static str,
-    /// The figure as shown, with its companions (p50, p99, ...).
-    shown: String,
-    target: Option<Target>,
-    /// How it was measured.
-    how: String,
-    details: Map<String, Value>,
-}
-
-impl Row {
-    fn new(id: &'static str, metric: impl Into<String>, value: f64, unit: &'static str) -> Self {
-        Self {
-            id,
-            metric: metric.into(),
-            value,
-            unit,
-            shown: String::new(),
-            target: None,
-            how: String::new(),
-            details: Map::new(),
-        }
-    }
-
-    fn shown(mut self, shown: impl Into<String>) -> Self {
-        self.shown = shown.into();
-        self
-    }
-
-    fn target(mut self, target: Option<Target>) -> Self {
-        self.target = target;
-        self
-    }
-
-    fn how(mut self, how: impl Into<String>) -> Self {
-        self.how = how.into();
-        self
-    }
-
-    fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.details.insert(key.to_owned(), value.into());
-        self
-    }
-
-    fn pass(&self) -> Option<bool> {
-        let target = self.target?;
-        Some(!self.value.is_nan() && target.met(self.value))
-    }
-
-    fn verdict(&self) -> &'static str {
-        match self.pass() {
-            Some(true) => "pass",
-            Some(false) => "MISS",
-            None => "",
-        }
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "metric": self.metric,
-            "value": if self.value.is_nan() { Value::Null } else { json!(self.value) },
-            "unit": self.unit,
-            "shown": self.shown,
-            "target": self.target.map(|t| json!({"op": t.op(), "value": t.bound, "text": t.text})),
-            "pass": self.pass(),
-            "how": self.how,
-            "details": self.details,
-        })
-    }
-}
-
 /// The order of the table: the issue's list.
 const ORDER: [&str; 24] = [
     "coldStartReady",
@@ -324,72 +200,6 @@ const ORDER: [&str; 24] = [
 
 // ------------------------------------------------------------------------ formatting
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// `9.1 ms`, `212 ms`, `2.95 s`.
-fn show_ms(v: f64) -> String {
-    if v.is_nan() {
-        "n/a".to_owned()
-    } else if v >= 1000.0 {
-        format!("{:.2} s", v / 1000.0)
-    } else if v >= 100.0 {
-        format!("{v:.0} ms")
-    } else if v >= 10.0 {
-        format!("{v:.1} ms")
-    } else {
-        format!("{v:.2} ms")
-    }
-}
-
-/// `21 350` (thin grouping for the eye).
-fn show_count(v: f64) -> String {
-    if v.is_nan() {
-        return "n/a".to_owned();
-    }
-    let digits = format!("{:.0}", v.round());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Megabytes (10^6 bytes, the unit of the target) from KiB.
-fn mb(kib: u64) -> f64 {
-    kib as f64 * 1024.0 / 1e6
-}
-
-/// Median, min, max.
-fn spread(values: &[f64]) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    (median, v[0], v[n - 1])
-}
-
-fn show_spread(values: &[f64]) -> String {
-    let (median, min, max) = spread(values);
-    format!("{} (min {}, max {})", show_ms(median), show_ms(min), show_ms(max))
-}
-
-fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
-
-/// Milliseconds for the JSON, to the hundredth.
-fn runs(values: &[f64]) -> Vec<f64> {
-    values.iter().copied().map(round2).collect()
-}
-
 fn wrk_errors(run: &Run) -> String {
     if run.errors() == 0 {
         String::new()
@@ -416,66 +226,27 @@ fn wrk_row(id: &'static str, metric: &str, r: &Run, unit: &'static str, what: &s
 
 // ------------------------------------------------------------------------ waiting
 
+/// The pause between two checks in the waits whose end is timed.
+const TIGHT: Duration = Duration::from_millis(1);
+
 /// Polls `f` every `every` until it returns `Some`; panics naming `what` after [`DEADLINE`].
-async fn until<T, F, Fut>(every: Duration, what: &str, mut f: F) -> T
+async fn until<T, F, Fut>(every: Duration, what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out after {DEADLINE:?} waiting for {what}");
-        tokio::time::sleep(every).await;
-    }
+    eventually_every(every, DEADLINE, what, f).await
 }
-
-const TIGHT: Duration = Duration::from_millis(1);
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
 
-/// One instance as orch reports it (a read that needs the control token).
-async fn instance(b: &Bench, cluster: &Cluster, name: &str) -> Option<Value> {
-    let url = format!("{}/api/instances/{name}", cluster.url);
-    b.http.get(url).bearer_auth(cluster.control_token()).send().await.ok()?.json().await.ok()
-}
-
 /// `(pid, port)` of `name` once orch reports it running and ready.
-async fn ready_instance(b: &Bench, cluster: &Cluster, name: &str) -> (u32, u16) {
-    until(Duration::from_millis(5), &format!("{name} ready"), || async {
-        let i = instance(b, cluster, name).await?;
-        (i["status"] == "running" && i["ready"] == true).then_some(())?;
-        Some((i["pid"].as_u64()? as u32, i["port"].as_u64()? as u16))
-    })
-    .await
-}
-
-/// Waits until orch reports `name` ready under another pid than `old`.
-async fn replaced(b: &Bench, cluster: &Cluster, name: &str, old: u32) -> u32 {
-    until(TIGHT, &format!("{name} ready under a new pid"), || async {
-        let i = instance(b, cluster, name).await?;
-        let pid = i["pid"].as_u64()? as u32;
-        (pid != old && i["status"] == "running" && i["ready"] == true).then_some(pid)
-    })
-    .await
-}
-
-/// The instances the balancer routes to (healthy, not ejected), by pool.
-async fn rotation(http: &reqwest::Client, balancer: &str) -> Option<BTreeSet<String>> {
-    let status = get_json(http, &format!("{balancer}/status")).await?;
-    let mut listed = BTreeSet::new();
-    for pool in status["services"].as_object()?.values() {
-        for i in pool["instances"].as_array()? {
-            if i["healthy"] == true && i["ejected"] != true {
-                listed.insert(i["id"].as_str()?.to_owned());
-            }
-        }
-    }
-    Some(listed)
+async fn ready_instance(cluster: &Cluster, name: &str) -> (u32, u16) {
+    let i = cluster.wait_instance_ready(name).await;
+    let number = |field: &str| i[field].as_u64().unwrap_or_else(|| panic!("{name} has no {field}: {i}"));
+    (number("pid") as u32, number("port") as u16)
 }
 
 /// The instance that answered through the balancer.
@@ -514,7 +285,7 @@ impl Bench {
             self.cold_start(&topology).await
         } else {
             self.progress.step("starting the cluster");
-            topology.start().await
+            topology.start().await.poll_every(TIGHT)
         };
         if self.wants("memory") {
             self.progress.step("memory at rest");
@@ -558,13 +329,13 @@ impl Bench {
     /// Step 1: `orch apply` → ready → routable, [`COLD_STARTS`] times; returns the last cluster.
     async fn cold_start(&mut self, topology: &Topology) -> Cluster {
         self.progress.step(&format!("cold start × {COLD_STARTS}: orch apply -> 12 ready -> routable"));
-        let expected: BTreeSet<String> = topology.backend_instances().into_iter().collect();
+        let backends = topology.backend_instances();
         let total = topology.instances().len() as u64;
         let (mut ready, mut routable) = (Vec::new(), Vec::new());
         let mut kept = None;
         for n in 1..=COLD_STARTS {
             let t0 = Instant::now();
-            let cluster = Cluster::start(&topology.yaml()).await;
+            let cluster = Cluster::start(&topology.yaml()).await.poll_every(TIGHT);
             let url = format!("{}/api/cluster", cluster.url);
             until(TIGHT, "every instance ready", || async {
                 let c = get_json(&self.http, &url).await?;
@@ -573,9 +344,9 @@ impl Bench {
             })
             .await;
             ready.push(ms(t0.elapsed()));
+            cluster.wait_routed(&backends).await;
             let balancer = cluster.url_of("balancer-1").await;
-            until(TIGHT, "every backend instance in the balancer's rotation, each route answering", || async {
-                (rotation(&self.http, &balancer).await? == expected).then_some(())?;
+            until(TIGHT, "each route answering through the balancer", || async {
                 for prefix in ["/api/auth", "/api/data", "/api/compute"] {
                     let res = self.http.get(format!("{balancer}{prefix}/health")).send().await.ok()?;
                     res.status().is_success().then_some(())?;
@@ -687,10 +458,10 @@ impl Bench {
         self.progress.step("balancer vs nginx in front of data-1..3 (wrk -t1)");
         let mut upstreams = Vec::new();
         for name in ["data-1", "data-2", "data-3"] {
-            let (_, port) = ready_instance(self, cluster, name).await;
+            let (_, port) = ready_instance(cluster, name).await;
             upstreams.push(SocketAddr::from(([127, 0, 0, 1], port)));
         }
-        let (balancer_pid, balancer_port) = ready_instance(self, cluster, "balancer-1").await;
+        let (balancer_pid, balancer_port) = ready_instance(cluster, "balancer-1").await;
         let balancer = SocketAddr::from(([127, 0, 0, 1], balancer_port));
         let progress = &self.progress;
         let secs = self.secs;
@@ -942,7 +713,7 @@ impl Bench {
             ("slowlorisBalancer", "balancer-1", "/api/data/health", "GET /api/data/health through the balancer"),
         ];
         for (id, instance, path, what) in targets {
-            let (_, port) = ready_instance(self, cluster, instance).await;
+            let (_, port) = ready_instance(cluster, instance).await;
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let url = format!("http://{addr}{path}");
             let wrk = Wrk::new(&url).connections(16).duration(Duration::from_secs(self.secs));
@@ -1082,7 +853,7 @@ impl Bench {
             // data instance is killed at once (by the pid orch reports), and orch restarts them.
             self.progress.note("data's writes are stuck: kill -9 of data-1..3 to release the lock, then on");
             for name in ["data-1", "data-2", "data-3"] {
-                let (pid, _) = ready_instance(self, cluster, name).await;
+                let (pid, _) = ready_instance(cluster, name).await;
                 sigkill(pid);
             }
             until(Duration::from_millis(50), "data's writes accepted again after the restart", || async {
@@ -1118,16 +889,14 @@ impl Bench {
         let five = topology.clone().replicas("data", 5).yaml();
         let balancer = cluster.url_of("balancer-1").await;
         let nine = topology.backend_instances();
+        // data-4 and data-5 in the rotation, beside the nine.
+        let eleven = topology.clone().replicas("data", 5).backend_instances();
         let mut serving = Vec::new();
         let mut in_rotation = Vec::new();
         for n in 1..=EDITS {
             let t0 = Instant::now();
             cluster.edit(&five);
-            until(TIGHT, "data-4 and data-5 in the balancer's rotation", || async {
-                let listed = rotation(&self.http, &balancer).await?;
-                (listed.contains("data-4") && listed.contains("data-5")).then_some(())
-            })
-            .await;
+            cluster.wait_routed(&eleven).await;
             in_rotation.push(ms(t0.elapsed()));
             // They serve: requests through the balancer are answered by each.
             let mut seen = BTreeSet::new();
@@ -1178,7 +947,7 @@ impl Bench {
         let mut answered = Vec::new();
         let mut ready = Vec::new();
         for name in KILLS {
-            let (pid, port) = ready_instance(self, cluster, name).await;
+            let (pid, port) = ready_instance(cluster, name).await;
             tokio::time::sleep(HEALTHY_STRETCH).await;
             let url = format!("http://127.0.0.1:{port}/health");
             let t0 = Instant::now();
@@ -1193,7 +962,7 @@ impl Bench {
             })
             .await;
             answered.push(ms(t0.elapsed()));
-            replaced(self, cluster, name, pid).await;
+            cluster.wait_replaced(name, pid).await;
             ready.push(ms(t0.elapsed()));
             self.progress.note(&format!(
                 "{name}: answering after {}, ready (orch) after {}",
@@ -1235,12 +1004,12 @@ impl Bench {
     /// Step 9: kill -9 → the dashboard's socket shows it.
     async fn dashboard(&mut self, cluster: &Cluster) {
         self.progress.step(&format!("instance death on the dashboard, × {}", DASHBOARD_KILLS.len()));
-        let (_, port) = ready_instance(self, cluster, "detector-1").await;
+        let (_, port) = ready_instance(cluster, "detector-1").await;
         let ws_url = format!("ws://127.0.0.1:{port}/ws");
         let mut shown = Vec::new();
         let mut signals = Vec::new();
         for name in DASHBOARD_KILLS {
-            let (pid, _) = ready_instance(self, cluster, name).await;
+            let (pid, _) = ready_instance(cluster, name).await;
             tokio::time::sleep(HEALTHY_STRETCH).await;
             let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.expect("connecting to the dashboard");
             // Until the page would show the instance up under this pid; its last crash then.
@@ -1270,7 +1039,7 @@ impl Bench {
             signals.push(signal);
             let _ = ws.close(None).await;
             self.progress.note(&format!("{name}: shown after {} ({signal})", show_ms(shown[shown.len() - 1])));
-            replaced(self, cluster, name, pid).await;
+            cluster.wait_replaced(name, pid).await;
         }
         self.rows.push(
             Row::new("dashboardDeath", "instance death on the dashboard", spread(&shown).0, "ms")
@@ -1300,11 +1069,11 @@ impl Bench {
             spec["failureThreshold"]
         );
         for name in HANGS {
-            let (pid, _) = ready_instance(self, cluster, name).await;
+            let (pid, _) = ready_instance(cluster, name).await;
             tokio::time::sleep(HEALTHY_STRETCH).await;
             let t0 = Instant::now();
             kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap_or_else(|e| panic!("SIGSTOP {name}: {e}"));
-            replaced(self, cluster, name, pid).await;
+            cluster.wait_replaced(name, pid).await;
             replaced_ms.push(ms(t0.elapsed()));
             self.progress.note(&format!("{name}: replaced after {}", show_ms(replaced_ms[replaced_ms.len() - 1])));
             // orch killed the stopped process; make sure nothing stays stopped.
@@ -1334,7 +1103,7 @@ impl Bench {
     // -------------------------------------------------------------------------- output
 
     fn finish(mut self, machine: &Value, took: Duration) {
-        self.rows.sort_by_key(|r| ORDER.iter().position(|id| *id == r.id).unwrap_or(ORDER.len()));
+        report::sort(&mut self.rows, &ORDER);
         let took_text = format!("{}:{:02}", took.as_secs() / 60, took.as_secs() % 60);
         let header = format!(
             "orch benchmark, {} ({} × {} cores, {} RAM, Linux {}; load average before {}), commit {}; measured in one \
@@ -1348,84 +1117,13 @@ impl Bench {
             machine["commit"].as_str().unwrap_or("?"),
         );
 
-        let widths = (
-            self.rows.iter().map(|r| r.metric.chars().count()).max().unwrap_or(6).max(6),
-            self.rows.iter().map(|r| r.shown.chars().count()).max().unwrap_or(5).max(5),
-            self.rows.iter().map(|r| r.target.map_or(1, |t| t.text.chars().count())).max().unwrap_or(6).max(6),
-        );
-        let mut table = String::new();
-        let _ = writeln!(table, "\n{header}\n");
-        let _ = writeln!(
-            table,
-            "{:>2}  {:<w0$}  {:<w1$}  {:<w2$}  result",
-            "#",
-            "metric",
-            "value",
-            "target",
-            w0 = widths.0,
-            w1 = widths.1,
-            w2 = widths.2
-        );
-        let _ = writeln!(table, "{}", "-".repeat(4 + widths.0 + 2 + widths.1 + 2 + widths.2 + 2 + 6));
-        for (n, r) in self.rows.iter().enumerate() {
-            let target = r.target.map_or("-", |t| t.text);
-            let _ = writeln!(
-                table,
-                "{:>2}  {:<w0$}  {:<w1$}  {:<w2$}  {}",
-                n + 1,
-                r.metric,
-                r.shown,
-                target,
-                r.verdict(),
-                w0 = widths.0,
-                w1 = widths.1,
-                w2 = widths.2
-            );
-        }
-        let (passed, targets) = (
-            self.rows.iter().filter(|r| r.pass() == Some(true)).count(),
-            self.rows.iter().filter(|r| r.target.is_some()).count(),
-        );
-        let _ = writeln!(table, "\n{passed} of {targets} targets met. How each row was measured:");
-        for (n, r) in self.rows.iter().enumerate() {
-            let _ = writeln!(table, "{:>2}. {}", n + 1, r.how);
-        }
-
-        // The same as Markdown, for the README.
-        let mut md =
-            format!("{header}\n\n| # | metric | value | target | result |\n| ---: | --- | --- | --- | --- |\n");
-        for (n, r) in self.rows.iter().enumerate() {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} |",
-                n + 1,
-                r.metric,
-                r.shown,
-                r.target.map_or("", |t| t.text),
-                r.verdict()
-            );
-        }
-        md.push_str("\nHow each row was measured:\n\n");
-        for (n, r) in self.rows.iter().enumerate() {
-            let _ = writeln!(md, "{}. {}", n + 1, r.how);
-        }
-
-        let summary = json!({
-            "machine": machine,
-            "durationSeconds": round2(took.as_secs_f64()),
-            "orchBinary": e2e::orch_bin().display().to_string(),
-            "wrkSeconds": self.secs,
-            "targetsMet": passed,
-            "targets": targets,
-            "rows": self.rows.iter().map(Row::json).collect::<Vec<_>>(),
-        });
-        let dir = target_dir().join("bench");
-        std::fs::create_dir_all(&dir).expect("creating target/bench");
-        let json_path = dir.join("summary.json");
-        std::fs::write(&json_path, serde_json::to_string_pretty(&summary).expect("JSON") + "\n")
-            .expect("writing summary.json");
-        std::fs::write(dir.join("summary.md"), md).expect("writing summary.md");
-        print!("{table}");
+        let mut fields = Map::new();
+        fields.insert("durationSeconds".to_owned(), round2(took.as_secs_f64()).into());
+        fields.insert("orchBinary".to_owned(), e2e::orch_bin().display().to_string().into());
+        fields.insert("wrkSeconds".to_owned(), self.secs.into());
+        let summary = report::summary(machine, &self.rows, fields);
+        let json_path = report::write(&summary, &report::markdown(&header, &self.rows));
+        print!("{}", report::text(&header, &self.rows));
         println!("\nwritten: {} (and summary.md beside it)", json_path.display());
     }
 }
@@ -1512,50 +1210,4 @@ async fn hold_partial_requests(addr: SocketAddr, path: &str, n: usize) -> Vec<to
 fn is_open(stream: &tokio::net::TcpStream) -> bool {
     let mut buf = [0u8; 1];
     matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
-/// `target/`, from this benchmark's own path (`target/release/deps/cluster-...`).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the benchmark has a path");
-    exe.ancestors().nth(3).expect("target/<profile>/deps/<exe>").to_owned()
-}
-
-/// The machine the figures come from.
-fn machine() -> Value {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    let cpuinfo = read("/proc/cpuinfo");
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let mem_kib: u64 = read("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let os = read("/etc/os-release")
-        .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
-        .unwrap_or_default();
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    json!({
-        "cpu": cpu,
-        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "memory": format!("{:.1} GiB", mem_kib as f64 / 1024.0 / 1024.0),
-        "memoryKiB": mem_kib,
-        "kernel": read("/proc/sys/kernel/osrelease").trim(),
-        "os": os,
-        "date": kit::time::now_iso(),
-        // other work on the machine while the benchmark starts (1, 5, 15 minutes)
-        "loadAverage": read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        "commit": if dirty { format!("{commit} (with uncommitted changes)") } else { commit },
-    })
 }

@@ -15,10 +15,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::{eventually, orch_bin};
+use crate::{eventually, eventually_every, orch_bin};
 
 /// How long a cluster test waits for anything before failing.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+/// How often the waits on instances poll orch and the balancer, unless
+/// [`Cluster::poll_every`] says otherwise.
+pub const POLL: Duration = Duration::from_millis(10);
 
 /// Whether process `pid` is gone (or a zombie waiting to be reaped: dead all the same).
 pub fn gone(pid: u32) -> bool {
@@ -34,6 +37,8 @@ pub struct Cluster {
     pub orch: Child,
     pub url: String,
     pub http: reqwest::Client,
+    /// The pause between two checks of the waits on instances ([`POLL`] by default).
+    poll: Duration,
 }
 
 impl Cluster {
@@ -75,7 +80,13 @@ impl Cluster {
             }
         })
         .await;
-        Self { dir, orch, url, http: reqwest::Client::new() }
+        Self { dir, orch, url, http: reqwest::Client::new(), poll: POLL }
+    }
+
+    /// Polls tighter (or looser) in the waits on instances: the benchmark times them.
+    pub fn poll_every(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -126,7 +137,7 @@ impl Cluster {
     /// Waits until exactly `names` exist, every one running and ready.
     pub async fn wait_ready(&self, names: &[&str]) -> Vec<(String, Option<u64>, bool)> {
         let what = format!("instances {names:?} ready");
-        eventually(DEADLINE, &what, || async {
+        eventually_every(self.poll, DEADLINE, &what, || async {
             let list = self.pids().await;
             let ok = list.len() == names.len()
                 && list.iter().all(|(n, pid, ready)| names.contains(&n.as_str()) && pid.is_some() && *ready);
@@ -138,6 +149,15 @@ impl Cluster {
     /// One instance as orch reports it (`GET /api/instances/:name`).
     pub async fn instance(&self, name: &str) -> Value {
         self.get(&format!("/api/instances/{name}")).await
+    }
+
+    /// Waits until instance `name` runs and is ready; returns it as orch reports it.
+    pub async fn wait_instance_ready(&self, name: &str) -> Value {
+        eventually_every(self.poll, DEADLINE, &format!("{name} running and ready"), || async {
+            let i = self.instance(name).await;
+            (i["status"] == "running" && i["ready"] == true && i["pid"].is_u64()).then_some(i)
+        })
+        .await
     }
 
     /// `http://127.0.0.1:<port>` of instance `name` (orch reports `localhost`, which may
@@ -174,7 +194,7 @@ impl Cluster {
     /// Waits until instance `name` runs again under another pid than `old`, ready; returns it.
     pub async fn wait_replaced(&self, name: &str, old: u32) -> Value {
         let what = format!("{name} running again under a new pid (was {old})");
-        eventually(DEADLINE, &what, || async {
+        eventually_every(self.poll, DEADLINE, &what, || async {
             let i = self.get(&format!("/api/instances/{name}")).await;
             let pid = i["pid"].as_u64()?;
             (pid != u64::from(old) && i["status"] == "running" && i["ready"] == true).then_some(i)
@@ -189,7 +209,7 @@ impl Cluster {
         let mut expected: Vec<&str> = names.iter().map(String::as_str).collect();
         expected.sort_unstable();
         let what = format!("the balancer routing to exactly {expected:?}");
-        eventually(DEADLINE, &what, || async {
+        eventually_every(self.poll, DEADLINE, &what, || async {
             let status: Value = self.http.get(&url).send().await.ok()?.json().await.ok()?;
             let mut listed = Vec::new();
             for pool in status["services"].as_object()?.values() {

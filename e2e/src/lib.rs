@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub use kit::testing::{eventually, still_pending};
+pub use kit::testing::{eventually, eventually_every, still_pending};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

@@ -4,78 +4,11 @@
 //!
 //! `cargo bench -p auth --bench auth` (or `make bench-all`).
 
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bench::load::{expect_status, measure};
 use serde_json::json;
-
-struct Row {
-    name: &'static str,
-    requests: usize,
-    concurrency: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-/// Runs `total` calls of `op` from `concurrency` workers; each call must succeed.
-async fn measure<F, Fut>(name: &'static str, total: usize, concurrency: usize, op: F) -> Row
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (op, next) = (op.clone(), next.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return latencies;
-                    }
-                    let t = Instant::now();
-                    if let Err(e) = op(i).await {
-                        panic!("{name} #{i} failed: {e}");
-                    }
-                    latencies.push(t.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(total);
-    for w in workers {
-        latencies.extend(w.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Row { name, requests: total, concurrency, elapsed, latencies }
-}
-
-fn print(rows: &[Row]) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "{:<26} {:>9} {:>6} {:>9} {:>10} {:>9} {:>9}",
-        "operation", "requests", "conc", "seconds", "req/s", "p50 ms", "p99 ms"
-    );
-    for r in rows {
-        let pct = |p: f64| r.latencies[((r.latencies.len() as f64 * p) as usize).min(r.latencies.len() - 1)];
-        println!(
-            "{:<26} {:>9} {:>6} {:>9.2} {:>10.0} {:>9.2} {:>9.2}",
-            r.name,
-            r.requests,
-            r.concurrency,
-            r.elapsed.as_secs_f64(),
-            r.requests as f64 / r.elapsed.as_secs_f64(),
-            ms(pct(0.50)),
-            ms(pct(0.99)),
-        );
-    }
-}
 
 fn rss_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -87,13 +20,6 @@ fn rss_kib() -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-async fn check(res: reqwest::Result<reqwest::Response>, expected: u16) -> Result<(), String> {
-    let res = res.map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let _ = res.bytes().await;
-    if status == expected { Ok(()) } else { Err(format!("status {status}")) }
 }
 
 fn main() {
@@ -117,7 +43,7 @@ fn main() {
         kit_ready(&client, &base).await;
         let account = json!({"username": "bench", "email": "bench@example.com", "password": "pass123"});
         let res = client.post(format!("{base}/api/auth/register")).json(&account).send().await;
-        check(res, 201).await.unwrap();
+        expect_status(res, 201).await.unwrap();
         let token: String = {
             let res = client
                 .post(format!("{base}/api/auth/login"))
@@ -134,7 +60,7 @@ fn main() {
         rows.push(
             measure("login", 200, 8, move |_| {
                 let req = c.post(&url).json(&json!({"username": "bench", "password": "pass123"}));
-                async move { check(req.send().await, 200).await }
+                async move { expect_status(req.send().await, 200).await }
             })
             .await,
         );
@@ -143,7 +69,7 @@ fn main() {
         rows.push(
             measure("login (wrong password)", 100, 8, move |_| {
                 let req = c.post(&url).json(&json!({"username": "bench", "password": "wrong!"}));
-                async move { check(req.send().await, 401).await }
+                async move { expect_status(req.send().await, 401).await }
             })
             .await,
         );
@@ -151,7 +77,7 @@ fn main() {
         rows.push(
             measure("verify", 20_000, 32, move |_| {
                 let req = c.get(&url).bearer_auth(&token);
-                async move { check(req.send().await, 200).await }
+                async move { expect_status(req.send().await, 200).await }
             })
             .await,
         );
@@ -174,7 +100,7 @@ fn main() {
             })
             .await,
         );
-        print(&rows);
+        bench::load::table(&rows).print();
         println!(
             "process RSS (server and client): {} KiB before the logins, {} KiB after 200 logins (peak {} KiB)",
             before.0, after_logins.0, after_logins.1

@@ -22,6 +22,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bench::table::Table;
 use bytes::Bytes;
 use e2e::nginx::{self, Nginx, Setup};
 use e2e::procfs;
@@ -76,16 +77,23 @@ fn main() {
     }
     println!();
     println!("balancer vs nginx, 3 backends, round-robin, keep-alive (wrk -t1; 2 cores shared)");
-    println!("{:<34} {:>12} {:>10} {:>10} {:>14}", "run", "requests/s", "p50 ms", "p99 ms", "proxy CPU/req");
-    let row = |name: &str, r: &Run, cpu_us: f64| {
+    let mut table = Table::new()
+        .left("run", 34)
+        .right("requests/s", 12)
+        .right("p50 ms", 10)
+        .right("p99 ms", 10)
+        .right("proxy CPU/req", 14);
+    let mut row = |name: &str, r: &Run, cpu_us: f64| {
         let cpu = if cpu_us.is_nan() { String::new() } else { format!("{cpu_us:.1} us") };
-        println!("{name:<34} {:>12.0} {:>10.3} {:>10.3} {cpu:>14}", r.per_second, r.p50_ms, r.p99_ms)
+        let figures = [format!("{:.0}", r.per_second), format!("{:.3}", r.p50_ms), format!("{:.3}", r.p99_ms)];
+        table.row([name.to_owned()].into_iter().chain(figures).chain([cpu]));
     };
     row("balancer, 64 connections (median)", &c.balancer.run, c.balancer.cpu_us);
     row("nginx, 64 connections (median)", &c.nginx.run, c.nginx.cpu_us);
     row("backend direct, moderate (8c, 2ms)", &c.direct_moderate, f64::NAN);
     row("balancer, moderate (8c, 2ms)", &c.balancer_moderate, f64::NAN);
     row("nginx, moderate (8c, 2ms)", &c.nginx_moderate, f64::NAN);
+    table.print();
     println!();
     println!("throughput ratio balancer / nginx: {:.2}", c.ratio());
     println!(

@@ -14,6 +14,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bench::stats::quantile;
+use bench::table::Table;
 use compute::ops::{self, Place};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
@@ -93,14 +95,6 @@ fn token() -> String {
     })
 }
 
-/// The `q` quantile of sorted `values`.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 async fn direct() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let server = Server::start(&dir.path().join("compute.sqlite"), "compute-1", 0).await;
@@ -110,7 +104,13 @@ async fn direct() {
     println!(
         "direct operations over HTTP (1 instance, {DIRECT_CONCURRENCY} concurrent clients, keep-alive, JWT checked)"
     );
-    println!("  {:<34} {:>9} {:>10} {:>9} {:>9}", "request", "requests", "ops/s", "p50 ms", "p99 ms");
+    let mut table = Table::new()
+        .indent("  ")
+        .left("request", 34)
+        .right("requests", 9)
+        .right("ops/s", 10)
+        .right("p50 ms", 9)
+        .right("p99 ms", 9);
     let cases = [
         ("add [1, 2]", json!({"operation": "add", "operands": [1, 2]}), DIRECT_REQUESTS),
         ("primeCheck [1000000007]", json!({"operation": "primeCheck", "operands": [1_000_000_007]}), DIRECT_REQUESTS),
@@ -129,15 +129,15 @@ async fn direct() {
         let mut latencies = send_all(&http, &url, &token, &body, requests).await;
         let elapsed = start.elapsed().as_secs_f64();
         latencies.sort_by(f64::total_cmp);
-        println!(
-            "  {:<34} {:>9} {:>10.0} {:>9.2} {:>9.2}",
-            name,
-            requests,
-            requests as f64 / elapsed,
-            quantile(&latencies, 0.5),
-            quantile(&latencies, 0.99)
-        );
+        table.row([
+            name.to_owned(),
+            requests.to_string(),
+            format!("{:.0}", requests as f64 / elapsed),
+            format!("{:.2}", quantile(&latencies, 0.5)),
+            format!("{:.2}", quantile(&latencies, 0.99)),
+        ]);
     }
+    table.print();
     server.stop().await;
 }
 
@@ -166,7 +166,7 @@ async fn send_all(http: &reqwest::Client, url: &str, token: &str, body: &str, n:
 fn bounds() {
     println!();
     println!("the largest input each operation accepts (one evaluation, no HTTP; best of 3)");
-    println!("  {:<16} {:<40} {:>9}", "operation", "input", "ms");
+    let mut table = Table::new().indent("  ").left("operation", 16).left("input", 40).right("ms", 9);
     let square = |n: usize| Value::Array(vec![Value::Array((0..n).map(|i| json!(i % 7)).collect()); n]);
     let halves = |n: usize| Value::Array(vec![Value::Array((0..n).map(|i| json!(i as f64 + 0.5)).collect()); n]);
     let many = Value::Array((0..ops::MAX_OPERANDS).map(|i| json!(i as f64 + 0.5)).collect());
@@ -210,8 +210,9 @@ fn bounds() {
                 start.elapsed().as_secs_f64() * 1000.0
             })
             .fold(f64::INFINITY, f64::min);
-        println!("  {:<16} {:<40} {:>9.2}", operation, input, best);
+        table.row([operation.to_owned(), input, format!("{best:.2}")]);
     }
+    table.print();
 }
 
 async fn jobs() {
@@ -256,12 +257,13 @@ async fn jobs() {
     let stats = queue.stats().await.expect("stats");
     println!();
     println!("jobs end to end (3 instances x 1 worker, one SQLite file, {JOBS} `add` jobs, 64 concurrent submitters)");
-    println!("  {:<44} {:>10}", "measure", "value");
-    println!("  {:<44} {:>10.0}", "submits/s (202 answered)", JOBS as f64 / submit_secs);
-    println!("  {:<44} {:>10.0}", "jobs/s (first submit to last completion)", JOBS as f64 / total_secs);
+    let mut table = Table::new().indent("  ").left("measure", 44).right("value", 10);
+    table.row(["submits/s (202 answered)".to_owned(), format!("{:.0}", JOBS as f64 / submit_secs)]);
+    table.row(["jobs/s (first submit to last completion)".to_owned(), format!("{:.0}", JOBS as f64 / total_secs)]);
     for w in &stats.workers {
-        println!("  {:<44} {:>10}", format!("completed by {}", w.worker), w.completed);
+        table.row([format!("completed by {}", w.worker), w.completed.to_string()]);
     }
+    table.print();
     for server in servers {
         server.stop().await;
     }
@@ -270,7 +272,7 @@ async fn jobs() {
 async fn pickup() {
     println!();
     println!("job pickup latency, idle workers ({PICKUPS} jobs one after another; created -> claimed, ms resolution)");
-    println!("  {:<52} {:>7} {:>7} {:>7}", "path", "p50 ms", "p99 ms", "max ms");
+    let mut table = Table::new().indent("  ").left("path", 52).right("p50 ms", 7).right("p99 ms", 7).right("max ms", 7);
     for (label, same) in
         [("same instance (woken by the submit)", true), ("other instance (PRAGMA data_version, 20 ms)", false)]
     {
@@ -304,16 +306,16 @@ async fn pickup() {
             tokio::time::sleep(Duration::from_millis((i as u64 * 7) % 30)).await;
         }
         latencies.sort_by(f64::total_cmp);
-        println!(
-            "  {:<52} {:>7.0} {:>7.0} {:>7.0}",
-            label,
-            quantile(&latencies, 0.5),
-            quantile(&latencies, 0.99),
-            latencies.last().copied().unwrap_or(f64::NAN)
-        );
+        table.row([
+            label.to_owned(),
+            format!("{:.0}", quantile(&latencies, 0.5)),
+            format!("{:.0}", quantile(&latencies, 0.99)),
+            format!("{:.0}", latencies.last().copied().unwrap_or(f64::NAN)),
+        ]);
         worker.stop().await;
         if let Some(api) = api {
             api.stop().await;
         }
     }
+    table.print();
 }

@@ -5,88 +5,13 @@
 //!
 //! `cargo bench -p data --bench data` (or `make bench-all`).
 
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bench::load::{expect_status, measure};
 use serde_json::json;
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 const ITEMS: usize = 5000;
-
-struct Row {
-    name: &'static str,
-    requests: usize,
-    concurrency: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-/// Runs `total` calls of `op` from `concurrency` workers; each call must succeed.
-async fn measure<F, Fut>(name: &'static str, total: usize, concurrency: usize, op: F) -> Row
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (op, next) = (op.clone(), next.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return latencies;
-                    }
-                    let t = Instant::now();
-                    if let Err(e) = op(i).await {
-                        panic!("{name} #{i} failed: {e}");
-                    }
-                    latencies.push(t.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(total);
-    for w in workers {
-        latencies.extend(w.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    Row { name, requests: total, concurrency, elapsed, latencies }
-}
-
-fn print(rows: &[Row]) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "{:<26} {:>9} {:>6} {:>9} {:>10} {:>9} {:>9}",
-        "operation", "requests", "conc", "seconds", "req/s", "p50 ms", "p99 ms"
-    );
-    for r in rows {
-        let pct = |p: f64| r.latencies[((r.latencies.len() as f64 * p) as usize).min(r.latencies.len() - 1)];
-        println!(
-            "{:<26} {:>9} {:>6} {:>9.2} {:>10.0} {:>9.2} {:>9.2}",
-            r.name,
-            r.requests,
-            r.concurrency,
-            r.elapsed.as_secs_f64(),
-            r.requests as f64 / r.elapsed.as_secs_f64(),
-            ms(pct(0.50)),
-            ms(pct(0.99)),
-        );
-    }
-}
-
-async fn check(res: reqwest::Result<reqwest::Response>, expected: u16) -> Result<(), String> {
-    let res = res.map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let _ = res.bytes().await;
-    if status == expected { Ok(()) } else { Err(format!("status {status}")) }
-}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -123,7 +48,7 @@ fn main() {
         rows.push(
             measure("create (POST)", ITEMS, 16, move |i| {
                 let req = c.post(&url).bearer_auth(&t).json(&json!({"key": format!("bench:{i:06}"), "value": v}));
-                async move { check(req.send().await, 201).await }
+                async move { expect_status(req.send().await, 201).await }
             })
             .await,
         );
@@ -135,7 +60,7 @@ fn main() {
                     .bearer_auth(&t)
                     .header("if-match", "1")
                     .json(&json!({"value": v}));
-                async move { check(req.send().await, 200).await }
+                async move { expect_status(req.send().await, 200).await }
             })
             .await,
         );
@@ -147,7 +72,7 @@ fn main() {
                     .bearer_auth(&t)
                     .header("idempotency-key", format!("bench-{i}"))
                     .json(&json!({"key": format!("idem:{i:06}"), "value": v}));
-                async move { check(req.send().await, 201).await }
+                async move { expect_status(req.send().await, 201).await }
             })
             .await,
         );
@@ -155,7 +80,7 @@ fn main() {
         rows.push(
             measure("read (GET)", 4 * ITEMS, 32, move |i| {
                 let req = c.get(format!("{base2}/api/data/bench:{:06}", (i * 7919) % ITEMS)).bearer_auth(&t);
-                async move { check(req.send().await, 200).await }
+                async move { expect_status(req.send().await, 200).await }
             })
             .await,
         );
@@ -163,11 +88,11 @@ fn main() {
         rows.push(
             measure("list (100 items/page)", ITEMS / 5, 16, move |_| {
                 let req = c.get(&url).bearer_auth(&t);
-                async move { check(req.send().await, 200).await }
+                async move { expect_status(req.send().await, 200).await }
             })
             .await,
         );
-        print(&rows);
+        bench::load::table(&rows).print();
         shutdown.trigger();
         server.await.unwrap().unwrap();
     });

@@ -13,6 +13,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use bench::stats::{quantile, sorted_ms};
+use bench::table::Table;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -57,14 +59,12 @@ async fn until_status(client: &mut Client, id: &str, status: &str) {
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> (f64, f64, f64) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
-    (at(0.5), at(0.99), samples.last().unwrap().as_secs_f64() * 1000.0)
-}
-
-fn row(what: &str, n: usize, (p50, p99, max): (f64, f64, f64)) {
-    println!("| {what:<44} | {n:>5} | {p50:>8.2} | {p99:>8.2} | {max:>8.2} |");
+/// A row of `samples`: their count, p50, p99 and max in ms.
+fn row(table: &mut Table, what: &str, samples: &[Duration]) {
+    let ms = sorted_ms(samples);
+    let max = ms.last().copied().unwrap_or(f64::NAN);
+    let figures = [quantile(&ms, 0.5), quantile(&ms, 0.99), max].map(|v| format!("{v:.2}"));
+    table.row([what.to_owned(), samples.len().to_string()].into_iter().chain(figures));
 }
 
 async fn crash_to_dashboard(n: usize) -> Vec<Duration> {
@@ -102,10 +102,8 @@ async fn hundred_instances() -> (TestRegistry, TestDetector, Backend) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    println!("| {:<44} | {:>5} | {:>8} | {:>8} | {:>8} |", "measure (ms)", "n", "p50", "p99", "max");
-    println!("|{:-<46}|{:->7}|{:->10}|{:->10}|{:->10}|", "", "", "", "", "");
-
-    row("crash reported by orch -> shown down on /ws", 200, percentiles(crash_to_dashboard(200).await));
+    let mut table = Table::new().left("measure (ms)", 44).right("n", 5).right("p50", 8).right("p99", 8).right("max", 8);
+    row(&mut table, "crash reported by orch -> shown down on /ws", &crash_to_dashboard(200).await);
 
     let (_registry, detector, backend) = hundred_instances().await;
     let http = reqwest::Client::new();
@@ -116,7 +114,7 @@ async fn main() {
         assert_eq!(code, 200);
         rounds.push(start.elapsed());
     }
-    row("POST /api/check, round over 100 instances", 100, percentiles(rounds));
+    row(&mut table, "POST /api/check, round over 100 instances", &rounds);
 
     // A flood: every request gets a fresh result, yet few rounds run.
     let hits = backend.hits();
@@ -149,8 +147,9 @@ async fn main() {
         .await;
         fanout.push(start.elapsed());
     }
-    row("a round's status reaching 200 sockets", 20, percentiles(fanout));
+    row(&mut table, "a round's status reaching 200 sockets", &fanout);
 
+    print!("{}", table.pipes());
     println!();
     println!(
         "flood: 1000 concurrent POST /api/check answered in {:.0} ms by {} rounds ({} checks of 100 instances)",

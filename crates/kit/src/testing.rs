@@ -5,19 +5,28 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// Polls `check` every 10 ms until it returns `Some`; panics naming `what` after `deadline`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_every(Duration::from_millis(10), deadline, what, check).await
+}
+
+/// Like [`eventually`], pausing `every` between two checks (the benchmarks time what they
+/// wait for, so they poll tighter).
+pub async fn eventually_every<T, F, Fut>(every: Duration, deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
     let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
     loop {
-        tick.tick().await;
         if let Some(v) = check().await {
             return v;
         }
         assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(every).await;
     }
 }
 

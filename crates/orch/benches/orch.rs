@@ -16,6 +16,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bench::stats::{ms, spread};
+use bench::table::Table;
 use serde_json::Value;
 
 const ORCH: &str = env!("CARGO_BIN_EXE_orch");
@@ -72,12 +74,16 @@ impl Cluster {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let state = dir.path().join("data/orch.json");
-        let url = poll("the control URL", || {
-            let record: Value = serde_json::from_str(&std::fs::read_to_string(&state).ok()?).ok()?;
-            (record["pid"].as_u64() == Some(u64::from(orch.id())))
-                .then(|| record["controlUrl"].as_str().unwrap().to_owned())
-        });
+        let (state, pid) = (dir.path().join("data/orch.json"), orch.id());
+        let url = eventually("the control URL", || {
+            let state = state.clone();
+            async move {
+                let record: Value = serde_json::from_str(&std::fs::read_to_string(state).ok()?).ok()?;
+                (record["pid"].as_u64() == Some(u64::from(pid)))
+                    .then(|| record["controlUrl"].as_str().unwrap().to_owned())
+            }
+        })
+        .await;
         (Self { dir, orch, url, http: reqwest::Client::new() }, started)
     }
 
@@ -165,49 +171,20 @@ fn rss(pid: u32) -> u64 {
     field("smaps_rollup", "Pss:").or_else(|| field("status", "VmRSS:")).unwrap_or(0)
 }
 
-fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+/// Polls `f` every millisecond until it returns `Some`; panics naming `what` after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    kit::testing::eventually_every(Duration::from_millis(1), DEADLINE, what, f).await
 }
 
-/// Milliseconds: median, min, max.
-struct Stats(Vec<f64>);
-
-impl Stats {
-    fn row(&self, what: &str) -> String {
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            return format!("{what:<70} {:>4}  {:>7}  {:>7}  {:>7}", 0, "n/a", "n/a", "n/a");
-        }
-        let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
-        format!("{what:<70} {:>4}  {:>7.1}  {:>7.1}  {:>7.1}", v.len(), median, v[0], v[v.len() - 1])
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// A row of `values` (ms): how many, median, min, max.
+fn row(table: &mut Table, what: &str, values: &[f64]) {
+    let (median, min, max) = spread(values);
+    let show = |v: f64| if v.is_nan() { "n/a".to_owned() } else { format!("{v:.1}") };
+    table.row([what.to_owned(), values.len().to_string(), show(median), show(min), show(max)]);
 }
 
 /// The real components are usable when the balancer routes (they are being written).
@@ -222,7 +199,7 @@ async fn routable(c: &Cluster, http: &reqwest::Client) -> bool {
     true
 }
 
-async fn apply_times(real: bool, runs: usize, rows: &mut Vec<String>) -> Option<(u64, u64)> {
+async fn apply_times(real: bool, runs: usize, rows: &mut Table) -> Option<(u64, u64)> {
     let mut ready = Vec::new();
     let mut route = Vec::new();
     let mut memory = None;
@@ -244,14 +221,14 @@ async fn apply_times(real: bool, runs: usize, rows: &mut Vec<String>) -> Option<
         c.stop();
     }
     let what = if real { "components" } else { "registry stand-ins" };
-    rows.push(Stats(ready).row(&format!("orch apply -> 12 instances ready ({what})")));
+    row(rows, &format!("orch apply -> 12 instances ready ({what})"), &ready);
     if real {
-        rows.push(Stats(route).row("orch apply -> 12 ready and routable via the balancer"));
+        row(rows, "orch apply -> 12 ready and routable via the balancer", &route);
     }
     memory
 }
 
-async fn kill_times(real: bool, service: &str, kills: usize, rows: &mut Vec<String>) {
+async fn kill_times(real: bool, service: &str, kills: usize, rows: &mut Table) {
     let (c, _) = Cluster::start(&topology(real, 3)).await;
     c.all_ready(12).await;
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
@@ -276,12 +253,12 @@ async fn kill_times(real: bool, service: &str, kills: usize, rows: &mut Vec<Stri
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let what = if real { service.to_owned() } else { format!("{service}, registry stand-in") };
-    rows.push(Stats(answers).row(&format!("kill -9 (first crash) -> answers again on its port ({what})")));
-    rows.push(Stats(ready).row(&format!("kill -9 (first crash) -> ready again, as orch reports ({what})")));
+    row(rows, &format!("kill -9 (first crash) -> answers again on its port ({what})"), &answers);
+    row(rows, &format!("kill -9 (first crash) -> ready again, as orch reports ({what})"), &ready);
     c.stop();
 }
 
-async fn edit_times(real: bool, runs: usize, rows: &mut Vec<String>) {
+async fn edit_times(real: bool, runs: usize, rows: &mut Table) {
     let (c, _) = Cluster::start(&topology(real, 3)).await;
     c.all_ready(12).await;
     let mut ready = Vec::new();
@@ -325,9 +302,9 @@ async fn edit_times(real: bool, runs: usize, rows: &mut Vec<String>) {
         c.all_ready(12).await;
     }
     let what = if real { "components" } else { "registry stand-ins" };
-    rows.push(Stats(ready).row(&format!("save a 3 -> 5 edit -> both new instances ready ({what})")));
+    row(rows, &format!("save a 3 -> 5 edit -> both new instances ready ({what})"), &ready);
     if real {
-        rows.push(Stats(rotation).row("save a 3 -> 5 edit -> both in the balancer's rotation"));
+        row(rows, "save a 3 -> 5 edit -> both in the balancer's rotation", &rotation);
     }
     c.stop();
 }
@@ -335,7 +312,13 @@ async fn edit_times(real: bool, runs: usize, rows: &mut Vec<String>) {
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let mut rows = Vec::new();
+        let mut rows = Table::new()
+            .gap("  ")
+            .left("measurement (ms)", 70)
+            .right("runs", 4)
+            .right("median", 7)
+            .right("min", 7)
+            .right("max", 7);
         let memory_standins = apply_times(false, 5, &mut rows).await;
         let memory = apply_times(true, 5, &mut rows).await;
         kill_times(false, "data", 15, &mut rows).await;
@@ -347,10 +330,7 @@ fn main() {
             "orch control plane, release build, {} cores; automatic ports",
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        println!("{:<70} {:>4}  {:>7}  {:>7}  {:>7}", "measurement (ms)", "runs", "median", "min", "max");
-        for row in rows {
-            println!("{row}");
-        }
+        rows.print();
         let mib = |kib: u64| kib as f64 / 1024.0;
         if let Some((orch, all)) = memory {
             println!("memory (PSS): orch {:.1} MiB; orch + 12 component processes {:.1} MiB", mib(orch), mib(all));
