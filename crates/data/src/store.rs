@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{SqliteConnection, SqlitePool};
 
 /// An item as the API shows it: `{key, value, metadata, version, createdAt, updatedAt}`.
 ///
@@ -131,7 +131,7 @@ pub async fn page(
     type Candidate = (String, i64, i64, i64, i64, i64);
 
     let (range, upper) = range(prefix, after);
-    let mut tx = begin_read(pool).await?;
+    let mut tx = kit::db::begin_read(pool).await?;
     // The sizes first, one row at a time: keys, stored lengths and the small columns only.
     let sizes = format!(
         "SELECT key, octet_length(value), octet_length(metadata), version, created_at, updated_at
@@ -172,18 +172,6 @@ pub async fn page(
     tx.commit().await?;
     let items = rows.into_iter().map(item_of).collect::<Result<Vec<_>, _>>()?;
     Ok(Page { items, more_after: more.then_some(last), bytes })
-}
-
-/// A read transaction: its statements see one snapshot of the database.
-///
-/// Begun in a task of its own for the reason [`kit::db::begin_write`] gives: sqlx's `begin`
-/// is not cancel-safe, and a caller dropped mid-`BEGIN` (a client that hangs up) must not
-/// leave a pooled connection inside a transaction nobody owns.
-async fn begin_read(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-    let pool = pool.clone();
-    tokio::spawn(async move { pool.begin().await })
-        .await
-        .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("beginning a transaction: {e}"))))?
 }
 
 /// What a write expects of the current version.

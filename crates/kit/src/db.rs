@@ -118,8 +118,22 @@ fn is_busy(e: &sqlx::Error) -> bool {
 /// other instance's writes fail. The begin therefore runs in a task of its own; if nobody
 /// is left to take the transaction, it is dropped there and rolled back.
 pub async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+    begin_in_task(pool, "BEGIN IMMEDIATE").await
+}
+
+/// A read transaction: its statements see one snapshot of the database. Cancel-safe for
+/// the reason [`begin_write`] gives.
+pub async fn begin_read(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+    begin_in_task(pool, "BEGIN").await
+}
+
+/// Runs `statement` to begin a transaction in a task of its own (see [`begin_write`]).
+async fn begin_in_task(
+    pool: &SqlitePool,
+    statement: &'static str,
+) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
     let pool = pool.clone();
-    tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+    tokio::spawn(async move { pool.begin_with(statement).await })
         .await
         .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("beginning a transaction: {e}"))))?
 }
