@@ -17,20 +17,21 @@ use serde::{Deserialize, Serialize};
 /// At most this many faults at once.
 pub const MAX_FAULTS: usize = 100;
 
-#[derive(Clone, Debug, Deserialize)]
+/// `POST /api/faults`'s body (orch's chaos experiments send it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultSpec {
     pub service: String,
     #[serde(default)]
     pub latency_ms: u64,
     /// The share of requests delayed (default 100).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_percent: Option<f64>,
     #[serde(default)]
     pub error_percent: f64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_status: Option<u16>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
 }
 

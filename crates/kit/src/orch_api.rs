@@ -2,8 +2,9 @@
 //! `GET /api/events`, `POST /api/apply`, `POST /api/scale` and friends answer. orch's
 //! server builds them, its CLI and the detector read them, so the three agree by
 //! construction: fields are camelCase, statuses and event types are closed enums.
-//!
-//! Chaos experiments are not here yet (orch still shapes them itself).
+//! `orch chaos` too: `POST /api/chaos` takes a [`ChaosRequest`] and answers an
+//! [`Experiment`], `GET /api/chaos` an [`ExperimentList`], `DELETE /api/chaos[/{id}]`
+//! [`StoppedExperiments`].
 
 use std::path::PathBuf;
 
@@ -295,6 +296,105 @@ pub struct Message {
     pub message: String,
 }
 
+/// What a chaos experiment does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChaosAction {
+    Kill,
+    Pause,
+    Latency,
+    Errors,
+}
+
+impl ChaosAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChaosAction::Kill => "kill",
+            ChaosAction::Pause => "pause",
+            ChaosAction::Latency => "latency",
+            ChaosAction::Errors => "errors",
+        }
+    }
+
+    /// Whether it acts on processes (else at the balancer).
+    pub fn on_processes(self) -> bool {
+        matches!(self, ChaosAction::Kill | ChaosAction::Pause)
+    }
+}
+
+/// `POST /api/chaos`'s body (checked by orch's `chaos::Spec::parse`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChaosRequest {
+    pub action: Option<ChaosAction>,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+/// A chaos experiment (`POST /api/chaos`'s answer, an entry of `GET /api/chaos`). The
+/// fields after `last` are there only for the actions they belong to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Experiment {
+    pub id: String,
+    pub action: ChaosAction,
+    /// As the request named it: an instance or a service.
+    pub target: String,
+    pub service: String,
+    /// `kill a random instance of data every 1s for 10s`.
+    pub description: String,
+    pub started_at: String,
+    /// `null`: over at once (one kill).
+    pub ends_at: Option<String>,
+    /// Injections so far: kills, pauses, faults posted.
+    pub injected: u64,
+    /// What the latest injection did.
+    pub last: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_ms: Option<u64>,
+    /// Pause: how long each lasts, and the instances paused now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Vec<String>>,
+    /// Latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Latency and errors: the balancer instances that hold the fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancers: Option<Vec<String>>,
+}
+
+/// `GET /api/chaos`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentList {
+    pub experiments: Vec<Experiment>,
+}
+
+/// `DELETE /api/chaos[/{id}]`: the experiments it ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoppedExperiments {
+    pub stopped: Vec<Experiment>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +426,47 @@ mod tests {
         assert_eq!(body, ApplyRequest { path: Some("/m.yaml".into()), dry_run: true });
         assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"path":"/m.yaml","dryRun":true}"#);
         assert!(serde_json::from_str::<ApplyRequest>(r#"{"dry_run": true}"#).is_err());
+    }
+
+    #[test]
+    fn a_chaos_request_and_experiment_read_as_the_contract_says() {
+        let body: ChaosRequest =
+            serde_json::from_str(r#"{"action": "kill", "target": "data", "everyMs": 1000, "forMs": 5000}"#).unwrap();
+        assert_eq!(body.action, Some(ChaosAction::Kill));
+        assert_eq!((body.every_ms, body.for_ms, body.duration_ms), (Some(1000), Some(5000), None));
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"action":"kill","target":"data","everyMs":1000,"forMs":5000}"#
+        );
+        assert!(serde_json::from_str::<ChaosRequest>(r#"{"action": "kill", "target": "x", "every_ms": 1}"#).is_err());
+
+        let kill = Experiment {
+            id: "1".into(),
+            action: ChaosAction::Kill,
+            target: "data-2".into(),
+            service: "data".into(),
+            description: "kill data-2".into(),
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            ends_at: None,
+            injected: 1,
+            last: None,
+            every_ms: None,
+            for_ms: None,
+            duration_ms: None,
+            paused: None,
+            latency_ms: None,
+            percent: None,
+            status: None,
+            balancers: None,
+        };
+        let v = serde_json::to_value(&kill).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "id": "1", "action": "kill", "target": "data-2", "service": "data", "description": "kill data-2",
+                "startedAt": "2026-01-01T00:00:00.000Z", "endsAt": null, "injected": 1, "last": null,
+            })
+        );
+        assert_eq!(serde_json::from_value::<Experiment>(v).unwrap(), kill);
     }
 }

@@ -22,12 +22,11 @@ use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use kit::http::{ApiError, Json};
 use kit::orch_api::{
-    self, ApplyRequest, ApplyResult, EventPage, InstanceDetail, InstanceList, Message, RestartRequest, ScaleRequest,
-    Scaled,
+    self, ApplyRequest, ApplyResult, EventPage, Experiment, ExperimentList, InstanceDetail, InstanceList, Message,
+    RestartRequest, ScaleRequest, Scaled, StoppedExperiments,
 };
 use kit::secret::Secret;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::chaos;
 use crate::controller::chaos::tasks as experiments;
@@ -268,8 +267,8 @@ async fn down(State(state): State<ApiState>, _: Authorized) -> Result<(StatusCod
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
-async fn chaos_list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    state.handle.call(|c| c.chaos_json()).await.map(Json).ok_or_else(gone)
+async fn chaos_list(State(state): State<ApiState>) -> Result<Json<ExperimentList>, ApiError> {
+    state.handle.call(|c| c.chaos_list()).await.map(Json).ok_or_else(gone)
 }
 
 /// Experiments start and stop in tasks of their own (they talk to the balancer), so a
@@ -278,7 +277,7 @@ async fn chaos_start(
     State(state): State<ApiState>,
     _: Authorized,
     Json(body): Json<chaos::Request>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Experiment>), ApiError> {
     let spec = chaos::Spec::parse(&body, chaos::Names::API).map_err(ApiError::bad_request)?;
     let started = tokio::spawn(experiments::start(state.handle.clone(), spec)).await.map_err(ApiError::internal)?;
     started.map(|v| (StatusCode::CREATED, Json(v))).map_err(from_call)
@@ -288,12 +287,12 @@ async fn chaos_stop(
     State(state): State<ApiState>,
     _: Authorized,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StoppedExperiments>, ApiError> {
     let stopped = tokio::spawn(experiments::stop(state.handle.clone(), Some(id))).await.map_err(ApiError::internal)?;
     stopped.map(Json).map_err(from_call)
 }
 
-async fn chaos_stop_all(State(state): State<ApiState>, _: Authorized) -> Result<Json<Value>, ApiError> {
+async fn chaos_stop_all(State(state): State<ApiState>, _: Authorized) -> Result<Json<StoppedExperiments>, ApiError> {
     let stopped = tokio::spawn(experiments::stop(state.handle.clone(), None)).await.map_err(ApiError::internal)?;
     stopped.map(Json).map_err(from_call)
 }

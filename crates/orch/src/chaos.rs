@@ -12,8 +12,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use balancer::faults::FaultSpec;
 
 /// The longest `for` (and pause) an experiment may have.
 pub const MAX_SPAN: Duration = Duration::from_secs(3600);
@@ -26,50 +25,8 @@ pub const MAX_LATENCY_MS: u64 = 600_000;
 // The request and its validation
 // ---------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Kill,
-    Pause,
-    Latency,
-    Errors,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Kill => "kill",
-            Action::Pause => "pause",
-            Action::Latency => "latency",
-            Action::Errors => "errors",
-        }
-    }
-
-    /// Whether it acts on processes (else at the balancer).
-    pub fn on_processes(self) -> bool {
-        matches!(self, Action::Kill | Action::Pause)
-    }
-}
-
-/// `POST /api/chaos`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Request {
-    pub action: Option<Action>,
-    pub target: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub every_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub for_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-}
+/// The request's action and body are the control API's wire types.
+pub use kit::orch_api::{ChaosAction as Action, ChaosRequest as Request};
 
 /// How validation messages name the fields: as the API does, or as the CLI does.
 #[derive(Clone, Copy)]
@@ -224,15 +181,26 @@ impl Spec {
     }
 
     /// The body of the balancer's `POST /api/faults` for `service`.
-    pub fn fault_body(&self, service: &str, lasts: Duration) -> Value {
-        let duration_ms = lasts.as_millis().max(1) as u64;
+    pub fn fault_body(&self, service: &str, lasts: Duration) -> FaultSpec {
+        let duration_ms = Some(lasts.as_millis().max(1) as u64);
+        let service = service.to_owned();
         match self.action {
-            Action::Latency => json!({
-                "service": service, "latencyMs": self.latency_ms, "latencyPercent": self.percent, "durationMs": duration_ms,
-            }),
-            _ => json!({
-                "service": service, "errorPercent": self.percent, "errorStatus": self.status, "durationMs": duration_ms,
-            }),
+            Action::Latency => FaultSpec {
+                service,
+                latency_ms: self.latency_ms,
+                latency_percent: Some(self.percent),
+                error_percent: 0.0,
+                error_status: None,
+                duration_ms,
+            },
+            _ => FaultSpec {
+                service,
+                latency_ms: 0,
+                latency_percent: None,
+                error_percent: self.percent,
+                error_status: Some(self.status),
+                duration_ms,
+            },
         }
     }
 
@@ -287,6 +255,8 @@ pub fn show(d: Duration) -> String {
 }
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
 
     #[test]
@@ -446,8 +416,8 @@ mod tests {
         assert_eq!(errors.status, 503, "the default status");
         assert_eq!(errors.fault_effect("data"), "data answers 20% 503 for 10s");
         assert_eq!(
-            errors.fault_body("data", Duration::from_secs(10)),
-            json!({"service": "data", "errorPercent": 20.0, "errorStatus": 503, "durationMs": 10_000})
+            serde_json::to_value(errors.fault_body("data", Duration::from_secs(10))).unwrap(),
+            json!({"service": "data", "latencyMs": 0, "errorPercent": 20.0, "errorStatus": 503, "durationMs": 10_000})
         );
         let latency = Spec::parse(
             &req(json!({"action": "latency", "target": "data", "forMs": 10_000, "latencyMs": 200, "percent": 100})),
@@ -456,8 +426,8 @@ mod tests {
         .unwrap();
         assert_eq!(latency.fault_effect("data"), "data +200 ms latency for 10s");
         assert_eq!(
-            latency.fault_body("data", Duration::from_secs(10)),
-            json!({"service": "data", "latencyMs": 200, "latencyPercent": 100.0, "durationMs": 10_000})
+            serde_json::to_value(latency.fault_body("data", Duration::from_secs(10))).unwrap(),
+            json!({"service": "data", "latencyMs": 200, "latencyPercent": 100.0, "errorPercent": 0.0, "durationMs": 10_000})
         );
         let some = Spec::parse(
             &req(json!({"action": "latency", "target": "data", "forMs": 10_000, "latencyMs": 200, "percent": 25})),
@@ -465,6 +435,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(some.fault_effect("data"), "data +200 ms latency on 25% for 10s");
-        assert_eq!(some.fault_body("data", Duration::from_secs(1))["latencyPercent"], json!(25.0));
+        assert_eq!(some.fault_body("data", Duration::from_secs(1)).latency_percent, Some(25.0));
     }
 }

@@ -23,7 +23,6 @@ use kit::orch_api::{
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use kit::secret::Secret;
 
@@ -116,11 +115,6 @@ impl Client {
         Self::answer(res).await
     }
 
-    /// An open read as untyped JSON (chaos experiments, which have no wire type yet).
-    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
-        self.read(path).await
-    }
-
     /// Whether an orch answers (quickly) at this address.
     pub async fn cluster(&self) -> Option<orch_api::Cluster> {
         let res =
@@ -144,12 +138,8 @@ impl Client {
         self.send_with_token(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 
-    /// A mutation as untyped JSON (chaos experiments, which have no wire type yet).
-    pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
-        self.call(path, &body).await
-    }
-
-    pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
+    /// A `DELETE`, answered as the wire type `T`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.send_with_token(self.http.delete(format!("{}{path}", self.base))).await
     }
 

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::Value;
+use kit::orch_api::{Experiment, ExperimentList, StoppedExperiments};
 
 use super::{Client, Failure, Outcome, Output, print_json, table};
 use crate::chaos::{Action, Names, Request, Spec, parse_duration, show};
@@ -130,19 +130,18 @@ pub async fn verb(client: &Client, command: Command) -> Outcome {
     if let Some(req) = request(&command) {
         // Checked here first, so a mistake is told in the CLI's words and nothing is sent.
         Spec::parse(&req, Names::CLI).map_err(Failure::Usage)?;
-        let body = serde_json::to_value(&req).unwrap_or_default();
-        let v = client.post("/api/chaos", body).await?;
-        if v["endsAt"].is_null() {
-            println!("chaos: {}", cell(&v["last"]));
+        let e: Experiment = client.call("/api/chaos", &req).await?;
+        if e.ends_at.is_none() {
+            println!("chaos: {}", e.last.as_deref().unwrap_or("-"));
         } else {
             println!(
                 "chaos experiment {} started: {}; ends in {} (`orch chaos stop {}` ends it sooner)",
-                cell(&v["id"]),
-                cell(&v["description"]),
-                until(v["endsAt"].as_str()),
-                cell(&v["id"]),
+                e.id,
+                e.description,
+                until(e.ends_at.as_deref()),
+                e.id,
             );
-            if let Some(last) = v["last"].as_str() {
+            if let Some(last) = &e.last {
                 println!("chaos: {last}");
             }
         }
@@ -150,12 +149,12 @@ pub async fn verb(client: &Client, command: Command) -> Outcome {
     }
     match command {
         Command::List { output } => {
-            let v = client.get("/api/chaos").await?;
+            let list: ExperimentList = client.read("/api/chaos").await?;
             if output == Output::Json {
-                print_json(&v);
+                print_json(&list);
                 return Ok(ExitCode::SUCCESS);
             }
-            let list = v["experiments"].as_array().map(|a| a.as_slice()).unwrap_or_default();
+            let list = list.experiments;
             if list.is_empty() {
                 println!("no chaos experiment is running");
                 return Ok(ExitCode::SUCCESS);
@@ -164,12 +163,12 @@ pub async fn verb(client: &Client, command: Command) -> Outcome {
                 .iter()
                 .map(|e| {
                     vec![
-                        cell(&e["id"]),
-                        cell(&e["action"]),
-                        cell(&e["target"]),
-                        cell(&e["injected"]),
-                        until(e["endsAt"].as_str()),
-                        cell(&e["description"]),
+                        e.id.clone(),
+                        e.action.as_str().to_owned(),
+                        e.target.clone(),
+                        e.injected.to_string(),
+                        until(e.ends_at.as_deref()),
+                        e.description.clone(),
                     ]
                 })
                 .collect();
@@ -178,18 +177,12 @@ pub async fn verb(client: &Client, command: Command) -> Outcome {
         }
         Command::Stop { id, all: _ } => {
             let path = id.as_deref().map_or_else(|| "/api/chaos".to_owned(), |id| format!("/api/chaos/{id}"));
-            let v = client.delete(&path).await?;
-            let stopped = v["stopped"].as_array().map(|a| a.as_slice()).unwrap_or_default();
+            let StoppedExperiments { stopped } = client.delete(&path).await?;
             if stopped.is_empty() {
                 println!("no chaos experiment was running");
             }
             for e in stopped {
-                println!(
-                    "chaos experiment {} stopped ({}; {} injected)",
-                    cell(&e["id"]),
-                    cell(&e["description"]),
-                    cell(&e["injected"])
-                );
+                println!("chaos experiment {} stopped ({}; {} injected)", e.id, e.description, e.injected);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -207,13 +200,4 @@ fn until(iso: Option<&str>) -> String {
     // Rounded up to whole seconds past a second.
     let ms = if left >= 1000 { left.div_ceil(1000) * 1000 } else { left };
     show(Duration::from_millis(ms))
-}
-
-/// A value of the chaos API's untyped JSON, `-` when there is none.
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }

@@ -13,8 +13,8 @@ pub mod tasks;
 
 use std::time::{Duration, SystemTime};
 
+use kit::orch_api;
 use nix::sys::signal::Signal;
-use serde_json::Value;
 use tokio::time::Instant;
 
 use self::experiments::{Experiment, MAX_EXPERIMENTS, Paused, PostedFault, Target, Why, random_below};
@@ -90,12 +90,12 @@ impl Controller {
         let Some(lasts) = lasts else {
             // A single kill is over at once.
             let done = self.chaos.active.remove(&id).expect("inserted above");
-            return Ok(Begun::Done(done.to_json()));
+            return Ok(Begun::Done(done.view()));
         };
         debug_assert!(action == Action::Pause || every.is_some());
         let e = self.chaos.active.get_mut(&id).expect("inserted above");
         e.arm(Instant::now(), every, lasts);
-        Ok(Begun::Done(e.to_json()))
+        Ok(Begun::Done(e.view()))
     }
 
     /// The instances a kill or pause of `target` may hit now, or why there is none.
@@ -318,7 +318,7 @@ impl Controller {
         id: u64,
         results: Vec<(Balancer, Result<String, String>)>,
         client: BalancerClient,
-    ) -> Result<Value, CallError> {
+    ) -> Result<orch_api::Experiment, CallError> {
         let mut posted = Vec::new();
         let mut failures = Vec::new();
         for (b, result) in results {
@@ -347,7 +347,7 @@ impl Controller {
         let left = e.ends_at.and_then(|t| t.duration_since(SystemTime::now()).ok()).unwrap_or_default();
         e.arm(Instant::now(), None, left);
         let target = e.target.clone();
-        let json = e.to_json();
+        let json = e.view();
         let mut message = format!("chaos: {effect}");
         if !failures.is_empty() {
             message.push_str(&format!(" (not at {})", failures.join("; ")));
@@ -450,12 +450,12 @@ impl Controller {
     }
 
     /// Experiment `id` has ended (its faults are removed): gone from the list.
-    pub fn chaos_ended(&mut self, id: u64, why: Why) -> Option<Value> {
+    pub fn chaos_ended(&mut self, id: u64, why: Why) -> Option<orch_api::Experiment> {
         let e = self.chaos.active.remove(&id)?;
         let n = e.injected;
         let s = if n == 1 { "" } else { "s" };
         self.chaos_event(&e.target, None, format!("chaos experiment {id} ended ({}; {n} injection{s})", why.as_str()));
-        Some(e.to_json())
+        Some(e.view())
     }
 
     /// The experiments' ids.
@@ -464,8 +464,8 @@ impl Controller {
     }
 
     /// `GET /api/chaos`.
-    pub fn chaos_json(&self) -> Value {
-        self.chaos.to_json()
+    pub fn chaos_list(&self) -> orch_api::ExperimentList {
+        self.chaos.view()
     }
 
     /// The cluster stops: every experiment ends now (paused processes are resumed so they

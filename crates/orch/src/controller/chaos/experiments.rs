@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
+use kit::orch_api;
 use tokio::time::Instant;
 
 use crate::chaos::{Action, Spec, show};
@@ -151,42 +151,29 @@ impl Experiment {
     }
 
     /// The API's experiment object.
-    pub fn to_json(&self) -> Value {
+    pub fn view(&self) -> orch_api::Experiment {
         let s = &self.spec;
-        let mut v = json!({
-            "id": self.id.to_string(),
-            "action": s.action,
-            "target": s.target,
-            "service": self.target.service(),
-            "description": self.description(),
-            "startedAt": kit::time::iso(self.started_at),
-            "endsAt": self.ends_at.map(kit::time::iso),
-            "injected": self.injected,
-            "last": self.last,
-        });
         let ms = |d: Duration| d.as_millis() as u64;
-        if let Some(d) = s.every {
-            v["everyMs"] = json!(ms(d));
+        let names = |ids: Vec<&InstanceId>| ids.into_iter().map(InstanceId::to_string).collect::<Vec<_>>();
+        orch_api::Experiment {
+            id: self.id.to_string(),
+            action: s.action,
+            target: s.target.clone(),
+            service: self.target.service().to_owned(),
+            description: self.description(),
+            started_at: kit::time::iso(self.started_at),
+            ends_at: self.ends_at.map(kit::time::iso),
+            injected: self.injected,
+            last: self.last.clone(),
+            every_ms: s.every.map(ms),
+            for_ms: s.span.map(ms),
+            duration_ms: s.pause.map(ms),
+            paused: s.pause.map(|_| names(self.paused.iter().map(|p| &p.instance).collect())),
+            latency_ms: (s.action == Action::Latency).then_some(s.latency_ms),
+            percent: (s.action == Action::Errors).then_some(s.percent),
+            status: (s.action == Action::Errors).then_some(s.status),
+            balancers: (!s.action.on_processes()).then(|| names(self.faults.iter().map(|f| &f.balancer).collect())),
         }
-        if let Some(d) = s.span {
-            v["forMs"] = json!(ms(d));
-        }
-        if let Some(d) = s.pause {
-            v["durationMs"] = json!(ms(d));
-            v["paused"] = json!(self.paused.iter().map(|p| p.instance.to_string()).collect::<Vec<_>>());
-        }
-        match s.action {
-            Action::Latency => v["latencyMs"] = json!(s.latency_ms),
-            Action::Errors => {
-                v["percent"] = json!(s.percent);
-                v["status"] = json!(s.status);
-            }
-            _ => {}
-        }
-        if !s.action.on_processes() {
-            v["balancers"] = json!(self.faults.iter().map(|f| f.balancer.to_string()).collect::<Vec<_>>());
-        }
-        v
     }
 }
 
@@ -219,8 +206,9 @@ impl Experiments {
         self.active.values().filter_map(Experiment::next_deadline).min()
     }
 
-    pub fn to_json(&self) -> Value {
-        json!({ "experiments": self.active.values().map(Experiment::to_json).collect::<Vec<_>>() })
+    /// `GET /api/chaos`.
+    pub fn view(&self) -> orch_api::ExperimentList {
+        orch_api::ExperimentList { experiments: self.active.values().map(Experiment::view).collect() }
     }
 }
 
@@ -255,6 +243,8 @@ pub fn random_below(n: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
     use crate::chaos::{Names, Request};
 
@@ -270,16 +260,13 @@ mod tests {
         let experiment = |spec: Spec, target: Target| Experiment::new(3, spec, target, SystemTime::UNIX_EPOCH, None);
         let e = experiment(repeat, Target::Service("data".into()));
         assert_eq!(e.description(), "kill a random instance of data every 1s for 10s");
-        let v = e.to_json();
-        assert_eq!(
-            (v["id"].as_str(), v["everyMs"].as_u64(), v["forMs"].as_u64()),
-            (Some("3"), Some(1000), Some(10_000))
-        );
-        assert_eq!(v["action"], "kill");
-        assert!(v["endsAt"].is_null() && v["durationMs"].is_null());
+        let v = e.view();
+        assert_eq!((v.id.as_str(), v.every_ms, v.for_ms), ("3", Some(1000), Some(10_000)));
+        assert_eq!(v.action, Action::Kill);
+        assert!(v.ends_at.is_none() && v.duration_ms.is_none() && v.paused.is_none() && v.balancers.is_none());
         let e = experiment(pause, Target::Instance(InstanceId::new("compute", 1)));
         assert_eq!(e.description(), "pause compute-1 for 3s");
-        assert_eq!(e.to_json()["paused"], json!([]));
+        assert_eq!(e.view().paused, Some(vec![]));
     }
 
     /// A repeating pause: its repeats, each pause's end and its own end are deadlines, taken

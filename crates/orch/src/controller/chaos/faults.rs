@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use serde_json::Value;
+use balancer::faults::FaultSpec;
+use serde::Deserialize;
 
 use super::experiments::PostedFault;
 use crate::reconcile::InstanceId;
@@ -27,7 +28,7 @@ pub struct BalancerClient {
 
 impl BalancerClient {
     /// Posts a fault; the balancer's fault id, or why not.
-    pub async fn post(&self, url: &str, body: &Value) -> Result<String, String> {
+    pub async fn post(&self, url: &str, body: &FaultSpec) -> Result<String, String> {
         let res = self
             .http
             .post(format!("{url}/api/faults"))
@@ -38,10 +39,16 @@ impl BalancerClient {
             .await
             .map_err(|e| format!("cannot reach it: {e}"))?;
         let status = res.status();
-        let answer: Value = res.json().await.unwrap_or(Value::Null);
-        match answer["id"].as_str() {
-            Some(id) if status.is_success() => Ok(id.to_owned()),
-            _ => Err(answer["error"].as_str().map_or_else(|| format!("status {status}"), str::to_owned)),
+        // The balancer's fault (only its id matters here), or its `{"error": ...}`.
+        #[derive(Deserialize)]
+        struct Answer {
+            id: Option<String>,
+            error: Option<String>,
+        }
+        let answer = res.json::<Answer>().await.unwrap_or(Answer { id: None, error: None });
+        match answer.id {
+            Some(id) if status.is_success() => Ok(id),
+            _ => Err(answer.error.unwrap_or_else(|| format!("status {status}"))),
         }
     }
 

@@ -4,7 +4,8 @@
 //! Talking to the balancer takes time, so it happens here, never on the controller. An
 //! experiment's timers are not tasks: they are deadlines of the controller's loop.
 
-use serde_json::{Value, json};
+use balancer::faults::FaultSpec;
+use kit::orch_api::{Experiment, StoppedExperiments};
 
 use super::experiments::Why;
 use super::faults::{Balancer, BalancerClient};
@@ -18,15 +19,15 @@ fn gone() -> CallError {
 /// What the controller answers when an experiment starts.
 pub enum Begun {
     /// Done (kill, pause): the experiment object.
-    Done(Value),
+    Done(Experiment),
     /// A balancer fault to post to these balancer instances, then to report back with
     /// `chaos_faults_posted`.
-    Faults { id: u64, balancers: Vec<Balancer>, body: Value, client: BalancerClient },
+    Faults { id: u64, balancers: Vec<Balancer>, body: FaultSpec, client: BalancerClient },
 }
 
 /// `POST /api/chaos`: starts an experiment. Runs as its own task, so a client that goes
 /// away midway leaves no half-started experiment.
-pub async fn start(handle: Handle, spec: Spec) -> Result<Value, CallError> {
+pub async fn start(handle: Handle, spec: Spec) -> Result<Experiment, CallError> {
     let begun = handle.call(move |c| c.chaos_start(spec)).await.ok_or_else(gone)??;
     match begun {
         Begun::Done(v) => Ok(v),
@@ -47,7 +48,7 @@ pub async fn start(handle: Handle, spec: Spec) -> Result<Value, CallError> {
 /// Ends experiment `id`: the controller resumes what it paused and hands over its balancer
 /// faults, which are removed before it is gone from the list. `None`: no such experiment
 /// (`Some(None)`: it was already ending).
-pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Option<Value>> {
+pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Option<Experiment>> {
     let Some((faults, client)) = handle.call(move |c| c.chaos_ending(id, why)).await?? else {
         return Some(None);
     };
@@ -56,7 +57,7 @@ pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Option<Value>>
 }
 
 /// `DELETE /api/chaos[/:id]`: ends one experiment, or all; the stopped ones.
-pub async fn stop(handle: Handle, id: Option<String>) -> Result<Value, CallError> {
+pub async fn stop(handle: Handle, id: Option<String>) -> Result<StoppedExperiments, CallError> {
     let ids = match id {
         Some(raw) => {
             let known = handle.call(|c| c.chaos_ids()).await.ok_or_else(gone)?;
@@ -69,6 +70,6 @@ pub async fn stop(handle: Handle, id: Option<String>) -> Result<Value, CallError
         let handle = handle.clone();
         async move { finish(&handle, id, Why::Stopped).await.flatten() }
     });
-    let stopped: Vec<Value> = futures_util::future::join_all(ends).await.into_iter().flatten().collect();
-    Ok(json!({ "stopped": stopped }))
+    let stopped = futures_util::future::join_all(ends).await.into_iter().flatten().collect();
+    Ok(StoppedExperiments { stopped })
 }
