@@ -29,6 +29,14 @@
 //! replaced by the same status with a JSON body `{"error": ...}`. (A bad head pipelined
 //! behind a request whose answer was still being written is the exception: its bytes came
 //! in during that answer, and hyper's empty answer goes out as it is.)
+//!
+//! Why not `kit::serve`'s connection phases: the policy is the same (a head deadline, an
+//! idle deadline, none while the service works), the mechanism is not. kit's phases are
+//! shared atomics that a guard in each response body updates (a clock read per request)
+//! and the connection's task times (so an idle connection can be shut down gracefully and
+//! an upgraded WebSocket leaves them behind); here the deadlines live in the socket
+//! wrapper, stamped only when a read or write would wait, so a busy keep-alive connection
+//! reads no clock and moves no timer per request, and a passed deadline fails the I/O.
 
 use std::io;
 use std::pin::Pin;
