@@ -6,7 +6,7 @@
 //! [`Task::is_cheap`]. Every bound keeps one evaluation well under a second in a release
 //! build (see the benchmark).
 //!
-//! Numbers are read from the request's own text ([`RawValue`]), never through a lossy
+//! Numbers are read from the request's own text ([`RawValue`](serde_json::value::RawValue)), never through a lossy
 //! intermediate: a JSON integer is an integer of any size (at most [`MAX_INTEGER_DIGITS`]
 //! digits), a number with a fraction or an exponent a double, read with correct rounding.
 //!
@@ -19,6 +19,10 @@
 //! `primeCheck` is a boolean, `matrixMultiply` an array of rows (exact when every entry is
 //! an integer, up to 2^127). JSON has no NaN or infinity, so a result that is not a finite
 //! number is an error.
+//!
+//! This file holds the operations, their bounds and the checked [`Task`]; `parse` reads a
+//! request into one, `evaluate` computes it, `num` holds the operand type [`Num`] and the
+//! writers of results as JSON text.
 
 mod evaluate;
 mod num;

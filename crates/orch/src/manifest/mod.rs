@@ -1,12 +1,15 @@
 //! The manifest: the desired state of a cluster, parsed strictly.
 //!
 //! A manifest is YAML (`apiVersion: orch/v1`, `kind: Cluster`). Parsing has two steps:
-//! serde_yaml reads it into the raw types below, which reject unknown fields and wrong
+//! serde_yaml reads it into the raw types (`raw`), which reject unknown fields and wrong
 //! types with a line and column; then [`parse`] checks everything serde cannot (names,
 //! ranges, port clashes, dependencies and their cycles, routes, commands on `PATH`) and
-//! fills in the defaults. Every problem names the file, the line and column of the node at
-//! fault (found with [`locate`]) and the fix. A manifest with any problem is rejected whole:
-//! nothing that runs changes because of it.
+//! fills in the defaults (`check`, `service`, `rules`). Every problem names the file, the
+//! line and column of the node at fault (found with [`locate`]) and the fix (`error`). A
+//! manifest with any problem is rejected whole: nothing that runs changes because of it.
+//!
+//! This file holds the resolved model (`Manifest`, `Service` and their parts) and the
+//! entry points.
 
 mod check;
 mod error;
@@ -199,7 +202,7 @@ impl Service {
 }
 
 // ---------------------------------------------------------------------------------------
-// Parsing and validation
+// Parsing
 // ---------------------------------------------------------------------------------------
 
 /// Reads and parses the manifest at `path`.
