@@ -19,7 +19,8 @@ const SAFE_INTEGER: f64 = 9_007_199_254_740_992.0;
 pub enum Num {
     Int(i64),
     /// An integer beyond 64 bits, as its decimal text (`-?[1-9][0-9]*`, at most
-    /// [`MAX_INTEGER_DIGITS`] digits): it is parsed when evaluated, off the async runtime.
+    /// [`MAX_INTEGER_DIGITS`](super::MAX_INTEGER_DIGITS) digits): it is parsed when
+    /// evaluated, off the async runtime.
     Big(String),
     Float(f64),
 }

@@ -5,7 +5,7 @@
 //! types with a line and column; then [`parse`] checks everything serde cannot (names,
 //! ranges, port clashes, dependencies and their cycles, routes, commands on `PATH`) and
 //! fills in the defaults (`check`, `service`, `rules`). Every problem names the file, the
-//! line and column of the node at fault (found with [`locate`]) and the fix (`error`). A
+//! line and column of the node at fault (found with [`locate()`]) and the fix (`error`). A
 //! manifest with any problem is rejected whole: nothing that runs changes because of it.
 //!
 //! This file holds the resolved model (`Manifest`, `Service` and their parts) and the
