@@ -38,7 +38,7 @@ impl Controller {
     }
 
     fn balancer_client(&self) -> BalancerClient {
-        BalancerClient { http: self.http.clone(), token: self.token.clone() }
+        BalancerClient { http: self.http.clone(), token: self.base.token.clone() }
     }
 
     fn chaos_event(&self, target: &Target, instance: Option<&str>, message: String) {

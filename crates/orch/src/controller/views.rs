@@ -13,7 +13,7 @@ impl Controller {
             name: self.manifest.name.clone(),
             manifest: self.manifest.path.clone(),
             data_dir: self.manifest.data_dir.clone(),
-            control_url: self.control_url.clone(),
+            control_url: self.base.control_url.clone(),
             started_at: self.started_at.clone(),
             last_error: self.last_error.clone(),
             stopping: self.shutting_down,

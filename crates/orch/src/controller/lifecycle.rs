@@ -1,0 +1,493 @@
+//! Lifecycle: carrying out the reconciler's actions, and each instance's transitions on
+//! its process's start, probes and exit (backoff, liveness kill, drain, shutdown).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio_util::sync::CancellationToken;
+
+use super::{Controller, Event, Instance, LastExit, ProbeKind, Proc, Status, launch};
+use crate::events::Kind as EventKind;
+use crate::manifest::{Check, Service};
+use crate::reconcile::{Action, InstanceId, Phase, StopReason};
+use crate::run::Component;
+use crate::supervisor::drain::{self, DrainPlan};
+use crate::supervisor::logs::{self, LogFile};
+use crate::supervisor::{exit_parts, probe, signal_group};
+
+impl Controller {
+    /// Carries out one action; true if the state changed so that reconciling again now
+    /// would do more.
+    pub(super) async fn execute(&mut self, action: Action) -> bool {
+        match action {
+            Action::Create(id) => {
+                if let Some(slot) = self.slots.get(&id).cloned() {
+                    let revision = self.manifest.service(&id.service).map(|s| self.revision_of(s)).unwrap_or(0);
+                    let mut instance = Instance::new(id.clone(), slot);
+                    instance.revision = revision;
+                    self.instances.insert(id, instance);
+                }
+                false
+            }
+            Action::Start(id) => !self.start(id).await,
+            Action::Backoff { id, until, crashloop } => {
+                self.backoff(&id, until, crashloop);
+                false
+            }
+            Action::Finish { id, success } => {
+                if let Some(i) = self.instances.get_mut(&id) {
+                    i.phase = Phase::Done { success };
+                    i.status = if success { Status::Stopped } else { Status::Failed };
+                    let policy = self.manifest.service(&id.service).map(|s| s.restart.policy);
+                    self.events.emit(
+                        EventKind::Stopped,
+                        Some(&id.service),
+                        Some(&i.name),
+                        format!("{} stays down (restart policy {policy:?})", i.name),
+                    );
+                }
+                false
+            }
+            Action::Kill(id) => {
+                self.kill_for_liveness(&id);
+                false
+            }
+            Action::Drain { id, reason } => {
+                self.drain(&id, reason);
+                false
+            }
+            Action::Forget(id) => {
+                if let Some(i) = self.instances.remove(&id)
+                    && let Some(p) = i.proc
+                {
+                    p.probes.cancel();
+                }
+                false
+            }
+            Action::ResetBackoff(id) => {
+                if let Some(i) = self.instances.get_mut(&id) {
+                    i.crash_streak = 0;
+                }
+                false
+            }
+        }
+    }
+
+    pub(super) fn log_for(&mut self, name: &str) -> Arc<LogFile> {
+        let dir = self.manifest.data_dir.join("logs");
+        let max = self.manifest.log_max_bytes;
+        self.logs
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(LogFile::new(dir.join(format!("{name}.log")), max)))
+            .clone()
+    }
+
+    /// Starts a process for `id`; false if it could not be started.
+    async fn start(&mut self, id: InstanceId) -> bool {
+        let Some(service) = self.manifest.service(&id.service).cloned() else { return true };
+        let spec = launch::launch_spec(&self.manifest, &self.slots, &id, &self.base);
+        let Some((slot, spec)) = self.slots.get(&id).cloned().zip(spec) else {
+            tracing::warn!(instance = %id, "no socket for the instance");
+            return true;
+        };
+        let revision = self.revision_of(&service);
+        let name = id.to_string();
+        let log = self.log_for(&name);
+        let instance = self.instances.entry(id.clone()).or_insert_with(|| Instance::new(id.clone(), slot.clone()));
+        let after_crash =
+            matches!(instance.phase, Phase::Exited { planned: false, .. }) && instance.revision == revision;
+        if instance.revision != revision {
+            instance.crash_streak = 0;
+        }
+        instance.slot = slot;
+        instance.revision = revision;
+        instance.spec = Some(service.clone());
+        instance.backoff_until = None;
+        instance.ready = false;
+        instance.ready_since = None;
+        instance.liveness_failures = 0;
+
+        let spawned = self.spawner.spawn(spec).await;
+        let instance = self.instances.get_mut(&id).expect("inserted above");
+        let mut spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                instance.phase = Phase::Exited { at: Instant::now(), success: false, planned: false };
+                instance.crash_streak += 1;
+                instance.status = Status::Failed;
+                instance.last_exit =
+                    Some(LastExit { code: None, signal: None, at: kit::time::now_iso(), error: Some(e.to_string()) });
+                log.note(&format!("failed to start: {e}"));
+                self.events.emit(
+                    EventKind::Exited,
+                    Some(&id.service),
+                    Some(&name),
+                    format!("{name} failed to start: {e}"),
+                );
+                return false;
+            }
+        };
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let pid = spawned.pid;
+        let probes = CancellationToken::new();
+        let exited = CancellationToken::new();
+        if let Some(out) = spawned.child.stdout.take() {
+            tokio::spawn(logs::pump(out, log.clone()));
+        }
+        if let Some(err) = spawned.child.stderr.take() {
+            tokio::spawn(logs::pump(err, log.clone()));
+        }
+        {
+            let tx = self.tx.clone();
+            let exited = exited.clone();
+            let id = id.clone();
+            let mut child = spawned.child;
+            tokio::spawn(async move {
+                let status = child.wait().await;
+                exited.cancel();
+                let _ = tx.send(Event::Exited { id, generation, status });
+            });
+        }
+        instance.generation = generation;
+        instance.proc = Some(Proc { pid, probes: probes.clone(), exited, registration: None });
+        instance.phase = Phase::Starting;
+        instance.status = Status::Starting;
+        instance.started_at = Some(SystemTime::now());
+        instance.spawned_at = Some(Instant::now());
+        if after_crash {
+            instance.restarts += 1;
+        }
+        let restarts = instance.restarts;
+        log.note(&format!("started {name} (pid {pid}, port {})", instance.slot.port));
+        self.state.child_started(&name, pid);
+        if after_crash {
+            self.events.emit(
+                EventKind::Restarted,
+                Some(&id.service),
+                Some(&name),
+                format!("{name} restarted (pid {pid}, restart {restarts})"),
+            );
+        } else {
+            self.events.emit(
+                EventKind::Started,
+                Some(&id.service),
+                Some(&name),
+                format!("{name} started (pid {pid}, port {})", self.instances[&id].slot.port),
+            );
+        }
+        let port = self.instances[&id].slot.port;
+        if service.readiness.check == Check::None {
+            self.on_probe(&id, generation, ProbeKind::Readiness, true, String::new());
+        } else {
+            let tx = self.tx.clone();
+            let report_id = id.clone();
+            tokio::spawn(probe::readiness(
+                self.http.clone(),
+                port,
+                service.readiness.clone(),
+                probes,
+                move |ok, detail| {
+                    let _ = tx.send(Event::Probe {
+                        id: report_id.clone(),
+                        generation,
+                        kind: ProbeKind::Readiness,
+                        ok,
+                        detail,
+                    });
+                },
+            ));
+        }
+        true
+    }
+
+    pub(super) fn registry_client(&self) -> Option<kit::registry::RegistryClient> {
+        let port = launch::component_port(&self.manifest, &self.slots, Component::Registry)?;
+        Some(kit::registry::RegistryClient::new(&format!("http://127.0.0.1:{port}"), Some(self.base.token.clone())))
+    }
+
+    pub(super) fn on_probe(&mut self, id: &InstanceId, generation: u64, kind: ProbeKind, ok: bool, detail: String) {
+        let Some(service) = self.manifest.service(&id.service).cloned() else { return };
+        let registry = self.registry_client();
+        let http = self.http.clone();
+        let tx = self.tx.clone();
+        let Some(instance) = self.instances.get_mut(id) else { return };
+        if instance.generation != generation || instance.proc.is_none() || matches!(instance.phase, Phase::Stopping(_))
+        {
+            return;
+        }
+        let name = instance.name.clone();
+        match (kind, ok) {
+            (ProbeKind::Readiness, true) => {
+                instance.ready = true;
+                instance.ready_since = Some(Instant::now());
+                instance.status = Status::Running;
+                let message = if instance.phase == Phase::Starting {
+                    instance.phase = Phase::Running;
+                    let took = instance.spawned_at.map(|t| t.elapsed().as_millis()).unwrap_or(0);
+                    // Liveness probing starts once the instance has been ready.
+                    if service.liveness.check != Check::None {
+                        let proc = instance.proc.as_ref().expect("checked above");
+                        let probes = proc.probes.clone();
+                        let report_id = id.clone();
+                        let port = instance.slot.port;
+                        let tx = tx.clone();
+                        tokio::spawn(probe::liveness(
+                            http,
+                            port,
+                            service.liveness.clone(),
+                            probes,
+                            move |ok, detail| {
+                                let _ = tx.send(Event::Probe {
+                                    id: report_id.clone(),
+                                    generation,
+                                    kind: ProbeKind::Liveness,
+                                    ok,
+                                    detail,
+                                });
+                            },
+                        ));
+                    }
+                    format!("{name} ready ({took} ms after start)")
+                } else {
+                    format!("{name} ready again")
+                };
+                if service.register
+                    && let (Some(registry), Some(proc)) = (registry, instance.proc.as_mut())
+                {
+                    let interval = service
+                        .env
+                        .get("HEARTBEAT_INTERVAL_MS")
+                        .or(self.manifest.env.get("HEARTBEAT_INTERVAL_MS"))
+                        .and_then(|v| v.parse().ok())
+                        .map_or(Duration::from_secs(10), Duration::from_millis);
+                    proc.registration =
+                        Some(register(registry, &service, &name, instance.slot.port, proc.pid, interval));
+                }
+                self.events.emit(EventKind::Ready, Some(&id.service), Some(&name), message);
+                self.chaos_balancer_ready(id);
+            }
+            (ProbeKind::Readiness, false) => {
+                instance.ready = false;
+                instance.ready_since = None;
+                if let Some(proc) = instance.proc.as_mut()
+                    && let Some(reg) = proc.registration.take()
+                {
+                    reg.trigger();
+                    if let Some(registry) = registry {
+                        let name = name.clone();
+                        tokio::spawn(async move { registry.deregister(&name).await });
+                    }
+                }
+                self.events.emit(
+                    EventKind::NotReady,
+                    Some(&id.service),
+                    Some(&name),
+                    format!("{name} not ready: {detail}"),
+                );
+            }
+            (ProbeKind::Liveness, false) => {
+                instance.liveness_failures += 1;
+                instance.liveness_detail = detail;
+            }
+            (ProbeKind::Liveness, true) => {
+                instance.liveness_failures = 0;
+            }
+        }
+    }
+
+    pub(super) fn on_exit(
+        &mut self,
+        id: &InstanceId,
+        generation: u64,
+        status: std::io::Result<std::process::ExitStatus>,
+    ) {
+        let registry = self.registry_client();
+        let Some(instance) = self.instances.get_mut(id) else { return };
+        if instance.generation != generation {
+            return;
+        }
+        let Some(proc) = instance.proc.take() else { return };
+        proc.probes.cancel();
+        if let Some(reg) = proc.registration {
+            reg.trigger();
+            if let Some(registry) = registry {
+                let name = instance.name.clone();
+                tokio::spawn(async move { registry.deregister(&name).await });
+            }
+        }
+        let (code, signal, success) = match &status {
+            Ok(s) => {
+                let (code, signal) = exit_parts(s);
+                (code, signal, s.success())
+            }
+            Err(_) => (None, None, false),
+        };
+        let planned =
+            matches!(instance.phase, Phase::Stopping(StopReason::Remove | StopReason::Replace | StopReason::Shutdown));
+        instance.phase = Phase::Exited { at: Instant::now(), success, planned };
+        instance.ready = false;
+        instance.ready_since = None;
+        instance.liveness_failures = 0;
+        if !planned {
+            instance.crash_streak += 1;
+        }
+        let last = LastExit { code, signal, at: kit::time::now_iso(), error: status.err().map(|e| e.to_string()) };
+        let how = last.describe();
+        instance.last_exit = Some(last);
+        instance.status = if planned { Status::Stopped } else { Status::Backoff };
+        let name = instance.name.clone();
+        if let Some(log) = self.logs.get(&name) {
+            log.note(&format!("exited ({how})"));
+        }
+        self.state.child_gone(&name);
+        if planned {
+            self.events.emit(EventKind::Stopped, Some(&id.service), Some(&name), format!("{name} stopped ({how})"));
+        } else {
+            self.events.emit(EventKind::Exited, Some(&id.service), Some(&name), format!("{name} exited ({how})"));
+        }
+    }
+
+    fn backoff(&mut self, id: &InstanceId, until: Instant, crashloop: bool) {
+        let Some(instance) = self.instances.get_mut(id) else { return };
+        let status = if crashloop { Status::Crashloop } else { Status::Backoff };
+        if instance.backoff_until == Some(until) && instance.status == status {
+            return;
+        }
+        instance.backoff_until = Some(until);
+        let was = instance.status;
+        instance.status = status;
+        let wait = until.saturating_duration_since(Instant::now()).as_millis();
+        let (name, streak) = (instance.name.clone(), instance.crash_streak);
+        if crashloop && was != Status::Crashloop {
+            self.events.emit(
+                EventKind::Crashloop,
+                Some(&id.service),
+                Some(&name),
+                format!("{name} is crash-looping ({streak} crashes in a row); next restart in {wait} ms"),
+            );
+        } else {
+            self.events.emit(
+                EventKind::Backoff,
+                Some(&id.service),
+                Some(&name),
+                format!("{name} restarts in {wait} ms ({streak} crashes in a row)"),
+            );
+        }
+    }
+
+    fn kill_for_liveness(&mut self, id: &InstanceId) {
+        let Some(instance) = self.instances.get_mut(id) else { return };
+        let Some(proc) = instance.proc.as_mut() else { return };
+        proc.probes.cancel();
+        let pid = proc.pid;
+        instance.phase = Phase::Stopping(StopReason::Liveness);
+        instance.status = Status::Stopping;
+        instance.ready = false;
+        let name = instance.name.clone();
+        let message = format!(
+            "{name} failed its liveness probe {} times in a row ({}): killing it",
+            instance.liveness_failures, instance.liveness_detail
+        );
+        signal_group(pid, Signal::SIGKILL);
+        self.events.emit(EventKind::LivenessFailed, Some(&id.service), Some(&name), message);
+    }
+
+    /// Starts the planned-stop sequence of `id` (see [`drain`]).
+    fn drain(&mut self, id: &InstanceId, reason: StopReason) {
+        let is_registry = self.manifest.service(&id.service).and_then(Service::component) == Some(Component::Registry);
+        // Balancers that route now, other than the instance itself.
+        let balancers: Vec<String> = if self.shutting_down && reason != StopReason::Shutdown {
+            Vec::new()
+        } else {
+            self.instances
+                .values()
+                .filter(|i| {
+                    i.id != *id
+                        && i.phase == Phase::Running
+                        && i.ready
+                        && self.manifest.service(&i.id.service).and_then(Service::component)
+                            == Some(Component::Balancer)
+                })
+                .map(|i| format!("http://127.0.0.1:{}", i.slot.port))
+                .collect()
+        };
+        let registry = if is_registry { None } else { self.registry_client() };
+        let grace = self.manifest.service(&id.service).map_or(5000, |s| s.grace_period_ms);
+        let Some(instance) = self.instances.get_mut(id) else { return };
+        let Some(proc) = instance.proc.as_mut() else { return };
+        proc.probes.cancel();
+        if let Some(reg) = proc.registration.take() {
+            reg.trigger();
+        }
+        instance.phase = Phase::Stopping(reason);
+        instance.status = Status::Stopping;
+        instance.ready = false;
+        instance.ready_since = None;
+        let why = match reason {
+            StopReason::Remove => "scaled down",
+            StopReason::Replace => "replaced",
+            StopReason::Shutdown => "the cluster stops",
+            StopReason::Liveness => "liveness",
+        };
+        let plan = DrainPlan {
+            instance: instance.name.clone(),
+            service: id.service.clone(),
+            pid: proc.pid,
+            registry,
+            balancers,
+            grace: Duration::from_millis(grace),
+            exited: proc.exited.clone(),
+            http: self.http.clone(),
+        };
+        let name = instance.name.clone();
+        self.events.emit(EventKind::Stopping, Some(&id.service), Some(&name), format!("{name} stopping ({why})"));
+        tokio::spawn(drain::drain(plan));
+    }
+
+    pub(super) fn begin_shutdown(&mut self, why: &str) {
+        if !self.shutting_down {
+            self.shutting_down = true;
+            self.chaos_shutdown();
+            self.events.emit(EventKind::Stopping, None, None, format!("stopping the cluster ({why})"));
+        }
+    }
+
+    /// The second Ctrl-C: SIGKILL every process and stop now.
+    pub(super) fn kill_everything(&mut self) {
+        for instance in self.instances.values() {
+            if let Some(proc) = &instance.proc {
+                signal_group(proc.pid, Signal::SIGKILL);
+            }
+        }
+        self.events.emit(EventKind::Stopped, None, None, "killed every instance (second signal)");
+        self.finished = true;
+    }
+}
+
+/// Registers a command instance in the registry for as long as the returned shutdown is
+/// not triggered (heartbeats included).
+fn register(
+    registry: kit::registry::RegistryClient,
+    service: &Service,
+    name: &str,
+    port: u16,
+    pid: u32,
+    interval: Duration,
+) -> kit::Shutdown {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("pid".into(), pid.into());
+    metadata.insert("port".into(), port.into());
+    metadata.insert("registeredBy".into(), "orch".into());
+    let registration = kit::registry::Registration {
+        service_id: name.to_owned(),
+        service_type: service.name.clone(),
+        url: format!("http://localhost:{port}"),
+        name: Some(name.to_owned()),
+        metadata,
+    };
+    let shutdown = kit::Shutdown::new();
+    tokio::spawn(kit::registry::maintain(registry, registration, interval, shutdown.clone(), false));
+    shutdown
+}
