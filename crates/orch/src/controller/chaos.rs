@@ -26,7 +26,6 @@ use crate::events::Kind as EventKind;
 use crate::manifest::Service;
 use crate::reconcile::{InstanceId, Phase};
 use crate::run::Component;
-use crate::supervisor::signal_group;
 
 fn conflict(message: String) -> CallError {
     CallError::Conflict(message)
@@ -147,12 +146,12 @@ impl Controller {
         let (pid, generation, name) = (proc.pid, instance.generation, instance.name.clone());
         let did = match action {
             Action::Kill => {
-                signal_group(pid, Signal::SIGKILL);
+                self.spawner.signal(pid, Signal::SIGKILL);
                 format!("killed {name} (SIGKILL)")
             }
             _ => {
                 let pause = pause.unwrap_or_default();
-                signal_group(pid, Signal::SIGSTOP);
+                self.spawner.signal(pid, Signal::SIGSTOP);
                 let paused = Paused { instance: hit.clone(), generation, until: Instant::now() + pause };
                 if let Some(e) = self.chaos.active.get_mut(&id) {
                     e.paused.push(paused);
@@ -230,7 +229,7 @@ impl Controller {
         });
         let message = match live {
             Some(pid) => {
-                signal_group(pid, Signal::SIGCONT);
+                self.spawner.signal(pid, Signal::SIGCONT);
                 if let Some(log) = self.logs.get(&name) {
                     log.note("chaos: resumed");
                 }

@@ -5,16 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Controller, Event, Instance, LastExit, ProbeKind, Proc, Status, launch};
 use crate::events::Kind as EventKind;
-use crate::manifest::{Check, Service};
+use crate::manifest::{Check, Probe, Service};
 use crate::reconcile::{Action, InstanceId, Phase, StopReason};
 use crate::run::Component;
 use crate::supervisor::drain::{self, DrainPlan};
 use crate::supervisor::logs::{self, LogFile};
-use crate::supervisor::{exit_parts, probe, signal_group};
+use crate::supervisor::spawn::Child;
+use crate::supervisor::{exit_parts, probe};
 
 impl Controller {
     /// Carries out one action; true if the state changed so that reconciling again now
@@ -110,8 +112,8 @@ impl Controller {
 
         let spawned = self.spawner.spawn(spec).await;
         let instance = self.instances.get_mut(&id).expect("inserted above");
-        let mut spawned = match spawned {
-            Ok(s) => s,
+        let child = match spawned {
+            Ok(child) => child,
             Err(e) => {
                 instance.phase = Phase::Exited { at: Instant::now(), success: false, planned: false };
                 instance.crash_streak += 1;
@@ -130,22 +132,18 @@ impl Controller {
         };
         self.next_generation += 1;
         let generation = self.next_generation;
-        let pid = spawned.pid;
+        let Child { pid, stdout, stderr, exit } = child;
         let probes = CancellationToken::new();
         let exited = CancellationToken::new();
-        if let Some(out) = spawned.child.stdout.take() {
-            tokio::spawn(logs::pump(out, log.clone()));
-        }
-        if let Some(err) = spawned.child.stderr.take() {
-            tokio::spawn(logs::pump(err, log.clone()));
+        for output in [stdout, stderr].into_iter().flatten() {
+            tokio::spawn(logs::pump(output, log.clone()));
         }
         {
             let tx = self.tx.clone();
             let exited = exited.clone();
             let id = id.clone();
-            let mut child = spawned.child;
             tokio::spawn(async move {
-                let status = child.wait().await;
+                let status = exit.await;
                 exited.cancel();
                 let _ = tx.send(Event::Exited { id, generation, status });
             });
@@ -181,23 +179,8 @@ impl Controller {
         if service.readiness.check == Check::None {
             self.on_probe(&id, generation, ProbeKind::Readiness, true, String::new());
         } else {
-            let tx = self.tx.clone();
-            let report_id = id.clone();
-            tokio::spawn(probe::readiness(
-                self.http.clone(),
-                port,
-                service.readiness.clone(),
-                probes,
-                move |ok, detail| {
-                    let _ = tx.send(Event::Probe {
-                        id: report_id.clone(),
-                        generation,
-                        kind: ProbeKind::Readiness,
-                        ok,
-                        detail,
-                    });
-                },
-            ));
+            let probe = service.readiness.clone();
+            spawn_probe(&self.tx, self.http.clone(), &id, generation, ProbeKind::Readiness, port, probe, probes);
         }
         true
     }
@@ -227,27 +210,11 @@ impl Controller {
                     instance.phase = Phase::Running;
                     let took = instance.spawned_at.map(|t| t.elapsed().as_millis()).unwrap_or(0);
                     // Liveness probing starts once the instance has been ready.
-                    if service.liveness.check != Check::None {
-                        let proc = instance.proc.as_ref().expect("checked above");
-                        let probes = proc.probes.clone();
-                        let report_id = id.clone();
-                        let port = instance.slot.port;
-                        let tx = tx.clone();
-                        tokio::spawn(probe::liveness(
-                            http,
-                            port,
-                            service.liveness.clone(),
-                            probes,
-                            move |ok, detail| {
-                                let _ = tx.send(Event::Probe {
-                                    id: report_id.clone(),
-                                    generation,
-                                    kind: ProbeKind::Liveness,
-                                    ok,
-                                    detail,
-                                });
-                            },
-                        ));
+                    if service.liveness.check != Check::None
+                        && let Some(proc) = &instance.proc
+                    {
+                        let (port, probe, probes) = (instance.slot.port, service.liveness.clone(), proc.probes.clone());
+                        spawn_probe(&tx, http, id, generation, ProbeKind::Liveness, port, probe, probes);
                     }
                     format!("{name} ready ({took} ms after start)")
                 } else {
@@ -390,7 +357,7 @@ impl Controller {
             "{name} failed its liveness probe {} times in a row ({}): killing it",
             instance.liveness_failures, instance.liveness_detail
         );
-        signal_group(pid, Signal::SIGKILL);
+        self.spawner.signal(pid, Signal::SIGKILL);
         self.events.emit(EventKind::LivenessFailed, Some(&id.service), Some(&name), message);
     }
 
@@ -440,6 +407,7 @@ impl Controller {
             grace: Duration::from_millis(grace),
             exited: proc.exited.clone(),
             http: self.http.clone(),
+            spawner: self.spawner.clone(),
         };
         let name = instance.name.clone();
         self.events.emit(EventKind::Stopping, Some(&id.service), Some(&name), format!("{name} stopping ({why})"));
@@ -458,7 +426,7 @@ impl Controller {
     pub(super) fn kill_everything(&mut self) {
         for instance in self.instances.values() {
             if let Some(proc) = &instance.proc {
-                signal_group(proc.pid, Signal::SIGKILL);
+                self.spawner.signal(proc.pid, Signal::SIGKILL);
             }
         }
         self.events.emit(EventKind::Stopped, None, None, "killed every instance (second signal)");
@@ -490,4 +458,27 @@ fn register(
     let shutdown = kit::Shutdown::new();
     tokio::spawn(kit::registry::maintain(registry, registration, interval, shutdown.clone(), false));
     shutdown
+}
+
+/// Runs the `kind` probe of process `generation` of `id` on `port` until `probes` is
+/// cancelled; its reports come back to the controller as events.
+#[allow(clippy::too_many_arguments)]
+fn spawn_probe(
+    tx: &mpsc::UnboundedSender<Event>,
+    http: reqwest::Client,
+    id: &InstanceId,
+    generation: u64,
+    kind: ProbeKind,
+    port: u16,
+    probe: Probe,
+    probes: CancellationToken,
+) {
+    let (tx, id) = (tx.clone(), id.clone());
+    let report = move |ok, detail| {
+        let _ = tx.send(Event::Probe { id: id.clone(), generation, kind, ok, detail });
+    };
+    match kind {
+        ProbeKind::Readiness => tokio::spawn(probe::readiness(http, port, probe, probes, report)),
+        ProbeKind::Liveness => tokio::spawn(probe::liveness(http, port, probe, probes, report)),
+    };
 }

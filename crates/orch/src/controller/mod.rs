@@ -24,6 +24,8 @@ mod event_loop;
 mod instance;
 mod launch;
 mod lifecycle;
+#[cfg(test)]
+mod tests;
 mod views;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -112,7 +114,8 @@ pub struct Setup {
     pub cluster_id: String,
     pub control_url: String,
     pub events: Arc<EventLog>,
-    pub spawner: Spawner,
+    /// Starts and signals the processes: a [`SpawnThread`](crate::supervisor::spawn::SpawnThread), or a test double.
+    pub spawner: Arc<dyn Spawner>,
     pub state: StateFile,
 }
 
@@ -125,7 +128,7 @@ pub struct Controller {
     base: launch::Base,
     started_at: String,
     events: Arc<EventLog>,
-    spawner: Spawner,
+    spawner: Arc<dyn Spawner>,
     state: StateFile,
     http: reqwest::Client,
     tx: mpsc::UnboundedSender<Event>,
