@@ -12,7 +12,7 @@ use notify::Watcher;
 use super::{CallError, Controller, Event, Slot, diff, hash_text};
 use crate::events::Kind as EventKind;
 use crate::manifest::{self, Manifest, ManifestError, NodePath, Problem};
-use crate::reconcile::InstanceId;
+use crate::reconcile::{self, InstanceId};
 use crate::supervisor::spawn;
 
 impl Controller {
@@ -155,11 +155,8 @@ impl Controller {
                 "run `orch down` first, then apply",
             ));
         }
-        let old = std::mem::replace(&mut self.manifest, new.clone());
-        let new_revisions: HashMap<String, u64> =
-            new.services.iter().map(|s| (s.name.clone(), self.revision_of(s))).collect();
-        self.manifest = old;
-        let changes = diff(&self.manifest, &new, |s| self.revision_of(s), |s| new_revisions[&s.name]);
+        let old = &self.manifest;
+        let changes = diff(old, &new, |s| reconcile::revision(old, s), |s| reconcile::revision(&new, s));
         if dry_run {
             return Ok(changes);
         }
@@ -265,14 +262,16 @@ impl Controller {
             return Err(CallError::Stopping);
         }
         if self.manifest.service(target).is_some() {
-            *self.restart_generations.entry(target.to_owned()).or_default() += 1;
+            for instance in self.instances.values_mut().filter(|i| i.id.service == target) {
+                instance.replace = true;
+            }
             self.rolling.insert(target.to_owned());
             return Ok(Message { message: format!("rolling restart of {target}") });
         }
         let Some(instance) = self.instances.values_mut().find(|i| i.name == target) else {
             return Err(CallError::NotFound(format!("no service or instance {target:?} in the cluster")));
         };
-        instance.revision = 0;
+        instance.replace = true;
         self.rolling.insert(instance.id.service.clone());
         Ok(Message { message: format!("restarting {target}") })
     }

@@ -7,8 +7,7 @@ use tokio::sync::mpsc;
 
 use super::{Controller, DEBOUNCE, Event, Instance, Progress, TICK};
 use crate::events::Kind as EventKind;
-use crate::manifest::Service;
-use crate::reconcile::{self, Desired, Phase};
+use crate::reconcile::{self, Desired};
 
 impl Controller {
     /// Runs until the cluster has stopped (signal or `orch down`).
@@ -68,34 +67,29 @@ impl Controller {
         }
     }
 
-    pub(super) fn revision_of(&self, service: &Service) -> u64 {
-        let generation = self.restart_generations.get(&service.name).copied().unwrap_or(0);
-        reconcile::revision(&self.manifest, service).wrapping_add(generation.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-    }
-
     pub(super) fn desired(&self) -> Desired {
         Desired {
-            services: reconcile::goals(&self.manifest, |s| self.revision_of(s)),
+            services: reconcile::goals(&self.manifest, |s| reconcile::revision(&self.manifest, s)),
             shutting_down: self.shutting_down,
         }
     }
 
+    /// Reconciles once and carries out the plan. What must be looked at again sets the
+    /// next wake: the plan's requeue, or now (see [`Controller::wake_now`]).
     pub(super) async fn step(&mut self) {
-        // A start that fails at once (the program vanished) needs another look right away.
-        for _ in 0..4 {
-            let observed: Vec<_> = self.instances.values().map(Instance::observed).collect();
-            let plan = reconcile::reconcile(&self.desired(), &observed, Instant::now());
-            self.requeue = plan.requeue;
-            let mut again = false;
-            for action in plan.actions {
-                again |= self.execute(action).await;
-            }
-            if !again {
-                break;
-            }
+        let observed: Vec<_> = self.instances.values().map(Instance::observed).collect();
+        let plan = reconcile::reconcile(&self.desired(), &observed, Instant::now());
+        self.requeue = plan.requeue;
+        for action in plan.actions {
+            self.execute(action).await;
         }
         self.check_rollouts();
         self.update_progress();
+    }
+
+    /// Asks the loop to reconcile again at once, without waiting for an event.
+    pub(super) fn wake_now(&mut self) {
+        self.requeue = Some(Instant::now());
     }
 
     /// Emits `rolled` for services whose rollout has finished.
@@ -105,14 +99,14 @@ impl Controller {
             .iter()
             .filter(|name| {
                 let Some(service) = self.manifest.service(name) else { return true };
-                let revision = self.revision_of(service);
+                let revision = reconcile::revision(&self.manifest, service);
                 let current: Vec<&Instance> = self
                     .instances
                     .values()
                     .filter(|i| i.id.service == **name && i.id.ordinal <= service.replicas)
                     .collect();
                 current.len() == service.replicas as usize
-                    && current.iter().all(|i| i.revision == revision && i.phase == Phase::Running && i.ready)
+                    && current.iter().all(|i| i.revision == revision && !i.replace && i.ready())
             })
             .cloned()
             .collect();
@@ -135,11 +129,7 @@ impl Controller {
         let ready = self
             .instances
             .values()
-            .filter(|i| {
-                self.manifest.service(&i.id.service).is_some_and(|s| i.id.ordinal <= s.replicas)
-                    && i.ready
-                    && i.phase.is_live()
-            })
+            .filter(|i| self.manifest.service(&i.id.service).is_some_and(|s| i.id.ordinal <= s.replicas) && i.ready())
             .count();
         self.progress.send_if_modified(|p| {
             let next = Progress { ready, total, stopping: self.shutting_down };

@@ -157,8 +157,14 @@ mod tests {
         }
     }
 
-    /// The spec of `instance` under `services`, as (argv0, args, the environment variables asked for).
-    fn check(services: &str, instance: (&str, u32), vars: &[&str], expected: (&str, &[&str], &[Option<&str>])) {
+    /// What a spec shows: argv0, the arguments, the values of the variables asked for.
+    type Shown<'a> = (&'a str, &'a [&'a str], &'a [Option<&'a str>]);
+
+    /// A case: the services, the instance, the variables to show, what is shown.
+    type Case<'a> = (&'a str, (&'a str, u32), &'a [&'a str], Shown<'a>);
+
+    /// The spec of `instance` under `services`, as [`Shown`].
+    fn check(services: &str, instance: (&str, u32), vars: &[&str], expected: Shown<'_>) {
         let m = manifest(services);
         let id = InstanceId::new(instance.0, instance.1);
         let spec = launch_spec(&m, &slots(&m), &id, &base()).unwrap_or_else(|| panic!("no spec for {id}"));
@@ -179,7 +185,7 @@ mod tests {
         let balancer = Some("http://localhost:7002");
         let web_args: &[&str] = &["-c", "x 7004 web-2 web 2 /d"];
         #[rustfmt::skip]
-        let cases: &[(&str, (&str, u32), &[&str], (&str, &[&str], &[Option<&str>]))] = &[
+        let cases: &[Case<'_>] = &[
             (cluster, ("web", 2), url, ("/bin/sh", web_args, &[registry, None, balancer, None, Some("7004"), Some("web-2")])),
             (cluster, ("lb", 1), url, ("/usr/bin/orch", &["run", "balancer"], &[registry, None, balancer, Some("/w=web"), Some("7002"), Some("lb-1")])),
             (lone, ("web", 1), url, ("/bin/sh", &[], &[None, Some("false"), None, None, Some("7001"), Some("web-1")])),

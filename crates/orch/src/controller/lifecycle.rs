@@ -1,5 +1,6 @@
-//! Lifecycle: carrying out the reconciler's actions, and each instance's transitions on
-//! its process's start, probes and exit (backoff, liveness kill, drain, shutdown).
+//! Lifecycle: carrying out the reconciler's actions, and each instance's transitions (see
+//! [`State`]) on its process's start, probes and exit: backoff, liveness kill, drain,
+//! shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -8,10 +9,11 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::instance::{Exit, Liveness, State};
 use super::{Controller, Event, Instance, LastExit, ProbeKind, Proc, Status, launch};
 use crate::events::Kind as EventKind;
 use crate::manifest::{Check, Probe, Service};
-use crate::reconcile::{Action, InstanceId, Phase, StopReason};
+use crate::reconcile::{self, Action, InstanceId, Phase, StopReason};
 use crate::run::Component;
 use crate::supervisor::drain::{self, DrainPlan};
 use crate::supervisor::logs::{self, LogFile};
@@ -19,28 +21,22 @@ use crate::supervisor::spawn::Child;
 use crate::supervisor::{exit_parts, probe};
 
 impl Controller {
-    /// Carries out one action; true if the state changed so that reconciling again now
-    /// would do more.
-    pub(super) async fn execute(&mut self, action: Action) -> bool {
+    /// Carries out one action.
+    pub(super) async fn execute(&mut self, action: Action) {
         match action {
             Action::Create(id) => {
                 if let Some(slot) = self.slots.get(&id).cloned() {
-                    let revision = self.manifest.service(&id.service).map(|s| self.revision_of(s)).unwrap_or(0);
+                    let revision = self.manifest.service(&id.service).map(|s| reconcile::revision(&self.manifest, s));
                     let mut instance = Instance::new(id.clone(), slot);
-                    instance.revision = revision;
+                    instance.revision = revision.unwrap_or(0);
                     self.instances.insert(id, instance);
                 }
-                false
             }
-            Action::Start(id) => !self.start(id).await,
-            Action::Backoff { id, until, crashloop } => {
-                self.backoff(&id, until, crashloop);
-                false
-            }
+            Action::Start(id) => self.start(id).await,
+            Action::Backoff { id, until, crashloop } => self.backoff(&id, until, crashloop),
             Action::Finish { id, success } => {
                 if let Some(i) = self.instances.get_mut(&id) {
-                    i.phase = Phase::Done { success };
-                    i.status = if success { Status::Stopped } else { Status::Failed };
+                    i.state = State::Done { success };
                     let policy = self.manifest.service(&id.service).map(|s| s.restart.policy);
                     self.events.emit(
                         EventKind::Stopped,
@@ -49,29 +45,20 @@ impl Controller {
                         format!("{} stays down (restart policy {policy:?})", i.name),
                     );
                 }
-                false
             }
-            Action::Kill(id) => {
-                self.kill_for_liveness(&id);
-                false
-            }
-            Action::Drain { id, reason } => {
-                self.drain(&id, reason);
-                false
-            }
+            Action::Kill(id) => self.kill_for_liveness(&id),
+            Action::Drain { id, reason } => self.drain(&id, reason),
             Action::Forget(id) => {
                 if let Some(i) = self.instances.remove(&id)
-                    && let Some(p) = i.proc
+                    && let Some(p) = i.state.proc()
                 {
                     p.probes.cancel();
                 }
-                false
             }
             Action::ResetBackoff(id) => {
                 if let Some(i) = self.instances.get_mut(&id) {
                     i.crash_streak = 0;
                 }
-                false
             }
         }
     }
@@ -85,39 +72,39 @@ impl Controller {
             .clone()
     }
 
-    /// Starts a process for `id`; false if it could not be started.
-    async fn start(&mut self, id: InstanceId) -> bool {
-        let Some(service) = self.manifest.service(&id.service).cloned() else { return true };
+    /// Starts a process for `id`. A start that fails at once (the program vanished) asks
+    /// the loop for another look right away (see [`Controller::wake_now`]).
+    async fn start(&mut self, id: InstanceId) {
+        let Some(service) = self.manifest.service(&id.service).cloned() else { return };
         let spec = launch::launch_spec(&self.manifest, &self.slots, &id, &self.base);
         let Some((slot, spec)) = self.slots.get(&id).cloned().zip(spec) else {
             tracing::warn!(instance = %id, "no socket for the instance");
-            return true;
+            return;
         };
-        let revision = self.revision_of(&service);
+        let revision = reconcile::revision(&self.manifest, &service);
         let name = id.to_string();
         let log = self.log_for(&name);
         let instance = self.instances.entry(id.clone()).or_insert_with(|| Instance::new(id.clone(), slot.clone()));
-        let after_crash =
-            matches!(instance.phase, Phase::Exited { planned: false, .. }) && instance.revision == revision;
-        if instance.revision != revision {
+        let same_spec = instance.revision == revision && !instance.replace;
+        let after_crash = matches!(instance.phase(), Phase::Exited { planned: false, .. }) && same_spec;
+        if !same_spec {
             instance.crash_streak = 0;
         }
         instance.slot = slot;
         instance.revision = revision;
+        instance.replace = false;
         instance.spec = Some(service.clone());
-        instance.backoff_until = None;
-        instance.ready = false;
-        instance.ready_since = None;
-        instance.liveness_failures = 0;
 
         let spawned = self.spawner.spawn(spec).await;
-        let instance = self.instances.get_mut(&id).expect("inserted above");
+        let Some(instance) = self.instances.get_mut(&id) else { return };
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                instance.phase = Phase::Exited { at: Instant::now(), success: false, planned: false };
+                instance.state = State::Exited {
+                    exit: Exit { at: Instant::now(), success: false, planned: false },
+                    start_failed: true,
+                };
                 instance.crash_streak += 1;
-                instance.status = Status::Failed;
                 instance.last_exit =
                     Some(LastExit { code: None, signal: None, at: kit::time::now_iso(), error: Some(e.to_string()) });
                 log.note(&format!("failed to start: {e}"));
@@ -127,7 +114,8 @@ impl Controller {
                     Some(&name),
                     format!("{name} failed to start: {e}"),
                 );
-                return false;
+                self.wake_now();
+                return;
             }
         };
         self.next_generation += 1;
@@ -149,16 +137,14 @@ impl Controller {
             });
         }
         instance.generation = generation;
-        instance.proc = Some(Proc { pid, probes: probes.clone(), exited, registration: None });
-        instance.phase = Phase::Starting;
-        instance.status = Status::Starting;
+        let proc = Proc { pid, probes: probes.clone(), exited, registration: None };
+        instance.state = State::Starting { proc, since: Instant::now() };
         instance.started_at = Some(SystemTime::now());
-        instance.spawned_at = Some(Instant::now());
         if after_crash {
             instance.restarts += 1;
         }
-        let restarts = instance.restarts;
-        log.note(&format!("started {name} (pid {pid}, port {})", instance.slot.port));
+        let (restarts, port) = (instance.restarts, instance.slot.port);
+        log.note(&format!("started {name} (pid {pid}, port {port})"));
         self.state.child_started(&name, pid);
         if after_crash {
             self.events.emit(
@@ -172,17 +158,15 @@ impl Controller {
                 EventKind::Started,
                 Some(&id.service),
                 Some(&name),
-                format!("{name} started (pid {pid}, port {})", self.instances[&id].slot.port),
+                format!("{name} started (pid {pid}, port {port})"),
             );
         }
-        let port = self.instances[&id].slot.port;
         if service.readiness.check == Check::None {
             self.on_probe(&id, generation, ProbeKind::Readiness, true, String::new());
         } else {
             let probe = service.readiness.clone();
             spawn_probe(&self.tx, self.http.clone(), &id, generation, ProbeKind::Readiness, port, probe, probes);
         }
-        true
     }
 
     pub(super) fn registry_client(&self) -> Option<kit::registry::RegistryClient> {
@@ -190,38 +174,42 @@ impl Controller {
         Some(kit::registry::RegistryClient::new(&format!("http://127.0.0.1:{port}"), Some(self.base.token.clone())))
     }
 
+    /// A probe of process `generation` of `id` changed its mind. Only a starting or
+    /// running process is probed; reports about any other are late and ignored.
     pub(super) fn on_probe(&mut self, id: &InstanceId, generation: u64, kind: ProbeKind, ok: bool, detail: String) {
         let Some(service) = self.manifest.service(&id.service).cloned() else { return };
         let registry = self.registry_client();
-        let http = self.http.clone();
-        let tx = self.tx.clone();
         let Some(instance) = self.instances.get_mut(id) else { return };
-        if instance.generation != generation || instance.proc.is_none() || matches!(instance.phase, Phase::Stopping(_))
-        {
+        let probed = matches!(instance.state, State::Starting { .. } | State::Running { .. });
+        if instance.generation != generation || !probed {
             return;
         }
-        let name = instance.name.clone();
+        let (name, port) = (instance.name.clone(), instance.slot.port);
         match (kind, ok) {
             (ProbeKind::Readiness, true) => {
-                instance.ready = true;
-                instance.ready_since = Some(Instant::now());
-                instance.status = Status::Running;
-                let message = if instance.phase == Phase::Starting {
-                    instance.phase = Phase::Running;
-                    let took = instance.spawned_at.map(|t| t.elapsed().as_millis()).unwrap_or(0);
-                    // Liveness probing starts once the instance has been ready.
-                    if service.liveness.check != Check::None
-                        && let Some(proc) = &instance.proc
-                    {
-                        let (port, probe, probes) = (instance.slot.port, service.liveness.clone(), proc.probes.clone());
-                        spawn_probe(&tx, http, id, generation, ProbeKind::Liveness, port, probe, probes);
+                let message = match std::mem::replace(&mut instance.state, State::Pending) {
+                    State::Starting { proc, since } => {
+                        // Liveness probing starts once the instance has been ready.
+                        if service.liveness.check != Check::None {
+                            let (probe, probes) = (service.liveness.clone(), proc.probes.clone());
+                            let http = self.http.clone();
+                            spawn_probe(&self.tx, http, id, generation, ProbeKind::Liveness, port, probe, probes);
+                        }
+                        let liveness = Liveness::default();
+                        instance.state = State::Running { proc, ready_since: Some(Instant::now()), liveness };
+                        format!("{name} ready ({} ms after start)", since.elapsed().as_millis())
                     }
-                    format!("{name} ready ({took} ms after start)")
-                } else {
-                    format!("{name} ready again")
+                    State::Running { proc, liveness, .. } => {
+                        instance.state = State::Running { proc, ready_since: Some(Instant::now()), liveness };
+                        format!("{name} ready again")
+                    }
+                    other => {
+                        instance.state = other;
+                        return;
+                    }
                 };
                 if service.register
-                    && let (Some(registry), Some(proc)) = (registry, instance.proc.as_mut())
+                    && let (Some(registry), Some(proc)) = (registry, instance.state.proc_mut())
                 {
                     let interval = service
                         .env
@@ -229,18 +217,16 @@ impl Controller {
                         .or(self.manifest.env.get("HEARTBEAT_INTERVAL_MS"))
                         .and_then(|v| v.parse().ok())
                         .map_or(Duration::from_secs(10), Duration::from_millis);
-                    proc.registration =
-                        Some(register(registry, &service, &name, instance.slot.port, proc.pid, interval));
+                    proc.registration = Some(register(registry, &service, &name, port, proc.pid, interval));
                 }
                 self.events.emit(EventKind::Ready, Some(&id.service), Some(&name), message);
                 self.chaos_balancer_ready(id);
             }
             (ProbeKind::Readiness, false) => {
-                instance.ready = false;
-                instance.ready_since = None;
-                if let Some(proc) = instance.proc.as_mut()
-                    && let Some(reg) = proc.registration.take()
-                {
+                if let State::Running { ready_since, .. } = &mut instance.state {
+                    *ready_since = None;
+                }
+                if let Some(reg) = instance.state.proc_mut().and_then(|p| p.registration.take()) {
                     reg.trigger();
                     if let Some(registry) = registry {
                         let name = name.clone();
@@ -254,16 +240,20 @@ impl Controller {
                     format!("{name} not ready: {detail}"),
                 );
             }
-            (ProbeKind::Liveness, false) => {
-                instance.liveness_failures += 1;
-                instance.liveness_detail = detail;
-            }
-            (ProbeKind::Liveness, true) => {
-                instance.liveness_failures = 0;
+            (ProbeKind::Liveness, ok) => {
+                if let State::Running { liveness, .. } = &mut instance.state {
+                    if ok {
+                        liveness.failures = 0;
+                    } else {
+                        liveness.failures += 1;
+                        liveness.detail = detail;
+                    }
+                }
             }
         }
     }
 
+    /// Process `generation` of `id` exited.
     pub(super) fn on_exit(
         &mut self,
         id: &InstanceId,
@@ -275,7 +265,11 @@ impl Controller {
         if instance.generation != generation {
             return;
         }
-        let Some(proc) = instance.proc.take() else { return };
+        let stopping = match instance.state {
+            State::Stopping { reason, .. } => Some(reason),
+            _ => None,
+        };
+        let Some(proc) = instance.state.take_proc() else { return };
         proc.probes.cancel();
         if let Some(reg) = proc.registration {
             reg.trigger();
@@ -291,19 +285,14 @@ impl Controller {
             }
             Err(_) => (None, None, false),
         };
-        let planned =
-            matches!(instance.phase, Phase::Stopping(StopReason::Remove | StopReason::Replace | StopReason::Shutdown));
-        instance.phase = Phase::Exited { at: Instant::now(), success, planned };
-        instance.ready = false;
-        instance.ready_since = None;
-        instance.liveness_failures = 0;
+        let planned = matches!(stopping, Some(StopReason::Remove | StopReason::Replace | StopReason::Shutdown));
+        instance.state = State::Exited { exit: Exit { at: Instant::now(), success, planned }, start_failed: false };
         if !planned {
             instance.crash_streak += 1;
         }
         let last = LastExit { code, signal, at: kit::time::now_iso(), error: status.err().map(|e| e.to_string()) };
         let how = last.describe();
         instance.last_exit = Some(last);
-        instance.status = if planned { Status::Stopped } else { Status::Backoff };
         let name = instance.name.clone();
         if let Some(log) = self.logs.get(&name) {
             log.note(&format!("exited ({how})"));
@@ -316,15 +305,16 @@ impl Controller {
         }
     }
 
+    /// An exited instance waits until `until` before its next start.
     fn backoff(&mut self, id: &InstanceId, until: Instant, crashloop: bool) {
         let Some(instance) = self.instances.get_mut(id) else { return };
-        let status = if crashloop { Status::Crashloop } else { Status::Backoff };
-        if instance.backoff_until == Some(until) && instance.status == status {
-            return;
-        }
-        instance.backoff_until = Some(until);
-        let was = instance.status;
-        instance.status = status;
+        let was = instance.status();
+        let exit = match instance.state {
+            State::Backoff { until: u, crashloop: c, .. } if u == until && c == crashloop => return,
+            State::Exited { exit, .. } | State::Backoff { exit, .. } => exit,
+            _ => return,
+        };
+        instance.state = State::Backoff { exit, until, crashloop };
         let wait = until.saturating_duration_since(Instant::now()).as_millis();
         let (name, streak) = (instance.name.clone(), instance.crash_streak);
         if crashloop && was != Status::Crashloop {
@@ -344,18 +334,21 @@ impl Controller {
         }
     }
 
+    /// SIGKILL for a process that failed its liveness probe (the restart policy brings it back).
     fn kill_for_liveness(&mut self, id: &InstanceId) {
         let Some(instance) = self.instances.get_mut(id) else { return };
-        let Some(proc) = instance.proc.as_mut() else { return };
+        let liveness = match &instance.state {
+            State::Running { liveness, .. } => liveness.clone(),
+            _ => Liveness::default(),
+        };
+        let Some(proc) = instance.state.take_proc() else { return };
         proc.probes.cancel();
         let pid = proc.pid;
-        instance.phase = Phase::Stopping(StopReason::Liveness);
-        instance.status = Status::Stopping;
-        instance.ready = false;
+        instance.state = State::Stopping { proc, reason: StopReason::Liveness };
         let name = instance.name.clone();
         let message = format!(
             "{name} failed its liveness probe {} times in a row ({}): killing it",
-            instance.liveness_failures, instance.liveness_detail
+            liveness.failures, liveness.detail
         );
         self.spawner.signal(pid, Signal::SIGKILL);
         self.events.emit(EventKind::LivenessFailed, Some(&id.service), Some(&name), message);
@@ -372,8 +365,7 @@ impl Controller {
                 .values()
                 .filter(|i| {
                     i.id != *id
-                        && i.phase == Phase::Running
-                        && i.ready
+                        && i.ready()
                         && self.manifest.service(&i.id.service).and_then(Service::component)
                             == Some(Component::Balancer)
                 })
@@ -383,15 +375,11 @@ impl Controller {
         let registry = if is_registry { None } else { self.registry_client() };
         let grace = self.manifest.service(&id.service).map_or(5000, |s| s.grace_period_ms);
         let Some(instance) = self.instances.get_mut(id) else { return };
-        let Some(proc) = instance.proc.as_mut() else { return };
+        let Some(mut proc) = instance.state.take_proc() else { return };
         proc.probes.cancel();
         if let Some(reg) = proc.registration.take() {
             reg.trigger();
         }
-        instance.phase = Phase::Stopping(reason);
-        instance.status = Status::Stopping;
-        instance.ready = false;
-        instance.ready_since = None;
         let why = match reason {
             StopReason::Remove => "scaled down",
             StopReason::Replace => "replaced",
@@ -409,6 +397,7 @@ impl Controller {
             http: self.http.clone(),
             spawner: self.spawner.clone(),
         };
+        instance.state = State::Stopping { proc, reason };
         let name = instance.name.clone();
         self.events.emit(EventKind::Stopping, Some(&id.service), Some(&name), format!("{name} stopping ({why})"));
         tokio::spawn(drain::drain(plan));
@@ -424,10 +413,8 @@ impl Controller {
 
     /// The second Ctrl-C: SIGKILL every process and stop now.
     pub(super) fn kill_everything(&mut self) {
-        for instance in self.instances.values() {
-            if let Some(proc) = &instance.proc {
-                self.spawner.signal(proc.pid, Signal::SIGKILL);
-            }
+        for proc in self.instances.values().filter_map(|i| i.state.proc()) {
+            self.spawner.signal(proc.pid, Signal::SIGKILL);
         }
         self.events.emit(EventKind::Stopped, None, None, "killed every instance (second signal)");
         self.finished = true;
