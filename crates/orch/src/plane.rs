@@ -20,7 +20,7 @@ use crate::display;
 use crate::events::EventLog;
 use crate::manifest::{self, Manifest, ManifestError, NodePath, Problem};
 use crate::state::{self, StateFile};
-use crate::supervisor::spawn::Spawner;
+use crate::supervisor::spawn::SpawnThread;
 
 /// Why the control plane did not run.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,8 @@ pub async fn run(manifest: Manifest, text: String) -> Result<(), PlaneError> {
     let events = Arc::new(
         EventLog::open(Some(&data_dir.join("events.jsonl")), manifest.log_max_bytes).context("opening events.jsonl")?,
     );
-    let spawner = Spawner::start(tokio::runtime::Handle::current()).context("starting the spawner thread")?;
+    let spawner =
+        Arc::new(SpawnThread::start(tokio::runtime::Handle::current()).context("starting the spawner thread")?);
     let state = StateFile::new(&data_dir, control_url.clone(), manifest.path.clone(), cluster_id.clone());
     let home = access::home();
     if let Some(home) = &home

@@ -12,9 +12,9 @@
 //!   depends on has a ready instance, and recorded as pending until then;
 //! - instances beyond `replicas` (and of services no longer in the manifest) are drained
 //!   and removed, highest ordinals first;
-//! - an instance whose revision is not the service's is replaced, one at a time: the next
-//!   only when every instance of the new revision is running and ready (a crashing new
-//!   revision halts the rollout);
+//! - an instance whose revision is not the service's, or that is marked for replacement
+//!   (`orch restart`), is replaced, one at a time: the next only when every instance of the
+//!   new revision is running and ready (a crashing new revision halts the rollout);
 //! - an unplanned exit restarts per the policy: the first restart at once, then after a
 //!   backoff doubling from `backoffInitialMs` to `backoffMaxMs`; [`CRASHLOOP_AFTER`]
 //!   crashes in a row make it a crash loop; a healthy stretch of `resetAfterMs` forgives;
@@ -81,6 +81,8 @@ pub struct Observed {
     pub id: InstanceId,
     /// The revision its process was started with.
     pub revision: u64,
+    /// Asked to be replaced (a restart) whatever its revision.
+    pub replace: bool,
     pub phase: Phase,
     pub ready: bool,
     /// Since when it has been ready without interruption.
@@ -216,6 +218,7 @@ pub fn reconcile(desired: &Desired, observed: &[Observed], now: Instant) -> Plan
     }
 
     for goal in &desired.services {
+        let outdated = |o: &Observed| o.revision != goal.revision || o.replace;
         let deps_ready =
             goal.depends_on.iter().all(|d| goals.get(d.as_str()).is_none_or(|g| g.replicas == 0) || has_ready(d));
         let mut current: Vec<&Observed> =
@@ -233,14 +236,14 @@ pub fn reconcile(desired: &Desired, observed: &[Observed], now: Instant) -> Plan
         // about to start) or an instance of the new revision is not ready.
         let mut roll_blocked = current.iter().any(|o| match o.phase {
             Phase::Stopping(_) | Phase::Exited { .. } | Phase::Pending => true,
-            Phase::Starting => o.revision == goal.revision,
-            Phase::Running => o.revision == goal.revision && !o.ready,
-            Phase::Done { .. } => o.revision != goal.revision,
+            Phase::Starting => !outdated(o),
+            Phase::Running => !outdated(o) && !o.ready,
+            Phase::Done { .. } => outdated(o),
         });
 
         for o in current {
             let id = o.id.clone();
-            let changed = o.revision != goal.revision;
+            let changed = outdated(o);
             match o.phase {
                 Phase::Pending => {
                     if deps_ready {

@@ -24,9 +24,8 @@ use super::{CallError, Controller, Handle};
 use crate::chaos::{Action, Spec, show};
 use crate::events::Kind as EventKind;
 use crate::manifest::Service;
-use crate::reconcile::{InstanceId, Phase};
+use crate::reconcile::InstanceId;
 use crate::run::Component;
-use crate::supervisor::signal_group;
 
 fn conflict(message: String) -> CallError {
     CallError::Conflict(message)
@@ -38,7 +37,7 @@ impl Controller {
     }
 
     fn balancer_client(&self) -> BalancerClient {
-        BalancerClient { http: self.http.clone(), token: self.token.clone() }
+        BalancerClient { http: self.http.clone(), token: self.base.token.clone() }
     }
 
     fn chaos_event(&self, target: &Target, instance: Option<&str>, message: String) {
@@ -89,11 +88,11 @@ impl Controller {
         let _ = self.chaos_strike(id);
         let Some(lasts) = lasts else {
             // A single kill is over at once.
-            let done = self.chaos.active.remove(&id).expect("inserted above");
+            let done = self.chaos.active.remove(&id).ok_or_else(|| conflict(format!("chaos experiment {id} ended")))?;
             return Ok(Begun::Done(done.view()));
         };
         debug_assert!(action == Action::Pause || every.is_some());
-        let e = self.chaos.active.get_mut(&id).expect("inserted above");
+        let e = self.chaos.active.get_mut(&id).ok_or_else(|| conflict(format!("chaos experiment {id} ended")))?;
         e.arm(Instant::now(), every, lasts);
         Ok(Begun::Done(e.view()))
     }
@@ -107,9 +106,7 @@ impl Controller {
         let candidates: Vec<InstanceId> = matching
             .by_ref()
             .filter(|i| {
-                matches!(i.phase, Phase::Running | Phase::Starting)
-                    && i.proc.as_ref().is_some_and(|p| !p.exited.is_cancelled())
-                    && !(action == Action::Pause && self.chaos.is_paused(&i.id, i.generation))
+                i.live_proc().is_some() && !(action == Action::Pause && self.chaos.is_paused(&i.id, i.generation))
             })
             .map(|i| i.id.clone())
             .collect();
@@ -124,7 +121,7 @@ impl Controller {
                     Some(i) if action == Action::Pause && self.chaos.is_paused(id, i.generation) => {
                         format!("{id} is paused already")
                     }
-                    Some(i) => format!("{id} is not running ({}): nothing to {verb}", status_name(i.status)),
+                    Some(i) => format!("{id} is not running ({}): nothing to {verb}", status_name(i.status())),
                     None => format!("{id} is not running: nothing to {verb}"),
                 }
             }
@@ -142,17 +139,17 @@ impl Controller {
         let (action, target, pause) = (experiment.spec.action, experiment.target.clone(), experiment.spec.pause);
         let candidates = self.chaos_candidates(&target, action)?;
         let hit = candidates[random_below(candidates.len())].clone();
-        let instance = &self.instances[&hit];
-        let proc = instance.proc.as_ref().expect("a candidate has a process");
+        let instance = self.instances.get(&hit).ok_or("the instance is gone")?;
+        let proc = instance.live_proc().ok_or("the instance has no process")?;
         let (pid, generation, name) = (proc.pid, instance.generation, instance.name.clone());
         let did = match action {
             Action::Kill => {
-                signal_group(pid, Signal::SIGKILL);
+                self.spawner.signal(pid, Signal::SIGKILL);
                 format!("killed {name} (SIGKILL)")
             }
             _ => {
                 let pause = pause.unwrap_or_default();
-                signal_group(pid, Signal::SIGSTOP);
+                self.spawner.signal(pid, Signal::SIGSTOP);
                 let paused = Paused { instance: hit.clone(), generation, until: Instant::now() + pause };
                 if let Some(e) = self.chaos.active.get_mut(&id) {
                     e.paused.push(paused);
@@ -225,12 +222,12 @@ impl Controller {
     fn chaos_continue(&self, target: &Target, paused: &Paused) {
         let name = paused.instance.to_string();
         let live = self.instances.get(&paused.instance).and_then(|i| {
-            let proc = i.proc.as_ref()?;
+            let proc = i.state.proc()?;
             (i.generation == paused.generation && !proc.exited.is_cancelled()).then_some(proc.pid)
         });
         let message = match live {
             Some(pid) => {
-                signal_group(pid, Signal::SIGCONT);
+                self.spawner.signal(pid, Signal::SIGCONT);
                 if let Some(log) = self.logs.get(&name) {
                     log.note("chaos: resumed");
                 }
@@ -261,14 +258,11 @@ impl Controller {
         let running: Vec<Balancer> = self
             .instances
             .values()
-            .filter(|i| routing.iter().any(|b| b.name == i.id.service) && i.phase == Phase::Running && i.ready)
-            .filter_map(|i| {
-                i.proc.as_ref().filter(|p| !p.exited.is_cancelled())?;
-                Some(Balancer {
-                    id: i.id.clone(),
-                    generation: i.generation,
-                    url: format!("http://127.0.0.1:{}", i.slot.port),
-                })
+            .filter(|i| routing.iter().any(|b| b.name == i.id.service) && i.ready() && i.live_proc().is_some())
+            .map(|i| Balancer {
+                id: i.id.clone(),
+                generation: i.generation,
+                url: format!("http://127.0.0.1:{}", i.slot.port),
             })
             .collect();
         if running.is_empty() {
@@ -339,7 +333,9 @@ impl Controller {
             tracing::warn!(experiment = id, ?failures, "chaos: no balancer took the fault");
             return Err(CallError::Upstream(format!("the balancer did not take the fault: {}", failures.join("; "))));
         }
-        let e = self.chaos.active.get_mut(&id).expect("checked above");
+        let Some(e) = self.chaos.active.get_mut(&id) else {
+            return Err(conflict(format!("chaos experiment {id} was stopped while it started")));
+        };
         let effect = e.spec.fault_effect(e.target.service());
         e.injected = posted.len() as u64;
         e.faults = posted;
@@ -414,7 +410,7 @@ impl Controller {
                     tokio::spawn(async move { client.delete(&posted).await });
                     return;
                 }
-                let e = self.chaos.active.get_mut(&id).expect("checked above");
+                let Some(e) = self.chaos.active.get_mut(&id) else { return };
                 let effect = e.spec.fault_effect(e.target.service());
                 let name = posted.balancer.to_string();
                 e.faults.retain(|f| f.balancer != posted.balancer);

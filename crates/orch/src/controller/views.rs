@@ -13,7 +13,7 @@ impl Controller {
             name: self.manifest.name.clone(),
             manifest: self.manifest.path.clone(),
             data_dir: self.manifest.data_dir.clone(),
-            control_url: self.control_url.clone(),
+            control_url: self.base.control_url.clone(),
             started_at: self.started_at.clone(),
             last_error: self.last_error.clone(),
             stopping: self.shutting_down,
@@ -25,7 +25,7 @@ impl Controller {
         let ready = self
             .instances
             .values()
-            .filter(|i| i.id.service == s.name && i.id.ordinal <= s.replicas && i.ready && i.phase.is_live())
+            .filter(|i| i.id.service == s.name && i.id.ordinal <= s.replicas && i.ready())
             .count();
         let (component, command) = match &s.kind {
             Kind::Component(c) => (Some(c.name().to_owned()), None),
@@ -68,11 +68,12 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use detector::orch::{OrchEvent, OrchInstance, ProcessStatus};
-    use kit::orch_api::{EventKind, EventPage, InstanceList, LastExit, Status};
+    use kit::orch_api::{EventKind, EventPage, InstanceList, LastExit};
     use serde_json::json;
 
     use super::*;
     use crate::controller::Slot;
+    use crate::controller::instance::{Exit, State};
     use crate::events::EventLog;
     use crate::reconcile::InstanceId;
 
@@ -81,7 +82,8 @@ mod tests {
     #[test]
     fn instances_and_events_go_from_orch_to_the_detector() {
         let mut crashing = Instance::new(InstanceId::new("web", 2), Slot { port: 4002, socket: None, fixed: true });
-        crashing.status = Status::Crashloop;
+        let exit = Exit { at: std::time::Instant::now(), success: false, planned: false };
+        crashing.state = State::Backoff { exit, until: exit.at, crashloop: true };
         crashing.restarts = 5;
         crashing.last_exit =
             Some(LastExit { code: Some(1), signal: None, at: "2026-01-01T00:00:00.000Z".into(), error: None });

@@ -27,6 +27,7 @@ fn running(service: &str, ordinal: u32) -> Observed {
     Observed {
         id: id(service, ordinal),
         revision: 1,
+        replace: false,
         phase: Phase::Running,
         ready: true,
         ready_since: None,
@@ -182,6 +183,34 @@ fn spec_change_rolls_one_instance_at_a_time() {
     d.services[1].revision = 2;
     o[2].phase = Phase::Exited { at: now, success: false, planned: false };
     o[2].crash_streak = 4;
+    assert_eq!(reconcile(&d, &o, now).actions, vec![Action::Start(id("web", 2))]);
+}
+
+#[test]
+fn marked_instances_are_replaced_like_a_spec_change_one_at_a_time() {
+    let (d, mut o) = steady();
+    let now = Instant::now();
+    let check = |o: &[Observed], expected: Vec<Action>| assert_eq!(reconcile(&d, o, now).actions, expected, "{o:#?}");
+    // `orch restart web`: every instance marked; same revision.
+    o[1].replace = true;
+    o[2].replace = true;
+    check(&o, vec![drain("web", 1, StopReason::Replace)]);
+    o[1].phase = Phase::Exited { at: now, success: true, planned: true };
+    check(&o, vec![Action::Start(id("web", 1))]);
+    // The new process is not marked; the next goes once it is ready.
+    o[1] = with(running("web", 1), |o| {
+        o.phase = Phase::Starting;
+        o.ready = false;
+    });
+    check(&o, vec![]);
+    o[1].phase = Phase::Running;
+    o[1].ready = true;
+    check(&o, vec![drain("web", 2, StopReason::Replace)]);
+    // A marked instance that stays down per its policy starts again.
+    let (d, mut o) = steady();
+    o[2].phase = Phase::Done { success: true };
+    assert_eq!(reconcile(&d, &o, now).actions, vec![]);
+    o[2].replace = true;
     assert_eq!(reconcile(&d, &o, now).actions, vec![Action::Start(id("web", 2))]);
 }
 

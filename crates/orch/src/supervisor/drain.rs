@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::signal_group;
+use super::spawn::Spawner;
 
 /// The longest a stop waits for the balancers to stop routing to the instance.
 pub const UNROUTE_DEADLINE: Duration = Duration::from_secs(3);
@@ -32,6 +32,8 @@ pub struct DrainPlan {
     /// Cancelled when the process has exited.
     pub exited: CancellationToken,
     pub http: reqwest::Client,
+    /// Sends the signals.
+    pub spawner: std::sync::Arc<dyn Spawner>,
 }
 
 pub async fn drain(plan: DrainPlan) {
@@ -49,12 +51,12 @@ pub async fn drain(plan: DrainPlan) {
             _ = wait_unrouted(&plan.http, base, &plan.service, &plan.instance, deadline) => {}
         }
     }
-    signal_group(plan.pid, Signal::SIGTERM);
+    plan.spawner.signal(plan.pid, Signal::SIGTERM);
     tokio::select! {
         _ = plan.exited.cancelled() => {}
         _ = tokio::time::sleep(plan.grace) => {
             tracing::info!(instance = %plan.instance, "still running after the grace period, killing it");
-            signal_group(plan.pid, Signal::SIGKILL);
+            plan.spawner.signal(plan.pid, Signal::SIGKILL);
         }
     }
 }

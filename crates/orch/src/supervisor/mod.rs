@@ -3,6 +3,8 @@
 //! request ([`drain`]). Nothing here decides anything: the controller does, from the
 //! reconciler's plan.
 
+#[cfg(test)]
+pub mod double;
 pub mod drain;
 pub mod logs;
 pub mod probe;

@@ -13,19 +13,27 @@
 //! returns the error and std reports it to the parent as the spawn error.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, not the process. Every
-//! child is therefore forked by one [`Spawner`] thread that lives as long as orch (never a
+//! child is therefore forked by one [`SpawnThread`] that lives as long as orch (never a
 //! pooled thread, whose exit would kill the children).
+//!
+//! The controller sees processes through the [`Spawner`] trait (start one, signal one),
+//! which [`SpawnThread`] implements for real and `supervisor::double` for the
+//! controller's tests, without processes.
 
 use std::ffi::{CString, OsStr};
+use std::future::Future;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 
+use nix::sys::signal::Signal;
+use tokio::io::AsyncRead;
 use tokio::sync::oneshot;
 
 /// Everything needed to start one process.
@@ -49,6 +57,45 @@ pub struct Spawned {
     pub pid: u32,
 }
 
+/// A boxed future that can move between tasks.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A child's output stream.
+pub type Output = Pin<Box<dyn AsyncRead + Send>>;
+
+/// A started process as the controller holds it, whoever started it.
+pub struct Child {
+    pub pid: u32,
+    pub stdout: Option<Output>,
+    pub stderr: Option<Output>,
+    /// Resolves once the process has exited (and is reaped).
+    pub exit: BoxFuture<io::Result<ExitStatus>>,
+}
+
+/// Starts processes and signals them: the seam between the controller and the OS.
+pub trait Spawner: Send + Sync + 'static {
+    /// Starts a process as `spec` says.
+    fn spawn(&self, spec: LaunchSpec) -> BoxFuture<io::Result<Child>>;
+    /// Sends `signal` to the process group that `pid` leads (see
+    /// [`signal_group`](super::signal_group)).
+    fn signal(&self, pid: u32, signal: Signal);
+}
+
+impl Spawner for SpawnThread {
+    fn spawn(&self, spec: LaunchSpec) -> BoxFuture<io::Result<Child>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let Spawned { mut child, pid } = this.start_process(spec).await?;
+            let stdout = child.stdout.take().map(|o| Box::pin(o) as Output);
+            let stderr = child.stderr.take().map(|e| Box::pin(e) as Output);
+            Ok(Child { pid, stdout, stderr, exit: Box::pin(async move { child.wait().await }) })
+        })
+    }
+
+    fn signal(&self, pid: u32, signal: Signal) {
+        super::signal_group(pid, signal);
+    }
+}
+
 struct Job {
     spec: LaunchSpec,
     reply: oneshot::Sender<io::Result<Spawned>>,
@@ -56,11 +103,11 @@ struct Job {
 
 /// The one thread that forks every child; see the module docs.
 #[derive(Clone)]
-pub struct Spawner {
+pub struct SpawnThread {
     jobs: std_mpsc::Sender<Job>,
 }
 
-impl Spawner {
+impl SpawnThread {
     /// Starts the spawner thread; children are registered with `runtime` for reaping.
     pub fn start(runtime: tokio::runtime::Handle) -> io::Result<Self> {
         let (jobs, rx) = std_mpsc::channel::<Job>();
@@ -77,7 +124,8 @@ impl Spawner {
         Ok(Self { jobs })
     }
 
-    pub async fn spawn(&self, spec: LaunchSpec) -> io::Result<Spawned> {
+    /// Forks and execs `spec` on the thread.
+    pub async fn start_process(&self, spec: LaunchSpec) -> io::Result<Spawned> {
         let (reply, rx) = oneshot::channel();
         self.jobs.send(Job { spec, reply }).map_err(|_| io::Error::other("the spawner thread is gone"))?;
         rx.await.map_err(|_| io::Error::other("the spawner thread is gone"))?
@@ -213,7 +261,7 @@ impl Exec {
     }
 }
 
-/// Forks and execs `spec` (call it from the [`Spawner`] thread).
+/// Forks and execs `spec` (call it from the [`SpawnThread`]).
 #[allow(unsafe_code)]
 fn spawn(spec: LaunchSpec) -> io::Result<Spawned> {
     let mut exec = Exec::prepare(&spec)?;
@@ -256,12 +304,12 @@ mod tests {
 
     #[tokio::test]
     async fn socket_activation_names_the_child_itself() {
-        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
+        let spawner = SpawnThread::start(tokio::runtime::Handle::current()).unwrap();
         let listener = Arc::new(bind_listener(0).unwrap());
         let port = listener.local_addr().unwrap().port();
         // The shell prints what it was given, then proves fd 3 is the socket by its port.
         let script = r#"echo "$LISTEN_PID $$ $LISTEN_FDS $GREETING $(pwd)"; readlink /proc/$$/fd/3"#;
-        let mut spawned = spawner.spawn(sh(script, Some(listener.clone()))).await.unwrap();
+        let mut spawned = spawner.start_process(sh(script, Some(listener.clone()))).await.unwrap();
         let mut out = String::new();
         spawned.child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
         let status = spawned.child.wait().await.unwrap();
@@ -281,9 +329,11 @@ mod tests {
 
     #[tokio::test]
     async fn children_get_their_own_process_group_and_no_stray_activation() {
-        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
-        let mut spawned =
-            spawner.spawn(sh(r#"echo "${LISTEN_PID:-none} ${LISTEN_FDS:-none}"; exec sleep 30"#, None)).await.unwrap();
+        let spawner = SpawnThread::start(tokio::runtime::Handle::current()).unwrap();
+        let mut spawned = spawner
+            .start_process(sh(r#"echo "${LISTEN_PID:-none} ${LISTEN_FDS:-none}"; exec sleep 30"#, None))
+            .await
+            .unwrap();
         let pid = spawned.pid;
         let mut line = [0u8; 10];
         let n = spawned.child.stdout.as_mut().unwrap().read(&mut line).await.unwrap();
@@ -297,10 +347,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_a_spawn_error() {
-        let spawner = Spawner::start(tokio::runtime::Handle::current()).unwrap();
+        let spawner = SpawnThread::start(tokio::runtime::Handle::current()).unwrap();
         let mut spec = sh("true", None);
         spec.program = "/nonexistent/program".into();
-        let err = spawner.spawn(spec).await.unwrap_err();
+        let err = spawner.start_process(spec).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 }

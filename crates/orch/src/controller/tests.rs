@@ -1,0 +1,217 @@
+//! The controller's lifecycle rules on a test double of the spawner (no processes): a
+//! real controller loop, real timers, "processes" that end when the test or a signal says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kit::orch_api::{EventKind, Instance as View, Status};
+use kit::secret::Secret;
+use kit::testing::eventually;
+use nix::sys::signal::Signal;
+
+use super::{Controller, Handle, Setup};
+use crate::events::EventLog;
+use crate::state::StateFile;
+use crate::supervisor::double::{Record, TestSpawner};
+
+/// Generous: the machine may be busy; nothing here takes that long when it is not.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A controller running `services` (manifest lines) on a [`TestSpawner`].
+struct Cluster {
+    handle: Handle,
+    spawner: TestSpawner,
+    events: Arc<EventLog>,
+    run: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(services: &str) -> Self {
+        Self::with(services, TestSpawner::default())
+    }
+
+    fn with(services: &str, spawner: TestSpawner) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let path = dir.path().join("orch.yaml");
+        let text = format!(
+            "apiVersion: orch/v1\nkind: Cluster\nmetadata: {{ name: test }}\nspec:\n  dataDir: {}\n  services:\n{services}",
+            data.display()
+        );
+        std::fs::write(&path, &text).unwrap();
+        let manifest = crate::manifest::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        let events = Arc::new(EventLog::open(None, 1 << 20).unwrap());
+        let control_url = "http://127.0.0.1:9".to_owned();
+        let state = StateFile::new(&data, control_url.clone(), path, "cid".into());
+        let (controller, handle, rx) = Controller::new(Setup {
+            manifest,
+            manifest_text: text,
+            token: Secret::new("registry-token"),
+            cluster_id: "cid".into(),
+            control_url,
+            events: events.clone(),
+            spawner: Arc::new(spawner.clone()),
+            state,
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let run = tokio::spawn(controller.run(rx));
+        Self { handle, spawner, events, run, _dir: dir }
+    }
+
+    async fn instance(&self, name: &str) -> Option<View> {
+        let name = name.to_owned();
+        let list = self.handle.call(|c| c.instances_view(None)).await?;
+        list.instances.into_iter().find(|i| i.name == name)
+    }
+
+    /// Waits until `name` runs (and is ready) in a process other than `not`; its pid.
+    async fn running(&self, name: &str, not: Option<u32>) -> u32 {
+        eventually(DEADLINE, &format!("{name} running"), || async {
+            let i = self.instance(name).await?;
+            (i.status == Status::Running && i.ready && i.pid != not).then_some(i.pid?)
+        })
+        .await
+    }
+
+    /// Waits until `records` holds what `done` looks for.
+    async fn until(&self, what: &str, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+        eventually(DEADLINE, what, || async {
+            let records = self.spawner.records();
+            done(&records).then_some(records)
+        })
+        .await
+    }
+
+    fn kinds(&self, instance: &str) -> Vec<EventKind> {
+        let (events, _) = self.events.since(0, 10_000);
+        events.into_iter().filter(|e| e.instance.as_deref() == Some(instance)).map(|e| e.kind).collect()
+    }
+}
+
+fn signal(name: &str, signal: Signal) -> Record {
+    Record::Signal { name: name.to_owned(), signal }
+}
+
+fn spawns(records: &[Record], name: &str) -> usize {
+    records.iter().filter(|r| matches!(r, Record::Spawned { name: n, .. } if n == name)).count()
+}
+
+const QUIET: &str = "readiness: { enabled: false }";
+
+#[tokio::test]
+async fn a_crash_restarts_at_once_then_after_a_backoff_then_as_a_crash_loop() {
+    let c = Cluster::start(&format!(
+        "    - {{ name: web, command: [/bin/sh], {QUIET}, restart: {{ backoffInitialMs: 300, backoffMaxMs: 300 }} }}\n"
+    ));
+    let mut pid = c.running("web-1", None).await;
+    for _ in 0..6 {
+        assert!(c.spawner.exit(pid, 1));
+        pid = c.running("web-1", Some(pid)).await;
+    }
+    use EventKind::*;
+    let kinds = c.kinds("web-1");
+    let first_restart = &kinds[..5];
+    assert_eq!(first_restart, [Started, Ready, Exited, Restarted, Ready], "the first restart is at once");
+    assert_eq!(&kinds[5..7], [Exited, Backoff], "the second waits: {kinds:?}");
+    let crashloop = kinds.iter().position(|k| *k == Crashloop).expect("a crash loop is reported");
+    let exits_before = kinds[..crashloop].iter().filter(|k| **k == Exited).count();
+    assert_eq!(exits_before, 5, "{kinds:?}");
+    assert_eq!(c.instance("web-1").await.unwrap().restarts, 6);
+}
+
+#[tokio::test]
+async fn a_process_that_cannot_start_is_failed_and_tried_again() {
+    let spawner = TestSpawner::default();
+    spawner.fail("web-1", true);
+    let services = &format!(
+        "    - {{ name: web, command: [/bin/sh], {QUIET}, restart: {{ backoffInitialMs: 1, backoffMaxMs: 5 }} }}\n"
+    );
+    let c = Cluster::with(services, spawner);
+    let failed = |r: &[Record]| r.iter().filter(|r| matches!(r, Record::Failed { .. })).count();
+    c.until("two failed starts", |r| failed(r) >= 2).await;
+    let shown = c.instance("web-1").await.unwrap();
+    assert!(shown.last_exit.is_some_and(|e| e.error.is_some()), "the spawn error is shown");
+    c.spawner.fail("web-1", false);
+    c.running("web-1", None).await;
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_kills_the_process_and_it_comes_back() {
+    // Nothing listens on its port: every liveness check fails.
+    let c = Cluster::start(&format!(
+        "    - {{ name: web, command: [/bin/sh], {QUIET}, liveness: {{ tcp: true, periodMs: 10, failureThreshold: 2 }} }}\n"
+    ));
+    let pid = c.running("web-1", None).await;
+    let records = c.until("a liveness kill and a new process", |r| spawns(r, "web-1") >= 2).await;
+    assert!(records.contains(&signal("web-1", Signal::SIGKILL)), "{records:?}");
+    assert!(!records.contains(&signal("web-1", Signal::SIGTERM)), "a liveness kill is not a drain: {records:?}");
+    assert!(c.spawner.pid("web-1").is_some_and(|p| p != pid));
+    assert!(c.kinds("web-1").contains(&EventKind::LivenessFailed));
+}
+
+#[tokio::test]
+async fn shutdown_stops_dependents_first_then_what_they_depend_on() {
+    let c = Cluster::start(&format!(
+        "    - {{ name: db, command: [/bin/sh], {QUIET} }}\n    - {{ name: app, command: [/bin/sh], {QUIET}, dependsOn: [db], replicas: 2 }}\n"
+    ));
+    for name in ["db-1", "app-1", "app-2"] {
+        c.running(name, None).await;
+    }
+    let started = c.spawner.records();
+    assert!(matches!(&started[0], Record::Spawned { name, .. } if name == "db-1"), "db starts first: {started:?}");
+    c.handle.call(|c| c.call_down()).await.unwrap();
+    tokio::time::timeout(DEADLINE, c.run).await.expect("the controller stops").unwrap();
+    let stops: Vec<Record> = c.spawner.records().into_iter().skip(started.len()).collect();
+    let (app, db) = stops.split_at(2);
+    assert!(app.contains(&signal("app-1", Signal::SIGTERM)) && app.contains(&signal("app-2", Signal::SIGTERM)));
+    assert_eq!(db, [signal("db-1", Signal::SIGTERM)], "then db: {stops:?}");
+}
+
+#[tokio::test]
+async fn a_process_that_outstays_its_grace_period_is_killed() {
+    let spawner = TestSpawner::default();
+    spawner.ignore_term(true);
+    let c = Cluster::with(&format!("    - {{ name: web, command: [/bin/sh], {QUIET}, gracePeriodMs: 1 }}\n"), spawner);
+    c.running("web-1", None).await;
+    let from = c.spawner.records().len();
+    c.handle.call(|c| c.call_down()).await.unwrap();
+    tokio::time::timeout(DEADLINE, c.run).await.expect("the controller stops").unwrap();
+    let stops = c.spawner.records().split_off(from);
+    assert_eq!(stops, [signal("web-1", Signal::SIGTERM), signal("web-1", Signal::SIGKILL)]);
+}
+
+#[tokio::test]
+async fn a_restart_replaces_one_instance_at_a_time_without_counting_a_crash() {
+    let c = Cluster::start(&format!("    - {{ name: web, command: [/bin/sh], {QUIET}, replicas: 2 }}\n"));
+    let before = [c.running("web-1", None).await, c.running("web-2", None).await];
+    let from = c.spawner.records().len();
+    c.handle.call(|c| c.call_restart("web")).await.unwrap().unwrap();
+    let records = c.until("both replaced", |r| spawns(&r[from..], "web-1") + spawns(&r[from..], "web-2") == 2).await;
+    let replaced: Vec<(String, bool)> = records[from..]
+        .iter()
+        .map(|r| match r {
+            Record::Signal { name, .. } => (name.clone(), false),
+            Record::Spawned { name, .. } | Record::Failed { name } => (name.clone(), true),
+        })
+        .collect();
+    let order = [("web-1", false), ("web-1", true), ("web-2", false), ("web-2", true)];
+    assert_eq!(replaced, order.map(|(n, s)| (n.to_owned(), s)), "one at a time");
+    for (name, old) in ["web-1", "web-2"].iter().zip(before) {
+        c.running(name, Some(old)).await;
+        assert_eq!(c.instance(name).await.unwrap().restarts, 0, "a planned replacement is no restart");
+    }
+    eventually(DEADLINE, "the rollout reported", || async {
+        let (events, _) = c.events.since(0, 10_000);
+        events.iter().any(|e| e.kind == EventKind::Rolled).then_some(())
+    })
+    .await;
+
+    // One instance alone: the other keeps its process.
+    let web2 = c.spawner.pid("web-2");
+    let from = c.spawner.records().len();
+    c.handle.call(|c| c.call_restart("web-1")).await.unwrap().unwrap();
+    c.until("web-1 replaced", |r| spawns(&r[from..], "web-1") == 1).await;
+    assert_eq!(c.spawner.pid("web-2"), web2);
+}
