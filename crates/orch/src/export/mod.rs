@@ -118,3 +118,6 @@ pub enum ExportError {
 pub fn kubernetes(manifest: &Manifest, options: &Options) -> Result<Export, ExportError> {
     build::build(manifest, options)
 }
+
+#[cfg(test)]
+mod tests;
