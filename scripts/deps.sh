@@ -12,7 +12,7 @@ need=(
     "python3 python3"
 )
 
-# The Kubernetes export's schema check (crates/orch/src/export/golden_tests.rs) runs the PyPI
+# The Kubernetes export's schema check (crates/orch/src/export/tests.rs) runs the PyPI
 # package kubernetes-validate, which bundles the OpenAPI schemas (offline), from a virtual
 # environment under target/.
 k8s_validate_version=1.37.0
@@ -30,6 +30,10 @@ for pair in "${need[@]}"; do
     read -r cmd pkg <<<"$pair"
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# Debian's python3 makes virtual environments only with python3-venv (ensurepip).
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 if [ ${#missing[@]} -eq 0 ]; then
     k8s_validate_install
     exit 0
