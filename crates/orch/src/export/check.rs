@@ -21,41 +21,12 @@ pub struct External {
 pub fn check(objects: &[Object], external: &External) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
-    let namespaces: BTreeSet<&str> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Namespace(n) => Some(n.metadata.name.as_str()),
-            _ => None,
-        })
-        .collect();
-    let config_maps: BTreeMap<&str, &ConfigMap> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::ConfigMap(c) => Some((c.metadata.name.as_str(), c)),
-            _ => None,
-        })
-        .collect();
-    let secrets: BTreeMap<&str, &Secret> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Secret(s) => Some((s.metadata.name.as_str(), s)),
-            _ => None,
-        })
-        .collect();
-    let deployments: Vec<&Deployment> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Deployment(d) => Some(d),
-            _ => None,
-        })
-        .collect();
-    let services: BTreeMap<&str, &Service> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Service(s) => Some((s.metadata.name.as_str(), s)),
-            _ => None,
-        })
-        .collect();
+    let namespaces = named(objects, |o| if let Object::Namespace(n) = o { Some(n) } else { None });
+    let config_maps = named(objects, |o| if let Object::ConfigMap(c) = o { Some(c) } else { None });
+    let secrets = named(objects, |o| if let Object::Secret(s) = o { Some(s) } else { None });
+    let services = named(objects, |o| if let Object::Service(s) = o { Some(s) } else { None });
+    let deployments: Vec<&Deployment> =
+        objects.iter().filter_map(|o| if let Object::Deployment(d) = o { Some(d) } else { None }).collect();
 
     for object in objects {
         let meta = object.meta();
@@ -75,7 +46,7 @@ pub fn check(objects: &[Object], external: &External) -> Vec<String> {
         match (&meta.namespace, object) {
             (_, Object::Namespace(_)) => {}
             (None, _) => problem("no metadata.namespace".into()),
-            (Some(ns), _) if !namespaces.is_empty() && !namespaces.contains(ns.as_str()) => {
+            (Some(ns), _) if !namespaces.is_empty() && !namespaces.contains_key(ns.as_str()) => {
                 problem(format!("namespace {ns:?} is not among the objects"))
             }
             _ => {}
@@ -227,6 +198,11 @@ fn deployment(
             }
         }
     }
+}
+
+/// The objects `pick` takes, by name.
+fn named<'a, T>(objects: &'a [Object], pick: impl Fn(&'a Object) -> Option<&'a T>) -> BTreeMap<&'a str, &'a T> {
+    objects.iter().filter_map(|o| pick(o).map(|t| (o.meta().name.as_str(), t))).collect()
 }
 
 /// Whether every label of `selector` is among `labels`.

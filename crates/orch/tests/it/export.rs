@@ -8,19 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::{Value, json};
 use serde_yaml::Value as Yaml;
 
-use super::{ORCH, orch, stderr};
+use super::{orch, stderr};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -136,32 +131,17 @@ fn a_stream_on_stdout_holds_every_object() {
     assert_eq!(kinds, ["Namespace", "ConfigMap", "Deployment", "Service"]);
 }
 
-/// The pods started for the test, killed (by their PIDs) when it ends.
-struct Pods {
-    children: Vec<(String, Child)>,
-    logs: PathBuf,
-}
+/// The pods started for the test, each ended by its PID when dropped.
+struct Pods(Vec<e2e::Proc>);
 
 impl Pods {
     /// Starts `orch ARGS` as pod `name` with exactly `env`, serving on `listener` (handed over
     /// as fd 3, as orch and systemd do: no port is ever free for another program to take).
-    fn start(&mut self, name: &str, args: &[String], env: &BTreeMap<String, String>, listener: std::net::TcpListener) {
-        let log = fs::File::create(self.logs.join(format!("{name}.log"))).unwrap();
-        let fd = listener.as_raw_fd();
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#).arg(ORCH).args(args);
-        cmd.env_clear().envs(env).stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-        // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec.
-        #[allow(unsafe_code)]
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        self.children.push((name.to_owned(), cmd.spawn().unwrap()));
+    fn start(&mut self, name: &str, args: &[String], env: &BTreeMap<String, String>, listener: &std::net::TcpListener) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.0.push(e2e::Proc::activated(name, listener, &args, |cmd| {
+            cmd.env_clear().envs(env);
+        }));
     }
 
     /// Polls `check` until it gives a value; after `deadline`, fails with the pods' logs.
@@ -184,23 +164,15 @@ impl Pods {
         }
     }
 
+    /// The last lines of each pod's log.
     fn logs(&self) -> String {
         let mut all = String::new();
-        for (name, _) in &self.children {
-            let log = fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default();
+        for pod in &self.0 {
+            let log = fs::read_to_string(e2e::log_dir().join(format!("{}.log", pod.name))).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            all.push_str(&format!("--- {name}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+            all.push_str(&format!("--- {}\n{}\n", pod.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
         }
         all
-    }
-}
-
-impl Drop for Pods {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
     }
 }
 
@@ -259,7 +231,7 @@ async fn the_exported_configuration_runs_as_a_working_cluster() {
     }
     let map_services = |value: String| services.iter().fold(value, |v, (from, to)| v.replace(from, to));
 
-    let mut running = Pods { children: Vec::new(), logs: dir.path().to_owned() };
+    let mut running = Pods(Vec::new());
     // Started dependents first: the services wait for their dependencies themselves.
     for (d, pod, listener) in pods.into_iter().rev() {
         let container = &d["spec"]["template"]["spec"]["containers"][0];
@@ -293,7 +265,7 @@ async fn the_exported_configuration_runs_as_a_working_cluster() {
         env.insert("DATA_DIR".into(), dir.path().display().to_string());
         let args: Vec<String> =
             container["args"].as_sequence().unwrap().iter().map(|a| expand(&text(a), &env)).collect();
-        running.start(&pod, &args, &env, listener);
+        running.start(&pod, &args, &env, &listener);
     }
 
     let http = reqwest::Client::new();
