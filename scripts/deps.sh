@@ -12,12 +12,32 @@ need=(
     "python3 python3"
 )
 
+# The Kubernetes export's schema check (crates/orch/src/export/tests.rs) runs the PyPI
+# package kubernetes-validate, which bundles the OpenAPI schemas (offline), from a virtual
+# environment under target/.
+k8s_validate_version=1.37.0
+k8s_venv="$(dirname "$0")/../target/k8s-validate"
+k8s_validate_install() {
+    if ! "$k8s_venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qF "$k8s_validate_version"; then
+        echo "deps: installing kubernetes-validate $k8s_validate_version into target/k8s-validate" >&2
+        python3 -m venv "$k8s_venv"
+        "$k8s_venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$k8s_validate_version"
+    fi
+}
+
 missing=()
 for pair in "${need[@]}"; do
     read -r cmd pkg <<<"$pair"
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# Debian's python3 makes virtual environments only with python3-venv (ensurepip).
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+    k8s_validate_install
+    exit 0
+fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "deps: missing ${missing[*]} and no apt-get to install them; install them by hand" >&2
@@ -37,3 +57,4 @@ export DEBIAN_FRONTEND=noninteractive
 lock=(-o DPkg::Lock::Timeout=600)   # wait for another apt run instead of failing
 "${sudo[@]}" apt-get "${lock[@]}" update -qq >/dev/null
 "${sudo[@]}" apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+k8s_validate_install

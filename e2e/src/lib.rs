@@ -62,6 +62,14 @@ impl Proc {
     /// `envs`. The test keeps its own copy of the socket, so a killed and restarted
     /// component keeps its address, as under orch. Output goes to `target/e2e-logs/NAME.log`.
     pub fn component(name: &str, component: &str, listener: &TcpListener, envs: &[(&str, &str)]) -> Self {
+        Self::activated(name, listener, &["run", component], |cmd| {
+            cmd.env("SERVICE_NAME", name).envs(envs.iter().copied());
+        })
+    }
+
+    /// `orch ARGS` serving `listener` through socket activation (fd 3), its environment set
+    /// by `configure`; output to `target/e2e-logs/NAME.log`.
+    pub fn activated(name: &str, listener: &TcpListener, args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
         let fd = listener.as_raw_fd();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -71,14 +79,9 @@ impl Proc {
         let mut cmd = Command::new("/bin/sh");
         // LISTEN_PID must name the process that serves; the shell knows its PID as $$ and
         // exec keeps it.
-        cmd.args(["-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" run "$1""#])
-            .arg(orch_bin())
-            .arg(component)
-            .env("SERVICE_NAME", name)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cloning the log file"))
-            .stderr(log);
+        cmd.args(["-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#]).arg(orch_bin()).args(args);
+        configure(&mut cmd);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("cloning the log file")).stderr(log);
         // SAFETY: dup2 is async-signal-safe; it runs in the forked child before exec.
         #[allow(unsafe_code)]
         unsafe {
@@ -89,7 +92,7 @@ impl Proc {
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("starting orch run");
+        let child = cmd.spawn().expect("starting orch");
         Self { child, name: name.to_owned() }
     }
 

@@ -30,6 +30,7 @@ use crate::access::{self, Sources};
 use crate::manifest::{self, Manifest};
 
 pub mod chaos;
+pub mod export;
 
 pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:3006";
 

@@ -10,6 +10,7 @@
 //! - [`api`]: the control API; [`plane`]: the control plane (`orch apply`);
 //! - [`cli`], [`display`]: the verbs that talk to a running orch, and the console;
 //! - [`run`]: `orch run COMPONENT`, one component in the foreground;
+//! - [`export`]: `orch export kubernetes`, the manifest as Kubernetes objects;
 //! - [`chaos`]: what an `orch chaos` experiment asks for (its experiments run in
 //!   [`controller::chaos`], its verbs are [`cli::chaos`]).
 
@@ -20,6 +21,7 @@ mod cli;
 mod controller;
 mod display;
 mod events;
+mod export;
 mod manifest;
 mod plane;
 mod reconcile;
@@ -124,6 +126,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::chaos::Command,
     },
+    /// Write the cluster as another system's configuration: `orch export kubernetes FILE -o DIR`.
+    Export {
+        #[command(subcommand)]
+        command: cli::export::Command,
+    },
     /// Run one component in the foreground (what `orch apply` launches for each instance).
     Run {
         /// registry, balancer, detector, auth, data or compute
@@ -202,6 +209,7 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
         Command::Down | Command::Delete => cli::down(&client()).await,
         Command::Events { follow, output } => cli::events(&client(), follow, output == Output::Json).await,
         Command::Chaos { command } => cli::chaos::verb(&client(), command).await,
+        Command::Export { command } => cli::export::verb(command),
         Command::Run { .. } => unreachable!("handled before the runtime starts"),
     }
 }

@@ -6,6 +6,7 @@ mod access;
 mod bad_input;
 mod chaos;
 mod cli;
+mod export;
 mod guard;
 mod lifecycle;
 mod run_component;

@@ -1,0 +1,122 @@
+//! `orch export kubernetes`: the verb around [`crate::export`]. It loads the manifest,
+//! draws the secrets (or keeps those of an earlier export into the same directory), builds,
+//! prints the warnings to stderr, writes, then reads back what it wrote and checks it.
+//! `--check FILE|DIR` runs only the checks, on files a user may have edited.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::cli::{Failure, Outcome};
+use crate::export::{self, Database, Options, Secrets, check, write};
+use crate::manifest;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Kubernetes objects for the cluster of FILE: Namespace, ConfigMap, Secret, a Deployment
+    /// and a Service per service, an Ingress to the balancer.
+    Kubernetes(Kubernetes),
+}
+
+#[derive(clap::Args)]
+pub struct Kubernetes {
+    /// The manifest.
+    #[arg(required_unless_present = "check", conflicts_with = "check")]
+    file: Option<PathBuf>,
+    /// A directory (one file per kind, the Secret's 0600), or `-` for one stream on stdout.
+    #[arg(short, long, value_name = "DIR|-", default_value = "-")]
+    output: PathBuf,
+    /// The namespace (default: the manifest's name).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// The image with the `orch` binary (`docker build -t IMAGE .`); also what command
+    /// services run.
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// The database auth, data and compute share (written into the Secret).
+    #[arg(long, value_name = "URL", conflicts_with = "database_secret")]
+    database_url: Option<String>,
+    /// A Secret you made whose key DATABASE_URL is that database.
+    #[arg(long, value_name = "NAME")]
+    database_secret: Option<String>,
+    /// Route this host's `/` to the balancer with an Ingress.
+    #[arg(long, value_name = "HOST")]
+    ingress_host: Option<String>,
+    /// The oldest Kubernetes version to run on.
+    #[arg(long, value_name = "1.N", default_value = "1.29")]
+    kube_version: String,
+    /// Write no Secret: make `<cluster>-secrets` yourself (JWT_SECRET, ORCH_CLUSTER_TOKEN,
+    /// DATABASE_URL).
+    #[arg(long)]
+    no_secrets: bool,
+    /// Only check FILE or DIR (written by an export, maybe edited since).
+    #[arg(long, value_name = "FILE|DIR")]
+    check: Option<PathBuf>,
+}
+
+pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
+    let external =
+        check::External { any_secret: args.no_secrets, secrets: args.database_secret.iter().cloned().collect() };
+    if let Some(path) = &args.check {
+        let count = check_files(path, &external)?;
+        eprintln!("{}: {count} objects, no problems", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let file = args.file.as_deref().expect("clap requires FILE without --check");
+    let manifest = manifest::load(file).map_err(|e| Failure::Usage(e.to_string()))?;
+    let to_stdout = args.output == Path::new("-");
+    let secrets = match args.no_secrets {
+        true => None,
+        false if to_stdout => Some(Secrets::random()),
+        false => Some(write::previous_secrets(&args.output).unwrap_or_else(Secrets::random)),
+    };
+    if to_stdout && secrets.is_some() && std::io::stdout().is_terminal() {
+        return Err(Failure::Usage(
+            "the export holds secrets and stdout is a terminal: write to a directory (-o DIR), pipe it (| kubectl apply -f -), or give --no-secrets".into(),
+        ));
+    }
+    let database = match (args.database_url, args.database_secret) {
+        (Some(url), _) => Some(Database::Url(url)),
+        (None, Some(name)) => Some(Database::Secret(name)),
+        (None, None) => None,
+    };
+    let options = Options {
+        namespace: args.namespace,
+        image: args.image,
+        database,
+        ingress_host: args.ingress_host,
+        kube_version: Some(args.kube_version),
+        secrets,
+    };
+    let export = export::kubernetes(&manifest, &options).map_err(|e| Failure::Usage(e.to_string()))?;
+    for warning in &export.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let objects: Vec<_> = export.objects().cloned().collect();
+    let problems = check::check(&objects, &external);
+    if !problems.is_empty() {
+        return Err(Failure::Runtime(format!("the export fails its own checks (a bug):\n  {}", problems.join("\n  "))));
+    }
+    if to_stdout {
+        print!("{}", write::render(&export.documents));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let files = write::write_dir(&args.output, &export).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let count = check_files(&args.output, &external)?;
+    eprintln!("wrote {count} objects to {}:", args.output.display());
+    for file in files {
+        eprintln!("  {}", file.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `path` and checks its objects; the number of objects, or every problem.
+fn check_files(path: &Path, external: &check::External) -> Result<usize, Failure> {
+    let objects = write::read(path).map_err(|e| Failure::Usage(e.to_string()))?;
+    let problems = check::check(&objects, external);
+    if problems.is_empty() {
+        Ok(objects.len())
+    } else {
+        Err(Failure::Usage(format!("{}: {} problems:\n  {}", path.display(), problems.len(), problems.join("\n  "))))
+    }
+}

@@ -1,0 +1,246 @@
+//! The export of every shipped manifest: golden files (reviewed in diffs; `UPDATE_GOLDEN=1`
+//! rewrites them), the structural checks, and the real Kubernetes schemas of the oldest and
+//! newest supported versions through `kubernetes-validate --strict` (installed by
+//! `scripts/deps.sh` into `target/k8s-validate`; under CI a missing validator fails). Then
+//! what cannot carry over: each refusal and warning.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::*;
+use crate::manifest;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Test-only values: never real secrets in the repository.
+fn test_secrets() -> Secrets {
+    Secrets { jwt_secret: "test-only-jwt-secret".into(), cluster_token: "test-only-cluster-token".into() }
+}
+
+/// Every manifest under `manifests/`, with the options its export is made with.
+fn shipped() -> Vec<(&'static str, Options)> {
+    let base = || Options { secrets: Some(test_secrets()), ..Options::default() };
+    vec![
+        (
+            "cluster.yaml",
+            Options {
+                database: Some(Database::Url("postgres://orch:test-only-password@postgres:5432/orch".into())),
+                ingress_host: Some("orch.example.com".into()),
+                ..base()
+            },
+        ),
+        ("examples/minimal.yaml", base()),
+        (
+            "examples/ten.yaml",
+            Options {
+                namespace: Some("ten-prod".into()),
+                image: Some("registry.example/orch:1.0".into()),
+                database: Some(Database::Secret("ten-database".into())),
+                kube_version: Some("1.37".into()),
+                ..base()
+            },
+        ),
+        ("examples/custom-command.yaml", Options { image: Some("registry.example/netsim-web:1".into()), ..base() }),
+    ]
+}
+
+fn export_of(file: &str, options: &Options) -> Export {
+    let manifest = manifest::load(&root().join("manifests").join(file)).unwrap_or_else(|e| panic!("{e}"));
+    kubernetes(&manifest, options).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn external(options: &Options) -> check::External {
+    let secrets = match &options.database {
+        Some(Database::Secret(name)) => vec![name.clone()],
+        _ => Vec::new(),
+    };
+    check::External { any_secret: options.secrets.is_none(), secrets }
+}
+
+#[test]
+fn every_shipped_manifest_exports_as_its_golden_file() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut stale = Vec::new();
+    for (file, options) in shipped() {
+        let text = write::render(&export_of(file, &options).documents);
+        let golden = root().join("crates/orch/tests/golden").join(file.replace('/', "-"));
+        if update {
+            std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+            std::fs::write(&golden, &text).unwrap();
+        } else if std::fs::read_to_string(&golden).ok().as_deref() != Some(text.as_str()) {
+            stale.push(golden.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "exports differ from the golden files (UPDATE_GOLDEN=1 rewrites them; review the diff): {stale:?}"
+    );
+}
+
+#[test]
+fn every_shipped_export_passes_the_structural_checks_and_reads_back_the_same() {
+    for (file, options) in shipped() {
+        let export = export_of(file, &options);
+        let objects: Vec<Object> = export.objects().cloned().collect();
+        assert_eq!(check::check(&objects, &external(&options)), Vec::<String>::new(), "{file}");
+        let text = write::render(&export.documents);
+        assert_eq!(write::parse(Path::new(file), &text).unwrap(), objects, "{file}");
+    }
+}
+
+/// The validator's binary: `KUBERNETES_VALIDATE`, else the venv of `scripts/deps.sh`.
+fn validator() -> Option<PathBuf> {
+    let path = std::env::var_os("KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/k8s-validate/bin/kubernetes-validate"));
+    path.is_file().then_some(path)
+}
+
+#[test]
+fn every_shipped_export_passes_the_kubernetes_schemas_strictly() {
+    let Some(validator) = validator() else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "kubernetes-validate is missing (CI=true): run scripts/deps.sh");
+        eprintln!(
+            "\n!!! SKIPPED: kubernetes-validate is missing; run scripts/deps.sh (make deps) to check the export against Kubernetes' schemas !!!\n"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (file, options) in shipped() {
+        let out = dir.path().join(file.replace('/', "-").trim_end_matches(".yaml"));
+        files.extend(write::write_dir(&out, &export_of(file, &options)).unwrap());
+    }
+    let newest = format!("1.{}", KUBE_VERSIONS.end());
+    for version in ["1.29", newest.as_str()] {
+        let out = Command::new(&validator)
+            .args(["--strict", "--quiet", "-k", version])
+            .args(&files)
+            .output()
+            .expect("running kubernetes-validate");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !stdout.contains("ERROR"),
+            "kubernetes-validate --strict -k {version} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr).lines().take(20).collect::<Vec<_>>().join("\n")
+        );
+    }
+    // And it does fail: an unknown field is refused in strict mode.
+    let bad = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(&files[3]).unwrap().replace("enableServiceLinks", "enableServiceLinkz");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(&validator).args(["--strict", "--quiet", "-k", "1.29"]).arg(&bad).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("enableServiceLinkz"),
+        "the validator let an unknown field by"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// What cannot carry over
+// ---------------------------------------------------------------------------------------
+
+const HEAD: &str = "apiVersion: orch/v1\nkind: Cluster\nmetadata: { name: t }\nspec:\n  services:\n";
+
+fn try_export(services: &str, options: &Options) -> Result<Export, ExportError> {
+    let manifest = manifest::parse(Path::new("m.yaml"), &format!("{HEAD}{services}")).unwrap_or_else(|e| panic!("{e}"));
+    kubernetes(&manifest, options)
+}
+
+fn with_db() -> Options {
+    Options {
+        database: Some(Database::Url("postgres://db/x".into())),
+        secrets: Some(test_secrets()),
+        ..Options::default()
+    }
+}
+
+#[test]
+fn sqlite_is_refused_for_the_services_that_store() {
+    for component in ["auth", "data", "compute"] {
+        let services = format!("    - {{ name: s, component: {component} }}\n");
+        let err = try_export(&services, &Options { secrets: Some(test_secrets()), ..Options::default() }).unwrap_err();
+        assert!(matches!(err, ExportError::NoDatabase { .. }), "{err}");
+        assert!(err.to_string().contains("--database-url"), "{err}");
+        assert!(try_export(&services, &with_db()).is_ok());
+        let from_secret = Options { database: Some(Database::Secret("db".into())), ..Options::default() };
+        assert!(try_export(&services, &from_secret).is_ok());
+    }
+    let err =
+        try_export("    - { name: d, component: data, env: { DATABASE_URL: 'sqlite://x.db' } }\n", &Options::default());
+    assert!(matches!(err, Err(ExportError::SecretInEnv { .. })), "{err:?}");
+    let err = try_export(
+        "    - { name: r, component: registry }\n",
+        &Options { database: Some(Database::Url("postgres://x".into())), ..Options::default() },
+    );
+    assert_eq!(err.unwrap_err(), ExportError::UrlWithoutSecrets);
+}
+
+#[test]
+fn the_balancers_static_fallback_is_refused() {
+    for env in ["AUTH_PORTS: '3001-3003'", "USE_DYNAMIC_DISCOVERY: 'false'"] {
+        let services = format!("    - {{ name: b, component: balancer, env: {{ {env} }} }}\n");
+        let err = try_export(&services, &with_db()).unwrap_err();
+        assert!(matches!(err, ExportError::StaticFallback { .. }), "{err}");
+    }
+}
+
+#[test]
+fn commands_need_an_image_and_meaningful_placeholders() {
+    let services = "    - { name: web, command: [sh, -c, 'exec httpd -p {port} -n {name}'] }\n";
+    let err = try_export(services, &with_db()).unwrap_err();
+    assert_eq!(err, ExportError::NoImage { service: "web".into() });
+    let options = Options { image: Some("busybox:1".into()), ..with_db() };
+    let export = try_export(services, &options).unwrap();
+    let Object::Deployment(d) = &export.documents[3].object else { panic!("{:?}", export.documents[3]) };
+    let container = &d.spec.template.spec.containers[0];
+    assert_eq!(container.command, ["sh"]);
+    assert_eq!(container.args, ["-c", "exec httpd -p 8080 -n $(SERVICE_NAME)"]);
+    assert!(export.warnings.iter().any(|w| w.contains("nothing does on Kubernetes")), "{:?}", export.warnings);
+
+    let err = try_export("    - { name: web, command: [sh, '{ordinal}'] }\n", &options).unwrap_err();
+    assert!(matches!(err, ExportError::Placeholder { placeholder: "{ordinal}", .. }), "{err}");
+}
+
+#[test]
+fn what_changes_is_warned_and_noted() {
+    let services = "    - name: registry
+      component: registry
+      replicas: 2
+      restart: { policy: OnFailure }
+      readiness: { path: /ready, periodMs: 1500 }
+      gracePeriodMs: 2500
+";
+    let export = try_export(services, &with_db()).unwrap();
+    let warned = |s: &str| assert!(export.warnings.iter().any(|w| w.contains(s)), "{s}: {:?}", export.warnings);
+    warned("the registry runs as one replica, not 2");
+    warned("restart policy OnFailure becomes Always");
+    let doc = &export.documents[3];
+    let Object::Deployment(d) = &doc.object else { panic!() };
+    assert_eq!(d.spec.replicas, 1);
+    assert_eq!(d.spec.strategy.as_ref().unwrap().kind, "Recreate");
+    assert_eq!(d.spec.template.spec.termination_grace_period_seconds, Some(3));
+    let readiness = d.spec.template.spec.containers[0].readiness_probe.as_ref().unwrap();
+    assert_eq!(readiness.period_seconds, 2);
+    let noted = |s: &str| assert!(doc.notes.iter().any(|n| n.contains(s)), "{s}: {:?}", doc.notes);
+    noted("every 1500 ms");
+    noted("rounded up");
+    noted("mapped to Always");
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let services = "    - { name: registry, component: registry }\n";
+    let check = |options: Options, expected: &str| {
+        let err = try_export(services, &options).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+    };
+    check(Options { namespace: Some("Prod".into()), ..with_db() }, "--namespace \"Prod\"");
+    check(Options { ingress_host: Some("http://x".into()), ..with_db() }, "--ingress-host");
+    check(Options { ingress_host: Some("orch.example.com".into()), ..with_db() }, "no balancer");
+    check(Options { kube_version: Some("1.20".into()), ..with_db() }, "from 1.29 to 1.37");
+    check(Options { image: Some("a b".into()), ..with_db() }, "--image");
+}

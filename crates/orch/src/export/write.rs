@@ -1,0 +1,170 @@
+//! The writing apart from the building: an [`Export`] rendered as YAML documents (each with
+//! its notes as comments), written as one file per kind into a directory (the Secret's file
+//! private, 0600) or as one stream; and files read back as objects for `--check`.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::objects::{Object, ReadError};
+use super::{Document, Export, Secrets};
+
+/// The file of each kind, numbered so `kubectl apply -f DIR` creates the Namespace first.
+pub const FILES: [(&str, &str); 6] = [
+    ("Namespace", "00-namespace.yaml"),
+    ("ConfigMap", "10-configmap.yaml"),
+    ("Secret", "20-secret.yaml"),
+    ("Deployment", "30-deployment.yaml"),
+    ("Service", "40-service.yaml"),
+    ("Ingress", "50-ingress.yaml"),
+];
+
+/// Why files could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("{path}: document {index}: {source}")]
+    Object { path: PathBuf, index: usize, source: ReadError },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
+    move |source| WriteError::Io { path: path.to_owned(), source }
+}
+
+/// Documents as one multi-document YAML stream.
+pub fn render<'a>(documents: impl IntoIterator<Item = &'a Document>) -> String {
+    let mut out = String::new();
+    for doc in documents {
+        out.push_str("---\n");
+        for note in &doc.notes {
+            out.push_str("# ");
+            out.push_str(note);
+            out.push('\n');
+        }
+        out.push_str(&serde_yaml::to_string(&doc.object).expect("the objects are plain data"));
+    }
+    out
+}
+
+/// Writes one file per kind into `dir` (created if missing) and removes the files of kinds
+/// this export no longer has; returns the files written.
+pub fn write_dir(dir: &Path, export: &Export) -> Result<Vec<PathBuf>, WriteError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut written = Vec::new();
+    for (kind, file) in FILES {
+        let path = dir.join(file);
+        let docs: Vec<&Document> = export.documents.iter().filter(|d| d.object.kind() == kind).collect();
+        if docs.is_empty() {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
+                _ => continue,
+            }
+        }
+        let mode = if kind == "Secret" { 0o600 } else { 0o644 };
+        write_file(&path, render(docs).as_bytes(), mode)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Writes `path` whole or not at all (a temporary file renamed), created with `mode`.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io(path))
+}
+
+/// The secrets of an earlier export into `dir`, so writing again keeps them (tokens signed
+/// with the old JWT secret stay valid).
+pub fn previous_secrets(dir: &Path) -> Option<Secrets> {
+    let (_, file) = FILES.iter().find(|(kind, _)| *kind == "Secret")?;
+    let objects = read(&dir.join(file)).ok()?;
+    objects.into_iter().find_map(|o| match o {
+        Object::Secret(s) => Some(Secrets {
+            jwt_secret: s.string_data.get("JWT_SECRET")?.clone(),
+            cluster_token: s.string_data.get("ORCH_CLUSTER_TOKEN")?.clone(),
+        }),
+        _ => None,
+    })
+}
+
+/// The objects of a file, or of every `*.yaml`/`*.yml` file of a directory (in name order).
+pub fn read(path: &Path) -> Result<Vec<Object>, WriteError> {
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = fs::read_dir(path)
+            .map_err(io(path))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut objects = Vec::new();
+    for file in files {
+        let text = fs::read_to_string(&file).map_err(io(&file))?;
+        objects.extend(parse(&file, &text)?);
+    }
+    Ok(objects)
+}
+
+/// The objects of a multi-document YAML stream; empty documents are skipped.
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Object>, WriteError> {
+    use serde::Deserialize as _;
+    let mut objects = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| WriteError::Yaml { path: path.to_owned(), message: e.to_string() })?;
+        if value.is_null() {
+            continue;
+        }
+        let object = Object::from_value(value).map_err(|source| WriteError::Object {
+            path: path.to_owned(),
+            index: i + 1,
+            source,
+        })?;
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::objects::{Meta, Namespace};
+
+    #[test]
+    fn a_rendered_stream_reads_back_as_the_same_objects() {
+        let ns = Object::Namespace(Namespace { metadata: Meta { name: "netsim".into(), ..Meta::default() } });
+        let doc = Document { notes: vec!["a note".into()], object: ns.clone() };
+        let text = render([&doc, &doc]);
+        assert!(text.starts_with("---\n# a note\napiVersion: v1\nkind: Namespace\n"), "{text}");
+        assert_eq!(parse(Path::new("x"), &text).unwrap(), vec![ns.clone(), ns]);
+    }
+
+    #[test]
+    fn unknown_kinds_and_versions_are_refused_by_name() {
+        let check = |text: &str, expected: &str| {
+            let err = parse(Path::new("f.yaml"), text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        };
+        check("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n", "kind \"Pod\" is not one the export writes");
+        check("apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n", "expected \"apps/v1\"");
+        check("- 1\n", "not a mapping with apiVersion and kind");
+        check("apiVersion: v1\nkind: Namespace\n", "missing field `metadata`");
+        check("a: [\n", "f.yaml");
+    }
+}
