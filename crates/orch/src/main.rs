@@ -26,6 +26,7 @@ mod reconcile;
 mod run;
 mod state;
 mod supervisor;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
