@@ -11,7 +11,8 @@
 //! - [`cli`], [`display`]: the verbs that talk to a running orch, and the console;
 //! - [`run`]: `orch run COMPONENT`, one component in the foreground;
 //! - [`chaos`]: what an `orch chaos` experiment asks for (its experiments run in
-//!   [`controller::chaos`], its verbs are [`cli::chaos`]).
+//!   [`controller::chaos`], its verbs are [`cli::chaos`]);
+//! - [`verify`]: `orch verify`, a workload under faults, its history checked.
 
 mod access;
 mod api;
@@ -125,6 +126,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::chaos::Command,
     },
+    /// Check the running cluster stays correct under faults: clients through the balancer,
+    /// faults through orch's chaos API, the history checked (exit 0 valid, 1 invalid, 3 unknown).
+    Verify(verify::Options),
     /// Run one component in the foreground (what `orch apply` launches for each instance).
     Run {
         /// registry, balancer, detector, auth, data or compute
@@ -203,6 +207,7 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
         Command::Down | Command::Delete => cli::down(&client()).await,
         Command::Events { follow, output } => cli::events(&client(), follow, output == Output::Json).await,
         Command::Chaos { command } => cli::chaos::verb(&client(), command).await,
+        Command::Verify(options) => verify::verify(&client(), options).await,
         Command::Run { .. } => unreachable!("handled before the runtime starts"),
     }
 }

@@ -155,9 +155,9 @@ pub struct Checked {
     pub explored: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counterexample: Option<Counterexample>,
-    /// Why the answer is unknown.
+    /// Why the answer is unknown, or what made it invalid before any search.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gave_up: Option<String>,
+    pub why: Option<String>,
 }
 
 const HEAD: usize = 0;
@@ -244,12 +244,12 @@ pub fn check(initial: State, ops: &[Op], bound: Bound) -> Checked {
     let mut best: (usize, Vec<u64>, State) = (0, linearized.clone(), initial);
     let mut steps = 0u64;
     let mut entry = list.next[HEAD];
-    let checked = |verdict, explored, counterexample, gave_up: Option<String>| Checked {
+    let checked = |verdict, explored, counterexample, why: Option<String>| Checked {
         verdict,
         ops: ops.len(),
         explored,
         counterexample,
-        gave_up,
+        why,
     };
     while list.next[HEAD] != NIL {
         steps += 1;
@@ -316,6 +316,59 @@ fn counterexample(ops: &[Op], best: &(usize, Vec<u64>, State)) -> Counterexample
         stuck: ops[stuck].id,
         concurrent: concurrent.into_iter().map(|i| ops[i].id).collect(),
     }
+}
+
+/// Simulated histories, for the tests and the benchmark.
+/// `n` operations of `clients` concurrent clients on a real register (from version 1, value 0): each takes effect at
+/// a point inside its interval, so the history is linearizable by construction; some
+/// writes are left unknown (some of those never happen).
+pub fn simulate(n: usize, clients: u64, seed: u64) -> Vec<Op> {
+    let mut rng = super::Rng::new(seed);
+    // Each client's intervals are sequential; points are chosen, then applied in order.
+    let mut plans = Vec::new();
+    let mut free_at = vec![0u64; clients as usize];
+    for id in 0..n as u64 {
+        let c = rng.below(clients) as usize;
+        let call = free_at[c] + rng.below(20);
+        let point = call + 1 + rng.below(30);
+        let ret = point + 1 + rng.below(30);
+        free_at[c] = ret + 1;
+        let kind = rng.below(10);
+        let unknown = rng.below(20) == 0;
+        let happens = !unknown || rng.below(2) == 0;
+        plans.push((point, id, call, ret, kind, unknown, happens));
+    }
+    plans.sort_unstable();
+    let mut state = State { version: 1, value: 0 };
+    let mut ops = Vec::new();
+    for (_, id, call, ret, kind, unknown, happens) in plans {
+        let value = id as u32 + 1;
+        let (input, output) = match kind {
+            0..=3 => (Input::Read, Output::Read(state)),
+            4..=6 => {
+                if happens {
+                    state = State { version: state.version + 1, value };
+                }
+                (Input::Write(value), if unknown { Output::Unknown } else { Output::Written(state.version) })
+            }
+            _ => {
+                let expected = state.version - rng.below(2) as i64;
+                let input = Input::Cas { expected, value };
+                if expected != state.version {
+                    (input, if unknown { Output::Unknown } else { Output::CasFailed })
+                } else {
+                    if happens {
+                        state = State { version: state.version + 1, value };
+                    }
+                    (input, if unknown { Output::Unknown } else { Output::Written(state.version) })
+                }
+            }
+        };
+        let unknown = unknown && !matches!(input, Input::Read);
+        ops.push(Op { id, call, ret: (!unknown).then_some(ret), input, output });
+    }
+    ops.sort_by_key(|o| o.id);
+    ops
 }
 
 #[cfg(test)]

@@ -168,75 +168,10 @@ fn the_counterexample_names_the_stuck_read_and_the_state() {
     assert_eq!(cx.concurrent, vec![6]);
 }
 
-/// A tiny deterministic generator (xorshift), so the simulated histories are the same on
-/// every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-/// `n` operations of `clients` concurrent clients on a real register: each takes effect at
-/// a point inside its interval, so the history is linearizable by construction; some
-/// writes are left unknown (some of those never happen).
-pub(super) fn simulated(n: usize, clients: u64, seed: u64) -> Vec<Op> {
-    let mut rng = Rng(seed | 1);
-    // Each client's intervals are sequential; points are chosen, then applied in order.
-    let mut plans = Vec::new();
-    let mut free_at = vec![0u64; clients as usize];
-    for id in 0..n as u64 {
-        let c = rng.below(clients) as usize;
-        let call = free_at[c] + rng.below(20);
-        let point = call + 1 + rng.below(30);
-        let ret = point + 1 + rng.below(30);
-        free_at[c] = ret + 1;
-        let kind = rng.below(10);
-        let unknown = rng.below(20) == 0;
-        let happens = !unknown || rng.below(2) == 0;
-        plans.push((point, id, call, ret, kind, unknown, happens));
-    }
-    plans.sort_unstable();
-    let mut state = INIT;
-    let mut ops = Vec::new();
-    for (_, id, call, ret, kind, unknown, happens) in plans {
-        let value = id as u32 + 1;
-        let (input, output) = match kind {
-            0..=3 => (Input::Read, Output::Read(state)),
-            4..=6 => {
-                if happens {
-                    state = State { version: state.version + 1, value };
-                }
-                (Input::Write(value), if unknown { Output::Unknown } else { Output::Written(state.version) })
-            }
-            _ => {
-                let expected = state.version - rng.below(2) as i64;
-                let input = Input::Cas { expected, value };
-                if expected != state.version {
-                    (input, if unknown { Output::Unknown } else { Output::CasFailed })
-                } else {
-                    if happens {
-                        state = State { version: state.version + 1, value };
-                    }
-                    (input, if unknown { Output::Unknown } else { Output::Written(state.version) })
-                }
-            }
-        };
-        let unknown = unknown && !matches!(input, Input::Read);
-        ops.push(Op { id, call, ret: (!unknown).then_some(ret), input, output });
-    }
-    ops.sort_by_key(|o| o.id);
-    ops
-}
-
 #[test]
 fn simulated_executions_are_valid_and_a_changed_read_is_caught() {
     for seed in 1..=20 {
-        let mut ops = simulated(300, 5, seed);
+        let mut ops = simulate(300, 5, seed);
         let checked = check(INIT, &ops, Bound::default());
         assert_eq!(checked.verdict, Verdict::Valid, "seed {seed}: {checked:?}");
         // A read that reports a version one ahead of what it saw, with no write in reach,
@@ -257,7 +192,7 @@ fn the_bound_gives_unknown_instead_of_running_on() {
     ops.push(read(100, 200, 210, s(50, 7)));
     let bounded = check(INIT, &ops, Bound { states: 10_000, time: Duration::from_secs(60) });
     assert_eq!(bounded.verdict, Verdict::Unknown);
-    assert!(bounded.gave_up.as_deref().is_some_and(|w| w.contains("10000")), "{bounded:?}");
+    assert!(bounded.why.as_deref().is_some_and(|w| w.contains("10000")), "{bounded:?}");
     let timed = check(INIT, &ops, Bound { states: usize::MAX, time: Duration::ZERO });
     assert_eq!(timed.verdict, Verdict::Unknown);
     // The verdict of several keys is the worst of them.

@@ -72,6 +72,9 @@ pub struct Event {
     /// A job's id (submit ok, poll).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// The HTTP status of the answer, if one came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     /// The instance that answered (the balancer's `X-Upstream-Instance`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
@@ -92,6 +95,7 @@ impl Event {
             value: None,
             version: None,
             job: None,
+            status: None,
             instance: None,
             error: None,
         }
@@ -99,7 +103,17 @@ impl Event {
 
     /// The completion of `self` (an invoke) as `kind` at `time`, with nothing observed yet.
     pub fn complete(&self, kind: Kind, time: u64) -> Self {
-        Self { kind, time, value: None, version: None, job: None, instance: None, error: None, ..self.clone() }
+        Self {
+            kind,
+            time,
+            value: None,
+            version: None,
+            job: None,
+            status: None,
+            instance: None,
+            error: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -142,7 +156,7 @@ impl History {
             out.write_all(b"\n")?;
         }
         for f in &self.faults {
-            serde_json::to_writer(&mut *out, &serde_json::json!({ "fault": f }))?;
+            serde_json::to_writer(&mut *out, &Line::Fault { fault: f.clone() })?;
             out.write_all(b"\n")?;
         }
         Ok(())
