@@ -14,8 +14,10 @@
 //! `jobs`: `POST /api/compute/job` of an `add` with an `Idempotency-Key`, sometimes sent
 //! twice with the same key; after the run every job is read back until it has finished.
 //!
-//! An answer 2xx is `ok`, 4xx `fail` (a definite refusal), anything else (5xx, a timeout,
-//! a lost connection) `info`: the client cannot tell whether it happened.
+//! An answer 2xx is `ok`, 4xx `fail` (a definite refusal), and so is a 5xx the balancer
+//! answered itself before trying any instance (it then names none in
+//! `X-Upstream-Instance`); anything else (another 5xx, a timeout, a lost connection) is
+//! `info`: the client cannot tell whether it happened.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,11 +121,14 @@ impl Answer {
         }
     }
 
-    /// ok on 2xx, fail on 4xx, info otherwise.
+    /// ok on 2xx, fail on 4xx, and on an error the balancer answered without trying any
+    /// instance (no `X-Upstream-Instance`: an injected error, no instance to send it to);
+    /// info otherwise.
     fn kind(&self) -> Kind {
         match self.status {
             Some(200..=299) => Kind::Ok,
             Some(400..=499) => Kind::Fail,
+            Some(_) if self.instance.is_none() => Kind::Fail,
             _ => Kind::Info,
         }
     }
