@@ -50,17 +50,8 @@ async fn the_real_cluster_is_valid_under_faults() {
 async fn a_broken_version_check_is_caught() {
     let cluster = Topology::new().env("data", "DATA_TEST_BREAK_VERSION_CHECK", "true").start().await;
     let out = cluster.path("verify");
-    let run = cluster.cli(&[
-        "verify",
-        "--nemesis",
-        "none",
-        "--for",
-        "10s",
-        "--seed",
-        "7",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run =
+        cluster.cli(&["verify", "--nemesis", "none", "--for", "10s", "--seed", "7", "--out", out.to_str().unwrap()]);
     let (text, err) = (stdout(&run), stderr(&run));
     assert_eq!(run.status.code(), Some(1), "stdout:\n{text}\nstderr:\n{err}");
     assert!(text.contains("verdict: invalid"), "{text}");
