@@ -29,7 +29,8 @@
 //! 11. SIGSTOP (a hung instance) → orch reports a new pid ready;
 //! 12. slowloris: requests answered by the registry and by the balancer (wrk) while
 //!     [`SLOW_CONNECTIONS`] connections each hold a partial request open against it, beside
-//!     the same wrk run without them.
+//!     the same wrk run without them;
+//! 13. `orch verify`'s checker on a generated 10 000-operation history (no cluster needed).
 //!
 //! `BENCH_SECS` (default 5) sets the length of each wrk run. `BENCH_ONLY` runs only the steps
 //! it names, comma-separated, from [`STEPS`] (`BENCH_ONLY=durability,slowloris`); the
@@ -77,7 +78,7 @@ const HEALTHY_STRETCH: Duration = Duration::from_millis(300);
 const SLOW_CONNECTIONS: usize = 2000;
 /// The steps by the names `BENCH_ONLY` takes, in the order they run.
 /// (`memory` is both memory steps.)
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 12] = [
     "coldstart",
     "memory",
     "nginx",
@@ -89,6 +90,7 @@ const STEPS: [&str; 11] = [
     "dashboard",
     "hangs",
     "slowloris",
+    "checker",
 ];
 
 fn main() {
@@ -171,7 +173,7 @@ struct Bench {
 }
 
 /// The order of the table: the list.
-const ORDER: [&str; 24] = [
+const ORDER: [&str; 25] = [
     "coldStartReady",
     "coldStartRoutable",
     "killToAnswer",
@@ -196,6 +198,7 @@ const ORDER: [&str; 24] = [
     "memoryPssAtRest",
     "memoryRssAfterLoad",
     "memoryPssAfterLoad",
+    "checkerOpsPerSecond",
 ];
 
 // ------------------------------------------------------------------------ formatting
@@ -322,8 +325,37 @@ impl Bench {
         if self.wants("slowloris") {
             self.slowloris(&cluster).await;
         }
+        if self.wants("checker") {
+            self.checker();
+        }
         self.progress.note("stopping the cluster");
         tokio::task::block_in_place(|| drop(cluster));
+    }
+
+    /// `orch verify`'s checker alone (no cluster): operations checked per second on a
+    /// generated linearizable history of 10 000 register operations (5 keys, 8 clients, one
+    /// in a hundred writes of unknown outcome), the median of three runs of the binary.
+    fn checker(&mut self) {
+        self.progress.step("orch verify's checker on a 10 000-operation history");
+        let mut rates: Vec<f64> = (0..3)
+            .map(|_| {
+                let out = std::process::Command::new(e2e::orch_bin())
+                    .args(["verify", "--bench-checker", "10000"])
+                    .output()
+                    .expect("running orch verify --bench-checker");
+                let v: Value = serde_json::from_slice(&out.stdout).expect("the checker's figures as JSON");
+                assert_eq!(v["verdict"], "valid", "{v}");
+                v["opsPerSecond"].as_f64().unwrap_or(f64::NAN)
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        let median = rates[1];
+        self.rows.push(
+            Row::new("checkerOpsPerSecond", "orch verify: operations checked per second", median, "ops/s")
+                .shown(format!("{} ops/s", show_count(median)))
+                .how("orch verify --bench-checker 10000: a generated linearizable 10 000-operation register history (5 keys, 8 clients), median of 3")
+                .detail("runs", rates),
+        );
     }
 
     /// Step 1: `orch apply` → ready → routable, [`COLD_STARTS`] times; returns the last cluster.

@@ -239,6 +239,8 @@ async fn update_item(
     }
     let metadata = state.metadata(parsed.metadata)?;
     let expected = expected_version(&headers, parsed.expected_version)?;
+    // The test-only broken version check (see `Config::break_version_check`).
+    let expected = expected.filter(|_| !state.config.break_version_check);
     let fingerprint = idempotency::fingerprint(&[&body, if_match_bytes(&headers)]);
     let scope = format!("PUT /api/data/{key}");
     let change = Change::Update { key, value: parsed.value, metadata, expected };

@@ -82,6 +82,10 @@ pub struct Config {
     /// `IDEMPOTENCY_MAX_KEYS_PER_USER` / `IDEMPOTENCY_MAX_BYTES_PER_USER`: the stored answers
     /// each caller keeps, the oldest evicted first.
     pub idempotency: kit::idempotency::Limits,
+    /// TEST ONLY, debug builds only: `DATA_TEST_BREAK_VERSION_CHECK=true` makes writes ignore
+    /// `If-Match`/`expectedVersion`, a deliberately broken version check that `orch verify`
+    /// must catch. Release builds never read it.
+    pub break_version_check: bool,
 }
 
 impl Config {
@@ -102,6 +106,7 @@ impl Config {
             list_max_limit,
             work: kit::work::SimulatedWork::from_vars(vars, 500)?,
             idempotency: kit::idempotency::Limits::from_vars(vars)?,
+            break_version_check: cfg!(debug_assertions) && vars.flag("DATA_TEST_BREAK_VERSION_CHECK", false)?,
         })
     }
 }

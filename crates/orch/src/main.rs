@@ -12,7 +12,8 @@
 //! - [`run`]: `orch run COMPONENT`, one component in the foreground;
 //! - [`export`]: `orch export kubernetes`, the manifest as Kubernetes objects;
 //! - [`chaos`]: what an `orch chaos` experiment asks for (its experiments run in
-//!   [`controller::chaos`], its verbs are [`cli::chaos`]).
+//!   [`controller::chaos`], its verbs are [`cli::chaos`]);
+//! - [`verify`]: `orch verify`, a workload under faults, its history checked.
 
 mod access;
 mod api;
@@ -28,6 +29,7 @@ mod reconcile;
 mod run;
 mod state;
 mod supervisor;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,6 +133,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::export::Command,
     },
+    /// Check the running cluster stays correct under faults: clients through the balancer,
+    /// faults through orch's chaos API, the history checked (exit 0 valid, 1 invalid, 3 unknown).
+    Verify(verify::Options),
     /// Run one component in the foreground (what `orch apply` launches for each instance).
     Run {
         /// registry, balancer, detector, auth, data or compute
@@ -210,6 +215,7 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
         Command::Events { follow, output } => cli::events(&client(), follow, output == Output::Json).await,
         Command::Chaos { command } => cli::chaos::verb(&client(), command).await,
         Command::Export { command } => cli::export::verb(command),
+        Command::Verify(options) => verify::verify(&client(), options).await,
         Command::Run { .. } => unreachable!("handled before the runtime starts"),
     }
 }

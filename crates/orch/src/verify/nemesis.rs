@@ -1,0 +1,166 @@
+//! The nemesis of a verify run: faults injected through orch's own chaos API
+//! (`POST /api/chaos`: kill, pause, balancer latency and errors) on a schedule drawn from the
+//! seed, each recorded as a fault window of the history.
+//!
+//! The schedule ([`plan`], pure) leaves the first tenth of the run quiet (a baseline) and
+//! the last fifth (the cluster recovers before the run ends, as Jepsen heals before its
+//! final reads); in between, a fault every interval, its kind and target drawn in turn.
+
+use std::time::{Duration, Instant};
+
+use super::Rng;
+use super::history::Fault;
+use crate::chaos::{Action, Request};
+use crate::cli::{Client, Failure};
+
+/// The faults `--nemesis` names, comma-separated (`none`: no fault).
+pub fn parse(raw: &str) -> Result<Vec<Action>, String> {
+    let mut actions = Vec::new();
+    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "none") {
+        let action = match name {
+            "kill" => Action::Kill,
+            "pause" => Action::Pause,
+            "latency" => Action::Latency,
+            "errors" => Action::Errors,
+            "partition" => {
+                return Err("--nemesis partition is not available yet: use kill, pause, latency or errors".into());
+            }
+            other => return Err(format!("unknown nemesis {other:?}: use kill, pause, latency, errors or none")),
+        };
+        if !actions.contains(&action) {
+            actions.push(action);
+        }
+    }
+    Ok(actions)
+}
+
+/// One fault of the schedule.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    /// When, from the run's start.
+    pub at: Duration,
+    pub request: Request,
+    /// How long its window lasts (0 for a kill).
+    pub lasts: Duration,
+}
+
+/// The schedule of a run of `span` over the services `targets`, from `seed`.
+pub fn plan(seed: u64, actions: &[Action], targets: &[String], span: Duration) -> Vec<Planned> {
+    if actions.is_empty() || targets.is_empty() {
+        return Vec::new();
+    }
+    let mut rng = Rng::new(seed ^ 0x6e656d);
+    let every = (span / 8).clamp(Duration::from_secs(2), Duration::from_secs(10));
+    let (mut at, last) = (span / 10, span.mul_f64(0.8));
+    let mut planned = Vec::new();
+    while at < last {
+        let action = actions[rng.below(actions.len() as u64) as usize];
+        let target = targets[rng.below(targets.len() as u64) as usize].clone();
+        // Windows end before the next fault and before the quiet tail.
+        let room = (last - at).min(every);
+        let lasts = |ms: u64| Duration::from_millis(ms).min(room);
+        let (request, lasts) = match action {
+            Action::Kill => (Request { action: Some(action), target, ..Request::default() }, Duration::ZERO),
+            Action::Pause => {
+                let d = lasts(1000 + rng.below(1000));
+                let req = Request { action: Some(action), target, duration_ms: Some(ms(d)), ..Request::default() };
+                (req, d)
+            }
+            Action::Latency => {
+                let d = lasts(1500 + rng.below(1500));
+                let req = Request {
+                    action: Some(action),
+                    target,
+                    for_ms: Some(ms(d)),
+                    latency_ms: Some(100 + rng.below(200)),
+                    percent: Some(50.0),
+                    ..Request::default()
+                };
+                (req, d)
+            }
+            Action::Errors => {
+                let d = lasts(1500 + rng.below(1500));
+                let req = Request {
+                    action: Some(action),
+                    target,
+                    for_ms: Some(ms(d)),
+                    percent: Some(20.0 + rng.below(20) as f64),
+                    status: Some(503),
+                    ..Request::default()
+                };
+                (req, d)
+            }
+        };
+        planned.push(Planned { at, request, lasts });
+        at += every;
+    }
+    planned
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
+/// Runs `planned` against the orch of `client`, `start` being the run's start; the fault
+/// windows as they happened. Balancer faults still running at the end are stopped.
+pub async fn run(client: &Client, planned: Vec<Planned>, start: Instant) -> Vec<Fault> {
+    let micros = |at: Instant| at.saturating_duration_since(start).as_micros() as u64;
+    let mut faults = Vec::new();
+    let mut running = Vec::new();
+    for p in planned {
+        tokio::time::sleep_until((start + p.at).into()).await;
+        let action = p.request.action.map_or("", Action::as_str).to_owned();
+        let target = p.request.target.clone();
+        let began = Instant::now();
+        let body = serde_json::to_value(&p.request).unwrap_or_default();
+        let description = match client.post("/api/chaos", body).await {
+            Ok(v) => {
+                if let (Some(id), false) = (v["id"].as_str(), v["endsAt"].is_null()) {
+                    running.push(id.to_owned());
+                }
+                let what = v["last"].as_str().or(v["description"].as_str()).unwrap_or_default();
+                what.to_owned()
+            }
+            Err(Failure::Usage(e) | Failure::Runtime(e) | Failure::Unreachable(e)) => format!("not injected: {e}"),
+        };
+        let injected = !description.starts_with("not injected");
+        let end = if injected { began + p.lasts } else { began };
+        faults.push(Fault { action, target, start: micros(began), end: micros(end), description });
+    }
+    for id in running {
+        // Ended on its own by now, or ended here: either way the fault is gone.
+        let _ = client.delete(&format!("/api/chaos/{id}")).await;
+    }
+    faults
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nemesis_names() {
+        assert_eq!(parse("kill, pause").unwrap(), vec![Action::Kill, Action::Pause]);
+        assert_eq!(parse("none").unwrap(), vec![]);
+        assert!(parse("partition").unwrap_err().contains("not available"));
+        assert!(parse("kill,flood").unwrap_err().contains("\"flood\""));
+    }
+
+    #[test]
+    fn the_schedule_follows_the_seed_and_stays_inside_the_run() {
+        let targets = vec!["data".to_owned()];
+        let all = [Action::Kill, Action::Pause, Action::Latency, Action::Errors];
+        let span = Duration::from_secs(60);
+        let a = plan(7, &all, &targets, span);
+        let shown = |p: &[Planned]| format!("{p:?}");
+        assert_eq!(shown(&a), shown(&plan(7, &all, &targets, span)));
+        assert_ne!(shown(&a), shown(&plan(8, &all, &targets, span)));
+        assert!(a.len() >= 5, "{a:?}");
+        for p in &a {
+            assert!(p.at >= span / 10 && p.at + p.lasts <= span.mul_f64(0.8), "{p:?}");
+            let spec = crate::chaos::Spec::parse(&p.request, crate::chaos::Names::API).map(|_| ());
+            assert_eq!(spec, Ok(()), "{p:?}");
+        }
+        assert!(plan(7, &[], &targets, span).is_empty());
+    }
+}

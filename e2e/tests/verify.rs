@@ -1,0 +1,64 @@
+//! `orch verify` against a real cluster (the shipped topology, auth required):
+//! - the real data and compute services stay correct for 20 s of register and jobs
+//!   workloads under kill, pause, latency and errors: the verdict is valid (exit 0), and the
+//!   history, results and timeline are written;
+//! - the same run against data instances whose version check is deliberately broken (a
+//!   test-only switch of debug builds, `DATA_TEST_BREAK_VERSION_CHECK`) is invalid
+//!   (exit 1), with a counterexample.
+
+use e2e::cluster::{stderr, stdout};
+use e2e::topology::Topology;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_cluster_is_valid_under_faults() {
+    let cluster = Topology::new().start().await;
+    let out = cluster.path("verify");
+    let run = cluster.cli(&[
+        "verify",
+        "--workload",
+        "all",
+        "--nemesis",
+        "kill,pause,latency,errors",
+        "--for",
+        "20s",
+        "--clients",
+        "8",
+        "--seed",
+        "19",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (text, err) = (stdout(&run), stderr(&run));
+    assert_eq!(run.status.code(), Some(0), "stdout:\n{text}\nstderr:\n{err}");
+    assert!(text.contains("verdict: valid"), "{text}");
+    let results: Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["verdict"], "valid");
+    // The faults were injected, and the clients did real work on every key.
+    let faults = results["faults"].as_array().unwrap();
+    assert!(faults.iter().any(|f| !f["description"].as_str().unwrap().starts_with("not injected")), "{faults:?}");
+    for key in results["registers"].as_array().unwrap() {
+        assert!(key["ops"].as_u64().unwrap() > 10, "{key}");
+    }
+    assert!(results["jobs"]["completed"].as_u64().unwrap() > 10, "{}", results["jobs"]);
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert!(history.lines().count() > 100);
+    assert!(std::fs::read_to_string(out.join("timeline.html")).unwrap().contains("<svg"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_version_check_is_caught() {
+    let cluster = Topology::new().env("data", "DATA_TEST_BREAK_VERSION_CHECK", "true").start().await;
+    let out = cluster.path("verify");
+    let run =
+        cluster.cli(&["verify", "--nemesis", "none", "--for", "10s", "--seed", "7", "--out", out.to_str().unwrap()]);
+    let (text, err) = (stdout(&run), stderr(&run));
+    assert_eq!(run.status.code(), Some(1), "stdout:\n{text}\nstderr:\n{err}");
+    assert!(text.contains("verdict: invalid"), "{text}");
+    assert!(text.contains("counterexample on verify-"), "{text}");
+    let results: Value = serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let invalid: Vec<&Value> =
+        results["registers"].as_array().unwrap().iter().filter(|k| k["verdict"] == "invalid").collect();
+    assert!(!invalid.is_empty());
+    assert!(invalid.iter().all(|k| k["counterexample"]["stuck"].is_u64()), "{invalid:?}");
+}
