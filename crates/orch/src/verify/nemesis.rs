@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::Rng;
 use super::history::Fault;
+use kit::orch_api::Experiment;
+
 use crate::chaos::{Action, Request};
 use crate::cli::{Client, Failure};
 
@@ -112,14 +114,12 @@ pub async fn run(client: &Client, planned: Vec<Planned>, start: Instant) -> Vec<
         let action = p.request.action.map_or("", Action::as_str).to_owned();
         let target = p.request.target.clone();
         let began = Instant::now();
-        let body = serde_json::to_value(&p.request).unwrap_or_default();
-        let description = match client.post("/api/chaos", body).await {
-            Ok(v) => {
-                if let (Some(id), false) = (v["id"].as_str(), v["endsAt"].is_null()) {
-                    running.push(id.to_owned());
+        let description = match client.call::<Experiment>("/api/chaos", &p.request).await {
+            Ok(e) => {
+                if e.ends_at.is_some() {
+                    running.push(e.id.clone());
                 }
-                let what = v["last"].as_str().or(v["description"].as_str()).unwrap_or_default();
-                what.to_owned()
+                e.last.unwrap_or(e.description)
             }
             Err(Failure::Usage(e) | Failure::Runtime(e) | Failure::Unreachable(e)) => format!("not injected: {e}"),
         };
@@ -129,7 +129,7 @@ pub async fn run(client: &Client, planned: Vec<Planned>, start: Instant) -> Vec<
     }
     for id in running {
         // Ended on its own by now, or ended here: either way the fault is gone.
-        let _ = client.delete(&format!("/api/chaos/{id}")).await;
+        let _ = client.delete::<serde::de::IgnoredAny>(&format!("/api/chaos/{id}")).await;
     }
     faults
 }
