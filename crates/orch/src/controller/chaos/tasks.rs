@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::experiments::Why;
+use super::experiments::{PostedFault, Why};
 use super::faults::{Balancer, BalancerClient};
 use crate::chaos::Spec;
 use crate::controller::{CallError, Handle};
@@ -22,6 +22,16 @@ pub enum Begun {
     /// A balancer fault to post to these balancer instances, then to report back with
     /// `chaos_faults_posted`.
     Faults { id: u64, balancers: Vec<Balancer>, body: Value, client: BalancerClient },
+}
+
+/// What ending an experiment finds on the controller.
+pub enum Ending {
+    /// No such experiment.
+    Unknown,
+    /// It is ending already (stopped, or its time is up).
+    Already,
+    /// It ends now: these balancer faults are to be removed, with this client.
+    Now { faults: Vec<PostedFault>, client: BalancerClient },
 }
 
 /// `POST /api/chaos`: starts an experiment. Runs as its own task, so a client that goes
@@ -45,14 +55,14 @@ pub async fn start(handle: Handle, spec: Spec) -> Result<Value, CallError> {
 }
 
 /// Ends experiment `id`: the controller resumes what it paused and hands over its balancer
-/// faults, which are removed before it is gone from the list. `None`: no such experiment
-/// (`Some(None)`: it was already ending).
-pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Option<Value>> {
-    let Some((faults, client)) = handle.call(move |c| c.chaos_ending(id, why)).await?? else {
-        return Some(None);
+/// faults, which are removed before it is gone from the list. The experiment as it ended;
+/// `None` if there was none to end (unknown, already ending, or orch is stopping).
+pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Value> {
+    let Ending::Now { faults, client } = handle.call(move |c| c.chaos_ending(id, why)).await? else {
+        return None;
     };
     client.delete_all(&faults).await;
-    handle.call(move |c| c.chaos_ended(id, why)).await
+    handle.call(move |c| c.chaos_ended(id, why)).await?
 }
 
 /// `DELETE /api/chaos[/:id]`: ends one experiment, or all; the stopped ones.
@@ -67,7 +77,7 @@ pub async fn stop(handle: Handle, id: Option<String>) -> Result<Value, CallError
     };
     let ends = ids.iter().map(|&id| {
         let handle = handle.clone();
-        async move { finish(&handle, id, Why::Stopped).await.flatten() }
+        async move { finish(&handle, id, Why::Stopped).await }
     });
     let stopped: Vec<Value> = futures_util::future::join_all(ends).await.into_iter().flatten().collect();
     Ok(json!({ "stopped": stopped }))
