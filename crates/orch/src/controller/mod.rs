@@ -122,7 +122,8 @@ pub struct Setup {
     pub cluster_id: String,
     pub control_url: String,
     pub events: Arc<EventLog>,
-    /// Starts and signals the processes: a [`SpawnThread`](crate::supervisor::spawn::SpawnThread), or a test double.
+    /// Starts and signals the processes: a
+    /// [`SpawnThread`](crate::supervisor::spawn::SpawnThread), or a test double.
     pub spawner: Arc<dyn Spawner>,
     pub state: StateFile,
 }
@@ -150,6 +151,7 @@ pub struct Controller {
     signals: u32,
     last_error: Option<String>,
     reload_at: Option<tokio::time::Instant>,
+    /// When the loop must reconcile again at the latest: the plan's requeue, or now.
     requeue: Option<Instant>,
     progress: watch::Sender<Progress>,
     finished: bool,
