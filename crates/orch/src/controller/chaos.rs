@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use self::experiments::{Experiment, MAX_EXPERIMENTS, Paused, PostedFault, Target, Why, random_below};
 use self::faults::{Balancer, BalancerClient};
-use self::tasks::Begun;
+use self::tasks::{Begun, Ending};
 use super::{CallError, Controller, Handle};
 use crate::chaos::{Action, Spec, show};
 use crate::events::Kind as EventKind;
@@ -205,7 +205,7 @@ impl Controller {
     /// Experiment `id`'s time is up: it ends now, or once its balancer faults are removed
     /// (outside the controller).
     fn chaos_expire(&mut self, id: u64) {
-        let Some(Some((faults, client))) = self.chaos_ending(id, Why::Expired) else { return };
+        let Ending::Now { faults, client } = self.chaos_ending(id, Why::Expired) else { return };
         if faults.is_empty() {
             self.chaos_ended(id, Why::Expired);
             return;
@@ -427,12 +427,11 @@ impl Controller {
     }
 
     /// Ends experiment `id` on the controller: no more deadlines, and what it paused resumes;
-    /// its balancer faults are handed back to be removed. `None`: no such experiment;
-    /// `Some(None)`: it is ending already.
-    pub fn chaos_ending(&mut self, id: u64, why: Why) -> Option<Option<(Vec<PostedFault>, BalancerClient)>> {
-        let e = self.chaos.active.get_mut(&id)?;
+    /// its balancer faults are handed back to be removed.
+    pub fn chaos_ending(&mut self, id: u64, why: Why) -> Ending {
+        let Some(e) = self.chaos.active.get_mut(&id) else { return Ending::Unknown };
         if e.ending {
-            return Some(None);
+            return Ending::Already;
         }
         e.ending = true;
         let paused = std::mem::take(&mut e.paused);
@@ -442,7 +441,7 @@ impl Controller {
         for p in &paused {
             self.chaos_continue(&target, p);
         }
-        Some(Some((faults, self.balancer_client())))
+        Ending::Now { faults, client: self.balancer_client() }
     }
 
     /// Experiment `id` has ended (its faults are removed): gone from the list.
@@ -468,7 +467,7 @@ impl Controller {
     /// can stop gracefully; the balancer's faults are removed in the background).
     pub(super) fn chaos_shutdown(&mut self) {
         for id in self.chaos_ids() {
-            if let Some(Some((faults, client))) = self.chaos_ending(id, Why::Shutdown)
+            if let Ending::Now { faults, client } = self.chaos_ending(id, Why::Shutdown)
                 && !faults.is_empty()
             {
                 tokio::spawn(async move { client.delete_all(&faults).await });

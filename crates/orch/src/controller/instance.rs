@@ -1,5 +1,7 @@
-//! One instance as the controller tracks it, and how the API shows it
-//! ([`kit::orch_api::Instance`]).
+//! One instance as the controller tracks it: its [`State`], an enum whose variants carry
+//! what each phase has (a process only while one runs), and what is derived from it (the
+//! API's [`Status`] and readiness, the reconciler's [`Phase`], the API's
+//! [`kit::orch_api::Instance`]).
 
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -146,21 +146,12 @@ impl Controller {
         let (restarts, port) = (instance.restarts, instance.slot.port);
         log.note(&format!("started {name} (pid {pid}, port {port})"));
         self.state.child_started(&name, pid);
-        if after_crash {
-            self.events.emit(
-                EventKind::Restarted,
-                Some(&id.service),
-                Some(&name),
-                format!("{name} restarted (pid {pid}, restart {restarts})"),
-            );
+        let (kind, message) = if after_crash {
+            (EventKind::Restarted, format!("{name} restarted (pid {pid}, restart {restarts})"))
         } else {
-            self.events.emit(
-                EventKind::Started,
-                Some(&id.service),
-                Some(&name),
-                format!("{name} started (pid {pid}, port {port})"),
-            );
-        }
+            (EventKind::Started, format!("{name} started (pid {pid}, port {port})"))
+        };
+        self.events.emit(kind, Some(&id.service), Some(&name), message);
         if service.readiness.check == Check::None {
             self.on_probe(&id, generation, ProbeKind::Readiness, true, String::new());
         } else {
@@ -317,21 +308,15 @@ impl Controller {
         instance.state = State::Backoff { exit, until, crashloop };
         let wait = until.saturating_duration_since(Instant::now()).as_millis();
         let (name, streak) = (instance.name.clone(), instance.crash_streak);
-        if crashloop && was != Status::Crashloop {
-            self.events.emit(
+        let (kind, message) = if crashloop && was != Status::Crashloop {
+            (
                 EventKind::Crashloop,
-                Some(&id.service),
-                Some(&name),
                 format!("{name} is crash-looping ({streak} crashes in a row); next restart in {wait} ms"),
-            );
+            )
         } else {
-            self.events.emit(
-                EventKind::Backoff,
-                Some(&id.service),
-                Some(&name),
-                format!("{name} restarts in {wait} ms ({streak} crashes in a row)"),
-            );
-        }
+            (EventKind::Backoff, format!("{name} restarts in {wait} ms ({streak} crashes in a row)"))
+        };
+        self.events.emit(kind, Some(&id.service), Some(&name), message);
     }
 
     /// SIGKILL for a process that failed its liveness probe (the restart policy brings it back).

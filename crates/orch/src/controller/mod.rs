@@ -15,6 +15,14 @@
 //! the spawner thread; a planned stop (deregister, wait for the balancer, SIGTERM, SIGKILL
 //! after the grace period) runs as a task of its own, and the process's exit comes back
 //! as an event.
+//!
+//! The files: [`event_loop`] (the loop, `step`, the one wake time), [`apply`] (the
+//! manifest's way in, the diff, the slots, the calls that change what is desired),
+//! [`lifecycle`] (actions and each instance's transitions), [`launch`] (the pure
+//! `launch_spec`), [`instance`] (an instance and its [`State`](instance::State)), `views`
+//! and `change` (the API's wire types), [`chaos`] (the experiments). Processes are
+//! started and signalled through a [`Spawner`], so the lifecycle rules are tested on a
+//! double (see `tests`).
 
 mod apply;
 mod change;
@@ -114,7 +122,8 @@ pub struct Setup {
     pub cluster_id: String,
     pub control_url: String,
     pub events: Arc<EventLog>,
-    /// Starts and signals the processes: a [`SpawnThread`](crate::supervisor::spawn::SpawnThread), or a test double.
+    /// Starts and signals the processes: a
+    /// [`SpawnThread`](crate::supervisor::spawn::SpawnThread), or a test double.
     pub spawner: Arc<dyn Spawner>,
     pub state: StateFile,
 }
@@ -142,6 +151,7 @@ pub struct Controller {
     signals: u32,
     last_error: Option<String>,
     reload_at: Option<tokio::time::Instant>,
+    /// When the loop must reconcile again at the latest: the plan's requeue, or now.
     requeue: Option<Instant>,
     progress: watch::Sender<Progress>,
     finished: bool,

@@ -153,20 +153,21 @@ async fn a_failing_liveness_probe_kills_the_process_and_it_comes_back() {
 
 #[tokio::test]
 async fn shutdown_stops_dependents_first_then_what_they_depend_on() {
+    // `base` sorts first: stopping in the instances' order would stop it first.
     let c = Cluster::start(&format!(
-        "    - {{ name: db, command: [/bin/sh], {QUIET} }}\n    - {{ name: app, command: [/bin/sh], {QUIET}, dependsOn: [db], replicas: 2 }}\n"
+        "    - {{ name: base, command: [/bin/sh], {QUIET} }}\n    - {{ name: web, command: [/bin/sh], {QUIET}, dependsOn: [base], replicas: 2 }}\n"
     ));
-    for name in ["db-1", "app-1", "app-2"] {
+    for name in ["base-1", "web-1", "web-2"] {
         c.running(name, None).await;
     }
     let started = c.spawner.records();
-    assert!(matches!(&started[0], Record::Spawned { name, .. } if name == "db-1"), "db starts first: {started:?}");
+    assert!(matches!(&started[0], Record::Spawned { name, .. } if name == "base-1"), "base starts first: {started:?}");
     c.handle.call(|c| c.call_down()).await.unwrap();
     tokio::time::timeout(DEADLINE, c.run).await.expect("the controller stops").unwrap();
     let stops: Vec<Record> = c.spawner.records().into_iter().skip(started.len()).collect();
-    let (app, db) = stops.split_at(2);
-    assert!(app.contains(&signal("app-1", Signal::SIGTERM)) && app.contains(&signal("app-2", Signal::SIGTERM)));
-    assert_eq!(db, [signal("db-1", Signal::SIGTERM)], "then db: {stops:?}");
+    let (web, base) = stops.split_at(2);
+    assert!(web.contains(&signal("web-1", Signal::SIGTERM)) && web.contains(&signal("web-2", Signal::SIGTERM)));
+    assert_eq!(base, [signal("base-1", Signal::SIGTERM)], "then base: {stops:?}");
 }
 
 #[tokio::test]

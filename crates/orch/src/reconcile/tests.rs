@@ -149,6 +149,20 @@ fn scale_down_drains_highest_ordinals_first() {
     );
 }
 
+/// In a rollout of `web` (of [`steady`]): web-1's replacement, of `revision`, starts (the
+/// rollout waits), then is ready (web-2 goes next).
+fn web_1_replaced_then_web_2_goes(d: &Desired, o: &mut [Observed], revision: u64, now: Instant) {
+    o[1] = with(running("web", 1), |o| {
+        o.revision = revision;
+        o.phase = Phase::Starting;
+        o.ready = false;
+    });
+    assert_eq!(reconcile(d, o, now).actions, vec![], "{o:#?}");
+    o[1].phase = Phase::Running;
+    o[1].ready = true;
+    assert_eq!(reconcile(d, o, now).actions, vec![drain("web", 2, StopReason::Replace)], "{o:#?}");
+}
+
 #[test]
 fn spec_change_rolls_one_instance_at_a_time() {
     let (mut d, mut o) = steady();
@@ -163,15 +177,7 @@ fn spec_change_rolls_one_instance_at_a_time() {
     o[1].phase = Phase::Exited { at: now, success: true, planned: true };
     check(&o, vec![Action::Start(id("web", 1))]);
     // The replacement must be ready before the next old instance goes.
-    o[1] = with(running("web", 1), |o| {
-        o.revision = 2;
-        o.phase = Phase::Starting;
-        o.ready = false;
-    });
-    check(&o, vec![]);
-    o[1].phase = Phase::Running;
-    o[1].ready = true;
-    check(&o, vec![drain("web", 2, StopReason::Replace)]);
+    web_1_replaced_then_web_2_goes(&d, &mut o, 2, now);
     // A replacement that crashes halts the rollout.
     o[1].phase = Phase::Exited { at: now, success: false, planned: false };
     o[1].crash_streak = 2;
@@ -198,14 +204,7 @@ fn marked_instances_are_replaced_like_a_spec_change_one_at_a_time() {
     o[1].phase = Phase::Exited { at: now, success: true, planned: true };
     check(&o, vec![Action::Start(id("web", 1))]);
     // The new process is not marked; the next goes once it is ready.
-    o[1] = with(running("web", 1), |o| {
-        o.phase = Phase::Starting;
-        o.ready = false;
-    });
-    check(&o, vec![]);
-    o[1].phase = Phase::Running;
-    o[1].ready = true;
-    check(&o, vec![drain("web", 2, StopReason::Replace)]);
+    web_1_replaced_then_web_2_goes(&d, &mut o, 1, now);
     // A marked instance that stays down per its policy starts again.
     let (d, mut o) = steady();
     o[2].phase = Phase::Done { success: true };

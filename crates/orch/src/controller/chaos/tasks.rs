@@ -7,7 +7,7 @@
 use balancer::faults::FaultSpec;
 use kit::orch_api::{Experiment, StoppedExperiments};
 
-use super::experiments::Why;
+use super::experiments::{PostedFault, Why};
 use super::faults::{Balancer, BalancerClient};
 use crate::chaos::Spec;
 use crate::controller::{CallError, Handle};
@@ -23,6 +23,16 @@ pub enum Begun {
     /// A balancer fault to post to these balancer instances, then to report back with
     /// `chaos_faults_posted`.
     Faults { id: u64, balancers: Vec<Balancer>, body: FaultSpec, client: BalancerClient },
+}
+
+/// What ending an experiment finds on the controller.
+pub enum Ending {
+    /// No such experiment.
+    Unknown,
+    /// It is ending already (stopped, or its time is up).
+    Already,
+    /// It ends now: these balancer faults are to be removed, with this client.
+    Now { faults: Vec<PostedFault>, client: BalancerClient },
 }
 
 /// `POST /api/chaos`: starts an experiment. Runs as its own task, so a client that goes
@@ -46,14 +56,14 @@ pub async fn start(handle: Handle, spec: Spec) -> Result<Experiment, CallError> 
 }
 
 /// Ends experiment `id`: the controller resumes what it paused and hands over its balancer
-/// faults, which are removed before it is gone from the list. `None`: no such experiment
-/// (`Some(None)`: it was already ending).
-pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Option<Experiment>> {
-    let Some((faults, client)) = handle.call(move |c| c.chaos_ending(id, why)).await?? else {
-        return Some(None);
+/// faults, which are removed before it is gone from the list. The experiment as it ended;
+/// `None` if there was none to end (unknown, already ending, or orch is stopping).
+pub async fn finish(handle: &Handle, id: u64, why: Why) -> Option<Experiment> {
+    let Ending::Now { faults, client } = handle.call(move |c| c.chaos_ending(id, why)).await? else {
+        return None;
     };
     client.delete_all(&faults).await;
-    handle.call(move |c| c.chaos_ended(id, why)).await
+    handle.call(move |c| c.chaos_ended(id, why)).await?
 }
 
 /// `DELETE /api/chaos[/:id]`: ends one experiment, or all; the stopped ones.
@@ -68,7 +78,7 @@ pub async fn stop(handle: Handle, id: Option<String>) -> Result<StoppedExperimen
     };
     let ends = ids.iter().map(|&id| {
         let handle = handle.clone();
-        async move { finish(&handle, id, Why::Stopped).await.flatten() }
+        async move { finish(&handle, id, Why::Stopped).await }
     });
     let stopped = futures_util::future::join_all(ends).await.into_iter().flatten().collect();
     Ok(StoppedExperiments { stopped })
