@@ -374,20 +374,17 @@ impl Ctx<'_> {
         }
         let stores = matches!(component, Some(Component::Auth | Component::Data | Component::Compute));
         let merged: BTreeMap<&String, &String> = self.manifest.env.iter().chain(&service.env).collect();
-        for var in ["JWT_SECRET", "DATABASE_URL"] {
-            if merged.contains_key(&var.to_owned()) {
-                let fix = if var == "DATABASE_URL" {
-                    "give it with --database-url or --database-secret"
-                } else {
-                    "the export's Secret holds it"
-                };
-                if var == "DATABASE_URL" && self.options.database.is_some() && stores {
-                    self.warnings
-                        .push(format!("service {name}: DATABASE_URL from the manifest is replaced by the option"));
-                } else {
-                    return Err(ExportError::SecretInEnv { service: name.into(), var: var.into(), fix });
-                }
+        if merged.contains_key(&"JWT_SECRET".to_owned()) {
+            let fix = "the export's Secret holds it (or yours, with --no-secrets)";
+            return Err(ExportError::SecretInEnv { service: name.into(), var: "JWT_SECRET".into(), fix });
+        }
+        if merged.contains_key(&"DATABASE_URL".to_owned()) {
+            if self.options.database.is_none() {
+                let fix = "give it with --database-url or --database-secret";
+                return Err(ExportError::SecretInEnv { service: name.into(), var: "DATABASE_URL".into(), fix });
             }
+            let used = if stores { "replaced by the database option" } else { "dropped (it uses no database)" };
+            self.warnings.push(format!("service {name}: DATABASE_URL from the manifest's env is {used}"));
         }
         if component == Some(Component::Balancer) {
             for var in merged.keys() {

@@ -172,6 +172,16 @@ fn sqlite_is_refused_for_the_services_that_store() {
     let err =
         try_export("    - { name: d, component: data, env: { DATABASE_URL: 'sqlite://x.db' } }\n", &Options::default());
     assert!(matches!(err, Err(ExportError::SecretInEnv { .. })), "{err:?}");
+    // Given in spec.env, with the option: replaced where it is used, dropped elsewhere.
+    let text = format!(
+        "apiVersion: orch/v1\nkind: Cluster\nmetadata: {{ name: t }}\nspec:\n  env: {{ DATABASE_URL: 'sqlite://x.db' }}\n  services:\n{}",
+        "    - { name: r, component: registry }\n    - { name: d, component: data }\n"
+    );
+    let manifest = manifest::parse(Path::new("m.yaml"), &text).unwrap();
+    let export = kubernetes(&manifest, &with_db()).unwrap();
+    assert_eq!(export.warnings.iter().filter(|w| w.contains("DATABASE_URL from the manifest's env")).count(), 2);
+    let rendered = write::render(&export.documents);
+    assert!(!rendered.contains("sqlite://x.db"), "{rendered}");
     let err = try_export(
         "    - { name: r, component: registry }\n",
         &Options { database: Some(Database::Url("postgres://x".into())), ..Options::default() },
