@@ -344,3 +344,40 @@ fn secrets_are_never_printed_to_a_terminal() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("kind: Deployment"));
 }
+
+/// `--check` also holds the files against Kubernetes' schemas when `kubernetes-validate` is
+/// at hand (`KUBERNETES_VALIDATE` here: the venv of `scripts/deps.sh`): an unknown field,
+/// which the structural checks do not see, is reported.
+#[test]
+fn check_runs_the_schemas_when_the_validator_is_at_hand() {
+    let validator = repo().join("target/k8s-validate/bin/kubernetes-validate");
+    if !validator.is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "kubernetes-validate is missing (CI=true): run scripts/deps.sh"
+        );
+        eprintln!("SKIPPED: kubernetes-validate is missing; run scripts/deps.sh");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(dir.path(), &["--database-url", "postgres://db/orch"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let k8s = dir.path().join("k8s");
+    let check = |version: &str| {
+        Command::new(super::ORCH)
+            .args(["export", "kubernetes", "--check", k8s.to_str().unwrap(), "--kube-version", version])
+            .env("KUBERNETES_VALIDATE", &validator)
+            .output()
+            .unwrap()
+    };
+    for version in ["1.29", "1.37"] {
+        let out = check(version);
+        assert!(out.status.success(), "{version}: {}", stderr(&out));
+    }
+    let deployments = k8s.join("30-deployment.yaml");
+    let text = fs::read_to_string(&deployments).unwrap();
+    fs::write(&deployments, text.replacen("enableServiceLinks:", "enableServiceLink:", 1)).unwrap();
+    let out = check("1.29");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("'enableServiceLink' was unexpected"), "{}", stderr(&out));
+}
