@@ -59,6 +59,7 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
     let external =
         check::External { any_secret: args.no_secrets, secrets: args.database_secret.iter().cloned().collect() };
     if let Some(path) = &args.check {
+        export::check_kube_version(&args.kube_version).map_err(|e| Failure::Usage(e.to_string()))?;
         let count = check_files(path, &external, &args.kube_version)?;
         eprintln!("{}: {count} objects, no problems", path.display());
         return Ok(ExitCode::SUCCESS);

@@ -85,11 +85,7 @@ fn check_options(manifest: &Manifest, options: &Options, namespace: &str) -> Res
         }
     }
     if let Some(v) = &options.kube_version {
-        let minor = v.strip_prefix("1.").and_then(|m| m.split('.').next()).and_then(|m| m.parse::<u32>().ok());
-        if !minor.is_some_and(|m| KUBE_VERSIONS.contains(&m)) {
-            let expected = format!("a version from 1.{} to 1.{}", KUBE_VERSIONS.start(), KUBE_VERSIONS.end());
-            return Err(bad("--kube-version", v, &expected));
-        }
+        check_kube_version(v)?;
     }
     match &options.database {
         Some(Database::Url(url)) if options.secrets.is_none() => {
@@ -105,6 +101,19 @@ fn check_options(manifest: &Manifest, options: &Options, namespace: &str) -> Res
         _ => {}
     }
     Ok(())
+}
+
+/// `1.N` (or `1.N.P`) with N among [`KUBE_VERSIONS`].
+pub fn check_kube_version(v: &str) -> Result<(), ExportError> {
+    let minor = v.strip_prefix("1.").and_then(|m| m.split('.').next()).and_then(|m| m.parse::<u32>().ok());
+    if minor.is_some_and(|m| KUBE_VERSIONS.contains(&m)) {
+        return Ok(());
+    }
+    Err(ExportError::Option {
+        option: "--kube-version",
+        value: v.to_owned(),
+        expected: format!("a version from 1.{} to 1.{}", KUBE_VERSIONS.start(), KUBE_VERSIONS.end()),
+    })
 }
 
 impl Ctx<'_> {
