@@ -279,7 +279,10 @@ impl Ctx<'_> {
         };
         let svc_notes = match component {
             Some(Component::Detector) => {
-                vec!["the dashboard: kubectl port-forward service/{name} PORT".replace("{name}", name)]
+                let ns = &self.namespace;
+                vec![format!(
+                    "the dashboard: kubectl -n {ns} port-forward service/{name} {port}, then http://localhost:{port}"
+                )]
             }
             _ => Vec::new(),
         };
