@@ -1,7 +1,8 @@
 //! `orch export kubernetes`: the verb around [`crate::export`]. It loads the manifest,
 //! draws the secrets (or keeps those of an earlier export into the same directory), builds,
 //! prints the warnings to stderr, writes, then reads back what it wrote and checks it.
-//! `--check FILE|DIR` runs only the checks, on files a user may have edited.
+//! `--check FILE|DIR` runs only the checks, on files a user may have edited: the structural
+//! ones, then `kubernetes-validate --strict` when it is at hand.
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -58,7 +59,8 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
     let external =
         check::External { any_secret: args.no_secrets, secrets: args.database_secret.iter().cloned().collect() };
     if let Some(path) = &args.check {
-        let count = check_files(path, &external)?;
+        export::check_kube_version(&args.kube_version).map_err(|e| Failure::Usage(e.to_string()))?;
+        let count = check_files(path, &external, &args.kube_version)?;
         eprintln!("{}: {count} objects, no problems", path.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -80,12 +82,13 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
         (None, Some(name)) => Some(Database::Secret(name)),
         (None, None) => None,
     };
+    let options_version = args.kube_version.clone();
     let options = Options {
         namespace: args.namespace,
         image: args.image,
         database,
         ingress_host: args.ingress_host,
-        kube_version: Some(args.kube_version),
+        kube_version: Some(args.kube_version.clone()),
         secrets,
     };
     let export = export::kubernetes(&manifest, &options).map_err(|e| Failure::Usage(e.to_string()))?;
@@ -102,7 +105,7 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     let files = write::write_dir(&args.output, &export).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let count = check_files(&args.output, &external)?;
+    let count = check_files(&args.output, &external, &options_version)?;
     eprintln!("wrote {count} objects to {}:", args.output.display());
     for file in files {
         eprintln!("  {}", file.display());
@@ -110,13 +113,44 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads `path` and checks its objects; the number of objects, or every problem.
-fn check_files(path: &Path, external: &check::External) -> Result<usize, Failure> {
+/// Reads `path` and checks its objects, then against Kubernetes' schemas when
+/// `kubernetes-validate` is at hand; the number of objects, or every problem.
+fn check_files(path: &Path, external: &check::External, kube_version: &str) -> Result<usize, Failure> {
     let objects = write::read(path).map_err(|e| Failure::Usage(e.to_string()))?;
     let problems = check::check(&objects, external);
-    if problems.is_empty() {
-        Ok(objects.len())
-    } else {
-        Err(Failure::Usage(format!("{}: {} problems:\n  {}", path.display(), problems.len(), problems.join("\n  "))))
+    if !problems.is_empty() {
+        return Err(Failure::Usage(format!(
+            "{}: {} problems:\n  {}",
+            path.display(),
+            problems.len(),
+            problems.join("\n  ")
+        )));
     }
+    schemas(path, kube_version)?;
+    Ok(objects.len())
+}
+
+/// `kubernetes-validate --strict` (`KUBERNETES_VALIDATE`, else on the `PATH`) over `path`.
+fn schemas(path: &Path, kube_version: &str) -> Result<(), Failure> {
+    let validator = std::env::var_os("KUBERNETES_VALIDATE").map(PathBuf::from).or_else(|| {
+        let paths = std::env::var_os("PATH")?;
+        std::env::split_paths(&paths).map(|dir| dir.join("kubernetes-validate")).find(|p| p.is_file())
+    });
+    let Some(validator) = validator else {
+        eprintln!("note: kubernetes-validate not found, the schemas are not checked (pip install kubernetes-validate)");
+        return Ok(());
+    };
+    let files = write::files(path).map_err(|e| Failure::Usage(e.to_string()))?;
+    let out = std::process::Command::new(&validator)
+        .args(["--strict", "--quiet", "-k", kube_version])
+        .args(&files)
+        .output()
+        .map_err(|e| Failure::Runtime(format!("running {}: {e}", validator.display())))?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("ERROR")).collect();
+    if out.status.success() && errors.is_empty() {
+        return Ok(());
+    }
+    let shown = if errors.is_empty() { vec!["kubernetes-validate failed"] } else { errors };
+    Err(Failure::Usage(format!("{}: Kubernetes {kube_version} schemas:\n  {}", path.display(), shown.join("\n  "))))
 }

@@ -85,11 +85,7 @@ fn check_options(manifest: &Manifest, options: &Options, namespace: &str) -> Res
         }
     }
     if let Some(v) = &options.kube_version {
-        let minor = v.strip_prefix("1.").and_then(|m| m.split('.').next()).and_then(|m| m.parse::<u32>().ok());
-        if !minor.is_some_and(|m| KUBE_VERSIONS.contains(&m)) {
-            let expected = format!("a version from 1.{} to 1.{}", KUBE_VERSIONS.start(), KUBE_VERSIONS.end());
-            return Err(bad("--kube-version", v, &expected));
-        }
+        check_kube_version(v)?;
     }
     match &options.database {
         Some(Database::Url(url)) if options.secrets.is_none() => {
@@ -105,6 +101,19 @@ fn check_options(manifest: &Manifest, options: &Options, namespace: &str) -> Res
         _ => {}
     }
     Ok(())
+}
+
+/// `1.N` (or `1.N.P`) with N among [`KUBE_VERSIONS`].
+pub fn check_kube_version(v: &str) -> Result<(), ExportError> {
+    let minor = v.strip_prefix("1.").and_then(|m| m.split('.').next()).and_then(|m| m.parse::<u32>().ok());
+    if minor.is_some_and(|m| KUBE_VERSIONS.contains(&m)) {
+        return Ok(());
+    }
+    Err(ExportError::Option {
+        option: "--kube-version",
+        value: v.to_owned(),
+        expected: format!("a version from 1.{} to 1.{}", KUBE_VERSIONS.start(), KUBE_VERSIONS.end()),
+    })
 }
 
 impl Ctx<'_> {
@@ -270,7 +279,10 @@ impl Ctx<'_> {
         };
         let svc_notes = match component {
             Some(Component::Detector) => {
-                vec!["the dashboard: kubectl port-forward service/{name} PORT".replace("{name}", name)]
+                let ns = &self.namespace;
+                vec![format!(
+                    "the dashboard: kubectl -n {ns} port-forward service/{name} {port}, then http://localhost:{port}"
+                )]
             }
             _ => Vec::new(),
         };
@@ -374,20 +386,17 @@ impl Ctx<'_> {
         }
         let stores = matches!(component, Some(Component::Auth | Component::Data | Component::Compute));
         let merged: BTreeMap<&String, &String> = self.manifest.env.iter().chain(&service.env).collect();
-        for var in ["JWT_SECRET", "DATABASE_URL"] {
-            if merged.contains_key(&var.to_owned()) {
-                let fix = if var == "DATABASE_URL" {
-                    "give it with --database-url or --database-secret"
-                } else {
-                    "the export's Secret holds it"
-                };
-                if var == "DATABASE_URL" && self.options.database.is_some() && stores {
-                    self.warnings
-                        .push(format!("service {name}: DATABASE_URL from the manifest is replaced by the option"));
-                } else {
-                    return Err(ExportError::SecretInEnv { service: name.into(), var: var.into(), fix });
-                }
+        if merged.contains_key(&"JWT_SECRET".to_owned()) {
+            let fix = "the export's Secret holds it (or yours, with --no-secrets)";
+            return Err(ExportError::SecretInEnv { service: name.into(), var: "JWT_SECRET".into(), fix });
+        }
+        if merged.contains_key(&"DATABASE_URL".to_owned()) {
+            if self.options.database.is_none() {
+                let fix = "give it with --database-url or --database-secret";
+                return Err(ExportError::SecretInEnv { service: name.into(), var: "DATABASE_URL".into(), fix });
             }
+            let used = if stores { "replaced by the database option" } else { "dropped (it uses no database)" };
+            self.warnings.push(format!("service {name}: DATABASE_URL from the manifest's env is {used}"));
         }
         if component == Some(Component::Balancer) {
             for var in merged.keys() {

@@ -17,6 +17,7 @@ pub mod objects;
 pub mod write;
 
 use crate::manifest::Manifest;
+pub use build::check_kube_version;
 pub use objects::Object;
 
 /// The image every component runs when `--image` is not given.

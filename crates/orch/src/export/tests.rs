@@ -172,6 +172,16 @@ fn sqlite_is_refused_for_the_services_that_store() {
     let err =
         try_export("    - { name: d, component: data, env: { DATABASE_URL: 'sqlite://x.db' } }\n", &Options::default());
     assert!(matches!(err, Err(ExportError::SecretInEnv { .. })), "{err:?}");
+    // Given in spec.env, with the option: replaced where it is used, dropped elsewhere.
+    let text = format!(
+        "apiVersion: orch/v1\nkind: Cluster\nmetadata: {{ name: t }}\nspec:\n  env: {{ DATABASE_URL: 'sqlite://x.db' }}\n  services:\n{}",
+        "    - { name: r, component: registry }\n    - { name: d, component: data }\n"
+    );
+    let manifest = manifest::parse(Path::new("m.yaml"), &text).unwrap();
+    let export = kubernetes(&manifest, &with_db()).unwrap();
+    assert_eq!(export.warnings.iter().filter(|w| w.contains("DATABASE_URL from the manifest's env")).count(), 2);
+    let rendered = write::render(&export.documents);
+    assert!(!rendered.contains("sqlite://x.db"), "{rendered}");
     let err = try_export(
         "    - { name: r, component: registry }\n",
         &Options { database: Some(Database::Url("postgres://x".into())), ..Options::default() },
@@ -243,4 +253,32 @@ fn bad_options_are_refused() {
     check(Options { ingress_host: Some("orch.example.com".into()), ..with_db() }, "no balancer");
     check(Options { kube_version: Some("1.20".into()), ..with_db() }, "from 1.29 to 1.37");
     check(Options { image: Some("a b".into()), ..with_db() }, "--image");
+}
+
+/// The control-plane components bind 0.0.0.0 in a pod, so their guard answers only the
+/// names in `ALLOWED_HOSTS`: their pod IP (the kubelet's probes, the detector's checks, the
+/// registry's URLs of them) and their Service's names, as the kubelet expands the value.
+#[test]
+fn the_control_plane_answers_its_pod_ip_and_service_names() {
+    let (file, options) = &shipped()[0];
+    let export = export_of(file, options);
+    let pod_ip = "10.1.2.3";
+    let mut guarded = Vec::new();
+    for object in export.objects() {
+        let Object::Deployment(d) = object else { continue };
+        let container = &d.spec.template.spec.containers[0];
+        let Some(hosts) = container.env.iter().find(|v| v.name == "ALLOWED_HOSTS") else { continue };
+        let hosts = hosts.value.as_deref().unwrap().replace("$(SERVICE_HOST)", pod_ip);
+        let vars = kit::Vars::from_pairs([("ALLOWED_HOSTS", hosts.as_str()), ("BIND_ADDR", "0.0.0.0")]);
+        let config = kit::Config::from_vars(&vars, "registry").unwrap_or_else(|e| panic!("{e}"));
+        let guard = kit::guard::Guard::new(config.bind_addr, &config.allowed_hosts);
+        let name = &d.metadata.name;
+        for host in [format!("{pod_ip}:3005"), format!("{name}:80"), format!("{name}.netsim.svc.cluster.local")] {
+            assert!(guard.allows(&host), "{name} refuses {host}");
+        }
+        assert!(!guard.allows("10.1.2.4:3005") && !guard.allows("evil.example"), "{name} answers anyone");
+        assert_eq!(guard.allows("orch.example.com"), name == "balancer", "only the balancer is behind the Ingress");
+        guarded.push(name.as_str().to_owned());
+    }
+    assert_eq!(guarded, ["registry", "balancer", "detector"]);
 }

@@ -100,21 +100,24 @@ pub fn previous_secrets(dir: &Path) -> Option<Secrets> {
     })
 }
 
-/// The objects of a file, or of every `*.yaml`/`*.yml` file of a directory (in name order).
+/// `path` itself, or every `*.yaml`/`*.yml` file of the directory `path`, in name order.
+pub fn files(path: &Path) -> Result<Vec<PathBuf>, WriteError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = fs::read_dir(path)
+        .map_err(io(path))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The objects of [`files`]`(path)`.
 pub fn read(path: &Path) -> Result<Vec<Object>, WriteError> {
-    let files = if path.is_dir() {
-        let mut files: Vec<PathBuf> = fs::read_dir(path)
-            .map_err(io(path))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![path.to_owned()]
-    };
     let mut objects = Vec::new();
-    for file in files {
+    for file in files(path)? {
         let text = fs::read_to_string(&file).map_err(io(&file))?;
         objects.extend(parse(&file, &text)?);
     }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -319,4 +320,64 @@ async fn the_exported_configuration_runs_as_a_working_cluster() {
     assert_eq!(read["value"], json!({"exported": true}));
     let res = http.post(format!("{balancer}/api/data")).json(&json!({"key": "x", "value": 1})).send().await.unwrap();
     assert_eq!(res.status(), 401, "auth.required carried over");
+}
+
+/// Secrets are never printed to a terminal: with stdout on a pseudo-terminal (util-linux's
+/// `script`), the export refuses, and prints the stream with `--no-secrets`.
+#[test]
+fn secrets_are_never_printed_to_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: util-linux's `script` is missing (no pseudo-terminal to test with)");
+        return;
+    }
+    let manifest = repo().join("manifests/examples/minimal.yaml");
+    let on_terminal = |extra: &str| {
+        let line = format!("'{}' export kubernetes '{}' {extra}", super::ORCH, manifest.display());
+        Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap()
+    };
+    let out = on_terminal("");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{shown}");
+    assert!(shown.contains("stdout is a terminal"), "{shown}");
+    assert!(!shown.contains("JWT_SECRET"), "{shown}");
+    let out = on_terminal("--no-secrets");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kind: Deployment"));
+}
+
+/// `--check` also holds the files against Kubernetes' schemas when `kubernetes-validate` is
+/// at hand (`KUBERNETES_VALIDATE` here: the venv of `scripts/deps.sh`): an unknown field,
+/// which the structural checks do not see, is reported.
+#[test]
+fn check_runs_the_schemas_when_the_validator_is_at_hand() {
+    let validator = repo().join("target/k8s-validate/bin/kubernetes-validate");
+    if !validator.is_file() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "kubernetes-validate is missing (CI=true): run scripts/deps.sh"
+        );
+        eprintln!("SKIPPED: kubernetes-validate is missing; run scripts/deps.sh");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = export(dir.path(), &["--database-url", "postgres://db/orch"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let k8s = dir.path().join("k8s");
+    let check = |version: &str| {
+        Command::new(super::ORCH)
+            .args(["export", "kubernetes", "--check", k8s.to_str().unwrap(), "--kube-version", version])
+            .env("KUBERNETES_VALIDATE", &validator)
+            .output()
+            .unwrap()
+    };
+    for version in ["1.29", "1.37"] {
+        let out = check(version);
+        assert!(out.status.success(), "{version}: {}", stderr(&out));
+    }
+    let deployments = k8s.join("30-deployment.yaml");
+    let text = fs::read_to_string(&deployments).unwrap();
+    fs::write(&deployments, text.replacen("enableServiceLinks:", "enableServiceLink:", 1)).unwrap();
+    let out = check("1.29");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("'enableServiceLink' was unexpected"), "{}", stderr(&out));
 }
