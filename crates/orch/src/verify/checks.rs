@@ -5,8 +5,10 @@
 //! Jobs: every acknowledged submit's job, read back after the run, completed with the sum
 //! of its operands; two submits with one idempotency key got one job id; two keys never
 //! share a job id. A job still queued or running when the read-back ended makes the
-//! verdict unknown. (Jobs queued by a submit whose answer was lost are not looked for: the
-//! compute API offers no list of jobs to find them in.)
+//! verdict unknown. Jobs no acknowledged submit accounts for are counted: the service's job
+//! total must have grown by exactly the number of distinct acknowledged jobs (after the run,
+//! a submit whose answer was lost is sent again with its key, which must answer its job
+//! rather than queue another) — which holds only while no one else submits jobs.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -120,7 +122,8 @@ fn expected_sum(operands: &str) -> Option<serde_json::Value> {
     Some(serde_json::Value::from(numbers.iter().sum::<i64>()))
 }
 
-pub fn jobs(history: &History) -> JobsReport {
+/// The jobs check; `created` is how much the service's job total grew over the run, if known.
+pub fn jobs(history: &History, created: Option<i64>) -> JobsReport {
     let mut report = JobsReport::default();
     // key → (operands, ids acknowledged); id → key; id → its last read-back.
     let mut keys: BTreeMap<&str, (&str, Vec<&str>)> = BTreeMap::new();
@@ -169,6 +172,15 @@ pub fn jobs(history: &History) -> JobsReport {
             Some(status @ ("queued" | "running")) => report.open.push(format!("job {id} (key {key}) still {status}")),
             other => report.problems.push(format!("job {id} (key {key}) ended {}", other.unwrap_or("unreadable"))),
         }
+    }
+    if let Some(created) = created
+        && created > owner.len() as i64
+    {
+        report.problems.push(format!(
+            "the service holds {} more jobs than the {} acknowledged: a submit queued twice (unless another client submitted jobs during the run)",
+            created - owner.len() as i64,
+            owner.len()
+        ));
     }
     report.verdict = Some(if !report.problems.is_empty() {
         Verdict::Invalid
@@ -249,7 +261,7 @@ mod tests {
 
     #[test]
     fn jobs_complete_once_with_their_result_and_keys_keep_their_id() {
-        let check = |parts: Vec<[Event; 2]>| jobs(&history(parts.into_iter().flatten().collect()));
+        let check = |parts: Vec<[Event; 2]>| jobs(&history(parts.into_iter().flatten().collect()), Some(1));
         let ok = check(vec![
             submit(1, "a", Some("j1")),
             submit(2, "a", Some("j1")),
@@ -265,6 +277,10 @@ mod tests {
         let shared =
             check(vec![submit(1, "a", Some("j1")), submit(2, "b", Some("j1")), poll(3, "a", "j1", "completed", "5")]);
         assert_eq!(shared.verdict, Some(Verdict::Invalid));
+        // One job more in the service than acknowledged: queued twice.
+        let parts = [submit(1, "a", Some("j1")), poll(2, "a", "j1", "completed", "5")];
+        let extra = jobs(&history(parts.into_iter().flatten().collect()), Some(2));
+        assert_eq!(extra.verdict, Some(Verdict::Invalid), "{extra:?}");
         let open = check(vec![submit(1, "a", Some("j1")), poll(2, "a", "j1", "running", "null")]);
         assert_eq!(open.verdict, Some(Verdict::Unknown));
         let failed = check(vec![submit(1, "a", Some("j1")), poll(2, "a", "j1", "failed", "null")]);

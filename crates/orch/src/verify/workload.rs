@@ -358,6 +358,13 @@ pub async fn jobs_client(api: Api, rec: &Recorder, process: u32, run: &str, seed
     }
 }
 
+/// How many jobs the compute service holds (`GET /api/compute/stats`), if it answers.
+pub async fn job_count(api: &Api) -> Option<i64> {
+    let answer = Answer::of(api.request(Method::GET, "/api/compute/stats")).await;
+    let stats: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    stats["counts"]["total"].as_i64().filter(|_| answer.status == Some(200))
+}
+
 /// After the run, with the faults healed: each submit whose outcome is unknown is sent
 /// again with its key (it must then be queued at most once), and every job is read back
 /// until it has finished or `deadline` passes.
