@@ -28,6 +28,8 @@ use workload::{Api, Recorder};
 
 /// How many register keys a run uses: few, so that clients collide on them.
 const KEYS: usize = 5;
+/// How long, after the run, the jobs may take to finish before the verdict is unknown.
+const SETTLE: Duration = Duration::from_secs(120);
 
 /// `--workload`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -174,7 +176,7 @@ async fn run(client: &Client, o: Options) -> Outcome {
     while tasks.join_next().await.is_some() {}
     let mut created = None;
     if jobs {
-        workload::settle_jobs(&api, &rec, Instant::now() + Duration::from_secs(30)).await;
+        workload::settle_jobs(&api, &rec, Instant::now() + SETTLE).await;
         created = jobs_before.zip(workload::job_count(&api).await).map(|(before, after)| after - before);
     }
     let mut history =
