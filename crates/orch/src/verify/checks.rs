@@ -1,6 +1,7 @@
 //! The checks of a recorded [`History`], pure: the register workload handed key by key to
 //! the linearizability [`checker`], after value integrity (every value read is, byte for
-//! byte, the initial value or one some client wrote to that key); and the jobs workload.
+//! byte, the initial value or one some client wrote to that key; a read answered 404 is a
+//! lost key); and the jobs workload.
 //!
 //! Jobs: every acknowledged submit's job, read back after the run, completed with the sum
 //! of its operands; two submits with one idempotency key got one job id; two keys never
@@ -78,6 +79,11 @@ fn register(version: i64, initial: &str, history: &[(&Event, Option<&Event>)], b
                     };
                 };
                 (Input::Read, Output::Read(State { version: d.version.unwrap_or_default(), value }))
+            }
+            // The key was created before the run and is never deleted: a 404 is a read of
+            // a state the register never had.
+            (F::Read, Kind::Fail, Some(d)) if d.status == Some(404) => {
+                (Input::Read, Output::Read(State { version: 0, value: u32::MAX }))
             }
             (F::Read, ..) => continue,
             (f, kind, done) => {
@@ -222,6 +228,20 @@ mod tests {
         assert_eq!(checked.counterexample.as_ref().unwrap().stuck, 2);
         r_ok.value = w.value.clone();
         let h = history(vec![w, w_ok, r, r_ok]);
+        assert_eq!(registers(&h, &initial, Bound::default())[0].checked.verdict, Verdict::Valid);
+    }
+
+    #[test]
+    fn a_key_gone_missing_is_invalid() {
+        let r = ev(1, Kind::Invoke, F::Read, "k", 0);
+        let mut missing = ev(1, Kind::Fail, F::Read, "k", 10);
+        missing.status = Some(404);
+        let initial = BTreeMap::from([("k".to_owned(), (1, "0".to_owned()))]);
+        let h = history(vec![r.clone(), missing.clone()]);
+        assert_eq!(registers(&h, &initial, Bound::default())[0].checked.verdict, Verdict::Invalid);
+        // Any other refusal of a read observes nothing.
+        missing.status = Some(401);
+        let h = history(vec![r, missing]);
         assert_eq!(registers(&h, &initial, Bound::default())[0].checked.verdict, Verdict::Valid);
     }
 
