@@ -99,6 +99,9 @@ pub fn summary(o: &Outcome<'_>) -> String {
             .map(|f| vec![secs(f.start), secs(f.end), f.action.clone(), f.description.clone()])
             .collect();
         out.push_str(&crate::cli::table(&["FROM", "TO", "FAULT", "WHAT"], &rows));
+        if o.history.faults.iter().all(|f| f.description.starts_with("not injected")) {
+            out.push_str("warning: no fault was injected: the verdict is of a cluster left alone\n");
+        }
     }
     out.push('\n');
     let by_op: HashMap<u64, (&Event, Option<&Event>)> = ops.iter().map(|&(i, d)| (i.op, (i, d))).collect();
