@@ -236,9 +236,12 @@ fn flip(set: &mut [u64], i: usize) {
 pub fn check(initial: State, ops: &[Op], bound: Bound) -> Checked {
     let started = Instant::now();
     let mut list = Entries::new(ops);
-    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
+    // The linearized set as a bitset, then two words for a state: a configuration, looked up
+    // in the memo as one slice (no copy unless it is new).
+    let words = ops.len().div_ceil(64);
+    let mut linearized = vec![0u64; words + 2];
     let mut count = 0usize;
-    let mut memo: HashSet<(Vec<u64>, State)> = HashSet::new();
+    let mut memo: HashSet<Box<[u64]>> = HashSet::new();
     let mut calls: Vec<(usize, State)> = Vec::new();
     let mut state = initial;
     let mut best: (usize, Vec<u64>, State) = (0, linearized.clone(), initial);
@@ -266,7 +269,10 @@ pub fn check(initial: State, ops: &[Op], bound: Bound) -> Checked {
             // A call: linearize it now if the model allows and this configuration is new.
             if let Some(next) = step(state, ops[i].input, ops[i].output) {
                 flip(&mut linearized, i);
-                if memo.insert((linearized.clone(), next)) {
+                linearized[words] = next.version as u64;
+                linearized[words + 1] = u64::from(next.value);
+                if !memo.contains(&linearized[..]) {
+                    memo.insert(linearized.clone().into_boxed_slice());
                     calls.push((entry, state));
                     state = next;
                     count += 1;

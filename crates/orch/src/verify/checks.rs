@@ -1,12 +1,15 @@
 //! The checks of a recorded [`History`], pure: the register workload handed key by key to
 //! the linearizability [`checker`], after value integrity (every value read is, byte for
-//! byte, the initial value or one some client wrote to that key); and the jobs workload.
+//! byte, the initial value or one some client wrote to that key; a read answered 404 is a
+//! lost key); and the jobs workload.
 //!
 //! Jobs: every acknowledged submit's job, read back after the run, completed with the sum
 //! of its operands; two submits with one idempotency key got one job id; two keys never
 //! share a job id. A job still queued or running when the read-back ended makes the
-//! verdict unknown. (Jobs queued by a submit whose answer was lost are not looked for: the
-//! compute API offers no list of jobs to find them in.)
+//! verdict unknown. Jobs no acknowledged submit accounts for are counted: the service's job
+//! total must have grown by exactly the number of distinct acknowledged jobs (after the run,
+//! a submit whose answer was lost is sent again with its key, which must answer its job
+//! rather than queue another) — which holds only while no one else submits jobs.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -77,6 +80,11 @@ fn register(version: i64, initial: &str, history: &[(&Event, Option<&Event>)], b
                 };
                 (Input::Read, Output::Read(State { version: d.version.unwrap_or_default(), value }))
             }
+            // The key was created before the run and is never deleted: a 404 is a read of
+            // a state the register never had.
+            (F::Read, Kind::Fail, Some(d)) if d.status == Some(404) => {
+                (Input::Read, Output::Read(State { version: 0, value: u32::MAX }))
+            }
             (F::Read, ..) => continue,
             (f, kind, done) => {
                 let value = id(&inv.value).unwrap_or_default();
@@ -120,7 +128,8 @@ fn expected_sum(operands: &str) -> Option<serde_json::Value> {
     Some(serde_json::Value::from(numbers.iter().sum::<i64>()))
 }
 
-pub fn jobs(history: &History) -> JobsReport {
+/// The jobs check; `created` is how much the service's job total grew over the run, if known.
+pub fn jobs(history: &History, created: Option<i64>) -> JobsReport {
     let mut report = JobsReport::default();
     // key → (operands, ids acknowledged); id → key; id → its last read-back.
     let mut keys: BTreeMap<&str, (&str, Vec<&str>)> = BTreeMap::new();
@@ -170,6 +179,15 @@ pub fn jobs(history: &History) -> JobsReport {
             other => report.problems.push(format!("job {id} (key {key}) ended {}", other.unwrap_or("unreadable"))),
         }
     }
+    if let Some(created) = created
+        && created > owner.len() as i64
+    {
+        report.problems.push(format!(
+            "the service holds {} more jobs than the {} acknowledged: a submit queued twice (unless another client submitted jobs during the run)",
+            created - owner.len() as i64,
+            owner.len()
+        ));
+    }
     report.verdict = Some(if !report.problems.is_empty() {
         Verdict::Invalid
     } else if !report.open.is_empty() {
@@ -214,6 +232,20 @@ mod tests {
     }
 
     #[test]
+    fn a_key_gone_missing_is_invalid() {
+        let r = ev(1, Kind::Invoke, F::Read, "k", 0);
+        let mut missing = ev(1, Kind::Fail, F::Read, "k", 10);
+        missing.status = Some(404);
+        let initial = BTreeMap::from([("k".to_owned(), (1, "0".to_owned()))]);
+        let h = history(vec![r.clone(), missing.clone()]);
+        assert_eq!(registers(&h, &initial, Bound::default())[0].checked.verdict, Verdict::Invalid);
+        // Any other refusal of a read observes nothing.
+        missing.status = Some(401);
+        let h = history(vec![r, missing]);
+        assert_eq!(registers(&h, &initial, Bound::default())[0].checked.verdict, Verdict::Valid);
+    }
+
+    #[test]
     fn cas_refusals_are_observations_and_other_failures_did_not_happen() {
         let mut cas = ev(1, Kind::Invoke, F::Cas, "k", 0);
         cas.value = Some("1".into());
@@ -249,7 +281,7 @@ mod tests {
 
     #[test]
     fn jobs_complete_once_with_their_result_and_keys_keep_their_id() {
-        let check = |parts: Vec<[Event; 2]>| jobs(&history(parts.into_iter().flatten().collect()));
+        let check = |parts: Vec<[Event; 2]>| jobs(&history(parts.into_iter().flatten().collect()), Some(1));
         let ok = check(vec![
             submit(1, "a", Some("j1")),
             submit(2, "a", Some("j1")),
@@ -265,6 +297,10 @@ mod tests {
         let shared =
             check(vec![submit(1, "a", Some("j1")), submit(2, "b", Some("j1")), poll(3, "a", "j1", "completed", "5")]);
         assert_eq!(shared.verdict, Some(Verdict::Invalid));
+        // One job more in the service than acknowledged: queued twice.
+        let parts = [submit(1, "a", Some("j1")), poll(2, "a", "j1", "completed", "5")];
+        let extra = jobs(&history(parts.into_iter().flatten().collect()), Some(2));
+        assert_eq!(extra.verdict, Some(Verdict::Invalid), "{extra:?}");
         let open = check(vec![submit(1, "a", Some("j1")), poll(2, "a", "j1", "running", "null")]);
         assert_eq!(open.verdict, Some(Verdict::Unknown));
         let failed = check(vec![submit(1, "a", Some("j1")), poll(2, "a", "j1", "failed", "null")]);

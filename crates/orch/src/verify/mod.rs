@@ -5,7 +5,7 @@
 //! ([`checks`], with the linearizability search in [`checker`]) and [`report`]ed.
 //!
 //! Exit codes: 0 valid, 1 invalid, 3 unknown (the search gave up, or a job never finished);
-//! 2 bad usage; 1 also when the run itself could not start (no balancer, no answer).
+//! 2 bad usage; 1 also when the run itself could not start (no balancer, orch unreachable).
 
 pub mod checker;
 pub mod checks;
@@ -28,6 +28,8 @@ use workload::{Api, Recorder};
 
 /// How many register keys a run uses: few, so that clients collide on them.
 const KEYS: usize = 5;
+/// How long, after the run, the jobs may take to finish before the verdict is unknown.
+const SETTLE: Duration = Duration::from_secs(120);
 
 /// `--workload`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -102,8 +104,16 @@ async fn find(client: &Client, component: &str) -> Result<Option<(String, String
     Ok(url.map(|u| (service.name.clone(), u)))
 }
 
-/// `orch verify ...`.
+/// `orch verify ...`. A cluster that cannot be reached exits 1 like any failure to run, so
+/// that exit 3 means only an unknown verdict.
 pub async fn verify(client: &Client, o: Options) -> Outcome {
+    run(client, o).await.map_err(|e| match e {
+        Failure::Unreachable(m) => Failure::Runtime(m),
+        other => other,
+    })
+}
+
+async fn run(client: &Client, o: Options) -> Outcome {
     if let Some(n) = o.bench_checker {
         return Ok(bench_checker(n));
     }
@@ -145,6 +155,7 @@ pub async fn verify(client: &Client, o: Options) -> Outcome {
         targets.join(" and "),
         if actions.is_empty() { "none".to_owned() } else { o.nemesis.clone() }
     );
+    let jobs_before = if jobs { workload::job_count(&api).await } else { None };
     let start = Instant::now();
     let end = start + o.span;
     let rec = Arc::new(Recorder::new(start));
@@ -163,15 +174,17 @@ pub async fn verify(client: &Client, o: Options) -> Outcome {
     let planned = nemesis::plan(seed, &actions, &targets, o.span);
     let faults = nemesis::run(client, planned, start).await;
     while tasks.join_next().await.is_some() {}
+    let mut created = None;
     if jobs {
-        workload::settle_jobs(&api, &rec, Instant::now() + Duration::from_secs(30)).await;
+        workload::settle_jobs(&api, &rec, Instant::now() + SETTLE).await;
+        created = jobs_before.zip(workload::job_count(&api).await).map(|(before, after)| after - before);
     }
     let mut history =
         Arc::try_unwrap(rec).map_or_else(|_| unreachable!("every client has ended"), Recorder::into_history);
     history.faults = faults;
 
     let key_reports = checks::registers(&history, &initial, Bound::default());
-    let jobs_report = jobs.then(|| checks::jobs(&history));
+    let jobs_report = jobs.then(|| checks::jobs(&history, created));
     let verdict = Verdict::combine(
         key_reports.iter().map(|k| k.checked.verdict).chain(jobs_report.iter().filter_map(|j| j.verdict)),
     );

@@ -99,6 +99,9 @@ pub fn summary(o: &Outcome<'_>) -> String {
             .map(|f| vec![secs(f.start), secs(f.end), f.action.clone(), f.description.clone()])
             .collect();
         out.push_str(&crate::cli::table(&["FROM", "TO", "FAULT", "WHAT"], &rows));
+        if o.history.faults.iter().all(|f| f.description.starts_with("not injected")) {
+            out.push_str("warning: no fault was injected: the verdict is of a cluster left alone\n");
+        }
     }
     out.push('\n');
     let by_op: HashMap<u64, (&Event, Option<&Event>)> = ops.iter().map(|&(i, d)| (i.op, (i, d))).collect();
@@ -124,7 +127,7 @@ pub fn summary(o: &Outcome<'_>) -> String {
         if let Some(cx) = &k.checked.counterexample {
             let _ = writeln!(
                 out,
-                "\ncounterexample on {}: after {} operations the register held version {}; then no order explains",
+                "\ncounterexample on {}: after {} linearized operations the register is at version {}; no order explains the first of these",
                 k.key, cx.linearized, cx.state.version
             );
             for id in std::iter::once(&cx.stuck).chain(&cx.concurrent) {
@@ -276,5 +279,54 @@ fn colour(f: F) -> &'static str {
         F::Write => "#2e9e5b",
         F::Cas => "#e08a1e",
         F::Submit | F::Poll => "#8a5cc7",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::verify::checker::Bound;
+    use crate::verify::checks;
+    use crate::verify::history::Fault;
+
+    #[test]
+    fn an_invalid_run_shows_its_counterexample_in_the_summary_and_the_timeline() {
+        // A write acknowledged at version 2, then a read of the initial value: stale.
+        let mut w = Event::invoke(1, 0, F::Write, "k", 0);
+        w.value = Some("\"<new>\"".into());
+        let mut w_ok = w.complete(Kind::Ok, 10);
+        w_ok.version = Some(2);
+        w_ok.instance = Some("data-1".into());
+        let r = Event::invoke(2, 1, F::Read, "k", 20);
+        let mut r_ok = r.complete(Kind::Ok, 30);
+        r_ok.version = Some(1);
+        r_ok.value = Some("\"old\"".into());
+        r_ok.instance = Some("data-2".into());
+        let fault = Fault {
+            action: "kill".into(),
+            target: "data".into(),
+            start: 5,
+            end: 5,
+            description: "killed data-1".into(),
+        };
+        let history = History { events: vec![w, w_ok, r, r_ok], faults: vec![fault] };
+        let initial = BTreeMap::from([("k".to_owned(), (1, "\"old\"".to_owned()))]);
+        let keys = checks::registers(&history, &initial, Bound::default());
+        let outcome = Outcome { history: &history, keys: &keys, jobs: None, verdict: Verdict::Invalid };
+        let text = summary(&outcome);
+        assert!(text.contains("counterexample on k: after 1 linearized operations"), "{text}");
+        assert!(
+            text.contains("op 2 process 1 read k | called 0.000s, ok at 0.000s read \"old\" version 1 from data-2"),
+            "{text}"
+        );
+        assert!(text.contains("killed data-1"), "{text}");
+        assert!(text.ends_with("verdict: invalid\n"), "{text}");
+        let page = timeline(&outcome);
+        assert!(page.contains("stroke=#d00"), "the stuck read is outlined");
+        assert!(page.contains("&quot;&lt;new&gt;&quot;"), "values are escaped");
+        assert!(!page.contains("\"<new>\""));
+        assert_eq!(page.matches("<svg width=1280").count(), 1, "one chart for the one key");
     }
 }

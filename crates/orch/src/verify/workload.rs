@@ -166,6 +166,28 @@ struct ItemBody<'a> {
     version: i64,
 }
 
+/// The item an `ok` answer carries, into `done`: its version, and its value's text when
+/// `with_value`. An unreadable item makes `done` unknown. The version, when read.
+fn take_item(done: &mut Event, body: &[u8], with_value: bool) -> Option<i64> {
+    if done.kind != Kind::Ok {
+        return None;
+    }
+    match serde_json::from_slice::<ItemBody<'_>>(body) {
+        Ok(item) => {
+            if with_value {
+                done.value = Some(item.value.get().to_owned());
+            }
+            done.version = Some(item.version);
+            Some(item.version)
+        }
+        Err(e) => {
+            done.kind = Kind::Info;
+            done.error = Some(format!("unreadable item: {e}"));
+            None
+        }
+    }
+}
+
 /// The events of a run, shared by its clients, on one clock.
 pub struct Recorder {
     start: Instant,
@@ -261,18 +283,8 @@ pub async fn register_client(api: Api, rec: &Recorder, process: u32, keys: Vec<S
                 let inv = rec.invoke(process, F::Read, key, None, None);
                 let answer = Answer::of(api.request(Method::GET, &path)).await;
                 let mut done = answer.complete(&inv, rec.now());
-                if done.kind == Kind::Ok {
-                    match serde_json::from_slice::<ItemBody<'_>>(&answer.body) {
-                        Ok(item) => {
-                            done.value = Some(item.value.get().to_owned());
-                            done.version = Some(item.version);
-                            seen[k] = item.version;
-                        }
-                        Err(e) => {
-                            done.kind = Kind::Info;
-                            done.error = Some(format!("unreadable item: {e}"));
-                        }
-                    }
+                if let Some(version) = take_item(&mut done, &answer.body, true) {
+                    seen[k] = version;
                 }
                 rec.push(done);
             }
@@ -292,17 +304,8 @@ pub async fn register_client(api: Api, rec: &Recorder, process: u32, keys: Vec<S
                 }
                 let answer = Answer::of(req).await;
                 let mut done = answer.complete(&inv, rec.now());
-                if done.kind == Kind::Ok {
-                    match serde_json::from_slice::<ItemBody<'_>>(&answer.body) {
-                        Ok(item) => {
-                            done.version = Some(item.version);
-                            seen[k] = item.version;
-                        }
-                        Err(e) => {
-                            done.kind = Kind::Info;
-                            done.error = Some(format!("unreadable item: {e}"));
-                        }
-                    }
+                if let Some(version) = take_item(&mut done, &answer.body, false) {
+                    seen[k] = version;
                 }
                 rec.push(done);
             }
@@ -356,6 +359,13 @@ pub async fn jobs_client(api: Api, rec: &Recorder, process: u32, run: &str, seed
             submit(&api, rec, process, &key, &operands).await;
         }
     }
+}
+
+/// How many jobs the compute service holds (`GET /api/compute/stats`), if it answers.
+pub async fn job_count(api: &Api) -> Option<i64> {
+    let answer = Answer::of(api.request(Method::GET, "/api/compute/stats")).await;
+    let stats: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    stats["counts"]["total"].as_i64().filter(|_| answer.status == Some(200))
 }
 
 /// After the run, with the faults healed: each submit whose outcome is unknown is sent
