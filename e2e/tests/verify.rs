@@ -36,7 +36,12 @@ async fn the_real_cluster_is_valid_under_faults() {
     assert_eq!(results["verdict"], "valid");
     // The faults were injected, and the clients did real work on every key.
     let faults = results["faults"].as_array().unwrap();
-    assert!(faults.iter().any(|f| !f["description"].as_str().unwrap().starts_with("not injected")), "{faults:?}");
+    let hit = |action: &str, on: &str| {
+        faults.iter().any(|f| f["action"] == action && f["description"].as_str().unwrap().contains(on))
+    };
+    // The seed's schedule kills or pauses a data instance and a compute instance.
+    assert!(hit("kill", "data-") || hit("pause", "data-"), "{faults:?}");
+    assert!(hit("kill", "compute-") || hit("pause", "compute-"), "{faults:?}");
     for key in results["registers"].as_array().unwrap() {
         assert!(key["ops"].as_u64().unwrap() > 10, "{key}");
     }
