@@ -48,6 +48,10 @@ async fn the_real_cluster_is_valid_under_faults() {
     assert!(results["jobs"]["completed"].as_u64().unwrap() > 10, "{}", results["jobs"]);
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     assert!(history.lines().count() > 100);
+    // Injected errors reached the clients, as failures (the balancer answered them itself).
+    if faults.iter().any(|f| f["action"] == "errors") {
+        assert!(history.lines().any(|l| l.contains(r#""type":"fail""#) && l.contains(r#""status":503"#)));
+    }
     assert!(std::fs::read_to_string(out.join("timeline.html")).unwrap().contains("<svg"));
 }
 

@@ -111,7 +111,8 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Runs `planned` against the orch of `client`, `start` being the run's start; the fault
-/// windows as they happened. Balancer faults still running at the end are stopped.
+/// windows as they happened. Once the last window has run its course, the experiments
+/// still listed are stopped (a balancer fault may outlive its time by a moment).
 pub async fn run(client: &Client, planned: Vec<Planned>, start: Instant) -> Vec<Fault> {
     let micros = |at: Instant| at.saturating_duration_since(start).as_micros() as u64;
     let mut faults = Vec::new();
@@ -135,6 +136,11 @@ pub async fn run(client: &Client, planned: Vec<Planned>, start: Instant) -> Vec<
         let injected = !description.starts_with("not injected");
         let end = if injected { began + p.lasts } else { began };
         faults.push(Fault { action, target, start: micros(began), end: micros(end), description });
+    }
+    // The last windows run their course before anything is stopped.
+    let ends = faults.iter().map(|f| start + Duration::from_micros(f.end)).max();
+    if let Some(ends) = ends {
+        tokio::time::sleep_until(ends.into()).await;
     }
     for id in running {
         // Ended on its own by now, or ended here: either way the fault is gone.
