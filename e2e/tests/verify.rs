@@ -36,13 +36,22 @@ async fn the_real_cluster_is_valid_under_faults() {
     assert_eq!(results["verdict"], "valid");
     // The faults were injected, and the clients did real work on every key.
     let faults = results["faults"].as_array().unwrap();
-    assert!(faults.iter().any(|f| !f["description"].as_str().unwrap().starts_with("not injected")), "{faults:?}");
+    let hit = |action: &str, on: &str| {
+        faults.iter().any(|f| f["action"] == action && f["description"].as_str().unwrap().contains(on))
+    };
+    // The seed's schedule kills or pauses a data instance and a compute instance.
+    assert!(hit("kill", "data-") || hit("pause", "data-"), "{faults:?}");
+    assert!(hit("kill", "compute-") || hit("pause", "compute-"), "{faults:?}");
     for key in results["registers"].as_array().unwrap() {
         assert!(key["ops"].as_u64().unwrap() > 10, "{key}");
     }
     assert!(results["jobs"]["completed"].as_u64().unwrap() > 10, "{}", results["jobs"]);
     let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
     assert!(history.lines().count() > 100);
+    // Injected errors reached the clients, as failures (the balancer answered them itself).
+    if faults.iter().any(|f| f["action"] == "errors") {
+        assert!(history.lines().any(|l| l.contains(r#""type":"fail""#) && l.contains(r#""status":503"#)));
+    }
     assert!(std::fs::read_to_string(out.join("timeline.html")).unwrap().contains("<svg"));
 }
 

@@ -4,7 +4,8 @@
 //!
 //! The schedule ([`plan`], pure) leaves the first tenth of the run quiet (a baseline) and
 //! the last fifth (the cluster recovers before the run ends, as Jepsen heals before its
-//! final reads); in between, a fault every interval, its kind and target drawn in turn.
+//! final reads); in between, a fault every interval: the kinds in an order drawn from the
+//! seed, taken in turn, and the targets in turn, so a run of a few rounds meets every pair.
 
 use std::time::{Duration, Instant};
 
@@ -54,10 +55,18 @@ pub fn plan(seed: u64, actions: &[Action], targets: &[String], span: Duration) -
     let mut rng = Rng::new(seed ^ 0x6e656d);
     let every = (span / 8).clamp(Duration::from_secs(2), Duration::from_secs(10));
     let (mut at, last) = (span / 10, span.mul_f64(0.8));
+    // The actions in an order drawn from the seed, taken in turn; the targets in turn,
+    // shifted by one at each round of the actions, so that each action meets each target.
+    let mut order = actions.to_vec();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
     let mut planned = Vec::new();
+    let mut k = 0;
     while at < last {
-        let action = actions[rng.below(actions.len() as u64) as usize];
-        let target = targets[rng.below(targets.len() as u64) as usize].clone();
+        let action = order[k % order.len()];
+        let target = targets[(k + k / order.len()) % targets.len()].clone();
+        k += 1;
         // Windows end before the next fault and before the quiet tail.
         let room = (last - at).min(every);
         let lasts = |ms: u64| Duration::from_millis(ms).min(room);
@@ -104,7 +113,8 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// Runs `planned` against the orch of `client`, `start` being the run's start; the fault
-/// windows as they happened. Balancer faults still running at the end are stopped.
+/// windows as they happened. Once the last window has run its course, the experiments
+/// still listed are stopped (a balancer fault may outlive its time by a moment).
 pub async fn run(client: &Client, planned: Vec<Planned>, start: Instant) -> Vec<Fault> {
     let micros = |at: Instant| at.saturating_duration_since(start).as_micros() as u64;
     let mut faults = Vec::new();
@@ -126,6 +136,11 @@ pub async fn run(client: &Client, planned: Vec<Planned>, start: Instant) -> Vec<
         let injected = !description.starts_with("not injected");
         let end = if injected { began + p.lasts } else { began };
         faults.push(Fault { action, target, start: micros(began), end: micros(end), description });
+    }
+    // The last windows run their course before anything is stopped.
+    let ends = faults.iter().map(|f| start + Duration::from_micros(f.end)).max();
+    if let Some(ends) = ends {
+        tokio::time::sleep_until(ends.into()).await;
     }
     for id in running {
         // Ended on its own by now, or ended here: either way the fault is gone.
@@ -162,5 +177,19 @@ mod tests {
             assert_eq!(spec, Ok(()), "{p:?}");
         }
         assert!(plan(7, &[], &targets, span).is_empty());
+        // Every kind in the first round; with two targets, kill and pause each hit both
+        // within two rounds.
+        let two = vec!["data".to_owned(), "compute".to_owned()];
+        for seed in 0..20 {
+            let p = plan(seed, &all, &two, Duration::from_secs(20));
+            let kinds: Vec<_> = p.iter().take(4).map(|p| p.request.action.unwrap()).collect();
+            assert!(all.iter().all(|a| kinds.contains(a)), "seed {seed}: {kinds:?}");
+            for target in &two {
+                let hits = p.iter().any(|p| {
+                    &p.request.target == target && matches!(p.request.action, Some(Action::Kill | Action::Pause))
+                });
+                assert!(hits, "seed {seed}: no kill or pause of {target}: {p:?}");
+            }
+        }
     }
 }
