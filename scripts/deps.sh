@@ -17,6 +17,9 @@ for pair in "${need[@]}"; do
     read -r cmd pkg <<<"$pair"
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# the PostgreSQL test pass (scripts/pg.sh, manifests/examples/postgres.yaml): Debian keeps the
+# server's binaries off the PATH, in /usr/lib/postgresql/VERSION/bin
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
