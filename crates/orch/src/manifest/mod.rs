@@ -60,6 +60,9 @@ pub struct Manifest {
     pub auth_required: bool,
     /// `spec.env`: given to every instance.
     pub env: BTreeMap<String, String>,
+    /// `spec.database`: a `postgres://` URL that auth, data and compute share (each in a
+    /// schema of its own), as their `DATABASE_URL`; `None`: a SQLite file each in the data dir.
+    pub database: Option<String>,
     /// Each instance's log file is rotated (to `.1`) when it grows past this.
     pub log_max_bytes: u64,
     /// In file order; [`Manifest::start_order`] gives the dependency order.
@@ -334,9 +337,10 @@ struct RawMetadata {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[serde(expecting = "a spec: a mapping with services (and dataDir, controlPort, auth, env, logMaxBytes)")]
+#[serde(expecting = "a spec: a mapping with services (and dataDir, controlPort, auth, env, logMaxBytes, database)")]
 struct RawSpec {
     data_dir: Option<String>,
+    database: Option<String>,
     control_port: Option<Int>,
     auth: Option<RawAuth>,
     #[serde(default)]
@@ -607,6 +611,17 @@ impl Checker {
             1 << 30,
         ) as u64;
         let env = self.env(sp.key("env"), spec.env);
+        let database = spec.database.filter(|url| {
+            let postgres = ["postgres://", "postgresql://"].iter().any(|s| url.starts_with(s) && url.len() > s.len());
+            if !postgres {
+                self.problem(
+                    sp.key("database"),
+                    format!("database {url:?} is not a PostgreSQL URL"),
+                    "write postgres://USER@HOST:PORT/DATABASE, or leave database out for SQLite files",
+                );
+            }
+            postgres
+        });
 
         let mut services = Vec::new();
         let mut first_at: HashMap<String, usize> = HashMap::new();
@@ -640,6 +655,7 @@ impl Checker {
             control_port,
             auth_required: spec.auth.is_none_or(|a| a.required),
             env,
+            database,
             log_max_bytes,
             services,
         }
