@@ -223,3 +223,46 @@ fn dialects_of_urls() {
     assert_eq!(Dialect::of_url("postgresql://u@h/d"), Some(Dialect::Postgres));
     assert_eq!(Dialect::of_url("mysql://u@h/d"), None);
 }
+
+/// The server comes after the instance: it starts not ready (saying why), keeps trying, and
+/// becomes ready and usable once the server answers, without a restart. The server "comes"
+/// as a loopback forwarder to the test server, bound on a port that refused at first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_an_instance_becomes_ready_when_the_server_comes() {
+    let Some(url) = crate::testing::pg_database().await else {
+        return eprintln!("skipped: PostgreSQL only (ORCH_TEST_DATABASE_URL unset)");
+    };
+    let server = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let late_url = url.replace(&server, &format!("127.0.0.1:{port}"));
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = [("DATA_DIR", dir.path().to_str().unwrap()), ("DATABASE_URL", late_url.as_str())];
+    let config = crate::Config::from_vars(&crate::Vars::from_pairs(pairs), "test").unwrap();
+    let db = open(&config, "data.sqlite", MIGRATIONS).await.unwrap();
+    let why = ping(&db).await.unwrap_err();
+    assert!(why.contains("not ready"), "{why}");
+
+    // The server comes.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let forward = tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    crate::testing::eventually(Duration::from_secs(20), "ready once the server is there", || async {
+        ping(&db).await.ok()
+    })
+    .await;
+    sqlx::query("INSERT INTO things (name) VALUES ('late')").execute(db.pool()).await.unwrap();
+    let mut tx = begin_write(&db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM things").fetch_one(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 1);
+    db.close().await;
+    forward.abort();
+}
