@@ -175,7 +175,7 @@ impl Throttle {
         let now = self.clock.now_ms();
         let write = move || async move {
             let mut tx = kit::db::begin_write(db).await?;
-            let rows = Self::rows(&mut *tx, account, client).await?;
+            let rows = Self::rows(&mut tx, account, client).await?;
             for (key, free) in [(client, self.policy.pair_failures), (ALL_CLIENTS, self.policy.account_failures)] {
                 let before = rows.iter().find(|r| r.client == key).map(|r| r.record);
                 let after = self.policy.after_failure(before, now, free);

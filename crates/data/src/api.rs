@@ -355,7 +355,7 @@ async fn commit(
         Err(stored) => {
             let version = store::version_of(&stored.body);
             tracing::debug!(%scope, "replaying a stored answer");
-            return Ok(with_etag(stored.replay(&fingerprint), version));
+            return Ok(with_etag(stored.replay(fingerprint), version));
         }
     };
     tracing::debug!(%scope, status = status.as_u16(), user = caller.user(), "write");
