@@ -134,7 +134,9 @@ pub async fn check_free(db: &Db, username: &str, email: &str) -> Result<(), ApiE
 /// Creates the account; 409 if the username or email was taken meanwhile.
 pub async fn insert(db: &Db, username: &str, email: &str, password_hash: &str) -> Result<User, ApiError> {
     let now = kit::time::unix_millis();
-    let inserted: Result<(i64,), sqlx::Error> = kit::db::retry(db, move || async move {
+    // Run once, not through `kit::db::retry`: an insert whose connection was lost may have
+    // happened, and running it again would answer 409 to the registration that made it.
+    let inserted: Result<(i64,), sqlx::Error> = async {
         sqlx::query_as(
             "INSERT INTO users (username, email, username_key, email_key, password_hash, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -147,7 +149,7 @@ pub async fn insert(db: &Db, username: &str, email: &str, password_hash: &str) -
         .bind(now)
         .fetch_one(&mut *db.acquire().await?)
         .await
-    })
+    }
     .await;
     match inserted {
         Ok((id,)) => Ok(User {

@@ -193,7 +193,7 @@ impl Throttle {
                 .execute(&mut *tx)
                 .await?;
             }
-            tx.commit().await
+            kit::db::commit(tx).await
         };
         kit::db::retry(db, write).await.map_err(kit::db::api_error)
     }

@@ -329,7 +329,7 @@ impl Queue {
                 )
                 .await?;
             }
-            tx.commit().await?;
+            kit::db::commit(tx).await?;
             Ok(Submitted::Queued { id, body })
         })
         .await
@@ -373,7 +373,7 @@ impl Queue {
                     }
                 }
             };
-            tx.commit().await?;
+            kit::db::commit(tx).await?;
             Ok(outcome)
         })
         .await

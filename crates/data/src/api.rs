@@ -345,7 +345,7 @@ async fn commit(
         if let Some(key) = idem {
             idempotency::record(&mut tx, scope, key, fingerprint, answer.status, &answer.body).await?;
         }
-        tx.commit().await?;
+        kit::db::commit(tx).await?;
         Ok(Ok(answer))
     })
     .await

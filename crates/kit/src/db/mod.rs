@@ -318,7 +318,7 @@ where
     let mut pause = Duration::from_millis(2);
     loop {
         match op().await {
-            Err(e) if transient(&e) && tokio::time::Instant::now() + pause < deadline => {
+            Err(e) if transient(&e) && !unknown_outcome(&e) && tokio::time::Instant::now() + pause < deadline => {
                 tracing::debug!(error = %e, "retrying a transient database error");
                 let jitter = Duration::from_micros(rand::random::<u64>() % (pause.as_micros() as u64 + 1));
                 tokio::time::sleep(pause + jitter).await;
@@ -327,6 +327,26 @@ where
             done => return done,
         }
     }
+}
+
+/// Commits `tx`. A commit whose connection was lost may have happened or not: that error
+/// is marked so that [`retry`] does not run the work again (a write without an
+/// `Idempotency-Key` would then be applied twice); it is still [`transient`], a 503.
+pub async fn commit(tx: Tx) -> Result<(), sqlx::Error> {
+    tx.commit().await.map_err(|e| match e {
+        sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => sqlx::Error::Io(std::io::Error::other(UnknownOutcome(e))),
+        e => e,
+    })
+}
+
+/// The cause of an error from [`commit`] whose outcome is unknown.
+#[derive(Debug, thiserror::Error)]
+#[error("the commit's outcome is unknown: {0}")]
+pub struct UnknownOutcome(sqlx::Error);
+
+/// An error of [`commit`] after which the transaction may or may not have been committed.
+pub fn unknown_outcome(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<UnknownOutcome>()))
 }
 
 /// True for an error that says nothing about the request and may pass: a serialisation

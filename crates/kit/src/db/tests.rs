@@ -266,3 +266,43 @@ async fn pg_an_instance_becomes_ready_when_the_server_comes() {
     db.close().await;
     forward.abort();
 }
+
+/// On PostgreSQL a transient error runs the work again, and the end of it is a 503; a commit
+/// whose outcome is unknown is not run again (it may have been applied); nor is any error on
+/// SQLite, whose writers wait for the lock instead.
+#[tokio::test]
+async fn retry_runs_again_only_what_is_transient_and_surely_not_applied() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // A lazy pool: nothing connects to this address.
+    let pg = connect("postgres://orch@127.0.0.1:1/orch").await.unwrap();
+    let runs = AtomicU32::new(0);
+    let flaky = || async {
+        match runs.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => Err(sqlx::Error::PoolTimedOut),
+            n => Ok(n),
+        }
+    };
+    assert_eq!(retry(&pg, flaky).await.unwrap(), 2);
+    assert_eq!(runs.swap(0, Ordering::SeqCst), 3);
+
+    let unknown = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Err::<(), _>(sqlx::Error::Io(std::io::Error::other(UnknownOutcome(sqlx::Error::WorkerCrashed))))
+    };
+    let err = retry(&pg, unknown).await.unwrap_err();
+    assert!(unknown_outcome(&err) && transient(&err), "{err}");
+    assert_eq!(api_error(err).status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(runs.swap(0, Ordering::SeqCst), 1);
+
+    let refused = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Err::<(), _>(sqlx::Error::RowNotFound)
+    };
+    assert!(!transient(&retry(&pg, refused).await.unwrap_err()));
+    assert_eq!(runs.swap(0, Ordering::SeqCst), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = connect(&format!("sqlite://{}", dir.path().join("r.sqlite").display())).await.unwrap();
+    assert!(retry(&sqlite, flaky).await.is_err());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
