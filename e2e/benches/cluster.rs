@@ -30,6 +30,9 @@
 //! 12. slowloris: requests answered by the registry and by the balancer (wrk) while
 //!     [`SLOW_CONNECTIONS`] connections each hold a partial request open against it, beside
 //!     the same wrk run without them.
+//! 13. postgres: a second cluster, on PostgreSQL (`manifests/examples/postgres.yaml`'s shape),
+//!     and the load rows of step 4 on it: data reads and writes, logins, direct compute,
+//!     jobs, each beside its SQLite row.
 //!
 //! `BENCH_SECS` (default 5) sets the length of each wrk run. `BENCH_ONLY` runs only the steps
 //! it names, comma-separated, from [`STEPS`] (`BENCH_ONLY=durability,slowloris`); the
@@ -77,7 +80,7 @@ const HEALTHY_STRETCH: Duration = Duration::from_millis(300);
 const SLOW_CONNECTIONS: usize = 2000;
 /// The steps by the names `BENCH_ONLY` takes, in the order they run.
 /// (`memory` is both memory steps.)
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 12] = [
     "coldstart",
     "memory",
     "nginx",
@@ -89,6 +92,7 @@ const STEPS: [&str; 11] = [
     "dashboard",
     "hangs",
     "slowloris",
+    "postgres",
 ];
 
 fn main() {
@@ -104,7 +108,12 @@ fn main() {
     });
     let wants = |step: &str| only.as_ref().is_none_or(|names| names.iter().any(|n| n == step));
     // The cluster is started in any case; memory is measured twice.
-    let steps = 1 + STEPS[1..].iter().filter(|s| wants(s)).count() + usize::from(wants("memory"));
+    // The cluster is started in any case; memory is measured twice; postgres starts a second
+    // cluster, then runs the load step on it.
+    let steps = 1
+        + STEPS[1..].iter().filter(|s| wants(s)).count()
+        + usize::from(wants("memory"))
+        + usize::from(wants("postgres"));
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let mut bench = Bench {
@@ -171,7 +180,7 @@ struct Bench {
 }
 
 /// The order of the table: the list.
-const ORDER: [&str; 24] = [
+const ORDER: [&str; 29] = [
     "coldStartReady",
     "coldStartRoutable",
     "killToAnswer",
@@ -189,6 +198,11 @@ const ORDER: [&str; 24] = [
     "logins",
     "computeDirect",
     "jobs",
+    "dataReadsPg",
+    "dataWritesPg",
+    "loginsPg",
+    "computeDirectPg",
+    "jobsPg",
     "writesAfterLoad",
     "slowlorisRegistry",
     "slowlorisBalancer",
@@ -323,6 +337,35 @@ impl Bench {
             self.slowloris(&cluster).await;
         }
         self.progress.note("stopping the cluster");
+        tokio::task::block_in_place(|| drop(cluster));
+        if self.wants("postgres") {
+            self.postgres().await;
+        }
+    }
+
+    /// The load rows again on a second cluster, on PostgreSQL in the shape of
+    /// `manifests/examples/postgres.yaml` (orch runs the server): the same data reads and
+    /// writes, logins, direct compute and jobs, as rows whose ids end in `Pg`, sorted beside
+    /// the SQLite ones.
+    async fn postgres(&mut self) {
+        self.progress.step("a second cluster, on PostgreSQL (orch runs the server)");
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("a port").port();
+        let cluster = Self::topology().name("bench-pg").on_postgres(port).start().await.poll_every(TIGHT);
+        let (first, run) = (self.rows.len(), self.run.clone());
+        self.run = format!("{run}pg");
+        self.load_rows(&cluster).await;
+        self.run = run;
+        for row in &mut self.rows[first..] {
+            // Leaked: a handful of ids, once per run.
+            row.id = Box::leak(format!("{}Pg", row.id).into_boxed_str());
+            let metric = row.metric.split(" (").next().unwrap_or_default().to_owned();
+            row.metric = format!("{metric}, on PostgreSQL");
+            row.how = row.how.replace("one SQLite transaction", "one PostgreSQL transaction");
+            row.how =
+                row.how.replace("; every commit synced to disk before its 201", "; PostgreSQL's defaults (fsync on)");
+        }
+        self.progress.note("stopping the PostgreSQL cluster");
         tokio::task::block_in_place(|| drop(cluster));
     }
 
