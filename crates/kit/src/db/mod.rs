@@ -257,9 +257,13 @@ async fn sqlite_pool(url: &str, synchronous: Synchronous) -> Result<AnyPool, sql
     }
 }
 
-/// SQLITE_BUSY or SQLITE_LOCKED, with any extended code.
+/// SQLITE_BUSY or SQLITE_LOCKED, with any extended code (a SQLite error: PostgreSQL's codes
+/// are not numbers of that kind).
 fn is_busy(e: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = e else { return false };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_none() {
+        return false;
+    }
     let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
     matches!(code & 0xff, 5 | 6)
 }
