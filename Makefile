@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MANIFEST ?= manifests/cluster.yaml
 
-.PHONY: run build release test e2e bench bench-all fmt lint deps clean
+.PHONY: run build release test test-pg e2e bench bench-all fmt lint deps clean
 
 run: release                ## build, then run the cluster from manifests/cluster.yaml
 	./target/release/orch apply $(MANIFEST)
@@ -13,8 +13,18 @@ build:                      ## debug build of the orch binary
 release:                    ## optimised build of the orch binary (glibc linked statically), at target/release/orch
 	./scripts/release.sh
 
-test: deps build            ## every test: unit, integration, end-to-end, browser
+test: deps build            ## every test: unit, integration, end-to-end, browser; then test-pg
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory test-pg
+
+# The storage suites again on a private PostgreSQL (scripts/pg.sh), stopped even when they fail.
+PG_SUITES = -p kit -p auth -p data -p compute
+test-pg: deps build         ## the storage-facing suites (kit, auth, data, compute, e2e postgres) on PostgreSQL
+	./scripts/pg.sh start
+	status=0; \
+	ORCH_TEST_DATABASE_URL=$$(./scripts/pg.sh url) $(CARGO) test $(PG_SUITES) || status=$$?; \
+	[ $$status -ne 0 ] || ORCH_TEST_DATABASE_URL=$$(./scripts/pg.sh url) $(CARGO) test -p e2e --test postgres || status=$$?; \
+	./scripts/pg.sh stop; exit $$status
 
 e2e: deps build             ## only the end-to-end suite
 	$(CARGO) test -p e2e

@@ -9,7 +9,8 @@
 #
 # BENCH_SECS (default 5) sets the length of each load run. BENCH_ONLY runs only the named
 # steps of the cluster benchmark, comma-separated (coldstart, memory, nginx, load, afterload,
-# durability, scale, kills, dashboard, hangs, slowloris, checker): `BENCH_ONLY=durability,slowloris
+# durability, scale, kills, dashboard, hangs, slowloris, checker, postgres: the load rows
+# again on a second cluster on PostgreSQL): `BENCH_ONLY=durability,slowloris
 # make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ esac
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)   # the postgres step
 if [ ${#missing[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "bench: missing ${missing[*]} and no apt-get to install them; install them by hand" >&2

@@ -30,6 +30,9 @@ for pair in "${need[@]}"; do
     read -r cmd pkg <<<"$pair"
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# the PostgreSQL test pass (scripts/pg.sh, manifests/examples/postgres.yaml): Debian keeps the
+# server's binaries off the PATH, in /usr/lib/postgresql/VERSION/bin
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
 # Debian's python3 makes virtual environments only with python3-venv (ensurepip).
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)

@@ -30,7 +30,10 @@
 //! 12. slowloris: requests answered by the registry and by the balancer (wrk) while
 //!     [`SLOW_CONNECTIONS`] connections each hold a partial request open against it, beside
 //!     the same wrk run without them;
-//! 13. `orch verify`'s checker on a generated 10 000-operation history (no cluster needed).
+//! 13. `orch verify`'s checker on a generated 10 000-operation history (no cluster needed);
+//! 14. postgres: a second cluster, on PostgreSQL (`manifests/examples/postgres.yaml`'s shape),
+//!     and the load rows of step 4 on it: data reads and writes, logins, direct compute,
+//!     jobs, each beside its SQLite row.
 //!
 //! `BENCH_SECS` (default 5) sets the length of each wrk run. `BENCH_ONLY` runs only the steps
 //! it names, comma-separated, from [`STEPS`] (`BENCH_ONLY=durability,slowloris`); the
@@ -91,6 +94,7 @@ const STEPS: [&str; 12] = [
     "hangs",
     "slowloris",
     "checker",
+    "postgres",
 ];
 
 fn main() {
@@ -106,7 +110,12 @@ fn main() {
     });
     let wants = |step: &str| only.as_ref().is_none_or(|names| names.iter().any(|n| n == step));
     // The cluster is started in any case; memory is measured twice.
-    let steps = 1 + STEPS[1..].iter().filter(|s| wants(s)).count() + usize::from(wants("memory"));
+    // The cluster is started in any case; memory is measured twice; postgres starts a second
+    // cluster, then runs the load step on it.
+    let steps = 1
+        + STEPS[1..].iter().filter(|s| wants(s)).count()
+        + usize::from(wants("memory"))
+        + usize::from(wants("postgres"));
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let mut bench = Bench {
@@ -173,7 +182,7 @@ struct Bench {
 }
 
 /// The order of the table: the list.
-const ORDER: [&str; 25] = [
+const ORDER: [&str; 30] = [
     "coldStartReady",
     "coldStartRoutable",
     "killToAnswer",
@@ -191,6 +200,11 @@ const ORDER: [&str; 25] = [
     "logins",
     "computeDirect",
     "jobs",
+    "dataReadsPg",
+    "dataWritesPg",
+    "loginsPg",
+    "computeDirectPg",
+    "jobsPg",
     "writesAfterLoad",
     "slowlorisRegistry",
     "slowlorisBalancer",
@@ -329,6 +343,35 @@ impl Bench {
             self.checker();
         }
         self.progress.note("stopping the cluster");
+        tokio::task::block_in_place(|| drop(cluster));
+        if self.wants("postgres") {
+            self.postgres().await;
+        }
+    }
+
+    /// The load rows again on a second cluster, on PostgreSQL in the shape of
+    /// `manifests/examples/postgres.yaml` (orch runs the server): the same data reads and
+    /// writes, logins, direct compute and jobs, as rows whose ids end in `Pg`, sorted beside
+    /// the SQLite ones.
+    async fn postgres(&mut self) {
+        self.progress.step("a second cluster, on PostgreSQL (orch runs the server)");
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("a port").port();
+        let cluster = Self::topology().name("bench-pg").on_postgres(port).start().await.poll_every(TIGHT);
+        let (first, run) = (self.rows.len(), self.run.clone());
+        self.run = format!("{run}pg");
+        self.load_rows(&cluster).await;
+        self.run = run;
+        for row in &mut self.rows[first..] {
+            // Leaked: a handful of ids, once per run.
+            row.id = Box::leak(format!("{}Pg", row.id).into_boxed_str());
+            let metric = row.metric.split(" (").next().unwrap_or_default().to_owned();
+            row.metric = format!("{metric}, on PostgreSQL");
+            row.how = row.how.replace("one SQLite transaction", "one PostgreSQL transaction");
+            row.how =
+                row.how.replace("; every commit synced to disk before its 201", "; PostgreSQL's defaults (fsync on)");
+        }
+        self.progress.note("stopping the PostgreSQL cluster");
         tokio::task::block_in_place(|| drop(cluster));
     }
 

@@ -32,7 +32,13 @@ pub struct Topology {
     service_env: Vec<(String, String, String)>,
     /// `(service, field, YAML value)`: more fields of one service (`restart`, `liveness`, ...).
     service_fields: Vec<(String, String, String)>,
+    /// The port of a `postgres` command service that auth, data and compute depend on and
+    /// keep their tables in (`spec.database`), as in `manifests/examples/postgres.yaml`.
+    postgres: Option<u16>,
 }
+
+/// The script that runs the PostgreSQL server of a cluster on PostgreSQL.
+pub const PG_SERVE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-serve.sh");
 
 impl Default for Topology {
     fn default() -> Self {
@@ -63,7 +69,15 @@ impl Topology {
             cluster_env: pairs(&[("HEARTBEAT_INTERVAL_MS", "500")]),
             service_env,
             service_fields: Vec::new(),
+            postgres: None,
         }
+    }
+
+    /// Auth, data and compute on PostgreSQL: a `postgres` service (scripts/pg-serve.sh, on
+    /// `port`) that they depend on, and `spec.database` naming it.
+    pub fn on_postgres(mut self, port: u16) -> Self {
+        self.postgres = Some(port);
+        self
     }
 
     /// `metadata.name`.
@@ -104,7 +118,11 @@ impl Topology {
 
     /// The instance names the manifest asks for (`auth-1`, ...), in manifest order.
     pub fn instances(&self) -> Vec<String> {
-        self.replicas.iter().flat_map(|(s, n)| (1..=*n).map(move |i| format!("{s}-{i}"))).collect()
+        let postgres = self.postgres.map(|_| "postgres-1".to_owned());
+        postgres
+            .into_iter()
+            .chain(self.replicas.iter().flat_map(|(s, n)| (1..=*n).map(move |i| format!("{s}-{i}"))))
+            .collect()
     }
 
     /// The instances of the example services, the ones registered behind the balancer.
@@ -117,14 +135,27 @@ impl Topology {
         let mut y = String::new();
         let _ = writeln!(y, "apiVersion: orch/v1\nkind: Cluster\nmetadata: {{ name: {} }}\nspec:", self.name);
         let _ = writeln!(y, "  dataDir: data\n  controlPort: 0\n  auth: {{ required: true }}");
+        if let Some(port) = self.postgres {
+            let _ = writeln!(y, "  database: postgres://orch@127.0.0.1:{port}/orch");
+        }
         write_env(&mut y, "  ", self.cluster_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let _ = writeln!(y, "  services:");
+        if let Some(port) = self.postgres {
+            let _ = writeln!(
+                y,
+                "    - name: postgres\n      command: [{PG_SERVE:?}, \"{{dataDir}}/postgres\", \"{{port}}\"]\n      \
+                 port: {port}\n      register: false\n      gracePeriodMs: 10000"
+            );
+        }
         for (service, replicas) in &self.replicas {
             let _ = writeln!(y, "    - name: {service}\n      component: {service}\n      replicas: {replicas}");
             match *service {
                 "registry" => {}
                 "detector" => {
                     let _ = writeln!(y, "      dependsOn: [registry, balancer]");
+                }
+                "auth" | "data" | "compute" if self.postgres.is_some() => {
+                    let _ = writeln!(y, "      dependsOn: [registry, postgres]");
                 }
                 _ => {
                     let _ = writeln!(y, "      dependsOn: [registry]");

@@ -1,8 +1,8 @@
 //! Accounts: what a valid username, email and password are, and the `users` table.
 
+use kit::db::Db;
 use kit::http::ApiError;
 use serde::Serialize;
-use sqlx::SqlitePool;
 
 pub const USERNAME_LENGTH: std::ops::RangeInclusive<usize> = 3..=32;
 pub const PASSWORD_MAX_LENGTH: usize = 128;
@@ -84,60 +84,72 @@ fn user_of((id, username, email, _, created_at): &Row) -> User {
 }
 
 /// The account whose username or email is `identifier` (case-insensitive).
-pub async fn find(pool: &SqlitePool, identifier: &str) -> Result<Option<Credentials>, ApiError> {
-    let key = lookup_key(identifier);
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT id, username, email, password_hash, created_at FROM users
-         WHERE username_key = $1 OR email_key = $1",
-    )
-    .bind(&key)
-    .fetch_optional(pool)
+pub async fn find(db: &Db, identifier: &str) -> Result<Option<Credentials>, ApiError> {
+    let key = &lookup_key(identifier);
+    let row: Option<Row> = kit::db::retry(db, move || async move {
+        sqlx::query_as(
+            "SELECT id, username, email, password_hash, created_at FROM users
+             WHERE username_key = $1 OR email_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&mut *db.acquire().await?)
+        .await
+    })
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(kit::db::api_error)?;
     Ok(row.map(|row| Credentials { user: user_of(&row), password_hash: row.3 }))
 }
 
-pub async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<User>, ApiError> {
-    let row: Option<Row> =
+pub async fn by_id(db: &Db, id: i64) -> Result<Option<User>, ApiError> {
+    let row: Option<Row> = kit::db::retry(db, move || async move {
         sqlx::query_as("SELECT id, username, email, password_hash, created_at FROM users WHERE id = $1")
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *db.acquire().await?)
             .await
-            .map_err(ApiError::internal)?;
+    })
+    .await
+    .map_err(kit::db::api_error)?;
     Ok(row.as_ref().map(user_of))
 }
 
 /// 409 with what is taken, if the username or the email is.
-pub async fn check_free(pool: &SqlitePool, username: &str, email: &str) -> Result<(), ApiError> {
-    let (username_key, email_key) = (lookup_key(username), lookup_key(email));
-    let taken: Option<(String, String)> =
+pub async fn check_free(db: &Db, username: &str, email: &str) -> Result<(), ApiError> {
+    let (username_key, email_key) = (&lookup_key(username), &lookup_key(email));
+    let taken: Option<(String, String)> = kit::db::retry(db, move || async move {
         sqlx::query_as("SELECT username_key, email_key FROM users WHERE username_key = $1 OR email_key = $2 LIMIT 1")
-            .bind(&username_key)
-            .bind(&email_key)
-            .fetch_optional(pool)
+            .bind(username_key)
+            .bind(email_key)
+            .fetch_optional(&mut *db.acquire().await?)
             .await
-            .map_err(ApiError::internal)?;
+    })
+    .await
+    .map_err(kit::db::api_error)?;
     match taken {
         None => Ok(()),
-        Some((u, _)) if u == username_key => Err(ApiError::conflict("username is already taken")),
+        Some((u, _)) if &u == username_key => Err(ApiError::conflict("username is already taken")),
         Some(_) => Err(ApiError::conflict("email is already registered")),
     }
 }
 
 /// Creates the account; 409 if the username or email was taken meanwhile.
-pub async fn insert(pool: &SqlitePool, username: &str, email: &str, password_hash: &str) -> Result<User, ApiError> {
+pub async fn insert(db: &Db, username: &str, email: &str, password_hash: &str) -> Result<User, ApiError> {
     let now = kit::time::unix_millis();
-    let inserted: Result<(i64,), sqlx::Error> = sqlx::query_as(
-        "INSERT INTO users (username, email, username_key, email_key, password_hash, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-    )
-    .bind(username)
-    .bind(email)
-    .bind(lookup_key(username))
-    .bind(lookup_key(email))
-    .bind(password_hash)
-    .bind(now)
-    .fetch_one(pool)
+    // Run once, not through `kit::db::retry`: an insert whose connection was lost may have
+    // happened, and running it again would answer 409 to the registration that made it.
+    let inserted: Result<(i64,), sqlx::Error> = async {
+        sqlx::query_as(
+            "INSERT INTO users (username, email, username_key, email_key, password_hash, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(username)
+        .bind(email)
+        .bind(lookup_key(username))
+        .bind(lookup_key(email))
+        .bind(password_hash)
+        .bind(now)
+        .fetch_one(&mut *db.acquire().await?)
+        .await
+    }
     .await;
     match inserted {
         Ok((id,)) => Ok(User {
@@ -148,10 +160,10 @@ pub async fn insert(pool: &SqlitePool, username: &str, email: &str, password_has
         }),
         // Another request registered the same name between the check and the insert.
         Err(e) if kit::db::is_unique_violation(&e) => {
-            check_free(pool, username, email).await?;
+            check_free(db, username, email).await?;
             Err(ApiError::conflict("username or email is already taken"))
         }
-        Err(e) => Err(ApiError::internal(e)),
+        Err(e) => Err(kit::db::api_error(e)),
     }
 }
 

@@ -29,20 +29,30 @@ mod work;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::db::Migration;
-use sqlx::SqlitePool;
+use kit::db::{Db, Migration, Migrations};
 use tokio::net::TcpListener;
 
 pub use account::{validate_email, validate_password, validate_username};
 pub use password::{Hasher, Slot};
 pub use throttle::{Clock, Policy};
 
-/// The schema, in order; embedded in the binary. Names carry the service, so auth, data and
-/// compute can share one database file.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "auth-users", sql: include_str!("../migrations/0001_users.sql") },
-    Migration { version: 2, name: "auth-login-throttle", sql: include_str!("../migrations/0002_login_throttle.sql") },
-];
+/// The schema, in order, per dialect; embedded in the binary. Names carry the service, so
+/// auth, data and compute can share one SQLite file.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &[
+        Migration { version: 1, name: "auth-users", sql: include_str!("../migrations/0001_users.sql") },
+        Migration {
+            version: 2,
+            name: "auth-login-throttle",
+            sql: include_str!("../migrations/0002_login_throttle.sql"),
+        },
+    ],
+    postgres: &[Migration {
+        version: 1,
+        name: "auth-users",
+        sql: include_str!("../migrations/postgres/0001_users.sql"),
+    }],
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -120,7 +130,7 @@ impl Config {
 #[derive(Clone)]
 pub struct AppState {
     config: Arc<Config>,
-    pool: SqlitePool,
+    pool: Db,
     keys: Arc<kit::jwt::Keys>,
     hasher: Arc<Hasher>,
     throttle: Arc<throttle::Throttle>,
@@ -132,8 +142,7 @@ impl AppState {
     /// Opens the database (migrating it), loads the JWT keys and prepares the hasher; the
     /// login throttle reads `clock`.
     pub async fn open(config: Config, clock: Clock) -> Result<Self, Error> {
-        let pool = kit::db::open(&config.kit, "auth.sqlite").await?;
-        kit::db::migrate(&pool, MIGRATIONS).await?;
+        let pool = kit::db::open(&config.kit, "auth.sqlite", &MIGRATIONS).await?;
         let keys = kit::jwt::Keys::load(&config.kit)?;
         let hasher = Hasher::new(config.argon2, config.hash_concurrency).await?;
         let throttle = throttle::Throttle { policy: config.login, clock };
@@ -147,7 +156,7 @@ impl AppState {
         })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn db(&self) -> &Db {
         &self.pool
     }
 }

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use kit::db::{Conn, Db};
 use kit::http::ApiError;
-use sqlx::SqlitePool;
 
 use crate::AppState;
 
@@ -142,11 +142,7 @@ struct Row {
 }
 
 impl Throttle {
-    async fn rows<'e>(
-        executor: impl sqlx::SqliteExecutor<'e>,
-        account: &str,
-        client: &str,
-    ) -> Result<Vec<Row>, sqlx::Error> {
+    async fn rows(executor: &mut Conn, account: &str, client: &str) -> Result<Vec<Row>, sqlx::Error> {
         let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
             "SELECT client, failures, blocked_until, forget_at FROM login_throttle
              WHERE account = $1 AND client IN ($2, $3)",
@@ -165,18 +161,21 @@ impl Throttle {
 
     /// How long `client` must wait before trying `account` again, if it must: the longer of
     /// the pair's and the account's waits.
-    pub async fn wait(&self, pool: &SqlitePool, account: &str, client: &str) -> Result<Option<Duration>, ApiError> {
+    pub async fn wait(&self, db: &Db, account: &str, client: &str) -> Result<Option<Duration>, ApiError> {
         let now = self.clock.now_ms();
-        let rows = Self::rows(pool, account, client).await.map_err(ApiError::internal)?;
+        let rows =
+            kit::db::retry(db, move || async move { Self::rows(&mut *db.acquire().await?, account, client).await })
+                .await
+                .map_err(kit::db::api_error)?;
         Ok(rows.iter().filter_map(|r| wait(&r.record, now)).max())
     }
 
     /// Counts one failure of `client` on `account`, under both keys, in one transaction.
-    pub async fn failed(&self, pool: &SqlitePool, account: &str, client: &str) -> Result<(), ApiError> {
+    pub async fn failed(&self, db: &Db, account: &str, client: &str) -> Result<(), ApiError> {
         let now = self.clock.now_ms();
-        let write = async {
-            let mut tx = kit::db::begin_write(pool).await?;
-            let rows = Self::rows(&mut *tx, account, client).await?;
+        let write = move || async move {
+            let mut tx = kit::db::begin_write(db).await?;
+            let rows = Self::rows(&mut tx, account, client).await?;
             for (key, free) in [(client, self.policy.pair_failures), (ALL_CLIENTS, self.policy.account_failures)] {
                 let before = rows.iter().find(|r| r.client == key).map(|r| r.record);
                 let after = self.policy.after_failure(before, now, free);
@@ -194,27 +193,30 @@ impl Throttle {
                 .execute(&mut *tx)
                 .await?;
             }
-            tx.commit().await
+            kit::db::commit(tx).await
         };
-        write.await.map_err(ApiError::internal)
+        kit::db::retry(db, write).await.map_err(kit::db::api_error)
     }
 
     /// A success: `client`'s failures on `account` are forgotten.
-    pub async fn succeeded(&self, pool: &SqlitePool, account: &str, client: &str) -> Result<(), ApiError> {
-        sqlx::query("DELETE FROM login_throttle WHERE account = $1 AND client = $2")
-            .bind(account)
-            .bind(client)
-            .execute(pool)
-            .await
-            .map_err(ApiError::internal)?;
+    pub async fn succeeded(&self, db: &Db, account: &str, client: &str) -> Result<(), ApiError> {
+        kit::db::retry(db, move || async move {
+            sqlx::query("DELETE FROM login_throttle WHERE account = $1 AND client = $2")
+                .bind(account)
+                .bind(client)
+                .execute(&mut *db.acquire().await?)
+                .await
+        })
+        .await
+        .map_err(kit::db::api_error)?;
         Ok(())
     }
 
     /// Deletes the rows that are forgotten by now; returns how many.
-    pub async fn purge(&self, pool: &SqlitePool) -> Result<u64, sqlx::Error> {
+    pub async fn purge(&self, db: &Db) -> Result<u64, sqlx::Error> {
         let done = sqlx::query("DELETE FROM login_throttle WHERE forget_at <= $1")
             .bind(self.clock.now_ms())
-            .execute(pool)
+            .execute(&mut *db.acquire().await?)
             .await?;
         Ok(done.rows_affected())
     }
@@ -294,13 +296,13 @@ mod tests {
     async fn forgotten_rows_are_purged() {
         let dir = tempfile::tempdir().unwrap();
         let pool = kit::db::connect(&format!("sqlite://{}", dir.path().join("t.sqlite").display())).await.unwrap();
-        kit::db::migrate(&pool, crate::MIGRATIONS).await.unwrap();
+        kit::db::migrate(&pool, &crate::MIGRATIONS).await.unwrap();
         let throttle = Throttle { policy: policy(), clock: Clock::manual(0) };
         throttle.failed(&pool, "user:1", "198.51.100.1").await.unwrap();
         throttle.clock.advance(Duration::from_secs(30));
         throttle.failed(&pool, "user:1", "198.51.100.2").await.unwrap();
         let count = || async {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM login_throttle").fetch_one(&pool).await.unwrap()
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM login_throttle").fetch_one(pool.pool()).await.unwrap()
         };
         assert_eq!(count().await, 3, "two pairs and the account");
         assert_eq!(throttle.purge(&pool).await.unwrap(), 0);

@@ -90,7 +90,7 @@ impl IntoResponse for Error {
             }
             Self::Exec(ExecError::Crashed(cause)) => ApiError::internal(cause).into_response(),
             Self::Exec(e @ ExecError::Invalid(_)) => ApiError::bad_request(e.to_string()).into_response(),
-            Self::Database(e) => ApiError::internal(format!("database: {e}")).into_response(),
+            Self::Database(e) => kit::db::api_error(e).into_response(),
         }
     }
 }
@@ -171,7 +171,7 @@ async fn direct(
     // With a key already answered, the first answer, without computing again.
     let fingerprint = kit::idempotency::fingerprint(&[&body]);
     if let Some(key) = &key {
-        let mut conn = state.queue.pool().acquire().await?;
+        let mut conn = state.queue.db().acquire().await?;
         if let Some(stored) = kit::idempotency::lookup(&mut conn, DIRECT_SCOPE, key).await? {
             return Ok(stored.replay(&fingerprint));
         }
@@ -187,12 +187,20 @@ async fn direct(
     let text = serde_json::to_string(&answer).map_err(|e| ApiError::internal(format!("writing the answer: {e}")))?;
     if let Some(key) = &key {
         // Two retries racing: the first to record wins, and both answer what it recorded.
-        let mut tx = kit::db::begin_write(state.queue.pool()).await?;
-        if let Some(stored) = kit::idempotency::lookup(&mut tx, DIRECT_SCOPE, key).await? {
-            return Ok(stored.replay(&fingerprint));
+        let (db, fingerprint, text) = (state.queue.db(), &fingerprint, &text);
+        let first = kit::db::retry(db, move || async move {
+            let mut tx = kit::db::begin_write(db).await?;
+            if let Some(stored) = kit::idempotency::lookup(&mut tx, DIRECT_SCOPE, key).await? {
+                return Ok(Some(stored));
+            }
+            kit::idempotency::record(&mut tx, DIRECT_SCOPE, key, fingerprint, StatusCode::OK, text).await?;
+            tx.commit().await?;
+            Ok(None)
+        })
+        .await?;
+        if let Some(stored) = first {
+            return Ok(stored.replay(fingerprint));
         }
-        kit::idempotency::record(&mut tx, DIRECT_SCOPE, key, &fingerprint, StatusCode::OK, &text).await?;
-        tx.commit().await?;
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Duration;
 
-use kit::db::Migration;
+use kit::db::{Migration, Migrations};
 use kit::health::Health;
 use kit::jwt::Keys;
 use tokio::net::TcpListener;
@@ -39,11 +39,18 @@ pub use api::PRIORITY_RANGE;
 pub use exec::{ExecError, Executor};
 pub use queue::Queue;
 
-pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "jobs", sql: include_str!("../migrations/0001_jobs.sql") },
-    Migration { version: 2, name: "idempotency keys", sql: kit::idempotency::MIGRATION_SQL },
-    Migration { version: 3, name: "idempotency records", sql: kit::idempotency::RECORDS_MIGRATION_SQL },
-];
+/// The schema, in order, per dialect; embedded in the binary.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &[
+        Migration { version: 1, name: "jobs", sql: include_str!("../migrations/0001_jobs.sql") },
+        Migration { version: 2, name: "idempotency keys", sql: kit::idempotency::MIGRATION_SQL },
+        Migration { version: 3, name: "idempotency records", sql: kit::idempotency::RECORDS_MIGRATION_SQL },
+    ],
+    postgres: &[
+        Migration { version: 1, name: "jobs", sql: include_str!("../migrations/postgres/0001_jobs.sql") },
+        Migration { version: 2, name: "idempotency records", sql: kit::idempotency::PG_MIGRATION_SQL },
+    ],
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -137,8 +144,7 @@ pub struct AppState {
 impl AppState {
     /// Opens and migrates the database and loads the JWT keys; starts nothing.
     pub async fn open(config: Config) -> Result<Self, Error> {
-        let pool = kit::db::open(&config.kit, "compute.sqlite").await?;
-        kit::db::migrate(&pool, MIGRATIONS).await?;
+        let pool = kit::db::open(&config.kit, "compute.sqlite", &MIGRATIONS).await?;
         let keys = if config.kit.auth_required { Some(Arc::new(Keys::load(&config.kit)?)) } else { None };
         let check_pool = pool.clone();
         let health = Health::new(&config.kit.service_name).with_check(move || {
@@ -187,7 +193,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdow
     worker::spawn(&state, &shutdown);
     shutdown.spawn(sweep::run(state.clone(), shutdown.clone()));
     kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
-    let pool = state.queue.pool().clone();
+    let pool = state.queue.db().clone();
     kit::http::serve(listener, router(state), shutdown, limits, grace).await?;
     // The last connection to close checkpoints the WAL into the database file.
     let _ = tokio::time::timeout(grace, pool.close()).await;

@@ -19,7 +19,7 @@ pub async fn run(state: AppState, shutdown: Shutdown) {
             Ok(n) => tracing::info!(jobs = n, "purged finished jobs past their retention"),
             Err(e) => tracing::warn!(error = %e, "purging old jobs failed"),
         }
-        match kit::idempotency::purge_expired(state.queue.pool()).await {
+        match kit::idempotency::purge_expired(state.queue.db()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(keys = n, "purged expired idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),

@@ -5,10 +5,13 @@
 //!
 //! An idle worker is woken by
 //! - a submit to this instance (at once, through a `watch` channel);
-//! - a commit by anyone to the shared database, seen by [`watch_changes`]: it reads
+//! - a commit by anyone to the shared database, seen by [`watch_changes`]. On SQLite it reads
 //!   `PRAGMA data_version` on a connection of its own every `JOB_POLL_MS` (20 ms). That value
 //!   changes when another connection, in any process, has committed; reading it touches no
-//!   table, and it is not read at all while every local worker is busy;
+//!   table, and it is not read at all while every local worker is busy. On PostgreSQL it
+//!   `LISTEN`s on `compute_jobs`, which a trigger notifies when a job becomes queued (the
+//!   commit delivers it), and wakes the workers after a lost connection too (a notification
+//!   may have been missed meanwhile);
 //! - the earliest lease expiry of a running job (a crashed worker's job is taken over as
 //!   soon as its lease runs out), or the safety poll, `JOB_SAFETY_POLL_MS`.
 
@@ -183,8 +186,11 @@ async fn record(state: &AppState, worker: &str, claimed: &Claimed, outcome: Resu
 
 /// Wakes idle workers when the database changes (see the module docs).
 pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
+    if state.queue.db().dialect() == kit::db::Dialect::Postgres {
+        return listen(state, shutdown).await;
+    }
     let mut conn = loop {
-        match state.queue.pool().acquire().await {
+        match state.queue.db().pool().acquire().await {
             Ok(conn) => break conn.detach(),
             Err(e) => {
                 tracing::warn!(error = %e, "change detector cannot get a connection, retrying");
@@ -214,6 +220,46 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
                 last = Some(version);
             }
             Err(e) => tracing::warn!(error = %e, "reading PRAGMA data_version failed"),
+        }
+    }
+}
+
+/// The channel a trigger notifies when a job becomes queued (migrations/postgres).
+pub const CHANNEL: &str = "compute_jobs";
+
+/// [`watch_changes`] on PostgreSQL: a notification on [`CHANNEL`] wakes the workers.
+async fn listen(state: AppState, shutdown: Shutdown) {
+    let mut failures = 0;
+    'connect: loop {
+        let mut listener = match kit::db::pg::listen(state.queue.db(), CHANNEL).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "cannot listen for new jobs yet, retrying");
+                tokio::select! {
+                    _ = shutdown.requested() => return,
+                    _ = tokio::time::sleep(backoff(failures)) => continue 'connect,
+                }
+            }
+        };
+        failures = 0;
+        // Whatever was notified before listening is found by a look at the queue.
+        state.wake();
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.requested() => return,
+                next = listener.try_recv() => next,
+            };
+            match next {
+                Ok(Some(_)) => state.wake(),
+                // The connection was lost and is being made again: notifications sent meanwhile
+                // are lost, so look at the queue.
+                Ok(None) => state.wake(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for new jobs failed, reconnecting");
+                    continue 'connect;
+                }
+            }
         }
     }
 }

@@ -110,7 +110,10 @@ async fn read(
 
 async fn read_item(state: AppState, _: Caller, key: String) -> Result<Response, ApiError> {
     key::validate(&key)?;
-    match store::get(&state.pool, &key).await.map_err(ApiError::internal)? {
+    let db = &state.pool;
+    let key = &key;
+    let found = kit::db::retry(db, move || async move { store::get(&mut *db.acquire().await?, key).await });
+    match found.await.map_err(kit::db::api_error)? {
         Some(item) => {
             let capacity = item.value.get().len() + item.metadata.get().len() + 256;
             Ok(with_etag(json_response(StatusCode::OK, to_json(&item, capacity)?), Some(item.version)))
@@ -154,9 +157,10 @@ async fn list(
         return Err(ApiError::bad_request(format!("prefix must be at most {} bytes", key::MAX_KEY_BYTES)));
     }
     let after = query.cursor.filter(|c| !c.is_empty()).map(|c| key::decode_cursor(&c)).transpose()?;
-    let page = store::page(&state.pool, &prefix, after.as_deref(), limit, state.config.page_max_bytes)
+    let (db, max_bytes, prefix, after) = (&state.pool, state.config.page_max_bytes, &prefix, after.as_deref());
+    let page = kit::db::retry(db, move || store::page(db, prefix, after, limit, max_bytes))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(kit::db::api_error)?;
     let body = PageBody { items: &page.items, next_cursor: page.more_after.as_deref().map(key::encode_cursor) };
     // The items' size is known: room for them and the envelope (a cursor is at most 512 bytes).
     Ok(json_response(StatusCode::OK, to_json(&body, page.bytes + 2 * key::MAX_KEY_BYTES + 64)?))
@@ -329,20 +333,33 @@ async fn commit(
     // stored answers are bounded by the configured limits.
     let idem =
         idem.0.map(|key| idempotency::Key::new(&*key, caller.user().unwrap_or_default(), state.config.idempotency));
-    let mut tx = kit::db::begin_write(&state.pool).await.map_err(ApiError::internal)?;
-    if let Some(key) = &idem {
-        if let Some(stored) = idempotency::lookup(&mut tx, &scope, key).await.map_err(ApiError::internal)? {
-            drop(tx);
-            let version = store::version_of(&stored.body);
-            tracing::debug!(%scope, idempotency_key = %key, "replaying a stored answer");
-            return Ok(with_etag(stored.replay(&fingerprint), version));
+    // One transaction, run again on PostgreSQL after a serialisation failure (two writers of
+    // one key, or of one idempotency key: the second then finds the first's answer).
+    let (db, idem, scope, fingerprint, change) = (&state.pool, &idem, &scope, &fingerprint, &change);
+    let outcome = kit::db::retry(db, move || async move {
+        let mut tx = kit::db::begin_write(db).await?;
+        if let Some(key) = idem
+            && let Some(stored) = idempotency::lookup(&mut tx, scope, key).await?
+        {
+            return Ok(Err(stored));
         }
-    }
-    let Answer { status, body, version } = store::apply(&mut tx, change).await.map_err(ApiError::internal)?;
-    if let Some(key) = &idem {
-        idempotency::record(&mut tx, &scope, key, &fingerprint, status, &body).await.map_err(ApiError::internal)?;
-    }
-    tx.commit().await.map_err(ApiError::internal)?;
+        let answer = store::apply(&mut tx, change.clone()).await?;
+        if let Some(key) = idem {
+            idempotency::record(&mut tx, scope, key, fingerprint, answer.status, &answer.body).await?;
+        }
+        kit::db::commit(tx).await?;
+        Ok(Ok(answer))
+    })
+    .await
+    .map_err(kit::db::api_error)?;
+    let Answer { status, body, version } = match outcome {
+        Ok(answer) => answer,
+        Err(stored) => {
+            let version = store::version_of(&stored.body);
+            tracing::debug!(%scope, "replaying a stored answer");
+            return Ok(with_etag(stored.replay(fingerprint), version));
+        }
+    };
     tracing::debug!(%scope, status = status.as_u16(), user = caller.user(), "write");
     Ok(with_etag(json_response(status, body), version))
 }

@@ -32,22 +32,27 @@ mod work;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kit::db::Migration;
+use kit::db::{Db, Migration, Migrations};
 use kit::http::ApiError;
 use serde_json::value::RawValue;
-use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 
 pub use json::MAX_DEPTH;
 pub use key::MAX_KEY_BYTES;
 
-/// The schema, in order; embedded in the binary. Names carry the service, so auth, data and
-/// compute can share one database file.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "data-items", sql: include_str!("../migrations/0001_items.sql") },
-    Migration { version: 2, name: "data-idempotency", sql: kit::idempotency::MIGRATION_SQL },
-    Migration { version: 3, name: "data-idempotency-records", sql: kit::idempotency::RECORDS_MIGRATION_SQL },
-];
+/// The schema, in order, per dialect; embedded in the binary. Names carry the service, so
+/// auth, data and compute can share one SQLite file.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &[
+        Migration { version: 1, name: "data-items", sql: include_str!("../migrations/0001_items.sql") },
+        Migration { version: 2, name: "data-idempotency", sql: kit::idempotency::MIGRATION_SQL },
+        Migration { version: 3, name: "data-idempotency-records", sql: kit::idempotency::RECORDS_MIGRATION_SQL },
+    ],
+    postgres: &[
+        Migration { version: 1, name: "data-items", sql: include_str!("../migrations/postgres/0001_items.sql") },
+        Migration { version: 2, name: "data-idempotency", sql: kit::idempotency::PG_MIGRATION_SQL },
+    ],
+};
 
 /// How often idempotency records older than their retention are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -115,7 +120,7 @@ impl Config {
 #[derive(Clone)]
 pub struct AppState {
     config: Arc<Config>,
-    pool: SqlitePool,
+    pool: Db,
     /// The token keys, when callers must be authenticated (`AUTH_REQUIRED`).
     keys: Option<Arc<kit::jwt::Keys>>,
     health: kit::health::Health,
@@ -124,8 +129,7 @@ pub struct AppState {
 impl AppState {
     /// Opens the database (migrating it) and, when auth is required, loads the JWT keys.
     pub async fn open(config: Config) -> Result<Self, Error> {
-        let pool = kit::db::open(&config.kit, "data.sqlite").await?;
-        kit::db::migrate(&pool, MIGRATIONS).await?;
+        let pool = kit::db::open(&config.kit, "data.sqlite", &MIGRATIONS).await?;
         let keys = if config.kit.auth_required { Some(Arc::new(kit::jwt::Keys::load(&config.kit)?)) } else { None };
         let ping = pool.clone();
         let health = kit::health::Health::new(&config.kit.service_name).with_check(move || {
@@ -135,7 +139,7 @@ impl AppState {
         Ok(Self { config: Arc::new(config), pool, keys, health })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn db(&self) -> &Db {
         &self.pool
     }
 
@@ -201,7 +205,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdow
 }
 
 /// Deletes expired idempotency records every hour, until shutdown.
-async fn purge(pool: SqlitePool, shutdown: kit::Shutdown) {
+async fn purge(pool: Db, shutdown: kit::Shutdown) {
     loop {
         tokio::select! {
             _ = shutdown.requested() => break,

@@ -16,9 +16,9 @@
 
 use axum::http::StatusCode;
 use futures_util::TryStreamExt;
+use kit::db::{Conn, Db};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use sqlx::{SqliteConnection, SqlitePool};
 
 /// An item as the API shows it: `{key, value, metadata, version, createdAt, updatedAt}`.
 ///
@@ -63,13 +63,13 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, sqlx::Error> {
     serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
-pub async fn get(conn: impl sqlx::SqliteExecutor<'_>, key: &str) -> Result<Option<Item>, sqlx::Error> {
+pub async fn get(conn: &mut Conn, key: &str) -> Result<Option<Item>, sqlx::Error> {
     let row: Option<Row> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM items WHERE key = $1")).bind(key).fetch_optional(conn).await?;
     row.map(item_of).transpose()
 }
 
-async fn version(conn: &mut SqliteConnection, key: &str) -> Result<Option<i64>, sqlx::Error> {
+async fn version(conn: &mut Conn, key: &str) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT version FROM items WHERE key = $1").bind(key).fetch_optional(conn).await
 }
 
@@ -121,7 +121,7 @@ fn range(prefix: &str, after: Option<&str>) -> (String, Option<String>) {
 /// Up to `limit` items with keys starting with `prefix`, after the key `after`, in key order,
 /// whose JSON takes at most `max_bytes` (but at least one item, so paging always moves on).
 pub async fn page(
-    pool: &SqlitePool,
+    pool: &Db,
     prefix: &str,
     after: Option<&str>,
     limit: u32,
@@ -183,7 +183,7 @@ pub enum Expected {
 }
 
 /// A write, fully validated; value and metadata are JSON texts as the client sent them.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Change {
     Create { key: String, value: Box<RawValue>, metadata: Box<RawValue> },
     Update { key: String, value: Option<Box<RawValue>>, metadata: Option<Box<RawValue>>, expected: Option<Expected> },
@@ -255,8 +255,9 @@ fn precondition(expected: Option<Expected>, current: i64) -> Option<Result<Answe
 }
 
 /// Applies `change` on `conn`, which must be inside a write transaction
-/// ([`kit::db::begin_write`]): the read and the write below then see no other writer.
-pub async fn apply(conn: &mut SqliteConnection, change: Change) -> Result<Answer, sqlx::Error> {
+/// ([`kit::db::begin_write`]): the read and the write below then see no other writer (on
+/// PostgreSQL, a serialisation failure instead, which the caller retries).
+pub async fn apply(conn: &mut Conn, change: Change) -> Result<Answer, sqlx::Error> {
     let now = kit::time::unix_millis();
     match change {
         Change::Create { key, value, metadata } => {

@@ -28,11 +28,11 @@ use std::fmt;
 use std::ops::Deref;
 use std::time::Duration;
 
+use crate::db::Conn;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use sqlx::SqliteConnection;
 
 use crate::config::{ConfigError, Vars};
 use crate::http::ApiError;
@@ -79,6 +79,28 @@ CREATE TABLE IF NOT EXISTS idempotency_owners (
     bytes BIGINT NOT NULL
 );
 DROP TABLE IF EXISTS idempotency_keys;";
+
+/// The same store on PostgreSQL (one migration: there is no history to keep), with an identity
+/// column for the order of recording.
+pub const PG_MIGRATION_SQL: &str = "CREATE TABLE idempotency_records (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    UNIQUE (owner, scope, key)
+);
+CREATE INDEX idempotency_records_owner ON idempotency_records (owner, seq);
+CREATE INDEX idempotency_records_created ON idempotency_records (created_at);
+CREATE TABLE idempotency_owners (
+    owner TEXT PRIMARY KEY,
+    keys BIGINT NOT NULL,
+    bytes BIGINT NOT NULL
+);";
 
 /// How much one owner may keep (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +222,7 @@ impl Stored {
 
 /// The outcome its owner stored for `key` in `scope`, if any (and younger than the
 /// retention).
-pub async fn lookup(conn: &mut SqliteConnection, scope: &str, key: &Key) -> Result<Option<Stored>, sqlx::Error> {
+pub async fn lookup(conn: &mut Conn, scope: &str, key: &Key) -> Result<Option<Stored>, sqlx::Error> {
     let cutoff = crate::time::unix_millis() - RETENTION.as_millis() as i64;
     let row: Option<(i64, String, String)> = sqlx::query_as(
         "SELECT status, body, fingerprint FROM idempotency_records
@@ -218,7 +240,7 @@ pub async fn lookup(conn: &mut SqliteConnection, scope: &str, key: &Key) -> Resu
 /// Stores the outcome for `key` in `scope` (replacing an expired one), then evicts the
 /// owner's oldest records beyond its limits. Call inside the write transaction of the work.
 pub async fn record(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     scope: &str,
     key: &Key,
     fingerprint: &str,
@@ -270,7 +292,7 @@ pub async fn record(
 /// Deletes `owner`'s oldest records, never `newest`, until `totals` (keys, bytes) are
 /// within `limits`.
 async fn evict(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     owner: &str,
     limits: Limits,
     newest: i64,
@@ -317,12 +339,25 @@ async fn evict(
 
 /// Deletes records older than the retention, in batches of a write transaction each;
 /// returns how many.
-pub async fn purge_expired(pool: &sqlx::SqlitePool) -> Result<u64, sqlx::Error> {
-    const BATCH: usize = 1_000;
+pub async fn purge_expired(db: &crate::db::Db) -> Result<u64, sqlx::Error> {
     let cutoff = crate::time::unix_millis() - RETENTION.as_millis() as i64;
     let mut purged = 0;
     loop {
-        let mut tx = crate::db::begin_write(pool).await?;
+        let gone = crate::db::retry(db, || purge_batch(db, cutoff)).await?;
+        purged += gone as u64;
+        if gone < PURGE_BATCH {
+            return Ok(purged);
+        }
+    }
+}
+
+const PURGE_BATCH: usize = 1_000;
+
+/// One batch of [`purge_expired`]: how many records it deleted.
+async fn purge_batch(db: &crate::db::Db, cutoff: i64) -> Result<usize, sqlx::Error> {
+    const BATCH: usize = PURGE_BATCH;
+    {
+        let mut tx = crate::db::begin_write(db).await?;
         let gone: Vec<(String, i64)> = sqlx::query_as(
             "DELETE FROM idempotency_records WHERE seq IN
                 (SELECT seq FROM idempotency_records WHERE created_at < $1 LIMIT $2)
@@ -350,10 +385,7 @@ pub async fn purge_expired(pool: &sqlx::SqlitePool) -> Result<u64, sqlx::Error> 
                 .await?;
         }
         tx.commit().await?;
-        purged += gone.len() as u64;
-        if gone.len() < BATCH {
-            return Ok(purged);
-        }
+        Ok(gone.len())
     }
 }
 
@@ -375,15 +407,19 @@ mod tests {
     use super::*;
     use crate::db::{self, Migration};
 
-    const MIGRATIONS: &[Migration] = &[
-        Migration { version: 1, name: "idempotency", sql: MIGRATION_SQL },
-        Migration { version: 2, name: "idempotency records", sql: RECORDS_MIGRATION_SQL },
-    ];
+    const MIGRATIONS: db::Migrations = db::Migrations {
+        sqlite: &[
+            Migration { version: 1, name: "idempotency", sql: MIGRATION_SQL },
+            Migration { version: 2, name: "idempotency records", sql: RECORDS_MIGRATION_SQL },
+        ],
+        postgres: &[Migration { version: 1, name: "idempotency", sql: PG_MIGRATION_SQL }],
+    };
 
-    async fn pool() -> (tempfile::TempDir, sqlx::SqlitePool) {
+    /// A migrated database: SQLite, or PostgreSQL under `ORCH_TEST_DATABASE_URL`.
+    async fn pool() -> (tempfile::TempDir, db::Db) {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::connect(&format!("sqlite://{}", dir.path().join("i.sqlite").display())).await.unwrap();
-        db::migrate(&pool, MIGRATIONS).await.unwrap();
+        let pool = db::connect(&crate::testing::database_url(dir.path(), "i.sqlite").await).await.unwrap();
+        db::migrate(&pool, &MIGRATIONS).await.unwrap();
         (dir, pool)
     }
 
@@ -415,21 +451,21 @@ mod tests {
     }
 
     /// The rows and the per-owner totals of `owner`: (keys in order of recording, totals).
-    async fn store_of(pool: &sqlx::SqlitePool, owner: &str) -> (Vec<String>, Option<(i64, i64)>) {
+    async fn store_of(pool: &db::Db, owner: &str) -> (Vec<String>, Option<(i64, i64)>) {
         let keys = sqlx::query_scalar("SELECT key FROM idempotency_records WHERE owner = $1 ORDER BY seq")
             .bind(owner)
-            .fetch_all(pool)
+            .fetch_all(pool.pool())
             .await
             .unwrap();
         let totals = sqlx::query_as("SELECT keys, bytes FROM idempotency_owners WHERE owner = $1")
             .bind(owner)
-            .fetch_optional(pool)
+            .fetch_optional(pool.pool())
             .await
             .unwrap();
         (keys, totals)
     }
 
-    async fn record_one(pool: &sqlx::SqlitePool, key: &Key, body: &str) {
+    async fn record_one(pool: &db::Db, key: &Key, body: &str) {
         let mut tx = db::begin_write(pool).await.unwrap();
         assert_eq!(lookup(&mut tx, "POST /x", key).await.unwrap(), None, "{key} is new");
         record(&mut tx, "POST /x", key, "f", StatusCode::OK, body).await.unwrap();
@@ -486,7 +522,7 @@ mod tests {
         let old = crate::time::unix_millis() - 2 * RETENTION.as_millis() as i64;
         sqlx::query("UPDATE idempotency_records SET created_at = $1 WHERE key IN ('k0', 'k1')")
             .bind(old)
-            .execute(&pool)
+            .execute(pool.pool())
             .await
             .unwrap();
         record_one(&pool, &key("k0", "ada"), "{}").await;

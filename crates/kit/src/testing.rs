@@ -91,3 +91,40 @@ pub fn base64_url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// The environment variable that runs the storage tests on PostgreSQL: the URL of a server
+/// where tests may create databases (`scripts/pg.sh url`).
+pub const PG_ENV: &str = "ORCH_TEST_DATABASE_URL";
+
+/// A new, empty PostgreSQL database for one test when [`PG_ENV`] is set, else `None` (a
+/// test that only makes sense on PostgreSQL then says it was skipped).
+pub async fn pg_database() -> Option<String> {
+    let admin = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty())?;
+    Some(crate::db::pg::create_database(&admin).await.unwrap_or_else(|e| panic!("creating a test database: {e}")))
+}
+
+/// The database a storage test runs on: a new PostgreSQL database when [`PG_ENV`] is set,
+/// else the SQLite file `file` in `dir`.
+pub async fn database_url(dir: &std::path::Path, file: &str) -> String {
+    match pg_database().await {
+        Some(url) => url,
+        None => format!("sqlite://{}", dir.join(file).display()),
+    }
+}
+
+/// The PostgreSQL database of the test dir `dir` when [`PG_ENV`] is set: made on first use
+/// and remembered in the dir, so every instance a test starts on one dir shares it, as they
+/// share a SQLite file there. `None` runs on SQLite.
+pub async fn pg_database_of_dir(dir: &std::path::Path) -> Option<String> {
+    static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    std::env::var(PG_ENV).ok().filter(|u| !u.is_empty())?;
+    let _one_at_a_time = MAKING.lock().await;
+    let file = dir.join(".test-database-url");
+    if let Ok(url) = std::fs::read_to_string(&file) {
+        return Some(url);
+    }
+    let url = pg_database().await?;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&file, &url).unwrap();
+    Some(url)
+}

@@ -335,6 +335,7 @@ pub fn revision(manifest: &Manifest, service: &Service) -> u64 {
     manifest.env.hash(&mut h);
     manifest.auth_required.hash(&mut h);
     manifest.data_dir.hash(&mut h);
+    manifest.database.hash(&mut h);
     // The registry's and balancer's ports reach every instance as URLs.
     for component in [crate::run::Component::Registry, crate::run::Component::Balancer] {
         manifest.component(component).map(|s| (&s.name, s.port)).hash(&mut h);

@@ -35,6 +35,11 @@ impl TestAuth {
             ("ARGON2_MEMORY_KIB", "256"),
             ("ARGON2_ITERATIONS", "1"),
         ];
+        // The storage suites run on PostgreSQL too (`ORCH_TEST_DATABASE_URL`).
+        let pg = kit::testing::pg_database_of_dir(dir).await;
+        if let Some(url) = &pg {
+            vars.push(("DATABASE_URL", url));
+        }
         vars.extend_from_slice(extra);
         let config = auth::Config::from_vars(&kit::Vars::from_pairs(vars)).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

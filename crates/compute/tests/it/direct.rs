@@ -155,7 +155,7 @@ async fn over_the_time_limit_is_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_requests_do_not_stall_health_checks() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let instance =
         Instance::start(&db, "compute-1", &[("COMPUTE_THREADS", "1"), ("COMPUTE_TIME_LIMIT_MS", "60000")]).await;
     let body = json!({"operation": "matrixMultiply", "operands": [ones(200, 200), ones(200, 200)]});
@@ -201,7 +201,7 @@ async fn simulated_work_waits_then_answers() {
 
 #[tokio::test]
 async fn a_direct_request_with_a_seen_idempotency_key_gets_the_first_answer() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", &[("COMPUTE_WORKERS", "0")]).await;
     let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "0")]).await;
     let body = json!({"operation": "fibonacci", "operands": [200]});
@@ -228,12 +228,12 @@ async fn a_direct_request_with_a_seen_idempotency_key_gets_the_first_answer() {
 /// the table stays at the cap. Another user has an allowance (and keys) of its own.
 #[tokio::test]
 async fn the_idempotency_store_keeps_at_most_the_limit_per_user() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a =
         Instance::start(&db, "compute-a", &[("COMPUTE_WORKERS", "0"), ("IDEMPOTENCY_MAX_KEYS_PER_USER", "3")]).await;
-    let pool = kit::db::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let pool = kit::db::connect_as(&crate::db_url(&db), "compute", Default::default()).await.unwrap();
     let stored = || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM idempotency_records").fetch_one(&pool).await.unwrap()
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM idempotency_records").fetch_one(pool.pool()).await.unwrap()
     };
     let body = json!({"operation": "add", "operands": [1, 2]});
     let direct = |key: String, token: String| {

@@ -16,7 +16,7 @@ const ONE_WORKER: &[(&str, &str)] = &[("COMPUTE_WORKERS", "1")];
 
 #[tokio::test]
 async fn a_job_submitted_to_one_instance_runs_on_another_and_is_seen_on_both() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
     let b = Instance::start(&db, "compute-b", ONE_WORKER).await;
 
@@ -52,7 +52,7 @@ async fn a_job_submitted_to_one_instance_runs_on_another_and_is_seen_on_both() {
 
 #[tokio::test]
 async fn an_idempotency_key_seen_by_any_instance_returns_the_same_job() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
     let b = Instance::start(&db, "compute-b", NO_WORKERS).await;
     let body = json!({"operation": "fibonacci", "operands": [30]});
@@ -81,7 +81,7 @@ async fn an_idempotency_key_seen_by_any_instance_returns_the_same_job() {
 
 #[tokio::test]
 async fn invalid_jobs_are_refused_and_nothing_is_queued() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
     let cases = [
         (json!({"operation": "modulo", "operands": [1]}), "supported operations: add, subtract"),
@@ -106,7 +106,7 @@ async fn invalid_jobs_are_refused_and_nothing_is_queued() {
 /// queue by more than that.
 #[tokio::test]
 async fn priorities_are_clamped_to_the_documented_range() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
     assert_eq!(compute::PRIORITY_RANGE, -10..=10);
     for (asked, kept) in [
@@ -130,7 +130,7 @@ async fn priorities_are_clamped_to_the_documented_range() {
 
 #[tokio::test]
 async fn only_a_queued_job_can_be_cancelled() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
     let id = a.submit(json!({"operation": "add", "operands": [1, 2]})).await;
     let (status, cancelled) = send(a.delete(&format!("/api/compute/job/{id}"))).await;
@@ -158,13 +158,14 @@ async fn only_a_queued_job_can_be_cancelled() {
 
 #[tokio::test]
 async fn priority_orders_the_queue() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
     let mut ids = Vec::new();
     for priority in [0, 5, -1, 5, 0] {
         ids.push(a.submit(json!({"operation": "add", "operands": [1], "priority": priority})).await);
     }
-    let queue = compute::Queue::new(kit::db::connect(&format!("sqlite://{}", db.display())).await.unwrap());
+    let queue =
+        compute::Queue::new(kit::db::connect_as(&crate::db_url(&db), "compute", Default::default()).await.unwrap());
     let mut order = Vec::new();
     while let Some(claimed) = queue.claim("test/w1", SECS(60)).await.unwrap() {
         order.push(claimed.job.id);
@@ -179,7 +180,7 @@ async fn priority_orders_the_queue() {
 
 #[tokio::test]
 async fn the_lease_is_renewed_while_a_long_job_runs() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "1"), ("JOB_LEASE_MS", "150")]).await;
     let id = b.submit(json!({"operation": "sleep", "operands": [800]})).await;
     let done = b.wait_for(&id, "completed", SECS(10)).await;
@@ -190,7 +191,7 @@ async fn the_lease_is_renewed_while_a_long_job_runs() {
 
 #[tokio::test]
 async fn a_job_that_keeps_failing_stops_after_max_attempts_with_its_last_error() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let extra = [("COMPUTE_WORKERS", "1"), ("JOB_TIME_LIMIT_MS", "30"), ("JOB_MAX_ATTEMPTS", "2")];
     let b = Instance::start(&db, "compute-b", &extra).await;
     let id = b.submit(json!({"operation": "sleep", "operands": [5000]})).await;
@@ -211,7 +212,7 @@ async fn a_job_that_keeps_failing_stops_after_max_attempts_with_its_last_error()
 
 #[tokio::test]
 async fn a_graceful_shutdown_hands_a_running_job_back() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "1"), ("SHUTDOWN_GRACE_MS", "300")]).await;
     let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
     let id = b.submit(json!({"operation": "sleep", "operands": [10_000]})).await;
@@ -224,7 +225,7 @@ async fn a_graceful_shutdown_hands_a_running_job_back() {
 
 #[tokio::test]
 async fn stats_count_jobs_by_status_and_by_worker() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let b = Instance::start(&db, "compute-b", ONE_WORKER).await;
     let ids: Vec<String> =
         futures_util::future::join_all((0..3).map(|i| b.submit(json!({"operation": "add", "operands": [i, 1]})))).await;
@@ -249,7 +250,7 @@ async fn stats_count_jobs_by_status_and_by_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_jobs_across_two_instances_all_complete_once() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", &[]).await;
     let b = Instance::start(&db, "compute-b", &[]).await;
     let instances = [&a, &b];
@@ -283,7 +284,7 @@ async fn a_thousand_jobs_across_two_instances_all_complete_once() {
 /// passed since they finished; queued and running ones never are.
 #[tokio::test]
 async fn finished_jobs_are_purged_after_the_retention_and_others_are_kept() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let retention = [("JOB_RETENTION_MS", "1"), ("JOB_SWEEP_MS", "50")];
     let a = Instance::start(&db, "compute-a", &[NO_WORKERS, &retention].concat()).await;
     let add = json!({"operation": "add", "operands": [1, 2]});
@@ -309,4 +310,28 @@ async fn finished_jobs_are_purged_after_the_retention_and_others_are_kept() {
     assert_eq!(stats["workers"][0]["worker"], json!(null), "{stats}");
     b.stop().await;
     a.stop().await;
+}
+
+/// An idle worker is woken by a job submitted to another instance, not by its safety poll
+/// (ten minutes here): on PostgreSQL by the notification of the queued job (`LISTEN`), on
+/// SQLite by `PRAGMA data_version` moving. Each of several jobs, submitted one at a time
+/// after the worker went idle, completes within seconds.
+#[tokio::test]
+async fn an_idle_worker_is_woken_by_a_submit_elsewhere_not_by_its_safety_poll() {
+    let (_dir, db) = database().await;
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "1"), ("JOB_SAFETY_POLL_MS", "600000")]).await;
+    for n in 0..5 {
+        let sent = std::time::Instant::now();
+        let id = a.submit(json!({"operation": "add", "operands": [n, 1]})).await;
+        let done = a.wait_for(&id, "completed", SECS(10)).await;
+        assert_eq!((done["result"].clone(), done["worker"].clone()), (json!(n + 1), json!("compute-b/w1")));
+        println!(
+            "job {n}: picked up and done in {:?} (on {})",
+            sent.elapsed(),
+            crate::db_url(&db).split(':').next().unwrap()
+        );
+    }
+    a.stop().await;
+    b.stop().await;
 }

@@ -11,14 +11,14 @@ use serde_json::value::RawValue;
 use crate::{database, eventually};
 
 async fn queue() -> (tempfile::TempDir, Queue) {
-    let (dir, _) = database();
+    let (dir, _) = database().await;
     let pool = kit::db::connect(&url(&dir)).await.unwrap();
-    kit::db::migrate(&pool, compute::MIGRATIONS).await.unwrap();
+    kit::db::migrate(&pool, &compute::MIGRATIONS).await.unwrap();
     (dir, Queue::new(pool))
 }
 
 fn url(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("compute.sqlite").display())
+    crate::db_url(&dir.path().join("compute.sqlite"))
 }
 
 fn raw(text: &str) -> Box<RawValue> {
@@ -103,6 +103,10 @@ async fn a_retryable_failure_requeues_and_a_permanent_one_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_waited_for_the_lock_gets_a_whole_lease() {
     let (dir, queue) = queue().await;
+    if url(&dir).starts_with("postgres") {
+        // PostgreSQL has no database-wide write lock: the claim skips locked rows instead.
+        return eprintln!("skipped: SQLite only (the write lock)");
+    }
     let id = submit(&queue, 3).await;
     let lease = Duration::from_secs(2);
 

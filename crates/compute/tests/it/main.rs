@@ -35,9 +35,21 @@ pub fn token_for(sub: &str) -> String {
     })
 }
 
+/// The URL of the database `db` names: the SQLite file, or the PostgreSQL database made for
+/// its dir by [`database`].
+pub fn db_url(db: &Path) -> String {
+    std::fs::read_to_string(db.parent().unwrap().join(".test-database-url"))
+        .unwrap_or_else(|_| format!("sqlite://{}", db.display()))
+}
+
+/// Whether the tests run on PostgreSQL.
+pub fn on_pg(db: &Path) -> bool {
+    db_url(db).starts_with("postgres")
+}
+
 /// The settings every test instance gets, then `extra`.
 pub fn config(db: &Path, name: &str, extra: &[(&str, &str)]) -> compute::Config {
-    let url = format!("sqlite://{}", db.display());
+    let url = db_url(db);
     let dir = db.parent().unwrap().display().to_string();
     let mut vars = vec![
         ("SERVICE_NAME", name),
@@ -51,16 +63,19 @@ pub fn config(db: &Path, name: &str, extra: &[(&str, &str)]) -> compute::Config 
     compute::Config::from_vars(&kit::Vars::from_pairs(vars)).unwrap()
 }
 
-/// A temp dir and the database file in it.
-pub fn database() -> (tempfile::TempDir, PathBuf) {
+/// A temp dir and the database file in it (or a PostgreSQL database of its own).
+pub async fn database() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
+    // The storage suites run on PostgreSQL too (`ORCH_TEST_DATABASE_URL`): [`db_url`] finds
+    // the dir's database.
+    kit::testing::pg_database_of_dir(dir.path()).await;
     let db = dir.path().join("compute.sqlite");
     (dir, db)
 }
 
 /// The router alone, for `oneshot` requests (no workers run).
 pub async fn app(extra: &[(&str, &str)]) -> (axum::Router, tempfile::TempDir) {
-    let (dir, db) = database();
+    let (dir, db) = database().await;
     let state = compute::AppState::open(config(&db, "compute-1", extra)).await.unwrap();
     (compute::router(state), dir)
 }

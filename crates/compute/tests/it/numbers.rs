@@ -19,7 +19,7 @@ fn has_field(text: &str, name: &str, value: &str) -> bool {
 
 #[tokio::test]
 async fn direct_answers_keep_numbers_exact() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", &[("COMPUTE_WORKERS", "0")]).await;
     let cases = [
         // (operation, operands, result)
@@ -55,7 +55,7 @@ async fn direct_answers_keep_numbers_exact() {
 
 #[tokio::test]
 async fn jobs_keep_operands_and_results_exact() {
-    let (_dir, db) = database();
+    let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", &[("COMPUTE_WORKERS", "1")]).await;
     let cases = [
         ("add", OPERANDS, "1.2345678901234568e+22"),

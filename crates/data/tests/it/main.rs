@@ -47,6 +47,11 @@ impl TestData {
             ("SERVICE_NAME", "data-test"),
             ("SHUTDOWN_GRACE_MS", "1000"),
         ];
+        // The storage suites run on PostgreSQL too (`ORCH_TEST_DATABASE_URL`).
+        let pg = kit::testing::pg_database_of_dir(dir).await;
+        if let Some(url) = &pg {
+            vars.push(("DATABASE_URL", url));
+        }
         vars.extend_from_slice(settings);
         let config = data::Config::from_vars(&kit::Vars::from_pairs(vars)).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -171,3 +171,21 @@ async fn a_page_holds_at_least_one_item_and_its_cursor_leads_to_the_next() {
     }
     data.stop().await;
 }
+
+/// Keys list in byte order on either database (`COLLATE "C"` on PostgreSQL, whose default
+/// collation would put `a` before `B` and ignore the `-`), and a cursor continues in it.
+#[tokio::test]
+async fn keys_list_in_byte_order_and_cursors_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = TestData::start(dir.path(), &[("WORK_DELAY_MS", "0")]).await;
+    for key in ["a-b", "ab", "a", "B", "a_b", "é", "Z"] {
+        data.create(key, serde_json::json!(1)).await;
+    }
+    let keys = |pages: Vec<(Page, usize)>| -> Vec<String> {
+        let items = pages.into_iter().flat_map(|(page, _)| page.items);
+        items.map(|item| serde_json::from_str::<KeyValue>(item.get()).unwrap().key).collect()
+    };
+    assert_eq!(keys(pages(&data, "", 2).await), ["B", "Z", "a", "a-b", "a_b", "ab", "é"]);
+    assert_eq!(keys(pages(&data, "a", 10).await), ["a", "a-b", "a_b", "ab"]);
+    data.stop().await;
+}

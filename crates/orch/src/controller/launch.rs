@@ -81,6 +81,11 @@ pub fn launch_spec(
     set("ORCH_CONTROL_URL", base.control_url.clone());
     set("DATA_DIR", m.data_dir.display().to_string());
     set("DATABASE_URL", format!("sqlite://{}", m.data_dir.join(format!("{}.sqlite", service.name)).display()));
+    if let Some(url) = &m.database
+        && matches!(service.component(), Some(Component::Auth | Component::Data | Component::Compute))
+    {
+        set("DATABASE_URL", url.clone());
+    }
     set("AUTH_REQUIRED", m.auth_required.to_string());
     if let Some(p) = component_port(m, slots, Component::Balancer) {
         set("LOAD_BALANCER_URL", format!("http://localhost:{p}"));

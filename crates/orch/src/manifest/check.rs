@@ -92,6 +92,17 @@ impl Checker {
             1 << 30,
         ) as u64;
         let env = self.env(sp.key("env"), spec.env);
+        let database = spec.database.filter(|url| {
+            let postgres = ["postgres://", "postgresql://"].iter().any(|s| url.starts_with(s) && url.len() > s.len());
+            if !postgres {
+                self.problem(
+                    sp.key("database"),
+                    format!("database {url:?} is not a PostgreSQL URL"),
+                    "write postgres://USER@HOST:PORT/DATABASE, or leave database out for SQLite files",
+                );
+            }
+            postgres
+        });
 
         let mut services = Vec::new();
         let mut first_at: HashMap<String, usize> = HashMap::new();
@@ -125,6 +136,7 @@ impl Checker {
             control_port,
             auth_required: spec.auth.is_none_or(|a| a.required),
             env,
+            database,
             log_max_bytes,
             services,
         }

@@ -69,6 +69,9 @@ pub struct Manifest {
     pub auth_required: bool,
     /// `spec.env`: given to every instance.
     pub env: BTreeMap<String, String>,
+    /// `spec.database`: a `postgres://` URL that auth, data and compute share (each in a
+    /// schema of its own), as their `DATABASE_URL`; `None`: a SQLite file each in the data dir.
+    pub database: Option<String>,
     /// Each instance's log file is rotated (to `.1`) when it grows past this.
     pub log_max_bytes: u64,
     /// In file order; [`Manifest::start_order`] gives the dependency order.

@@ -29,9 +29,10 @@ pub(super) struct RawMetadata {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[serde(expecting = "a spec: a mapping with services (and dataDir, controlPort, auth, env, logMaxBytes)")]
+#[serde(expecting = "a spec: a mapping with services (and dataDir, controlPort, auth, env, logMaxBytes, database)")]
 pub(super) struct RawSpec {
     pub(super) data_dir: Option<String>,
+    pub(super) database: Option<String>,
     pub(super) control_port: Option<Int>,
     pub(super) auth: Option<RawAuth>,
     #[serde(default)]

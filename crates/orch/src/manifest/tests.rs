@@ -283,3 +283,16 @@ fn close_names() {
     assert_eq!(closest("replica", ["name", "replicas", "port"]), Some("replicas"));
     assert_eq!(closest("zzz", ["name", "replicas", "port"]), None);
 }
+
+#[test]
+fn a_database_url_is_a_postgres_url() {
+    let services = "  services:\n    - name: data\n      component: data\n";
+    let m = ok(&doc(&format!("  database: postgres://orch@127.0.0.1:5432/orch\n{services}")));
+    assert_eq!(m.database.as_deref(), Some("postgres://orch@127.0.0.1:5432/orch"));
+    assert_eq!(ok(&doc(services)).database, None);
+    for bad in ["mysql://x@h/d", "sqlite://x.db", "postgres://", "127.0.0.1:5432"] {
+        let err = parse(Path::new("m.yaml"), &doc(&format!("  database: {bad:?}\n{services}"))).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("m.yaml:5:") && text.contains("is not a PostgreSQL URL"), "{bad}: {text}");
+    }
+}

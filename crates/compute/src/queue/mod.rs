@@ -36,140 +36,22 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use kit::db::{Db, Dialect};
 use kit::idempotency::{self, Stored};
-use kit::time::{iso_from_millis, unix_millis};
+use kit::time::unix_millis;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
+
+mod job;
+
+pub use job::{Job, JobView, Status};
 
 /// The idempotency scope of job submissions.
 pub const SUBMIT_SCOPE: &str = "POST /api/compute/job";
 
 const COLUMNS: &str = "id, operation, operands, priority, status, result, error, attempts, max_attempts, worker, \
                        created_at, started_at, finished_at";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl Status {
-    pub const ALL: [Status; 5] = [Self::Queued, Self::Running, Self::Completed, Self::Failed, Self::Cancelled];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, sqlx::Error> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown job status {s:?}").into()))
-    }
-}
-
-/// A job as stored.
-#[derive(Clone, Debug)]
-pub struct Job {
-    pub id: String,
-    pub operation: String,
-    /// The JSON text the client sent.
-    pub operands: Box<RawValue>,
-    pub priority: i64,
-    pub status: Status,
-    /// The JSON text of the result, as the worker wrote it.
-    pub result: Option<Box<RawValue>>,
-    pub error: Option<String>,
-    pub attempts: i64,
-    pub max_attempts: i64,
-    pub worker: Option<String>,
-    pub created_at: i64,
-    pub started_at: Option<i64>,
-    pub finished_at: Option<i64>,
-}
-
-impl Job {
-    fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
-        let json = |column: &str| -> Result<Option<Box<RawValue>>, sqlx::Error> {
-            let text: Option<String> = row.try_get(column)?;
-            text.map(|t| RawValue::from_string(t).map_err(|e| sqlx::Error::Decode(e.into()))).transpose()
-        };
-        Ok(Self {
-            id: row.try_get("id")?,
-            operation: row.try_get("operation")?,
-            operands: json("operands")?.ok_or_else(|| sqlx::Error::Decode("a job without operands".into()))?,
-            priority: row.try_get("priority")?,
-            status: Status::parse(row.try_get("status")?)?,
-            result: json("result")?,
-            error: row.try_get("error")?,
-            attempts: row.try_get("attempts")?,
-            max_attempts: row.try_get("max_attempts")?,
-            worker: row.try_get("worker")?,
-            created_at: row.try_get("created_at")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-        })
-    }
-
-    /// The API's view: `{jobId, operation, operands, priority, status, result?, error?,
-    /// attempts, maxAttempts, worker?, createdAt, startedAt?, finishedAt?}`.
-    pub fn view(&self) -> JobView<'_> {
-        JobView {
-            job_id: &self.id,
-            operation: &self.operation,
-            operands: &self.operands,
-            priority: self.priority,
-            status: self.status.as_str(),
-            result: self.result.as_deref(),
-            error: self.error.as_deref(),
-            attempts: self.attempts,
-            max_attempts: self.max_attempts,
-            worker: self.worker.as_deref(),
-            created_at: iso_from_millis(self.created_at),
-            started_at: self.started_at.map(iso_from_millis),
-            finished_at: self.finished_at.map(iso_from_millis),
-            message: None,
-        }
-    }
-}
-
-/// A job as the API shows it; operands and result are the stored JSON text.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobView<'a> {
-    pub job_id: &'a str,
-    pub operation: &'a str,
-    pub operands: &'a RawValue,
-    pub priority: i64,
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<&'a str>,
-    pub attempts: i64,
-    pub max_attempts: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker: Option<&'a str>,
-    pub created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    /// Set by a cancel.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<&'static str>,
-}
 
 /// What a submit is made of (already validated).
 #[derive(Clone, Debug)]
@@ -272,100 +154,130 @@ pub struct WorkerStats {
 /// The queue over a pool of the shared database.
 #[derive(Clone, Debug)]
 pub struct Queue {
-    pool: SqlitePool,
+    db: Db,
 }
 
+/// The PostgreSQL claim: the next queued job, skipping rows other claimers hold, taken in
+/// one statement (no transaction is held while choosing).
+const PG_CLAIM: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = $1, lease_token = $2,
+        lease_expires_at = $3, started_at = $4
+     WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY priority DESC, seq LIMIT 1
+                  FOR UPDATE SKIP LOCKED)";
+
 impl Queue {
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    pub fn new(db: Db) -> Self {
+        Self { db }
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Queues `job`; with an idempotency key already seen, answers the first outcome and
     /// queues nothing. The lookup, the insert and the record are one write transaction.
     pub async fn submit(&self, job: &NewJob, idem: Option<Idempotency<'_>>) -> Result<Submitted, sqlx::Error> {
-        let mut tx = kit::db::begin_write(&self.pool).await?;
-        if let Some(idem) = idem
-            && let Some(stored) = idempotency::lookup(&mut tx, SUBMIT_SCOPE, idem.key).await?
-        {
-            return Ok(Submitted::Replayed(stored));
-        }
-        let id = new_id();
-        sqlx::query(
-            "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
-        )
-        .bind(&id)
-        .bind(&job.operation)
-        .bind(job.operands.get())
-        .bind(job.priority)
-        .bind(job.max_attempts)
-        .bind(unix_millis())
-        .execute(&mut *tx)
-        .await?;
-        let body = Accepted::new(&id);
-        if let Some(idem) = idem {
-            idempotency::record(&mut tx, SUBMIT_SCOPE, idem.key, idem.fingerprint, StatusCode::ACCEPTED, &body.text())
+        let db = &self.db;
+        let idem = idem.as_ref();
+        kit::db::retry(db, move || async move {
+            let mut tx = kit::db::begin_write(db).await?;
+            if let Some(idem) = idem
+                && let Some(stored) = idempotency::lookup(&mut tx, SUBMIT_SCOPE, idem.key).await?
+            {
+                return Ok(Submitted::Replayed(stored));
+            }
+            let id = new_id();
+            sqlx::query(
+                "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+            )
+            .bind(&id)
+            .bind(&job.operation)
+            .bind(job.operands.get())
+            .bind(job.priority)
+            .bind(job.max_attempts)
+            .bind(unix_millis())
+            .execute(&mut *tx)
+            .await?;
+            let body = Accepted::new(&id);
+            if let Some(idem) = idem {
+                idempotency::record(
+                    &mut tx,
+                    SUBMIT_SCOPE,
+                    idem.key,
+                    idem.fingerprint,
+                    StatusCode::ACCEPTED,
+                    &body.text(),
+                )
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(Submitted::Queued { id, body })
+            }
+            kit::db::commit(tx).await?;
+            Ok(Submitted::Queued { id, body })
+        })
+        .await
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let db = &self.db;
+        let row = kit::db::retry(db, move || async move {
+            sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut *db.acquire().await?)
+                .await
+        })
+        .await?;
         row.as_ref().map(Job::from_row).transpose()
     }
 
     /// Cancels a queued job.
     pub async fn cancel(&self, id: &str) -> Result<Cancel, sqlx::Error> {
-        let mut tx = kit::db::begin_write(&self.pool).await?;
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'cancelled', finished_at = $1
-             WHERE id = $2 AND status = 'queued' RETURNING {COLUMNS}"
-        ))
-        .bind(unix_millis())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let outcome = match row {
-            Some(row) => Cancel::Cancelled(Box::new(Job::from_row(&row)?)),
-            None => {
-                let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                match status {
-                    None => Cancel::NotFound,
-                    Some(s) => Cancel::Conflict(Status::parse(&s)?),
+        let db = &self.db;
+        kit::db::retry(db, move || async move {
+            let mut tx = kit::db::begin_write(db).await?;
+            let row = sqlx::query(&format!(
+                "UPDATE jobs SET status = 'cancelled', finished_at = $1
+                 WHERE id = $2 AND status = 'queued' RETURNING {COLUMNS}"
+            ))
+            .bind(unix_millis())
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let outcome = match row {
+                Some(row) => Cancel::Cancelled(Box::new(Job::from_row(&row)?)),
+                None => {
+                    let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match status {
+                        None => Cancel::NotFound,
+                        Some(s) => Cancel::Conflict(Status::parse(&s)?),
+                    }
                 }
-            }
-        };
-        tx.commit().await?;
-        Ok(outcome)
+            };
+            kit::db::commit(tx).await?;
+            Ok(outcome)
+        })
+        .await
     }
 
     /// Whether there may be work, without taking the write lock.
     pub async fn peek(&self) -> Result<Peek, sqlx::Error> {
-        let (queued, next_expiry): (bool, Option<i64>) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued'),
+        let (queued, next_expiry): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE status = 'queued') THEN 1 ELSE 0 END,
                     (SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'running')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.db.acquire().await?)
         .await?;
-        Ok(Peek { queued, next_expiry })
+        Ok(Peek { queued: queued == 1, next_expiry })
     }
 
     /// Claims the next job for `worker` with a lease of `lease`, after putting jobs whose
     /// lease expired back in the queue (or failing them when out of attempts).
     pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
-        let mut tx = kit::db::begin_write(&self.pool).await?;
+        if self.db.dialect() == Dialect::Postgres {
+            return self.claim_skip_locked(worker, lease).await;
+        }
+        let mut tx = kit::db::begin_write(&self.db).await?;
         // After the lock is held: the wait for it must not shorten the lease (module docs).
         let now = unix_millis();
         reap_expired(&mut tx, now).await?;
@@ -396,34 +308,65 @@ impl Queue {
         Ok(Some(Claimed { job, token, expires_at }))
     }
 
+    /// [`Queue::claim`] on PostgreSQL: the reaping and the claim are a statement each, and
+    /// the claim skips rows another claimer holds ([`PG_CLAIM`]), so claimers never wait for
+    /// each other; a lease is stamped by the statement that takes the row.
+    async fn claim_skip_locked(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
+        let db = &self.db;
+        kit::db::retry(db, move || async move {
+            let mut conn = db.acquire().await?;
+            let now = unix_millis();
+            reap_expired(&mut conn, now).await?;
+            let token = new_id();
+            let expires_at = now + lease.as_millis() as i64;
+            let row = sqlx::query(&format!("{PG_CLAIM} RETURNING {COLUMNS}"))
+                .bind(worker)
+                .bind(&token)
+                .bind(expires_at)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await?;
+            row.map(|row| Ok(Claimed { job: Job::from_row(&row)?, token, expires_at })).transpose()
+        })
+        .await
+    }
+
     /// Extends the lease to `lease` from now; false if the worker no longer holds it.
     pub async fn renew(&self, claimed: &Claimed, lease: Duration) -> Result<bool, sqlx::Error> {
-        let mut tx = kit::db::begin_write(&self.pool).await?;
-        // After the lock is held, as for a claim.
-        let done = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_token = $3 AND status = 'running'",
-        )
-        .bind(unix_millis() + lease.as_millis() as i64)
-        .bind(&claimed.job.id)
-        .bind(&claimed.token)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        let db = &self.db;
+        kit::db::retry(db, move || async move {
+            let mut tx = kit::db::begin_write(db).await?;
+            // After the lock is held, as for a claim.
+            let done = sqlx::query(
+                "UPDATE jobs SET lease_expires_at = $1 WHERE id = $2 AND lease_token = $3 AND status = 'running'",
+            )
+            .bind(unix_millis() + lease.as_millis() as i64)
+            .bind(&claimed.job.id)
+            .bind(&claimed.token)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
     }
 
     /// Marks the job completed; false if the worker no longer holds the lease.
     pub async fn complete(&self, claimed: &Claimed, result: &RawValue) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'completed', result = $1, error = NULL, finished_at = $2,
-                lease_token = NULL, lease_expires_at = NULL
-             WHERE id = $3 AND lease_token = $4 AND status = 'running'",
-        )
-        .bind(result.get())
-        .bind(unix_millis())
-        .bind(&claimed.job.id)
-        .bind(&claimed.token)
-        .execute(&self.pool)
+        let db = &self.db;
+        let done = kit::db::retry(db, move || async move {
+            sqlx::query(
+                "UPDATE jobs SET status = 'completed', result = $1, error = NULL, finished_at = $2,
+                    lease_token = NULL, lease_expires_at = NULL
+                 WHERE id = $3 AND lease_token = $4 AND status = 'running'",
+            )
+            .bind(result.get())
+            .bind(unix_millis())
+            .bind(&claimed.job.id)
+            .bind(&claimed.token)
+            .execute(&mut *db.acquire().await?)
+            .await
+        })
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -431,19 +374,23 @@ impl Queue {
     /// Records a failed attempt: back in the queue, or `failed` when `permanent` or out of
     /// attempts. The new status, or `None` if the worker no longer holds the lease.
     pub async fn fail(&self, claimed: &Claimed, error: &str, permanent: bool) -> Result<Option<Status>, sqlx::Error> {
-        let status: Option<String> = sqlx::query_scalar(
-            "UPDATE jobs SET
-                status = CASE WHEN $1 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-                finished_at = CASE WHEN $1 OR attempts >= max_attempts THEN $2 ELSE NULL END,
-                error = $3, lease_token = NULL, lease_expires_at = NULL
-             WHERE id = $4 AND lease_token = $5 AND status = 'running' RETURNING status",
-        )
-        .bind(permanent)
-        .bind(unix_millis())
-        .bind(error)
-        .bind(&claimed.job.id)
-        .bind(&claimed.token)
-        .fetch_optional(&self.pool)
+        let db = &self.db;
+        let status: Option<String> = kit::db::retry(db, move || async move {
+            sqlx::query_scalar(
+                "UPDATE jobs SET
+                    status = CASE WHEN $1 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                    finished_at = CASE WHEN $1 OR attempts >= max_attempts THEN $2 ELSE NULL END,
+                    error = $3, lease_token = NULL, lease_expires_at = NULL
+                 WHERE id = $4 AND lease_token = $5 AND status = 'running' RETURNING status",
+            )
+            .bind(permanent)
+            .bind(unix_millis())
+            .bind(error)
+            .bind(&claimed.job.id)
+            .bind(&claimed.token)
+            .fetch_optional(&mut *db.acquire().await?)
+            .await
+        })
         .await?;
         status.map(|s| Status::parse(&s)).transpose()
     }
@@ -451,21 +398,37 @@ impl Queue {
     /// Gives the job back untouched (a graceful shutdown interrupted it): queued again, and
     /// the interrupted attempt does not count. False if the lease was lost already.
     pub async fn release(&self, claimed: &Claimed) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_token = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND lease_token = $2 AND status = 'running'",
-        )
-        .bind(&claimed.job.id)
-        .bind(&claimed.token)
-        .execute(&self.pool)
+        let db = &self.db;
+        let done = kit::db::retry(db, move || async move {
+            sqlx::query(
+                "UPDATE jobs SET status = 'queued', attempts = attempts - 1, lease_token = NULL, lease_expires_at = NULL
+                 WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+            )
+            .bind(&claimed.job.id)
+            .bind(&claimed.token)
+            .execute(&mut *db.acquire().await?)
+            .await
+        })
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn stats(&self) -> Result<Stats, sqlx::Error> {
+        let db = &self.db;
+        kit::db::retry(db, move || async move {
+            // One snapshot for all three reads.
+            let mut tx = kit::db::begin_read(db).await?;
+            let stats = Self::stats_in(&mut tx).await?;
+            tx.commit().await?;
+            Ok(stats)
+        })
+        .await
+    }
+
+    async fn stats_in(conn: &mut kit::db::Conn) -> Result<Stats, sqlx::Error> {
         let mut stats = Stats::default();
         let counts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetch_all(&mut *conn).await?;
         for (status, n) in counts {
             let i = Status::ALL.iter().position(|s| s.as_str() == status).unwrap_or(0);
             stats.counts[i] += n;
@@ -474,20 +437,22 @@ impl Queue {
         stats.completed_last_minute =
             sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'completed' AND finished_at >= $1")
                 .bind(minute_ago)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await?;
+        // Sums of integers and a mean cast to a double: PostgreSQL's AVG would be NUMERIC.
         let rows = sqlx::query(
             "SELECT worker,
                 SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
                 SUM(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS completed,
                 SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
                 SUM(CASE WHEN status = 'completed' AND finished_at >= $1 THEN 1 ELSE 0 END) AS recent,
-                AVG(CASE WHEN status = 'completed' THEN finished_at - started_at END) AS mean_ms,
+                CAST(AVG(CASE WHEN status = 'completed' THEN finished_at - started_at END) AS DOUBLE PRECISION)
+                    AS mean_ms,
                 MAX(finished_at) AS last_finished
              FROM jobs WHERE worker IS NOT NULL GROUP BY worker ORDER BY worker",
         )
         .bind(minute_ago)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         for row in rows {
             stats.workers.push(WorkerStats {
@@ -509,15 +474,19 @@ impl Queue {
     pub async fn purge(&self, retention: Duration) -> Result<u64, sqlx::Error> {
         const BATCH: u64 = 1_000;
         let cutoff = unix_millis() - retention.as_millis() as i64;
+        let db = &self.db;
         let mut purged = 0;
         loop {
-            let done = sqlx::query(
-                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs
-                    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1 LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(BATCH as i64)
-            .execute(&self.pool)
+            let done = kit::db::retry(db, move || async move {
+                sqlx::query(
+                    "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs
+                        WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1 LIMIT $2)",
+                )
+                .bind(cutoff)
+                .bind(BATCH as i64)
+                .execute(&mut *db.acquire().await?)
+                .await
+            })
             .await?;
             purged += done.rows_affected();
             if done.rows_affected() < BATCH {
@@ -528,8 +497,10 @@ impl Queue {
 }
 
 /// Running jobs whose lease expired before `now`: queued again, or failed when they have
-/// had all their attempts. Runs inside the claim's write transaction.
-async fn reap_expired(conn: &mut sqlx::SqliteConnection, now: i64) -> Result<(), sqlx::Error> {
+/// had all their attempts. Runs inside the claim's write transaction (SQLite), or as a
+/// statement of its own before the claim (PostgreSQL: a row another reaper changed first is
+/// checked again, and no longer matches).
+async fn reap_expired(conn: &mut kit::db::Conn, now: i64) -> Result<(), sqlx::Error> {
     let done = sqlx::query(
         "UPDATE jobs SET
             status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,

@@ -1,0 +1,308 @@
+use super::*;
+
+const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "things",
+        sql: "CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);",
+    },
+    Migration { version: 2, name: "colour", sql: "ALTER TABLE things ADD COLUMN colour TEXT;" },
+];
+const PG: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "things",
+        sql: "CREATE TABLE things (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name TEXT NOT NULL UNIQUE);",
+    },
+    Migration { version: 2, name: "colour", sql: "ALTER TABLE things ADD COLUMN colour TEXT;" },
+];
+const MIGRATIONS: &Migrations = &Migrations { sqlite: SQLITE, postgres: PG };
+
+/// `PRAGMA synchronous` on two connections of the pool `vars` configure.
+async fn synchronous_of(vars: &[(&str, &str)]) -> Vec<i64> {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let mut pairs = vec![("DATA_DIR", data_dir.as_str())];
+    pairs.extend_from_slice(vars);
+    let config = crate::Config::from_vars(&crate::Vars::from_pairs(pairs), "test").unwrap();
+    let pool = open(&config, "s.sqlite", MIGRATIONS).await.unwrap();
+    let (mut a, mut b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+    let mut levels = Vec::new();
+    for conn in [&mut a, &mut b] {
+        levels.push(sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut **conn).await.unwrap());
+    }
+    levels
+}
+
+#[tokio::test]
+async fn acknowledged_writes_are_durable_by_default() {
+    // 2 is FULL, 1 is NORMAL.
+    assert_eq!(synchronous_of(&[]).await, [2, 2]);
+    assert_eq!(synchronous_of(&[("SQLITE_SYNCHRONOUS", "NORMAL")]).await, [1, 1]);
+    assert_eq!(synchronous_of(&[("SQLITE_SYNCHRONOUS", "full")]).await, [2, 2]);
+}
+
+#[test]
+fn a_bad_synchronous_setting_is_refused_at_startup() {
+    for bad in ["OFF", "EXTRA", "2", "fast"] {
+        let vars = crate::Vars::from_pairs([("SQLITE_SYNCHRONOUS", bad)]);
+        let err = crate::Config::from_vars(&vars, "test").unwrap_err().to_string();
+        assert_eq!(err, format!("invalid SQLITE_SYNCHRONOUS={bad:?}: expected FULL or NORMAL"));
+    }
+}
+
+#[tokio::test]
+async fn services_sharing_one_file_each_get_their_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = connect(&format!("sqlite://{}", dir.path().join("shared.sqlite").display())).await.unwrap();
+    let other = &Migrations {
+        sqlite: &[Migration { version: 1, name: "gadgets", sql: "CREATE TABLE gadgets (id INTEGER PRIMARY KEY);" }],
+        postgres: &[],
+    };
+    migrate(&pool, MIGRATIONS).await.unwrap();
+    migrate(&pool, other).await.unwrap();
+    migrate(&pool, MIGRATIONS).await.unwrap();
+    sqlx::query("INSERT INTO gadgets (id) VALUES (1)").execute(pool.pool()).await.unwrap();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM schema_migrations ORDER BY name").fetch_all(pool.pool()).await.unwrap();
+    assert_eq!(names, ["colour", "gadgets", "things"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begins_cancelled_at_any_moment_leave_nothing_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("c.sqlite").display());
+    let (a, b) = (connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    migrate(&a, MIGRATIONS).await.unwrap();
+
+    // Another process holds the write lock; a begin waits for it and is abandoned at a
+    // different moment each time, around when the lock is released (a client hanging up).
+    for i in 0..400u64 {
+        let holder = begin_write(&b).await.unwrap();
+        let waiting = begin_write(&a);
+        let release = async {
+            holder.commit().await.unwrap();
+            tokio::time::sleep(Duration::from_micros(i * 13 % 700)).await;
+        };
+        tokio::select! {
+            _ = waiting => {}
+            _ = release => {}
+        }
+    }
+
+    // Nothing is left holding the lock: the other process writes, within far less than
+    // the busy timeout, and so does this one, on every pooled connection.
+    let write = async {
+        let mut tx = begin_write(&b).await?;
+        sqlx::query("INSERT INTO things (name) VALUES ('b')").execute(&mut *tx).await?;
+        tx.commit().await
+    };
+    tokio::time::timeout(Duration::from_secs(3), write).await.expect("the write lock was left held").unwrap();
+    for i in 0..8 {
+        let mut tx = begin_write(&a).await.unwrap();
+        sqlx::query("INSERT INTO things (name) VALUES ($1)").bind(format!("a{i}")).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn migrating_runs_on_a_spawned_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.sqlite").display());
+    let task = tokio::spawn(async move {
+        let pool = connect(&url).await?;
+        migrate(&pool, MIGRATIONS).await
+    });
+    task.await.unwrap().unwrap();
+}
+
+/// Instances of a service start together on a new data dir: every one opens the file
+/// and migrates, although switching a new file to WAL meets SQLite's deadlock
+/// avoidance (SQLITE_BUSY at once, without the busy timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_at_once_on_a_new_file_all_open_it() {
+    for round in 0..25 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("new.sqlite").display());
+        let starts = (0..6).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let pool = connect(&url).await.map_err(|e| format!("connect: {e}"))?;
+                migrate(&pool, MIGRATIONS).await.map_err(|e| format!("migrate: {e}"))
+            })
+        });
+        for start in futures_util::future::join_all(starts).await {
+            if let Err(e) = start.unwrap() {
+                panic!("round {round}: {e}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_migrations_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::testing::database_url(&dir.path().join("nested"), "t.sqlite").await;
+    let pools: Vec<Db> = futures_util::future::try_join_all((0..4).map(|_| connect(&url))).await.unwrap();
+    futures_util::future::try_join_all(pools.iter().map(|p| migrate(p, MIGRATIONS))).await.unwrap();
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+        .fetch_all(pools[0].pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1, 2]);
+
+    sqlx::query("INSERT INTO things (name, colour) VALUES ('a', 'red')").execute(pools[1].pool()).await.unwrap();
+    let dup = sqlx::query("INSERT INTO things (name) VALUES ('a')").execute(pools[2].pool()).await.unwrap_err();
+    assert!(is_unique_violation(&dup));
+    assert!(ping(&pools[3]).await.is_ok());
+}
+
+/// Six instances migrate one fresh PostgreSQL database at once: every one succeeds, each
+/// migration is applied once, and the tables are in the service's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_six_instances_migrate_a_fresh_database_at_once() {
+    let Some(url) = crate::testing::pg_database().await else {
+        return eprintln!("skipped: PostgreSQL only (ORCH_TEST_DATABASE_URL unset)");
+    };
+    let starts = (0..6).map(|i| {
+        let url = url.clone();
+        // Two services, three instances each: both schemas appear, under one lock.
+        let schema = if i % 2 == 0 { "alpha" } else { "beta" };
+        tokio::spawn(async move {
+            let db = connect_as(&url, schema, Synchronous::Full).await.map_err(|e| format!("connect: {e}"))?;
+            migrate(&db, MIGRATIONS).await.map_err(|e| format!("migrate: {e}"))?;
+            Ok::<_, String>(db)
+        })
+    });
+    let dbs: Vec<Db> = futures_util::future::join_all(starts).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    for db in &dbs[..2] {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM schema_migrations ORDER BY version")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(names, ["things", "colour"], "in {}", db.schema());
+        let schema: String =
+            sqlx::query_scalar("SELECT table_schema::text FROM information_schema.tables WHERE table_name = 'things' AND table_schema = $1")
+                .bind(db.schema())
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        assert_eq!(schema, db.schema());
+        assert!(ping(db).await.is_ok());
+    }
+    // The schemas are apart: a row in one is not in the other.
+    sqlx::query("INSERT INTO things (name) VALUES ('x')").execute(dbs[0].pool()).await.unwrap();
+    let other: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM things").fetch_one(dbs[1].pool()).await.unwrap();
+    assert_eq!(other, 0);
+}
+
+/// No server at the URL: the instance opens anyway, is not ready with the reason, and
+/// becomes ready once the database answers (here: never, so it stays not ready), and a
+/// write is a transient error (a 503), not a crash.
+#[tokio::test]
+async fn pg_without_a_server_an_instance_opens_not_ready() {
+    // A loopback port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://orch@127.0.0.1:{port}/orch");
+    let pairs = [("DATA_DIR", dir.path().to_str().unwrap()), ("DATABASE_URL", url.as_str())];
+    let config = crate::Config::from_vars(&crate::Vars::from_pairs(pairs), "test").unwrap();
+    let db = open(&config, "data.sqlite", MIGRATIONS).await.expect("opening never fails for want of a server");
+    let why = ping(&db).await.unwrap_err();
+    assert!(why.contains("not ready"), "{why}");
+    let err = begin_write(&db).await.unwrap_err();
+    assert!(transient(&err), "{err}");
+    assert_eq!(api_error(err).status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn dialects_of_urls() {
+    assert_eq!(Dialect::of_url("sqlite://x.db"), Some(Dialect::Sqlite));
+    assert_eq!(Dialect::of_url("sqlite::memory:"), Some(Dialect::Sqlite));
+    assert_eq!(Dialect::of_url("postgres://u@h/d"), Some(Dialect::Postgres));
+    assert_eq!(Dialect::of_url("postgresql://u@h/d"), Some(Dialect::Postgres));
+    assert_eq!(Dialect::of_url("mysql://u@h/d"), None);
+}
+
+/// The server comes after the instance: it starts not ready (saying why), keeps trying, and
+/// becomes ready and usable once the server answers, without a restart. The server "comes"
+/// as a loopback forwarder to the test server, bound on a port that refused at first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_an_instance_becomes_ready_when_the_server_comes() {
+    let Some(url) = crate::testing::pg_database().await else {
+        return eprintln!("skipped: PostgreSQL only (ORCH_TEST_DATABASE_URL unset)");
+    };
+    let server = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let late_url = url.replace(&server, &format!("127.0.0.1:{port}"));
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = [("DATA_DIR", dir.path().to_str().unwrap()), ("DATABASE_URL", late_url.as_str())];
+    let config = crate::Config::from_vars(&crate::Vars::from_pairs(pairs), "test").unwrap();
+    let db = open(&config, "data.sqlite", MIGRATIONS).await.unwrap();
+    let why = ping(&db).await.unwrap_err();
+    assert!(why.contains("not ready"), "{why}");
+
+    // The server comes.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let forward = tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut upstream = tokio::net::TcpStream::connect(&server).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    crate::testing::eventually(Duration::from_secs(20), "ready once the server is there", || async {
+        ping(&db).await.ok()
+    })
+    .await;
+    sqlx::query("INSERT INTO things (name) VALUES ('late')").execute(db.pool()).await.unwrap();
+    let mut tx = begin_write(&db).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM things").fetch_one(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 1);
+    db.close().await;
+    forward.abort();
+}
+
+/// On PostgreSQL a transient error runs the work again, and the end of it is a 503; a commit
+/// whose outcome is unknown is not run again (it may have been applied); nor is any error on
+/// SQLite, whose writers wait for the lock instead.
+#[tokio::test]
+async fn retry_runs_again_only_what_is_transient_and_surely_not_applied() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // A lazy pool: nothing connects to this address.
+    let pg = connect("postgres://orch@127.0.0.1:1/orch").await.unwrap();
+    let runs = AtomicU32::new(0);
+    let flaky = || async {
+        match runs.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => Err(sqlx::Error::PoolTimedOut),
+            n => Ok(n),
+        }
+    };
+    assert_eq!(retry(&pg, flaky).await.unwrap(), 2);
+    assert_eq!(runs.swap(0, Ordering::SeqCst), 3);
+
+    let unknown = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Err::<(), _>(sqlx::Error::Io(std::io::Error::other(UnknownOutcome(sqlx::Error::WorkerCrashed))))
+    };
+    let err = retry(&pg, unknown).await.unwrap_err();
+    assert!(unknown_outcome(&err) && transient(&err), "{err}");
+    assert_eq!(api_error(err).status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(runs.swap(0, Ordering::SeqCst), 1);
+
+    let refused = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Err::<(), _>(sqlx::Error::RowNotFound)
+    };
+    assert!(!transient(&retry(&pg, refused).await.unwrap_err()));
+    assert_eq!(runs.swap(0, Ordering::SeqCst), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = connect(&format!("sqlite://{}", dir.path().join("r.sqlite").display())).await.unwrap();
+    assert!(retry(&sqlite, flaky).await.is_err());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
