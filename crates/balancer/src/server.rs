@@ -14,8 +14,10 @@
 //! and each connection is a [`ClientIo`] that closes slow and idle clients.
 
 use std::convert::Infallible;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -24,9 +26,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::either::Either;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -132,7 +133,7 @@ async fn worker(
 ) {
     // Told to finish when the acceptor stops; each connection then ends after the request
     // in progress (hyper-util's `GracefulShutdown` does not take upgradeable connections).
-    let (stop, connections) = (CancellationToken::new(), TaskTracker::new());
+    let (stop, connections) = (Arc::new(Stop::default()), TaskTracker::new());
     let http = http_builder(&state.config);
     let limits = Arc::new(Limits::new(&state.config));
     // What every request of this worker uses, behind a reference count that only this
@@ -164,25 +165,45 @@ async fn worker(
         let stop = stop.clone();
         connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);
-            let ended = tokio::select! {
-                biased;
-                ended = connection.as_mut() => ended,
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let mut stopped = std::pin::pin!(stop.notify.notified());
+            let (mut registered, mut watching) = (false, true);
+            let ended = poll_fn(|cx| {
+                if watching {
+                    // The first poll registers this task with `stop` (a spawned task's
+                    // waker stays the same); later ones read its flag: no lock per wake-up.
+                    let now = if registered {
+                        stop.flag.load(Acquire)
+                    } else {
+                        registered = true;
+                        stopped.as_mut().poll(cx).is_ready() || stop.flag.load(Acquire)
+                    };
+                    if now {
+                        watching = false;
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
-            };
+                connection.as_mut().poll(cx)
+            })
+            .await;
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
             drop(place);
         });
     }
-    stop.cancel();
+    stop.flag.store(true, Release);
+    stop.notify.notify_waiters();
     connections.close();
     if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         tracing::warn!(?grace, "in-flight requests still running after the grace period");
     }
+}
+
+/// Tells a worker's connections to finish their request in progress and close.
+#[derive(Default)]
+struct Stop {
+    flag: AtomicBool,
+    notify: Notify,
 }
 
 /// hyper's server settings. Its header read timeout is off: it would also bound the time a

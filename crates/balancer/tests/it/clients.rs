@@ -320,3 +320,29 @@ async fn connections_beyond_the_cap_wait_for_a_free_place() {
     assert_eq!(backend.received(), 3);
     balancer.stop().await;
 }
+
+#[tokio::test]
+async fn stopping_closes_idle_connections_and_finishes_requests_in_flight() {
+    let backend = TestBackend::start("data-1").await;
+    let balancer = over(&backend, &[("SHUTDOWN_GRACE_MS", "10000")]).await;
+    // A keep-alive connection that has had one answer and now waits.
+    let mut idle = TcpStream::connect(balancer.addr).await.unwrap();
+    let (status, _) = exchange(&mut idle, "/api/data/first").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // A request held by the backend.
+    backend.set_mode(crate::Mode::Hold);
+    let held = tokio::spawn(http().get(balancer.at("/api/data/held")).send());
+    crate::eventually(WAIT, "the held request reached the backend", || {
+        let received = backend.received();
+        async move { (received == 2).then_some(()) }
+    })
+    .await;
+
+    let stopping = tokio::spawn(balancer.stop());
+    closed(&mut idle, "an idle connection after stop").await;
+    assert!(!stopping.is_finished(), "a request is still in flight");
+    backend.release();
+    let (status, instance, _) = read(held.await.unwrap().unwrap()).await;
+    assert_eq!((status, instance.as_deref()), (200, Some("data-1")));
+    tokio::time::timeout(WAIT, stopping).await.expect("stopped once the request was answered").unwrap();
+}
