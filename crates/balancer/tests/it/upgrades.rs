@@ -44,6 +44,12 @@ async fn socket_backend(id: &'static str) -> (u16, tokio::task::JoinHandle<()>) 
     (port, task)
 }
 
+/// A balancer routing `/api/data` to the instance on `port` (static discovery).
+async fn over(port: u16) -> TestBalancer {
+    let port = port.to_string();
+    TestBalancer::start("http://127.0.0.1:9", &[("USE_DYNAMIC_DISCOVERY", "false"), ("DATA_PORTS", &port)]).await
+}
+
 fn ws_url(balancer: &TestBalancer, path: &str) -> String {
     format!("ws://{}{path}", balancer.addr)
 }
@@ -51,9 +57,7 @@ fn ws_url(balancer: &TestBalancer, path: &str) -> String {
 #[tokio::test]
 async fn websockets_are_tunnelled_both_ways() {
     let (port, backend) = socket_backend("data-1").await;
-    let ports = port.to_string();
-    let balancer =
-        TestBalancer::start("http://127.0.0.1:9", &[("USE_DYNAMIC_DISCOVERY", "false"), ("DATA_PORTS", &ports)]).await;
+    let balancer = over(port).await;
 
     let (mut socket, handshake) = tokio_tungstenite::connect_async(ws_url(&balancer, "/api/data/ws")).await.unwrap();
     assert_eq!(handshake.status(), 101);
@@ -85,9 +89,7 @@ async fn websockets_are_tunnelled_both_ways() {
 #[tokio::test]
 async fn an_upgrade_the_instance_refuses_gets_its_answer() {
     let (port, backend) = socket_backend("data-1").await;
-    let ports = port.to_string();
-    let balancer =
-        TestBalancer::start("http://127.0.0.1:9", &[("USE_DYNAMIC_DISCOVERY", "false"), ("DATA_PORTS", &ports)]).await;
+    let balancer = over(port).await;
     // A plain route answers 200 without switching.
     match tokio_tungstenite::connect_async(ws_url(&balancer, "/api/data/plain")).await {
         Err(WsError::Http(response)) => {
@@ -105,9 +107,7 @@ async fn an_upgrade_the_instance_refuses_gets_its_answer() {
     backend.abort();
 
     // No instance listening: 502 or 503, as for any request, and nothing hangs.
-    let closed = crate::closed_port().await.to_string();
-    let balancer =
-        TestBalancer::start("http://127.0.0.1:9", &[("USE_DYNAMIC_DISCOVERY", "false"), ("DATA_PORTS", &closed)]).await;
+    let balancer = over(crate::closed_port().await).await;
     match tokio_tungstenite::connect_async(ws_url(&balancer, "/api/data/ws")).await {
         Err(WsError::Http(response)) => assert!(matches!(response.status().as_u16(), 502 | 503), "{response:?}"),
         other => panic!("expected 502 or 503, got {other:?}"),
