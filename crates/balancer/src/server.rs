@@ -14,8 +14,10 @@
 //! and each connection is a [`ClientIo`] that closes slow and idle clients.
 
 use std::convert::Infallible;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -23,10 +25,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::either::Either;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::client::{ClientIo, Heads, Limits};
@@ -46,6 +48,9 @@ const HYPER_BUFFER: usize = 8192 + 4096 * 100;
 /// An accepted client connection, its peer's address, and its place among
 /// `BALANCER_MAX_CONNECTIONS`.
 type Accepted = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// The answer to a request off the proxy's common path (admin endpoints, upgrades).
+type Rare = std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
 
 pub async fn run(
     listener: TcpListener,
@@ -126,7 +131,9 @@ async fn worker(
     admin: axum::Router,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Told to finish when the acceptor stops; each connection then ends after the request
+    // in progress (hyper-util's `GracefulShutdown` does not take upgradeable connections).
+    let (stop, connections) = (Arc::new(Stop::default()), TaskTracker::new());
     let http = http_builder(&state.config);
     let limits = Arc::new(Limits::new(&state.config));
     // What every request of this worker uses, behind a reference count that only this
@@ -142,9 +149,11 @@ async fn worker(
         let service = service_fn(move |req: Request<Incoming>| {
             heads.arrived();
             let future = if admin::is_admin_path(req.uri().path()) {
-                // Boxed: the admin path is rare, and its future would otherwise enlarge
-                // every request's.
-                Either::Left(Box::pin(answer_admin(worker.clone(), req)))
+                // Boxed: the admin path and upgrades are rare, and their futures would
+                // otherwise enlarge every request's.
+                Either::Left(Box::pin(answer_admin(worker.clone(), req)) as Rare)
+            } else if proxy::is_upgrade(&req) {
+                Either::Left(Box::pin(proxy::upgrade(worker.clone(), peer.clone(), req)) as Rare)
             } else {
                 let (parts, body) = req.into_parts();
                 Either::Right(proxy::handle(worker.clone(), peer.clone(), parts, body))
@@ -152,17 +161,49 @@ async fn worker(
             // `map`, not an `async` block awaiting `future`: that would hold it twice.
             future.map(Ok::<_, Infallible>)
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(io), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let mut stopped = std::pin::pin!(stop.notify.notified());
+            let (mut registered, mut watching) = (false, true);
+            let ended = poll_fn(|cx| {
+                if watching {
+                    // The first poll registers this task with `stop` (a spawned task's
+                    // waker stays the same); later ones read its flag: no lock per wake-up.
+                    let now = if registered {
+                        stop.flag.load(Acquire)
+                    } else {
+                        registered = true;
+                        stopped.as_mut().poll(cx).is_ready() || stop.flag.load(Acquire)
+                    };
+                    if now {
+                        watching = false;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+                connection.as_mut().poll(cx)
+            })
+            .await;
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
             drop(place);
         });
     }
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    stop.flag.store(true, Release);
+    stop.notify.notify_waiters();
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         tracing::warn!(?grace, "in-flight requests still running after the grace period");
     }
+}
+
+/// Tells a worker's connections to finish their request in progress and close.
+#[derive(Default)]
+struct Stop {
+    flag: AtomicBool,
+    notify: Notify,
 }
 
 /// hyper's server settings. Its header read timeout is off: it would also bound the time a

@@ -125,16 +125,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 
 /// One of the names `strip_hop_by_hop` always removes.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::UPGRADE,
-        &header::EXPECT,
-    ]
-    .contains(&name)
+    // By text: comparing `HeaderName`s one by one cost about 700 instructions a request
+    // (callgrind), a `match` on the text (length first) a few dozen.
+    matches!(name.as_str(), "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade" | "expect")
 }
 
 /// A new request id shaped like a UUID (version 4): a random number drawn once per thread,

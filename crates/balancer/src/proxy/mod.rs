@@ -52,6 +52,7 @@ mod attempt;
 mod headers;
 mod intake;
 mod request;
+mod upgrade;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub use headers::{X_FORWARDED_FOR, X_REAL_IP, X_REQUEST_ID, X_UPSTREAM_INSTANCE,
 use attempt::Attempts;
 use headers::recycle_headers;
 use request::{Forward, Refusal};
+pub use upgrade::{is_upgrade, upgrade};
 
 /// Forwards a request to its service; every answer carries `X-Request-Id`. `peer` is the
 /// client connection's address as a header value ([`peer_header`]).

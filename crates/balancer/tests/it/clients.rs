@@ -62,6 +62,14 @@ async fn exchange(stream: &mut TcpStream, path: &str) -> (String, String) {
     tokio::time::timeout(WAIT, answer).await.expect("an answer")
 }
 
+/// A keep-alive connection with one answered request, then idle.
+async fn answered_once(balancer: &TestBalancer) -> TcpStream {
+    let mut stream = TcpStream::connect(balancer.addr).await.unwrap();
+    let (line, _) = exchange(&mut stream, "/api/data/x").await;
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    stream
+}
+
 /// Waits until the balancer has closed `stream` (end of file or reset).
 async fn closed(stream: &mut TcpStream, what: &str) {
     let mut buf = [0u8; 1024];
@@ -198,10 +206,7 @@ async fn slow_heads_are_closed_at_the_head_timeout_and_idle_ones_are_kept() {
     let backend = TestBackend::start("a").await;
     let balancer = over(&backend, &[("BALANCER_HEADER_TIMEOUT_MS", "300")]).await;
 
-    // A keep-alive connection with one answered request, then idle.
-    let mut keep = TcpStream::connect(balancer.addr).await.unwrap();
-    let (line, _) = exchange(&mut keep, "/api/data/x").await;
-    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let mut keep = answered_once(&balancer).await;
 
     // Heads that never end, one of them trickling a byte every 50 ms: all closed.
     let mut slow = slowloris(&balancer, 20).await;
@@ -319,4 +324,27 @@ async fn connections_beyond_the_cap_wait_for_a_free_place() {
     assert!(line.starts_with("HTTP/1.1 200"), "served once a place is free: {line}");
     assert_eq!(backend.received(), 3);
     balancer.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_closes_idle_connections_and_finishes_requests_in_flight() {
+    let backend = TestBackend::start("data-1").await;
+    let balancer = over(&backend, &[("SHUTDOWN_GRACE_MS", "10000")]).await;
+    let mut idle = answered_once(&balancer).await;
+    // A request held by the backend.
+    backend.set_mode(crate::Mode::Hold);
+    let held = tokio::spawn(http().get(balancer.at("/api/data/held")).send());
+    crate::eventually(WAIT, "the held request reached the backend", || {
+        let received = backend.received();
+        async move { (received == 2).then_some(()) }
+    })
+    .await;
+
+    let stopping = tokio::spawn(balancer.stop());
+    closed(&mut idle, "an idle connection after stop").await;
+    assert!(!stopping.is_finished(), "a request is still in flight");
+    backend.release();
+    let (status, instance, _) = read(held.await.unwrap().unwrap()).await;
+    assert_eq!((status, instance.as_deref()), (200, Some("data-1")));
+    tokio::time::timeout(WAIT, stopping).await.expect("stopped once the request was answered").unwrap();
 }

@@ -8,6 +8,7 @@ mod failures;
 mod guard;
 mod metrics;
 mod routing;
+mod upgrades;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
