@@ -110,6 +110,7 @@ impl Checker {
         }
         self.dependencies(&services);
         self.routes(&services);
+        self.autoscale_signals(&services);
         let ranges: Vec<(String, u32, Option<u16>)> =
             services.iter().map(|s| (s.name.clone(), s.replicas, s.port)).collect();
         let mut found = Vec::new();
