@@ -3,6 +3,7 @@
 //! registry component (`component: registry`) and `/bin/sh` commands.
 
 mod access;
+mod autoscale;
 mod bad_input;
 mod chaos;
 mod cli;
