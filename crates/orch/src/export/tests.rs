@@ -217,7 +217,8 @@ fn commands_need_an_image_and_meaningful_placeholders() {
 
 #[test]
 fn autoscale_is_warned_and_noted_never_dropped_silently() {
-    let services = "    - { name: web, component: detector, autoscale: { min: 2, max: 5, target: { cpuPercent: 70 } } }\n";
+    let services =
+        "    - { name: web, component: detector, autoscale: { min: 2, max: 5, target: { cpuPercent: 70 } } }\n";
     let export = try_export(services, &Options::default()).unwrap();
     assert!(
         export

@@ -48,7 +48,7 @@ impl Target {
     }
 
     /// Whether the balancer measures it (else each instance's CPU).
-    pub fn from_balancer(self) -> bool {
+    pub fn measured_by_balancer(self) -> bool {
         !matches!(self, Target::CpuPercent(_))
     }
 
@@ -62,6 +62,11 @@ impl Target {
         }
     }
 }
+
+/// Makes a target of a checked figure.
+type Make = fn(u32) -> Target;
+/// A figure given in `target:`: its name, value, target and largest value.
+type Given = (&'static str, Int, Make, i128);
 
 impl Checker {
     pub(super) fn autoscale(&mut self, at: NodePath, raw: RawAutoscale) -> Autoscale {
@@ -110,13 +115,8 @@ impl Checker {
             self.problem(at, "autoscale needs a target", FIX);
             return fallback;
         };
-        let given: Vec<(&str, Int, fn(u32) -> Target, i128)> = [
-            (
-                "inFlightPerInstance",
-                raw.in_flight_per_instance,
-                Target::InFlightPerInstance as fn(u32) -> Target,
-                10_000,
-            ),
+        let given: Vec<Given> = [
+            ("inFlightPerInstance", raw.in_flight_per_instance, Target::InFlightPerInstance as Make, 10_000),
             (
                 "requestsPerSecondPerInstance",
                 raw.requests_per_second_per_instance,
@@ -148,7 +148,7 @@ impl Checker {
             let routed = services
                 .iter()
                 .any(|b| b.component() == Some(Component::Balancer) && b.routes.values().any(|to| *to == s.name));
-            if a.target.from_balancer() && !routed {
+            if a.target.measured_by_balancer() && !routed {
                 self.problem(
                     super::check::services_path().index(i).key("autoscale").key("target"),
                     format!(
