@@ -9,19 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use kit::testing::eventually;
 use serde_json::Value;
 
-use crate::{Cluster, DEADLINE, manifest, stderr, stdout};
+use crate::{Cluster, DEADLINE, files_behind_balancer, stderr, stdout};
 
-/// A registry, `files` autoscaled on its request rate (1 to 3 instances, short windows),
-/// and a balancer routing `/files` to it.
+/// `files` behind a balancer, autoscaled on its request rate (1 to 3 instances, short windows).
 fn autoscaled() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("files")).unwrap();
-    std::fs::write(dir.path().join("files/hello.txt"), "hello\n").unwrap();
-    let yaml = manifest(
-        "    - name: registry\n      component: registry\n    - name: files\n      command: [python3, -m, http.server, \"{port}\", --bind, 127.0.0.1]\n      dependsOn: [registry]\n      autoscale: { min: 1, max: 3, target: { requestsPerSecondPerInstance: 10 }, scaleUpWindowMs: 1000, scaleDownWindowMs: 2000 }\n    - name: balancer\n      component: balancer\n      dependsOn: [files]\n      routes: { /files: files }\n      env: { HEALTH_CHECK_INTERVAL_MS: \"200\" }\n",
-    );
-    std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
-    dir
+    files_behind_balancer(
+        "      autoscale: { min: 1, max: 3, target: { requestsPerSecondPerInstance: 10 }, scaleUpWindowMs: 1000, scaleDownWindowMs: 2000 }\n",
+    )
 }
 
 /// Closed-loop clients until `stop`: every answer counted, and every one that is not the
