@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use kit::testing::eventually;
 use serde_json::Value;
 
-use crate::{Cluster, DEADLINE, files_behind_balancer, stderr, stdout};
+use crate::{Cluster, DEADLINE, files_behind_balancer, manifest, stderr, stdout};
 
 /// `files` behind a balancer, autoscaled on its request rate (1 to 3 instances, short windows).
 fn autoscaled() -> tempfile::TempDir {
@@ -143,4 +143,18 @@ async fn a_service_under_load_scales_up_and_back_down_with_no_failed_request() {
         ok + failed,
         load.first_failure.lock().unwrap()
     );
+}
+
+#[tokio::test]
+async fn a_busy_service_scales_up_on_its_processes_cpu() {
+    // Busy loops use a whole core each, far past 30% per instance; no balancer is needed.
+    let cluster = Cluster::start(&manifest(
+        "    - name: busy\n      command: [sh, -c, \"while :; do :; done\"]\n      readiness: { enabled: false }\n      gracePeriodMs: 0\n      autoscale: { min: 1, max: 2, target: { cpuPercent: 30 }, scaleUpWindowMs: 0 }\n",
+    ))
+    .await;
+    cluster.wait_ready(&["busy-1"]).await;
+    let event = cluster.wait_event("scaled", None, "busy autoscaled: cpu ").await;
+    let message = event["message"].as_str().unwrap();
+    assert!(message.contains("% per instance > 30: 1 -> 2"), "{message}");
+    cluster.wait_ready(&["busy-1", "busy-2"]).await;
 }
