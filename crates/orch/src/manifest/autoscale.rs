@@ -274,6 +274,12 @@ mod tests {
             ),
         ];
         let mut wrong = Vec::new();
+        let clash = doc("{ min: 1, max: 4, target: { cpuPercent: 50 } }", "      port: 4000\n")
+            .replace("routes: { /web: web }", "routes: { /web: web }\n      port: 4003");
+        match parse(Path::new("m.yaml"), &clash) {
+            Err(e) if e.to_string().contains("overlap") => {}
+            other => wrong.push(format!("ports up to max: got {other:?}")),
+        }
         let unrouted = doc("{ min: 1, max: 2, target: { inFlightPerInstance: 5 } }", "").replace("{ /web: web }", "{}");
         let expected = "m.yaml:8:44: in flight 5 per instance is measured by the balancer, and no balancer routes to \"web\"; fix: add a route to web in the balancer's routes, or target cpuPercent";
         match parse(Path::new("m.yaml"), &unrouted) {
