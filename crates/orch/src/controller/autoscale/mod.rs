@@ -36,6 +36,8 @@ struct Tracked {
     spec: Autoscale,
     history: History,
     last: Option<Reading>,
+    /// The replicas it last failed to scale to (said once, not every round).
+    failed: Option<u32>,
 }
 
 impl Autoscaler {
@@ -112,9 +114,10 @@ impl Controller {
                 spec: spec.clone(),
                 history: History::default(),
                 last: None,
+                failed: None,
             });
             if tracked.spec != spec {
-                *tracked = Tracked { spec: spec.clone(), history: History::default(), last: None };
+                *tracked = Tracked { spec: spec.clone(), history: History::default(), last: None, failed: None };
             }
             tracked.last = reading;
             let Decision { desired, .. } =
@@ -129,17 +132,21 @@ impl Controller {
                 }
                 None => format!("outside {}-{}", spec.min, spec.max),
             };
-            match self.set_replicas(index, desired) {
+            let result = self.set_replicas(index, desired);
+            let Some(tracked) = self.autoscaler.services.get_mut(&service) else { continue };
+            let message = match result {
                 Ok(_) => {
-                    self.events.emit(
-                        EventKind::Scaled,
-                        Some(&service),
-                        None,
-                        format!("{service} autoscaled: {why}: {current} -> {desired}"),
-                    );
+                    tracked.failed = None;
+                    format!("{service} autoscaled: {why}: {current} -> {desired}")
                 }
-                Err(e) => tracing::warn!(%service, error = %e, "cannot autoscale"),
-            }
+                // Said once, not at every round.
+                Err(_) if tracked.failed == Some(desired) => continue,
+                Err(e) => {
+                    tracked.failed = Some(desired);
+                    format!("{service} cannot autoscale ({why}): {current} -> {desired}: {e}")
+                }
+            };
+            self.events.emit(EventKind::Scaled, Some(&service), None, message);
         }
     }
 
