@@ -119,6 +119,25 @@ pub struct ServiceView {
     /// the command line it runs (program first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// Its autoscaler, when the manifest gives it `autoscale:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleView>,
+}
+
+/// An autoscaled service in `GET /api/cluster`: `current/desired (min-max)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscaleView {
+    /// Ready instances now.
+    pub current: u32,
+    /// The replicas the autoscaler asks for.
+    pub desired: u32,
+    pub min: u32,
+    pub max: u32,
+    /// The target, in words (`in flight 8 per instance`).
+    pub target: String,
+    /// The last figure measured, in the same words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<String>,
 }
 
 /// `GET /api/cluster`.

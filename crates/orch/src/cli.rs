@@ -29,6 +29,7 @@ use kit::secret::Secret;
 use crate::access::{self, Sources};
 use crate::manifest::{self, Manifest};
 
+pub mod autoscale;
 pub mod chaos;
 pub mod export;
 
@@ -261,6 +262,9 @@ pub async fn get(client: &Client, service: Option<&str>, json_out: bool) -> Outc
         })
         .collect();
     print!("{}", table(&["NAME", "PID", "PORT", "STATUS", "READY", "RESTARTS", "AGE"], &rows));
+    if let Some(scaled) = autoscale::table_of(&cluster, service) {
+        print!("\n{scaled}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -133,7 +133,7 @@ impl Controller {
     }
 
     /// Applies a valid manifest (or, `dry_run`, only says what would change).
-    pub(super) fn apply(&mut self, new: Manifest, text: &str, dry_run: bool) -> Result<Vec<Change>, ManifestError> {
+    pub(super) fn apply(&mut self, mut new: Manifest, text: &str, dry_run: bool) -> Result<Vec<Change>, ManifestError> {
         if new.data_dir != self.manifest.data_dir {
             return Err(ManifestError::new(
                 &new.path,
@@ -155,6 +155,7 @@ impl Controller {
                 "run `orch down` first, then apply",
             ));
         }
+        self.keep_autoscaled(&mut new);
         let old = &self.manifest;
         let changes = diff(old, &new, |s| reconcile::revision(old, s), |s| reconcile::revision(&new, s));
         if dry_run {
@@ -238,13 +239,7 @@ impl Controller {
             .ok()
             .filter(|r| *r <= max)
             .ok_or_else(|| CallError::Invalid(format!("replicas must be from 0 to {max}, got {replicas}")))?;
-        let mut new = self.manifest.clone();
-        let from = new.services[index].replicas;
-        new.services[index].replicas = replicas;
-        manifest::check_ports(&new).map_err(CallError::Conflict)?;
-        let slots = self.prepare_slots(&new, None).map_err(|e| CallError::Conflict(e.problems[0].message.clone()))?;
-        self.manifest = new;
-        self.slots = slots;
+        let from = self.set_replicas(index, replicas)?;
         if from != replicas {
             self.events.emit(
                 EventKind::Scaled,
@@ -254,6 +249,20 @@ impl Controller {
             );
         }
         Ok(Scaled { service: service.to_owned(), from, replicas })
+    }
+
+    /// Sets the replicas of service `index` of the running cluster (`orch scale`, the
+    /// autoscaler): ports checked and bound first, nothing changed if that fails. The
+    /// replicas it had.
+    pub(super) fn set_replicas(&mut self, index: usize, replicas: u32) -> Result<u32, CallError> {
+        let mut new = self.manifest.clone();
+        let from = new.services[index].replicas;
+        new.services[index].replicas = replicas;
+        manifest::check_ports(&new).map_err(CallError::Conflict)?;
+        let slots = self.prepare_slots(&new, None).map_err(|e| CallError::Conflict(e.problems[0].message.clone()))?;
+        self.manifest = new;
+        self.slots = slots;
+        Ok(from)
     }
 
     /// `POST /api/restart`: a rolling restart of a service, or of one instance.

@@ -12,6 +12,7 @@ use crate::reconcile::{self, Desired};
 impl Controller {
     /// Runs until the cluster has stopped (signal or `orch down`).
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        self.start_autoscaler();
         loop {
             self.step().await;
             if self.finished || (self.shutting_down && self.instances.is_empty()) {
@@ -63,6 +64,7 @@ impl Controller {
                     self.kill_everything();
                 }
             }
+            Event::Autoscale(measured) => self.on_autoscale(measured),
             Event::Call(f) => f(self),
         }
     }
@@ -85,6 +87,7 @@ impl Controller {
         }
         self.check_rollouts();
         self.update_progress();
+        self.publish_autoscale_plan();
     }
 
     /// Asks the loop to reconcile again at once, without waiting for an event.

@@ -25,6 +25,7 @@
 //! double (see `tests`).
 
 mod apply;
+mod autoscale;
 mod change;
 pub mod chaos;
 mod error;
@@ -71,6 +72,8 @@ pub enum Event {
     Probe { id: InstanceId, generation: u64, kind: ProbeKind, ok: bool, detail: String },
     /// SIGINT or SIGTERM: stop everything (a second one: kill everything).
     Signal,
+    /// The autoscaler's figures of this round (see [`autoscale`]).
+    Autoscale(Vec<autoscale::sampler::Measured>),
     /// A control API call, run on the controller.
     Call(Box<dyn FnOnce(&mut Controller) + Send>),
 }
@@ -157,6 +160,8 @@ pub struct Controller {
     finished: bool,
     /// `orch chaos` experiments (see [`chaos`]).
     chaos: chaos::experiments::Experiments,
+    /// `autoscale:` (see [`autoscale`]).
+    autoscaler: autoscale::Autoscaler,
 }
 
 impl Controller {
@@ -195,6 +200,7 @@ impl Controller {
             progress,
             finished: false,
             chaos: chaos::experiments::Experiments::default(),
+            autoscaler: autoscale::Autoscaler::new(),
         };
         controller.slots = controller.prepare_slots(&setup.manifest, Some(&setup.manifest_text))?;
         controller.watch_manifest();

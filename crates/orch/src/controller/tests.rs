@@ -216,3 +216,48 @@ async fn a_restart_replaces_one_instance_at_a_time_without_counting_a_crash() {
     c.until("web-1 replaced", |r| spawns(&r[from..], "web-1") == 1).await;
     assert_eq!(c.spawner.pid("web-2"), web2);
 }
+
+#[tokio::test]
+async fn the_autoscaler_scales_through_the_scale_path_and_its_replicas_outlive_edits_that_keep_autoscale() {
+    use super::Event;
+    use super::autoscale::decide::Reading;
+    use super::autoscale::sampler::Measured;
+
+    // A long down window: no reading of the real sampler (which finds no CPU figures for
+    // the double's pids) can bring the replicas down during the test.
+    let web = |target: u32, env: &str| {
+        format!(
+            "    - {{ name: web, command: [/bin/sh], {QUIET}, env: {{ {env} }}, autoscale: {{ min: 1, max: 4, target: {{ cpuPercent: {target} }}, scaleUpWindowMs: 0, scaleDownWindowMs: 600000 }} }}\n"
+        )
+    };
+    let c = Cluster::start(&web(50, ""));
+    c.running("web-1", None).await;
+    let replicas = || async { c.handle.call(|c| c.manifest.service("web").unwrap().replicas).await.unwrap() };
+    assert_eq!(replicas().await, 1, "replicas omitted: min");
+
+    // 150% on one instance wants 3: at most doubling, so 2.
+    let reading = Reading { metric: 150.0, ready: 1 };
+    c.handle.send(Event::Autoscale(vec![Measured { service: "web".into(), reading: Some(reading) }]));
+    c.running("web-2", None).await;
+    assert_eq!(replicas().await, 2);
+    let (events, _) = c.events.since(0, 10_000);
+    let scaled: Vec<&str> = events.iter().filter(|e| e.kind == EventKind::Scaled).map(|e| e.message.as_str()).collect();
+    assert_eq!(scaled, ["web autoscaled: cpu 150% per instance > 50: 1 -> 2"]);
+    let view = c.handle.call(|c| c.cluster_view()).await.unwrap();
+    let autoscale = view.services[0].autoscale.clone().unwrap();
+    assert_eq!((autoscale.desired, autoscale.min, autoscale.max), (2, 1, 4));
+    assert_eq!(autoscale.measured.as_deref(), Some("cpu 150% per instance"));
+
+    // An edit that keeps `autoscale:` keeps the autoscaled replicas; one that changes it
+    // starts again from the file's.
+    let path = c.handle.call(|c| c.manifest.path.clone()).await.unwrap();
+    let head = std::fs::read_to_string(&path).unwrap();
+    let head = &head[..head.find("    - { name: web").unwrap()];
+    std::fs::write(&path, format!("{head}{}", web(50, "A: b"))).unwrap();
+    let changes = c.handle.call(|c| c.call_apply(None, false)).await.unwrap().unwrap();
+    assert_eq!(changes.changes.len(), 1, "a roll, and no scale: {:?}", changes.changes);
+    assert_eq!(replicas().await, 2);
+    std::fs::write(&path, format!("{head}{}", web(60, "A: b"))).unwrap();
+    c.handle.call(|c| c.call_apply(None, false)).await.unwrap().unwrap();
+    assert_eq!(replicas().await, 1);
+}

@@ -34,10 +34,12 @@ impl Controller {
                 (None, Some(line))
             }
         };
+        let ready = u32::try_from(ready).unwrap_or(u32::MAX);
         ServiceView {
+            autoscale: self.autoscale_view(s, ready),
             name: s.name.clone(),
             replicas: s.replicas,
-            ready: u32::try_from(ready).unwrap_or(u32::MAX),
+            ready,
             port: s.port,
             component,
             command,

@@ -221,6 +221,17 @@ impl Ctx<'_> {
                 service.depends_on.join(", ")
             ));
         }
+        if let Some(a) = &service.autoscale {
+            let target = a.target.describe(f64::from(a.target.value()));
+            self.warnings.push(format!(
+                "service {name}: autoscale ({}-{}, {target}) is not exported: the Deployment keeps {} replicas; add a HorizontalPodAutoscaler (autoscaling/v2)",
+                a.min, a.max, service.replicas
+            ));
+            notes.push(format!(
+                "autoscale {}-{} on {target} not carried over: replicas fixed at the start",
+                a.min, a.max
+            ));
+        }
         let mut replicas = service.replicas;
         let mut strategy = None;
         if component == Some(Component::Registry) {

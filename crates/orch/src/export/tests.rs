@@ -216,6 +216,29 @@ fn commands_need_an_image_and_meaningful_placeholders() {
 }
 
 #[test]
+fn autoscale_is_warned_and_noted_never_dropped_silently() {
+    let services =
+        "    - { name: web, component: detector, autoscale: { min: 2, max: 5, target: { cpuPercent: 70 } } }\n";
+    let export = try_export(services, &Options::default()).unwrap();
+    assert!(
+        export
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("service web: autoscale (2-5, cpu 70% per instance) is not exported")),
+        "{:?}",
+        export.warnings
+    );
+    let Some((doc, d)) = export.documents.iter().find_map(|doc| match &doc.object {
+        Object::Deployment(d) => Some((doc, d)),
+        _ => None,
+    }) else {
+        panic!("no deployment")
+    };
+    assert_eq!(d.spec.replicas, 2, "the start: min");
+    assert!(doc.notes.iter().any(|n| n.contains("autoscale 2-5")), "{:?}", doc.notes);
+}
+
+#[test]
 fn what_changes_is_warned_and_noted() {
     let services = "    - name: registry
       component: registry

@@ -121,8 +121,12 @@ impl Checker {
         }
         self.dependencies(&services);
         self.routes(&services);
-        let ranges: Vec<(String, u32, Option<u16>)> =
-            services.iter().map(|s| (s.name.clone(), s.replicas, s.port)).collect();
+        self.autoscale_signals(&services);
+        // An autoscaled service may grow to its max: its ports are reserved up to there.
+        let ranges: Vec<(String, u32, Option<u16>)> = services
+            .iter()
+            .map(|s| (s.name.clone(), s.autoscale.as_ref().map_or(s.replicas, |a| a.max.max(s.replicas)), s.port))
+            .collect();
         let mut found = Vec::new();
         port_problems(&ranges, control_port, |i, msg, fix| {
             found.push((services_path().index(i).key("port"), msg, fix))

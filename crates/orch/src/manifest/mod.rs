@@ -11,6 +11,7 @@
 //! This file holds the resolved model (`Manifest`, `Service` and their parts) and the
 //! entry points.
 
+mod autoscale;
 mod check;
 mod error;
 mod locate;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+pub use autoscale::{Autoscale, Target};
 use check::Checker;
 pub use error::{ManifestError, Problem, closest};
 pub use locate::{NodePath, Position, locate};
@@ -105,6 +107,9 @@ pub struct Service {
     /// says `registers: true`.
     pub registers: bool,
     pub working_dir: PathBuf,
+    /// `autoscale:` replicas follow the load within `min..=max` (`replicas` is the start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
 }
 
 /// What a service runs.

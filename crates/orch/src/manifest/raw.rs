@@ -71,6 +71,7 @@ pub(super) struct RawService {
     pub(super) register: Option<bool>,
     pub(super) registers: Option<bool>,
     pub(super) working_dir: Option<String>,
+    pub(super) autoscale: Option<RawAutoscale>,
 }
 
 #[derive(Deserialize, Default)]
@@ -186,4 +187,24 @@ impl<'de> Deserialize<'de> for CommandLine {
         }
         d.deserialize_any(V)
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "autoscale: a mapping with min, max, target, scaleUpWindowMs, scaleDownWindowMs")]
+pub(super) struct RawAutoscale {
+    pub(super) min: Option<Int>,
+    pub(super) max: Option<Int>,
+    pub(super) target: Option<RawTarget>,
+    pub(super) scale_up_window_ms: Option<Int>,
+    pub(super) scale_down_window_ms: Option<Int>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "target: a mapping with one of inFlightPerInstance, requestsPerSecondPerInstance, cpuPercent")]
+pub(super) struct RawTarget {
+    pub(super) in_flight_per_instance: Option<Int>,
+    pub(super) requests_per_second_per_instance: Option<Int>,
+    pub(super) cpu_percent: Option<Int>,
 }

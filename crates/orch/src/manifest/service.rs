@@ -109,7 +109,12 @@ impl Checker {
         };
         let is_component = matches!(kind, Kind::Component(_));
 
-        let replicas = self.range(at.key("replicas"), "replicas", raw.replicas, 1, 0, MAX_REPLICAS.into()) as u32;
+        let autoscale = raw.autoscale.map(|a| self.autoscale(at.key("autoscale"), a));
+        let start = autoscale.as_ref().map_or(1, |a| a.min.into());
+        let replicas = self.range(at.key("replicas"), "replicas", raw.replicas, start, 0, MAX_REPLICAS.into()) as u32;
+        if let Some(a) = &autoscale {
+            self.autoscale_start(at.key("replicas"), a, replicas);
+        }
         let port = match raw.port {
             None => None,
             Some(Int(0)) => {
@@ -226,6 +231,7 @@ impl Checker {
             register,
             registers,
             working_dir,
+            autoscale,
         }
     }
 

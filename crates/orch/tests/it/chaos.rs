@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kit::testing::eventually;
 use serde_json::{Value, json};
 
-use crate::{Cluster, DEADLINE, gone, manifest, stderr, stdout, web};
+use crate::{Cluster, DEADLINE, files_behind_balancer, gone, manifest, stderr, stdout, web};
 
 /// The state letter of process `pid` (`T` stopped, `S` sleeping, `R` running...).
 fn state(pid: u32) -> Option<char> {
@@ -22,17 +22,9 @@ fn calm(replicas: u32) -> String {
     ))
 }
 
-/// A registry, `files` (Python's http.server, registered by orch) and a balancer routing
-/// `/files` to it: requests through the balancer reach a real backend.
+/// The cluster of [`files_behind_balancer`]: requests through the balancer reach a real backend.
 fn balanced() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("files")).unwrap();
-    std::fs::write(dir.path().join("files/hello.txt"), "hello\n").unwrap();
-    let yaml = manifest(
-        "    - name: registry\n      component: registry\n    - name: files\n      command: [python3, -m, http.server, \"{port}\", --bind, 127.0.0.1]\n      dependsOn: [registry]\n    - name: balancer\n      component: balancer\n      dependsOn: [files]\n      routes: { /files: files }\n      env: { HEALTH_CHECK_INTERVAL_MS: \"200\" }\n",
-    );
-    std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
-    dir
+    files_behind_balancer("")
 }
 
 /// The `chaos` events so far.

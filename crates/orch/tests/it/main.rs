@@ -3,6 +3,7 @@
 //! registry component (`component: registry`) and `/bin/sh` commands.
 
 mod access;
+mod autoscale;
 mod bad_input;
 mod chaos;
 mod cli;
@@ -28,6 +29,20 @@ pub fn manifest(services: &str) -> String {
     format!(
         "apiVersion: orch/v1\nkind: Cluster\nmetadata: {{ name: test }}\nspec:\n  dataDir: data\n  controlPort: 0\n  services:\n{services}"
     )
+}
+
+/// A registry, `files` (Python's http.server serving `hello.txt`, registered by orch; `extra`
+/// lines end its entry) and a balancer routing `/files` to it: requests through the
+/// balancer reach a real backend. The manifest is `m.yaml` in the directory returned.
+pub fn files_behind_balancer(extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("files")).unwrap();
+    std::fs::write(dir.path().join("files/hello.txt"), "hello\n").unwrap();
+    let yaml = manifest(&format!(
+        "    - name: registry\n      component: registry\n    - name: files\n      command: [python3, -m, http.server, \"{{port}}\", --bind, 127.0.0.1]\n      dependsOn: [registry]\n{extra}    - name: balancer\n      component: balancer\n      dependsOn: [files]\n      routes: {{ /files: files }}\n      env: {{ HEALTH_CHECK_INTERVAL_MS: \"200\" }}\n",
+    ));
+    std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+    dir
 }
 
 /// A registry (the dependency) and `web`: `replicas` registry components with fast probes.
