@@ -32,6 +32,7 @@ mod event_loop;
 mod instance;
 mod launch;
 mod lifecycle;
+mod resources;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -126,6 +127,8 @@ pub struct Setup {
     /// [`SpawnThread`](crate::supervisor::spawn::SpawnThread), or a test double.
     pub spawner: Arc<dyn Spawner>,
     pub state: StateFile,
+    /// Where instances get their cgroups (see [`resources`]); `None`: the rss watchdog.
+    pub cgroups: Option<Arc<crate::supervisor::cgroup::Cgroups>>,
 }
 
 pub struct Controller {
@@ -157,6 +160,8 @@ pub struct Controller {
     finished: bool,
     /// `orch chaos` experiments (see [`chaos`]).
     chaos: chaos::experiments::Experiments,
+    /// `resources:`: cgroups, OOM kills, the watchdog (see [`resources`]).
+    resources: resources::Books,
 }
 
 impl Controller {
@@ -195,6 +200,7 @@ impl Controller {
             progress,
             finished: false,
             chaos: chaos::experiments::Experiments::default(),
+            resources: resources::Books::new(setup.cgroups),
         };
         controller.slots = controller.prepare_slots(&setup.manifest, Some(&setup.manifest_text))?;
         controller.watch_manifest();
@@ -206,6 +212,7 @@ impl Controller {
             None,
             format!("applied {}: {}", setup.manifest.path.display(), summary.join(", ")),
         );
+        controller.resources_announce();
         controller.update_progress();
         Ok((controller, Handle { tx }, rx))
     }

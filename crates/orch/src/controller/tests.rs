@@ -54,6 +54,7 @@ impl Cluster {
             events: events.clone(),
             spawner: Arc::new(spawner.clone()),
             state,
+            cgroups: None,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let run = tokio::spawn(controller.run(rx));

@@ -14,6 +14,7 @@
 mod check;
 mod error;
 mod locate;
+pub mod quantity;
 mod raw;
 mod rules;
 mod service;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use check::Checker;
 pub use error::{ManifestError, Problem, closest};
 pub use locate::{NodePath, Position, locate};
+pub use quantity::Resources;
 use raw::RawManifest;
 use rules::{port_problems, topo_order};
 
@@ -102,6 +104,10 @@ pub struct Service {
     /// says `registers: true`.
     pub registers: bool,
     pub working_dir: PathBuf,
+    /// `resources:`, enforced per instance by a cgroup (see `supervisor::cgroup`); a change
+    /// applies to running instances, so it is not part of the revision.
+    #[serde(skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
 }
 
 /// What a service runs.

@@ -5,10 +5,15 @@
 use std::path::PathBuf;
 
 use super::check::Checker;
-use super::raw::{CommandLine, Int, RawProbe, RawService};
+use super::quantity::{self, Resources, Unit};
+use super::raw::{CommandLine, Int, RawProbe, RawResources, RawService};
 use super::rules::{component_names, find_program, normalize, valid_name};
 use super::{Check, Kind, MAX_REPLICAS, NodePath, Probe, Restart, RestartPolicy, Service, closest};
 use crate::run::Component;
+
+/// Less than this and a process is killed before it runs.
+const MIN_MEMORY: u64 = 4 << 20;
+const MAX_CPU_MILLIS: u64 = 1_000_000;
 
 impl Checker {
     pub(super) fn service(&mut self, at: NodePath, raw: RawService) -> Service {
@@ -199,6 +204,7 @@ impl Checker {
         let grace_period_ms =
             self.range(at.key("gracePeriodMs"), "gracePeriodMs", raw.grace_period_ms, 5_000, 0, 600_000) as u64;
 
+        let resources = self.resources(at.key("resources"), raw.resources);
         let routes = raw.routes.unwrap_or_default();
         if !routes.is_empty() && kind != Kind::Component(Component::Balancer) {
             self.problem(at.key("routes"), "routes are for balancer services", "move routes to the balancer service");
@@ -226,7 +232,47 @@ impl Checker {
             register,
             registers,
             working_dir,
+            resources,
         }
+    }
+
+    /// `resources: { memory: 256Mi, cpu: 500m, pids: 256 }`, each optional.
+    fn resources(&mut self, at: NodePath, raw: Option<RawResources>) -> Resources {
+        let Some(raw) = raw else { return Resources::default() };
+        let memory = raw.memory.and_then(|text| {
+            let at = at.key("memory");
+            match quantity::parse(&text.0, Unit::Bytes) {
+                Ok(bytes) if bytes < MIN_MEMORY => {
+                    self.problem(at, format!("memory {} is below 4Mi", text.0), "give at least memory: 4Mi");
+                    None
+                }
+                Ok(bytes) => Some(bytes),
+                Err(why) => {
+                    self.problem(at, format!("memory: {why}"), "write it as Kubernetes does: 256Mi, 1Gi, 512M");
+                    None
+                }
+            }
+        });
+        let cpu = raw.cpu.and_then(|text| {
+            let at = at.key("cpu");
+            match quantity::parse(&text.0, Unit::Millicores) {
+                Ok(0) => {
+                    self.problem(at, "cpu 0 would stop the service", "give at least cpu: 1m, or omit cpu");
+                    None
+                }
+                Ok(m) if m > MAX_CPU_MILLIS => {
+                    self.problem(at, format!("cpu {} is more than 1000 cores", text.0), "give at most cpu: 1000");
+                    None
+                }
+                Ok(m) => Some(m),
+                Err(why) => {
+                    self.problem(at, format!("cpu: {why}"), "write it as Kubernetes does: 500m (half a core), 2");
+                    None
+                }
+            }
+        });
+        let pids = raw.pids.map(|_| self.range(at.key("pids"), "pids", raw.pids, 1, 1, 4_194_304) as u64);
+        Resources { memory, cpu, pids }
     }
 
     fn probe(&mut self, at: NodePath, raw: Option<RawProbe>, default: Probe, socket_activation: bool) -> Probe {
