@@ -287,7 +287,10 @@ pub async fn describe(client: &Client, name: &str, json_out: bool) -> Outcome {
             (None, Some(s)) => format!("signal {s}"),
             (None, None) => cell(last.error.as_deref()),
         };
-        let how = last.reason.map_or(how.clone(), |r| format!("{}: {how}", r.as_str()));
+        let how = match last.reason {
+            Some(reason) => format!("{}: {how}", reason.as_str()),
+            None => how,
+        };
         let _ = writeln!(out, "Last exit:  {how} at {}", last.at);
     }
     for line in i.usage.iter().flat_map(resources::usage_lines) {

@@ -36,8 +36,11 @@ pub struct Books {
     /// Instances the watchdog killed, until their exit is seen.
     watchdog_kills: HashSet<InstanceId>,
     /// The last CPU sample of each instance (when, µs used), for a rate.
-    samples: Mutex<HashMap<InstanceId, (Instant, u64, Option<u64>)>>,
+    samples: Mutex<HashMap<InstanceId, Sample>>,
 }
+
+/// A CPU sample: when, µs used then, and the rate it gave (millicores).
+type Sample = (Instant, u64, Option<u64>);
 
 struct Live {
     generation: u64,
