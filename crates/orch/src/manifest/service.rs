@@ -240,39 +240,52 @@ impl Checker {
     fn resources(&mut self, at: NodePath, raw: Option<RawResources>) -> Resources {
         let Some(raw) = raw else { return Resources::default() };
         let memory = raw.memory.and_then(|text| {
-            let at = at.key("memory");
-            match quantity::parse(&text.0, Unit::Bytes) {
-                Ok(bytes) if bytes < MIN_MEMORY => {
-                    self.problem(at, format!("memory {} is below 4Mi", text.0), "give at least memory: 4Mi");
-                    None
-                }
-                Ok(bytes) => Some(bytes),
-                Err(why) => {
-                    self.problem(at, format!("memory: {why}"), "write it as Kubernetes does: 256Mi, 1Gi, 512M");
-                    None
-                }
-            }
+            let fix = "write it as Kubernetes does: 256Mi, 1Gi, 512M";
+            self.quantity(at.key("memory"), "memory", &text.0, Unit::Bytes, (MIN_MEMORY, "4Mi"), (u64::MAX, ""), fix)
         });
         let cpu = raw.cpu.and_then(|text| {
-            let at = at.key("cpu");
-            match quantity::parse(&text.0, Unit::Millicores) {
-                Ok(0) => {
-                    self.problem(at, "cpu 0 would stop the service", "give at least cpu: 1m, or omit cpu");
-                    None
-                }
-                Ok(m) if m > MAX_CPU_MILLIS => {
-                    self.problem(at, format!("cpu {} is more than 1000 cores", text.0), "give at most cpu: 1000");
-                    None
-                }
-                Ok(m) => Some(m),
-                Err(why) => {
-                    self.problem(at, format!("cpu: {why}"), "write it as Kubernetes does: 500m (half a core), 2");
-                    None
-                }
-            }
+            let fix = "write it as Kubernetes does: 500m (half a core), 2";
+            self.quantity(at.key("cpu"), "cpu", &text.0, Unit::Millicores, (1, "1m"), (MAX_CPU_MILLIS, "1000"), fix)
         });
         let pids = raw.pids.map(|_| self.range(at.key("pids"), "pids", raw.pids, 1, 1, 4_194_304) as u64);
         Resources { memory, cpu, pids }
+    }
+
+    /// One quantity of `resources:` within `min..=max` (each with its text), else a problem.
+    #[allow(clippy::too_many_arguments)]
+    fn quantity(
+        &mut self,
+        at: NodePath,
+        what: &str,
+        text: &str,
+        unit: Unit,
+        (min, min_text): (u64, &str),
+        (max, max_text): (u64, &str),
+        fix: &str,
+    ) -> Option<u64> {
+        match quantity::parse(text, unit) {
+            Ok(v) if v < min => {
+                self.problem(
+                    at,
+                    format!("{what} {text} is below {min_text}"),
+                    format!("give at least {what}: {min_text}"),
+                );
+                None
+            }
+            Ok(v) if v > max => {
+                self.problem(
+                    at,
+                    format!("{what} {text} is above {max_text}"),
+                    format!("give at most {what}: {max_text}"),
+                );
+                None
+            }
+            Ok(v) => Some(v),
+            Err(why) => {
+                self.problem(at, format!("{what}: {why}"), fix);
+                None
+            }
+        }
     }
 
     fn probe(&mut self, at: NodePath, raw: Option<RawProbe>, default: Probe, socket_activation: bool) -> Probe {

@@ -304,7 +304,8 @@ fn resources_are_quantities_located_when_wrong() {
             svc("{ cpu: lots }"),
             "m.yaml:8:25: cpu: \"lots\" is not a quantity; fix: write it as Kubernetes does: 500m (half a core), 2",
         ),
-        (svc("{ cpu: 0m }"), "m.yaml:8:25: cpu 0 would stop the service; fix: give at least cpu: 1m, or omit cpu"),
+        (svc("{ cpu: 0m }"), "m.yaml:8:25: cpu 0m is below 1m; fix: give at least cpu: 1m"),
+        (svc("{ cpu: 1001 }"), "m.yaml:8:25: cpu 1001 is above 1000; fix: give at most cpu: 1000"),
         (svc("{ pids: 0 }"), "m.yaml:8:26: pids must be from 1 to 4194304, got 0; fix: set pids between 1 and 4194304"),
         (
             svc("{ disk: 1Gi }"),
