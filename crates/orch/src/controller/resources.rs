@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,8 @@ struct Live {
     /// The cgroup's OOM-kill count when this process started.
     oom_base: u64,
     limits: Resources,
+    /// The memory limit the watchdog holds (without a cgroup); `u64::MAX`: none.
+    watched: Arc<AtomicU64>,
 }
 
 impl Books {
@@ -119,7 +122,16 @@ impl Controller {
         }
         let files = cgroup.as_ref().map(InstanceCgroup::procs_files).unwrap_or_default();
         let oom_base = cgroup.as_ref().map_or(0, InstanceCgroup::oom_kills);
-        self.resources.live.insert(id.clone(), Live { generation: 0, cgroup, oom_base, limits });
+        self.resources.live.insert(
+            id.clone(),
+            Live {
+                generation: 0,
+                cgroup,
+                oom_base,
+                limits,
+                watched: Arc::new(AtomicU64::new(limits.memory.unwrap_or(u64::MAX))),
+            },
+        );
         files
     }
 
@@ -129,8 +141,8 @@ impl Controller {
         let exited = self.instances.get(id).and_then(|i| i.state.proc()).map(|p| p.exited.clone());
         let (Some(live), Some(exited)) = (self.resources.live.get_mut(id), exited) else { return };
         live.generation = generation;
-        if let (None, Some(limit)) = (&live.cgroup, live.limits.memory) {
-            tokio::spawn(watchdog(self.tx.clone(), id.clone(), generation, pid, limit, exited));
+        if live.cgroup.is_none() && live.limits.memory.is_some() {
+            tokio::spawn(watchdog(self.tx.clone(), id.clone(), generation, pid, live.watched.clone(), exited));
         }
     }
 
@@ -164,27 +176,35 @@ impl Controller {
         self.events.emit(EventKind::Resources, Some(&id.service), Some(&name), message);
     }
 
-    /// After a manifest edit: running instances take their service's new limits in place.
+    /// After a manifest edit: running instances take their service's new limits in place
+    /// (a process started without limits gets them at its next start).
     pub(super) fn resources_applied(&mut self) {
         let mut messages = Vec::new();
-        for (id, live) in &mut self.resources.live {
+        let running: Vec<InstanceId> =
+            self.instances.values().filter(|i| i.state.proc().is_some()).map(|i| i.id.clone()).collect();
+        for id in running {
             let Some(new) = self.manifest.service(&id.service).map(|s| s.resources) else { continue };
-            if new == live.limits {
-                continue;
-            }
-            let Some(cg) = &live.cgroup else {
-                live.limits.memory = new.memory;
-                continue;
-            };
             let text = serde_json::to_string(&new).unwrap_or_default();
-            match cg.set_limits(&new) {
-                Ok(()) => {
-                    live.limits = new;
-                    messages.push((id.clone(), format!("{id} limits changed in place: {text}")));
-                }
-                Err(e) => messages
-                    .push((id.clone(), format!("{id} limits not all changed ({e}); they apply when it restarts"))),
-            }
+            let message = match self.resources.live.get_mut(&id) {
+                Some(live) if new == live.limits => continue,
+                None if new.is_empty() => continue,
+                None => format!("{id} gets its limits {text} at its next start (it started without any)"),
+                Some(live) => match &live.cgroup {
+                    Some(cg) => match cg.set_limits(&new) {
+                        Ok(()) => {
+                            live.limits = new;
+                            format!("{id} limits changed in place: {text}")
+                        }
+                        Err(e) => format!("{id} limits not all changed ({e}); they apply when it restarts"),
+                    },
+                    None => {
+                        live.limits = new;
+                        live.watched.store(new.memory.unwrap_or(u64::MAX), Ordering::Relaxed);
+                        format!("{id} limits changed in place: {text} (the rss watchdog holds memory only)")
+                    }
+                },
+            };
+            messages.push((id, message));
         }
         for (id, message) in messages {
             self.events.emit(EventKind::Resources, Some(&id.service), Some(&id.to_string()), message);
@@ -202,9 +222,10 @@ impl Controller {
             pids_limit: limits.pids,
             ..Usage::default()
         };
-        let live = self.resources.live.get(id)?;
-        match &live.cgroup {
-            Some(cg) => {
+        let cgroup = self.resources.live.get(id).map(|l| l.cgroup.as_ref());
+        match cgroup {
+            None => {}
+            Some(Some(cg)) => {
                 let c = cg.counters();
                 usage.memory_bytes = c.memory_bytes;
                 usage.cpu_usec = c.cpu_usec;
@@ -213,7 +234,7 @@ impl Controller {
                     usage.cpu_millis = self.cpu_rate(id, used);
                 }
             }
-            None => {
+            Some(None) => {
                 let pid = self.instances.get(id).and_then(|i| i.state.proc()).map(|p| p.pid);
                 usage.memory_bytes = pid.and_then(rss);
             }
@@ -250,7 +271,7 @@ async fn watchdog(
     id: InstanceId,
     generation: u64,
     pid: u32,
-    limit: u64,
+    limit: Arc<AtomicU64>,
     exited: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
@@ -259,6 +280,7 @@ async fn watchdog(
             () = exited.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let limit = limit.load(Ordering::Relaxed);
         if let Some(used) = rss(pid).filter(|used| *used > limit) {
             let kill = move |c: &mut Controller| c.watchdog_kill(&id, generation, used, limit);
             let _ = tx.send(Event::Call(Box::new(kill)));
