@@ -372,6 +372,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_child_writes_itself_into_its_cgroups_before_exec() {
+        let spawner = SpawnThread::start(tokio::runtime::Handle::current()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("cgroup.procs");
+        std::fs::write(&procs, "").unwrap();
+        // A plain file stands in for cgroup.procs: `0` ("myself") is what the child writes.
+        let mut spec = sh("exit 0", None);
+        spec.cgroups = vec![procs.clone()];
+        let mut spawned = spawner.start_process(spec).await.unwrap();
+        assert!(spawned.child.wait().await.unwrap().success());
+        assert_eq!(std::fs::read_to_string(&procs).unwrap(), "0");
+        let mut spec = sh("exit 0", None);
+        spec.cgroups = vec![dir.path().join("missing/cgroup.procs")];
+        let err = spawner.start_process(spec).await.unwrap_err();
+        assert!(err.to_string().contains("cannot join cgroup"), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_missing_program_is_a_spawn_error() {
         let spawner = SpawnThread::start(tokio::runtime::Handle::current()).unwrap();
         let mut spec = sh("true", None);
