@@ -69,6 +69,9 @@ async fn a_command_past_its_memory_limit_is_oom_killed_and_restarted() {
     // `orch get` and `orch describe` say so too.
     let get = crate::stdout(&cluster.cli(&["get"]));
     assert!(get.contains("OOMKilled"), "{get}");
+    let json: Value = serde_json::from_str(&crate::stdout(&cluster.cli(&["get", "-o", "json"]))).unwrap();
+    let listed = json["instances"].as_array().unwrap().iter().find(|i| i["name"] == "hog-1").unwrap().clone();
+    assert_eq!(listed["usage"]["memoryLimitBytes"], 64 << 20, "{listed}");
     let describe = crate::stdout(&cluster.cli(&["describe", "hog-1"]));
     assert!(describe.contains("OOMKilled") && describe.contains("64Mi"), "{describe}");
     if enforced_by_cgroups(&hog, "oom kill by the kernel") {
