@@ -237,10 +237,12 @@ function instanceRow(key, m) {
   nameLine.append(name);
   const exit = recentRestart(m);
   if (exit) {
-    const how = exit.signal ? exit.signal : exit.code !== null && exit.code !== undefined ? 'exit code ' + exit.code : 'exited';
-    const pill = el('span', 'pill warn');
+    const signal = exit.signal ? exit.signal : exit.code !== null && exit.code !== undefined ? 'exit code ' + exit.code : 'exited';
+    // orch's reason (OOMKilled: past its memory limit) says more than the signal.
+    const how = exit.reason ? `${exit.reason} (${signal})` : signal;
+    const pill = el('span', exit.reason ? 'pill bad' : 'pill warn');
     pill.title = `last exit: ${how}, ${new Date(exit.at).toLocaleTimeString()}`;
-    pill.append(document.createTextNode('crashed '), when(exit.at, 'pill-when'));
+    pill.append(document.createTextNode(exit.reason ? exit.reason + ' ' : 'crashed '), when(exit.at, 'pill-when'));
     nameLine.append(pill);
   }
   if (m.orch && m.orch.status && m.orch.status !== 'running') {

@@ -59,10 +59,51 @@ pub struct LastExit {
     /// Why the process could not be started (then `code` and `signal` are null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the process was killed, when orch knows better than the signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ExitReason>,
+}
+
+/// Why orch or the kernel ended a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitReason {
+    /// Past its memory limit: killed by the kernel's OOM killer (or orch's RSS watchdog).
+    #[serde(rename = "OOMKilled")]
+    OomKilled,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::OomKilled => "OOMKilled",
+        }
+    }
+}
+
+/// An instance's use of its `resources:` and its limits (`None`: not measured, or no limit).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// What enforces the limits: "cgroup v2", "cgroup v1 (...)" or "rss watchdog".
+    pub enforced_by: String,
+    pub memory_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU use over the last sample, in millicores (1000: one core busy).
+    pub cpu_millis: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    /// CPU time used by the instance's current process, µs.
+    pub cpu_usec: Option<u64>,
+    pub pids: Option<u64>,
+    pub pids_limit: Option<u64>,
 }
 
 impl LastExit {
     pub fn describe(&self) -> String {
+        if let Some(reason) = self.reason {
+            let mut copy = self.clone();
+            copy.reason = None;
+            return format!("{}: {}", reason.as_str(), copy.describe());
+        }
         match (&self.error, self.code, &self.signal) {
             (Some(e), _, _) => format!("failed to start: {e}"),
             (None, Some(code), _) => format!("code {code}"),
@@ -87,6 +128,9 @@ pub struct Instance {
     pub restarts: u32,
     pub started_at: Option<String>,
     pub last_exit: Option<LastExit>,
+    /// Present when the service has `resources:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 /// `GET /api/instances`.
@@ -174,6 +218,8 @@ pub enum EventKind {
     Stopped,
     Rolled,
     Chaos,
+    /// A service's `resources:` applied, changed, or not enforceable here.
+    Resources,
 }
 
 impl EventKind {
@@ -194,6 +240,7 @@ impl EventKind {
             EventKind::Stopped => "stopped",
             EventKind::Rolled => "rolled",
             EventKind::Chaos => "chaos",
+            EventKind::Resources => "resources",
         }
     }
 }

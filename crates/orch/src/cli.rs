@@ -32,6 +32,7 @@ use crate::manifest::{self, Manifest};
 pub mod autoscale;
 pub mod chaos;
 pub mod export;
+pub mod resources;
 
 pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:3006";
 
@@ -254,7 +255,7 @@ pub async fn get(client: &Client, service: Option<&str>, json_out: bool) -> Outc
                 i.name.clone(),
                 cell(i.pid),
                 i.port.to_string(),
-                i.status.to_string(),
+                resources::status_cell(i),
                 if i.ready { "yes".into() } else { "no".into() },
                 i.restarts.to_string(),
                 age(i.started_at.as_deref()),
@@ -290,7 +291,14 @@ pub async fn describe(client: &Client, name: &str, json_out: bool) -> Outcome {
             (None, Some(s)) => format!("signal {s}"),
             (None, None) => cell(last.error.as_deref()),
         };
+        let how = match last.reason {
+            Some(reason) => format!("{}: {how}", reason.as_str()),
+            None => how,
+        };
         let _ = writeln!(out, "Last exit:  {how} at {}", last.at);
+    }
+    for line in i.usage.iter().flat_map(resources::usage_lines) {
+        let _ = writeln!(out, "{line}");
     }
     let spec = serde_yaml::to_string(&detail.spec).unwrap_or_default();
     let _ = writeln!(out, "Spec:");

@@ -20,6 +20,7 @@ use crate::display;
 use crate::events::EventLog;
 use crate::manifest::{self, Manifest, ManifestError, NodePath, Problem};
 use crate::state::{self, StateFile};
+use crate::supervisor::cgroup;
 use crate::supervisor::spawn::SpawnThread;
 
 /// Why the control plane did not run.
@@ -92,6 +93,7 @@ pub async fn run(manifest: Manifest, text: String) -> Result<(), PlaneError> {
         events: events.clone(),
         spawner,
         state,
+        cgroups: cgroups_for(&data_dir),
     })
     .map_err(PlaneError::Invalid)?;
 
@@ -180,4 +182,13 @@ impl OwnLog {
         nix::unistd::dup2_stderr(&file)?;
         Ok(())
     }
+}
+
+/// The cgroups that hold instances to their `resources:` (see [`cgroup`]); none when no
+/// hierarchy is writable, or when `ORCH_CGROUPS=off` (then the rss watchdog stands in).
+fn cgroups_for(data_dir: &std::path::Path) -> Option<Arc<cgroup::Cgroups>> {
+    if std::env::var_os("ORCH_CGROUPS").is_some_and(|v| v == "off") {
+        return None;
+    }
+    cgroup::Cgroups::discover(&cgroup::tag_of(data_dir)).map(Arc::new)
 }

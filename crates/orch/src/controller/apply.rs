@@ -183,6 +183,7 @@ impl Controller {
         }
         self.manifest = new;
         self.slots = slots;
+        self.resources_applied();
         self.seen_text = hash_text(text);
         self.last_error = None;
         if path_changed {

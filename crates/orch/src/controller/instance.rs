@@ -216,6 +216,7 @@ impl Instance {
             restarts: self.restarts,
             started_at: self.started_at.map(kit::time::iso),
             last_exit: self.last_exit.clone(),
+            usage: None,
         }
     }
 }

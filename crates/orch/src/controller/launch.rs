@@ -123,6 +123,7 @@ pub fn launch_spec(
         env: env.into_iter().collect(),
         cwd: service.working_dir.clone(),
         socket: slot.socket.clone(),
+        cgroups: Vec::new(),
     })
 }
 

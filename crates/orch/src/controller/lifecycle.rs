@@ -77,7 +77,7 @@ impl Controller {
     async fn start(&mut self, id: InstanceId) {
         let Some(service) = self.manifest.service(&id.service).cloned() else { return };
         let spec = launch::launch_spec(&self.manifest, &self.slots, &id, &self.base);
-        let Some((slot, spec)) = self.slots.get(&id).cloned().zip(spec) else {
+        let Some((slot, mut spec)) = self.slots.get(&id).cloned().zip(spec) else {
             tracing::warn!(instance = %id, "no socket for the instance");
             return;
         };
@@ -95,6 +95,7 @@ impl Controller {
         instance.replace = false;
         instance.spec = Some(service.clone());
 
+        spec.cgroups = self.resources_before_start(&id, service.resources);
         let spawned = self.spawner.spawn(spec).await;
         let Some(instance) = self.instances.get_mut(&id) else { return };
         let child = match spawned {
@@ -105,8 +106,13 @@ impl Controller {
                     start_failed: true,
                 };
                 instance.crash_streak += 1;
-                instance.last_exit =
-                    Some(LastExit { code: None, signal: None, at: kit::time::now_iso(), error: Some(e.to_string()) });
+                instance.last_exit = Some(LastExit {
+                    code: None,
+                    signal: None,
+                    at: kit::time::now_iso(),
+                    error: Some(e.to_string()),
+                    reason: None,
+                });
                 log.note(&format!("failed to start: {e}"));
                 self.events.emit(
                     EventKind::Exited,
@@ -146,6 +152,7 @@ impl Controller {
         let (restarts, port) = (instance.restarts, instance.slot.port);
         log.note(&format!("started {name} (pid {pid}, port {port})"));
         self.state.child_started(&name, pid);
+        self.resources_started(&id, generation, pid);
         let (kind, message) = if after_crash {
             (EventKind::Restarted, format!("{name} restarted (pid {pid}, restart {restarts})"))
         } else {
@@ -252,6 +259,7 @@ impl Controller {
         status: std::io::Result<std::process::ExitStatus>,
     ) {
         let registry = self.registry_client();
+        let reason = self.resources_exited(id, generation);
         let Some(instance) = self.instances.get_mut(id) else { return };
         if instance.generation != generation {
             return;
@@ -281,7 +289,8 @@ impl Controller {
         if !planned {
             instance.crash_streak += 1;
         }
-        let last = LastExit { code, signal, at: kit::time::now_iso(), error: status.err().map(|e| e.to_string()) };
+        let last =
+            LastExit { code, signal, at: kit::time::now_iso(), error: status.err().map(|e| e.to_string()), reason };
         let how = last.describe();
         instance.last_exit = Some(last);
         let name = instance.name.clone();

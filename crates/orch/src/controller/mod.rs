@@ -33,6 +33,7 @@ mod event_loop;
 mod instance;
 mod launch;
 mod lifecycle;
+mod resources;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -129,6 +130,8 @@ pub struct Setup {
     /// [`SpawnThread`](crate::supervisor::spawn::SpawnThread), or a test double.
     pub spawner: Arc<dyn Spawner>,
     pub state: StateFile,
+    /// Where instances get their cgroups (see [`resources`]); `None`: the rss watchdog.
+    pub cgroups: Option<Arc<crate::supervisor::cgroup::Cgroups>>,
 }
 
 pub struct Controller {
@@ -162,6 +165,8 @@ pub struct Controller {
     chaos: chaos::experiments::Experiments,
     /// `autoscale:` (see [`autoscale`]).
     autoscaler: autoscale::Autoscaler,
+    /// `resources:`: cgroups, OOM kills, the watchdog (see [`resources`]).
+    resources: resources::Books,
 }
 
 impl Controller {
@@ -201,6 +206,7 @@ impl Controller {
             finished: false,
             chaos: chaos::experiments::Experiments::default(),
             autoscaler: autoscale::Autoscaler::new(),
+            resources: resources::Books::new(setup.cgroups),
         };
         controller.slots = controller.prepare_slots(&setup.manifest, Some(&setup.manifest_text))?;
         controller.watch_manifest();
@@ -212,6 +218,7 @@ impl Controller {
             None,
             format!("applied {}: {}", setup.manifest.path.display(), summary.join(", ")),
         );
+        controller.resources_announce();
         controller.update_progress();
         Ok((controller, Handle { tx }, rx))
     }

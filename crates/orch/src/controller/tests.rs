@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use super::{Controller, Handle, Setup};
 use crate::events::EventLog;
 use crate::state::StateFile;
+use crate::supervisor::cgroup::{Cgroups, Ctl};
 use crate::supervisor::double::{Record, TestSpawner};
 
 /// Generous: the machine may be busy; nothing here takes that long when it is not.
@@ -32,6 +33,11 @@ impl Cluster {
     }
 
     fn with(services: &str, spawner: TestSpawner) -> Self {
+        Self::with_cgroups(services, spawner, None)
+    }
+
+    /// With `cgroups` for the instances' `resources:` (a fake hierarchy in a temporary dir).
+    fn with_cgroups(services: &str, spawner: TestSpawner, cgroups: Option<Arc<Cgroups>>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -54,6 +60,7 @@ impl Cluster {
             events: events.clone(),
             spawner: Arc::new(spawner.clone()),
             state,
+            cgroups,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let run = tokio::spawn(controller.run(rx));
@@ -260,4 +267,31 @@ async fn the_autoscaler_scales_through_the_scale_path_and_its_replicas_outlive_e
     std::fs::write(&path, format!("{head}{}", web(60, "A: b"))).unwrap();
     c.handle.call(|c| c.call_apply(None, false)).await.unwrap().unwrap();
     assert_eq!(replicas().await, 1);
+}
+
+#[tokio::test]
+async fn an_exit_the_oom_killer_counted_is_oom_killed_and_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("orch-t");
+    let cgroups = Cgroups::make(vec![(Ctl::Unified, parent.clone())]).map(Arc::new);
+    let services =
+        format!("    - {{ name: web, command: [/bin/sh], {QUIET}, resources: {{ memory: 64Mi, pids: 8 }} }}\n");
+    let c = Cluster::with_cgroups(&services, TestSpawner::default(), cgroups);
+    let pid = c.running("web-1", None).await;
+    let dir = parent.join("web-1");
+    assert_eq!(std::fs::read_to_string(dir.join("memory.max")).unwrap(), (64u64 << 20).to_string());
+    assert_eq!(std::fs::read_to_string(dir.join("pids.max")).unwrap(), "8");
+    let usage = c.instance("web-1").await.unwrap().usage.expect("usage for a service with resources");
+    assert_eq!((usage.enforced_by.as_str(), usage.memory_limit_bytes), ("cgroup v2", Some(64 << 20)));
+    // The kernel counted an OOM kill in the instance's cgroup: its SIGKILL is OOMKilled.
+    std::fs::write(dir.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
+    crate::supervisor::spawn::Spawner::signal(&c.spawner, pid, Signal::SIGKILL);
+    let pid = c.running("web-1", Some(pid)).await;
+    let exit = c.instance("web-1").await.unwrap().last_exit.unwrap();
+    assert_eq!((exit.reason, exit.signal.as_deref()), (Some(kit::orch_api::ExitReason::OomKilled), Some("SIGKILL")));
+    // A SIGKILL the OOM killer did not count (the count is as at the start) is a plain crash.
+    crate::supervisor::spawn::Spawner::signal(&c.spawner, pid, Signal::SIGKILL);
+    c.running("web-1", Some(pid)).await;
+    let exit = c.instance("web-1").await.unwrap().last_exit.unwrap();
+    assert_eq!((exit.reason, exit.signal.as_deref()), (None, Some("SIGKILL")));
 }

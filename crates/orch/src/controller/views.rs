@@ -52,7 +52,12 @@ impl Controller {
         let mut list: Vec<&Instance> =
             self.instances.values().filter(|i| service.is_none_or(|s| i.id.service == s)).collect();
         list.sort_by_key(|i| (position(&i.id.service), i.id.ordinal));
-        InstanceList { instances: list.into_iter().map(Instance::view).collect() }
+        InstanceList { instances: list.into_iter().map(|i| self.view_with_usage(i)).collect() }
+    }
+
+    /// The contract's Instance, with its usage against its `resources:`.
+    fn view_with_usage(&self, instance: &Instance) -> orch_api::Instance {
+        orch_api::Instance { usage: self.usage_of(&instance.id), ..instance.view() }
     }
 
     /// `GET /api/instances/:name`.
@@ -60,7 +65,7 @@ impl Controller {
         let instance = self.instances.values().find(|i| i.name == name)?;
         let spec = instance.spec.as_ref().or_else(|| self.manifest.service(&instance.id.service));
         Some(InstanceDetail {
-            instance: instance.view(),
+            instance: self.view_with_usage(instance),
             spec: serde_json::to_value(spec).unwrap_or_default(),
             events: self.events.of_instance(name, 20),
         })
@@ -87,8 +92,13 @@ mod tests {
         let exit = Exit { at: std::time::Instant::now(), success: false, planned: false };
         crashing.state = State::Backoff { exit, until: exit.at, crashloop: true };
         crashing.restarts = 5;
-        crashing.last_exit =
-            Some(LastExit { code: Some(1), signal: None, at: "2026-01-01T00:00:00.000Z".into(), error: None });
+        crashing.last_exit = Some(LastExit {
+            code: Some(1),
+            signal: None,
+            at: "2026-01-01T00:00:00.000Z".into(),
+            error: None,
+            reason: None,
+        });
         let running = Instance::new(InstanceId::new("web", 1), Slot { port: 4001, socket: None, fixed: true });
         let list = InstanceList { instances: vec![running.view(), crashing.view()] };
         let wire = serde_json::to_vec(&list).unwrap();

@@ -259,6 +259,7 @@ impl Ctx<'_> {
             env,
             readiness_probe: readiness,
             liveness_probe: liveness,
+            resources: self.resources(service, &mut notes),
         };
         let deployment = Deployment {
             metadata: self.meta(name, object_labels.clone()),
@@ -525,4 +526,29 @@ pub fn port_of(service: &manifest::Service) -> u16 {
 /// `text` with Kubernetes' `$(VAR)` references escaped, so it reaches the process as written.
 fn literal(text: &str) -> String {
     text.replace("$(", "$$(")
+}
+
+impl Ctx<'_> {
+    /// `resources:` as the container's limits; pids has no per-container field in Kubernetes.
+    fn resources(&mut self, service: &manifest::Service, notes: &mut Vec<String>) -> Option<ResourceRequirements> {
+        let r = service.resources;
+        if let Some(pids) = r.pids {
+            self.warnings.push(format!(
+                "service {}: pids: {pids} dropped: Kubernetes limits pids per pod on the node (kubelet's podPidsLimit), not per container",
+                service.name
+            ));
+        }
+        let mut limits = BTreeMap::new();
+        if let Some(bytes) = r.memory {
+            limits.insert("memory".to_owned(), manifest::quantity::format_memory(bytes));
+        }
+        if let Some(millis) = r.cpu {
+            limits.insert("cpu".to_owned(), manifest::quantity::format_cpu(millis));
+        }
+        if limits.is_empty() {
+            return None;
+        }
+        notes.push("resources: limits as in the manifest; requests default to them".into());
+        Some(ResourceRequirements { limits })
+    }
 }

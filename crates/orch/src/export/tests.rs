@@ -305,3 +305,15 @@ fn the_control_plane_answers_its_pod_ip_and_service_names() {
     }
     assert_eq!(guarded, ["registry", "balancer", "detector"]);
 }
+
+#[test]
+fn resources_become_container_limits() {
+    let services =
+        "    - name: registry\n      component: registry\n      resources: { memory: 256Mi, cpu: 500m, pids: 64 }\n";
+    let export = try_export(services, &with_db()).unwrap();
+    let Object::Deployment(d) = &export.documents[3].object else { panic!("{:?}", export.documents[3]) };
+    let limits = &d.spec.template.spec.containers[0].resources.as_ref().unwrap().limits;
+    assert_eq!(limits.get("memory").map(String::as_str), Some("256Mi"));
+    assert_eq!(limits.get("cpu").map(String::as_str), Some("500m"));
+    assert!(export.warnings.iter().any(|w| w.contains("pids: 64 dropped")), "{:?}", export.warnings);
+}

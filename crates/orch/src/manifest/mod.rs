@@ -15,6 +15,7 @@ mod autoscale;
 mod check;
 mod error;
 mod locate;
+pub mod quantity;
 mod raw;
 mod rules;
 mod service;
@@ -29,6 +30,7 @@ pub use autoscale::{Autoscale, Target};
 use check::Checker;
 pub use error::{ManifestError, Problem, closest};
 pub use locate::{NodePath, Position, locate};
+pub use quantity::Resources;
 use raw::RawManifest;
 use rules::{port_problems, topo_order};
 
@@ -110,6 +112,10 @@ pub struct Service {
     /// `autoscale:` replicas follow the load within `min..=max` (`replicas` is the start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<Autoscale>,
+    /// `resources:`, enforced per instance by a cgroup (see `supervisor::cgroup`); a change
+    /// applies to running instances, so it is not part of the revision.
+    #[serde(skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
 }
 
 /// What a service runs.

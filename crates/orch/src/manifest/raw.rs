@@ -72,6 +72,16 @@ pub(super) struct RawService {
     pub(super) registers: Option<bool>,
     pub(super) working_dir: Option<String>,
     pub(super) autoscale: Option<RawAutoscale>,
+    pub(super) resources: Option<RawResources>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(expecting = "resources: a mapping with memory, cpu and pids (e.g. { memory: 256Mi, cpu: 500m, pids: 256 })")]
+pub(super) struct RawResources {
+    pub(super) memory: Option<EnvValue>,
+    pub(super) cpu: Option<EnvValue>,
+    pub(super) pids: Option<Int>,
 }
 
 #[derive(Deserialize, Default)]

@@ -5,10 +5,15 @@
 use std::path::PathBuf;
 
 use super::check::Checker;
-use super::raw::{CommandLine, Int, RawProbe, RawService};
+use super::quantity::{self, Resources, Unit};
+use super::raw::{CommandLine, Int, RawProbe, RawResources, RawService};
 use super::rules::{component_names, find_program, normalize, valid_name};
 use super::{Check, Kind, MAX_REPLICAS, NodePath, Probe, Restart, RestartPolicy, Service, closest};
 use crate::run::Component;
+
+/// Less than this and a process is killed before it runs.
+const MIN_MEMORY: u64 = 4 << 20;
+const MAX_CPU_MILLIS: u64 = 1_000_000;
 
 impl Checker {
     pub(super) fn service(&mut self, at: NodePath, raw: RawService) -> Service {
@@ -204,6 +209,7 @@ impl Checker {
         let grace_period_ms =
             self.range(at.key("gracePeriodMs"), "gracePeriodMs", raw.grace_period_ms, 5_000, 0, 600_000) as u64;
 
+        let resources = self.resources(at.key("resources"), raw.resources);
         let routes = raw.routes.unwrap_or_default();
         if !routes.is_empty() && kind != Kind::Component(Component::Balancer) {
             self.problem(at.key("routes"), "routes are for balancer services", "move routes to the balancer service");
@@ -232,6 +238,59 @@ impl Checker {
             registers,
             working_dir,
             autoscale,
+            resources,
+        }
+    }
+
+    /// `resources: { memory: 256Mi, cpu: 500m, pids: 256 }`, each optional.
+    fn resources(&mut self, at: NodePath, raw: Option<RawResources>) -> Resources {
+        let Some(raw) = raw else { return Resources::default() };
+        let memory = raw.memory.and_then(|text| {
+            let fix = "write it as Kubernetes does: 256Mi, 1Gi, 512M";
+            self.quantity(at.key("memory"), "memory", &text.0, Unit::Bytes, (MIN_MEMORY, "4Mi"), (u64::MAX, ""), fix)
+        });
+        let cpu = raw.cpu.and_then(|text| {
+            let fix = "write it as Kubernetes does: 500m (half a core), 2";
+            self.quantity(at.key("cpu"), "cpu", &text.0, Unit::Millicores, (1, "1m"), (MAX_CPU_MILLIS, "1000"), fix)
+        });
+        let pids = raw.pids.map(|_| self.range(at.key("pids"), "pids", raw.pids, 1, 1, 4_194_304) as u64);
+        Resources { memory, cpu, pids }
+    }
+
+    /// One quantity of `resources:` within `min..=max` (each with its text), else a problem.
+    #[allow(clippy::too_many_arguments)]
+    fn quantity(
+        &mut self,
+        at: NodePath,
+        what: &str,
+        text: &str,
+        unit: Unit,
+        (min, min_text): (u64, &str),
+        (max, max_text): (u64, &str),
+        fix: &str,
+    ) -> Option<u64> {
+        match quantity::parse(text, unit) {
+            Ok(v) if v < min => {
+                self.problem(
+                    at,
+                    format!("{what} {text} is below {min_text}"),
+                    format!("give at least {what}: {min_text}"),
+                );
+                None
+            }
+            Ok(v) if v > max => {
+                self.problem(
+                    at,
+                    format!("{what} {text} is above {max_text}"),
+                    format!("give at most {what}: {max_text}"),
+                );
+                None
+            }
+            Ok(v) => Some(v),
+            Err(why) => {
+                self.problem(at, format!("{what}: {why}"), fix);
+                None
+            }
         }
     }
 

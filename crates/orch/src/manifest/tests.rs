@@ -148,7 +148,7 @@ fn bad_input_is_located_and_explained() {
         // Unknown field.
         (
             svc("    - name: a\n      component: registry\n      replica: 3\n"),
-            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `registers`, `workingDir`, `autoscale`; fix: did you mean `replicas`? (allowed here: name, component, command, args, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, registers, workingDir, autoscale)",
+            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `registers`, `workingDir`, `autoscale`, `resources`; fix: did you mean `replicas`? (allowed here: name, component, command, args, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, registers, workingDir, autoscale, resources)",
         ),
         // Wrong type.
         (
@@ -295,4 +295,31 @@ fn a_database_url_is_a_postgres_url() {
         let text = err.to_string();
         assert!(text.starts_with("m.yaml:5:") && text.contains("is not a PostgreSQL URL"), "{bad}: {text}");
     }
+fn resources_are_quantities_located_when_wrong() {
+    let svc = |resources: &str| {
+        doc(&format!("  services:\n    - name: web\n      command: [sleep, '60']\n      resources: {resources}\n"))
+    };
+    let m = ok(&svc("{ memory: 256Mi, cpu: 500m, pids: 256 }"));
+    assert_eq!(m.services[0].resources, Resources { memory: Some(256 << 20), cpu: Some(500), pids: Some(256) });
+    let m = ok(&svc("{ cpu: 0.25 }"));
+    assert_eq!(m.services[0].resources, Resources { memory: None, cpu: Some(250), pids: None });
+    assert!(ok(&doc("  services:\n    - name: web\n      command: [sleep, '60']\n")).services[0].resources.is_empty());
+    check_errors(&[
+        (
+            svc("{ memory: 256MB }"),
+            "m.yaml:8:28: memory: unknown suffix \"MB\" in \"256MB\" (use Ki, Mi, Gi, Ti, k, M, G, T, or m for millicores); fix: write it as Kubernetes does: 256Mi, 1Gi, 512M",
+        ),
+        (svc("{ memory: 1Ki }"), "m.yaml:8:28: memory 1Ki is below 4Mi; fix: give at least memory: 4Mi"),
+        (
+            svc("{ cpu: lots }"),
+            "m.yaml:8:25: cpu: \"lots\" is not a quantity; fix: write it as Kubernetes does: 500m (half a core), 2",
+        ),
+        (svc("{ cpu: 0m }"), "m.yaml:8:25: cpu 0m is below 1m; fix: give at least cpu: 1m"),
+        (svc("{ cpu: 1001 }"), "m.yaml:8:25: cpu 1001 is above 1000; fix: give at most cpu: 1000"),
+        (svc("{ pids: 0 }"), "m.yaml:8:26: pids must be from 1 to 4194304, got 0; fix: set pids between 1 and 4194304"),
+        (
+            svc("{ disk: 1Gi }"),
+            "m.yaml:8:20: spec.services[0].resources: unknown field `disk`, expected one of `memory`, `cpu`, `pids`; fix: remove it (allowed here: memory, cpu, pids)",
+        ),
+    ]);
 }

@@ -1,8 +1,9 @@
 //! The process side of orch: starting children ([`spawn`]), capturing their output
 //! ([`logs`]), probing them ([`probe`]), and stopping them on purpose without dropping a
-//! request ([`drain`]). Nothing here decides anything: the controller does, from the
+//! request ([`drain`]), and holding them to their limits ([`cgroup`]). Nothing here decides anything: the controller does, from the
 //! reconciler's plan.
 
+pub mod cgroup;
 #[cfg(test)]
 pub mod double;
 pub mod drain;

@@ -48,6 +48,9 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     /// Passed as fd 3 with `LISTEN_FDS=1` and `LISTEN_PID=<pid>`.
     pub socket: Option<Arc<TcpListener>>,
+    /// `cgroup.procs` files the child writes itself into before `exec` (see
+    /// [`cgroup`](super::cgroup)); empty: it stays in orch's cgroup.
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// A started process.
@@ -162,6 +165,9 @@ struct Exec {
     listen_pid: Vec<u8>,
     socket: Option<RawFd>,
     parent: libc::pid_t,
+    /// Open `cgroup.procs` files (close-on-exec), written `0` in the child to join.
+    cgroups: Vec<std::os::fd::OwnedFd>,
+    cgroup_fds: Vec<RawFd>,
 }
 
 // SAFETY: the raw pointers point into heap buffers this struct owns; they are read only in
@@ -205,8 +211,19 @@ impl Exec {
             envp.push(listen_pid.as_ptr().cast());
         }
         envp.push(std::ptr::null());
+        let mut cgroups = Vec::new();
+        for path in &spec.cgroups {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot join cgroup {}: {e}", path.display())))?;
+            cgroups.push(std::os::fd::OwnedFd::from(file));
+        }
+        let cgroup_fds = cgroups.iter().map(|f| f.as_raw_fd()).collect();
         Ok(Self {
             program,
+            cgroups,
+            cgroup_fds,
             _strings: strings,
             argv,
             envp,
@@ -228,6 +245,12 @@ impl Exec {
             // orch died before the line above: nobody would ever kill this child.
             if libc::getppid() != self.parent {
                 libc::_exit(1);
+            }
+            // Join the instance's cgroups: `0` is the writing process itself.
+            for fd in &self.cgroup_fds {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             if let Some(fd) = self.socket {
                 if fd == 3 {
@@ -265,6 +288,7 @@ impl Exec {
 #[allow(unsafe_code)]
 fn spawn(spec: LaunchSpec) -> io::Result<Spawned> {
     let mut exec = Exec::prepare(&spec)?;
+    let exec_cgroups = std::mem::take(&mut exec.cgroups);
     let mut cmd = tokio::process::Command::new(OsStr::new(&spec.program));
     cmd.env_clear()
         .current_dir(&spec.cwd)
@@ -282,6 +306,7 @@ fn spawn(spec: LaunchSpec) -> io::Result<Spawned> {
     let pid = child.id().ok_or_else(|| io::Error::other("the child has no pid"))?;
     // Keep the socket alive until the fork is done (the caller holds it too).
     drop(spec.socket);
+    drop(exec_cgroups);
     Ok(Spawned { child, pid })
 }
 
@@ -299,6 +324,7 @@ mod tests {
             env: vec![("GREETING".into(), "hi".into()), ("LISTEN_PID".into(), "1".into())],
             cwd: "/tmp".into(),
             socket,
+            cgroups: Vec::new(),
         }
     }
 
@@ -343,6 +369,24 @@ mod tests {
         assert_eq!(fields[2], pid.to_string(), "the child leads its own process group");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
         spawned.child.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_child_writes_itself_into_its_cgroups_before_exec() {
+        let spawner = SpawnThread::start(tokio::runtime::Handle::current()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("cgroup.procs");
+        std::fs::write(&procs, "").unwrap();
+        // A plain file stands in for cgroup.procs: `0` ("myself") is what the child writes.
+        let mut spec = sh("exit 0", None);
+        spec.cgroups = vec![procs.clone()];
+        let mut spawned = spawner.start_process(spec).await.unwrap();
+        assert!(spawned.child.wait().await.unwrap().success());
+        assert_eq!(std::fs::read_to_string(&procs).unwrap(), "0");
+        let mut spec = sh("exit 0", None);
+        spec.cgroups = vec![dir.path().join("missing/cgroup.procs")];
+        let err = spawner.start_process(spec).await.unwrap_err();
+        assert!(err.to_string().contains("cannot join cgroup"), "{err}");
     }
 
     #[tokio::test]

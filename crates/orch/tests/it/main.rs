@@ -10,6 +10,7 @@ mod cli;
 mod export;
 mod guard;
 mod lifecycle;
+mod resources;
 mod run_component;
 
 use std::path::Path;
