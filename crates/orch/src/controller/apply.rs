@@ -30,7 +30,7 @@ impl Controller {
         let mut slots = BTreeMap::new();
         let mut reserved = Vec::new();
         for (i, s) in m.services.iter().enumerate() {
-            for n in 1..=s.replicas {
+            for n in 1..=s.replicas + s.rollout.max_surge {
                 let id = InstanceId::new(&s.name, n);
                 let fixed = s.port_of(n);
                 let activated = s.socket_activation;

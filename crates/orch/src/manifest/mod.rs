@@ -15,6 +15,7 @@ mod check;
 mod error;
 mod locate;
 mod raw;
+mod rollout;
 mod rules;
 mod service;
 
@@ -28,6 +29,7 @@ use check::Checker;
 pub use error::{ManifestError, Problem, closest};
 pub use locate::{NodePath, Position, locate};
 use raw::RawManifest;
+pub use rollout::DEFAULT_ROLLOUT;
 use rules::{port_problems, topo_order};
 
 use crate::run::Component;
@@ -102,6 +104,23 @@ pub struct Service {
     /// says `registers: true`.
     pub registers: bool,
     pub working_dir: PathBuf,
+    /// How a new revision replaces the instances, and what happens when it fails.
+    pub rollout: Rollout,
+}
+
+/// `rollout:`: Kubernetes' rolling update strategy (`maxSurge`, `maxUnavailable`,
+/// `progressDeadlineMs`), and whether a failed rollout is undone by itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Instances of the new revision started beyond `replicas` while it rolls out.
+    pub max_surge: u32,
+    /// Instances that may be unready (being replaced) at once.
+    pub max_unavailable: u32,
+    /// A rollout not complete this long after it began has failed.
+    pub progress_deadline_ms: u64,
+    /// A failed rollout goes back to the last good revision.
+    pub auto_rollback: bool,
 }
 
 /// What a service runs.

@@ -70,6 +70,17 @@ pub(super) struct RawService {
     pub(super) register: Option<bool>,
     pub(super) registers: Option<bool>,
     pub(super) working_dir: Option<String>,
+    pub(super) rollout: Option<RawRollout>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "rollout: a mapping with maxSurge, maxUnavailable, progressDeadlineMs, autoRollback")]
+pub(super) struct RawRollout {
+    pub(super) max_surge: Option<Int>,
+    pub(super) max_unavailable: Option<Int>,
+    pub(super) progress_deadline_ms: Option<Int>,
+    pub(super) auto_rollback: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -210,6 +210,7 @@ impl Checker {
             }
         }
 
+        let rollout = self.rollout(at.key("rollout"), raw.rollout, port.is_some());
         Service {
             name,
             kind,
@@ -226,6 +227,7 @@ impl Checker {
             register,
             registers,
             working_dir,
+            rollout,
         }
     }
 
