@@ -184,6 +184,10 @@ impl Controller {
         self.slots = slots;
         self.seen_text = hash_text(text);
         self.last_error = None;
+        self.unpin_rollouts();
+        for change in changes.iter().filter(|c| matches!(c.change, ChangeKind::Roll | ChangeKind::Create)) {
+            self.begin_rollout(&change.service, change.summary.clone(), None);
+        }
         if path_changed {
             self.watch_manifest();
             self.state.record.manifest = self.manifest.path.clone();

@@ -84,6 +84,7 @@ impl Controller {
             self.execute(action).await;
         }
         self.check_rollouts();
+        self.track_rollouts();
         self.update_progress();
     }
 

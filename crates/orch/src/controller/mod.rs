@@ -32,6 +32,8 @@ mod event_loop;
 mod instance;
 mod launch;
 mod lifecycle;
+mod rollback;
+mod rollout;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -157,6 +159,8 @@ pub struct Controller {
     finished: bool,
     /// `orch chaos` experiments (see [`chaos`]).
     chaos: chaos::experiments::Experiments,
+    /// Every service's numbered rollouts (see [`rollback`]).
+    rollouts: rollout::Book,
 }
 
 impl Controller {
@@ -195,9 +199,13 @@ impl Controller {
             progress,
             finished: false,
             chaos: chaos::experiments::Experiments::default(),
+            rollouts: rollout::Book::default(),
         };
         controller.slots = controller.prepare_slots(&setup.manifest, Some(&setup.manifest_text))?;
         controller.watch_manifest();
+        for name in setup.manifest.services.iter().map(|s| s.name.clone()) {
+            controller.begin_rollout(&name, "created".to_owned(), None);
+        }
         controller.state.save();
         let summary = setup.manifest.services.iter().map(|s| format!("{} x{}", s.name, s.replicas)).collect::<Vec<_>>();
         controller.events.emit(

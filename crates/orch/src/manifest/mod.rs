@@ -29,7 +29,6 @@ use check::Checker;
 pub use error::{ManifestError, Problem, closest};
 pub use locate::{NodePath, Position, locate};
 use raw::RawManifest;
-pub use rollout::DEFAULT_ROLLOUT;
 use rules::{port_problems, topo_order};
 
 use crate::run::Component;
