@@ -9,6 +9,7 @@ mod cli;
 mod export;
 mod guard;
 mod lifecycle;
+mod rollout;
 mod run_component;
 
 use std::path::Path;
