@@ -380,6 +380,13 @@ fn new_ready(service: &str, ordinal: u32) -> Observed {
     with(running(service, ordinal), |o| o.revision = 2)
 }
 
+fn new_starting(service: &str, ordinal: u32) -> Observed {
+    with(new_ready(service, ordinal), |o| {
+        o.phase = Phase::Starting;
+        o.ready = false;
+    })
+}
+
 #[test]
 fn surge_starts_a_new_instance_before_any_old_one_goes() {
     let (d, mut o) = rolling(1, 0);
@@ -388,10 +395,7 @@ fn surge_starts_a_new_instance_before_any_old_one_goes() {
 
     // The surge instance first; nothing old goes while it is not ready.
     check(&o, vec![Action::Start(id("web", 4))]);
-    o.push(with(new_ready("web", 4), |o| {
-        o.phase = Phase::Starting;
-        o.ready = false;
-    }));
+    o.push(new_starting("web", 4));
     check(&o, vec![]);
     // Ready: one old instance may go (4 ready, 3 must stay), only one at a time.
     o[4] = new_ready("web", 4);
@@ -401,19 +405,13 @@ fn surge_starts_a_new_instance_before_any_old_one_goes() {
     o[1].phase = Phase::Exited { at: now, success: true, planned: true };
     check(&o, vec![Action::Start(id("web", 1))]);
     // web-1 of the new revision starting: the surge instance stays, nothing else goes.
-    o[1] = with(new_ready("web", 1), |o| {
-        o.phase = Phase::Starting;
-        o.ready = false;
-    });
+    o[1] = new_starting("web", 1);
     check(&o, vec![]);
     o[1] = new_ready("web", 1);
     check(&o, vec![drain("web", 2, StopReason::Replace)]);
     // The last old one is being replaced: the surge instance still serves.
     o[2] = new_ready("web", 2);
-    o[3] = with(new_ready("web", 3), |o| {
-        o.phase = Phase::Starting;
-        o.ready = false;
-    });
+    o[3] = new_starting("web", 3);
     check(&o, vec![]);
     // All replaced and ready: the surge instance goes.
     o[3] = new_ready("web", 3);
