@@ -34,6 +34,10 @@ impl Controller {
     /// Judges every rollout under way; a failed one is reported and, if its service says
     /// `autoRollback`, rolled back to the last good rollout.
     pub(super) fn track_rollouts(&mut self) {
+        if self.shutting_down {
+            // Everything stops: no rollout is judged by instances going away on purpose.
+            return;
+        }
         let now = Instant::now();
         let mut failed = Vec::new();
         for (name, history) in &mut self.rollouts {
