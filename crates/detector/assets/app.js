@@ -3,7 +3,7 @@
 // Messages (all carry `seq`; anything not newer than what we have is ignored):
 //   snapshot  the whole picture, with each target's response-time history
 //   status    every target's state, with its newest sample only (merged into our history)
-//   alert     one new alert (down / recovered)
+//   alert     one new alert (down / recovered / rollout)
 //   event     one new event from orch
 //   traffic   the balancer's request counts and rate
 // Every text from the server is set with textContent: nothing it says can become markup.
@@ -486,7 +486,7 @@ function renderAlerts() {
   replaceChildren(root, state.alerts.map((a) => {
     const li = el('li');
     li.dataset.alert = a.type;
-    li.append(el('span', 'mark ' + (a.type === 'down' ? 'bad' : 'good')));
+    li.append(el('span', 'mark ' + (a.type === 'recovered' ? 'good' : 'bad')));
     li.append(el('span', 'msg', a.message));
     li.append(when(a.at));
     return li;
@@ -494,7 +494,7 @@ function renderAlerts() {
 }
 
 const EVENT_MOOD = {
-  exited: 'bad', crashloop: 'bad', 'manifest-rejected': 'bad', 'liveness-failed': 'bad', failed: 'bad',
+  exited: 'bad', crashloop: 'bad', 'rollout-failed': 'bad', 'rolled-back': 'warn', 'manifest-rejected': 'bad', 'liveness-failed': 'bad', failed: 'bad',
   restarted: 'warn', backoff: 'warn', 'not-ready': 'warn', stopping: 'warn', chaos: 'warn',
   ready: 'good', started: 'good', 'manifest-applied': 'info', scaled: 'info', rolled: 'info', stopped: 'info',
 };

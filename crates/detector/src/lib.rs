@@ -239,7 +239,7 @@ impl AppState {
     fn raise(&self, published: &mut Published, alerts: Vec<Alert>) {
         for alert in alerts {
             match alert.kind {
-                AlertKind::Down => {
+                AlertKind::Down | AlertKind::Rollout => {
                     tracing::warn!(service_id = %alert.service_id, alert = alert.id, "{}", alert.message)
                 }
                 AlertKind::Recovered => {

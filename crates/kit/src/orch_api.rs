@@ -220,6 +220,10 @@ pub enum EventKind {
     Chaos,
     /// A service's `resources:` applied, changed, or not enforceable here.
     Resources,
+    /// A rollout did not finish: not ready within its deadline, or crash-looping.
+    RolloutFailed,
+    /// A failed rollout was undone: the last good revision runs again.
+    RolledBack,
 }
 
 impl EventKind {
@@ -241,6 +245,8 @@ impl EventKind {
             EventKind::Rolled => "rolled",
             EventKind::Chaos => "chaos",
             EventKind::Resources => "resources",
+            EventKind::RolloutFailed => "rollout-failed",
+            EventKind::RolledBack => "rolled-back",
         }
     }
 }
@@ -360,6 +366,72 @@ pub struct RestartRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub message: String,
+}
+
+/// Where a rollout (one revision of a service) is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    /// Its instances are being replaced.
+    Progressing,
+    /// Every instance runs it and is ready.
+    Complete,
+    /// Not ready within its deadline, or crash-looping; `cause` says which.
+    Failed,
+    /// A later rollout replaced it before it ended.
+    Superseded,
+}
+
+impl RolloutState {
+    /// Whether the rollout has ended (`orch rollout status` stops waiting).
+    pub fn is_final(self) -> bool {
+        !matches!(self, RolloutState::Progressing)
+    }
+}
+
+/// One rollout of a service: a revision, numbered from 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    pub number: u32,
+    /// The revision's hash, as hex.
+    pub revision: String,
+    /// When it began (ISO 8601).
+    pub started_at: String,
+    /// When it ended, if it has.
+    pub ended_at: Option<String>,
+    /// What changed: the apply's summary, `rollback to #3: ...`, `undo to #2`.
+    pub change: String,
+    pub state: RolloutState,
+    /// Why it failed.
+    pub cause: Option<String>,
+    /// Instances of this revision that are ready, of the replicas wanted.
+    pub ready: u32,
+    pub replicas: u32,
+}
+
+/// `GET /api/rollouts/{service}`: its rollouts, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutHistory {
+    pub service: String,
+    /// The rollout whose spec the controller runs now.
+    pub current: u32,
+    /// The last rollout that completed, if any.
+    pub last_good: Option<u32>,
+    /// The file on disk asks for another spec than the one running (after a rollback or
+    /// an undo), until it changes again.
+    pub pinned: bool,
+    pub rollouts: Vec<Rollout>,
+}
+
+/// `POST /api/rollouts/{service}/undo`'s body: back to rollout `to` (default: the last
+/// good one before the current).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UndoRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
 }
 
 /// What a chaos experiment does.

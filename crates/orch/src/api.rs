@@ -23,7 +23,7 @@ use bytes::Bytes;
 use kit::http::{ApiError, Json};
 use kit::orch_api::{
     self, ApplyRequest, ApplyResult, EventPage, Experiment, ExperimentList, InstanceDetail, InstanceList, Message,
-    RestartRequest, ScaleRequest, Scaled, StoppedExperiments,
+    RestartRequest, RolloutHistory, ScaleRequest, Scaled, StoppedExperiments, UndoRequest,
 };
 use kit::secret::Secret;
 use serde::Deserialize;
@@ -52,6 +52,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/scale", post(scale))
         .route("/api/restart", post(restart))
         .route("/api/down", post(down))
+        .route("/api/rollouts/{service}", get(rollouts))
+        .route("/api/rollouts/{service}/undo", post(rollout_undo))
         .route("/api/chaos", get(chaos_list).post(chaos_start).delete(chaos_stop_all))
         .route("/api/chaos/{id}", delete(chaos_stop))
         .with_state(state);
@@ -259,6 +261,24 @@ async fn restart(
     Json(body): Json<RestartRequest>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
     let result = state.handle.call(move |c| c.call_restart(&body.target)).await.ok_or_else(gone)?;
+    result.map(|v| (StatusCode::ACCEPTED, Json(v))).map_err(from_call)
+}
+
+async fn rollouts(
+    State(state): State<ApiState>,
+    Path(service): Path<String>,
+) -> Result<Json<RolloutHistory>, ApiError> {
+    let result = state.handle.call(move |c| c.rollout_history(&service)).await.ok_or_else(gone)?;
+    result.map(Json).map_err(from_call)
+}
+
+async fn rollout_undo(
+    State(state): State<ApiState>,
+    _: Authorized,
+    Path(service): Path<String>,
+    Json(body): Json<UndoRequest>,
+) -> Result<(StatusCode, Json<RolloutHistory>), ApiError> {
+    let result = state.handle.call(move |c| c.call_rollout_undo(&service, body.to)).await.ok_or_else(gone)?;
     result.map(|v| (StatusCode::ACCEPTED, Json(v))).map_err(from_call)
 }
 

@@ -33,6 +33,7 @@ pub mod autoscale;
 pub mod chaos;
 pub mod export;
 pub mod resources;
+pub mod rollout;
 
 pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:3006";
 
@@ -246,6 +247,9 @@ pub async fn get(client: &Client, service: Option<&str>, json_out: bool) -> Outc
     }
     if let Some(err) = &cluster.last_error {
         eprintln!("warning: the last manifest edit was rejected (nothing changed):\n{err}\n");
+    }
+    for note in rollout::pinned_notes(client, &cluster).await {
+        eprintln!("{note}");
     }
     let rows: Vec<Vec<String>> = list
         .instances
@@ -484,7 +488,13 @@ pub async fn diff(control: Option<&str>, sources: &Sources, file: &Path, json_ou
 
 /// `orch apply FILE` when an orch already runs this cluster (FILE's data dir): hand it the
 /// file, with the control token of that data dir. `Ok(None)`: no orch runs it; start one.
-pub async fn hand_over(control: Option<&str>, sources: &Sources, m: &Manifest) -> Result<Option<ExitCode>, Failure> {
+/// With `wait`, follows the rollouts it started: exit 1 if one fails.
+pub async fn hand_over(
+    control: Option<&str>,
+    sources: &Sources,
+    m: &Manifest,
+    wait: bool,
+) -> Result<Option<ExitCode>, Failure> {
     let url = control.map(str::to_owned).or_else(|| control_url_of(m));
     let Some(client) = running_orch(url.as_deref(), sources, m)? else {
         // Nothing runs on this data dir; something else answering on the port is another
@@ -503,6 +513,16 @@ pub async fn hand_over(control: Option<&str>, sources: &Sources, m: &Manifest) -
         client.call("/api/apply", &ApplyRequest { path: Some(m.path.clone()), dry_run: false }).await?;
     println!("applied {} to the running cluster {} ({}):", m.path.display(), m.name, client.base);
     print_changes(&v.changes);
+    if wait {
+        let mut ok = true;
+        for c in v.changes.iter().filter(|c| matches!(c.change, ChangeKind::Roll | ChangeKind::Create)) {
+            let history: orch_api::RolloutHistory = client.read(&format!("/api/rollouts/{}", c.service)).await?;
+            ok &= rollout::wait(&client, &c.service, history.current).await?;
+        }
+        if !ok {
+            return Err(Failure::Runtime("a rollout failed (see `orch rollout history SERVICE`)".into()));
+        }
+    }
     Ok(Some(ExitCode::SUCCESS))
 }
 

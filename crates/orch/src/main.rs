@@ -73,6 +73,9 @@ enum Command {
         /// Run the control plane here, never hand over (what `-d` starts).
         #[arg(long, hide = true)]
         serve: bool,
+        /// Handing FILE to a running orch: wait for the rollouts it starts (exit 1 if one fails).
+        #[arg(long)]
+        wait: bool,
     },
     /// List instances: name, pid, port, status, ready, restarts, age.
     Get {
@@ -122,6 +125,11 @@ enum Command {
         follow: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// A service's rollouts: `orch rollout status|history|undo SERVICE`.
+    Rollout {
+        #[command(subcommand)]
+        command: cli::rollout::Command,
     },
     /// Break things on purpose: kill, pause, or slow down and fail requests at the balancer.
     Chaos {
@@ -204,7 +212,7 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
     let sources = access::Sources::from_env(cli.token_file.clone(), given.as_ref().map(|m| m.data_dir.clone()));
     let client = || Client::new(control.unwrap_or(cli::DEFAULT_CONTROL_URL), sources.clone());
     match cli.command {
-        Command::Apply { file, detach, serve } => apply(control, &sources, &file, detach, serve).await,
+        Command::Apply { file, detach, serve, wait } => apply(control, &sources, &file, detach, serve, wait).await,
         Command::Get { service, output } => cli::get(&client(), service.as_deref(), output == Output::Json).await,
         Command::Describe { instance, output } => cli::describe(&client(), &instance, output == Output::Json).await,
         Command::Logs { instance, follow, tail } => cli::logs(&client(), &instance, follow, tail).await,
@@ -214,6 +222,7 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
         Command::Down | Command::Delete => cli::down(&client()).await,
         Command::Events { follow, output } => cli::events(&client(), follow, output == Output::Json).await,
         Command::Chaos { command } => cli::chaos::verb(&client(), command).await,
+        Command::Rollout { command } => cli::rollout::verb(&client(), command).await,
         Command::Export { command } => cli::export::verb(command),
         Command::Verify(options) => verify::verify(&client(), options).await,
         Command::Run { .. } => unreachable!("handled before the runtime starts"),
@@ -226,12 +235,13 @@ async fn apply(
     file: &std::path::Path,
     detach: bool,
     serve: bool,
+    wait: bool,
 ) -> cli::Outcome {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::Usage(format!("{}: cannot read the manifest: {e}", file.display())))?;
     let manifest = manifest::parse(file, &text).map_err(|e| Failure::Usage(e.to_string()))?;
     if !serve {
-        if let Some(code) = cli::hand_over(control, sources, &manifest).await? {
+        if let Some(code) = cli::hand_over(control, sources, &manifest, wait).await? {
             return Ok(code);
         }
         if detach {

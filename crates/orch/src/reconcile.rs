@@ -13,8 +13,11 @@
 //! - instances beyond `replicas` (and of services no longer in the manifest) are drained
 //!   and removed, highest ordinals first;
 //! - an instance whose revision is not the service's, or that is marked for replacement
-//!   (`orch restart`), is replaced, one at a time: the next only when every instance of the
-//!   new revision is running and ready (a crashing new revision halts the rollout);
+//!   (`orch restart`), is replaced within the rollout's budgets (Kubernetes' rolling update):
+//!   at most `max_surge + max_unavailable` replacements under way at once, and never fewer
+//!   than `replicas - max_unavailable` instances ready; while old instances remain,
+//!   `max_surge` extra instances of the new revision (ordinals `replicas + 1..`) run, and go
+//!   once every instance is replaced and ready (a crashing new revision halts the rollout);
 //! - an unplanned exit restarts per the policy: the first restart at once, then after a
 //!   backoff doubling from `backoffInitialMs` to `backoffMaxMs`; [`CRASHLOOP_AFTER`]
 //!   crashes in a row make it a crash loop; a healthy stretch of `resetAfterMs` forgives;
@@ -73,6 +76,28 @@ pub struct Goal {
     pub reset_after: Duration,
     /// Consecutive liveness failures that get an instance killed; `None`: no liveness probe.
     pub liveness_threshold: Option<u32>,
+    /// Extra instances of the new revision while a rollout replaces the old ones.
+    pub max_surge: u32,
+    /// Instances that may be unready at once because of a rollout.
+    pub max_unavailable: u32,
+}
+
+impl Goal {
+    fn outdated(&self, o: &Observed) -> bool {
+        o.revision != self.revision || o.replace
+    }
+
+    /// Whether `o`, a surge ordinal (`replicas < ordinal <= replicas + max_surge`), stays:
+    /// while old instances remain, or while it is ready and the others are not all ready yet.
+    fn keeps_surge(&self, o: &Observed, observed: &[Observed]) -> bool {
+        let regular = || observed.iter().filter(|r| r.id.service == self.name && r.id.ordinal <= self.replicas);
+        let outdated_left = regular().any(|r| self.outdated(r));
+        let settled = regular().count() == self.replicas as usize
+            && regular().all(|r| r.phase == Phase::Running && r.ready && !self.outdated(r));
+        o.id.ordinal > self.replicas
+            && o.id.ordinal <= self.replicas + self.max_surge
+            && (outdated_left || (!settled && o.phase == Phase::Running && o.ready && !self.outdated(o)))
+    }
 }
 
 /// What is known about one instance.
@@ -202,7 +227,9 @@ pub fn reconcile(desired: &Desired, observed: &[Observed], now: Instant) -> Plan
     // Instances no longer wanted, highest ordinals first.
     let mut unwanted: Vec<&Observed> = observed
         .iter()
-        .filter(|o| goals.get(o.id.service.as_str()).is_none_or(|g| o.id.ordinal > g.replicas))
+        .filter(|o| {
+            goals.get(o.id.service.as_str()).is_none_or(|g| o.id.ordinal > g.replicas && !g.keeps_surge(o, observed))
+        })
         .collect();
     unwanted.sort_by(|a, b| a.id.service.cmp(&b.id.service).then(b.id.ordinal.cmp(&a.id.ordinal)));
     for o in unwanted {
@@ -218,28 +245,40 @@ pub fn reconcile(desired: &Desired, observed: &[Observed], now: Instant) -> Plan
     }
 
     for goal in &desired.services {
-        let outdated = |o: &Observed| o.revision != goal.revision || o.replace;
+        let outdated = |o: &Observed| goal.outdated(o);
         let deps_ready =
             goal.depends_on.iter().all(|d| goals.get(d.as_str()).is_none_or(|g| g.replicas == 0) || has_ready(d));
-        let mut current: Vec<&Observed> =
-            observed.iter().filter(|o| o.id.service == goal.name && o.id.ordinal <= goal.replicas).collect();
+        let mut current: Vec<&Observed> = observed
+            .iter()
+            .filter(|o| o.id.service == goal.name && (o.id.ordinal <= goal.replicas || goal.keeps_surge(o, observed)))
+            .collect();
         current.sort_by_key(|o| o.id.ordinal);
+        let outdated_left = current.iter().any(|o| o.id.ordinal <= goal.replicas && outdated(o));
+        let surge = if outdated_left { goal.max_surge } else { 0 };
 
-        for n in 1..=goal.replicas {
+        // Replacements under way: missing instances (started now), processes stopping or
+        // about to start, instances of the new revision not ready yet.
+        let mut in_flight = 0;
+        for n in 1..=goal.replicas + surge {
             if !current.iter().any(|o| o.id.ordinal == n) {
                 let id = InstanceId::new(&goal.name, n);
                 plan.actions.push(if deps_ready { Action::Start(id) } else { Action::Create(id) });
+                in_flight += 1;
             }
         }
-
-        // A rollout waits while a replacement is under way (a process stopping, or one
-        // about to start) or an instance of the new revision is not ready.
-        let mut roll_blocked = current.iter().any(|o| match o.phase {
-            Phase::Stopping(_) | Phase::Exited { .. } | Phase::Pending => true,
-            Phase::Starting => !outdated(o),
-            Phase::Running => !outdated(o) && !o.ready,
-            Phase::Done { .. } => outdated(o),
-        });
+        in_flight += current
+            .iter()
+            .filter(|o| match o.phase {
+                Phase::Stopping(_) | Phase::Exited { .. } | Phase::Pending => true,
+                Phase::Starting => !outdated(o),
+                Phase::Running => !outdated(o) && !o.ready,
+                Phase::Done { .. } => outdated(o),
+            })
+            .count() as u32;
+        // The rollout's budgets: replacements at once, and instances ready throughout.
+        let max_in_flight = (goal.max_surge + goal.max_unavailable).max(1);
+        let min_ready = goal.replicas.saturating_sub(goal.max_unavailable);
+        let mut ready_now = current.iter().filter(|o| o.phase == Phase::Running && o.ready).count() as u32;
 
         for o in current {
             let id = o.id.clone();
@@ -254,9 +293,11 @@ pub fn reconcile(desired: &Desired, observed: &[Observed], now: Instant) -> Plan
                     if o.phase == Phase::Running && goal.liveness_threshold.is_some_and(|t| o.liveness_failures >= t) {
                         plan.actions.push(Action::Kill(id));
                     } else if changed {
-                        if !roll_blocked {
+                        let ready = o.phase == Phase::Running && o.ready;
+                        if in_flight < max_in_flight && (!ready || ready_now > min_ready) {
                             plan.actions.push(Action::Drain { id, reason: StopReason::Replace });
-                            roll_blocked = true;
+                            in_flight += 1;
+                            ready_now -= u32::from(ready);
                         }
                     } else if o.phase == Phase::Running && o.ready && o.crash_streak > 0 {
                         let healthy_at = o.ready_since.unwrap_or(now) + goal.reset_after;
@@ -315,6 +356,8 @@ pub fn goals(manifest: &Manifest, revision: impl Fn(&Service) -> u64) -> Vec<Goa
             backoff_max: Duration::from_millis(s.restart.backoff_max_ms),
             reset_after: Duration::from_millis(s.restart.reset_after_ms),
             liveness_threshold: (s.liveness.check != Check::None).then_some(s.liveness.failure_threshold),
+            max_surge: s.rollout.max_surge,
+            max_unavailable: s.rollout.max_unavailable,
         })
         .collect()
 }

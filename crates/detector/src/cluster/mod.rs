@@ -14,6 +14,7 @@ mod view;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use kit::orch_api::EventKind;
 use kit::registry::ServiceRecord;
 use serde::Serialize;
 
@@ -103,6 +104,8 @@ pub struct OrchInfo {
 pub enum AlertKind {
     Down,
     Recovered,
+    /// orch says a rollout failed or was rolled back.
+    Rollout,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -136,14 +139,27 @@ impl Alerts {
                 (AlertKind::Recovered, format!("{who} recovered after {}", human_duration(down_for)))
             }
         };
-        let alert = Alert {
-            id: self.next_id,
-            kind,
-            service_id: member.id.clone(),
-            service_type: member.service_type.clone(),
-            message,
-            at: kit::time::iso_from_millis(at),
-        };
+        self.push(kind, member.id.clone(), member.service_type.clone(), message, at)
+    }
+
+    /// An alert about a service as a whole: orch's word that its rollout failed or was
+    /// rolled back.
+    fn raise_rollout(&mut self, event: &OrchEvent, at: Millis) -> Alert {
+        self.next_id += 1;
+        let service = event.service.clone().unwrap_or_default();
+        self.push(AlertKind::Rollout, service.clone(), service, format!("orch: {}", event.message), at)
+    }
+
+    fn push(
+        &mut self,
+        kind: AlertKind,
+        service_id: String,
+        service_type: String,
+        message: String,
+        at: Millis,
+    ) -> Alert {
+        let alert =
+            Alert { id: self.next_id, kind, service_id, service_type, message, at: kit::time::iso_from_millis(at) };
         if self.feed.len() == ALERTS_KEPT {
             self.feed.pop_back();
         }
@@ -327,6 +343,9 @@ impl Cluster {
                     alerts.extend(member.observe(at, Observation::reported(reason), feed));
                 }
             }
+        }
+        if live && matches!(event.kind, EventKind::RolloutFailed | EventKind::RolledBack) {
+            alerts.push(self.alerts.raise_rollout(&event, at));
         }
         if self.events.len() == EVENTS_KEPT {
             self.events.pop_back();

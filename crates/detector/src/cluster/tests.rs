@@ -189,3 +189,26 @@ fn durations() {
     assert_eq!(human_duration(250), "250 ms");
     assert_eq!(human_duration(61_000), "1m 1s");
 }
+
+#[test]
+fn a_failed_rollout_and_its_rollback_are_alerts_of_the_service() {
+    let mut cluster = cluster();
+    let rollout = |seq, kind: &str, message: &str| -> OrchEvent {
+        serde_json::from_value(serde_json::json!({
+            "seq": seq, "time": "2026-01-01T00:00:00.000Z", "type": kind, "service": "auth",
+            "instance": null, "message": message,
+        }))
+        .unwrap()
+    };
+    // Read at start (history): no alert.
+    assert!(cluster.orch_event(rollout(1, "rollout-failed", "auth rollout #2 failed: x"), false, 1).is_empty());
+    let alerts = cluster.orch_event(rollout(2, "rollout-failed", "auth rollout #3 failed: y"), true, 2);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!((alerts[0].kind, alerts[0].service_id.as_str()), (AlertKind::Rollout, "auth"));
+    assert_eq!(alerts[0].message, "orch: auth rollout #3 failed: y");
+    let alerts = cluster.orch_event(rollout(3, "rolled-back", "auth back on #1"), true, 3);
+    assert_eq!(alerts[0].kind, AlertKind::Rollout);
+    assert_eq!(cluster.alerts().count(), 2);
+    // Other events of a service raise nothing.
+    assert!(cluster.orch_event(rollout(4, "rolled", "auth rolled out"), true, 4).is_empty());
+}

@@ -30,7 +30,7 @@ impl Controller {
         let mut slots = BTreeMap::new();
         let mut reserved = Vec::new();
         for (i, s) in m.services.iter().enumerate() {
-            for n in 1..=s.replicas {
+            for n in 1..=s.replicas + s.rollout.max_surge {
                 let id = InstanceId::new(&s.name, n);
                 let fixed = s.port_of(n);
                 let activated = s.socket_activation;
@@ -186,6 +186,10 @@ impl Controller {
         self.resources_applied();
         self.seen_text = hash_text(text);
         self.last_error = None;
+        self.unpin_rollouts();
+        for change in changes.iter().filter(|c| matches!(c.change, ChangeKind::Roll | ChangeKind::Create)) {
+            self.begin_rollout(&change.service, change.summary.clone(), None);
+        }
         if path_changed {
             self.watch_manifest();
             self.state.record.manifest = self.manifest.path.clone();

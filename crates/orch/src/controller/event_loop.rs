@@ -86,6 +86,7 @@ impl Controller {
             self.execute(action).await;
         }
         self.check_rollouts();
+        self.track_rollouts();
         self.update_progress();
         self.publish_autoscale_plan();
     }

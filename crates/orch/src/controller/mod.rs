@@ -34,6 +34,8 @@ mod instance;
 mod launch;
 mod lifecycle;
 mod resources;
+mod rollback;
+mod rollout;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -167,6 +169,8 @@ pub struct Controller {
     autoscaler: autoscale::Autoscaler,
     /// `resources:`: cgroups, OOM kills, the watchdog (see [`resources`]).
     resources: resources::Books,
+    /// Every service's numbered rollouts (see [`rollback`]).
+    rollouts: rollout::Book,
 }
 
 impl Controller {
@@ -207,9 +211,13 @@ impl Controller {
             chaos: chaos::experiments::Experiments::default(),
             autoscaler: autoscale::Autoscaler::new(),
             resources: resources::Books::new(setup.cgroups),
+            rollouts: rollout::Book::default(),
         };
         controller.slots = controller.prepare_slots(&setup.manifest, Some(&setup.manifest_text))?;
         controller.watch_manifest();
+        for name in setup.manifest.services.iter().map(|s| s.name.clone()) {
+            controller.begin_rollout(&name, "created".to_owned(), None);
+        }
         controller.state.save();
         let summary = setup.manifest.services.iter().map(|s| format!("{} x{}", s.name, s.replicas)).collect::<Vec<_>>();
         controller.events.emit(

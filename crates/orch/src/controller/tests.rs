@@ -295,3 +295,39 @@ async fn an_exit_the_oom_killer_counted_is_oom_killed_and_restarted() {
     let exit = c.instance("web-1").await.unwrap().last_exit.unwrap();
     assert_eq!((exit.reason, exit.signal.as_deref()), (None, Some("SIGKILL")));
 }
+
+#[tokio::test]
+async fn a_rollout_not_ready_within_its_deadline_is_rolled_back() {
+    let web = |extra: &str| {
+        format!(
+            "    - {{ name: web, command: [/bin/sh], {extra}, rollout: {{ progressDeadlineMs: 300 }}, gracePeriodMs: 100 }}\n"
+        )
+    };
+    let c = Cluster::start(&web(QUIET));
+    let old = c.running("web-1", None).await;
+    // The new spec is never ready: nothing listens on its port.
+    let path = c._dir.path().join("orch.yaml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(QUIET, "readiness: { tcp: true }, env: { V: '2' }");
+    std::fs::write(&path, text).unwrap();
+    c.handle.call(|c| c.call_apply(None, false)).await.unwrap().unwrap();
+    c.until("web-1 drained for the new spec", |r| r.contains(&signal("web-1", Signal::SIGTERM))).await;
+    let history = eventually(DEADLINE, "the rollback complete", || async {
+        let h = c.handle.call(|c| c.rollout_history("web")).await?.ok()?;
+        (h.rollouts.len() == 3 && h.rollouts[2].state == kit::orch_api::RolloutState::Complete).then_some(h)
+    })
+    .await;
+    let states: Vec<_> = history.rollouts.iter().map(|r| r.state).collect();
+    use kit::orch_api::RolloutState::{Complete, Failed};
+    assert_eq!(states, [Complete, Failed, Complete]);
+    assert_eq!(history.rollouts[1].cause.as_deref(), Some("not ready within 300 ms (0/1 ready)"));
+    assert!(history.pinned);
+    // Back on the old spec (no readiness probe): running and ready in a new process.
+    c.running("web-1", Some(old)).await;
+    let (events, _) = c.events.since(0, 10_000);
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&EventKind::RolloutFailed) && kinds.contains(&EventKind::RolledBack), "{kinds:?}");
+    // An undo to the rollout that runs now is refused.
+    let undone = c.handle.call(|c| c.call_rollout_undo("web", Some(3))).await.unwrap();
+    assert_eq!(undone.unwrap_err().to_string(), "rollout #3 is the current one of web");
+    c.run.abort();
+}

@@ -239,8 +239,20 @@ impl Ctx<'_> {
                 self.warnings.push(format!("service {name}: the registry runs as one replica, not {replicas}"));
             }
             replicas = replicas.min(1);
-            strategy = Some(Strategy { kind: "Recreate".into() });
+            strategy = Some(Strategy { kind: "Recreate".into(), rolling_update: None });
             notes.push("one replica, Recreate: the registry's state is in memory and refills from heartbeats".into());
+        }
+        let rollout = &service.rollout;
+        let strategy = strategy.or_else(|| {
+            let budgets = RollingUpdate { max_surge: rollout.max_surge, max_unavailable: rollout.max_unavailable };
+            Some(Strategy { kind: "RollingUpdate".into(), rolling_update: Some(budgets) })
+        });
+        let progress_deadline_seconds = rollout.progress_deadline_ms.div_ceil(1000);
+        if rollout.auto_rollback {
+            notes.push(
+                "autoRollback: Kubernetes marks a rollout past progressDeadlineSeconds failed, it does not roll it back (kubectl rollout undo)"
+                    .into(),
+            );
         }
         let grace = service.grace_period_ms.div_ceil(1000);
         if service.grace_period_ms % 1000 != 0 {
@@ -267,6 +279,7 @@ impl Ctx<'_> {
                 replicas,
                 selector: Selector { match_labels: selector.clone() },
                 strategy,
+                progress_deadline_seconds: Some(progress_deadline_seconds),
                 template: PodTemplate {
                     metadata: Meta { labels, ..Meta::default() },
                     spec: PodSpec {

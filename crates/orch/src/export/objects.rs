@@ -69,6 +69,8 @@ pub struct DeploymentSpec {
     pub selector: Selector,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<u64>,
     pub template: PodTemplate,
 }
 
@@ -79,9 +81,20 @@ pub struct Selector {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Strategy {
     #[serde(rename = "type")]
     pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+/// A `RollingUpdate` strategy's budgets (counts; Kubernetes also takes percentages).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    pub max_surge: u32,
+    pub max_unavailable: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ mod error;
 mod locate;
 pub mod quantity;
 mod raw;
+mod rollout;
 mod rules;
 mod service;
 
@@ -116,6 +117,23 @@ pub struct Service {
     /// applies to running instances, so it is not part of the revision.
     #[serde(skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// How a new revision replaces the instances, and what happens when it fails.
+    pub rollout: Rollout,
+}
+
+/// `rollout:`: Kubernetes' rolling update strategy (`maxSurge`, `maxUnavailable`,
+/// `progressDeadlineMs`), and whether a failed rollout is undone by itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Instances of the new revision started beyond `replicas` while it rolls out.
+    pub max_surge: u32,
+    /// Instances that may be unready (being replaced) at once.
+    pub max_unavailable: u32,
+    /// A rollout not complete this long after it began has failed.
+    pub progress_deadline_ms: u64,
+    /// A failed rollout goes back to the last good revision.
+    pub auto_rollback: bool,
 }
 
 /// What a service runs.

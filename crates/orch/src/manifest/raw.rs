@@ -73,6 +73,7 @@ pub(super) struct RawService {
     pub(super) working_dir: Option<String>,
     pub(super) autoscale: Option<RawAutoscale>,
     pub(super) resources: Option<RawResources>,
+    pub(super) rollout: Option<RawRollout>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +83,16 @@ pub(super) struct RawResources {
     pub(super) memory: Option<EnvValue>,
     pub(super) cpu: Option<EnvValue>,
     pub(super) pids: Option<Int>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(expecting = "rollout: a mapping with maxSurge, maxUnavailable, progressDeadlineMs, autoRollback")]
+pub(super) struct RawRollout {
+    pub(super) max_surge: Option<Int>,
+    pub(super) max_unavailable: Option<Int>,
+    pub(super) progress_deadline_ms: Option<Int>,
+    pub(super) auto_rollback: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

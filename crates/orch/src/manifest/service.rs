@@ -221,6 +221,7 @@ impl Checker {
             }
         }
 
+        let rollout = self.rollout(at.key("rollout"), raw.rollout, port.is_some());
         Service {
             name,
             kind,
@@ -239,6 +240,7 @@ impl Checker {
             working_dir,
             autoscale,
             resources,
+            rollout,
         }
     }
 

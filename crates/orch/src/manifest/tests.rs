@@ -148,7 +148,7 @@ fn bad_input_is_located_and_explained() {
         // Unknown field.
         (
             svc("    - name: a\n      component: registry\n      replica: 3\n"),
-            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `registers`, `workingDir`, `autoscale`, `resources`; fix: did you mean `replicas`? (allowed here: name, component, command, args, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, registers, workingDir, autoscale, resources)",
+            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `registers`, `workingDir`, `autoscale`, `resources`, `rollout`; fix: did you mean `replicas`? (allowed here: name, component, command, args, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, registers, workingDir, autoscale, resources, rollout)",
         ),
         // Wrong type.
         (
@@ -320,6 +320,45 @@ fn resources_are_quantities_located_when_wrong() {
         (
             svc("{ disk: 1Gi }"),
             "m.yaml:8:20: spec.services[0].resources: unknown field `disk`, expected one of `memory`, `cpu`, `pids`; fix: remove it (allowed here: memory, cpu, pids)",
+        ),
+    ]);
+}
+
+#[test]
+fn rollouts() {
+    let svc = |body: &str| doc(&format!("  services:\n{body}"));
+    let m = ok(&svc("    - { name: a, component: registry }\n"));
+    assert_eq!(m.services[0].rollout, rollout::DEFAULT_ROLLOUT);
+    let m = ok(&svc(
+        "    - name: a\n      component: registry\n      rollout: { maxSurge: 1, maxUnavailable: 0, progressDeadlineMs: 30000, autoRollback: true }\n",
+    ));
+    let want = Rollout { max_surge: 1, max_unavailable: 0, progress_deadline_ms: 30_000, auto_rollback: true };
+    assert_eq!(m.services[0].rollout, want);
+    // maxSurge alone: nothing goes down (Kubernetes' reading).
+    let m = ok(&svc("    - { name: a, component: registry, rollout: { maxSurge: 2, autoRollback: false } }\n"));
+    let want = Rollout { max_surge: 2, max_unavailable: 0, progress_deadline_ms: 30_000, auto_rollback: false };
+    assert_eq!(m.services[0].rollout, want);
+
+    check_errors(&[
+        (
+            svc("    - { name: a, component: registry, rollout: { maxSurge: 0, maxUnavailable: 0 } }\n"),
+            "m.yaml:6:79: maxSurge and maxUnavailable are both 0: no instance could ever be replaced; fix: set maxSurge: 1 (start a new instance first) or maxUnavailable: 1 (replace in place)",
+        ),
+        (
+            svc("    - { name: a, component: registry, port: 7001, rollout: { maxSurge: 1 } }\n"),
+            "m.yaml:6:72: maxSurge needs automatic ports: the service's instances have fixed ports, none is free for a surge instance; fix: omit port (automatic ports), or use maxSurge: 0 and maxUnavailable: 1",
+        ),
+        (
+            svc("    - { name: a, component: registry, rollout: { progressDeadlineMs: 5 } }\n"),
+            "m.yaml:6:70: progressDeadlineMs must be from 100 to 3600000, got 5; fix: set progressDeadlineMs between 100 and 3600000",
+        ),
+        (
+            svc("    - { name: a, component: registry, rollout: { maxSurge: -1 } }\n"),
+            "m.yaml:6:60: maxSurge must be from 0 to 100, got -1; fix: set maxSurge between 0 and 100",
+        ),
+        (
+            svc("    - { name: a, component: registry, rollout: { maxsurge: 1 } }\n"),
+            "m.yaml:6:50: spec.services[0].rollout: unknown field `maxsurge`, expected one of `maxSurge`, `maxUnavailable`, `progressDeadlineMs`, `autoRollback`; fix: did you mean `maxSurge`? (allowed here: maxSurge, maxUnavailable, progressDeadlineMs, autoRollback)",
         ),
     ]);
 }

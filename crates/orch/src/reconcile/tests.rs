@@ -15,6 +15,8 @@ fn goal(name: &str, replicas: u32, deps: &[&str]) -> Goal {
         backoff_max: 1000 * MS,
         reset_after: 10_000 * MS,
         liveness_threshold: Some(3),
+        max_surge: 0,
+        max_unavailable: 1,
     }
 }
 
@@ -363,4 +365,98 @@ fn an_invalid_manifest_changes_nothing() {
     .unwrap();
     d.services = goals(&v3, |s| revision(&v3, s));
     assert_eq!(reconcile(&d, &o, now).actions, vec![drain("web", 1, StopReason::Replace)]);
+}
+
+/// `steady`'s web rolling out revision 2 with `maxSurge`/`maxUnavailable`.
+fn rolling(max_surge: u32, max_unavailable: u32) -> (Desired, Vec<Observed>) {
+    let (mut d, o) = steady();
+    d.services[1].revision = 2;
+    d.services[1].max_surge = max_surge;
+    d.services[1].max_unavailable = max_unavailable;
+    (d, o)
+}
+
+fn new_ready(service: &str, ordinal: u32) -> Observed {
+    with(running(service, ordinal), |o| o.revision = 2)
+}
+
+fn new_starting(service: &str, ordinal: u32) -> Observed {
+    with(new_ready(service, ordinal), |o| {
+        o.phase = Phase::Starting;
+        o.ready = false;
+    })
+}
+
+#[test]
+fn surge_starts_a_new_instance_before_any_old_one_goes() {
+    let (d, mut o) = rolling(1, 0);
+    let now = Instant::now();
+    let check = |o: &[Observed], expected: Vec<Action>| assert_eq!(reconcile(&d, o, now).actions, expected, "{o:#?}");
+
+    // The surge instance first; nothing old goes while it is not ready.
+    check(&o, vec![Action::Start(id("web", 4))]);
+    o.push(new_starting("web", 4));
+    check(&o, vec![]);
+    // Ready: one old instance may go (4 ready, 3 must stay), only one at a time.
+    o[4] = new_ready("web", 4);
+    check(&o, vec![drain("web", 1, StopReason::Replace)]);
+    o[1].phase = Phase::Stopping(StopReason::Replace);
+    check(&o, vec![]);
+    o[1].phase = Phase::Exited { at: now, success: true, planned: true };
+    check(&o, vec![Action::Start(id("web", 1))]);
+    // web-1 of the new revision starting: the surge instance stays, nothing else goes.
+    o[1] = new_starting("web", 1);
+    check(&o, vec![]);
+    o[1] = new_ready("web", 1);
+    check(&o, vec![drain("web", 2, StopReason::Replace)]);
+    // The last old one is being replaced: the surge instance still serves.
+    o[2] = new_ready("web", 2);
+    o[3] = new_starting("web", 3);
+    check(&o, vec![]);
+    // All replaced and ready: the surge instance goes.
+    o[3] = new_ready("web", 3);
+    check(&o, vec![drain("web", 4, StopReason::Remove)]);
+}
+
+#[test]
+fn a_crashing_surge_instance_halts_the_rollout_and_a_rollback_removes_it() {
+    let (mut d, mut o) = rolling(1, 0);
+    let now = Instant::now();
+    o.push(with(new_ready("web", 4), |o| {
+        o.phase = Phase::Exited { at: now, success: false, planned: false };
+        o.ready = false;
+        o.crash_streak = 3;
+    }));
+    let plan = reconcile(&d, &o, now);
+    assert!(plan.actions.iter().all(|a| !matches!(a, Action::Drain { .. })), "{plan:?}");
+    assert!(matches!(plan.actions[..], [Action::Backoff { .. }]), "{plan:?}");
+    // Rolled back to revision 1: no old instance left, the surge record is dropped.
+    d.services[1].revision = 1;
+    assert_eq!(reconcile(&d, &o, now).actions, vec![Action::Forget(id("web", 4))]);
+    // Had it been running, it would be drained.
+    o[4] = new_ready("web", 4);
+    assert_eq!(reconcile(&d, &o, now).actions, vec![drain("web", 4, StopReason::Remove)]);
+}
+
+#[test]
+fn max_unavailable_replaces_that_many_at_once() {
+    let now = Instant::now();
+    let (d, o) = rolling(0, 2);
+    assert_eq!(
+        reconcile(&d, &o, now).actions,
+        vec![drain("web", 1, StopReason::Replace), drain("web", 2, StopReason::Replace)]
+    );
+    // Surge and unavailability together: the surge starts and one old instance goes.
+    let (d, o) = rolling(1, 1);
+    assert_eq!(reconcile(&d, &o, now).actions, vec![Action::Start(id("web", 4)), drain("web", 1, StopReason::Replace)]);
+}
+
+#[test]
+fn an_old_instance_that_is_not_ready_goes_first_without_lowering_availability() {
+    let (d, mut o) = rolling(1, 0);
+    let now = Instant::now();
+    o[3].ready = false;
+    o.push(new_ready("web", 4));
+    // web-1 and web-2 must stay (3 ready of 3 wanted); web-3 serves nothing, so it goes.
+    assert_eq!(reconcile(&d, &o, now).actions, vec![drain("web", 3, StopReason::Replace)]);
 }

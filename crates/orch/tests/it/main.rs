@@ -11,6 +11,7 @@ mod export;
 mod guard;
 mod lifecycle;
 mod resources;
+mod rollout;
 mod run_component;
 
 use std::path::Path;
