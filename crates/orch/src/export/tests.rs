@@ -241,6 +241,55 @@ fn what_changes_is_warned_and_noted() {
     noted("mapped to Always");
 }
 
+/// Under orch liveness runs once an instance is ready; on Kubernetes a startup probe (the
+/// readiness check, patient) holds liveness back the same way.
+#[test]
+fn liveness_waits_for_readiness_through_a_startup_probe() {
+    let services = "    - { name: registry, component: registry, readiness: { path: /ready, periodMs: 2000 } }\n";
+    let export = try_export(services, &with_db()).unwrap();
+    let doc = &export.documents[3];
+    let Object::Deployment(d) = &doc.object else { panic!() };
+    let c = &d.spec.template.spec.containers[0];
+    let (readiness, startup) = (c.readiness_probe.as_ref().unwrap(), c.startup_probe.as_ref().unwrap());
+    assert!(c.liveness_probe.is_some());
+    assert_eq!((startup.http_get.as_ref(), startup.period_seconds), (readiness.http_get.as_ref(), 2));
+    assert_eq!(startup.failure_threshold, 150, "300 s at one check every 2 s");
+    assert!(doc.notes.iter().any(|n| n.contains("startupProbe")), "{:?}", doc.notes);
+    // No liveness probe, nothing to hold back.
+    let services = "    - { name: web, command: [sh], liveness: { enabled: false } }\n";
+    let export = try_export(services, &Options { image: Some("busybox:1".into()), ..with_db() }).unwrap();
+    let Object::Deployment(d) = &export.documents[3].object else { panic!() };
+    assert_eq!(d.spec.template.spec.containers[0].startup_probe, None);
+}
+
+/// A service's env cannot set again what the export sets for it: the export's value stays.
+/// (The manifest's checks refuse these names; the export, a function of any `Manifest`,
+/// does not count on it.)
+#[test]
+fn a_service_env_does_not_repeat_the_exports_variables() {
+    let text = format!("{HEAD}    - {{ name: registry, component: registry }}\n");
+    let mut manifest = manifest::parse(Path::new("m.yaml"), &text).unwrap();
+    for (k, v) in
+        [("PORT", "9"), ("SERVICE_TYPE", "x"), ("ORCH_CLUSTER_TOKEN", "t"), ("SERVICE_NAME", "n"), ("OTHER", "o")]
+    {
+        manifest.services[0].env.insert(k.into(), v.into());
+    }
+    let export = kubernetes(&manifest, &with_db()).unwrap();
+    let Object::Deployment(d) = &export.documents[3].object else { panic!() };
+    let env = &d.spec.template.spec.containers[0].env;
+    let mut names: Vec<&str> = env.iter().map(|v| v.name.as_str()).collect();
+    names.sort();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "{names:?}");
+    assert_eq!(env.iter().find(|v| v.name == "PORT").unwrap().value.as_deref(), Some("3005"));
+    assert!(env.iter().any(|v| v.name == "OTHER"));
+    for var in ["PORT", "SERVICE_TYPE", "ORCH_CLUSTER_TOKEN", "SERVICE_NAME"] {
+        let warning = format!("env {var} is replaced");
+        assert!(export.warnings.iter().any(|w| w.contains(&warning)), "{var}: {:?}", export.warnings);
+    }
+}
+
 #[test]
 fn bad_options_are_refused() {
     let services = "    - { name: registry, component: registry }\n";
