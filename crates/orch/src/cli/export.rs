@@ -34,7 +34,7 @@ pub struct Kubernetes {
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
     /// The image with the `orch` binary (`docker build -t IMAGE .`); also what command
-    /// services run.
+    /// services without their own `image:` run.
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
     /// The database auth, data and compute share (written into the Secret).

@@ -307,7 +307,9 @@ impl Ctx<'_> {
                 Ok((image, Vec::new(), vec!["run".into(), c.name().into()]))
             }
             Kind::Command { program, args } => {
-                let image = self.options.image.clone().ok_or_else(|| ExportError::NoImage { service: name.clone() })?;
+                let image = (service.image.clone())
+                    .or_else(|| self.options.image.clone())
+                    .ok_or_else(|| ExportError::NoImage { service: name.clone() })?;
                 let file = program
                     .file_name()
                     .map_or_else(|| program.display().to_string(), |f| f.to_string_lossy().into_owned());

@@ -210,6 +210,20 @@ fn commands_need_an_image_and_meaningful_placeholders() {
     assert_eq!(container.args, ["-c", "exec httpd -p 8080 -n $(SERVICE_NAME)"]);
     assert!(export.warnings.iter().any(|w| w.contains("nothing does on Kubernetes")), "{:?}", export.warnings);
 
+    // The manifest's image: is preferred over --image; a component has none.
+    let own = "    - { name: web, command: [sh], image: 'registry.example/web:2' }\n";
+    for options in [with_db(), options.clone()] {
+        let export = try_export(own, &options).unwrap();
+        let Object::Deployment(d) = &export.documents[3].object else { panic!() };
+        assert_eq!(d.spec.template.spec.containers[0].image, "registry.example/web:2");
+    }
+    let text = format!("{HEAD}    - {{ name: r, component: registry, image: x }}\n");
+    let err = manifest::parse(Path::new("m.yaml"), &text).unwrap_err().to_string();
+    assert!(err.contains("image is for command services"), "{err}");
+    let text = format!("{HEAD}    - {{ name: web, command: [sh], image: 'a b' }}\n");
+    let err = manifest::parse(Path::new("m.yaml"), &text).unwrap_err().to_string();
+    assert!(err.contains("invalid image reference"), "{err}");
+
     let err = try_export("    - { name: web, command: [sh, '{ordinal}'] }\n", &options).unwrap_err();
     assert!(matches!(err, ExportError::Placeholder { placeholder: "{ordinal}", .. }), "{err}");
 }

@@ -108,6 +108,22 @@ impl Checker {
             }
         };
         let is_component = matches!(kind, Kind::Component(_));
+        let image = match raw.image {
+            Some(_) if is_component => {
+                let why = "image is for command services (components run the orch image: --image of the export)";
+                self.problem(at.key("image"), why, "remove image");
+                None
+            }
+            Some(i) if i.is_empty() || i.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                self.problem(
+                    at.key("image"),
+                    format!("invalid image reference {i:?}"),
+                    "an image reference like registry.example/web:1",
+                );
+                None
+            }
+            image => image,
+        };
 
         let replicas = self.range(at.key("replicas"), "replicas", raw.replicas, 1, 0, MAX_REPLICAS.into()) as u32;
         let port = match raw.port {
@@ -213,6 +229,7 @@ impl Checker {
         Service {
             name,
             kind,
+            image,
             replicas,
             port,
             env,
