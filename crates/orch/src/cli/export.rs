@@ -91,7 +91,8 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
     };
     if to_stdout && secrets.is_some() && std::io::stdout().is_terminal() {
         return Err(Failure::Usage(
-            "the export holds secrets and stdout is a terminal: write to a directory (-o DIR), pipe it (| kubectl apply -f -), or give --no-secrets".into(),
+            "the export holds secrets and stdout is a terminal: write to a directory (-o DIR), or give --no-secrets"
+                .into(),
         ));
     }
     let database = match (args.database_url, args.database_secret) {
