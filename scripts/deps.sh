@@ -10,6 +10,9 @@ need=(
     "chromedriver chromium-driver"
     # manifests/examples/custom-command.yaml runs Python's http.server (checked by orch's tests)
     "python3 python3"
+    # the export's test that secrets never reach a terminal runs it on a pseudo-terminal
+    # (crates/orch/tests/it/export.rs) with util-linux's `script` (Debian: bsdutils)
+    "script bsdutils"
 )
 
 # The Kubernetes export's schema check (crates/orch/src/export/tests.rs) runs the PyPI

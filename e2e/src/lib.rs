@@ -29,6 +29,12 @@ pub use kit::testing::{eventually, eventually_every, still_pending};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// Whether the tests run under CI (`CI=true` or `CI=1`), where a missing tool is a failure,
+/// not a skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// The `orch` binary under test.
 pub fn orch_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("ORCH_BIN") {

@@ -142,7 +142,8 @@ enum Command {
         command: cli::export::Command,
     },
     /// Check the running cluster stays correct under faults: clients through the balancer,
-    /// faults through orch's chaos API, the history checked (exit 0 valid, 1 invalid, 3 unknown).
+    /// faults through orch's chaos API, the history checked (exit 0 valid, 1 invalid, 3 unknown,
+    /// 4 the run failed).
     Verify(verify::Options),
     /// Run one component in the foreground (what `orch apply` launches for each instance).
     Run {

@@ -2,7 +2,10 @@
 //! draws the secrets (or keeps those of an earlier export into the same directory), builds,
 //! prints the warnings to stderr, writes, then reads back what it wrote and checks it.
 //! `--check FILE|DIR` runs only the checks, on files a user may have edited: the structural
-//! ones, then `kubernetes-validate --strict` when it is at hand.
+//! ones, then `kubernetes-validate --strict` when it is at hand. A directory's files that
+//! hold only other kinds (a kustomization.yaml) are skipped with a note; after `-o DIR` only
+//! the files the export wrote are checked. `-o -` keeps no secrets, so it draws new ones
+//! only when told (`--new-secrets`).
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -31,7 +34,7 @@ pub struct Kubernetes {
     #[arg(long, value_name = "NS")]
     namespace: Option<String>,
     /// The image with the `orch` binary (`docker build -t IMAGE .`); also what command
-    /// services run.
+    /// services without their own `image:` run.
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
     /// The database auth, data and compute share (written into the Secret).
@@ -50,6 +53,10 @@ pub struct Kubernetes {
     /// DATABASE_URL).
     #[arg(long)]
     no_secrets: bool,
+    /// Draw new secrets (rotating those of an earlier export into DIR); with `-o -`, where
+    /// nothing keeps them, each run draws new ones, so this must be said.
+    #[arg(long, conflicts_with = "no_secrets")]
+    new_secrets: bool,
     /// Only check FILE or DIR (written by an export, maybe edited since).
     #[arg(long, value_name = "FILE|DIR")]
     check: Option<PathBuf>,
@@ -60,21 +67,32 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
         check::External { any_secret: args.no_secrets, secrets: args.database_secret.iter().cloned().collect() };
     if let Some(path) = &args.check {
         export::check_kube_version(&args.kube_version).map_err(|e| Failure::Usage(e.to_string()))?;
-        let count = check_files(path, &external, &args.kube_version)?;
+        let read = write::read(path).map_err(|e| Failure::Usage(e.to_string()))?;
+        for (file, kinds) in &read.skipped {
+            eprintln!("note: {} skipped: it holds no object the export writes ({kinds})", file.display());
+        }
+        let count = check_files(&read, &external, &args.kube_version)
+            .map_err(|e| Failure::Usage(format!("{}: {e}", path.display())))?;
         eprintln!("{}: {count} objects, no problems", path.display());
         return Ok(ExitCode::SUCCESS);
     }
     let file = args.file.as_deref().expect("clap requires FILE without --check");
     let manifest = manifest::load(file).map_err(|e| Failure::Usage(e.to_string()))?;
     let to_stdout = args.output == Path::new("-");
-    let secrets = match args.no_secrets {
-        true => None,
-        false if to_stdout => Some(Secrets::random()),
-        false => Some(write::previous_secrets(&args.output).unwrap_or_else(Secrets::random)),
+    if to_stdout && !args.no_secrets && !args.new_secrets {
+        return Err(Failure::Usage(
+            "-o - would draw new secrets on every run, so applying it twice rotates JWT_SECRET and ORCH_CLUSTER_TOKEN (signing out every user): write to a directory (-o DIR keeps its secrets across exports), give --no-secrets (make the Secret yourself), or --new-secrets to draw new ones anyway".into(),
+        ));
+    }
+    let secrets = match (args.no_secrets, args.new_secrets) {
+        (true, _) => None,
+        (false, true) => Some(Secrets::random()),
+        (false, false) => Some(write::previous_secrets(&args.output).unwrap_or_else(Secrets::random)),
     };
     if to_stdout && secrets.is_some() && std::io::stdout().is_terminal() {
         return Err(Failure::Usage(
-            "the export holds secrets and stdout is a terminal: write to a directory (-o DIR), pipe it (| kubectl apply -f -), or give --no-secrets".into(),
+            "the export holds secrets and stdout is a terminal: write to a directory (-o DIR), or give --no-secrets"
+                .into(),
         ));
     }
     let database = match (args.database_url, args.database_secret) {
@@ -105,7 +123,10 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     let files = write::write_dir(&args.output, &export).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let count = check_files(&args.output, &external, &options_version)?;
+    // Only the files just written: the directory may hold the user's own (a kustomization).
+    let read = write::read_files(&files).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let count = check_files(&read, &external, &options_version)
+        .map_err(|e| Failure::Runtime(format!("what was written fails the checks (a bug): {e}")))?;
     eprintln!("wrote {count} objects to {}:", args.output.display());
     for file in files {
         eprintln!("  {}", file.display());
@@ -113,25 +134,19 @@ pub fn verb(Command::Kubernetes(args): Command) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads `path` and checks its objects, then against Kubernetes' schemas when
+/// Checks the objects read, then their files against Kubernetes' schemas when
 /// `kubernetes-validate` is at hand; the number of objects, or every problem.
-fn check_files(path: &Path, external: &check::External, kube_version: &str) -> Result<usize, Failure> {
-    let objects = write::read(path).map_err(|e| Failure::Usage(e.to_string()))?;
-    let problems = check::check(&objects, external);
+fn check_files(read: &write::Read, external: &check::External, kube_version: &str) -> Result<usize, String> {
+    let problems = check::check(&read.objects, external);
     if !problems.is_empty() {
-        return Err(Failure::Usage(format!(
-            "{}: {} problems:\n  {}",
-            path.display(),
-            problems.len(),
-            problems.join("\n  ")
-        )));
+        return Err(format!("{} problems:\n  {}", problems.len(), problems.join("\n  ")));
     }
-    schemas(path, kube_version)?;
-    Ok(objects.len())
+    schemas(&read.files, kube_version)?;
+    Ok(read.objects.len())
 }
 
-/// `kubernetes-validate --strict` (`KUBERNETES_VALIDATE`, else on the `PATH`) over `path`.
-fn schemas(path: &Path, kube_version: &str) -> Result<(), Failure> {
+/// `kubernetes-validate --strict` (`KUBERNETES_VALIDATE`, else on the `PATH`) over `files`.
+fn schemas(files: &[PathBuf], kube_version: &str) -> Result<(), String> {
     let validator = std::env::var_os("KUBERNETES_VALIDATE").map(PathBuf::from).or_else(|| {
         let paths = std::env::var_os("PATH")?;
         std::env::split_paths(&paths).map(|dir| dir.join("kubernetes-validate")).find(|p| p.is_file())
@@ -140,17 +155,19 @@ fn schemas(path: &Path, kube_version: &str) -> Result<(), Failure> {
         eprintln!("note: kubernetes-validate not found, the schemas are not checked (pip install kubernetes-validate)");
         return Ok(());
     };
-    let files = write::files(path).map_err(|e| Failure::Usage(e.to_string()))?;
+    if files.is_empty() {
+        return Ok(());
+    }
     let out = std::process::Command::new(&validator)
         .args(["--strict", "--quiet", "-k", kube_version])
-        .args(&files)
+        .args(files)
         .output()
-        .map_err(|e| Failure::Runtime(format!("running {}: {e}", validator.display())))?;
+        .map_err(|e| format!("running {}: {e}", validator.display()))?;
     let report = String::from_utf8_lossy(&out.stdout);
     let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("ERROR")).collect();
     if out.status.success() && errors.is_empty() {
         return Ok(());
     }
     let shown = if errors.is_empty() { vec!["kubernetes-validate failed"] } else { errors };
-    Err(Failure::Usage(format!("{}: Kubernetes {kube_version} schemas:\n  {}", path.display(), shown.join("\n  "))))
+    Err(format!("Kubernetes {kube_version} schemas:\n  {}", shown.join("\n  ")))
 }

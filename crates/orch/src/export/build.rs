@@ -205,6 +205,7 @@ impl Ctx<'_> {
         let env = self.env(service, port)?;
         let readiness = self.probe(service, "readiness", &service.readiness, &mut notes);
         let liveness = self.probe(service, "liveness", &service.liveness, &mut notes);
+        let startup = startup_probe(readiness.as_ref(), liveness.as_ref(), &mut notes);
         if service.restart.policy != RestartPolicy::Always {
             self.warnings.push(format!(
                 "service {name}: restart policy {:?} becomes Always (a Deployment restarts every container that exits)",
@@ -272,6 +273,7 @@ impl Ctx<'_> {
             readiness_probe: readiness,
             liveness_probe: liveness,
             resources: self.resources(service, &mut notes),
+            startup_probe: startup,
         };
         let deployment = Deployment {
             metadata: self.meta(name, object_labels.clone()),
@@ -330,7 +332,9 @@ impl Ctx<'_> {
                 Ok((image, Vec::new(), vec!["run".into(), c.name().into()]))
             }
             Kind::Command { program, args } => {
-                let image = self.options.image.clone().ok_or_else(|| ExportError::NoImage { service: name.clone() })?;
+                let image = (service.image.clone())
+                    .or_else(|| self.options.image.clone())
+                    .ok_or_else(|| ExportError::NoImage { service: name.clone() })?;
                 let file = program
                     .file_name()
                     .map_or_else(|| program.display().to_string(), |f| f.to_string_lossy().into_owned());
@@ -454,7 +458,7 @@ impl Ctx<'_> {
             env.push(EnvVar::secret("DATABASE_URL", &secret, "DATABASE_URL"));
         }
         for (k, v) in &service.env {
-            if OWNED_ENV.contains(&k.as_str()) {
+            if OWNED_ENV.contains(&k.as_str()) || env.iter().any(|e| e.name == *k) {
                 self.warnings.push(format!("service {name}: env {k} is replaced on Kubernetes (the export sets it)"));
             } else if k != "DATABASE_URL" {
                 env.push(EnvVar::value(k, literal(v)));
@@ -521,6 +525,23 @@ impl Ctx<'_> {
         };
         Ok(Document { notes: vec![format!("{host}/ to the balancer")], object: Object::Ingress(object) })
     }
+}
+
+/// How long a container may take to become ready before its startup probe gives up.
+const STARTUP_SECONDS: u64 = 300;
+
+/// orch runs the liveness probe only once an instance is ready; Kubernetes runs it from the
+/// container's start, unless a startup probe is given: then liveness waits for it to pass.
+/// So the readiness check, allowed [`STARTUP_SECONDS`] to pass, guards the liveness probe.
+fn startup_probe(readiness: Option<&Probe>, liveness: Option<&Probe>, notes: &mut Vec<String>) -> Option<Probe> {
+    let (readiness, _) = (readiness?, liveness?);
+    let failure_threshold = STARTUP_SECONDS.div_ceil(readiness.period_seconds).max(readiness.failure_threshold.into());
+    let failure_threshold = u32::try_from(failure_threshold).unwrap_or(u32::MAX);
+    notes.push(format!(
+        "startupProbe: the readiness check, for up to {} s, so that liveness starts only once the pod is ready (as under orch)",
+        u64::from(failure_threshold) * readiness.period_seconds
+    ));
+    Some(Probe { failure_threshold, ..readiness.clone() })
 }
 
 /// The port a service's pods listen on: the manifest's, else the component's usual one.

@@ -1,7 +1,8 @@
 //! Structural checks of a set of Kubernetes objects, the ones a schema cannot make: names
 //! are DNS-1123, each kind+name is unique, every Service selects a Deployment's pods, every
 //! Deployment's selector matches its own pod labels, probe and target ports exist, every
-//! ConfigMap and Secret reference resolves, ports are in range. Every export passes them
+//! ConfigMap and Secret reference resolves, ports are in range, no container sets a
+//! variable twice. Every export passes them
 //! (a test holds it), and `orch export kubernetes --check` runs them on edited files.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -153,7 +154,9 @@ fn deployment(
                 problem(format!("container port name {name:?} is invalid or repeated"));
             }
         }
-        for (which, probe) in [("readiness", &c.readiness_probe), ("liveness", &c.liveness_probe)] {
+        for (which, probe) in
+            [("readiness", &c.readiness_probe), ("liveness", &c.liveness_probe), ("startup", &c.startup_probe)]
+        {
             let Some(probe) = probe else { continue };
             match probe.port() {
                 None => problem(format!("the {which} probe has no httpGet or tcpSocket")),
@@ -178,7 +181,11 @@ fn deployment(
                 problem(format!("envFrom names Secret {:?}, which is not among the objects", r.name));
             }
         }
+        let mut env_names = BTreeSet::new();
         for var in &c.env {
+            if !env_names.insert(var.name.as_str()) {
+                problem(format!("env {} is set twice in container {:?}", var.name, c.name));
+            }
             let Some(source) = &var.value_from else { continue };
             if let Some(r) = &source.secret_key_ref
                 && !secret_resolves(&r.name, Some(&r.key))

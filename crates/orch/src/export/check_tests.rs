@@ -130,6 +130,17 @@ fn probe_and_target_ports_exist() {
 }
 
 #[test]
+fn a_container_sets_each_variable_once() {
+    fails(
+        |o| {
+            let env = &mut deployment(o, "auth").spec.template.spec.containers[0].env;
+            env.push(env[0].clone());
+        },
+        "Deployment \"auth\": env SERVICE_NAME is set twice in container \"auth\"",
+    );
+}
+
+#[test]
 fn config_map_and_secret_references_resolve() {
     fails(
         |o| {

@@ -96,7 +96,7 @@ pub enum ExportError {
     #[error("service {service} sets {var} in its env: a secret does not belong in a Deployment; {fix}")]
     SecretInEnv { service: String, var: String, fix: &'static str },
     #[error(
-        "service {service} runs a command and the manifest names no image for it: give --image IMAGE (an image that holds the command)"
+        "service {service} runs a command and names no image: give it `image: IMAGE` in the manifest, or give --image IMAGE (an image that holds the command)"
     )]
     NoImage { service: String },
     #[error(

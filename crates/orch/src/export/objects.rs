@@ -135,6 +135,8 @@ pub struct Container {
     pub liveness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
 }
 
 /// A container's `resources`: the manifest's limits, as Kubernetes quantities (requests

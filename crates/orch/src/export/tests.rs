@@ -101,8 +101,7 @@ fn validator() -> Option<PathBuf> {
 #[test]
 fn every_shipped_export_passes_the_kubernetes_schemas_strictly() {
     let Some(validator) = validator() else {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "kubernetes-validate is missing (CI=true): run scripts/deps.sh");
+        assert!(!e2e::under_ci(), "kubernetes-validate is missing (under CI): run scripts/deps.sh");
         eprintln!(
             "\n!!! SKIPPED: kubernetes-validate is missing; run scripts/deps.sh (make deps) to check the export against Kubernetes' schemas !!!\n"
         );
@@ -211,6 +210,20 @@ fn commands_need_an_image_and_meaningful_placeholders() {
     assert_eq!(container.args, ["-c", "exec httpd -p 8080 -n $(SERVICE_NAME)"]);
     assert!(export.warnings.iter().any(|w| w.contains("nothing does on Kubernetes")), "{:?}", export.warnings);
 
+    // The manifest's image: is preferred over --image; a component has none.
+    let own = "    - { name: web, command: [sh], image: 'registry.example/web:2' }\n";
+    for options in [with_db(), options.clone()] {
+        let export = try_export(own, &options).unwrap();
+        let Object::Deployment(d) = &export.documents[3].object else { panic!() };
+        assert_eq!(d.spec.template.spec.containers[0].image, "registry.example/web:2");
+    }
+    let text = format!("{HEAD}    - {{ name: r, component: registry, image: x }}\n");
+    let err = manifest::parse(Path::new("m.yaml"), &text).unwrap_err().to_string();
+    assert!(err.contains("image is for command services"), "{err}");
+    let text = format!("{HEAD}    - {{ name: web, command: [sh], image: 'a b' }}\n");
+    let err = manifest::parse(Path::new("m.yaml"), &text).unwrap_err().to_string();
+    assert!(err.contains("invalid image reference"), "{err}");
+
     let err = try_export("    - { name: web, command: [sh, '{ordinal}'] }\n", &options).unwrap_err();
     assert!(matches!(err, ExportError::Placeholder { placeholder: "{ordinal}", .. }), "{err}");
 }
@@ -262,6 +275,55 @@ fn what_changes_is_warned_and_noted() {
     noted("every 1500 ms");
     noted("rounded up");
     noted("mapped to Always");
+}
+
+/// Under orch liveness runs once an instance is ready; on Kubernetes a startup probe (the
+/// readiness check, patient) holds liveness back the same way.
+#[test]
+fn liveness_waits_for_readiness_through_a_startup_probe() {
+    let services = "    - { name: registry, component: registry, readiness: { path: /ready, periodMs: 2000 } }\n";
+    let export = try_export(services, &with_db()).unwrap();
+    let doc = &export.documents[3];
+    let Object::Deployment(d) = &doc.object else { panic!() };
+    let c = &d.spec.template.spec.containers[0];
+    let (readiness, startup) = (c.readiness_probe.as_ref().unwrap(), c.startup_probe.as_ref().unwrap());
+    assert!(c.liveness_probe.is_some());
+    assert_eq!((startup.http_get.as_ref(), startup.period_seconds), (readiness.http_get.as_ref(), 2));
+    assert_eq!(startup.failure_threshold, 150, "300 s at one check every 2 s");
+    assert!(doc.notes.iter().any(|n| n.contains("startupProbe")), "{:?}", doc.notes);
+    // No liveness probe, nothing to hold back.
+    let services = "    - { name: web, command: [sh], liveness: { enabled: false } }\n";
+    let export = try_export(services, &Options { image: Some("busybox:1".into()), ..with_db() }).unwrap();
+    let Object::Deployment(d) = &export.documents[3].object else { panic!() };
+    assert_eq!(d.spec.template.spec.containers[0].startup_probe, None);
+}
+
+/// A service's env cannot set again what the export sets for it: the export's value stays.
+/// (The manifest's checks refuse these names; the export, a function of any `Manifest`,
+/// does not count on it.)
+#[test]
+fn a_service_env_does_not_repeat_the_exports_variables() {
+    let text = format!("{HEAD}    - {{ name: registry, component: registry }}\n");
+    let mut manifest = manifest::parse(Path::new("m.yaml"), &text).unwrap();
+    for (k, v) in
+        [("PORT", "9"), ("SERVICE_TYPE", "x"), ("ORCH_CLUSTER_TOKEN", "t"), ("SERVICE_NAME", "n"), ("OTHER", "o")]
+    {
+        manifest.services[0].env.insert(k.into(), v.into());
+    }
+    let export = kubernetes(&manifest, &with_db()).unwrap();
+    let Object::Deployment(d) = &export.documents[3].object else { panic!() };
+    let env = &d.spec.template.spec.containers[0].env;
+    let mut names: Vec<&str> = env.iter().map(|v| v.name.as_str()).collect();
+    names.sort();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "{names:?}");
+    assert_eq!(env.iter().find(|v| v.name == "PORT").unwrap().value.as_deref(), Some("3005"));
+    assert!(env.iter().any(|v| v.name == "OTHER"));
+    for var in ["PORT", "SERVICE_TYPE", "ORCH_CLUSTER_TOKEN", "SERVICE_NAME"] {
+        let warning = format!("env {var} is replaced");
+        assert!(export.warnings.iter().any(|w| w.contains(&warning)), "{var}: {:?}", export.warnings);
+    }
 }
 
 #[test]

@@ -90,8 +90,8 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
 /// with the old JWT secret stay valid).
 pub fn previous_secrets(dir: &Path) -> Option<Secrets> {
     let (_, file) = FILES.iter().find(|(kind, _)| *kind == "Secret")?;
-    let objects = read(&dir.join(file)).ok()?;
-    objects.into_iter().find_map(|o| match o {
+    let read = read(&dir.join(file)).ok()?;
+    read.objects.into_iter().find_map(|o| match o {
         Object::Secret(s) => Some(Secrets {
             jwt_secret: s.string_data.get("JWT_SECRET")?.clone(),
             cluster_token: s.string_data.get("ORCH_CLUSTER_TOKEN")?.clone(),
@@ -114,14 +114,64 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, WriteError> {
     Ok(files)
 }
 
-/// The objects of [`files`]`(path)`.
-pub fn read(path: &Path) -> Result<Vec<Object>, WriteError> {
-    let mut objects = Vec::new();
+/// What was read: the objects, the files they came from, and the files of a directory
+/// skipped because they hold only other kinds (with those kinds).
+#[derive(Debug, Default)]
+pub struct Read {
+    pub objects: Vec<Object>,
+    pub files: Vec<PathBuf>,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The objects of [`files`]`(path)`. In a directory, a file whose every document is of a
+/// kind the export does not write (a `kustomization.yaml`, the user's own objects) is
+/// skipped; any other file that fails to read is an error naming it.
+pub fn read(path: &Path) -> Result<Read, WriteError> {
+    let in_dir = path.is_dir();
+    let mut read = Read::default();
     for file in files(path)? {
         let text = fs::read_to_string(&file).map_err(io(&file))?;
-        objects.extend(parse(&file, &text)?);
+        match parse(&file, &text) {
+            Ok(objects) => {
+                read.objects.extend(objects);
+                read.files.push(file);
+            }
+            Err(e) => match foreign_kinds(&text).filter(|_| in_dir) {
+                Some(kinds) => read.skipped.push((file, kinds)),
+                None => return Err(e),
+            },
+        }
     }
-    Ok(objects)
+    Ok(read)
+}
+
+/// The objects of exactly `files`.
+pub fn read_files(files: &[PathBuf]) -> Result<Read, WriteError> {
+    let mut read = Read::default();
+    for file in files {
+        let text = fs::read_to_string(file).map_err(io(file))?;
+        read.objects.extend(parse(file, &text)?);
+        read.files.push(file.clone());
+    }
+    Ok(read)
+}
+
+/// The kinds of a stream whose every document has a kind, none of them the export's.
+fn foreign_kinds(text: &str) -> Option<String> {
+    use serde::Deserialize as _;
+    let mut kinds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc).ok()?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value.get("kind")?.as_str()?.to_owned();
+        if FILES.iter().any(|(ours, _)| *ours == kind) {
+            return None;
+        }
+        kinds.push(kind);
+    }
+    (!kinds.is_empty()).then(|| kinds.join(", "))
 }
 
 /// The objects of a multi-document YAML stream; empty documents are skipped.
@@ -156,6 +206,29 @@ mod tests {
         let text = render([&doc, &doc]);
         assert!(text.starts_with("---\n# a note\napiVersion: v1\nkind: Namespace\n"), "{text}");
         assert_eq!(parse(Path::new("x"), &text).unwrap(), vec![ns.clone(), ns]);
+    }
+
+    /// `--check DIR` skips a file of other kinds (a kustomization), not one of ours broken.
+    #[test]
+    fn a_directory_is_read_past_files_of_other_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n";
+        fs::write(dir.path().join("00-namespace.yaml"), ns).unwrap();
+        let kustomization =
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [00-namespace.yaml]\n";
+        fs::write(dir.path().join("kustomization.yaml"), kustomization).unwrap();
+        let read = read(dir.path()).unwrap();
+        assert_eq!((read.objects.len(), read.files.len()), (1, 1));
+        assert_eq!(read.skipped, [(dir.path().join("kustomization.yaml"), "Kustomization".to_owned())]);
+        // Read as a file, or mixed with our kinds, it is an error naming the file.
+        let err = super::read(&dir.path().join("kustomization.yaml")).unwrap_err().to_string();
+        assert!(err.contains("kustomization.yaml") && err.contains("Kustomization"), "{err}");
+        fs::write(dir.path().join("kustomization.yaml"), format!("{kustomization}---\n{ns}")).unwrap();
+        let err = super::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("kustomization.yaml"), "{err}");
+        // Only the files given.
+        let only = read_files(&[dir.path().join("00-namespace.yaml")]).unwrap();
+        assert_eq!(only.objects.len(), 1);
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub struct Service {
     pub name: String,
     #[serde(flatten)]
     pub kind: Kind,
+    /// Command services only: the container image `orch export kubernetes` runs it in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     pub replicas: u32,
     /// The first instance's port; instance `n` listens on `port + n - 1`. `None`: automatic.
     pub port: Option<u16>,

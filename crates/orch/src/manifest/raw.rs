@@ -56,6 +56,7 @@ pub(super) struct RawService {
     pub(super) component: Option<String>,
     pub(super) command: Option<CommandLine>,
     pub(super) args: Option<Vec<String>>,
+    pub(super) image: Option<String>,
     pub(super) replicas: Option<Int>,
     pub(super) port: Option<Int>,
     #[serde(default)]

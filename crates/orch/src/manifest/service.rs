@@ -113,6 +113,22 @@ impl Checker {
             }
         };
         let is_component = matches!(kind, Kind::Component(_));
+        let image = match raw.image {
+            Some(_) if is_component => {
+                let why = "image is for command services (components run the orch image: --image of the export)";
+                self.problem(at.key("image"), why, "remove image");
+                None
+            }
+            Some(i) if i.is_empty() || i.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                self.problem(
+                    at.key("image"),
+                    format!("invalid image reference {i:?}"),
+                    "an image reference like registry.example/web:1",
+                );
+                None
+            }
+            image => image,
+        };
 
         let autoscale = raw.autoscale.map(|a| self.autoscale(at.key("autoscale"), a));
         let start = autoscale.as_ref().map_or(1, |a| a.min.into());
@@ -225,6 +241,7 @@ impl Checker {
         Service {
             name,
             kind,
+            image,
             replicas,
             port,
             env,

@@ -148,7 +148,7 @@ fn bad_input_is_located_and_explained() {
         // Unknown field.
         (
             svc("    - name: a\n      component: registry\n      replica: 3\n"),
-            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `registers`, `workingDir`, `autoscale`, `resources`, `rollout`; fix: did you mean `replicas`? (allowed here: name, component, command, args, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, registers, workingDir, autoscale, resources, rollout)",
+            "m.yaml:8:7: spec.services[0]: unknown field `replica`, expected one of `name`, `component`, `command`, `args`, `image`, `replicas`, `port`, `env`, `dependsOn`, `readiness`, `liveness`, `restart`, `gracePeriodMs`, `routes`, `socketActivation`, `register`, `registers`, `workingDir`, `autoscale`, `resources`, `rollout`; fix: did you mean `replicas`? (allowed here: name, component, command, args, image, replicas, port, env, dependsOn, readiness, liveness, restart, gracePeriodMs, routes, socketActivation, register, registers, workingDir, autoscale, resources, rollout)",
         ),
         // Wrong type.
         (

@@ -26,7 +26,7 @@
 //! (the version was not the expected one) and is checked as such. Reads that did not
 //! complete observe nothing and are dropped.
 //!
-//! The search is bounded by visited configurations and by time; past the bound the answer
+//! The search is bounded by the memo's bytes and by time; past the bound the answer
 //! is [`Verdict::Unknown`], never a guess. On [`Verdict::Invalid`] the counterexample is
 //! taken at the deepest point the search reached: the state there, the operation whose
 //! completion nothing could explain, and the operations concurrent with it.
@@ -119,15 +119,21 @@ pub fn step(state: State, input: Input, output: Output) -> Option<State> {
 /// How far a search may go before it answers [`Verdict::Unknown`].
 #[derive(Clone, Copy, Debug)]
 pub struct Bound {
-    /// Configurations (linearized set, state) remembered.
-    pub states: usize,
+    /// Bytes the memo of configurations (linearized set, state) may take: a configuration
+    /// costs `(words + 2) × 8` bytes plus the table's share ([`MEMO_ENTRY_OVERHEAD`]), so a
+    /// long history, with a wider bitset, is held to fewer of them.
+    pub bytes: usize,
     /// Wall time for one key.
     pub time: Duration,
 }
 
+/// A memo entry's cost besides its words: the boxed slice's pointer and length, and the
+/// hash table's control byte and spare capacity, rounded up.
+pub const MEMO_ENTRY_OVERHEAD: usize = 24;
+
 impl Default for Bound {
     fn default() -> Self {
-        Self { states: 2_000_000, time: Duration::from_secs(30) }
+        Self { bytes: 256 << 20, time: Duration::from_secs(30) }
     }
 }
 
@@ -246,6 +252,7 @@ pub fn check(initial: State, ops: &[Op], bound: Bound) -> Checked {
     let mut state = initial;
     let mut best: (usize, Vec<u64>, State) = (0, linearized.clone(), initial);
     let mut steps = 0u64;
+    let entry_bytes = (words + 2) * 8 + MEMO_ENTRY_OVERHEAD;
     let mut entry = list.next[HEAD];
     let checked = |verdict, explored, counterexample, why: Option<String>| Checked {
         verdict,
@@ -260,8 +267,12 @@ pub fn check(initial: State, ops: &[Op], bound: Bound) -> Checked {
             let why = format!("gave up after {:?} ({} configurations explored)", bound.time, memo.len());
             return checked(Verdict::Unknown, memo.len(), None, Some(why));
         }
-        if memo.len() > bound.states {
-            let why = format!("gave up after exploring {} configurations", bound.states);
+        if memo.len().saturating_mul(entry_bytes) > bound.bytes {
+            let why = format!(
+                "gave up at the memory bound of {} bytes ({} configurations explored)",
+                bound.bytes,
+                memo.len()
+            );
             return checked(Verdict::Unknown, memo.len(), None, Some(why));
         }
         let i = list.op[entry];
@@ -332,6 +343,7 @@ pub fn simulate(n: usize, clients: u64, seed: u64) -> Vec<Op> {
     let mut rng = super::Rng::new(seed);
     // Each client's intervals are sequential; points are chosen, then applied in order.
     let mut plans = Vec::new();
+    let clients = clients.max(1);
     let mut free_at = vec![0u64; clients as usize];
     for id in 0..n as u64 {
         let c = rng.below(clients) as usize;

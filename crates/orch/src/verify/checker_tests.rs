@@ -185,15 +185,33 @@ fn simulated_executions_are_valid_and_a_changed_read_is_caught() {
 }
 
 #[test]
+fn simulating_with_no_clients_is_one_client() {
+    assert_eq!(simulate(50, 0, 7), simulate(50, 1, 7));
+}
+
+#[test]
 fn the_bound_gives_unknown_instead_of_running_on() {
     // Twenty concurrent writes of unknown outcome, then a read no order explains: the
     // search would try every subset and order of the writes before saying invalid.
     let mut ops: Vec<Op> = (1..=20).map(|i| write(i, i, 0, i as u32, None)).collect();
     ops.push(read(100, 200, 210, s(50, 7)));
-    let bounded = check(INIT, &ops, Bound { states: 10_000, time: Duration::from_secs(60) });
+    // The bound is in bytes: 21 operations are one word of bitset, two of state.
+    let per_entry = 3 * 8 + MEMO_ENTRY_OVERHEAD;
+    let bounded = check(INIT, &ops, Bound { bytes: 10_000 * per_entry, time: Duration::from_secs(60) });
     assert_eq!(bounded.verdict, Verdict::Unknown);
-    assert!(bounded.why.as_deref().is_some_and(|w| w.contains("10000")), "{bounded:?}");
-    let timed = check(INIT, &ops, Bound { states: usize::MAX, time: Duration::ZERO });
+    assert!(bounded.explored <= 10_001, "{bounded:?}");
+    assert!(
+        bounded.why.as_deref().is_some_and(|w| w.contains(&format!("{} bytes", 10_000 * per_entry))),
+        "{bounded:?}"
+    );
+    // A wider bitset (1000 more operations, never reached: they come after the stuck read)
+    // holds the same bytes to fewer configurations.
+    let mut long = ops.clone();
+    long.extend((0..1000).map(|i| read(1000 + i, 1000 + 2 * i, 1001 + 2 * i, s(1, 0))));
+    let wide = check(INIT, &long, Bound { bytes: 10_000 * per_entry, time: Duration::from_secs(60) });
+    assert_eq!(wide.verdict, Verdict::Unknown);
+    assert!(wide.explored < 10_000 / 2, "{wide:?}");
+    let timed = check(INIT, &ops, Bound { bytes: usize::MAX, time: Duration::ZERO });
     assert_eq!(timed.verdict, Verdict::Unknown);
     // The verdict of several keys is the worst of them.
     assert_eq!(Verdict::combine([Verdict::Valid, Verdict::Unknown]), Verdict::Unknown);

@@ -80,9 +80,10 @@ fn register(version: i64, initial: &str, history: &[(&Event, Option<&Event>)], b
                 };
                 (Input::Read, Output::Read(State { version: d.version.unwrap_or_default(), value }))
             }
-            // The key was created before the run and is never deleted: a 404 is a read of
-            // a state the register never had.
-            (F::Read, Kind::Fail, Some(d)) if d.status == Some(404) => {
+            // The key was created before the run and is never deleted: a 404 that an
+            // instance answered is a read of a state the register never had (one from the
+            // balancer alone, no instance behind it, observes nothing).
+            (F::Read, Kind::Fail, Some(d)) if d.status == Some(404) && d.instance.is_some() => {
                 (Input::Read, Output::Read(State { version: 0, value: u32::MAX }))
             }
             (F::Read, ..) => continue,
@@ -188,6 +189,9 @@ pub fn jobs(history: &History, created: Option<i64>) -> JobsReport {
             owner.len()
         ));
     }
+    if report.acknowledged == 0 && report.problems.is_empty() {
+        report.open.push("no job was acknowledged: nothing to check".into());
+    }
     report.verdict = Some(if !report.problems.is_empty() {
         Verdict::Invalid
     } else if !report.open.is_empty() {
@@ -237,6 +241,10 @@ mod tests {
         let mut missing = ev(1, Kind::Fail, F::Read, "k", 10);
         missing.status = Some(404);
         let initial = BTreeMap::from([("k".to_owned(), (1, "0".to_owned()))]);
+        // No instance answered (the balancer's own 404): nothing observed.
+        let h = history(vec![r.clone(), missing.clone()]);
+        assert_eq!(registers(&h, &initial, Bound::default())[0].checked.verdict, Verdict::Valid);
+        missing.instance = Some("data-1".into());
         let h = history(vec![r.clone(), missing.clone()]);
         assert_eq!(registers(&h, &initial, Bound::default())[0].checked.verdict, Verdict::Invalid);
         // Any other refusal of a read observes nothing.
@@ -305,5 +313,9 @@ mod tests {
         assert_eq!(open.verdict, Some(Verdict::Unknown));
         let failed = check(vec![submit(1, "a", Some("j1")), poll(2, "a", "j1", "failed", "null")]);
         assert_eq!(failed.verdict, Some(Verdict::Invalid));
+        // Nothing acknowledged, nothing shown: unknown, not valid.
+        let none = jobs(&history(submit(1, "a", None).into_iter().collect()), Some(0));
+        assert_eq!(none.verdict, Some(Verdict::Unknown), "{none:?}");
+        assert_eq!(jobs(&history(Vec::new()), None).verdict, Some(Verdict::Unknown));
     }
 }

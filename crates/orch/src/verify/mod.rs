@@ -5,7 +5,8 @@
 //! ([`checks`], with the linearizability search in [`checker`]) and [`report`]ed.
 //!
 //! Exit codes: 0 valid, 1 invalid, 3 unknown (the search gave up, or a job never finished);
-//! 2 bad usage; 1 also when the run itself could not start (no balancer, orch unreachable).
+//! 2 bad usage; 4 when the run could not be made or its results not written (orch or the
+//! balancer unreachable, `--out` not writable: the verdict is still printed then).
 
 pub mod checker;
 pub mod checks;
@@ -104,13 +105,20 @@ async fn find(client: &Client, component: &str) -> Result<Option<(String, String
     Ok(url.map(|u| (service.name.clone(), u)))
 }
 
-/// `orch verify ...`. A cluster that cannot be reached exits 1 like any failure to run, so
-/// that exit 3 means only an unknown verdict.
+/// The exit code of a run that could not be made or whose results were not written: apart
+/// from 1 (invalid) and 3 (unknown), so a script can tell them apart.
+pub const EXIT_RUN_FAILED: u8 = 4;
+
+/// `orch verify ...`. A failure to run (orch or the balancer unreachable, the results not
+/// written) exits [`EXIT_RUN_FAILED`], so 1 means only invalid and 3 only unknown.
 pub async fn verify(client: &Client, o: Options) -> Outcome {
-    run(client, o).await.map_err(|e| match e {
-        Failure::Unreachable(m) => Failure::Runtime(m),
+    match run(client, o).await {
+        Err(Failure::Unreachable(m) | Failure::Runtime(m)) => {
+            eprintln!("error: {m}");
+            Ok(ExitCode::from(EXIT_RUN_FAILED))
+        }
         other => other,
-    })
+    }
 }
 
 async fn run(client: &Client, o: Options) -> Outcome {
@@ -120,6 +128,11 @@ async fn run(client: &Client, o: Options) -> Outcome {
     let actions = nemesis::parse(&o.nemesis).map_err(Failure::Usage)?;
     if o.clients == 0 || o.clients > 256 {
         return Err(Failure::Usage("--clients must be from 1 to 256".into()));
+    }
+    if o.workload == Workload::All && o.clients < 2 {
+        return Err(Failure::Usage(
+            "--workload all needs --clients 2 or more (one client for registers, one for jobs)".into(),
+        ));
     }
     if o.span.is_zero() || o.span > Duration::from_secs(3600) {
         return Err(Failure::Usage("--for must be above 0 and at most 1h".into()));
@@ -194,8 +207,13 @@ async fn run(client: &Client, o: Options) -> Outcome {
         "seed": seed, "clients": o.clients, "forMs": o.span.as_millis() as u64,
         "nemesis": o.nemesis, "workload": format!("{:?}", o.workload).to_lowercase(), "balancer": balancer,
     });
-    report::write(&o.out, &outcome, &about)
-        .map_err(|e| Failure::Runtime(format!("writing the results to {}: {e}", o.out.display())))?;
+    // The verdict is printed above whatever happens here.
+    report::write(&o.out, &outcome, &about).map_err(|e| {
+        Failure::Runtime(format!(
+            "writing the results to {}: {e} (the verdict above stands; the history is lost)",
+            o.out.display()
+        ))
+    })?;
     println!("history, results and timeline in {}/ (open timeline.html)", o.out.display());
     Ok(exit(verdict))
 }

@@ -320,3 +320,21 @@ async fn a_detached_orch_rotates_its_log_and_events_at_the_configured_size() {
     eventually(DEADLINE, "the detached orch to exit", || async { crate::gone(daemon).then_some(()) }).await;
     drop(stop);
 }
+
+/// `orch verify`'s exit codes keep their meanings apart: `--workload all` with one client
+/// is bad usage (2, nothing run), and a cluster that cannot be reached is a run that could
+/// not be made (4), not an invalid verdict (1) nor an unknown one (3).
+#[test]
+fn verify_tells_bad_usage_and_a_failed_run_from_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let out = orch(dir.path(), &["verify", "--control", &closed, "--workload", "all", "--clients", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--clients 2 or more"), "{}", stderr(&out));
+    let out = orch(dir.path(), &["verify", "--control", &closed, "--for", "1s", "--nemesis", "none"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+}

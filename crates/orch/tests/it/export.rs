@@ -121,6 +121,51 @@ fn check_validates_edited_files() {
     assert!(stderr(&out).contains("40-service.yaml"), "{}", stderr(&out));
 }
 
+/// `-o -` keeps no secrets, so applying two runs would rotate them: it draws them only
+/// when told to (`--new-secrets`), and says to write to a directory instead.
+#[test]
+fn a_stream_draws_new_secrets_only_when_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = repo().join("manifests/examples/minimal.yaml");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["export", "kubernetes", manifest.to_str().unwrap(), "-o", "-"];
+        args.extend(extra);
+        orch(dir.path(), &args)
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("rotates JWT_SECRET") && stderr(&out).contains("-o DIR"), "{}", stderr(&out));
+    let (first, second) = (run(&["--new-secrets"]), run(&["--new-secrets"]));
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("JWT_SECRET"));
+    assert_ne!(first.stdout, second.stdout, "new secrets each time, as asked");
+    let out = run(&["--new-secrets", "--no-secrets"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// After `-o DIR` only the files written are checked: a kustomization beside them is the
+/// user's business.
+#[test]
+fn an_export_into_a_directory_checks_only_its_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let k8s = dir.path().join("k8s");
+    fs::create_dir(&k8s).unwrap();
+    fs::write(k8s.join("kustomization.yaml"), "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n")
+        .unwrap();
+    fs::write(k8s.join("99-mine.yaml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: mine}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {}\n").unwrap();
+    let out = export(dir.path(), &["--database-url", "postgres://db/orch"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // --check DIR skips the kustomization with a note, and names the file it cannot read.
+    let out = orch(dir.path(), &["export", "kubernetes", "--check", k8s.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("99-mine.yaml"), "{}", stderr(&out));
+    fs::remove_file(k8s.join("99-mine.yaml")).unwrap();
+    let out = orch(dir.path(), &["export", "kubernetes", "--check", k8s.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("kustomization.yaml skipped"), "{}", stderr(&out));
+}
+
 #[test]
 fn a_stream_on_stdout_holds_every_object() {
     let dir = tempfile::tempdir().unwrap();
@@ -260,6 +305,14 @@ async fn the_exported_configuration_runs_as_a_working_cluster() {
             };
             env.insert(name, value);
         }
+        // What is replaced below must first be what Kubernetes needs: every address, and
+        // the port the Service's targetPort and the probes reach.
+        let name = &d["metadata"]["name"];
+        let svc = of_kind(&docs, "Service").into_iter().find(|s| &s["metadata"]["name"] == name).unwrap();
+        let container_port = text(&container["ports"][0]["containerPort"]);
+        assert_eq!(env["PORT"], container_port, "{pod}: PORT is the container's port");
+        assert_eq!(text(&svc["spec"]["ports"][0]["port"]), container_port, "{pod}: the Service's port");
+        assert_eq!(env["BIND_ADDR"], "0.0.0.0", "{pod}: a pod is reached at its IP");
         // The pod's address is 127.0.0.1; its port is its own listener's; /tmp is the test's.
         env.insert("BIND_ADDR".into(), "127.0.0.1".into());
         env.insert("PORT".into(), listener.local_addr().unwrap().port().to_string());
@@ -327,6 +380,7 @@ async fn the_exported_configuration_runs_as_a_working_cluster() {
 #[test]
 fn secrets_are_never_printed_to_a_terminal() {
     if Command::new("script").arg("--version").output().is_err() {
+        assert!(!e2e::under_ci(), "util-linux's `script` is missing (under CI): run scripts/deps.sh");
         eprintln!("SKIPPED: util-linux's `script` is missing (no pseudo-terminal to test with)");
         return;
     }
@@ -335,7 +389,7 @@ fn secrets_are_never_printed_to_a_terminal() {
         let line = format!("'{}' export kubernetes '{}' {extra}", super::ORCH, manifest.display());
         Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap()
     };
-    let out = on_terminal("");
+    let out = on_terminal("--new-secrets");
     let shown = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{shown}");
     assert!(shown.contains("stdout is a terminal"), "{shown}");
@@ -352,10 +406,7 @@ fn secrets_are_never_printed_to_a_terminal() {
 fn check_runs_the_schemas_when_the_validator_is_at_hand() {
     let validator = repo().join("target/k8s-validate/bin/kubernetes-validate");
     if !validator.is_file() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "kubernetes-validate is missing (CI=true): run scripts/deps.sh"
-        );
+        assert!(!e2e::under_ci(), "kubernetes-validate is missing (under CI): run scripts/deps.sh");
         eprintln!("SKIPPED: kubernetes-validate is missing; run scripts/deps.sh");
         return;
     }
