@@ -295,6 +295,9 @@ fn a_database_url_is_a_postgres_url() {
         let text = err.to_string();
         assert!(text.starts_with("m.yaml:5:") && text.contains("is not a PostgreSQL URL"), "{bad}: {text}");
     }
+}
+
+#[test]
 fn resources_are_quantities_located_when_wrong() {
     let svc = |resources: &str| {
         doc(&format!("  services:\n    - name: web\n      command: [sleep, '60']\n      resources: {resources}\n"))
