@@ -9,7 +9,7 @@
 #
 # BENCH_SECS (default 5) sets the length of each load run. BENCH_ONLY runs only the named
 # steps of the cluster benchmark, comma-separated (coldstart, memory, nginx, load, afterload,
-# durability, scale, kills, dashboard, hangs, slowloris, checker): `BENCH_ONLY=durability,slowloris
+# durability, scale, rollback, kills, dashboard, hangs, slowloris, checker): `BENCH_ONLY=durability,slowloris
 # make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

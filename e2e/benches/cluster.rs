@@ -21,7 +21,9 @@
 //! 7. durability: data rolled to `SQLITE_SYNCHRONOUS=NORMAL` through the manifest, the
 //!    writes of step 4 (at the default, `FULL`) measured again, then rolled back;
 //! 8. saving a 3 → 5 replicas edit of data → both new instances answering through the
-//!    balancer (five times, back to 3 in between);
+//!    balancer (five times, back to 3 in between); then a bad rollout (compute's env made
+//!    invalid, so each new instance exits at once) → the rollback to the last good spec
+//!    complete (three times);
 //! 9. kill -9 of nine backend instances in turn under light client traffic → each answers
 //!    `/health` again on its port from a new process; failed client requests counted;
 //! 10. a WebSocket client on the detector's dashboard socket: kill -9 → the first message
@@ -68,6 +70,8 @@ const KILLS: [&str; 9] =
 const DASHBOARD_KILLS: [&str; 5] = ["data-2", "compute-3", "auth-2", "data-3", "compute-1"];
 const HANGS: [&str; 3] = ["data-1", "compute-2", "auth-3"];
 const JOBS: usize = 1000;
+/// Bad rollouts rolled back, in the rollback step.
+const ROLLBACKS: usize = 3;
 /// Registered users whose logins are measured.
 const USERS: usize = 4;
 const PASSWORD: &str = "bench-password";
@@ -78,7 +82,7 @@ const HEALTHY_STRETCH: Duration = Duration::from_millis(300);
 const SLOW_CONNECTIONS: usize = 2000;
 /// The steps by the names `BENCH_ONLY` takes, in the order they run.
 /// (`memory` is both memory steps.)
-const STEPS: [&str; 12] = [
+const STEPS: [&str; 13] = [
     "coldstart",
     "memory",
     "nginx",
@@ -86,6 +90,7 @@ const STEPS: [&str; 12] = [
     "afterload",
     "durability",
     "scale",
+    "rollback",
     "kills",
     "dashboard",
     "hangs",
@@ -173,7 +178,7 @@ struct Bench {
 }
 
 /// The order of the table: the issue's list.
-const ORDER: [&str; 25] = [
+const ORDER: [&str; 26] = [
     "coldStartReady",
     "coldStartRoutable",
     "killToAnswer",
@@ -181,6 +186,7 @@ const ORDER: [&str; 25] = [
     "hungReplaced",
     "dashboardDeath",
     "scaleUpServing",
+    "rollbackComplete",
     "balancerThroughput",
     "nginxThroughput",
     "balancerNginxRatio",
@@ -312,6 +318,9 @@ impl Bench {
         }
         if self.wants("scale") {
             self.scale_up(&cluster, &topology).await;
+        }
+        if self.wants("rollback") {
+            self.rollback(&cluster, &topology).await;
         }
         if self.wants("kills") {
             self.kills(&cluster, &api).await;
@@ -967,6 +976,48 @@ impl Bench {
                 ))
                 .detail("runsMs", runs(&serving))
                 .detail("inRotationMs", runs(&in_rotation)),
+        );
+    }
+
+    /// Step 8, continued: a bad rollout → rolled back and complete.
+    async fn rollback(&mut self, cluster: &Cluster, topology: &Topology) {
+        self.progress.step(&format!("a bad rollout of compute rolled back, × {ROLLBACKS}"));
+        let good = topology.yaml();
+        // Past COMPUTE_WORKERS' range: every new instance exits at once with a config error.
+        let bad = topology.clone().env("compute", "COMPUTE_WORKERS", "65").yaml();
+        let mut back = Vec::new();
+        for n in 1..=ROLLBACKS {
+            let before = cluster.get("/api/rollouts/compute").await["current"].as_u64().unwrap_or(0);
+            let t0 = Instant::now();
+            cluster.edit(&bad);
+            // The bad rollout is #before+1, its rollback #before+2, complete.
+            let done = until(Duration::from_millis(1), "the rollback complete", || async {
+                let h = cluster.get("/api/rollouts/compute").await;
+                let rollouts = h["rollouts"].as_array()?;
+                let rollback = rollouts.iter().find(|r| r["number"].as_u64() == Some(before + 2))?;
+                let bad = rollouts.iter().find(|r| r["number"].as_u64() == Some(before + 1))?;
+                (rollback["state"] == "complete").then(|| (t0.elapsed(), bad["state"].clone()))
+            })
+            .await;
+            assert_eq!(done.1, "failed", "rollout #{} of compute failed", before + 1);
+            back.push(ms(done.0));
+            self.progress.note(&format!("rollback {n}: complete {}", show_ms(back[n - 1])));
+            // The file back to the good spec (the one running): nothing rolls out.
+            cluster.edit(&good);
+            until(Duration::from_millis(10), "the good file applied", || async {
+                (cluster.get("/api/rollouts/compute").await["pinned"] == false).then_some(())
+            })
+            .await;
+        }
+        self.rows.push(
+            Row::new("rollbackComplete", "bad rollout -> rolled back and ready", spread(&back).0, "ms")
+                .shown(show_spread(&back))
+                .how(format!(
+                    "{ROLLBACKS} times: save the manifest with compute's COMPUTE_WORKERS out of range (each new \
+                     instance exits at once), until the automatic rollback to the last good spec is complete \
+                     (GET /api/rollouts/compute); the file then back to the good spec"
+                ))
+                .detail("runsMs", runs(&back)),
         );
     }
 
