@@ -16,6 +16,9 @@ use super::{Bench, until};
 const TARGET_RPS: u32 = 10;
 /// Closed-loop clients through the balancer in the autoscale step.
 const CLIENTS: usize = 4;
+/// The pause of the one client that goes on while the service scales down (5 requests/s,
+/// below one instance's target).
+const TRICKLE_PAUSE_MS: u64 = 200;
 
 /// A manifest of a registry and `spec` (the services after it), controlled on an automatic port.
 fn manifest(name: &str, services: &str) -> String {
@@ -84,21 +87,21 @@ impl Bench {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let t0 = Instant::now();
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| {
-                let (stop, ok, failed, http, url) =
-                    (stop.clone(), ok.clone(), failed.clone(), self.http.clone(), url.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Relaxed) {
-                        let answered = match http.get(&url).send().await {
-                            Ok(res) if res.status() == 200 => res.text().await.is_ok_and(|b| b == "hello\n"),
-                            _ => false,
-                        };
-                        (if answered { &ok } else { &failed }).fetch_add(1, Relaxed);
-                    }
-                })
+        // A client until `stop`, pausing `pause` after each request.
+        let client = |stop: Arc<AtomicBool>, pause: Duration| {
+            let (ok, failed, http, url) = (ok.clone(), failed.clone(), self.http.clone(), url.clone());
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    let answered = match http.get(&url).send().await {
+                        Ok(res) if res.status() == 200 => res.text().await.is_ok_and(|b| b == "hello\n"),
+                        _ => false,
+                    };
+                    (if answered { &ok } else { &failed }).fetch_add(1, Relaxed);
+                    tokio::time::sleep(pause).await;
+                }
             })
-            .collect();
+        };
+        let clients: Vec<_> = (0..CLIENTS).map(|_| client(stop.clone(), Duration::ZERO)).collect();
         let every = Duration::from_millis(10);
         let first = until(every, "the first scale-up", || async {
             events_after(&cluster, seq, "scaled", "files autoscaled").await.into_iter().next()
@@ -108,17 +111,22 @@ impl Bench {
         until(every, "files at 3 instances", || async { (replicas(&cluster, "files").await? == 3).then_some(()) })
             .await;
         let at_max = ms(t0.elapsed());
-        let loaded = t0.elapsed().as_secs_f64();
         self.progress.note(&format!(
             "first scale-up after {} ({}), at 3 after {}",
             show_ms(up),
             first["message"].as_str().unwrap_or("?"),
             show_ms(at_max)
         ));
+        // The load lasts BENCH_SECS at least.
+        tokio::time::sleep(Duration::from_secs(self.secs).saturating_sub(t0.elapsed())).await;
+        let loaded = t0.elapsed().as_secs_f64();
         stop.store(true, Relaxed);
         for client in clients {
             client.await.expect("a client task panicked");
         }
+        // A trickle below the target goes on while it scales down: requests still answered.
+        let quiet = Arc::new(AtomicBool::new(false));
+        let trickle = client(quiet.clone(), Duration::from_millis(TRICKLE_PAUSE_MS));
         let t1 = Instant::now();
         until(every, "files back at 1 instance", || async { (replicas(&cluster, "files").await? == 1).then_some(()) })
             .await;
@@ -129,6 +137,8 @@ impl Bench {
         })
         .await;
         let drained = ms(t1.elapsed());
+        quiet.store(true, Relaxed);
+        trickle.await.expect("the trickle task panicked");
         let (ok, failed) = (ok.load(Relaxed), failed.load(Relaxed));
         let decisions: Vec<Value> = events_after(&cluster, seq, "scaled", "files autoscaled")
             .await
