@@ -292,6 +292,19 @@ fn upstream_of(res: &reqwest::Response) -> String {
     res.headers().get("x-upstream-instance").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned()
 }
 
+/// Submits an `add` job through `api`; its id once accepted (202).
+async fn submit_job(api: &Api, n: usize) -> String {
+    let res = api
+        .request(Method::POST, "/api/compute/job")
+        .json(&json!({"operation": "add", "operands": [n, 1]}))
+        .send()
+        .await
+        .expect("submitting a job: no answer");
+    assert_eq!(res.status(), 202, "submitting a job: {}", res.text().await.unwrap_or_default());
+    let accepted: Value = res.json().await.expect("the submit's answer as JSON");
+    accepted["jobId"].as_str().unwrap_or_else(|| panic!("no jobId in {accepted}")).to_owned()
+}
+
 /// Nanoseconds of the clock: a suffix that differs between calls.
 fn rand_suffix() -> u128 {
     std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos()
@@ -884,13 +897,7 @@ impl Bench {
                 let api = api.clone();
                 tokio::spawn(async move {
                     for n in (t..JOBS).step_by(TASKS) {
-                        let res = api
-                            .request(Method::POST, "/api/compute/job")
-                            .json(&json!({"operation": "add", "operands": [n, 1]}))
-                            .send()
-                            .await
-                            .expect("submitting a job: no answer");
-                        assert_eq!(res.status(), 202, "submitting a job: {}", res.text().await.unwrap_or_default());
+                        submit_job(&api, n).await;
                     }
                 })
             })

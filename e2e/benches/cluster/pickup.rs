@@ -6,10 +6,8 @@ use std::time::Instant;
 use bench::report::Row;
 use bench::stats::{ms, quantile, runs, show_ms};
 use e2e::traffic::Api;
-use reqwest::Method;
-use serde_json::{Value, json};
 
-use super::{Bench, TIGHT, until};
+use super::{Bench, TIGHT, submit_job, until};
 
 /// Jobs submitted one at a time, each claimed before the next.
 const PICKUPS: usize = 50;
@@ -22,15 +20,7 @@ impl Bench {
         let (mut seen, mut stamped) = (Vec::new(), Vec::new());
         for n in 0..PICKUPS {
             let t0 = Instant::now();
-            let res = api
-                .request(Method::POST, "/api/compute/job")
-                .json(&json!({"operation": "add", "operands": [n, 1]}))
-                .send()
-                .await
-                .expect("submitting a job: no answer");
-            assert_eq!(res.status(), 202, "submitting a job: {}", res.text().await.unwrap_or_default());
-            let accepted: Value = res.json().await.expect("the submit's answer as JSON");
-            let id = accepted["jobId"].as_str().unwrap_or_else(|| panic!("no jobId in {accepted}")).to_owned();
+            let id = submit_job(api, n).await;
             let job = until(TIGHT, &format!("job {id} claimed"), || async {
                 let (status, job) = api.get(&format!("/api/compute/job/{id}")).await;
                 (status == 200 && job["status"] != "queued").then_some(job)
