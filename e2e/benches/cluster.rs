@@ -13,7 +13,8 @@
 //! 3. the cluster's balancer against nginx in front of the same data instances
 //!    (`e2e::nginx::compare`);
 //! 4. through the balancer with a JWT: data reads and writes, logins, direct compute
-//!    (wrk), jobs (submitted by a few tasks, then polled until all completed);
+//!    (wrk), jobs (submitted by a few tasks, then polled until all completed); then job
+//!    pickup latency (`pickup`): submit → claimed, one job at a time on the idle queue;
 //! 5. memory after the load;
 //! 6. data writes still accepted (a write cancelled by its client at the end of a wrk run
 //!    must not leave the shared database locked; if it did, data's instances are killed and
@@ -31,9 +32,14 @@
 //!     [`SLOW_CONNECTIONS`] connections each hold a partial request open against it, beside
 //!     the same wrk run without them;
 //! 13. `orch verify`'s checker on a generated 10 000-operation history (no cluster needed);
-//! 14. postgres: a second cluster, on PostgreSQL (`manifests/examples/postgres.yaml`'s shape),
+//! 14. autoscale (`policies`): a small cluster of its own, Python's http.server behind a
+//!     balancer with `autoscale: { min: 1, max: 3 }`: load start → first scale-up, load end →
+//!     back to min, failed requests meanwhile;
+//! 15. rollback (`policies`): a small cluster of its own, a rollout whose command exits at
+//!     once → orch's `rolled-back` event;
+//! 16. postgres: a second cluster, on PostgreSQL (`manifests/examples/postgres.yaml`'s shape),
 //!     and the load rows of step 4 on it: data reads and writes, logins, direct compute,
-//!     jobs, each beside its SQLite row.
+//!     jobs, job pickup, each beside its SQLite row.
 //!
 //! `BENCH_SECS` (default 5) sets the length of each wrk run. `BENCH_ONLY` runs only the steps
 //! it names, comma-separated, from [`STEPS`] (`BENCH_ONLY=durability,slowloris`); the
@@ -61,6 +67,12 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+// The crate root is this file: its modules live in cluster/ beside it.
+#[path = "cluster/pickup.rs"]
+mod pickup;
+#[path = "cluster/policies.rs"]
+mod policies;
+
 /// How long any one wait may take before the benchmark gives up.
 const DEADLINE: Duration = Duration::from_secs(30);
 const COLD_STARTS: usize = 3;
@@ -81,11 +93,12 @@ const HEALTHY_STRETCH: Duration = Duration::from_millis(300);
 const SLOW_CONNECTIONS: usize = 2000;
 /// The steps by the names `BENCH_ONLY` takes, in the order they run.
 /// (`memory` is both memory steps.)
-const STEPS: [&str; 12] = [
+const STEPS: &[&str] = &[
     "coldstart",
     "memory",
     "nginx",
     "load",
+    "pickup",
     "afterload",
     "durability",
     "scale",
@@ -94,6 +107,8 @@ const STEPS: [&str; 12] = [
     "hangs",
     "slowloris",
     "checker",
+    "autoscale",
+    "rollback",
     "postgres",
 ];
 
@@ -109,13 +124,13 @@ fn main() {
         names
     });
     let wants = |step: &str| only.as_ref().is_none_or(|names| names.iter().any(|n| n == step));
-    // The cluster is started in any case; memory is measured twice.
     // The cluster is started in any case; memory is measured twice; postgres starts a second
-    // cluster, then runs the load step on it.
+    // cluster, then runs the load step (and the pickup step) on it.
     let steps = 1
         + STEPS[1..].iter().filter(|s| wants(s)).count()
         + usize::from(wants("memory"))
-        + usize::from(wants("postgres"));
+        + usize::from(wants("postgres"))
+        + usize::from(wants("postgres") && wants("pickup"));
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
     let mut bench = Bench {
@@ -182,7 +197,7 @@ struct Bench {
 }
 
 /// The order of the table: the issue's list.
-const ORDER: [&str; 30] = [
+const ORDER: &[&str] = &[
     "coldStartReady",
     "coldStartRoutable",
     "killToAnswer",
@@ -200,11 +215,17 @@ const ORDER: [&str; 30] = [
     "logins",
     "computeDirect",
     "jobs",
+    "jobPickup",
     "dataReadsPg",
     "dataWritesPg",
     "loginsPg",
     "computeDirectPg",
     "jobsPg",
+    "jobPickupPg",
+    "autoscaleUp",
+    "autoscaleDown",
+    "autoscaleFailedRequests",
+    "rollbackComplete",
     "writesAfterLoad",
     "slowlorisRegistry",
     "slowlorisBalancer",
@@ -271,6 +292,19 @@ fn upstream_of(res: &reqwest::Response) -> String {
     res.headers().get("x-upstream-instance").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned()
 }
 
+/// Submits an `add` job through `api`; its id once accepted (202).
+async fn submit_job(api: &Api, n: usize) -> String {
+    let res = api
+        .request(Method::POST, "/api/compute/job")
+        .json(&json!({"operation": "add", "operands": [n, 1]}))
+        .send()
+        .await
+        .expect("submitting a job: no answer");
+    assert_eq!(res.status(), 202, "submitting a job: {}", res.text().await.unwrap_or_default());
+    let accepted: Value = res.json().await.expect("the submit's answer as JSON");
+    accepted["jobId"].as_str().unwrap_or_else(|| panic!("no jobId in {accepted}")).to_owned()
+}
+
 /// Nanoseconds of the clock: a suffix that differs between calls.
 fn rand_suffix() -> u128 {
     std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos()
@@ -314,6 +348,10 @@ impl Bench {
             self.versus_nginx(&cluster).await;
         }
         let api = if self.wants("load") { self.load_rows(&cluster).await } else { self.sign_in(&cluster).await };
+        if self.wants("pickup") {
+            // Idle again: the load step waited for its jobs to complete.
+            self.pickup(&api).await;
+        }
         if self.wants("memory") {
             self.progress.step("memory after the load");
             self.memory(&cluster, "AfterLoad", "after the load rows").await;
@@ -344,6 +382,12 @@ impl Bench {
         }
         self.progress.note("stopping the cluster");
         tokio::task::block_in_place(|| drop(cluster));
+        if self.wants("autoscale") {
+            self.autoscale().await;
+        }
+        if self.wants("rollback") {
+            self.rollback().await;
+        }
         if self.wants("postgres") {
             self.postgres().await;
         }
@@ -360,7 +404,10 @@ impl Bench {
         let cluster = Self::topology().name("bench-pg").on_postgres(port).start().await.poll_every(TIGHT);
         let (first, run) = (self.rows.len(), self.run.clone());
         self.run = format!("{run}pg");
-        self.load_rows(&cluster).await;
+        let api = self.load_rows(&cluster).await;
+        if self.wants("pickup") {
+            self.pickup(&api).await;
+        }
         self.run = run;
         for row in &mut self.rows[first..] {
             // Leaked: a handful of ids, once per run.
@@ -850,13 +897,7 @@ impl Bench {
                 let api = api.clone();
                 tokio::spawn(async move {
                     for n in (t..JOBS).step_by(TASKS) {
-                        let res = api
-                            .request(Method::POST, "/api/compute/job")
-                            .json(&json!({"operation": "add", "operands": [n, 1]}))
-                            .send()
-                            .await
-                            .expect("submitting a job: no answer");
-                        assert_eq!(res.status(), 202, "submitting a job: {}", res.text().await.unwrap_or_default());
+                        submit_job(&api, n).await;
                     }
                 })
             })
@@ -1178,7 +1219,7 @@ impl Bench {
     // -------------------------------------------------------------------------- output
 
     fn finish(mut self, machine: &Value, took: Duration) {
-        report::sort(&mut self.rows, &ORDER);
+        report::sort(&mut self.rows, ORDER);
         let took_text = format!("{}:{:02}", took.as_secs() / 60, took.as_secs() % 60);
         let header = format!(
             "orch benchmark, {} ({} × {} cores, {} RAM, Linux {}; load average before {}), commit {}; measured in one \
