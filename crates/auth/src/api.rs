@@ -77,7 +77,8 @@ async fn login(
     // the limit plus the slots in flight (on all instances) are ever checked. A burst of
     // right passwords is never refused.
     let slot = state.hasher.slot().await?;
-    if let Some(wait) = state.throttle.wait(&state.pool, &account, &client).await? {
+    let standing = state.throttle.check(&state.pool, &account, &client).await?;
+    if let Some(wait) = standing.wait {
         tracing::info!(%account, %client, "login refused: too many failures");
         return Ok(too_many_failures(wait));
     }
@@ -93,7 +94,7 @@ async fn login(
         }
     };
     drop(slot);
-    state.throttle.succeeded(&state.pool, &account, &client).await?;
+    state.throttle.succeeded(&state.pool, &standing, &account, &client).await?;
     let iat = kit::time::unix_millis() / 1000;
     let exp = iat + state.config.jwt_ttl.as_secs() as i64;
     let claims =

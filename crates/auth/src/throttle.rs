@@ -24,9 +24,11 @@
 //!
 //! The counts live in the shared database (table `login_throttle`), so all instances agree:
 //! spreading guesses over the instances behind the balancer gains nothing. A failure is
-//! recorded in one write transaction (both keys), and the login handler checks and records
-//! while holding a hashing slot, so parallel guesses cannot run far past a limit while
-//! parallel right passwords are never refused. Rows are bounded: each costs its client an
+//! recorded in one write transaction (both keys); a success writes only when the check's
+//! read found a row for its pair, so the common login, by someone who has not failed,
+//! writes nothing and never waits for the database's write lock. The login handler checks
+//! and records while holding a hashing slot, so parallel guesses cannot run far past a
+//! limit while parallel right passwords are never refused. Rows are bounded: each costs its client an
 //! argon2 verification, and [`run`] deletes forgotten rows every minute.
 //!
 //! Time comes from a [`Clock`], so tests move it instead of sleeping.
@@ -135,6 +137,16 @@ pub struct Throttle {
     pub clock: Clock,
 }
 
+/// Where a client stands on an account before an attempt ([`Throttle::check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// How long the client must still wait, if it must (the longer of the pair's and the
+    /// account's waits).
+    pub wait: Option<Duration>,
+    /// The pair (account, client) has a row: a success has failures to forget.
+    pub pair_recorded: bool,
+}
+
 /// A row of `login_throttle` for one account: its client and its state.
 struct Row {
     client: String,
@@ -159,15 +171,18 @@ impl Throttle {
         Ok(rows.into_iter().map(row).collect())
     }
 
-    /// How long `client` must wait before trying `account` again, if it must: the longer of
-    /// the pair's and the account's waits.
-    pub async fn wait(&self, db: &Db, account: &str, client: &str) -> Result<Option<Duration>, ApiError> {
+    /// Where `client` stands on `account` before an attempt: how long it must wait, if it
+    /// must, and whether the pair has failures on record. One read, no write.
+    pub async fn check(&self, db: &Db, account: &str, client: &str) -> Result<Standing, ApiError> {
         let now = self.clock.now_ms();
         let rows =
             kit::db::retry(db, move || async move { Self::rows(&mut *db.acquire().await?, account, client).await })
                 .await
                 .map_err(kit::db::api_error)?;
-        Ok(rows.iter().filter_map(|r| wait(&r.record, now)).max())
+        Ok(Standing {
+            wait: rows.iter().filter_map(|r| wait(&r.record, now)).max(),
+            pair_recorded: rows.iter().any(|r| r.client == client),
+        })
     }
 
     /// Counts one failure of `client` on `account`, under both keys, in one transaction.
@@ -198,8 +213,13 @@ impl Throttle {
         kit::db::retry(db, write).await.map_err(kit::db::api_error)
     }
 
-    /// A success: `client`'s failures on `account` are forgotten.
-    pub async fn succeeded(&self, db: &Db, account: &str, client: &str) -> Result<(), ApiError> {
+    /// A success: `client`'s failures on `account` are forgotten. Only a pair whose
+    /// [`Standing::pair_recorded`] has failures to forget: most successes have none, and
+    /// this is the one write a successful login would make.
+    pub async fn succeeded(&self, db: &Db, standing: &Standing, account: &str, client: &str) -> Result<(), ApiError> {
+        if !standing.pair_recorded {
+            return Ok(());
+        }
         kit::db::retry(db, move || async move {
             sqlx::query("DELETE FROM login_throttle WHERE account = $1 AND client = $2")
                 .bind(account)

@@ -186,3 +186,41 @@ async fn parallel_right_passwords_are_never_refused() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_login_without_failures_on_record_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = TestAuth::start_with_clock(dir.path(), &[], clock()).await;
+    auth.register("ada").await;
+
+    // Another process holds the database's write lock (on PostgreSQL: the throttle table,
+    // against writers only). A right password with no failures on record needs only reads,
+    // so it logs in meanwhile; a login that wrote would wait for the lock.
+    let url = match kit::testing::pg_database_of_dir(dir.path()).await {
+        Some(url) => url,
+        None => format!("sqlite://{}", dir.path().join("auth.sqlite").display()),
+    };
+    let db = kit::db::connect_as(&url, "auth", kit::db::Synchronous::default()).await.unwrap();
+    let mut lock = kit::db::begin_write(&db).await.unwrap();
+    if db.dialect() == kit::db::Dialect::Postgres {
+        sqlx::query("LOCK TABLE login_throttle IN SHARE MODE").execute(&mut *lock).await.unwrap();
+    }
+    let request = auth.post("/api/auth/login", &login("ada", "pass123")).header("x-forwarded-for", OWNER);
+    let answered = tokio::time::timeout(Duration::from_secs(30), send(request)).await;
+    let (status, body) = answered.expect("the login waited for the write lock");
+    assert_eq!(status, 200, "{body}");
+    lock.rollback().await.unwrap();
+    db.close().await;
+
+    // With failures on record a success does write: it clears the pair's count, so the
+    // fifth failure in a row (which would start the delays) is free.
+    for _ in 0..4 {
+        assert_eq!(attempt(&auth, OWNER, &login("ada", "wrong")).await, (401, None));
+    }
+    assert_eq!(attempt(&auth, OWNER, &login("ada", "pass123")).await, (200, None));
+    for n in 0..5 {
+        assert_eq!(attempt(&auth, OWNER, &login("ada", "wrong")).await, (401, None), "failure {n} after the success");
+    }
+    assert_eq!(attempt(&auth, OWNER, &login("ada", "wrong")).await.0, 429);
+    auth.stop().await;
+}
