@@ -215,7 +215,9 @@ impl Throttle {
 
     /// A success: `client`'s failures on `account` are forgotten. Only a pair whose
     /// [`Standing::pair_recorded`] has failures to forget: most successes have none, and
-    /// this is the one write a successful login would make.
+    /// this is the one write a successful login would make. (A failure of the same pair
+    /// recorded after the check's read stays: it ran alongside this success, and counts
+    /// as if it came after it.)
     pub async fn succeeded(&self, db: &Db, standing: &Standing, account: &str, client: &str) -> Result<(), ApiError> {
         if !standing.pair_recorded {
             return Ok(());
