@@ -39,6 +39,22 @@ pub enum Command {
         #[arg(long = "for", value_name = "DUR", value_parser = parse_duration)]
         span: Option<Duration>,
     },
+    /// Cut an instance off from the registry for --duration, then heal it: the registry
+    /// expires it and the balancer routes around it (needs orch started with ORCH_PARTITIONS=1).
+    Partition {
+        /// An instance (data-2), or a service (data): a random running instance of it each time.
+        #[arg(value_name = "INSTANCE|SERVICE")]
+        target: String,
+        /// How long each cut lasts.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        duration: Duration,
+        /// Again every DUR until --for ends.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        every: Option<Duration>,
+        /// How long to repeat (with --every; at most 1h).
+        #[arg(long = "for", value_name = "DUR", value_parser = parse_duration)]
+        span: Option<Duration>,
+    },
     /// Added latency for P% (default all) of the requests the balancer routes to SERVICE.
     Latency {
         /// A service the balancer routes to.
@@ -97,14 +113,16 @@ fn request(command: &Command) -> Option<Request> {
             for_ms: ms(span),
             ..Request::default()
         },
-        Command::Pause { target, duration, every, span } => Request {
-            action: Some(Action::Pause),
-            target: target.clone(),
-            every_ms: ms(every),
-            for_ms: ms(span),
-            duration_ms: Some(millis(*duration)),
-            ..Request::default()
-        },
+        Command::Pause { target, duration, every, span } | Command::Partition { target, duration, every, span } => {
+            Request {
+                action: Some(if matches!(command, Command::Pause { .. }) { Action::Pause } else { Action::Partition }),
+                target: target.clone(),
+                every_ms: ms(every),
+                for_ms: ms(span),
+                duration_ms: Some(millis(*duration)),
+                ..Request::default()
+            }
+        }
         Command::Latency { service, ms: latency, percent, span } => Request {
             action: Some(Action::Latency),
             target: service.clone(),

@@ -47,7 +47,8 @@ pub struct Options {
     /// with idempotency keys), or all.
     #[arg(long, value_enum, default_value = "register")]
     pub workload: Workload,
-    /// The faults injected, comma-separated: kill, pause, latency, errors, or none.
+    /// The faults injected, comma-separated: kill, pause, latency, errors, partition (needs
+    /// orch started with ORCH_PARTITIONS=1), all, or none.
     #[arg(long, value_name = "LIST", default_value = "kill,pause,latency,errors")]
     pub nemesis: String,
     /// How long the clients run (like 20s, 1m).
