@@ -109,4 +109,8 @@ async fn partitions_keep_the_real_cluster_valid() {
     for key in results["registers"].as_array().unwrap() {
         assert!(key["ops"].as_u64().unwrap() > 10, "{key}");
     }
+    // The timeline is left in the data dir, where the detector serves it for its dashboard.
+    let timeline = reqwest::get(format!("{}/verify/timeline.html", cluster.url_of("detector-1").await)).await.unwrap();
+    assert_eq!(timeline.status(), 200);
+    assert!(timeline.text().await.unwrap().contains("<svg"));
 }

@@ -216,7 +216,27 @@ async fn run(client: &Client, o: Options) -> Outcome {
         ))
     })?;
     println!("history, results and timeline in {}/ (open timeline.html)", o.out.display());
+    match publish(client, &o.out).await {
+        Ok(()) => println!("the detector's dashboard links this timeline (last verify run)"),
+        Err(e) => eprintln!("warning: the timeline is not linked from the dashboard: {e}"),
+    }
     Ok(exit(verdict))
+}
+
+/// Leaves the run's timeline in the cluster's data dir (`verify/timeline.html`), where the
+/// detector serves it and its dashboard links it; replaced whole, never half-written.
+async fn publish(client: &Client, out: &std::path::Path) -> Result<(), String> {
+    let cluster: kit::orch_api::Cluster = client.read("/api/cluster").await.map_err(|e| match e {
+        Failure::Usage(m) | Failure::Runtime(m) | Failure::Unreachable(m) => m,
+    })?;
+    let dir = cluster.data_dir.join("verify");
+    let written = (|| {
+        std::fs::create_dir_all(&dir)?;
+        let partial = dir.join(".timeline.html.partial");
+        std::fs::copy(out.join("timeline.html"), &partial)?;
+        std::fs::rename(&partial, dir.join("timeline.html"))
+    })();
+    written.map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// `--bench-checker N`: the checker's speed on a generated valid history of N operations
