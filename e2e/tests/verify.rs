@@ -4,7 +4,9 @@
 //!   history, results and timeline are written;
 //! - the same run against data instances whose version check is deliberately broken (a
 //!   test-only switch of debug builds, `DATA_TEST_BREAK_VERSION_CHECK`) is invalid
-//!   (exit 1), with a counterexample.
+//!   (exit 1), with a counterexample;
+//! - with `ORCH_PARTITIONS=1`, `--nemesis partition` is valid (exit 0) and leaves the
+//!   timeline where the detector serves it; bad arguments exit 2.
 
 use e2e::cluster::{stderr, stdout};
 use e2e::topology::Topology;
