@@ -65,7 +65,15 @@ impl Drop for Link {
 async fn relay(listener: TcpListener, upstream: SocketAddr, cut: watch::Sender<bool>) {
     let mut connections = JoinSet::new();
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of descriptors, say: a moment's rest rather than a spinning loop.
+                tracing::debug!(error = %e, "link: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         while connections.try_join_next().is_some() {}
         if *cut.borrow() {
             drop(conn);
