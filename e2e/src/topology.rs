@@ -35,6 +35,8 @@ pub struct Topology {
     /// The port of a `postgres` command service that auth, data and compute depend on and
     /// keep their tables in (`spec.database`), as in `manifests/examples/postgres.yaml`.
     postgres: Option<u16>,
+    /// More of orch's own environment (like `ORCH_PARTITIONS`).
+    orch_env: Vec<(String, String)>,
 }
 
 /// The script that runs the PostgreSQL server of a cluster on PostgreSQL.
@@ -70,6 +72,7 @@ impl Topology {
             service_env,
             service_fields: Vec::new(),
             postgres: None,
+            orch_env: Vec::new(),
         }
     }
 
@@ -175,8 +178,17 @@ impl Topology {
 
     /// Runs `orch apply` on this manifest and waits until every instance is ready and the
     /// balancer routes to every backend instance.
+    /// `name=value` in orch's own environment.
+    pub fn orch_env(mut self, name: &str, value: &str) -> Self {
+        self.orch_env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     pub async fn start(&self) -> Cluster {
-        let cluster = Cluster::start(&self.yaml()).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), self.yaml()).unwrap();
+        let env: Vec<(&str, &str)> = self.orch_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let cluster = Cluster::start_with_env(dir, &env).await;
         let names = self.instances();
         cluster.wait_ready(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
         cluster.wait_routed(&self.backend_instances()).await;

@@ -565,4 +565,13 @@ setInterval(() => {
   for (const node of document.querySelectorAll('[data-since]')) node.textContent = forHowLong(node.dataset.since);
 }, 1000);
 
+// The link to the last `orch verify` run's timeline, shown when there is one.
+function showVerifyLink() {
+  fetch('/verify/timeline.html', { method: 'HEAD', cache: 'no-store' })
+    .then((r) => { document.getElementById('verify-link').hidden = !r.ok; })
+    .catch(() => {});
+}
+showVerifyLink();
+setInterval(showVerifyLink, 30000);
+
 connect();

@@ -1,4 +1,5 @@
-//! The dashboard: its page (embedded assets) and its WebSocket (`/ws`).
+//! The dashboard: its page (embedded assets), its WebSocket (`/ws`), and the timeline of
+//! the last `orch verify` run (`/verify/timeline.html`, when the data dir holds one).
 //!
 //! Theory of operation. Every change to the cluster is serialised once, numbered, and sent
 //! on a bounded broadcast channel ([`crate::UPDATES_CAPACITY`] messages). Each socket is
@@ -63,7 +64,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub fn router(state: AppState) -> Router {
-    let mut router = Router::new().route("/ws", get(socket)).with_state(state);
+    let mut router =
+        Router::new().route("/ws", get(socket)).route("/verify/timeline.html", get(verify_timeline)).with_state(state);
     for asset in ASSETS {
         let etag = format!("\"{:016x}\"", fnv1a(asset.body));
         router =
@@ -84,6 +86,29 @@ fn serve_asset(asset: &'static Asset, etag: &str, headers: &HeaderMap) -> Respon
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     response
+}
+
+/// The timeline page `orch verify` wrote: plain HTML and inline SVG and styles, no script.
+const TIMELINE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'";
+
+/// `GET /verify/timeline.html`: the last verify run's timeline, or 404 when there is none.
+async fn verify_timeline(State(state): State<AppState>) -> Response {
+    let Some(path) = state.config().verify_timeline.clone() else {
+        return ApiError::new(StatusCode::NOT_FOUND, "no data dir: no verify timeline here").into_response();
+    };
+    match tokio::fs::read(&path).await {
+        Ok(body) => {
+            let mut response = body.into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(TIMELINE_CSP));
+            headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            response
+        }
+        Err(_) => ApiError::new(StatusCode::NOT_FOUND, "no verify run yet: `orch verify` leaves its timeline here")
+            .into_response(),
+    }
 }
 
 /// FNV-1a, for the assets' ETags.

@@ -84,6 +84,9 @@ pub struct Config {
     /// `WS_SEND_TIMEOUT_MS` (default 10000): a dashboard socket that cannot take a message
     /// for this long is closed.
     pub ws_send_timeout: Duration,
+    /// `DATA_DIR/verify/timeline.html`: the timeline `orch verify` leaves of its last run in
+    /// the cluster's data dir, served at `/verify/timeline.html` and linked from the page.
+    pub verify_timeline: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -106,6 +109,7 @@ impl Config {
             orch_control_url: vars.get("ORCH_CONTROL_URL").map(|u| http_url("ORCH_CONTROL_URL", &u)).transpose()?,
             webhook,
             ws_send_timeout: vars.millis("WS_SEND_TIMEOUT_MS", 10_000, 600_000)?,
+            verify_timeline: vars.get("DATA_DIR").map(|d| std::path::Path::new(&d).join("verify/timeline.html")),
             kit,
         })
     }

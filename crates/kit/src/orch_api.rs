@@ -442,6 +442,8 @@ pub enum ChaosAction {
     Pause,
     Latency,
     Errors,
+    /// An instance cut off from the registry for a while (orch's `ORCH_PARTITIONS` links).
+    Partition,
 }
 
 impl ChaosAction {
@@ -451,12 +453,14 @@ impl ChaosAction {
             ChaosAction::Pause => "pause",
             ChaosAction::Latency => "latency",
             ChaosAction::Errors => "errors",
+            ChaosAction::Partition => "partition",
         }
     }
 
-    /// Whether it acts on processes (else at the balancer).
+    /// Whether it acts on instances, once or repeatedly (kill, pause, partition), else
+    /// at the balancer.
     pub fn on_processes(self) -> bool {
-        matches!(self, ChaosAction::Kill | ChaosAction::Pause)
+        matches!(self, ChaosAction::Kill | ChaosAction::Pause | ChaosAction::Partition)
     }
 }
 
@@ -503,7 +507,7 @@ pub struct Experiment {
     pub every_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub for_ms: Option<u64>,
-    /// Pause: how long each lasts, and the instances paused now.
+    /// Pause and partition: how long each lasts, and the instances paused (cut off) now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

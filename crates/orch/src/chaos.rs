@@ -4,11 +4,13 @@
 //! (`--every`), and the controller's experiments ([`crate::controller::chaos`]) run the
 //! checked [`Spec`]. The verbs are [`crate::cli::chaos`].
 //!
-//! Four actions. `kill` SIGKILLs an instance (or a random running instance of a service);
-//! `pause` SIGSTOPs one for a while (a hung process) and SIGCONTs it after; `latency` and
-//! `errors` make the balancer delay, or answer with an error, the requests of a service
-//! (through its `/api/faults`). A kill or pause happens once, or at once and then `every`
-//! DUR until `for` ends; a balancer fault lasts `for`. Every injection is a `chaos` event.
+//! Five actions. `kill` SIGKILLs an instance (or a random running instance of a service);
+//! `pause` SIGSTOPs one for a while (a hung process) and SIGCONTs it after; `partition`
+//! cuts one off from the registry for a while (its link, see
+//! [`crate::controller::partition`]) and heals it after; `latency` and `errors` make the
+//! balancer delay, or answer with an error, the requests of a service (through its
+//! `/api/faults`). A kill, pause or partition happens once, or at once and then `every` DUR
+//! until `for` ends; a balancer fault lasts `for`. Every injection is a `chaos` event.
 
 use std::time::Duration;
 
@@ -77,7 +79,7 @@ pub struct Spec {
 impl Spec {
     /// Checks a request; the error says what is wrong, naming fields as `n` does.
     pub fn parse(r: &Request, n: Names) -> Result<Spec, String> {
-        let action = r.action.ok_or("action is required: kill, pause, latency or errors")?;
+        let action = r.action.ok_or("action is required: kill, pause, partition, latency or errors")?;
         let target = r.target.trim();
         if target.is_empty() || target.len() > 200 {
             return Err("target must name an instance (like data-2) or a service (like data)".into());
@@ -96,7 +98,7 @@ impl Spec {
         if let Some(d) = every {
             if !action.on_processes() {
                 return Err(format!(
-                    "{} applies to kill and pause only (a {} fault lasts {})",
+                    "{} applies to kill, pause and partition only (a {} fault lasts {})",
                     n.every,
                     action.as_str(),
                     n.span
@@ -130,11 +132,11 @@ impl Spec {
             _ => {}
         }
         match (action, pause) {
-            (Action::Pause, None) => {
-                return Err(format!("{} is required for pause: how long each pause lasts", n.duration));
+            (Action::Pause | Action::Partition, None) => {
+                return Err(format!("{} is required for {}: how long each lasts", n.duration, action.as_str()));
             }
-            (Action::Pause, Some(d)) => within(d, ms(1), n.duration)?,
-            (_, Some(_)) => return Err(format!("{} applies to pause only", n.duration)),
+            (Action::Pause | Action::Partition, Some(d)) => within(d, ms(1), n.duration)?,
+            (_, Some(_)) => return Err(format!("{} applies to pause and partition only", n.duration)),
             (_, None) => {}
         }
         let latency_ms = match (action, r.latency_ms) {
@@ -175,7 +177,7 @@ impl Spec {
     pub fn lasts(&self) -> Option<Duration> {
         match self.action {
             Action::Kill => self.span,
-            Action::Pause => self.span.or(self.pause),
+            Action::Pause | Action::Partition => self.span.or(self.pause),
             Action::Latency | Action::Errors => self.span,
         }
     }
@@ -307,8 +309,8 @@ mod tests {
             ),
             (
                 json!({"action": "kill", "target": "data", "durationMs": 1000}),
-                "durationMs applies to pause only",
-                "--duration applies to pause only",
+                "durationMs applies to pause and partition only",
+                "--duration applies to pause and partition only",
             ),
             (
                 json!({"action": "pause", "target": "data"}),
@@ -342,8 +344,8 @@ mod tests {
             ),
             (
                 json!({"action": "latency", "target": "data", "forMs": 1000, "latencyMs": 5, "everyMs": 500}),
-                "everyMs applies to kill and pause only",
-                "--every applies to kill and pause only",
+                "everyMs applies to kill, pause and partition only",
+                "--every applies to kill, pause and partition only",
             ),
             (
                 json!({"action": "errors", "target": "data", "forMs": 1000}),
@@ -408,6 +410,11 @@ mod tests {
             Spec::parse(&req(json!({"action": "pause", "target": "compute-1", "durationMs": 3000})), Names::API)
                 .unwrap();
         assert_eq!(pause.lasts(), Some(Duration::from_secs(3)));
+        let cut = Spec::parse(&req(json!({"action": "partition", "target": "data-1", "durationMs": 4000})), Names::API)
+            .unwrap();
+        assert_eq!(cut.lasts(), Some(Duration::from_secs(4)));
+        let err = Spec::parse(&req(json!({"action": "partition", "target": "data-1"})), Names::CLI).unwrap_err();
+        assert!(err.starts_with("--duration is required for partition"), "{err}");
         let errors = Spec::parse(
             &req(json!({"action": "errors", "target": "data", "forMs": 10_000, "percent": 20})),
             Names::API,

@@ -212,3 +212,29 @@ async fn the_balancer_traffic_reaches_the_dashboard() {
     assert_eq!(traffic["services"]["backend"]["instances"]["backend-2"]["requests"], 10);
     assert!(!traffic["rateHistory"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_last_verify_timeline_is_served_and_linked_when_there_is_one() {
+    let registry = TestRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let detector = TestDetector::start(&registry, &[("DATA_DIR", dir.path().to_str().unwrap())]).await;
+    let (code, body) = detector.get("/verify/timeline.html").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no verify run yet"), "{body}");
+
+    std::fs::create_dir_all(dir.path().join("verify")).unwrap();
+    std::fs::write(dir.path().join("verify/timeline.html"), "<!doctype html><svg>run</svg>").unwrap();
+    let res = reqwest::get(format!("{}/verify/timeline.html", detector.url)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.starts_with("default-src 'none'") && !csp.contains("script"), "{csp}");
+    assert_eq!(res.text().await.unwrap(), "<!doctype html><svg>run</svg>");
+    // The page has the link (shown by app.js once the timeline answers).
+    let page = reqwest::get(format!("{}/", detector.url)).await.unwrap().text().await.unwrap();
+    assert!(page.contains(r#"href="/verify/timeline.html""#));
+
+    // Without a data dir there is nothing to serve.
+    let bare = TestDetector::start(&registry, &[]).await;
+    assert_eq!(bare.get("/verify/timeline.html").await.0, 404);
+}

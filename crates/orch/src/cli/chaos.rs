@@ -25,20 +25,10 @@ pub enum Command {
         span: Option<Duration>,
     },
     /// SIGSTOP an instance (a hung process) and SIGCONT it after --duration.
-    Pause {
-        /// An instance (data-2), or a service (data): a random running instance of it each time.
-        #[arg(value_name = "INSTANCE|SERVICE")]
-        target: String,
-        /// How long each pause lasts.
-        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-        duration: Duration,
-        /// Again every DUR until --for ends.
-        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-        every: Option<Duration>,
-        /// How long to repeat (with --every; at most 1h).
-        #[arg(long = "for", value_name = "DUR", value_parser = parse_duration)]
-        span: Option<Duration>,
-    },
+    Pause(ForAWhile),
+    /// Cut an instance off from the registry for --duration, then heal it: the registry
+    /// expires it and the balancer routes around it (needs orch started with ORCH_PARTITIONS=1).
+    Partition(ForAWhile),
     /// Added latency for P% (default all) of the requests the balancer routes to SERVICE.
     Latency {
         /// A service the balancer routes to.
@@ -82,6 +72,23 @@ pub enum Command {
     },
 }
 
+/// The arguments of a fault that lasts a while on an instance: pause and partition.
+#[derive(clap::Args)]
+pub struct ForAWhile {
+    /// An instance (data-2), or a service (data): a random running instance of it each time.
+    #[arg(value_name = "INSTANCE|SERVICE")]
+    target: String,
+    /// How long each one lasts.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    duration: Duration,
+    /// Again every DUR until --for ends.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    every: Option<Duration>,
+    /// How long to repeat (with --every; at most 1h).
+    #[arg(long = "for", value_name = "DUR", value_parser = parse_duration)]
+    span: Option<Duration>,
+}
+
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
@@ -97,12 +104,12 @@ fn request(command: &Command) -> Option<Request> {
             for_ms: ms(span),
             ..Request::default()
         },
-        Command::Pause { target, duration, every, span } => Request {
-            action: Some(Action::Pause),
-            target: target.clone(),
-            every_ms: ms(every),
-            for_ms: ms(span),
-            duration_ms: Some(millis(*duration)),
+        Command::Pause(a) | Command::Partition(a) => Request {
+            action: Some(if matches!(command, Command::Pause(_)) { Action::Pause } else { Action::Partition }),
+            target: a.target.clone(),
+            every_ms: ms(&a.every),
+            for_ms: ms(&a.span),
+            duration_ms: Some(millis(a.duration)),
             ..Request::default()
         },
         Command::Latency { service, ms: latency, percent, span } => Request {

@@ -70,6 +70,12 @@ impl Controller {
     }
 
     fn chaos_start_on_processes(&mut self, spec: Spec, target: Target) -> Result<Begun, CallError> {
+        if spec.action == Action::Partition && !self.links.enabled() {
+            return Err(conflict(format!(
+                "partitions are off in this cluster: start orch with {}=1 so that instances reach the registry through links orch can cut",
+                super::partition::VAR
+            )));
+        }
         if spec.every.is_none()
             && let Err(why) = self.chaos_candidates(&target, spec.action)
         {
@@ -91,7 +97,7 @@ impl Controller {
             let done = self.chaos.active.remove(&id).ok_or_else(|| conflict(format!("chaos experiment {id} ended")))?;
             return Ok(Begun::Done(done.view()));
         };
-        debug_assert!(action == Action::Pause || every.is_some());
+        debug_assert!(matches!(action, Action::Pause | Action::Partition) || every.is_some());
         let e = self.chaos.active.get_mut(&id).ok_or_else(|| conflict(format!("chaos experiment {id} ended")))?;
         e.arm(Instant::now(), every, lasts);
         Ok(Begun::Done(e.view()))
@@ -106,7 +112,12 @@ impl Controller {
         let candidates: Vec<InstanceId> = matching
             .by_ref()
             .filter(|i| {
-                i.live_proc().is_some() && !(action == Action::Pause && self.chaos.is_paused(&i.id, i.generation))
+                i.live_proc().is_some()
+                    && match action {
+                        Action::Pause => !self.chaos.is_paused(&i.id, i.generation),
+                        Action::Partition => self.links.get(&i.id).is_some() && !self.chaos.is_cut(&i.id),
+                        _ => true,
+                    }
             })
             .map(|i| i.id.clone())
             .collect();
@@ -121,11 +132,22 @@ impl Controller {
                     Some(i) if action == Action::Pause && self.chaos.is_paused(id, i.generation) => {
                         format!("{id} is paused already")
                     }
+                    Some(_) if action == Action::Partition && self.chaos.is_cut(id) => {
+                        format!("{id} is cut off already")
+                    }
+                    Some(i) if action == Action::Partition && i.live_proc().is_some() => {
+                        format!(
+                            "{id} has no link to the registry (the registry itself, or started before partitions were on)"
+                        )
+                    }
                     Some(i) => format!("{id} is not running ({}): nothing to {verb}", status_name(i.status())),
                     None => format!("{id} is not running: nothing to {verb}"),
                 }
             }
             Target::Service(s) if action == Action::Pause => format!("no running instance of {s} left to pause"),
+            Target::Service(s) if action == Action::Partition => {
+                format!("no running instance of {s} left to cut off (the registry's own instances have no link)")
+            }
             Target::Service(s) => format!("no running instance of {s} to kill"),
         })
     }
@@ -147,10 +169,19 @@ impl Controller {
                 self.spawner.signal(pid, Signal::SIGKILL);
                 format!("killed {name} (SIGKILL)")
             }
+            Action::Partition => {
+                let cut = pause.unwrap_or_default();
+                self.links.get(&hit).ok_or("the instance has no link")?.set_cut(true);
+                let paused = Paused { instance: hit.clone(), generation, until: Instant::now() + cut, cut: true };
+                if let Some(e) = self.chaos.active.get_mut(&id) {
+                    e.paused.push(paused);
+                }
+                format!("cut {name} off from the registry for {}", show(cut))
+            }
             _ => {
                 let pause = pause.unwrap_or_default();
                 self.spawner.signal(pid, Signal::SIGSTOP);
-                let paused = Paused { instance: hit.clone(), generation, until: Instant::now() + pause };
+                let paused = Paused { instance: hit.clone(), generation, until: Instant::now() + pause, cut: false };
                 if let Some(e) = self.chaos.active.get_mut(&id) {
                     e.paused.push(paused);
                 }
@@ -221,6 +252,17 @@ impl Controller {
     /// pid that is no longer that instance's process is never signalled.
     fn chaos_continue(&self, target: &Target, paused: &Paused) {
         let name = paused.instance.to_string();
+        if paused.cut {
+            // The link is the instance's, whatever its process: healed in any case.
+            if let Some(link) = self.links.get(&paused.instance) {
+                link.set_cut(false);
+            }
+            if let Some(log) = self.logs.get(&name) {
+                log.note("chaos: link to the registry healed");
+            }
+            self.chaos_event(target, Some(&name), format!("chaos: healed {name}'s link to the registry"));
+            return;
+        }
         let live = self.instances.get(&paused.instance).and_then(|i| {
             let proc = i.state.proc()?;
             (i.generation == paused.generation && !proc.exited.is_cancelled()).then_some(proc.pid)

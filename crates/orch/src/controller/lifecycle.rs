@@ -72,6 +72,20 @@ impl Controller {
             .clone()
     }
 
+    /// With partitions on, an instance that talks to the registry does so through its link
+    /// (see [`super::partition`]): its `SERVICE_REGISTRY_URL` names the link.
+    fn link_to_registry(&mut self, id: &InstanceId, service: &Service, env: &mut [(String, String)]) {
+        if !self.links.enabled() || service.component() == Some(Component::Registry) {
+            return;
+        }
+        let Some(registry) = launch::component_port(&self.manifest, &self.slots, Component::Registry) else { return };
+        let Some(url) = self.links.url_for(id, registry) else { return };
+        for (k, v) in env.iter_mut().filter(|(k, _)| k == "SERVICE_REGISTRY_URL") {
+            tracing::debug!(instance = %id, variable = %k, %url, "registry through the instance's link");
+            *v = url.clone();
+        }
+    }
+
     /// Starts a process for `id`. A start that fails at once (the program vanished) asks
     /// the loop for another look right away (see [`Controller::wake_now`]).
     async fn start(&mut self, id: InstanceId) {
@@ -81,6 +95,7 @@ impl Controller {
             tracing::warn!(instance = %id, "no socket for the instance");
             return;
         };
+        self.link_to_registry(&id, &service, &mut spec.env);
         let revision = reconcile::revision(&self.manifest, &service);
         let name = id.to_string();
         let log = self.log_for(&name);

@@ -33,6 +33,7 @@ mod event_loop;
 mod instance;
 mod launch;
 mod lifecycle;
+pub mod partition;
 mod resources;
 mod rollback;
 mod rollout;
@@ -165,6 +166,8 @@ pub struct Controller {
     finished: bool,
     /// `orch chaos` experiments (see [`chaos`]).
     chaos: chaos::experiments::Experiments,
+    /// The instances' links to the registry, with `ORCH_PARTITIONS=1` (see [`partition`]).
+    links: partition::Links,
     /// `autoscale:` (see [`autoscale`]).
     autoscaler: autoscale::Autoscaler,
     /// `resources:`: cgroups, OOM kills, the watchdog (see [`resources`]).
@@ -209,6 +212,7 @@ impl Controller {
             progress,
             finished: false,
             chaos: chaos::experiments::Experiments::default(),
+            links: partition::Links::new(std::env::var(partition::VAR).is_ok_and(|v| v == "1")),
             autoscaler: autoscale::Autoscaler::new(),
             resources: resources::Books::new(setup.cgroups),
             rollouts: rollout::Book::default(),

@@ -121,7 +121,7 @@ impl Event {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fault {
-    /// kill, pause, latency or errors.
+    /// kill, pause, latency, errors or partition.
     pub action: String,
     /// What it hit (an instance or a service).
     pub target: String,

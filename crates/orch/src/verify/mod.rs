@@ -47,7 +47,8 @@ pub struct Options {
     /// with idempotency keys), or all.
     #[arg(long, value_enum, default_value = "register")]
     pub workload: Workload,
-    /// The faults injected, comma-separated: kill, pause, latency, errors, or none.
+    /// The faults injected, comma-separated: kill, pause, latency, errors, partition (needs
+    /// orch started with ORCH_PARTITIONS=1), all, or none.
     #[arg(long, value_name = "LIST", default_value = "kill,pause,latency,errors")]
     pub nemesis: String,
     /// How long the clients run (like 20s, 1m).
@@ -215,7 +216,27 @@ async fn run(client: &Client, o: Options) -> Outcome {
         ))
     })?;
     println!("history, results and timeline in {}/ (open timeline.html)", o.out.display());
+    match publish(client, &o.out).await {
+        Ok(()) => println!("the detector's dashboard links this timeline (last verify run)"),
+        Err(e) => eprintln!("warning: the timeline is not linked from the dashboard: {e}"),
+    }
     Ok(exit(verdict))
+}
+
+/// Leaves the run's timeline in the cluster's data dir (`verify/timeline.html`), where the
+/// detector serves it and its dashboard links it; replaced whole, never half-written.
+async fn publish(client: &Client, out: &std::path::Path) -> Result<(), String> {
+    let cluster: kit::orch_api::Cluster = client.read("/api/cluster").await.map_err(|e| match e {
+        Failure::Usage(m) | Failure::Runtime(m) | Failure::Unreachable(m) => m,
+    })?;
+    let dir = cluster.data_dir.join("verify");
+    let written = (|| {
+        std::fs::create_dir_all(&dir)?;
+        let partial = dir.join(".timeline.html.partial");
+        std::fs::copy(out.join("timeline.html"), &partial)?;
+        std::fs::rename(&partial, dir.join("timeline.html"))
+    })();
+    written.map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// `--bench-checker N`: the checker's speed on a generated valid history of N operations

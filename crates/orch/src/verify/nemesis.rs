@@ -1,11 +1,14 @@
 //! The nemesis of a verify run: faults injected through orch's own chaos API
-//! (`POST /api/chaos`: kill, pause, balancer latency and errors) on a schedule drawn from the
-//! seed, each recorded as a fault window of the history.
+//! (`POST /api/chaos`: kill, pause, partition, balancer latency and errors) on a schedule
+//! drawn from the seed, each recorded as a fault window of the history.
 //!
 //! The schedule ([`plan`], pure) leaves the first tenth of the run quiet (a baseline) and
 //! the last fifth (the cluster recovers before the run ends, as Jepsen heals before its
 //! final reads); in between, a fault every interval: the kinds in an order drawn from the
 //! seed, taken in turn, and the targets in turn, so a run of a few rounds meets every pair.
+//! A partition lasts longer (two to two and a half intervals, so the registry has time to
+//! expire the instance), overlaps the faults after it, and is the only one open at a time:
+//! its turn is skipped while one is, so the other instances stay registered.
 
 use std::time::{Duration, Instant};
 
@@ -16,22 +19,30 @@ use kit::orch_api::Experiment;
 use crate::chaos::{Action, Request};
 use crate::cli::{Client, Failure};
 
-/// The faults `--nemesis` names, comma-separated (`none`: no fault).
+/// Every fault `--nemesis all` names.
+pub const ALL: [Action; 5] = [Action::Kill, Action::Pause, Action::Latency, Action::Errors, Action::Partition];
+
+/// The faults `--nemesis` names, comma-separated (`none`: no fault; `all`: every one).
 pub fn parse(raw: &str) -> Result<Vec<Action>, String> {
     let mut actions = Vec::new();
     for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "none") {
-        let action = match name {
-            "kill" => Action::Kill,
-            "pause" => Action::Pause,
-            "latency" => Action::Latency,
-            "errors" => Action::Errors,
-            "partition" => {
-                return Err("--nemesis partition is not available yet: use kill, pause, latency or errors".into());
+        let named: &[Action] = match name {
+            "all" => &ALL,
+            "kill" => &[Action::Kill],
+            "pause" => &[Action::Pause],
+            "latency" => &[Action::Latency],
+            "errors" => &[Action::Errors],
+            "partition" => &[Action::Partition],
+            other => {
+                return Err(format!(
+                    "unknown nemesis {other:?}: use kill, pause, latency, errors, partition, all or none"
+                ));
             }
-            other => return Err(format!("unknown nemesis {other:?}: use kill, pause, latency, errors or none")),
         };
-        if !actions.contains(&action) {
-            actions.push(action);
+        for action in named {
+            if !actions.contains(action) {
+                actions.push(*action);
+            }
         }
     }
     Ok(actions)
@@ -63,15 +74,27 @@ pub fn plan(seed: u64, actions: &[Action], targets: &[String], span: Duration) -
     }
     let mut planned = Vec::new();
     let mut k = 0;
+    // The end of the partition open, if one is.
+    let mut cut_until = Duration::ZERO;
     while at < last {
         let action = order[k % order.len()];
         let target = targets[(k + k / order.len()) % targets.len()].clone();
         k += 1;
+        if action == Action::Partition && at < cut_until {
+            at += every;
+            continue;
+        }
         // Windows end before the next fault and before the quiet tail.
         let room = (last - at).min(every);
         let lasts = |ms: u64| Duration::from_millis(ms).min(room);
         let (request, lasts) = match action {
             Action::Kill => (Request { action: Some(action), target, ..Request::default() }, Duration::ZERO),
+            Action::Partition => {
+                let d = (every * 2 + every.mul_f64(rng.below(50) as f64 / 100.0)).min(last - at);
+                cut_until = at + d;
+                let req = Request { action: Some(action), target, duration_ms: Some(ms(d)), ..Request::default() };
+                (req, d)
+            }
             Action::Pause => {
                 let d = lasts(1000 + rng.below(1000));
                 let req = Request { action: Some(action), target, duration_ms: Some(ms(d)), ..Request::default() };
@@ -157,7 +180,11 @@ mod tests {
     fn nemesis_names() {
         assert_eq!(parse("kill, pause").unwrap(), vec![Action::Kill, Action::Pause]);
         assert_eq!(parse("none").unwrap(), vec![]);
-        assert!(parse("partition").unwrap_err().contains("not available"));
+        assert_eq!(parse("partition,kill").unwrap(), vec![Action::Partition, Action::Kill]);
+        assert_eq!(
+            parse("kill,all").unwrap(),
+            vec![Action::Kill, Action::Pause, Action::Latency, Action::Errors, Action::Partition]
+        );
         assert!(parse("kill,flood").unwrap_err().contains("\"flood\""));
     }
 
@@ -173,6 +200,7 @@ mod tests {
         assert!(a.len() >= 5, "{a:?}");
         for p in &a {
             assert!(p.at >= span / 10 && p.at + p.lasts <= span.mul_f64(0.8), "{p:?}");
+            assert!(p.lasts <= span / 8, "{p:?}");
             let spec = crate::chaos::Spec::parse(&p.request, crate::chaos::Names::API).map(|_| ());
             assert_eq!(spec, Ok(()), "{p:?}");
         }
@@ -189,6 +217,28 @@ mod tests {
                     &p.request.target == target && matches!(p.request.action, Some(Action::Kill | Action::Pause))
                 });
                 assert!(hits, "seed {seed}: no kill or pause of {target}: {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn partitions_are_long_and_one_at_a_time() {
+        let targets = vec!["data".to_owned()];
+        for (seed, actions) in [(3, vec![Action::Partition]), (4, ALL.to_vec())] {
+            for span in [Duration::from_secs(10), Duration::from_secs(60)] {
+                let p = plan(seed, &actions, &targets, span);
+                let cuts: Vec<&Planned> = p.iter().filter(|p| p.request.action == Some(Action::Partition)).collect();
+                assert!(!cuts.is_empty(), "{p:?}");
+                let every = (span / 8).clamp(Duration::from_secs(2), Duration::from_secs(10));
+                for pair in cuts.windows(2) {
+                    assert!(pair[0].at + pair[0].lasts <= pair[1].at, "overlapping partitions: {pair:?}");
+                }
+                for c in &cuts {
+                    assert!(c.at + c.lasts <= span.mul_f64(0.8), "{c:?}");
+                    let spec = crate::chaos::Spec::parse(&c.request, crate::chaos::Names::API).unwrap();
+                    assert_eq!(spec.lasts(), Some(c.lasts));
+                }
+                assert!(cuts[0].lasts >= every * 2 || cuts[0].at + cuts[0].lasts == span.mul_f64(0.8), "{cuts:?}");
             }
         }
     }

@@ -322,6 +322,10 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         (&["kill", "web", "--every", "1s", "--for", "2h"], 2, "--for must be from 1ms to 1h, got 2h"),
         (&["pause", "web", "--duration", "0s"], 2, "--duration must be from 1ms to 1h, got 0ms"),
         (&["pause", "web"], 2, "--duration <DUR>"),
+        (&["partition", "web"], 2, "--duration <DUR>"),
+        (&["partition", "web", "--every", "1s", "--duration", "1s"], 2, "--every needs --for"),
+        // Started without ORCH_PARTITIONS: instances talk to the registry directly.
+        (&["partition", "web-1", "--duration", "1s"], 1, "partitions are off in this cluster"),
         (
             &["errors", "web", "--percent", "101", "--for", "1s"],
             2,

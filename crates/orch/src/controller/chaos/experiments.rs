@@ -44,13 +44,16 @@ impl Target {
     }
 }
 
-/// A process an experiment stopped, to be resumed if it still runs.
+/// A process an experiment stopped, to be resumed if it still runs; or (`cut`) an
+/// instance it cut off from the registry, to be healed whatever its process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paused {
     pub instance: InstanceId,
     pub generation: u64,
     /// When the pause is over.
     pub until: Instant,
+    /// A partition: the instance's link is cut, its process runs.
+    pub cut: bool,
 }
 
 /// A fault an experiment injected at one balancer instance.
@@ -142,6 +145,9 @@ impl Experiment {
         let mut text = match s.action {
             Action::Kill => format!("kill {who}"),
             Action::Pause => format!("pause {who} for {}", s.pause.map(show).unwrap_or_default()),
+            Action::Partition => {
+                format!("cut {who} off from the registry for {}", s.pause.map(show).unwrap_or_default())
+            }
             Action::Latency | Action::Errors => return s.fault_effect(self.target.service()),
         };
         if let (Some(every), Some(span)) = (s.every, s.span) {
@@ -198,7 +204,14 @@ pub struct Experiments {
 impl Experiments {
     /// Whether some experiment holds `instance`'s process `generation` stopped.
     pub fn is_paused(&self, instance: &InstanceId, generation: u64) -> bool {
-        self.active.values().any(|e| e.paused.iter().any(|p| p.instance == *instance && p.generation == generation))
+        self.active
+            .values()
+            .any(|e| e.paused.iter().any(|p| !p.cut && p.instance == *instance && p.generation == generation))
+    }
+
+    /// Whether some experiment holds `instance` cut off from the registry.
+    pub fn is_cut(&self, instance: &InstanceId) -> bool {
+        self.active.values().any(|e| e.paused.iter().any(|p| p.cut && p.instance == *instance))
     }
 
     /// The earliest deadline of any experiment: when the controller's loop must wake.
@@ -279,7 +292,12 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Experiment::new(1, spec, Target::Service("data".into()), SystemTime::UNIX_EPOCH, None);
         assert_eq!(e.next_deadline(), None, "not armed yet");
-        let paused = |at: Instant| Paused { instance: InstanceId::new("data", 1), generation: 7, until: at + ms(300) };
+        let paused = |at: Instant| Paused {
+            instance: InstanceId::new("data", 1),
+            generation: 7,
+            until: at + ms(300),
+            cut: false,
+        };
         e.paused.push(paused(t0));
         e.arm(t0, e.spec.every, ms(2500));
         assert_eq!((e.next, e.end), (Some(t0 + ms(1000)), Some(t0 + ms(2500))));
