@@ -11,7 +11,9 @@
 //!    answering; the third cluster stays for the rest;
 //! 2. memory at rest: VmRSS and PSS summed over the 12 instances and orch;
 //! 3. the cluster's balancer against nginx in front of the same data instances
-//!    (`e2e::nginx::compare`);
+//!    (`e2e::nginx::compare`); then the balancer's load-shape matrix against nginx and
+//!    HAProxy (`matrix`: 8/64 connections, wrk -t1/-t2, dynamic and static discovery, tiny
+//!    and ~4 KB answers);
 //! 4. through the balancer with a JWT: data reads and writes, logins, direct compute
 //!    (wrk), jobs (submitted by a few tasks, then polled until all completed); then job
 //!    pickup latency (`pickup`): submit → claimed, one job at a time on the idle queue;
@@ -68,6 +70,8 @@ use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 // The crate root is this file: its modules live in cluster/ beside it.
+#[path = "cluster/matrix.rs"]
+mod matrix;
 #[path = "cluster/pickup.rs"]
 mod pickup;
 #[path = "cluster/policies.rs"]
@@ -97,6 +101,7 @@ const STEPS: &[&str] = &[
     "coldstart",
     "memory",
     "nginx",
+    "matrix",
     "load",
     "pickup",
     "afterload",
@@ -209,6 +214,19 @@ const ORDER: &[&str] = &[
     "nginxThroughput",
     "balancerNginxRatio",
     "balancerAddedP99",
+    "lbDynTinyC8T1",
+    "lbDynTinyC8T2",
+    "lbDynTinyC64T1",
+    "lbDynTinyC64T2",
+    "lbStaticTinyC8T1",
+    "lbStaticTinyC8T2",
+    "lbStaticTinyC64T1",
+    "lbStaticTinyC64T2",
+    "lbStatic4kC8T1",
+    "lbStatic4kC8T2",
+    "lbStatic4kC64T1",
+    "lbStatic4kC64T2",
+    "lbMatrixWorstP99",
     "dataReads",
     "dataWrites",
     "dataWritesNormal",
@@ -346,6 +364,9 @@ impl Bench {
         }
         if self.wants("nginx") {
             self.versus_nginx(&cluster).await;
+        }
+        if self.wants("matrix") {
+            self.matrix(&cluster).await;
         }
         let api = if self.wants("load") { self.load_rows(&cluster).await } else { self.sign_in(&cluster).await };
         if self.wants("pickup") {
