@@ -173,3 +173,49 @@ async fn connection(mut stream: tokio::net::TcpStream, tiny: &'static [u8], larg
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Reads one answer with a `content-length` from `stream`: its head and body.
+    fn read_answer(stream: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+        let mut bytes = Vec::new();
+        let mut byte = [0u8; 1];
+        while !bytes.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).expect("reading a head"), 1, "the backend closed early");
+            bytes.push(byte[0]);
+        }
+        let head = String::from_utf8(bytes).expect("a text head");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a content-length");
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).expect("reading a body");
+        (head, body)
+    }
+
+    #[test]
+    fn backends_answer_tiny_and_large_bodies_on_one_connection() {
+        let backends = Backends::start(1);
+        let mut stream = std::net::TcpStream::connect(backends.addrs[0]).expect("connecting");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+        // Two requests in one write (pipelined), then one more: each gets its own answer.
+        stream
+            .write_all(b"GET /api/data/tiny HTTP/1.1\r\nhost: x\r\n\r\nGET /api/data/4k HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("writing");
+        let (head, body) = read_answer(&mut stream);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert_eq!(body, TINY.as_bytes());
+        let (_, body) = read_answer(&mut stream);
+        assert_eq!(body.len(), LARGE);
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("the large body is JSON");
+        assert!(json["data"].as_str().is_some_and(|d| d.len() > 4000), "{}", body.len());
+        stream.write_all(b"GET /other HTTP/1.1\r\n\r\n").expect("writing");
+        assert_eq!(read_answer(&mut stream).1, TINY.as_bytes());
+    }
+}
