@@ -305,6 +305,18 @@ async fn ready_instance(cluster: &Cluster, name: &str) -> (u32, u16) {
     (number("pid") as u32, number("port") as u16)
 }
 
+/// The addresses of data-1..3, and the pid and address of the cluster's balancer, once
+/// each is ready.
+async fn data_behind_balancer(cluster: &Cluster) -> (Vec<SocketAddr>, u32, SocketAddr) {
+    let mut upstreams = Vec::new();
+    for name in ["data-1", "data-2", "data-3"] {
+        let (_, port) = ready_instance(cluster, name).await;
+        upstreams.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let (pid, port) = ready_instance(cluster, "balancer-1").await;
+    (upstreams, pid, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 /// The instance that answered through the balancer.
 fn upstream_of(res: &reqwest::Response) -> String {
     res.headers().get("x-upstream-instance").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned()
@@ -599,13 +611,7 @@ impl Bench {
     /// Step 3: the cluster's balancer and an nginx in front of the same data instances.
     async fn versus_nginx(&mut self, cluster: &Cluster) {
         self.progress.step("balancer vs nginx in front of data-1..3 (wrk -t1)");
-        let mut upstreams = Vec::new();
-        for name in ["data-1", "data-2", "data-3"] {
-            let (_, port) = ready_instance(cluster, name).await;
-            upstreams.push(SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-        let (balancer_pid, balancer_port) = ready_instance(cluster, "balancer-1").await;
-        let balancer = SocketAddr::from(([127, 0, 0, 1], balancer_port));
+        let (upstreams, balancer_pid, balancer) = data_behind_balancer(cluster).await;
         let progress = &self.progress;
         let secs = self.secs;
         let c = tokio::task::block_in_place(|| {

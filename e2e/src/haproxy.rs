@@ -1,13 +1,13 @@
 //! HAProxy as the balancer's second yardstick (beside [`crate::nginx`]): an HAProxy in
 //! front of given backends, a child process from a config in a temp dir, ended by its PID.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use nix::sys::signal::Signal;
 
-use crate::nginx::{free_port, stop, wait_listening};
+use crate::nginx::{free_port, spawn, stop, wait_listening};
 use crate::procfs;
 
 /// An HAProxy proxying every path to `upstreams`, round-robin over kept-alive connections.
@@ -45,16 +45,7 @@ impl Haproxy {
         );
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, conf).expect("writing haproxy.cfg");
-        let binary = if Path::new("/usr/sbin/haproxy").exists() { "/usr/sbin/haproxy" } else { "haproxy" };
-        let child = Command::new(binary)
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting haproxy");
+        let child = spawn("haproxy", &[OsStr::new("-db"), OsStr::new("-f"), path.as_os_str()]);
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let haproxy = Self { child, addr, _dir: dir };
         wait_listening(addr, "haproxy");

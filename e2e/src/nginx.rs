@@ -11,6 +11,7 @@
 //! each pausing 2 ms between requests, against one backend directly and through each proxy;
 //! the added p99 is the proxy's p99 minus the direct one.
 
+use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -90,19 +91,11 @@ impl Nginx {
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).expect("writing nginx.conf");
-        let binary = if Path::new("/usr/sbin/nginx").exists() { "/usr/sbin/nginx" } else { "nginx" };
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting nginx");
+        let (prefix, log) = (dir.path().as_os_str(), dir.path().join("error.log"));
+        let child = spawn(
+            "nginx",
+            &[OsStr::new("-p"), prefix, OsStr::new("-c"), path.as_os_str(), OsStr::new("-e"), log.as_os_str()],
+        );
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let nginx = Self { child, addr, _dir: dir };
         wait_listening(addr, "nginx");
@@ -125,6 +118,20 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         stop(&mut self.child, Signal::SIGQUIT);
     }
+}
+
+/// Starts `program` (from /usr/sbin when it is there, where Debian puts it, else from the
+/// PATH) with `args`, its output but for errors dropped.
+pub(crate) fn spawn(program: &str, args: &[&OsStr]) -> Child {
+    let sbin = Path::new("/usr/sbin").join(program);
+    let binary = if sbin.exists() { sbin.into_os_string() } else { program.into() };
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {program}: {e}"))
 }
 
 /// A port of 127.0.0.1 free right now, for a yardstick proxy's config.

@@ -20,7 +20,7 @@ use e2e::matrix::{Backends, Contenders, Outcome, Shape, measure};
 use e2e::nginx::Nginx;
 use e2e::procfs;
 
-use super::{Bench, TIGHT, ready_instance, until};
+use super::{Bench, TIGHT, data_behind_balancer, until};
 
 /// Rounds per proxy and shape (the best kept); each round lasts `secs.min(ROUND_SECS)`.
 const ROUNDS: usize = 2;
@@ -50,13 +50,7 @@ impl Bench {
         let secs = self.secs.min(ROUND_SECS);
         let mut outcomes = Vec::new();
 
-        let mut upstreams = Vec::new();
-        for name in ["data-1", "data-2", "data-3"] {
-            let (_, port) = ready_instance(cluster, name).await;
-            upstreams.push(SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-        let (balancer_pid, balancer_port) = ready_instance(cluster, "balancer-1").await;
-        let balancer = SocketAddr::from(([127, 0, 0, 1], balancer_port));
+        let (upstreams, balancer_pid, balancer) = data_behind_balancer(cluster).await;
         let progress = &self.progress;
         outcomes.extend(tokio::task::block_in_place(|| {
             shapes(&DYNAMIC, &upstreams, balancer, &|| procfs::cpu_ticks(balancer_pid), secs, &|s| progress.note(s))
