@@ -80,8 +80,11 @@ impl Bench {
              kept), after 1 s of warm-up each; nginx worker_processes 2 (keepalive 64), HAProxy nbthread 2 \
              (http-reuse always), the balancer with one worker per core"
         );
+        // Said in full on the first row of the matrix.
+        let protocol = |n: usize| if n == 0 { how.clone() } else { "as in the matrix's first row".to_owned() };
+        let errors_note = |errors: u64| if errors > 0 { format!("; {errors} errors") } else { String::new() };
         let mut worst: Option<(f64, &'static str)> = None;
-        for o in &outcomes {
+        for (n, o) in outcomes.iter().enumerate() {
             let (vs_nginx, vs_haproxy) = (o.ratio(&o.nginx), o.ratio(&o.haproxy));
             let (p99_nginx, p99_haproxy) = (o.p99_ratio(&o.nginx), o.p99_ratio(&o.haproxy));
             if worst.is_none_or(|(w, _)| p99_nginx > w || w.is_nan()) {
@@ -91,19 +94,18 @@ impl Bench {
             let body = if s.path.ends_with("/4k") { "~4 KB" } else { "tiny" };
             let discovery = if s.path.ends_with("/health") { "dynamic" } else { "static" };
             let errors = o.balancer.run.errors() + o.nginx.run.errors() + o.haproxy.run.errors();
+            let metric = format!("balancer/nginx req/s, {discovery}, {body}, c{} t{}", s.connections, s.threads);
+            let shown = format!(
+                "{vs_nginx:.2}x nginx, {vs_haproxy:.2}x HAProxy ({} req/s); \
+                 p99 {p99_nginx:.2}x / {p99_haproxy:.2}x ({})",
+                show_count(o.balancer.run.per_second),
+                show_ms(o.balancer.run.p99_ms),
+            );
             self.rows.push(
-                Row::new(s.id, format!("balancer/nginx req/s, {discovery}, {body}, c{} t{}", s.connections, s.threads), vs_nginx, "x")
-                    .shown(format!(
-                        "{vs_nginx:.2}x nginx, {vs_haproxy:.2}x HAProxy; p99 {p99_nginx:.2}x / {p99_haproxy:.2}x ({} / {} / {} req/s, p99 {} / {} / {})",
-                        show_count(o.balancer.run.per_second),
-                        show_count(o.nginx.run.per_second),
-                        show_count(o.haproxy.run.per_second),
-                        show_ms(o.balancer.run.p99_ms),
-                        show_ms(o.nginx.run.p99_ms),
-                        show_ms(o.haproxy.run.p99_ms),
-                    ))
+                Row::new(s.id, metric, vs_nginx, "x")
+                    .shown(shown)
                     .target(Target::at_least(1.05, ">= 1.05"))
-                    .how(format!("{how}; {} on {}{}", s.path, discovery, if errors > 0 { format!("; {errors} errors") } else { String::new() }))
+                    .how(format!("{}; GET {} with {discovery} discovery{}", protocol(n), s.path, errors_note(errors)))
                     .detail("balancerPerSecond", o.balancer.run.per_second)
                     .detail("nginxPerSecond", o.nginx.run.per_second)
                     .detail("haproxyPerSecond", o.haproxy.run.per_second)
