@@ -191,12 +191,42 @@ mod tests {
         let head = String::from_utf8(bytes).expect("a text head");
         let length: usize = head
             .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .and_then(|n| n.trim().parse().ok())
+            .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, n)| n.trim().parse().ok())
             .expect("a content-length");
         let mut body = vec![0u8; length];
         stream.read_exact(&mut body).expect("reading a body");
         (head, body)
+    }
+
+    /// One GET of `path` through the proxy at `addr`: the answer's body.
+    fn get(addr: SocketAddr, path: &str) -> Vec<u8> {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connecting");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n").expect("writing");
+        let (head, body) = read_answer(&mut stream);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body
+    }
+
+    #[test]
+    fn nginx_and_haproxy_proxy_to_the_backends() {
+        if !(crate::nginx::have("nginx") && crate::nginx::have("haproxy")) {
+            println!("nginx or haproxy is not installed: skipped (scripts/deps.sh installs haproxy)");
+            return;
+        }
+        let backends = Backends::start(2);
+        let nginx = Nginx::start(&backends.addrs, 1);
+        let haproxy = Haproxy::start(&backends.addrs, 1);
+        for addr in [nginx.addr, haproxy.addr] {
+            assert_eq!(get(addr, "/api/data/tiny"), TINY.as_bytes());
+            assert_eq!(get(addr, "/api/data/4k").len(), LARGE);
+        }
+        let (nginx_pid, haproxy_pid) = (nginx.pid(), haproxy.pid());
+        drop((nginx, haproxy));
+        for pid in [nginx_pid, haproxy_pid] {
+            assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{pid} ended and reaped");
+        }
     }
 
     #[test]
