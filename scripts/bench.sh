@@ -10,8 +10,9 @@
 # BENCH_SECS (default 5) sets the length of each load run. BENCH_ONLY runs only the named
 # steps of the cluster benchmark, comma-separated (coldstart, memory, nginx, matrix: the
 # balancer's load shapes against nginx and HAProxy, load, afterload, pickup: job pickup
-# latency, durability, scale, kills, dashboard, hangs, slowloris, checker, autoscale and rollback: each on a small cluster of its own, postgres: the load rows and
-# pickup again on a second cluster on PostgreSQL): `BENCH_ONLY=durability,slowloris make bench`.
+# latency, durability, scale, kills, dashboard, hangs, slowloris, checker, autoscale and
+# rollback: each on a small cluster of its own, postgres: the load rows and pickup again on a
+# second cluster on PostgreSQL): `BENCH_ONLY=durability,slowloris make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
