@@ -8,10 +8,11 @@
 # (crates/*/benches/*.rs, each printing its table), then the same cluster benchmark.
 #
 # BENCH_SECS (default 5) sets the length of each load run. BENCH_ONLY runs only the named
-# steps of the cluster benchmark, comma-separated (coldstart, memory, nginx, load, afterload,
-# pickup: job pickup latency, durability, scale, kills, dashboard, hangs, slowloris, checker,
-# autoscale and rollback: each on a small cluster of its own, postgres: the load rows and
-# pickup again on a second cluster on PostgreSQL): `BENCH_ONLY=durability,slowloris make bench`.
+# steps of the cluster benchmark, comma-separated (coldstart, memory, nginx, matrix: the
+# balancer's load shapes against nginx and HAProxy, load, afterload, pickup: job pickup
+# latency, durability, scale, kills, dashboard, hangs, slowloris, checker, autoscale and
+# rollback: each on a small cluster of its own, postgres: the load rows and pickup again on a
+# second cluster on PostgreSQL): `BENCH_ONLY=durability,slowloris make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,10 +23,11 @@ case "${1:-}" in
     *) echo "usage: $0 [--all]" >&2; exit 2 ;;
 esac
 
-# nginx (the balancer's yardstick) and wrk (the load generator), from apt when missing.
+# nginx and HAProxy (the balancer's yardsticks) and wrk (the load generator), from apt when missing.
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
+{ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || missing+=(haproxy)   # the matrix step
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)   # the postgres step
 if [ ${#missing[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then

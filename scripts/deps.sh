@@ -13,6 +13,8 @@ need=(
     # the export's test that secrets never reach a terminal runs it on a pseudo-terminal
     # (crates/orch/tests/it/export.rs) with util-linux's `script` (Debian: bsdutils)
     "script bsdutils"
+    # make bench's balancer matrix (e2e/benches/cluster/matrix.rs) sets HAProxy beside nginx
+    "haproxy haproxy"
 )
 
 # The Kubernetes export's schema check (crates/orch/src/export/tests.rs) runs the PyPI

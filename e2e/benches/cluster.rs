@@ -11,7 +11,9 @@
 //!    answering; the third cluster stays for the rest;
 //! 2. memory at rest: VmRSS and PSS summed over the 12 instances and orch;
 //! 3. the cluster's balancer against nginx in front of the same data instances
-//!    (`e2e::nginx::compare`);
+//!    (`e2e::nginx::compare`); then the balancer's load-shape matrix against nginx and
+//!    HAProxy (`matrix`: 8/64 connections, wrk -t1/-t2, dynamic and static discovery, tiny
+//!    and ~4 KB answers);
 //! 4. through the balancer with a JWT: data reads and writes, logins, direct compute
 //!    (wrk), jobs (submitted by a few tasks, then polled until all completed); then job
 //!    pickup latency (`pickup`): submit → claimed, one job at a time on the idle queue;
@@ -68,6 +70,8 @@ use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 // The crate root is this file: its modules live in cluster/ beside it.
+#[path = "cluster/matrix.rs"]
+mod matrix;
 #[path = "cluster/pickup.rs"]
 mod pickup;
 #[path = "cluster/policies.rs"]
@@ -97,6 +101,7 @@ const STEPS: &[&str] = &[
     "coldstart",
     "memory",
     "nginx",
+    "matrix",
     "load",
     "pickup",
     "afterload",
@@ -209,6 +214,19 @@ const ORDER: &[&str] = &[
     "nginxThroughput",
     "balancerNginxRatio",
     "balancerAddedP99",
+    "lbDynTinyC8T1",
+    "lbDynTinyC8T2",
+    "lbDynTinyC64T1",
+    "lbDynTinyC64T2",
+    "lbStaticTinyC8T1",
+    "lbStaticTinyC8T2",
+    "lbStaticTinyC64T1",
+    "lbStaticTinyC64T2",
+    "lbStatic4kC8T1",
+    "lbStatic4kC8T2",
+    "lbStatic4kC64T1",
+    "lbStatic4kC64T2",
+    "lbMatrixWorstP99",
     "dataReads",
     "dataWrites",
     "dataWritesNormal",
@@ -287,6 +305,18 @@ async fn ready_instance(cluster: &Cluster, name: &str) -> (u32, u16) {
     (number("pid") as u32, number("port") as u16)
 }
 
+/// The addresses of data-1..3, and the pid and address of the cluster's balancer, once
+/// each is ready.
+async fn data_behind_balancer(cluster: &Cluster) -> (Vec<SocketAddr>, u32, SocketAddr) {
+    let mut upstreams = Vec::new();
+    for name in ["data-1", "data-2", "data-3"] {
+        let (_, port) = ready_instance(cluster, name).await;
+        upstreams.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let (pid, port) = ready_instance(cluster, "balancer-1").await;
+    (upstreams, pid, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 /// The instance that answered through the balancer.
 fn upstream_of(res: &reqwest::Response) -> String {
     res.headers().get("x-upstream-instance").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned()
@@ -346,6 +376,9 @@ impl Bench {
         }
         if self.wants("nginx") {
             self.versus_nginx(&cluster).await;
+        }
+        if self.wants("matrix") {
+            self.matrix(&cluster).await;
         }
         let api = if self.wants("load") { self.load_rows(&cluster).await } else { self.sign_in(&cluster).await };
         if self.wants("pickup") {
@@ -578,13 +611,7 @@ impl Bench {
     /// Step 3: the cluster's balancer and an nginx in front of the same data instances.
     async fn versus_nginx(&mut self, cluster: &Cluster) {
         self.progress.step("balancer vs nginx in front of data-1..3 (wrk -t1)");
-        let mut upstreams = Vec::new();
-        for name in ["data-1", "data-2", "data-3"] {
-            let (_, port) = ready_instance(cluster, name).await;
-            upstreams.push(SocketAddr::from(([127, 0, 0, 1], port)));
-        }
-        let (balancer_pid, balancer_port) = ready_instance(cluster, "balancer-1").await;
-        let balancer = SocketAddr::from(([127, 0, 0, 1], balancer_port));
+        let (upstreams, balancer_pid, balancer) = data_behind_balancer(cluster).await;
         let progress = &self.progress;
         let secs = self.secs;
         let c = tokio::task::block_in_place(|| {

@@ -12,6 +12,8 @@
 //! [`procfs`] reads CPU time and memory of processes.
 
 pub mod cluster;
+pub mod haproxy;
+pub mod matrix;
 pub mod nginx;
 pub mod procfs;
 pub mod topology;

@@ -11,6 +11,7 @@
 //! each pausing 2 ms between requests, against one backend directly and through each proxy;
 //! the added p99 is the proxy's p99 minus the direct one.
 
+use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -61,7 +62,7 @@ impl Nginx {
     /// accepts connections.
     pub fn start(upstreams: &[SocketAddr], workers: usize) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for nginx");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let port = free_port();
         let servers: String = upstreams.iter().map(|a| format!("    server {a};\n")).collect();
         let conf = format!(
             "worker_processes {workers};\n\
@@ -90,26 +91,14 @@ impl Nginx {
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).expect("writing nginx.conf");
-        let binary = if Path::new("/usr/sbin/nginx").exists() { "/usr/sbin/nginx" } else { "nginx" };
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting nginx");
+        let (prefix, log) = (dir.path().as_os_str(), dir.path().join("error.log"));
+        let child = spawn(
+            "nginx",
+            &[OsStr::new("-p"), prefix, OsStr::new("-c"), path.as_os_str(), OsStr::new("-e"), log.as_os_str()],
+        );
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let nginx = Self { child, addr, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "nginx does not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_listening(addr, "nginx");
         nginx
     }
 
@@ -127,18 +116,50 @@ impl Nginx {
 impl Drop for Nginx {
     /// SIGQUIT (a graceful stop) to the master by its PID, SIGKILL if it lingers; reaped.
     fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGQUIT);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, Signal::SIGQUIT);
     }
+}
+
+/// Starts `program` (from /usr/sbin when it is there, where Debian puts it, else from the
+/// PATH) with `args`, its output but for errors dropped.
+pub(crate) fn spawn(program: &str, args: &[&OsStr]) -> Child {
+    let sbin = Path::new("/usr/sbin").join(program);
+    let binary = if sbin.exists() { sbin.into_os_string() } else { program.into() };
+    Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {program}: {e}"))
+}
+
+/// A port of 127.0.0.1 free right now, for a yardstick proxy's config.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Waits (5 s at most) until `what` accepts connections on `addr`.
+pub(crate) fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} does not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends `signal` to `child` by its PID, SIGKILL if it lingers past 2 s; reaped.
+pub(crate) fn stop(child: &mut Child, signal: Signal) {
+    let _ = kill(Pid::from_raw(child.id() as i32), signal);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The balancer and nginx side by side (see the module docs for the protocol).
@@ -203,17 +224,7 @@ pub fn compare(setup: &Setup<'_>) -> Comparison {
     let url = |addr: SocketAddr| format!("http://{addr}{}", setup.path);
     let secs = Duration::from_secs(setup.secs);
     let nginx_cpu = || setup.nginx.cpu_ticks();
-    let round = |addr: SocketAddr, cpu: &dyn Fn() -> u64| {
-        let before = cpu();
-        let run = Wrk::new(&url(addr)).connections(setup.connections).duration(secs).run();
-        let ticks = cpu().saturating_sub(before);
-        let cpu_us = if run.requests == 0 {
-            f64::NAN
-        } else {
-            ticks as f64 * 1e6 / procfs::TICKS_PER_SECOND as f64 / run.requests as f64
-        };
-        Round { run, cpu_us }
-    };
+    let round = |addr: SocketAddr, cpu: &dyn Fn() -> u64| round(&url(addr), setup.connections, 1, secs, cpu);
 
     (setup.progress)("warming up both proxies");
     let warm = Duration::from_secs(2);
@@ -241,6 +252,20 @@ pub fn compare(setup: &Setup<'_>) -> Comparison {
         nginx_moderate: moderate(setup.nginx.addr),
         moderate: MODERATE,
     }
+}
+
+/// One wrk run of `secs` on `url` (`threads` load threads, `connections` keep-alive
+/// connections) and the proxy's CPU time per request meanwhile, from `cpu` (clock ticks).
+pub fn round(url: &str, connections: u32, threads: u32, secs: Duration, cpu: &dyn Fn() -> u64) -> Round {
+    let before = cpu();
+    let run = Wrk::new(url).connections(connections).threads(threads).duration(secs).run();
+    let ticks = cpu().saturating_sub(before);
+    let cpu_us = if run.requests == 0 {
+        f64::NAN
+    } else {
+        ticks as f64 * 1e6 / procfs::TICKS_PER_SECOND as f64 / run.requests as f64
+    };
+    Round { run, cpu_us }
 }
 
 /// The round with the median throughput.

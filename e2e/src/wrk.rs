@@ -1,4 +1,4 @@
-//! Load from `wrk` (one thread, a fixed number of keep-alive connections), for the
+//! Load from `wrk` (one thread unless told, a fixed number of keep-alive connections), for the
 //! benchmarks: a run and its figures parsed from wrk's report, and the Lua scripts that
 //! shape its requests.
 //!
@@ -19,10 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// One wrk invocation: `wrk -t1 -cN -dS --latency [-s script] URL`.
+/// One wrk invocation: `wrk -tT -cN -dS --latency [-s script] URL` (`T` is 1 unless set).
 #[derive(Clone, Debug)]
 pub struct Wrk {
     url: String,
+    threads: u32,
     connections: u32,
     duration: Duration,
     script: Option<PathBuf>,
@@ -31,7 +32,13 @@ pub struct Wrk {
 impl Wrk {
     /// Load on `url` (`http://host:port/path`; a script may send other paths).
     pub fn new(url: &str) -> Self {
-        Self { url: url.to_owned(), connections: 16, duration: Duration::from_secs(5), script: None }
+        Self { url: url.to_owned(), threads: 1, connections: 16, duration: Duration::from_secs(5), script: None }
+    }
+
+    /// wrk's load threads (`-t`), at least one and at most the connections.
+    pub fn threads(mut self, threads: u32) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     pub fn connections(mut self, connections: u32) -> Self {
@@ -54,7 +61,7 @@ impl Wrk {
     pub fn run(&self) -> Run {
         let mut cmd = Command::new("wrk");
         cmd.args([
-            "-t1".to_owned(),
+            format!("-t{}", self.threads.min(self.connections)),
             format!("-c{}", self.connections),
             format!("-d{}s", self.duration.as_secs()),
             "--latency".to_owned(),
