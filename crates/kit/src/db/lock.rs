@@ -1,0 +1,79 @@
+//! The write lock of a SQLite file, taken before `BEGIN IMMEDIATE` and held until the
+//! transaction ends: a fair wait for the database's one writer across processes.
+//!
+//! **Why.** Every instance of a service writes the same file. SQLite's own lock is taken with
+//! retries: a writer that finds it held sleeps (1, 2, 5, ... up to 100 ms) and tries again, so
+//! under contention a write waits out sleeps long after the lock came free, and the tail of
+//! the latency is sleep time, not work.
+//!
+//! **How.** Beside `data.sqlite` lies `data.sqlite.lock`, which every [`super::Db`] opens once
+//! and `flock`s (`File::lock`) around each write transaction: the kernel wakes a waiter the
+//! moment the holder unlocks, and a process that dies loses its lock with its descriptors.
+//! In front of the file lock, a per-`Db` async mutex (tokio's, first come first served)
+//! lets one task of the process at a time wait on the file, so one blocking thread per
+//! process waits (in `spawn_blocking`), and the tasks queued behind it cost no thread. A
+//! [`Held`] lock unlocks the file, then passes the mutex on, when it is dropped.
+//!
+//! **Cancel-safety.** The waiting future may be dropped at any point: while queued on the
+//! mutex nothing is held; while the blocking thread waits on the file, that thread owns the
+//! mutex's guard and returns a [`Held`] which tokio drops (unlocking) when nobody is left to
+//! take it. SQLite's busy timeout stays as the backstop for writers that do not come through
+//! here (the `sqlite3` shell, an older binary during a rollout) and for the moment between a
+//! dropped transaction's unlock and its rollback.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// The lock file of one SQLite database, shared by the clones of its [`super::Db`].
+#[derive(Debug)]
+pub(super) struct WriteLock {
+    turn: Arc<Mutex<()>>,
+    file: Arc<File>,
+}
+
+/// The write lock, held until dropped.
+#[derive(Debug)]
+pub struct Held {
+    file: Arc<File>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Before `_turn` passes the turn on (fields drop after this).
+        if let Err(e) = self.file.unlock() {
+            tracing::error!(error = %e, "unlocking the database's write lock");
+        }
+    }
+}
+
+impl WriteLock {
+    /// Opens (creating) `<database>.lock`.
+    pub(super) fn open(database: &Path) -> io::Result<Self> {
+        let mut path = database.as_os_str().to_owned();
+        path.push(".lock");
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        Ok(Self { turn: Arc::new(Mutex::new(())), file: Arc::new(file) })
+    }
+
+    /// Waits for the write lock: for this process's turn, then for the file.
+    pub(super) async fn acquire(&self) -> io::Result<Held> {
+        let turn = self.turn.clone().lock_owned().await;
+        let file = self.file.clone();
+        match file.try_lock() {
+            Ok(()) => return Ok(Held { file, _turn: turn }),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+        tokio::task::spawn_blocking(move || {
+            file.lock()?;
+            Ok(Held { file, _turn: turn })
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("waiting for the write lock: {e}")))?
+    }
+}
