@@ -17,7 +17,8 @@
 //! **Cancel-safety.** The waiting future may be dropped at any point: while queued on the
 //! mutex nothing is held; while the blocking thread waits on the file, that thread owns the
 //! mutex's guard and returns a [`Held`] which tokio drops (unlocking) when nobody is left to
-//! take it. SQLite's busy timeout stays as the backstop for writers that do not come through
+//! take it; so a wait given up after the busy timeout leaves nothing behind. SQLite's busy
+//! timeout stays as the backstop for writers that do not come through
 //! here (the `sqlite3` shell, an older binary during a rollout) and for the moment between a
 //! dropped transaction's unlock and its rollback.
 
@@ -25,6 +26,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -60,8 +62,19 @@ impl WriteLock {
         Ok(Self { turn: Arc::new(Mutex::new(())), file: Arc::new(file) })
     }
 
-    /// Waits for the write lock: for this process's turn, then for the file.
-    pub(super) async fn acquire(&self) -> io::Result<Held> {
+    /// Waits for the write lock (for this process's turn, then for the file) for up to
+    /// `patience`, after which the error is `TimedOut` (a writer elsewhere holds it that long).
+    pub(super) async fn acquire(&self, patience: Duration) -> io::Result<Held> {
+        match tokio::time::timeout(patience, self.wait()).await {
+            Ok(held) => held,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the database's write lock stayed busy for {patience:?}"),
+            )),
+        }
+    }
+
+    async fn wait(&self) -> io::Result<Held> {
         let turn = self.turn.clone().lock_owned().await;
         let file = self.file.clone();
         match file.try_lock() {
@@ -75,5 +88,27 @@ impl WriteLock {
         })
         .await
         .map_err(|e| io::Error::other(format!("waiting for the write lock: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_given_up_leaves_the_lock_to_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.sqlite");
+        let (a, b) = (WriteLock::open(&file).unwrap(), WriteLock::open(&file).unwrap());
+        let held = a.acquire(Duration::from_secs(5)).await.unwrap();
+        // `b`'s turn is taken by a thread blocked on the file when the caller gives up.
+        let err = b.acquire(Duration::from_millis(50)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "the database's write lock stayed busy for 50ms");
+        drop(held);
+        // That thread takes the file, finds nobody to hand it to, and lets go of both.
+        let again = b.acquire(Duration::from_secs(5)).await.expect("the abandoned wait kept the lock");
+        drop(again);
+        a.acquire(Duration::from_secs(5)).await.unwrap();
     }
 }

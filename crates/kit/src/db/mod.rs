@@ -117,7 +117,8 @@ impl DerefMut for WriteConn {
     }
 }
 
-/// How long a writer waits for another process's write lock (SQLite).
+/// How long a writer waits for another process's write lock (SQLite: the file's [`lock`],
+/// then SQLite's own); then the error is [`transient`], a 503.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long [`retry`] keeps retrying a transient PostgreSQL error.
@@ -388,7 +389,7 @@ pub async fn acquire_write(db: &Db) -> Result<WriteConn, sqlx::Error> {
 /// The file's write lock, when the database has one.
 async fn write_lock(db: &Db) -> Result<Option<Held>, sqlx::Error> {
     match &db.write_lock {
-        Some(lock) => lock.acquire().await.map(Some).map_err(sqlx::Error::Io),
+        Some(lock) => lock.acquire(BUSY_TIMEOUT).await.map(Some).map_err(sqlx::Error::Io),
         None => Ok(None),
     }
 }
