@@ -21,6 +21,15 @@
 //! timeout stays as the backstop for writers that do not come through
 //! here (the `sqlite3` shell, an older binary during a rollout) and for the moment between a
 //! dropped transaction's unlock and its rollback.
+//!
+//! **Not a single writer with group commit (yet).** The alternative, one writer task per
+//! database fed by a queue, committing many writes at once, does not replace this lock: the
+//! three instances of a service are three processes writing one file, so each would still
+//! meet the others' lock. It is the next step on top of it: under `synchronous=FULL` every
+//! commit is an `fsync` (2.3 ms each on the test machine while it compiled, 434 commits/s from
+//! one writer; 104 000 writes/s when 32 writes share a commit as savepoints), so the writes
+//! per second are bounded by commits per second times writes per commit, and only a group
+//! commit raises the second factor. This lock removes the sleeping; it cannot remove the sync.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
