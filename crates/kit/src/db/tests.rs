@@ -320,6 +320,7 @@ async fn impatient(url: &str) -> Db {
 }
 
 /// Whether another process could take the write lock of `file` now.
+#[allow(clippy::incompatible_msrv)] // as in `lock`
 fn lock_is_free(file: &std::path::Path) -> bool {
     let lock = std::fs::File::open(format!("{}.lock", file.display())).unwrap();
     match lock.try_lock() {
