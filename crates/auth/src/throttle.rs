@@ -226,7 +226,7 @@ impl Throttle {
             sqlx::query("DELETE FROM login_throttle WHERE account = $1 AND client = $2")
                 .bind(account)
                 .bind(client)
-                .execute(&mut *db.acquire().await?)
+                .execute(&mut *kit::db::acquire_write(db).await?)
                 .await
         })
         .await
@@ -238,7 +238,7 @@ impl Throttle {
     pub async fn purge(&self, db: &Db) -> Result<u64, sqlx::Error> {
         let done = sqlx::query("DELETE FROM login_throttle WHERE forget_at <= $1")
             .bind(self.clock.now_ms())
-            .execute(&mut *db.acquire().await?)
+            .execute(&mut *kit::db::acquire_write(db).await?)
             .await?;
         Ok(done.rows_affected())
     }

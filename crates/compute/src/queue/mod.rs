@@ -364,7 +364,7 @@ impl Queue {
             .bind(unix_millis())
             .bind(&claimed.job.id)
             .bind(&claimed.token)
-            .execute(&mut *db.acquire().await?)
+            .execute(&mut *kit::db::acquire_write(db).await?)
             .await
         })
         .await?;
@@ -388,7 +388,7 @@ impl Queue {
             .bind(error)
             .bind(&claimed.job.id)
             .bind(&claimed.token)
-            .fetch_optional(&mut *db.acquire().await?)
+            .fetch_optional(&mut *kit::db::acquire_write(db).await?)
             .await
         })
         .await?;
@@ -406,7 +406,7 @@ impl Queue {
             )
             .bind(&claimed.job.id)
             .bind(&claimed.token)
-            .execute(&mut *db.acquire().await?)
+            .execute(&mut *kit::db::acquire_write(db).await?)
             .await
         })
         .await?;
@@ -484,7 +484,7 @@ impl Queue {
                 )
                 .bind(cutoff)
                 .bind(BATCH as i64)
-                .execute(&mut *db.acquire().await?)
+                .execute(&mut *kit::db::acquire_write(db).await?)
                 .await
             })
             .await?;

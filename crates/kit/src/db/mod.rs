@@ -6,7 +6,10 @@
 //! WAL (readers never block the writer), a busy timeout (a writer waits for the lock instead
 //! of failing with "database is locked"), and every read-then-write transaction starts with
 //! `BEGIN IMMEDIATE` ([`begin_write`]), which takes the write lock up front. A deferred
-//! transaction that read first could not upgrade once another process had committed.
+//! transaction that read first could not upgrade once another process had committed. Before
+//! it, the writer waits its turn on the file's [`lock`] (`<file>.lock`, `flock`ed), which
+//! wakes it when the lock comes free rather than after SQLite's sleeping retries; writes
+//! outside a transaction go through [`acquire_write`] for the same reason.
 //! Durability: `synchronous=FULL` (the default) syncs the WAL on every commit; `NORMAL`
 //! (`SQLITE_SYNCHRONOUS`, [`Synchronous`]) only at checkpoints.
 //!
@@ -22,8 +25,11 @@
 //! take, so a build needs no database. Where the dialects differ the code asks
 //! [`Db::dialect`]; that is only in the migrations and in a few statements.
 
+mod lock;
 pub mod pg;
 
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,10 +39,86 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 /// A connection of either dialect (what the services' queries run on).
 pub type Conn = sqlx::AnyConnection;
-/// A transaction of either dialect.
-pub type Tx = Transaction<'static, Any>;
+pub use lock::Held;
 
-/// How long a writer waits for another process's write lock (SQLite).
+/// A transaction of either dialect; one of [`begin_write`] holds the write lock (SQLite)
+/// until it is committed, rolled back or dropped.
+///
+/// Dropped without a commit, it is rolled back in a task of its own (on the runtime of the
+/// drop), which releases the write lock only after SQLite's: the next writer then finds the
+/// database free instead of meeting SQLite's sleeping retries.
+#[derive(Debug)]
+pub struct Tx {
+    tx: Option<Transaction<'static, Any>>,
+    lock: Option<Held>,
+}
+
+impl Tx {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let tx = self.tx.take().expect("a transaction is open until consumed");
+        tx.commit().await
+        // `self`, the lock, drops here: after the commit.
+    }
+
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        let tx = self.tx.take().expect("a transaction is open until consumed");
+        tx.rollback().await
+    }
+}
+
+impl Deref for Tx {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        self.tx.as_ref().expect("a transaction is open until consumed")
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Conn {
+        self.tx.as_mut().expect("a transaction is open until consumed")
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        let (Some(tx), Some(lock)) = (self.tx.take(), self.lock.take()) else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rolling back a dropped write transaction");
+                }
+                drop(lock);
+            });
+        }
+    }
+}
+
+/// A pooled connection holding the write lock (SQLite), for writes outside a transaction
+/// ([`acquire_write`]); the lock is released when it is dropped.
+#[derive(Debug)]
+pub struct WriteConn {
+    // Dropped in this order: the connection goes back to the pool, then the lock.
+    conn: sqlx::pool::PoolConnection<Any>,
+    _lock: Option<Held>,
+}
+
+impl Deref for WriteConn {
+    type Target = Conn;
+
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+/// How long a writer waits for another process's write lock (SQLite: the file's [`lock`],
+/// then SQLite's own); then the error is [`transient`], a 503.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long [`retry`] keeps retrying a transient PostgreSQL error.
@@ -114,6 +196,8 @@ pub struct Db {
     not_ready: Arc<Mutex<Option<String>>>,
     url: Arc<str>,
     schema: Arc<str>,
+    /// The file's write lock (SQLite on a file; not in memory, not PostgreSQL).
+    write_lock: Option<Arc<lock::WriteLock>>,
 }
 
 impl Db {
@@ -196,16 +280,18 @@ pub async fn connect_as(url: &str, schema: &str, synchronous: Synchronous) -> Re
     sqlx::any::install_default_drivers();
     let dialect = Dialect::of_url(url)
         .ok_or_else(|| sqlx::Error::Configuration(format!("unsupported database URL scheme in {url:?}").into()))?;
-    let pool = match dialect {
+    let (pool, file) = match dialect {
         Dialect::Sqlite => sqlite_pool(url, synchronous).await?,
-        Dialect::Postgres => pg::pool(url, schema)?,
+        Dialect::Postgres => (pg::pool(url, schema)?, None),
     };
-    Ok(Db { pool, dialect, not_ready: Arc::default(), url: url.into(), schema: schema.into() })
+    let write_lock = file.map(|f| lock::WriteLock::open(&f).map(Arc::new)).transpose().map_err(sqlx::Error::Io)?;
+    Ok(Db { pool, dialect, not_ready: Arc::default(), url: url.into(), schema: schema.into(), write_lock })
 }
 
 /// A SQLite pool: the file created when missing (and its directory), WAL, the busy timeout,
-/// foreign keys and `synchronous` set on every connection.
-async fn sqlite_pool(url: &str, synchronous: Synchronous) -> Result<AnyPool, sqlx::Error> {
+/// foreign keys and `synchronous` set on every connection; and the file's path (`None` in
+/// memory).
+async fn sqlite_pool(url: &str, synchronous: Synchronous) -> Result<(AnyPool, Option<PathBuf>), sqlx::Error> {
     let (path, query) = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:")
@@ -252,7 +338,7 @@ async fn sqlite_pool(url: &str, synchronous: Synchronous) -> Result<AnyPool, sql
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(100));
             }
-            opened => return opened,
+            opened => return opened.map(|pool| (pool, (!memory).then(|| PathBuf::from(path)))),
         }
     }
 }
@@ -271,18 +357,41 @@ fn is_busy(e: &sqlx::Error) -> bool {
 /// A write transaction: on SQLite it holds the write lock from its first statement
 /// (`BEGIN IMMEDIATE`); on PostgreSQL it is `SERIALIZABLE` (run it through [`retry`]).
 ///
-/// Cancel-safe: sqlx's `begin` is not (launchbadge/sqlx#3932). A caller dropped while
-/// `BEGIN IMMEDIATE` waits for another process's lock (a client that hangs up) would leave
-/// the statement to complete on a pooled connection that no `Transaction` owns: that
-/// connection then holds the database's write lock for the life of the process, and every
-/// other instance's writes fail. The begin therefore runs in a task of its own; if nobody
-/// is left to take the transaction, it is dropped there and rolled back.
+/// On SQLite the file's [`lock`] is taken first and held until the transaction ends, so
+/// `BEGIN IMMEDIATE` finds SQLite's lock free (unless a writer that does not take it holds
+/// it: then SQLite's busy timeout still waits).
+///
+/// Cancel-safe: the wait for the file's lock is, and sqlx's `begin` is not
+/// (launchbadge/sqlx#3932). A caller dropped while `BEGIN IMMEDIATE` waits for another
+/// process's lock (a client that hangs up) would leave the statement to complete on a pooled
+/// connection that no `Transaction` owns: that connection then holds the database's write
+/// lock for the life of the process, and every other instance's writes fail. The begin
+/// therefore runs in a task of its own; if nobody is left to take the transaction, it is
+/// dropped there and rolled back.
 pub async fn begin_write(db: &Db) -> Result<Tx, sqlx::Error> {
     let statement = match db.dialect {
         Dialect::Sqlite => "BEGIN IMMEDIATE",
         Dialect::Postgres => "BEGIN ISOLATION LEVEL SERIALIZABLE",
     };
-    begin_in_task(db, statement).await
+    db.check_ready()?;
+    let lock = write_lock(db).await?;
+    begin_in_task(db, statement, lock).await
+}
+
+/// A pooled connection for a write outside a transaction (one statement, autocommitted),
+/// holding the file's write lock on SQLite as [`begin_write`] does.
+pub async fn acquire_write(db: &Db) -> Result<WriteConn, sqlx::Error> {
+    db.check_ready()?;
+    let lock = write_lock(db).await?;
+    Ok(WriteConn { conn: db.acquire().await?, _lock: lock })
+}
+
+/// The file's write lock, when the database has one.
+async fn write_lock(db: &Db) -> Result<Option<Held>, sqlx::Error> {
+    match &db.write_lock {
+        Some(lock) => lock.acquire(BUSY_TIMEOUT).await.map(Some).map_err(sqlx::Error::Io),
+        None => Ok(None),
+    }
 }
 
 /// A read transaction: its statements see one snapshot of the database. Cancel-safe for
@@ -292,14 +401,15 @@ pub async fn begin_read(db: &Db) -> Result<Tx, sqlx::Error> {
         Dialect::Sqlite => "BEGIN",
         Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     };
-    begin_in_task(db, statement).await
+    db.check_ready()?;
+    begin_in_task(db, statement, None).await
 }
 
-/// Runs `statement` to begin a transaction in a task of its own (see [`begin_write`]).
-async fn begin_in_task(db: &Db, statement: &'static str) -> Result<Tx, sqlx::Error> {
-    db.check_ready()?;
+/// Runs `statement` to begin a transaction in a task of its own (see [`begin_write`]),
+/// which then holds `lock`.
+async fn begin_in_task(db: &Db, statement: &'static str, lock: Option<Held>) -> Result<Tx, sqlx::Error> {
     let pool = db.pool.clone();
-    tokio::spawn(async move { pool.begin_with(statement).await })
+    tokio::spawn(async move { Ok(Tx { tx: Some(pool.begin_with(statement).await?), lock }) })
         .await
         .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("beginning a transaction: {e}"))))?
 }
@@ -391,7 +501,7 @@ pub fn api_error(e: sqlx::Error) -> crate::http::ApiError {
 /// process migrates and the others then find nothing to do.
 pub async fn migrate(db: &Db, migrations: &Migrations) -> Result<(), sqlx::Error> {
     let (mut tx, list) = match db.dialect {
-        Dialect::Sqlite => (begin_in_task(db, "BEGIN IMMEDIATE").await?, migrations.sqlite),
+        Dialect::Sqlite => (begin_in_task(db, "BEGIN IMMEDIATE", write_lock(db).await?).await?, migrations.sqlite),
         Dialect::Postgres => (pg::begin_migrating(db).await?, migrations.postgres),
     };
     sqlx::query(

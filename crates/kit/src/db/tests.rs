@@ -306,3 +306,167 @@ async fn retry_runs_again_only_what_is_transient_and_surely_not_applied() {
     assert!(retry(&sqlite, flaky).await.is_err());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A handle on the file at `url` as another process would have, with SQLite's own wait for
+/// its lock turned off on every pooled connection: a writer that met SQLite's lock held
+/// would fail at once (SQLITE_BUSY) instead of sleeping and retrying.
+async fn impatient(url: &str) -> Db {
+    let db = connect(url).await.unwrap();
+    let mut conns = futures_util::future::try_join_all((0..4).map(|_| db.pool().acquire())).await.unwrap();
+    for conn in &mut conns {
+        sqlx::query("PRAGMA busy_timeout = 0").execute(&mut **conn).await.unwrap();
+    }
+    db
+}
+
+/// Whether another process could take the write lock of `file` now.
+#[allow(clippy::incompatible_msrv)] // as in `lock`
+fn lock_is_free(file: &std::path::Path) -> bool {
+    let lock = std::fs::File::open(format!("{}.lock", file.display())).unwrap();
+    match lock.try_lock() {
+        Ok(()) => true,
+        Err(std::fs::TryLockError::WouldBlock) => false,
+        Err(std::fs::TryLockError::Error(e)) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_lock_is_held_from_begin_to_commit_and_serialises_two_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("l.sqlite");
+    let url = format!("sqlite://{}", file.display());
+    let (a, b) = (connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    migrate(&a, MIGRATIONS).await.unwrap();
+    assert!(lock_is_free(&file));
+
+    let mut held = begin_write(&a).await.unwrap();
+    assert!(!lock_is_free(&file), "a write transaction holds the file's lock");
+    // Reads do not wait for it.
+    let mut read = begin_read(&b).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM things").fetch_one(&mut *read).await.unwrap();
+    assert_eq!(n, 0);
+    read.commit().await.unwrap();
+
+    // The other handle's writer waits for the commit, then sees what it committed.
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let mut tx = begin_write(&b).await?;
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM things").fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(n)
+        }
+    });
+    sqlx::query("INSERT INTO things (name) VALUES ('a')").execute(&mut *held).await.unwrap();
+    assert!(!waiting.is_finished());
+    held.commit().await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the waiter was not woken");
+    assert_eq!(seen.unwrap().unwrap(), 1);
+    assert!(lock_is_free(&file), "committed and released");
+
+    // Rolled back, and dropped: released either way.
+    begin_write(&a).await.unwrap().rollback().await.unwrap();
+    assert!(lock_is_free(&file));
+    drop(begin_write(&a).await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !lock_is_free(&file) {
+        assert!(tokio::time::Instant::now() < deadline, "a dropped transaction kept the lock");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_for_the_write_lock_leaves_it_to_the_next_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("w.sqlite").display());
+    let (a, b) = (connect(&url).await.unwrap(), impatient(&url).await);
+    migrate(&a, MIGRATIONS).await.unwrap();
+
+    for _ in 0..50 {
+        let holder = begin_write(&a).await.unwrap();
+        // Waiting in both places a writer waits: queued behind another task of its own
+        // process, and first in line on the file.
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { begin_write(&b).await.map(drop) }
+        });
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move { begin_write(&b).await.map(drop) }
+        });
+        tokio::task::yield_now().await;
+        first.abort();
+        second.abort();
+        assert!(first.await.unwrap_err().is_cancelled() || second.await.unwrap_err().is_cancelled());
+        holder.commit().await.unwrap();
+
+        // SQLite does not wait on `b`: if anything still held a lock, this would be BUSY.
+        let write = async {
+            let mut tx = begin_write(&b).await?;
+            sqlx::query("INSERT INTO things (name) VALUES ($1)")
+                .bind(crate::time::unix_millis().to_string() + &rand::random::<u64>().to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        };
+        tokio::time::timeout(Duration::from_secs(5), write).await.expect("the write lock was left held").unwrap();
+        let dropped = begin_write(&a).await.unwrap();
+        drop(dropped);
+        tokio::time::timeout(Duration::from_secs(5), begin_write(&b))
+            .await
+            .expect("a dropped transaction kept the lock")
+            .unwrap()
+            .commit()
+            .await
+            .unwrap();
+    }
+}
+
+/// Two handles (two processes) x 16 tasks, each a read-then-write of one counter, with
+/// SQLite's busy wait off: every write succeeds (none meets SQLite's lock held) and none is
+/// lost. Single statements through `acquire_write` take their turn alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_of_two_handles_never_meet_a_busy_database() {
+    const TASKS: usize = 16;
+    const WRITES: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("b.sqlite").display());
+    let setup = connect(&url).await.unwrap();
+    migrate(&setup, MIGRATIONS).await.unwrap();
+    sqlx::query("INSERT INTO things (id, name, colour) VALUES (1, 'counter', '0')")
+        .execute(setup.pool())
+        .await
+        .unwrap();
+    let handles = [impatient(&url).await, impatient(&url).await];
+
+    let tasks = handles.iter().flat_map(|db| {
+        (0..TASKS).map(move |t| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..WRITES {
+                    if (t + i) % 5 == 0 {
+                        sqlx::query("INSERT INTO things (name) VALUES ($1)")
+                            .bind(format!("{}-{t}-{i}", rand::random::<u64>()))
+                            .execute(&mut *acquire_write(&db).await?)
+                            .await?;
+                    }
+                    let mut tx = begin_write(&db).await?;
+                    let n: String =
+                        sqlx::query_scalar("SELECT colour FROM things WHERE id = 1").fetch_one(&mut *tx).await?;
+                    let n: i64 = n.parse().unwrap();
+                    sqlx::query("UPDATE things SET colour = $1 WHERE id = 1")
+                        .bind((n + 1).to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    commit(tx).await?;
+                }
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+    });
+    for done in futures_util::future::join_all(tasks.collect::<Vec<_>>()).await {
+        done.unwrap().unwrap();
+    }
+    let n: String = sqlx::query_scalar("SELECT colour FROM things WHERE id = 1").fetch_one(setup.pool()).await.unwrap();
+    assert_eq!(n, (2 * TASKS * WRITES).to_string());
+}
