@@ -288,13 +288,9 @@ impl Collector for Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::metric as sample;
     use axum::body::Body;
     use tower::ServiceExt;
-
-    /// The value of the sample line that starts with `series` (name and labels, as encoded).
-    pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
-    }
 
     fn app() -> Router {
         crate::http::finish(Router::new().route("/things/{id}", get(|| async { "ok" })), 1024)
