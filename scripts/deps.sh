@@ -13,6 +13,8 @@ need=(
     # the export's test that secrets never reach a terminal runs it on a pseudo-terminal
     # (crates/orch/tests/it/export.rs) with util-linux's `script` (Debian: bsdutils)
     "script bsdutils"
+    # manifests/examples/observability.yaml runs a real Prometheus (e2e/tests/observability.rs)
+    "prometheus prometheus"
 )
 
 # The Kubernetes export's schema check (crates/orch/src/export/tests.rs) runs the PyPI

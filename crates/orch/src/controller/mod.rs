@@ -33,6 +33,7 @@ mod event_loop;
 mod instance;
 mod launch;
 mod lifecycle;
+mod metrics;
 mod resources;
 mod rollback;
 mod rollout;
