@@ -160,7 +160,7 @@ fn family<L: EncodeLabelSet>(
     (name, help, kind): (&str, &str, MetricType),
     samples: impl IntoIterator<Item = (L, f64)>,
 ) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, kind.clone())?;
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
     for (labels, value) in samples {
         let sample = metric.encode_family(&labels)?;
         match kind {

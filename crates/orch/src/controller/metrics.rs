@@ -26,26 +26,15 @@ pub fn get() -> &'static Metrics {
     &METRICS
 }
 
-const STATUSES: [Status; 8] = [
-    Status::Pending,
-    Status::Starting,
-    Status::Running,
-    Status::Stopping,
-    Status::Stopped,
-    Status::Backoff,
-    Status::Crashloop,
-    Status::Failed,
-];
-
 /// Sets `orch_instances{status}` from the statuses of every instance (each status, zero too).
 pub fn instances(statuses: impl Iterator<Item = Status>) {
-    let mut counts = [0i64; STATUSES.len()];
+    let mut counts = [0i64; Status::ALL.len()];
     for status in statuses {
-        if let Some(i) = STATUSES.iter().position(|s| *s == status) {
+        if let Some(i) = Status::ALL.iter().position(|s| *s == status) {
             counts[i] += 1;
         }
     }
-    for (status, n) in STATUSES.iter().zip(counts) {
+    for (status, n) in Status::ALL.iter().zip(counts) {
         get().instances.get_or_create(&[("status", status.as_str().to_owned())]).set(n);
     }
 }
