@@ -15,6 +15,8 @@ need=(
     "script bsdutils"
     # make bench's balancer matrix (e2e/benches/cluster/matrix.rs) sets HAProxy beside nginx
     "haproxy haproxy"
+    # manifests/examples/observability.yaml runs a real Prometheus (e2e/tests/observability.rs)
+    "prometheus prometheus"
 )
 
 # The Kubernetes export's schema check (crates/orch/src/export/tests.rs) runs the PyPI
@@ -65,4 +67,9 @@ export DEBIAN_FRONTEND=noninteractive
 lock=(-o DPkg::Lock::Timeout=600)   # wait for another apt run instead of failing
 "${sudo[@]}" apt-get "${lock[@]}" update -qq >/dev/null
 "${sudo[@]}" apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's prometheus package starts its own service on :9090; orch runs Prometheus itself
+# (manifests/examples/observability.yaml, scripts/prometheus-serve.sh), so that one is stopped.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    "${sudo[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
 k8s_validate_install

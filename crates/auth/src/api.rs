@@ -80,6 +80,7 @@ async fn login(
     let standing = state.throttle.check(&state.pool, &account, &client).await?;
     if let Some(wait) = standing.wait {
         tracing::info!(%account, %client, "login refused: too many failures");
+        crate::metrics::get().login("locked");
         return Ok(too_many_failures(wait));
     }
     let hash = found.as_ref().map(|c| c.password_hash.clone());
@@ -90,6 +91,7 @@ async fn login(
             state.throttle.failed(&state.pool, &account, &client).await?;
             drop(slot);
             tracing::info!(%account, %client, "login failed");
+            crate::metrics::get().login("failed");
             return Err(ApiError::unauthorized(BAD_CREDENTIALS));
         }
     };
@@ -101,6 +103,7 @@ async fn login(
         Claims { sub: user.id.to_string(), username: user.username.clone(), email: user.email.clone(), iat, exp };
     let token = state.keys.sign(&claims);
     tracing::debug!(user_id = user.id, "logged in");
+    crate::metrics::get().login("ok");
     Ok(Json(json!({ "token": token, "expiresIn": state.config.jwt_ttl.as_secs(), "user": user })).into_response())
 }
 

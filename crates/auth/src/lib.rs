@@ -22,6 +22,7 @@
 mod account;
 mod api;
 mod client;
+pub mod metrics;
 mod password;
 mod throttle;
 mod work;
@@ -173,6 +174,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(work::router(state))
         .merge(health.router())
         .route("/api/auth/health", axum::routing::get(move || std::future::ready(health.health())));
+    metrics::get(); // its families are in /metrics from the first scrape
     kit::http::finish(router, limit)
 }
 

@@ -110,7 +110,13 @@ pub struct Slot(#[allow(dead_code, reason = "held for its Drop")] OwnedSemaphore
 /// Runs `f` on the blocking pool, holding `slot` until `f` is done even if the caller goes
 /// away (so no more hashes run, and no more memory is in use, than there are slots).
 async fn run<T: Send + 'static>(slot: Slot, f: impl FnOnce() -> T + Send + 'static) -> Result<(T, Slot), ApiError> {
-    tokio::task::spawn_blocking(move || (f(), slot)).await.map_err(ApiError::internal)
+    let timed = move || {
+        let started = std::time::Instant::now();
+        let out = f();
+        crate::metrics::get().hash_seconds.observe(started.elapsed().as_secs_f64());
+        (out, slot)
+    };
+    tokio::task::spawn_blocking(timed).await.map_err(ApiError::internal)
 }
 
 /// argon2's working memory, reused from hash to hash while hashes keep coming (module docs).

@@ -1,26 +1,29 @@
-//! The balancer's own endpoints: `/status`, `/api/metrics`, `/metrics` (Prometheus text),
+//! The balancer's own endpoints: `/status`, `/api/metrics`, `/metrics` (kit's, with the
+//! balancer's series added by [`Figures`]),
 //! `/api/faults` and `/api/round-robin/reset`. They are matched before the proxy routes.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
 use kit::http::{ApiError, Json};
+use kit::metrics::Scoped;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::backend::Instance;
 use crate::faults::FaultSpec;
 use crate::stats::Stats;
-
-/// A metric family: name, type, help, and how to read its value.
-type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
 
 /// Paths served by [`router`] rather than proxied.
 pub fn is_admin_path(path: &str) -> bool {
@@ -41,12 +44,12 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/status", get(status))
         .route("/api/metrics", get(metrics_json))
-        .route("/metrics", get(metrics_text))
         .route("/api/faults", post(add_fault).get(list_faults).delete(clear_faults))
         .route("/api/faults/{id}", delete(remove_fault))
         .route("/api/round-robin/reset", post(reset_round_robin))
-        .with_state(state);
-    guard.wrap(kit::http::finish(api.merge(health.router()), limit))
+        .with_state(state.clone());
+    let figures = Extension(Scoped::new(Figures(state)));
+    guard.wrap(kit::http::finish(api.merge(health.router()), limit).layer(figures))
 }
 
 /// Mutations and fault injection need the cluster token whenever one is configured.
@@ -141,90 +144,115 @@ async fn metrics_json(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-/// A label value with `\`, `"` and newlines escaped, as the text format wants.
-fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// The balancer's series in `/metrics`, read from its [`Stats`] at each scrape (the request
+/// path only moves its atomics; nothing here runs per request).
+struct Figures(Arc<AppState>);
+
+impl std::fmt::Debug for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("balancer figures")
+    }
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let now = Instant::now();
-    let mut out = String::with_capacity(4096);
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family(&mut out, "balancer_uptime_seconds", "gauge", "Seconds since the balancer started.");
-    let _ = writeln!(out, "balancer_uptime_seconds {:.3}", state.started.elapsed().as_secs_f64());
+/// One family: `name`, its help, its type, and a value per label set.
+fn family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help, kind): (&str, &str, MetricType),
+    samples: impl IntoIterator<Item = (L, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let sample = metric.encode_family(&labels)?;
+        match kind {
+            // Counters here are counts: whole numbers, written as such.
+            MetricType::Counter => ConstCounter::new(value as u64).encode(sample)?,
+            _ => ConstGauge::new(value).encode(sample)?,
+        }
+    }
+    Ok(())
+}
 
-    let per_service: [Family<Stats>; 5] = [
-        ("balancer_requests_total", "counter", "Client requests per service.", |s| s.requests()),
-        ("balancer_errors_total", "counter", "Failed attempts and 5xx answers per service.", |s| s.errors()),
-        ("balancer_retries_total", "counter", "Attempts after the first per service.", |s| s.retries()),
-        ("balancer_in_flight", "gauge", "Client requests in flight per service.", |s| s.in_flight()),
-        (
-            "balancer_poison_requests_total",
-            "counter",
-            "Requests that broke two instances' connections per service.",
-            |s| s.poison(),
-        ),
-    ];
-    for (name, kind, help, value) in per_service {
-        family(&mut out, name, kind, help);
-        for service in &state.services {
-            let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", label(&service.name), value(&service.stats));
-        }
-    }
-    family(&mut out, "balancer_responses_total", "counter", "Answers to clients per service and status class.");
-    for service in &state.services {
-        let c = service.stats.classes();
-        for (class, n) in [("2xx", c.ok), ("3xx", c.redirect), ("4xx", c.client), ("5xx", c.server)] {
-            let _ =
-                writeln!(out, "balancer_responses_total{{service=\"{}\",class=\"{class}\"}} {n}", label(&service.name));
-        }
-    }
-    family(&mut out, "balancer_latency_ms", "summary", "Latency to the response head over a recent window.");
-    for service in &state.services {
-        let p = service.stats.percentiles(now);
-        for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)] {
-            let _ = writeln!(out, "balancer_latency_ms{{service=\"{}\",quantile=\"{q}\"}} {v}", label(&service.name));
-        }
-    }
+const COUNTER: MetricType = MetricType::Counter;
+const GAUGE: MetricType = MetricType::Gauge;
 
-    let instances: Vec<Arc<Instance>> = (0..state.services.len()).flat_map(|i| state.instances_of(i)).collect();
-    let per_instance: [Family<Instance>; 5] = [
-        ("balancer_instance_requests_total", "counter", "Attempts sent per instance.", |i| i.stats.requests()),
-        ("balancer_instance_errors_total", "counter", "Failed attempts and 5xx answers per instance.", |i| {
-            i.stats.errors()
-        }),
-        ("balancer_instance_in_flight", "gauge", "Attempts in flight per instance.", |i| i.stats.in_flight()),
-        ("balancer_instance_healthy", "gauge", "1 if the instance passes its health checks.", |i| {
-            u64::from(i.healthy())
-        }),
-        ("balancer_instance_ejected", "gauge", "1 if the instance is ejected after failures.", |i| {
-            u64::from(i.ejected())
-        }),
-    ];
-    let labels = |i: &Instance| format!("service=\"{}\",instance=\"{}\"", label(&i.service), label(&i.id));
-    for (name, kind, help, value) in per_instance {
-        family(&mut out, name, kind, help);
-        for instance in &instances {
-            let _ = writeln!(out, "{name}{{{}}} {}", labels(instance), value(instance));
+impl Collector for Figures {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let state = &self.0;
+        let now = Instant::now();
+        let uptime = ConstGauge::new(state.started.elapsed().as_secs_f64());
+        uptime.encode(encoder.encode_descriptor(
+            "balancer_uptime_seconds",
+            "Seconds since the balancer started",
+            None,
+            GAUGE,
+        )?)?;
+
+        type PerService = (&'static str, &'static str, MetricType, fn(&Stats) -> u64);
+        let per_service: [PerService; 5] = [
+            ("balancer_requests", "Client requests per service", COUNTER, |s| s.requests()),
+            ("balancer_errors", "Failed attempts and 5xx answers per service", COUNTER, |s| s.errors()),
+            ("balancer_retries", "Attempts after the first per service", COUNTER, |s| s.retries()),
+            ("balancer_in_flight", "Client requests in flight per service", GAUGE, |s| s.in_flight()),
+            ("balancer_poison_requests", "Requests that broke two instances' connections per service", COUNTER, |s| {
+                s.poison()
+            }),
+        ];
+        let services = &state.services;
+        for (name, help, kind, value) in per_service {
+            let samples = services.iter().map(|s| ([("service", s.name.as_str())], value(&s.stats) as f64));
+            family(&mut encoder, (name, help, kind), samples)?;
         }
-    }
-    family(&mut out, "balancer_instance_responses_total", "counter", "Answers per instance and status class.");
-    for instance in &instances {
-        let c = instance.stats.classes();
-        for (class, n) in [("2xx", c.ok), ("3xx", c.redirect), ("4xx", c.client), ("5xx", c.server)] {
-            let _ = writeln!(out, "balancer_instance_responses_total{{{},class=\"{class}\"}} {n}", labels(instance));
+        let classes = |stats: &Stats| {
+            let c = stats.classes();
+            [("2xx", c.ok), ("3xx", c.redirect), ("4xx", c.client), ("5xx", c.server)]
+        };
+        let help = ("balancer_responses", "Answers to clients per service and status class", COUNTER);
+        let samples = services.iter().flat_map(|s| {
+            classes(&s.stats).map(|(class, n)| ([("service", s.name.as_str()), ("class", class)], n as f64))
+        });
+        family(&mut encoder, help, samples)?;
+        let quantiles = |stats: &Stats| {
+            let p = stats.percentiles(now);
+            [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)]
+        };
+        let help = ("balancer_latency_ms", "Latency to the response head over a recent window", GAUGE);
+        let samples = services
+            .iter()
+            .flat_map(|s| quantiles(&s.stats).map(|(q, v)| ([("service", s.name.as_str()), ("quantile", q)], v)));
+        family(&mut encoder, help, samples)?;
+
+        let instances: Vec<Arc<Instance>> = (0..services.len()).flat_map(|i| state.instances_of(i)).collect();
+        let labels = |i: &Arc<Instance>| [("service", i.service.clone()), ("instance", i.id.clone())];
+        type PerInstance = (&'static str, &'static str, MetricType, fn(&Instance) -> u64);
+        let per_instance: [PerInstance; 5] = [
+            ("balancer_instance_requests", "Attempts sent per instance", COUNTER, |i| i.stats.requests()),
+            ("balancer_instance_errors", "Failed attempts and 5xx answers per instance", COUNTER, |i| i.stats.errors()),
+            ("balancer_instance_in_flight", "Attempts in flight per instance", GAUGE, |i| i.stats.in_flight()),
+            ("balancer_instance_healthy", "1 if the instance passes its health checks", GAUGE, |i| {
+                u64::from(i.healthy())
+            }),
+            ("balancer_instance_ejected", "1 if the instance is ejected after failures", GAUGE, |i| {
+                u64::from(i.ejected())
+            }),
+        ];
+        for (name, help, kind, value) in per_instance {
+            let samples = instances.iter().map(|i| (labels(i), value(i) as f64));
+            family(&mut encoder, (name, help, kind), samples)?;
         }
+        let help = ("balancer_instance_responses", "Answers per instance and status class", COUNTER);
+        let samples = instances.iter().flat_map(|i| {
+            let [service, instance] = labels(i);
+            classes(&i.stats)
+                .map(move |(class, n)| ([service.clone(), instance.clone(), ("class", class.to_owned())], n as f64))
+        });
+        family(&mut encoder, help, samples)?;
+        let help = ("balancer_instance_latency_ms", "Upstream latency per instance over a recent window", GAUGE);
+        let samples = instances.iter().flat_map(|i| {
+            let [service, instance] = labels(i);
+            quantiles(&i.stats).map(move |(q, v)| ([service.clone(), instance.clone(), ("quantile", q.to_owned())], v))
+        });
+        family(&mut encoder, help, samples)
     }
-    family(&mut out, "balancer_instance_latency_ms", "summary", "Latency per instance over a recent window.");
-    for instance in &instances {
-        let p = instance.stats.percentiles(now);
-        for (q, v) in [("0.5", p.p50), ("0.9", p.p90), ("0.99", p.p99)] {
-            let _ = writeln!(out, "balancer_instance_latency_ms{{{},quantile=\"{q}\"}} {v}", labels(instance));
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }
 
 async fn add_fault(

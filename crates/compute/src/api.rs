@@ -167,6 +167,7 @@ async fn direct(
 ) -> Result<Response, Error> {
     let req = request(&body, Place::Direct)?;
     let (op, task) = ops::parse(&req.operation, req.operands, Place::Direct)?;
+    crate::metrics::get().operation(op.name(), "direct");
     let key = key.map(|key| key.with_limits(state.config.idempotency));
     // With a key already answered, the first answer, without computing again.
     let fingerprint = kit::idempotency::fingerprint(&[&body]);
@@ -225,6 +226,7 @@ async fn submit(
         Submitted::Queued { id, body } => {
             state.wake();
             tracing::debug!(job = %id, operation = %job.operation, priority = job.priority, "job queued");
+            crate::metrics::get().operation(&job.operation, "job");
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         Submitted::Replayed(stored) => Ok(stored.replay(&fingerprint)),

@@ -20,6 +20,7 @@
 
 mod api;
 pub mod exec;
+pub mod metrics;
 pub mod ops;
 pub mod queue;
 mod sweep;
@@ -182,6 +183,7 @@ pub fn router(state: AppState) -> axum::Router {
         protected = protected.route_layer(axum::middleware::from_fn_with_state(keys.clone(), kit::jwt::require));
     }
     let routes = api::open_router().merge(protected).with_state(state);
+    metrics::get(); // its families are in /metrics from the first scrape
     kit::http::finish(routes.merge(health), limit)
 }
 

@@ -110,6 +110,7 @@ async fn read(
 
 async fn read_item(state: AppState, _: Caller, key: String) -> Result<Response, ApiError> {
     key::validate(&key)?;
+    crate::metrics::get().read("item");
     let db = &state.pool;
     let key = &key;
     let found = kit::db::retry(db, move || async move { store::get(&mut *db.acquire().await?, key).await });
@@ -143,6 +144,7 @@ async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    crate::metrics::get().read("list");
     let (default, max) = (state.config.list_default_limit, state.config.list_max_limit);
     let limit = match query.limit.as_deref().map(str::trim) {
         None | Some("") => default,
@@ -357,9 +359,11 @@ async fn commit(
         Err(stored) => {
             let version = store::version_of(&stored.body);
             tracing::debug!(%scope, "replaying a stored answer");
+            crate::metrics::get().replays.inc();
             return Ok(with_etag(stored.replay(fingerprint), version));
         }
     };
     tracing::debug!(%scope, status = status.as_u16(), user = caller.user(), "write");
+    crate::metrics::get().written(status);
     Ok(with_etag(json_response(status, body), version))
 }

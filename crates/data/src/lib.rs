@@ -26,6 +26,7 @@
 mod api;
 mod json;
 mod key;
+pub mod metrics;
 mod store;
 mod work;
 
@@ -188,6 +189,7 @@ fn check_json(what: &str, text: &RawValue, max: usize) -> Result<(), ApiError> {
 pub fn router(state: AppState) -> axum::Router {
     let limit = state.config.kit.body_limit;
     let health = state.health.router();
+    metrics::get(); // its families are in /metrics from the first scrape
     kit::http::finish(api::router(state).merge(health), limit)
 }
 

@@ -177,14 +177,16 @@ async fn drain(mut body: Body) {
 }
 
 /// The finishing touches every component's router gets: JSON 404 for unknown routes, JSON
-/// 405 for wrong methods, the body limit, and JSON for every other error axum answers itself.
+/// 405 for wrong methods, the body limit, JSON for every other error axum answers itself,
+/// and the process's metrics (`GET /metrics`, every request counted: [`crate::metrics`]).
 pub fn finish(router: Router, body_limit: usize) -> Router {
-    router
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(body_limit, limit_body))
-        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(json_errors));
+    crate::metrics::track(router)
 }
 
 /// The rejections axum writes in plain text (a query string or a path parameter that does

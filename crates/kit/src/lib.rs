@@ -16,6 +16,8 @@
 //! - [`guard`]: the loopback guard of the control-plane APIs (allowed `Host` and `Origin`,
 //!   JSON-only mutations).
 //! - [`health`]: `GET /health` (liveness) and `GET /ready` (readiness).
+//! - [`metrics`]: the process's Prometheus registry, every router's request figures and
+//!   `GET /metrics`, the process's CPU, memory and descriptors.
 //! - [`registry`]: the registry client (register, heartbeat, re-register, deregister, watch)
 //!   and the record types of the registry's contract.
 //! - [`jwt`]: HS256 tokens with a fixed algorithm and a required `exp`; a guard middleware.
@@ -38,6 +40,7 @@ pub mod http;
 pub mod idempotency;
 pub mod jwt;
 pub mod listen;
+pub mod metrics;
 pub mod orch_api;
 pub mod registry;
 pub mod secret;

@@ -25,6 +25,18 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 8] = [
+        Status::Pending,
+        Status::Starting,
+        Status::Running,
+        Status::Stopping,
+        Status::Stopped,
+        Status::Backoff,
+        Status::Crashloop,
+        Status::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
@@ -543,16 +555,7 @@ mod tests {
 
     #[test]
     fn statuses_and_kinds_are_the_strings_of_the_contract() {
-        for status in [
-            Status::Pending,
-            Status::Starting,
-            Status::Running,
-            Status::Stopping,
-            Status::Stopped,
-            Status::Backoff,
-            Status::Crashloop,
-            Status::Failed,
-        ] {
+        for status in Status::ALL {
             assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
             assert_eq!(serde_json::from_value::<Status>(status.as_str().into()).unwrap(), status);
         }

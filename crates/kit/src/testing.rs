@@ -128,3 +128,9 @@ pub async fn pg_database_of_dir(dir: &std::path::Path) -> Option<String> {
     std::fs::write(&file, &url).unwrap();
     Some(url)
 }
+
+/// The value of the sample `series` (its name and labels exactly as encoded, e.g.
+/// `http_requests_total{route="/x",method="GET",status="200"}`) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+}

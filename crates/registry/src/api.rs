@@ -1,5 +1,6 @@
 //! The registry's HTTP routes.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kit::http::{ApiError, Json};
 use kit::registry::{INDEX_HEADER, Registration, ServiceList};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::store::{Filter, HeartbeatError};
@@ -23,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/registry/services", get(list))
         .route("/api/registry/services/{type}", get(list_type))
         .route("/api/registry/service/{id}", get(one))
+        .route("/api/registry/prometheus-sd", get(prometheus_sd))
         .with_state(state)
 }
 
@@ -202,7 +204,11 @@ async fn respond_list(state: AppState, query: ListQuery) -> Result<Response, Api
         .min(state.config.max_wait);
         let mut changes = state.changes.subscribe();
         tokio::select! {
-            _ = tokio::time::timeout(wait, changes.wait_for(|now| *now != index)) => {}
+            woken = tokio::time::timeout(wait, changes.wait_for(|now| *now != index)) => {
+                if woken.is_ok_and(|changed| changed.is_ok()) {
+                    crate::metrics::get().watch_wakeups.inc();
+                }
+            }
             _ = state.shutdown.requested() => {}
         }
     }
@@ -233,6 +239,43 @@ async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Re
         Some(record) => Ok(Json(record).into_response()),
         None => Err(ApiError::not_found(format!("unknown serviceId {id:?}"))),
     }
+}
+
+/// One target group of Prometheus's HTTP service discovery (`http_sd_configs`).
+#[derive(Debug, Serialize)]
+struct TargetGroup {
+    targets: [String; 1],
+    labels: BTreeMap<&'static str, String>,
+}
+
+/// Every record as a Prometheus scrape target (`GET /api/registry/prometheus-sd`): its URL's
+/// `host:port` (`localhost` as `127.0.0.1`, where instances listen), labelled `service` (the
+/// type) and `instance_id`, with `__meta_orch_*` labels for relabelling (name, healthy,
+/// registered at). Open like the other reads; Prometheus follows scaling and restarts
+/// through it with no change to its configuration.
+async fn prometheus_sd(State(state): State<AppState>) -> Json<Vec<TargetGroup>> {
+    let records = state.read(|store| store.list(&Filter::default()));
+    Json(records.iter().filter_map(target_group).collect())
+}
+
+fn target_group(record: &kit::registry::ServiceRecord) -> Option<TargetGroup> {
+    let url = reqwest::Url::parse(&record.url).ok()?;
+    let host = match url.host_str()? {
+        "localhost" => "127.0.0.1",
+        host => host,
+    };
+    let port = url.port_or_known_default()?;
+    let mut labels = BTreeMap::from([
+        ("service", record.service_type.clone()),
+        ("instance_id", record.service_id.clone()),
+        ("__meta_orch_name", record.name.clone()),
+        ("__meta_orch_healthy", record.healthy.to_string()),
+        ("__meta_orch_registered_at", record.registered_at.clone()),
+    ]);
+    if url.scheme() == "https" {
+        labels.insert("__scheme__", "https".to_owned());
+    }
+    Some(TargetGroup { targets: [format!("{host}:{port}")], labels })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! `sweep` the background loop that expires silent records.
 
 mod api;
+pub mod metrics;
 mod store;
 mod sweep;
 
@@ -105,7 +106,8 @@ pub fn router(state: AppState) -> axum::Router {
     let kit = &state.config.kit;
     let (limit, guard) = (kit.body_limit, kit::guard::Guard::new(kit.bind_addr, &kit.allowed_hosts));
     let health = kit::health::Health::new(&kit.service_name);
-    guard.wrap(kit::http::finish(api::router(state).merge(health.router()), limit))
+    let records = axum::Extension(kit::metrics::Scoped::new(metrics::Records(state.store.clone())));
+    guard.wrap(kit::http::finish(api::router(state).merge(health.router()), limit).layer(records))
 }
 
 /// Serves the registry on `listener` until `shutdown`.

@@ -2,6 +2,7 @@
 
 mod contract;
 mod instances;
+mod metrics;
 mod throttle;
 mod tokens;
 

@@ -68,11 +68,15 @@ async fn metrics_match_the_traffic_sent() {
     assert_eq!(samples[r#"balancer_instance_requests_total{service="data",instance="data-2"}"#], 3.0);
     assert_eq!(samples[r#"balancer_instance_healthy{service="auth",instance="auth-1"}"#], 1.0);
     assert!(samples.contains_key(r#"balancer_latency_ms{service="data",quantile="0.99"}"#));
+    // kit's figures come with them: the process's, and the admin routes' own requests.
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(samples["process_resident_memory_bytes"] > 0.0);
+    assert!(samples[r#"http_requests_total{route="/api/metrics",method="GET",status="200"}"#] >= 1.0);
     balancer.stop().await;
     registry.stop().await;
 }
 
-/// Parses the Prometheus text format strictly enough to catch mistakes: every sample line
+/// Parses the OpenMetrics text format strictly enough to catch mistakes: every sample line
 /// is `name{labels} value` with a family declared by `# TYPE` before it.
 fn parse_prometheus(text: &str) -> HashMap<String, f64> {
     let mut declared: Vec<String> = Vec::new();
@@ -84,8 +88,11 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
             declared.push(name.to_owned());
             continue;
         }
-        if line.starts_with("# HELP ") || line.is_empty() {
+        if line.starts_with("# HELP ") || line.starts_with("# UNIT ") || line.is_empty() {
             continue;
+        }
+        if line == "# EOF" {
+            break;
         }
         assert!(!line.starts_with('#'), "unknown comment: {line}");
         let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
@@ -95,12 +102,17 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name: {line}"
         );
-        assert!(declared.iter().any(|d| d == name), "sample before its # TYPE: {line}");
+        // A counter's samples end in `_total`, a histogram's in `_bucket`, `_sum`, `_count`.
+        let family = ["_total", "_bucket", "_sum", "_count", "_created"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| declared.iter().any(|d| d == f)))
+            .unwrap_or(name);
+        assert!(declared.iter().any(|d| d == family), "sample before its # TYPE: {line}");
         if let Some(labels) = series.strip_prefix(name) {
             if !labels.is_empty() {
                 let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}')).expect("labels in braces");
                 for pair in inner.split(',') {
-                    let (key, value) = pair.split_once('=').expect("label=value");
+                    let (key, value) = pair.split_once('=').unwrap_or_else(|| panic!("label=value: {line}"));
                     assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
                     assert!(value.starts_with('"') && value.ends_with('"') && value.len() >= 2, "{line}");
                 }

@@ -274,6 +274,13 @@ impl Queue {
     /// Claims the next job for `worker` with a lease of `lease`, after putting jobs whose
     /// lease expired back in the queue (or failing them when out of attempts).
     pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let claimed = self.claim_next(worker, lease).await;
+        crate::metrics::get().claim_seconds.observe(started.elapsed().as_secs_f64());
+        claimed
+    }
+
+    async fn claim_next(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
         if self.db.dialect() == Dialect::Postgres {
             return self.claim_skip_locked(worker, lease).await;
         }
@@ -514,6 +521,7 @@ async fn reap_expired(conn: &mut kit::db::Conn, now: i64) -> Result<(), sqlx::Er
     .await?;
     if done.rows_affected() > 0 {
         tracing::info!(jobs = done.rows_affected(), "reclaimed jobs whose worker stopped renewing its lease");
+        crate::metrics::get().lease_expiries.inc_by(done.rows_affected());
     }
     Ok(())
 }

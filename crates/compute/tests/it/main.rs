@@ -5,6 +5,7 @@ mod auth;
 mod direct;
 mod jobs;
 mod lease;
+mod metrics;
 mod numbers;
 
 use std::path::{Path, PathBuf};

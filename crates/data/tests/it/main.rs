@@ -6,6 +6,7 @@ mod contract;
 mod exact;
 mod idempotency;
 mod instances;
+mod metrics;
 mod pages;
 mod race;
 

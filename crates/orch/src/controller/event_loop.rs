@@ -79,12 +79,15 @@ impl Controller {
     /// Reconciles once and carries out the plan. What must be looked at again sets the
     /// next wake: the plan's requeue, or now (see [`Controller::wake_now`]).
     pub(super) async fn step(&mut self) {
+        let started = Instant::now();
         let observed: Vec<_> = self.instances.values().map(Instance::observed).collect();
         let plan = reconcile::reconcile(&self.desired(), &observed, Instant::now());
         self.requeue = plan.requeue;
         for action in plan.actions {
             self.execute(action).await;
         }
+        super::metrics::get().reconcile.observe(started.elapsed().as_secs_f64());
+        super::metrics::instances(self.instances.values().map(Instance::status));
         self.check_rollouts();
         self.track_rollouts();
         self.update_progress();

@@ -163,6 +163,7 @@ impl Controller {
         instance.started_at = Some(SystemTime::now());
         if after_crash {
             instance.restarts += 1;
+            super::metrics::restarted(&instance.name, instance.last_exit.as_ref());
         }
         let (restarts, port) = (instance.restarts, instance.slot.port);
         log.note(&format!("started {name} (pid {pid}, port {port})"));
@@ -198,6 +199,10 @@ impl Controller {
             return;
         }
         let (name, port) = (instance.name.clone(), instance.slot.port);
+        if !ok {
+            let probe = if kind == ProbeKind::Readiness { "readiness" } else { "liveness" };
+            super::metrics::probe_failed(&name, probe);
+        }
         match (kind, ok) {
             (ProbeKind::Readiness, true) => {
                 let message = match std::mem::replace(&mut instance.state, State::Pending) {

@@ -34,6 +34,7 @@ mod instance;
 mod launch;
 mod lifecycle;
 pub mod partition;
+mod metrics;
 mod resources;
 mod rollback;
 mod rollout;

@@ -4,6 +4,7 @@ mod contract;
 mod guard;
 mod lifecycle;
 mod limits;
+mod metrics;
 
 use serde_json::Value;
 
