@@ -77,7 +77,8 @@ pub struct Config {
     pub lease: Duration,
     /// `JOB_MAX_ATTEMPTS` (default 3): a job that fails this often is failed for good.
     pub max_attempts: u16,
-    /// `JOB_POLL_MS` (default 20): how often idle workers look for commits by others.
+    /// `JOB_POLL_MS` (default 20): how often idle workers look for commits by others where
+    /// the database's WAL file cannot be watched (otherwise a commit wakes them).
     pub poll: Duration,
     /// `JOB_SAFETY_POLL_MS` (default 1000): idle workers look at the queue at least this often.
     pub safety_poll: Duration,
