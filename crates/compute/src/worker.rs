@@ -209,7 +209,7 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
             }
         }
     };
-    match watch_wal(&mut conn, &state).await {
+    match watch_wal(&mut conn).await {
         Ok(wal) => {
             tracing::debug!("idle workers wake on writes to the database's WAL file");
             let mut last = data_version(&mut conn).await.ok();
@@ -286,7 +286,7 @@ struct WalWatch {
 }
 
 /// Watches the WAL file of the database `conn` is connected to (which keeps it in place).
-async fn watch_wal(conn: &mut sqlx::AnyConnection, state: &AppState) -> Result<WalWatch, String> {
+async fn watch_wal(conn: &mut sqlx::AnyConnection) -> Result<WalWatch, String> {
     use notify::{EventKind, Watcher};
     let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
         .fetch_one(&mut *conn)

@@ -168,7 +168,12 @@ impl Serialize for Kind {
 #[serde(rename_all = "camelCase")]
 pub struct Probe {
     pub check: Check,
+    /// The pace while starting up (after the first moments), failing or not ready.
     pub period_ms: u64,
+    /// The pace while all is well (ready, or live): `periodMs` when the manifest sets it, else
+    /// a calmer default (an idle cluster costs next to nothing); one failure brings back
+    /// `periodMs` until the next success.
+    pub steady_period_ms: u64,
     pub timeout_ms: u64,
     /// Consecutive failures that count: not ready again, or (liveness) a restart.
     pub failure_threshold: u32,

@@ -84,6 +84,10 @@ fn defaults() {
     assert!(reg.socket_activation && !reg.register && reg.registers);
     assert_eq!(reg.readiness.check, Check::Http("/ready".into()));
     assert!(reg.readiness.period_ms <= 500);
+    // A ready instance is probed at a calmer pace; liveness keeps its pace (a hang is found
+    // as fast as before).
+    assert_eq!(reg.readiness.steady_period_ms, 2000);
+    assert_eq!(reg.liveness.steady_period_ms, reg.liveness.period_ms);
     assert_eq!(reg.liveness.check, Check::Http("/health".into()));
     // A hung process is noticed within about 3 s, and a probe ends before the next is due.
     assert!(reg.liveness.period_ms * u64::from(reg.liveness.failure_threshold) <= 3000);
@@ -129,7 +133,13 @@ fn values_and_probes() {
     assert_eq!(api.replicas, 0);
     assert_eq!(
         api.readiness,
-        Probe { check: Check::Http("/ok".into()), period_ms: 50, timeout_ms: 40, failure_threshold: 3 }
+        Probe {
+            check: Check::Http("/ok".into()),
+            period_ms: 50,
+            steady_period_ms: 50,
+            timeout_ms: 40,
+            failure_threshold: 3
+        }
     );
     assert_eq!(api.liveness.check, Check::None);
     assert_eq!(api.restart.policy, RestartPolicy::OnFailure);
