@@ -92,6 +92,7 @@ impl Controller {
         let tx = self.tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res
+                && may_change(&event.kind)
                 && event.paths.iter().any(|p| p.file_name() == file_name.as_deref())
             {
                 let _ = tx.send(Event::ManifestChanged);
@@ -310,4 +311,37 @@ impl Controller {
 /// A replica count of a [`Change`] as an event tells it.
 fn count(n: Option<u32>) -> String {
     n.map_or_else(|| "null".to_owned(), |n| n.to_string())
+}
+
+/// Whether a file event may be a change of the manifest: opening or reading it is none (and
+/// `reload` opens it, so counting that would read it over and over while idle).
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    !matches!(
+        kind,
+        notify::EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reading_the_manifest_is_no_change_writing_it_is() {
+        let table = [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (EventKind::Access(AccessKind::Read), false),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), false),
+            (EventKind::Access(AccessKind::Close(AccessMode::Write)), true),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Remove(RemoveKind::File), true),
+        ];
+        for (kind, change) in table {
+            assert_eq!(super::may_change(&kind), change, "{kind:?}");
+        }
+    }
 }
