@@ -17,7 +17,7 @@
 //!   commit delivers it), and wakes the workers after a lost connection too (a notification
 //!   may have been missed meanwhile);
 //! - the earliest lease expiry of a running job (a crashed worker's job is taken over as
-//!   soon as its lease runs out), or the safety poll, `JOB_SAFETY_POLL_MS`.
+//!   soon as its lease runs out), or the safety poll, `JOB_SAFETY_POLL_MS` (5 s).
 
 use std::path::PathBuf;
 use std::sync::Arc;
