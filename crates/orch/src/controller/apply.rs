@@ -13,7 +13,7 @@ use super::{CallError, Controller, Event, Slot, diff, hash_text};
 use crate::events::Kind as EventKind;
 use crate::manifest::{self, Manifest, ManifestError, NodePath, Problem};
 use crate::reconcile::{self, InstanceId};
-use crate::supervisor::spawn;
+use crate::supervisor::{capacity, spawn};
 
 impl Controller {
     /// Every instance's socket (or port) for `manifest`: kept where the port stays, bound
@@ -23,6 +23,13 @@ impl Controller {
         m: &Manifest,
         text: Option<&str>,
     ) -> Result<BTreeMap<InstanceId, Slot>, ManifestError> {
+        let count = |automatic_only: bool| {
+            let wanted = m.services.iter().filter(|s| !automatic_only || s.port.is_none());
+            wanted.map(|s| u64::from(s.replicas + s.rollout.max_surge)).sum::<u64>()
+        };
+        if let Err((message, fix)) = capacity::check(count(false), count(true), capacity::Limits::of_machine()) {
+            return Err(ManifestError::new(&m.path, message, fix));
+        }
         let mut ours: HashMap<u16, Slot> = HashMap::new();
         for slot in self.slots.values().chain(self.instances.values().map(|i| &i.slot)) {
             ours.insert(slot.port, slot.clone());

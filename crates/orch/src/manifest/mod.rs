@@ -39,8 +39,9 @@ use crate::run::Component;
 
 pub const API_VERSION: &str = "orch/v1";
 pub const KIND: &str = "Cluster";
-/// Replicas of one service: `0..=MAX_REPLICAS`.
-pub const MAX_REPLICAS: u32 = 100;
+/// Replicas of one service: `0..=MAX_REPLICAS` (and what the machine allows, checked when
+/// the instances' sockets are bound: `supervisor::capacity`).
+pub const MAX_REPLICAS: u32 = 1000;
 pub const DEFAULT_CONTROL_PORT: u16 = 3006;
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
 /// Variables orch sets for every instance; a manifest may not override them.

@@ -116,6 +116,12 @@ fn defaults() {
 }
 
 #[test]
+fn a_thousand_replicas_are_allowed() {
+    let m = ok(&doc("  services:\n    - { name: c, component: compute, replicas: 1000 }\n"));
+    assert_eq!(m.services[0].replicas, 1000);
+}
+
+#[test]
 fn a_command_that_registers_itself_gets_the_registry_token_and_is_not_registered_by_orch() {
     let m = ok(&doc("  services:\n    - { name: sh, command: [sh], registers: true }\n"));
     assert!(m.services[0].registers && !m.services[0].register);
@@ -185,11 +191,15 @@ fn bad_input_is_located_and_explained() {
         // Negative and huge replicas.
         (
             svc("    - { name: a, component: registry, replicas: -1 }\n"),
-            "m.yaml:6:49: replicas must be from 0 to 100, got -1; fix: set replicas between 0 and 100",
+            "m.yaml:6:49: replicas must be from 0 to 1000, got -1; fix: set replicas between 0 and 1000",
+        ),
+        (
+            svc("    - { name: a, component: registry, replicas: 1001 }\n"),
+            "m.yaml:6:49: replicas must be from 0 to 1000, got 1001; fix: set replicas between 0 and 1000",
         ),
         (
             svc("    - { name: a, component: registry, replicas: 100000000000000000000000 }\n"),
-            "m.yaml:6:49: replicas must be from 0 to 100, got 100000000000000000000000; fix: set replicas between 0 and 100",
+            "m.yaml:6:49: replicas must be from 0 to 1000, got 100000000000000000000000; fix: set replicas between 0 and 1000",
         ),
         // A dependency cycle.
         (
@@ -281,7 +291,7 @@ fn bad_input_is_located_and_explained() {
 #[test]
 fn every_problem_is_reported() {
     let text = doc(
-        "  services:\n    - { name: a, component: registry, replicas: 101 }\n    - { name: B, component: registry }\n",
+        "  services:\n    - { name: a, component: registry, replicas: 1001 }\n    - { name: B, component: registry }\n",
     );
     let err = parse(Path::new("m.yaml"), &text).unwrap_err();
     let lines: Vec<usize> = err.problems.iter().map(|p| p.at.unwrap().line).collect();
@@ -367,7 +377,7 @@ fn rollouts() {
         ),
         (
             svc("    - { name: a, component: registry, rollout: { maxSurge: -1 } }\n"),
-            "m.yaml:6:60: maxSurge must be from 0 to 100, got -1; fix: set maxSurge between 0 and 100",
+            "m.yaml:6:60: maxSurge must be from 0 to 1000, got -1; fix: set maxSurge between 0 and 1000",
         ),
         (
             svc("    - { name: a, component: registry, rollout: { maxsurge: 1 } }\n"),
