@@ -61,6 +61,9 @@ sleep "$secs"
 # shellcheck disable=SC2086
 o1=$(ticks "$orch_pid"); c1=$(ticks $children); s1=$(date +%s.%N)
 n=$(echo "$children" | wc -w)
+# Compute instances that could not watch the WAL (no inotify instance left) poll instead.
+polling=$( (grep -l "polling PRAGMA data_version instead" "$dir"/data/logs/compute-*.log 2>/dev/null || true) | wc -l)
+[ "$polling" -eq 0 ] || echo "note: $polling compute instances poll PRAGMA data_version (no inotify watch: fs.inotify.max_user_instances)" >&2
 awk -v o=$((o1 - o0)) -v c=$((c1 - c0)) -v hz="$hz" -v s0="$s0" -v s1="$s1" -v n="$n" -v start="$(echo "$t1 - $t0" | bc)" \
     -v shape="$shape" 'BEGIN {
         t = s1 - s0
