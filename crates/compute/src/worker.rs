@@ -213,6 +213,8 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
         Ok(wal) => {
             tracing::debug!("idle workers wake on writes to the database's WAL file");
             let mut last = data_version(&mut conn).await.ok();
+            // A commit made before the watch began is found by a look at the queue.
+            state.wake();
             loop {
                 tokio::select! {
                     _ = shutdown.requested() => return,
