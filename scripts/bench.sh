@@ -10,9 +10,11 @@
 # BENCH_SECS (default 5) sets the length of each load run. BENCH_ONLY runs only the named
 # steps of the cluster benchmark, comma-separated (coldstart, memory, nginx, matrix: the
 # balancer's load shapes against nginx and HAProxy, load, afterload, pickup: job pickup
-# latency, durability, scale, kills, dashboard, hangs, slowloris, checker, autoscale and
-# rollback: each on a small cluster of its own, postgres: the load rows and pickup again on a
-# second cluster on PostgreSQL): `BENCH_ONLY=durability,slowloris make bench`.
+# latency, durability, scale, kills, dashboard, hangs, slowloris, checker, growth: cold start,
+# idle CPU and PSS at 12 processes and at N = 10, 100 compute instances (1000 too with
+# BENCH_GROWTH_1000=1), each on a cluster of its own, autoscale and rollback: each on a small
+# cluster of its own, postgres: the load rows and pickup again on a second cluster on
+# PostgreSQL): `BENCH_ONLY=durability,slowloris make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

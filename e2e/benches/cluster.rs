@@ -34,12 +34,16 @@
 //!     [`SLOW_CONNECTIONS`] connections each hold a partial request open against it, beside
 //!     the same wrk run without them;
 //! 13. `orch verify`'s checker on a generated 10 000-operation history (no cluster needed);
-//! 14. autoscale (`policies`): a small cluster of its own, Python's http.server behind a
+//! 14. growth (`growth`): clusters of their own with the default settings, nothing asked of
+//!     them: the 12 processes, then a registry, a balancer and 10, 100 (and, asked for, 1000)
+//!     compute instances: cold start, idle CPU of orch and of the whole cluster, PSS per
+//!     instance;
+//! 15. autoscale (`policies`): a small cluster of its own, Python's http.server behind a
 //!     balancer with `autoscale: { min: 1, max: 3 }`: load start → first scale-up, load end →
 //!     back to min, failed requests meanwhile;
-//! 15. rollback (`policies`): a small cluster of its own, a rollout whose command exits at
+//! 16. rollback (`policies`): a small cluster of its own, a rollout whose command exits at
 //!     once → orch's `rolled-back` event;
-//! 16. postgres: a second cluster, on PostgreSQL (`manifests/examples/postgres.yaml`'s shape),
+//! 17. postgres: a second cluster, on PostgreSQL (`manifests/examples/postgres.yaml`'s shape),
 //!     and the load rows of step 4 on it: data reads and writes, logins, direct compute,
 //!     jobs, job pickup, each beside its SQLite row.
 //!
@@ -72,6 +76,8 @@ use tokio_tungstenite::tungstenite::Message;
 // The crate root is this file: its modules live in cluster/ beside it.
 #[path = "cluster/matrix.rs"]
 mod matrix;
+#[path = "cluster/growth.rs"]
+mod growth;
 #[path = "cluster/pickup.rs"]
 mod pickup;
 #[path = "cluster/policies.rs"]
@@ -112,6 +118,7 @@ const STEPS: &[&str] = &[
     "hangs",
     "slowloris",
     "checker",
+    "growth",
     "autoscale",
     "rollback",
     "postgres",
@@ -252,6 +259,22 @@ const ORDER: &[&str] = &[
     "memoryRssAfterLoad",
     "memoryPssAfterLoad",
     "checkerOpsPerSecond",
+    "growthColdStartCluster",
+    "growthIdleCpuCluster",
+    "growthIdleCpuOrchCluster",
+    "growthPssPerInstanceCluster",
+    "growthColdStartN10",
+    "growthIdleCpuN10",
+    "growthIdleCpuOrchN10",
+    "growthPssPerInstanceN10",
+    "growthColdStartN100",
+    "growthIdleCpuN100",
+    "growthIdleCpuOrchN100",
+    "growthPssPerInstanceN100",
+    "growthColdStartN1000",
+    "growthIdleCpuN1000",
+    "growthIdleCpuOrchN1000",
+    "growthPssPerInstanceN1000",
 ];
 
 // ------------------------------------------------------------------------ formatting
@@ -415,6 +438,9 @@ impl Bench {
         }
         self.progress.note("stopping the cluster");
         tokio::task::block_in_place(|| drop(cluster));
+        if self.wants("growth") {
+            self.growth().await;
+        }
         if self.wants("autoscale") {
             self.autoscale().await;
         }

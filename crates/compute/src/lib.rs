@@ -78,9 +78,11 @@ pub struct Config {
     pub lease: Duration,
     /// `JOB_MAX_ATTEMPTS` (default 3): a job that fails this often is failed for good.
     pub max_attempts: u16,
-    /// `JOB_POLL_MS` (default 20): how often idle workers look for commits by others.
+    /// `JOB_POLL_MS` (default 20): how often idle workers look for commits by others where
+    /// the database's WAL file cannot be watched (otherwise a commit wakes them).
     pub poll: Duration,
-    /// `JOB_SAFETY_POLL_MS` (default 1000): idle workers look at the queue at least this often.
+    /// `JOB_SAFETY_POLL_MS` (default 5000): idle workers look at the queue at least this often
+    /// (every commit wakes them; a lease expiry too).
     pub safety_poll: Duration,
     /// `JOB_RETENTION_MS` (default 7 days): finished jobs are deleted after this.
     pub retention: Duration,
@@ -105,7 +107,7 @@ impl Config {
             lease: Duration::from_millis(vars.number("JOB_LEASE_MS", 5_000, 30, 3_600_000)?),
             max_attempts: vars.number("JOB_MAX_ATTEMPTS", 3, 1, 100)? as u16,
             poll: vars.millis("JOB_POLL_MS", 20, 10_000)?,
-            safety_poll: vars.millis("JOB_SAFETY_POLL_MS", 1_000, 600_000)?,
+            safety_poll: vars.millis("JOB_SAFETY_POLL_MS", 5_000, 600_000)?,
             retention: vars.millis("JOB_RETENTION_MS", 7 * 24 * 3_600_000, 365 * 24 * 3_600_000)?,
             sweep_interval: vars.millis("JOB_SWEEP_MS", 60_000, 86_400_000)?,
             work: kit::work::SimulatedWork::from_vars(vars, 550)?,
@@ -212,7 +214,7 @@ mod tests {
         assert_eq!((config.workers, config.max_attempts), (2, 3));
         assert_eq!((config.lease, config.time_limit), (Duration::from_secs(5), Duration::from_secs(2)));
         assert_eq!((config.work.delay, config.work.max), (Duration::from_millis(550), Duration::from_secs(10)));
-        assert_eq!(config.poll, Duration::from_millis(20));
+        assert_eq!((config.poll, config.safety_poll), (Duration::from_millis(20), Duration::from_secs(5)));
         assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
         let limits = kit::idempotency::Limits { max_keys: 10_000, max_bytes: 16 << 20 };
         assert_eq!(config.idempotency, limits);

@@ -5,22 +5,30 @@
 //!
 //! An idle worker is woken by
 //! - a submit to this instance (at once, through a `watch` channel);
-//! - a commit by anyone to the shared database, seen by [`watch_changes`]. On SQLite it reads
-//!   `PRAGMA data_version` on a connection of its own every `JOB_POLL_MS` (20 ms). That value
-//!   changes when another connection, in any process, has committed; reading it touches no
-//!   table, and it is not read at all while every local worker is busy. On PostgreSQL it
+//! - a commit by anyone to the shared database, seen by [`watch_changes`]. On SQLite every
+//!   commit, by any process, writes to the database's WAL file (`compute.sqlite-wal`), which
+//!   it watches (inotify): an idle instance sleeps until a write, with no timer at all. Where
+//!   the file cannot be watched (no inotify instance left: `fs.inotify.max_user_instances`)
+//!   it reads `PRAGMA data_version` on a connection of its own every `JOB_POLL_MS` (20 ms)
+//!   instead. That value changes when another connection, in any process, has committed;
+//!   reading it touches no table, and it is not read at all while every local worker is
+//!   busy. On PostgreSQL it
 //!   `LISTEN`s on `compute_jobs`, which a trigger notifies when a job becomes queued (the
 //!   commit delivers it), and wakes the workers after a lost connection too (a notification
 //!   may have been missed meanwhile);
 //! - the earliest lease expiry of a running job (a crashed worker's job is taken over as
-//!   soon as its lease runs out), or the safety poll, `JOB_SAFETY_POLL_MS`.
+//!   soon as its lease runs out), or the safety poll, `JOB_SAFETY_POLL_MS` (5 s).
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kit::Shutdown;
 use kit::time::unix_millis;
 use serde_json::value::RawValue;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::AppState;
 use crate::exec::ExecError;
@@ -201,6 +209,46 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
             }
         }
     };
+    match watch_wal(&mut conn).await {
+        Ok(wal) => {
+            tracing::debug!("idle workers wake on writes to the database's WAL file");
+            let mut last = data_version(&mut conn).await.ok();
+            // A commit made before the watch began is found by a look at the queue.
+            state.wake();
+            loop {
+                tokio::select! {
+                    _ = shutdown.requested() => return,
+                    () = wal.lost.notified() => break,
+                    () = wal.written.notified() => {}
+                }
+                // A commit's frames are written before the commit is visible (and synced):
+                // wake the workers once `data_version` moves, looking for a moment.
+                let (until, mut pause) = (Instant::now() + SETTLE, Duration::from_micros(250));
+                loop {
+                    match data_version(&mut conn).await {
+                        Ok(version) if Some(version) == last => {}
+                        seen => {
+                            last = seen.ok();
+                            state.wake();
+                            break;
+                        }
+                    }
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.requested() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+            }
+            tracing::warn!("the database's WAL file went away; polling PRAGMA data_version instead");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the database's WAL file; polling PRAGMA data_version instead")
+        }
+    }
     let mut tick = tokio::time::interval(state.config.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<i64> = None;
@@ -222,6 +270,47 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
             Err(e) => tracing::warn!(error = %e, "reading PRAGMA data_version failed"),
         }
     }
+}
+
+/// How long after a write to the WAL its commit may take to become visible (its sync).
+const SETTLE: Duration = Duration::from_secs(1);
+
+async fn data_version(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar::<_, i64>("PRAGMA data_version").fetch_one(conn).await
+}
+
+/// A watch on the WAL file: `written` on every write to it (a commit by anyone), `lost` if
+/// the file goes away. Dropping it ends the watch.
+struct WalWatch {
+    _watcher: notify::RecommendedWatcher,
+    written: Arc<Notify>,
+    lost: Arc<Notify>,
+}
+
+/// Watches the WAL file of the database `conn` is connected to (which keeps it in place).
+async fn watch_wal(conn: &mut sqlx::AnyConnection) -> Result<WalWatch, String> {
+    use notify::{EventKind, Watcher};
+    let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| format!("reading the database's file name: {e}"))?;
+    if file.is_empty() {
+        return Err("the database is in memory".into());
+    }
+    let wal = PathBuf::from(format!("{file}-wal"));
+    // A read opens the WAL (creating it if need be).
+    data_version(conn).await.map_err(|e| e.to_string())?;
+    let (written, lost) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (on_write, on_lost) = (written.clone(), lost.clone());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(event) if matches!(event.kind, EventKind::Remove(_)) => on_lost.notify_one(),
+        Ok(event) if matches!(event.kind, EventKind::Modify(_)) => on_write.notify_one(),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "watching the WAL file failed"),
+    })
+    .map_err(|e| e.to_string())?;
+    watcher.watch(&wal, notify::RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", wal.display()))?;
+    Ok(WalWatch { _watcher: watcher, written, lost })
 }
 
 /// The channel a trigger notifies when a job becomes queued (migrations/postgres).

@@ -313,18 +313,20 @@ async fn finished_jobs_are_purged_after_the_retention_and_others_are_kept() {
 }
 
 /// An idle worker is woken by a job submitted to another instance, not by its safety poll
-/// (ten minutes here): on PostgreSQL by the notification of the queued job (`LISTEN`), on
-/// SQLite by `PRAGMA data_version` moving. Each of several jobs, submitted one at a time
-/// after the worker went idle, completes within seconds.
+/// (ten minutes here) nor by the fallback poll of `PRAGMA data_version` (ten seconds here):
+/// on PostgreSQL by the notification of the queued job (`LISTEN`), on SQLite by the write to
+/// the WAL file (inotify). Each of several jobs, submitted one at a time after the worker
+/// went idle, completes within eight seconds, before either poll could have found it.
 #[tokio::test]
 async fn an_idle_worker_is_woken_by_a_submit_elsewhere_not_by_its_safety_poll() {
     let (_dir, db) = database().await;
     let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
-    let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "1"), ("JOB_SAFETY_POLL_MS", "600000")]).await;
+    let polls = [("COMPUTE_WORKERS", "1"), ("JOB_SAFETY_POLL_MS", "600000"), ("JOB_POLL_MS", "10000")];
+    let b = Instance::start(&db, "compute-b", &polls).await;
     for n in 0..5 {
         let sent = std::time::Instant::now();
         let id = a.submit(json!({"operation": "add", "operands": [n, 1]})).await;
-        let done = a.wait_for(&id, "completed", SECS(10)).await;
+        let done = a.wait_for(&id, "completed", SECS(8)).await;
         assert_eq!((done["result"].clone(), done["worker"].clone()), (json!(n + 1), json!("compute-b/w1")));
         println!(
             "job {n}: picked up and done in {:?} (on {})",

@@ -13,7 +13,7 @@ use super::{CallError, Controller, Event, Slot, diff, hash_text};
 use crate::events::Kind as EventKind;
 use crate::manifest::{self, Manifest, ManifestError, NodePath, Problem};
 use crate::reconcile::{self, InstanceId};
-use crate::supervisor::spawn;
+use crate::supervisor::{capacity, spawn};
 
 impl Controller {
     /// Every instance's socket (or port) for `manifest`: kept where the port stays, bound
@@ -23,6 +23,13 @@ impl Controller {
         m: &Manifest,
         text: Option<&str>,
     ) -> Result<BTreeMap<InstanceId, Slot>, ManifestError> {
+        let count = |automatic_only: bool| {
+            let wanted = m.services.iter().filter(|s| !automatic_only || s.port.is_none());
+            wanted.map(|s| u64::from(s.replicas + s.rollout.max_surge)).sum::<u64>()
+        };
+        if let Err((message, fix)) = capacity::check(count(false), count(true), capacity::Limits::of_machine()) {
+            return Err(ManifestError::new(&m.path, message, fix));
+        }
         let mut ours: HashMap<u16, Slot> = HashMap::new();
         for slot in self.slots.values().chain(self.instances.values().map(|i| &i.slot)) {
             ours.insert(slot.port, slot.clone());
@@ -92,6 +99,7 @@ impl Controller {
         let tx = self.tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(event) = res
+                && may_change(&event.kind)
                 && event.paths.iter().any(|p| p.file_name() == file_name.as_deref())
             {
                 let _ = tx.send(Event::ManifestChanged);
@@ -310,4 +318,37 @@ impl Controller {
 /// A replica count of a [`Change`] as an event tells it.
 fn count(n: Option<u32>) -> String {
     n.map_or_else(|| "null".to_owned(), |n| n.to_string())
+}
+
+/// Whether a file event may be a change of the manifest: opening or reading it is none (and
+/// `reload` opens it, so counting that would read it over and over while idle).
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    !matches!(
+        kind,
+        notify::EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reading_the_manifest_is_no_change_writing_it_is() {
+        let table = [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
+            (EventKind::Access(AccessKind::Read), false),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), false),
+            (EventKind::Access(AccessKind::Close(AccessMode::Write)), true),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), true),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
+            (EventKind::Create(CreateKind::File), true),
+            (EventKind::Remove(RemoveKind::File), true),
+        ];
+        for (kind, change) in table {
+            assert_eq!(super::may_change(&kind), change, "{kind:?}");
+        }
+    }
 }

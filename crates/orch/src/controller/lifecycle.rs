@@ -179,7 +179,7 @@ impl Controller {
             self.on_probe(&id, generation, ProbeKind::Readiness, true, String::new());
         } else {
             let probe = service.readiness.clone();
-            spawn_probe(&self.tx, self.http.clone(), &id, generation, ProbeKind::Readiness, port, probe, probes);
+            spawn_probe(&self.tx, &id, generation, ProbeKind::Readiness, port, probe, probes);
         }
     }
 
@@ -210,8 +210,7 @@ impl Controller {
                         // Liveness probing starts once the instance has been ready.
                         if service.liveness.check != Check::None {
                             let (probe, probes) = (service.liveness.clone(), proc.probes.clone());
-                            let http = self.http.clone();
-                            spawn_probe(&self.tx, http, id, generation, ProbeKind::Liveness, port, probe, probes);
+                            spawn_probe(&self.tx, id, generation, ProbeKind::Liveness, port, probe, probes);
                         }
                         let liveness = Liveness::default();
                         instance.state = State::Running { proc, ready_since: Some(Instant::now()), liveness };
@@ -462,11 +461,10 @@ fn register(
 }
 
 /// Runs the `kind` probe of process `generation` of `id` on `port` until `probes` is
-/// cancelled; its reports come back to the controller as events.
-#[allow(clippy::too_many_arguments)]
+/// cancelled, on a connection of its own kept from probe to probe; its reports come back to
+/// the controller as events.
 fn spawn_probe(
     tx: &mpsc::UnboundedSender<Event>,
-    http: reqwest::Client,
     id: &InstanceId,
     generation: u64,
     kind: ProbeKind,
@@ -478,6 +476,7 @@ fn spawn_probe(
     let report = move |ok, detail| {
         let _ = tx.send(Event::Probe { id: id.clone(), generation, kind, ok, detail });
     };
+    let http = probe::keep_alive();
     match kind {
         ProbeKind::Readiness => tokio::spawn(probe::readiness(http, port, probe, probes, report)),
         ProbeKind::Liveness => tokio::spawn(probe::liveness(http, port, probe, probes, report)),

@@ -230,7 +230,7 @@ mod tests {
             (
                 "{ min: 0, max: 8, target: { inFlightPerInstance: 8 } }",
                 "",
-                "m.yaml:8:25: autoscale min must be from 1 to 100, got 0; fix: set autoscale min between 1 and 100",
+                "m.yaml:8:25: autoscale min must be from 1 to 1000, got 0; fix: set autoscale min between 1 and 1000",
             ),
             (
                 "{ min: 4, max: 2, target: { inFlightPerInstance: 8 } }",

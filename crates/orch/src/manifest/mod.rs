@@ -39,8 +39,9 @@ use crate::run::Component;
 
 pub const API_VERSION: &str = "orch/v1";
 pub const KIND: &str = "Cluster";
-/// Replicas of one service: `0..=MAX_REPLICAS`.
-pub const MAX_REPLICAS: u32 = 100;
+/// Replicas of one service: `0..=MAX_REPLICAS` (and what the machine allows, checked when
+/// the instances' sockets are bound: `supervisor::capacity`).
+pub const MAX_REPLICAS: u32 = 1000;
 pub const DEFAULT_CONTROL_PORT: u16 = 3006;
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
 /// Variables orch sets for every instance; a manifest may not override them.
@@ -168,7 +169,12 @@ impl Serialize for Kind {
 #[serde(rename_all = "camelCase")]
 pub struct Probe {
     pub check: Check,
+    /// The pace while starting up (after the first moments), failing or not ready.
     pub period_ms: u64,
+    /// The pace while all is well (ready, or live): `periodMs` when the manifest sets it, else
+    /// a calmer default (an idle cluster costs next to nothing); one failure brings back
+    /// `periodMs` until the next success.
+    pub steady_period_ms: u64,
     pub timeout_ms: u64,
     /// Consecutive failures that count: not ready again, or (liveness) a restart.
     pub failure_threshold: u32,

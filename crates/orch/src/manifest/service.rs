@@ -185,19 +185,22 @@ impl Checker {
             Some(r) => r,
             None => is_component,
         };
+        // Readiness: every 200 ms until ready (20 ms in the first moments, see
+        // `supervisor::probe`) and after a failure; every 2 s while ready.
+        let readiness_of =
+            |check| Probe { check, period_ms: 200, steady_period_ms: 2000, timeout_ms: 1000, failure_threshold: 3 };
         let readiness_default = if is_component {
-            Probe { check: Check::Http("/ready".into()), period_ms: 200, timeout_ms: 1000, failure_threshold: 3 }
+            readiness_of(Check::Http("/ready".into()))
         } else if socket_activation {
-            Probe { check: Check::None, period_ms: 200, timeout_ms: 1000, failure_threshold: 3 }
+            readiness_of(Check::None)
         } else {
-            Probe { check: Check::Tcp, period_ms: 200, timeout_ms: 1000, failure_threshold: 3 }
+            readiness_of(Check::Tcp)
         };
-        let liveness_default = if is_component {
-            // A hung process is killed 1.9-2.4 s after it stops answering (four failed checks).
-            Probe { check: Check::Http("/health".into()), period_ms: 500, timeout_ms: 400, failure_threshold: 4 }
-        } else {
-            Probe { check: Check::None, period_ms: 500, timeout_ms: 400, failure_threshold: 4 }
-        };
+        // A hung process is killed 1.9-2.4 s after it stops answering (four failed checks).
+        let liveness_of =
+            |check| Probe { check, period_ms: 500, steady_period_ms: 500, timeout_ms: 400, failure_threshold: 4 };
+        let liveness_default =
+            if is_component { liveness_of(Check::Http("/health".into())) } else { liveness_of(Check::None) };
         let readiness = self.probe(at.key("readiness"), raw.readiness, readiness_default, socket_activation);
         let liveness = self.probe(at.key("liveness"), raw.liveness, liveness_default, socket_activation);
 
@@ -367,6 +370,8 @@ impl Checker {
             1,
             1000,
         ) as u32;
-        Probe { check, period_ms, timeout_ms, failure_threshold }
+        // A period the manifest sets is the period, all the time.
+        let steady_period_ms = if raw.period_ms.is_some() { period_ms } else { default.steady_period_ms };
+        Probe { check, period_ms, steady_period_ms, timeout_ms, failure_threshold }
     }
 }

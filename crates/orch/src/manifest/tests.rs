@@ -84,6 +84,10 @@ fn defaults() {
     assert!(reg.socket_activation && !reg.register && reg.registers);
     assert_eq!(reg.readiness.check, Check::Http("/ready".into()));
     assert!(reg.readiness.period_ms <= 500);
+    // A ready instance is probed at a calmer pace; liveness keeps its pace (a hang is found
+    // as fast as before).
+    assert_eq!(reg.readiness.steady_period_ms, 2000);
+    assert_eq!(reg.liveness.steady_period_ms, reg.liveness.period_ms);
     assert_eq!(reg.liveness.check, Check::Http("/health".into()));
     // A hung process is noticed within about 3 s, and a probe ends before the next is due.
     assert!(reg.liveness.period_ms * u64::from(reg.liveness.failure_threshold) <= 3000);
@@ -112,6 +116,12 @@ fn defaults() {
 }
 
 #[test]
+fn a_thousand_replicas_are_allowed() {
+    let m = ok(&doc("  services:\n    - { name: c, component: compute, replicas: 1000 }\n"));
+    assert_eq!(m.services[0].replicas, 1000);
+}
+
+#[test]
 fn a_command_that_registers_itself_gets_the_registry_token_and_is_not_registered_by_orch() {
     let m = ok(&doc("  services:\n    - { name: sh, command: [sh], registers: true }\n"));
     assert!(m.services[0].registers && !m.services[0].register);
@@ -129,7 +139,13 @@ fn values_and_probes() {
     assert_eq!(api.replicas, 0);
     assert_eq!(
         api.readiness,
-        Probe { check: Check::Http("/ok".into()), period_ms: 50, timeout_ms: 40, failure_threshold: 3 }
+        Probe {
+            check: Check::Http("/ok".into()),
+            period_ms: 50,
+            steady_period_ms: 50,
+            timeout_ms: 40,
+            failure_threshold: 3
+        }
     );
     assert_eq!(api.liveness.check, Check::None);
     assert_eq!(api.restart.policy, RestartPolicy::OnFailure);
@@ -175,11 +191,15 @@ fn bad_input_is_located_and_explained() {
         // Negative and huge replicas.
         (
             svc("    - { name: a, component: registry, replicas: -1 }\n"),
-            "m.yaml:6:49: replicas must be from 0 to 100, got -1; fix: set replicas between 0 and 100",
+            "m.yaml:6:49: replicas must be from 0 to 1000, got -1; fix: set replicas between 0 and 1000",
+        ),
+        (
+            svc("    - { name: a, component: registry, replicas: 1001 }\n"),
+            "m.yaml:6:49: replicas must be from 0 to 1000, got 1001; fix: set replicas between 0 and 1000",
         ),
         (
             svc("    - { name: a, component: registry, replicas: 100000000000000000000000 }\n"),
-            "m.yaml:6:49: replicas must be from 0 to 100, got 100000000000000000000000; fix: set replicas between 0 and 100",
+            "m.yaml:6:49: replicas must be from 0 to 1000, got 100000000000000000000000; fix: set replicas between 0 and 1000",
         ),
         // A dependency cycle.
         (
@@ -271,7 +291,7 @@ fn bad_input_is_located_and_explained() {
 #[test]
 fn every_problem_is_reported() {
     let text = doc(
-        "  services:\n    - { name: a, component: registry, replicas: 101 }\n    - { name: B, component: registry }\n",
+        "  services:\n    - { name: a, component: registry, replicas: 1001 }\n    - { name: B, component: registry }\n",
     );
     let err = parse(Path::new("m.yaml"), &text).unwrap_err();
     let lines: Vec<usize> = err.problems.iter().map(|p| p.at.unwrap().line).collect();
@@ -357,7 +377,7 @@ fn rollouts() {
         ),
         (
             svc("    - { name: a, component: registry, rollout: { maxSurge: -1 } }\n"),
-            "m.yaml:6:60: maxSurge must be from 0 to 100, got -1; fix: set maxSurge between 0 and 100",
+            "m.yaml:6:60: maxSurge must be from 0 to 1000, got -1; fix: set maxSurge between 0 and 1000",
         ),
         (
             svc("    - { name: a, component: registry, rollout: { maxsurge: 1 } }\n"),

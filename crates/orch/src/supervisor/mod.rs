@@ -1,8 +1,10 @@
 //! The process side of orch: starting children ([`spawn`]), capturing their output
 //! ([`logs`]), probing them ([`probe`]), and stopping them on purpose without dropping a
-//! request ([`drain`]), and holding them to their limits ([`cgroup`]). Nothing here decides anything: the controller does, from the
+//! request ([`drain`]), and holding them to their limits ([`cgroup`]); what the machine allows
+//! a cluster ([`capacity`]). Nothing here decides anything: the controller does, from the
 //! reconciler's plan.
 
+pub mod capacity;
 pub mod cgroup;
 #[cfg(test)]
 pub mod double;

@@ -6,6 +6,12 @@
 //! waited in its backlog the moment it accepts; a program binding its own port is probed
 //! every 20 ms until it does). A liveness loop reports every failure and the first
 //! success after failures; the reconciler counts them against the threshold.
+//!
+//! The pace ([`pace`]): `periodMs` while starting, failing or not ready; the calmer
+//! `steadyPeriodMs` while all is well (the same unless the manifest left the period unset).
+//! Each loop keeps its HTTP connection from probe to probe (one per loop, so a probe never
+//! meets an older process of the instance); a failed probe drops it, and the next connects
+//! again.
 
 use std::time::Duration;
 
@@ -18,13 +24,34 @@ use crate::manifest::{Check, Probe};
 const STARTUP_PERIOD: Duration = Duration::from_millis(20);
 const STARTUP_WINDOW: Duration = Duration::from_secs(2);
 
-/// An HTTP client for probes: no pooled connections, so every probe meets the current
-/// process.
+/// An HTTP client with no pooled connections: every request meets the current process.
 pub fn client() -> reqwest::Client {
     kit::http::client_builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("building an HTTP client without TLS cannot fail")
+}
+
+/// The client of one probe loop: its one connection kept alive between probes.
+pub fn keep_alive() -> reqwest::Client {
+    kit::http::client_builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("building an HTTP client without TLS cannot fail")
+}
+
+/// The pause from the start of one probe to the next: fast in the first moments of a start
+/// (`starting`: not yet ready, within [`STARTUP_WINDOW`]), `periodMs` after a failure,
+/// `steadyPeriodMs` while the last probe succeeded.
+pub fn pace(probe: &Probe, starting: bool, failures: u32) -> Duration {
+    let period = Duration::from_millis(probe.period_ms);
+    if starting {
+        period.min(STARTUP_PERIOD)
+    } else if failures > 0 {
+        period
+    } else {
+        Duration::from_millis(probe.steady_period_ms.max(probe.period_ms))
+    }
 }
 
 /// One probe of the instance on `port`.
@@ -58,7 +85,6 @@ pub async fn readiness(
     cancel: CancellationToken,
     mut report: impl FnMut(bool, String),
 ) {
-    let period = Duration::from_millis(probe.period_ms);
     let began = Instant::now();
     let mut ever_ready = false;
     let mut ready = false;
@@ -86,8 +112,9 @@ pub async fn readiness(
                 }
             }
         }
+        // Not ready yet counts as failing: the start is probed at `periodMs`.
         let starting = !ever_ready && began.elapsed() < STARTUP_WINDOW;
-        let pace = if starting { period.min(STARTUP_PERIOD) } else { period };
+        let pace = pace(&probe, starting, failures.max(u32::from(!ready)));
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep_until(started + pace) => {}
@@ -104,7 +131,6 @@ pub async fn liveness(
     cancel: CancellationToken,
     mut report: impl FnMut(bool, String),
 ) {
-    let period = Duration::from_millis(probe.period_ms);
     let mut failing = false;
     loop {
         let started = Instant::now();
@@ -125,7 +151,7 @@ pub async fn liveness(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(started + period) => {}
+            _ = tokio::time::sleep_until(started + pace(&probe, false, u32::from(failing))) => {}
         }
     }
 }
@@ -140,7 +166,13 @@ mod tests {
     use super::*;
 
     fn http_probe(path: &str, period_ms: u64, threshold: u32) -> Probe {
-        Probe { check: Check::Http(path.into()), period_ms, timeout_ms: 200, failure_threshold: threshold }
+        Probe {
+            check: Check::Http(path.into()),
+            period_ms,
+            steady_period_ms: period_ms,
+            timeout_ms: 200,
+            failure_threshold: threshold,
+        }
     }
 
     /// A server whose /ready answers 200 while `healthy` is true.
@@ -166,7 +198,8 @@ mod tests {
         assert_eq!(check(&http, port, &http_probe("/ready", 100, 1)).await, Err("GET /ready answered 503".into()));
         *healthy.lock().unwrap() = true;
         assert_eq!(check(&http, port, &http_probe("/ready", 100, 1)).await, Ok(()));
-        let tcp = Probe { check: Check::Tcp, period_ms: 100, timeout_ms: 200, failure_threshold: 1 };
+        let tcp =
+            Probe { check: Check::Tcp, period_ms: 100, steady_period_ms: 100, timeout_ms: 200, failure_threshold: 1 };
         assert_eq!(check(&http, port, &tcp).await, Ok(()));
         // A socket that is bound but never answers: the timeout.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -208,5 +241,54 @@ mod tests {
         task.await.unwrap();
         let seen = seen.lock().unwrap().clone();
         assert_eq!(seen, vec![(true, String::new()), (false, "GET /ready answered 503".into()), (true, String::new())]);
+    }
+
+    #[test]
+    fn the_pace_is_fast_while_starting_or_failing_and_calm_while_well() {
+        let ms = Duration::from_millis;
+        let unset = Probe {
+            check: Check::Http("/ready".into()),
+            period_ms: 200,
+            steady_period_ms: 2000,
+            timeout_ms: 1000,
+            failure_threshold: 3,
+        };
+        let set = Probe { steady_period_ms: 50, period_ms: 50, ..unset.clone() };
+        let slow = Probe { steady_period_ms: 5000, period_ms: 5000, ..unset.clone() };
+        // (probe, starting, failures) -> pause
+        let table = [
+            (&unset, true, 1, ms(20)),
+            (&unset, false, 1, ms(200)),
+            (&unset, false, 3, ms(200)),
+            (&unset, false, 0, ms(2000)),
+            (&set, true, 1, ms(20)),
+            (&set, false, 2, ms(50)),
+            (&set, false, 0, ms(50)),
+            (&slow, false, 0, ms(5000)),
+            (&slow, false, 1, ms(5000)),
+            (&slow, true, 0, ms(20)),
+        ];
+        for (probe, starting, failures, want) in table {
+            assert_eq!(pace(probe, starting, failures), want, "{probe:?} starting {starting} failures {failures}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_probe_loop_keeps_its_connection() {
+        // A server that counts the connections it accepts.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let app = axum::Router::new().route("/health", get(|| async { StatusCode::OK }));
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let http = keep_alive();
+        for _ in 0..5 {
+            assert_eq!(check(&http, port, &http_probe("/health", 10, 1)).await, Ok(()));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "five probes, one connection");
     }
 }

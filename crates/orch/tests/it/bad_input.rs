@@ -43,12 +43,12 @@ fn each_bad_manifest_is_a_precise_error_and_nothing_starts() {
         (
             "negative replicas",
             reg("    - { name: web, component: registry, replicas: -1 }\n"),
-            "m.yaml:10:51: replicas must be from 0 to 100, got -1; fix: set replicas between 0 and 100".into(),
+            "m.yaml:10:51: replicas must be from 0 to 1000, got -1; fix: set replicas between 0 and 1000".into(),
         ),
         (
             "huge replicas",
             reg("    - { name: web, component: registry, replicas: 5000000000 }\n"),
-            "m.yaml:10:51: replicas must be from 0 to 100, got 5000000000; fix: set replicas between 0 and 100".into(),
+            "m.yaml:10:51: replicas must be from 0 to 1000, got 5000000000; fix: set replicas between 0 and 1000".into(),
         ),
         (
             "a dependency cycle",

@@ -117,8 +117,8 @@ async fn scale_restart_and_diff() {
     assert_eq!(stdout(&out).trim(), "web scaled 2 -> 3");
     cluster.wait_ready(&["registry-1", "web-1", "web-2", "web-3"]).await;
     for (args, code, text) in [
-        (&["scale", "web=-1"][..], 2, "replicas must be from 0 to 100, got -1"),
-        (&["scale", "web=101"][..], 2, "replicas must be from 0 to 100, got 101"),
+        (&["scale", "web=-1"][..], 2, "replicas must be from 0 to 1000, got -1"),
+        (&["scale", "web=1001"][..], 2, "replicas must be from 0 to 1000, got 1001"),
         (&["scale", "nosuch=1"][..], 1, "no service \"nosuch\""),
         (&["scale", "web"][..], 2, "expected SERVICE=REPLICAS"),
         (&["restart", "nosuch"][..], 1, "no service or instance \"nosuch\""),

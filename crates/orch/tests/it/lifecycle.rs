@@ -127,7 +127,7 @@ async fn a_broken_edit_changes_nothing_and_the_next_valid_one_applies() {
     let bad = [
         (web(2).replace("replicas: 2", "replicas: 5\n      bogus: true"), "unknown field `bogus`"),
         (web(2).replace("dependsOn: [registry]", "dependsOn: [web]"), "depends on itself"),
-        (web(2).replace("replicas: 2", "replicas: -2"), "replicas must be from 0 to 100, got -2"),
+        (web(2).replace("replicas: 2", "replicas: -2"), "replicas must be from 0 to 1000, got -2"),
         (
             web(2).replace("replicas: 2", &format!("replicas: 2\n      port: {taken_port}")),
             "is already in use by another program",
