@@ -12,7 +12,7 @@ use notify::Watcher;
 use super::{CallError, Controller, Event, Slot, diff, hash_text};
 use crate::events::Kind as EventKind;
 use crate::manifest::{self, Manifest, ManifestError, NodePath, Problem};
-use crate::reconcile::{self, InstanceId};
+use crate::reconcile::InstanceId;
 use crate::supervisor::spawn;
 
 impl Controller {
@@ -156,8 +156,7 @@ impl Controller {
             ));
         }
         self.keep_autoscaled(&mut new);
-        let old = &self.manifest;
-        let changes = diff(old, &new, |s| reconcile::revision(old, s), |s| reconcile::revision(&new, s));
+        let changes = diff(&self.manifest, &new);
         if dry_run {
             return Ok(changes);
         }
@@ -183,7 +182,6 @@ impl Controller {
         }
         self.manifest = new;
         self.slots = slots;
-        self.resources_applied();
         self.seen_text = hash_text(text);
         self.last_error = None;
         self.unpin_rollouts();

@@ -1,5 +1,6 @@
-//! `resources:` in the controller: each instance's cgroup before its process starts, the
-//! limits changed in place on a manifest edit, OOM kills told apart from other SIGKILLs,
+//! `resources:` in the controller: each instance's cgroup before its process starts (a
+//! change of limits is a new revision: the instances are replaced, each new process starting
+//! with the new limits, as a rollout does), OOM kills told apart from other SIGKILLs,
 //! usage for the API; and, where no cgroup hierarchy is writable, the RSS watchdog that
 //! stands in for the kernel's memory limit (said once at apply; cpu and pids are then not
 //! enforced, and said so too).
@@ -176,45 +177,13 @@ impl Controller {
         self.events.emit(EventKind::Resources, Some(&id.service), Some(&name), message);
     }
 
-    /// After a manifest edit: running instances take their service's new limits in place
-    /// (a process started without limits gets them at its next start).
-    pub(super) fn resources_applied(&mut self) {
-        let mut messages = Vec::new();
-        let running: Vec<InstanceId> =
-            self.instances.values().filter(|i| i.state.proc().is_some()).map(|i| i.id.clone()).collect();
-        for id in running {
-            let Some(new) = self.manifest.service(&id.service).map(|s| s.resources) else { continue };
-            let text = serde_json::to_string(&new).unwrap_or_default();
-            let message = match self.resources.live.get_mut(&id) {
-                Some(live) if new == live.limits => continue,
-                None if new.is_empty() => continue,
-                None => format!("{id} gets its limits {text} at its next start (it started without any)"),
-                Some(live) => match &live.cgroup {
-                    Some(cg) => match cg.set_limits(&new) {
-                        Ok(()) => {
-                            live.limits = new;
-                            format!("{id} limits changed in place: {text}")
-                        }
-                        Err(e) => format!("{id} limits not all changed ({e}); they apply when it restarts"),
-                    },
-                    None => {
-                        live.limits = new;
-                        live.watched.store(new.memory.unwrap_or(u64::MAX), Ordering::Relaxed);
-                        format!("{id} limits changed in place: {text} (the rss watchdog holds memory only)")
-                    }
-                },
-            };
-            messages.push((id, message));
-        }
-        for (id, message) in messages {
-            self.events.emit(EventKind::Resources, Some(&id.service), Some(&id.to_string()), message);
-        }
-        self.resources_announce();
-    }
-
     /// What `id` uses against its limits; `None` when its service has no `resources:`.
     pub(super) fn usage_of(&self, id: &InstanceId) -> Option<Usage> {
-        let limits = self.manifest.service(&id.service).map(|s| s.resources).filter(|r| !r.is_empty())?;
+        let limits = match self.resources.live.get(id) {
+            Some(live) => live.limits,
+            None => self.manifest.service(&id.service)?.resources,
+        };
+        let limits = Some(limits).filter(|r| !r.is_empty())?;
         let mut usage = Usage {
             enforced_by: self.resources.enforced_by(),
             memory_limit_bytes: limits.memory,

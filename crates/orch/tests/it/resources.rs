@@ -1,5 +1,5 @@
 //! `resources:` with real processes: the kernel's OOM killer, the CPU quota, the pids limit,
-//! limits changed in place, and the rss watchdog where no cgroup is used. The ratios are
+//! a limit change rolled out as new instances, and the rss watchdog where no cgroup is used. The ratios are
 //! read from the instance's own cgroup counters, never from a clock.
 //!
 //! Where no cgroup hierarchy is writable, the kernel-enforced tests print a loud SKIPPED line
@@ -145,20 +145,28 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
 }
 
 #[tokio::test]
-async fn limits_change_in_place_on_a_manifest_edit() {
+async fn a_limit_change_is_a_rollout_that_replaces_the_instances() {
     let sleeper = "[sleep, '60']";
     let cluster = Cluster::start(&manifest(&service("nap", sleeper, "{ memory: 64Mi, cpu: 200m }"))).await;
-    let nap = cluster.wait_instance_ready("nap-1").await;
+    cluster.wait_instance_ready("nap-1").await;
     let pid = cluster.pid("nap-1").await;
     cluster.edit(&manifest(&service("nap", sleeper, "{ memory: 128Mi, cpu: 500m, pids: 32 }")));
-    cluster.wait_event("resources", Some("nap-1"), "limits changed in place").await;
-    assert_eq!(cluster.pid("nap-1").await, pid, "no restart");
-    let usage = &cluster.instance("nap-1").await["usage"];
+    let nap = cluster.wait_replaced("nap-1", pid).await;
+    let new_pid = nap["pid"].as_u64().unwrap() as u32;
+    let usage = &nap["usage"];
     assert_eq!((usage["memoryLimitBytes"].as_u64(), usage["cpuLimitMillis"].as_u64()), (Some(128 << 20), Some(500)));
-    if enforced_by_cgroups(&nap, "limits changed in place") {
-        let quota = cgroup_file(pid, "cpu", "cpu.cfs_quota_us").or_else(|| cgroup_file(pid, "cpu", "cpu.max")).unwrap();
+    let h = eventually(DEADLINE, "rollout #2 of nap complete", || async {
+        let h = cluster.get("/api/rollouts/nap").await;
+        (h["rollouts"][1]["state"] == "complete").then_some(h)
+    })
+    .await;
+    let change = h["rollouts"][1]["change"].as_str().unwrap();
+    assert_eq!(change, "replace the instances of nap one at a time (resources changed)", "{h}");
+    if enforced_by_cgroups(&nap, "a limit change is a rollout") {
+        let quota =
+            cgroup_file(new_pid, "cpu", "cpu.cfs_quota_us").or_else(|| cgroup_file(new_pid, "cpu", "cpu.max")).unwrap();
         assert!(quota.starts_with("50000"), "{quota}");
-        let pids = cgroup_file(pid, "pids", "pids.max").unwrap();
+        let pids = cgroup_file(new_pid, "pids", "pids.max").unwrap();
         assert_eq!(pids.trim(), "32");
     }
 }
