@@ -150,7 +150,7 @@ pub struct InstanceDetail {
 }
 
 /// One service of `GET /api/cluster`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceView {
     pub name: String,
     pub replicas: u32,
@@ -169,7 +169,8 @@ pub struct ServiceView {
 }
 
 /// An autoscaled service in `GET /api/cluster`: `current/desired (min-max)`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AutoscaleView {
     /// Ready instances now.
     pub current: u32,
@@ -182,10 +183,16 @@ pub struct AutoscaleView {
     /// The last figure measured, in the same words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured: Option<String>,
+    /// The target as a number (per instance), for charts.
+    #[serde(default)]
+    pub target_value: u32,
+    /// The last figure measured as a number (per instance), for charts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figure: Option<f64>,
 }
 
 /// `GET /api/cluster`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Cluster {
     pub name: String,
