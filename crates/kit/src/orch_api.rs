@@ -299,7 +299,8 @@ pub enum ChangeKind {
     Create,
     /// Replicas `from` -> `to`.
     Scale,
-    /// The spec changed: its instances are replaced one at a time.
+    /// The spec changed, a numbered rollout: its instances are replaced one at a time, or,
+    /// when only `resources:` changed, their limits are changed in place.
     Roll,
     /// Probes, restart policy or grace changed: nothing restarts.
     Update,

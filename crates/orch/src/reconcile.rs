@@ -365,8 +365,9 @@ pub fn goals(manifest: &Manifest, revision: impl Fn(&Service) -> u64) -> Vec<Goa
 /// What the instances of `service` are started and watched with, part by part, each named
 /// as the manifest names it: the program and its arguments, environment, ports, probes,
 /// resources, and the cluster settings that reach them as variables. A change of any part is
-/// a new revision, rolled out; replicas, restart policy, grace period and the rollout's own
-/// settings take effect without replacing anything.
+/// a new rollout ([`rollout_revision`]); of any but the [`IN_PLACE`] ones, a new revision of
+/// the instances ([`revision`]), which replaces them. Replicas, restart policy, grace period
+/// and the rollout's own settings take effect without a rollout.
 pub fn revision_parts(manifest: &Manifest, service: &Service) -> [(&'static str, String); 16] {
     fn text<T: serde::Serialize + ?Sized>(value: &T) -> String {
         serde_json::to_string(value).unwrap_or_default()
@@ -397,10 +398,26 @@ pub fn revision_parts(manifest: &Manifest, service: &Service) -> [(&'static str,
     ]
 }
 
-/// The revision of `service`: a hash of its [`revision_parts`].
+/// The parts of [`revision_parts`] that running instances take in place (their cgroups'
+/// limits are rewritten, as Kubernetes resizes a pod in place): a change of only these is a
+/// rollout that replaces nothing.
+pub const IN_PLACE: [&str; 1] = ["resources"];
+
+/// The revision of `service`'s instances: a hash of its [`revision_parts`] but the
+/// [`IN_PLACE`] ones. An instance of another revision is replaced.
 pub fn revision(manifest: &Manifest, service: &Service) -> u64 {
+    hash_parts(manifest, service, |name| !IN_PLACE.contains(&name))
+}
+
+/// The revision of `service`'s rollouts, as the history shows it: a hash of all its
+/// [`revision_parts`], so a change of limits is a numbered rollout too.
+pub fn rollout_revision(manifest: &Manifest, service: &Service) -> u64 {
+    hash_parts(manifest, service, |_| true)
+}
+
+fn hash_parts(manifest: &Manifest, service: &Service, keep: impl Fn(&str) -> bool) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (_, part) in revision_parts(manifest, service) {
+    for (_, part) in revision_parts(manifest, service).into_iter().filter(|(name, _)| keep(name)) {
         part.hash(&mut h);
     }
     h.finish()

@@ -188,6 +188,8 @@ impl Controller {
         for change in changes.iter().filter(|c| matches!(c.change, ChangeKind::Roll | ChangeKind::Create)) {
             self.begin_rollout(&change.service, change.summary.clone(), None);
         }
+        self.resources_applied();
+        self.resources_announce();
         if path_changed {
             self.watch_manifest();
             self.state.record.manifest = self.manifest.path.clone();

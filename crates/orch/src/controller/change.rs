@@ -4,11 +4,12 @@
 use kit::orch_api::{Change, ChangeKind};
 
 use crate::manifest::{Manifest, Service};
-use crate::reconcile::revision_parts;
+use crate::reconcile::{IN_PLACE, revision_parts};
 
 /// What applying `new` over `old` changes, per service. A service whose revision changed
-/// (a part of [`revision_parts`]) is rolled, and the summary names the parts; one that
-/// differs otherwise is updated in place.
+/// (a part of [`revision_parts`]) is rolled, and the summary names the parts: its instances
+/// are replaced, or, when only [`IN_PLACE`] parts changed, changed in place. One that
+/// differs otherwise is updated without a rollout.
 pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
     let change = |s: &Service, change, from, to, summary| Change { service: s.name.clone(), change, from, to, summary };
     let mut changes = Vec::new();
@@ -25,7 +26,12 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
         let parts = revision_parts(old, o).into_iter().zip(revision_parts(new, s));
         let changed: Vec<&str> = parts.filter(|((_, a), (_, b))| a != b).map(|(_, (name, _))| name).collect();
         if !changed.is_empty() {
-            let summary = format!("replace the instances of {} one at a time ({} changed)", s.name, changed.join(", "));
+            let what = if changed.iter().all(|part| IN_PLACE.contains(part)) {
+                format!("change the instances of {} in place", s.name)
+            } else {
+                format!("replace the instances of {} one at a time", s.name)
+            };
+            let summary = format!("{what} ({} changed)", changed.join(", "));
             changes.push(change(s, ChangeKind::Roll, None, None, summary));
         } else {
             let mut a = o.clone();
@@ -87,14 +93,25 @@ mod tests {
                     ("a", ChangeKind::Delete, Some(1), Some(0), "delete a (1 instances)"),
                 ],
             ),
-            // Probes and resources are part of the revision.
+            // Probes and resources are part of the revision; resources alone change in place.
             (
-                "    - { name: a, command: ['true'] }\n    - { name: b, command: [sh], replicas: 2, readiness: { tcp: true, periodMs: 250 } }\n    - { name: c, command: [sh], resources: { memory: 64Mi } }\n    - { name: d, command: [sh], liveness: { tcp: true } }\n",
+                "    - { name: a, command: ['true'], resources: { cpu: 100m } }\n    - { name: b, command: [sh], replicas: 2, readiness: { tcp: true, periodMs: 250 } }\n    - { name: c, command: [sh], resources: { memory: 64Mi } }\n    - { name: d, command: [sh], liveness: { tcp: true } }\n",
                 &[
+                    ("a", ChangeKind::Roll, None, None, "change the instances of a in place (resources changed)"),
                     ("b", ChangeKind::Roll, None, None, "replace the instances of b one at a time (readiness changed)"),
-                    ("c", ChangeKind::Roll, None, None, "replace the instances of c one at a time (resources changed)"),
+                    ("c", ChangeKind::Roll, None, None, "change the instances of c in place (resources changed)"),
                     ("d", ChangeKind::Roll, None, None, "replace the instances of d one at a time (liveness changed)"),
                 ],
+            ),
+            (
+                "    - { name: a, command: ['false'], resources: { cpu: 100m } }\n    - { name: b, command: [sh], replicas: 2 }\n    - { name: c, command: [sh] }\n    - { name: d, command: [sh] }\n",
+                &[(
+                    "a",
+                    ChangeKind::Roll,
+                    None,
+                    None,
+                    "replace the instances of a one at a time (command, resources changed)",
+                )],
             ),
         ];
         for (new, expected) in cases {

@@ -1,6 +1,6 @@
-//! `resources:` in the controller: each instance's cgroup before its process starts (a
-//! change of limits is a new revision: the instances are replaced, each new process starting
-//! with the new limits, as a rollout does), OOM kills told apart from other SIGKILLs,
+//! `resources:` in the controller: each instance's cgroup before its process starts, the
+//! limits changed in place when a rollout changes only them (an instance whose cgroup
+//! refuses them is replaced instead), OOM kills told apart from other SIGKILLs,
 //! usage for the API; and, where no cgroup hierarchy is writable, the RSS watchdog that
 //! stands in for the kernel's memory limit (said once at apply; cpu and pids are then not
 //! enforced, and said so too).
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Controller, Event};
 use crate::events::Kind as EventKind;
 use crate::manifest::Resources;
-use crate::reconcile::InstanceId;
+use crate::reconcile::{self, InstanceId};
 use crate::supervisor::cgroup::{Cgroups, InstanceCgroup};
 
 /// How often the watchdog samples a process's resident memory.
@@ -136,13 +136,13 @@ impl Controller {
         files
     }
 
-    /// `id`'s process `generation` (pid `pid`) started; without a cgroup, a memory limit is
-    /// watched until `exited`.
+    /// `id`'s process `generation` (pid `pid`) started; without a cgroup, its memory is
+    /// watched until `exited` (against no limit until one is set in place).
     pub(super) fn resources_started(&mut self, id: &InstanceId, generation: u64, pid: u32) {
         let exited = self.instances.get(id).and_then(|i| i.state.proc()).map(|p| p.exited.clone());
         let (Some(live), Some(exited)) = (self.resources.live.get_mut(id), exited) else { return };
         live.generation = generation;
-        if live.cgroup.is_none() && live.limits.memory.is_some() {
+        if live.cgroup.is_none() {
             tokio::spawn(watchdog(self.tx.clone(), id.clone(), generation, pid, live.watched.clone(), exited));
         }
     }
@@ -175,6 +175,53 @@ impl Controller {
         let name = instance.name.clone();
         let message = format!("{name} uses {rss} bytes, past its memory limit of {limit}: killing it (rss watchdog)");
         self.events.emit(EventKind::Resources, Some(&id.service), Some(&name), message);
+    }
+
+    /// After an apply or an undo: every running instance that stays (its revision is its
+    /// service's: only limits changed) takes its service's limits in place, as Kubernetes
+    /// resizes a pod in place; without a cgroup the watchdog takes the new memory limit.
+    /// Where that cannot be done (the kernel refuses a write, e.g. a memory limit below what
+    /// is in use, or the process started without limits) the instance is replaced instead,
+    /// its new process starting with the new limits, and the rollout waits for it.
+    pub(super) fn resources_applied(&mut self) {
+        let manifest = &self.manifest;
+        let staying: Vec<(InstanceId, Resources)> = self
+            .instances
+            .values()
+            .filter(|i| i.state.proc().is_some() && !i.replace)
+            .filter_map(|i| {
+                let s = manifest.service(&i.id.service)?;
+                (reconcile::revision(manifest, s) == i.revision).then(|| (i.id.clone(), s.resources))
+            })
+            .collect();
+        let mut messages = Vec::new();
+        for (id, new) in staying {
+            let text = serde_json::to_string(&new).unwrap_or_default();
+            let refused = match self.resources.live.get_mut(&id) {
+                Some(live) if new == live.limits => continue,
+                None if new.is_empty() => continue,
+                None => "it started without any".to_owned(),
+                Some(live) => match live.cgroup.as_ref().map(|cg| cg.set_limits(&new)) {
+                    Some(Err(e)) => e,
+                    set => {
+                        live.limits = new;
+                        live.watched.store(new.memory.unwrap_or(u64::MAX), Ordering::Relaxed);
+                        let by = if set.is_none() { " (the rss watchdog holds memory only)" } else { "" };
+                        messages.push((id, format!("limits changed in place: {text}{by}")));
+                        continue;
+                    }
+                },
+            };
+            if let Some(instance) = self.instances.get_mut(&id) {
+                instance.replace = true;
+            }
+            self.rolling.insert(id.service.clone());
+            messages.push((id, format!("limits {text} not set in place ({refused}): replacing it")));
+        }
+        for (id, message) in messages {
+            let name = id.to_string();
+            self.events.emit(EventKind::Resources, Some(&id.service), Some(&name), format!("{name} {message}"));
+        }
     }
 
     /// What `id` uses against its limits; `None` when its service has no `resources:`.

@@ -19,9 +19,9 @@ impl Controller {
     /// Records a new rollout of `service`'s spec as the manifest has it now.
     pub(super) fn begin_rollout(&mut self, service: &str, change: String, restores: Option<u32>) -> Option<u32> {
         let spec = self.manifest.service(service)?;
-        let revision = reconcile::revision(&self.manifest, spec);
+        let revisions = (reconcile::rollout_revision(&self.manifest, spec), reconcile::revision(&self.manifest, spec));
         let history = self.rollouts.entry(service.to_owned()).or_default();
-        let number = history.begin(spec, revision, change, restores, Instant::now());
+        let number = history.begin(spec, revisions, change, restores, Instant::now());
         self.save_rollouts();
         Some(number)
     }
@@ -36,15 +36,17 @@ impl Controller {
             rollout::Book::new()
         });
         for spec in &self.manifest.services {
-            let revision = reconcile::revision(&self.manifest, spec);
+            let revision = reconcile::rollout_revision(&self.manifest, spec);
+            let template = reconcile::revision(&self.manifest, spec);
             let history = self.rollouts.entry(spec.name.clone()).or_default();
             for entry in history.entries.iter_mut().filter(|e| e.revision == revision) {
                 entry.spec = Some(spec.clone());
+                entry.template = template;
             }
             let same = history.latest().is_some_and(|e| e.revision == revision);
             if !same {
                 let change = if history.entries.is_empty() { "created" } else { "changed while orch was stopped" };
-                history.begin(spec, revision, change.to_owned(), None, now);
+                history.begin(spec, (revision, template), change.to_owned(), None, now);
             }
             if let Some(latest) = history.entries.last_mut() {
                 latest.at_start = true;
@@ -92,7 +94,7 @@ impl Controller {
             // starting: it has no deadline.
             let deadline = (history.entries.len() > 1 && !latest.at_start)
                 .then(|| Duration::from_millis(service.rollout.progress_deadline_ms));
-            let verdict = rollout::judge(latest.revision, service.replicas, latest.started, deadline, &refs, now);
+            let verdict = rollout::judge(latest.template, service.replicas, latest.started, deadline, &refs, now);
             let (number, restores) = (latest.view.number, latest.restores);
             history.settle(&verdict);
             settled |= !matches!(verdict, Verdict::Progressing { .. });
@@ -141,6 +143,7 @@ impl Controller {
         self.manifest = new;
         self.slots = slots;
         let number = self.begin_rollout(service, change, Some(to)).ok_or_else(not_found)?;
+        self.resources_applied();
         if let Some(history) = self.rollouts.get_mut(service) {
             history.pinned = true;
         }

@@ -21,7 +21,13 @@ pub const KEEP: usize = 10;
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub view: Rollout,
+    /// Which rollout it is ([`rollout_revision`](crate::reconcile::rollout_revision)), as
+    /// the history shows it.
     pub revision: u64,
+    /// The revision of the instances it runs ([`revision`](crate::reconcile::revision)),
+    /// which [`judge`] counts: the same as the rollout before when only limits changed,
+    /// in place.
+    pub template: u64,
     /// `None`: a rollout of an earlier run of orch (see `rollout_file`) whose revision
     /// orch does not run now.
     pub spec: Option<Service>,
@@ -54,9 +60,16 @@ impl History {
         self.entries.iter().find(|e| e.view.number == number)
     }
 
-    /// Records a new rollout of `spec` (a progressing one before it is superseded) and
-    /// returns its number.
-    pub fn begin(&mut self, spec: &Service, revision: u64, change: String, restores: Option<u32>, at: Instant) -> u32 {
+    /// Records a new rollout of `spec` (`revision`, its instances of `template`; a
+    /// progressing one before it is superseded) and returns its number.
+    pub fn begin(
+        &mut self,
+        spec: &Service,
+        (revision, template): (u64, u64),
+        change: String,
+        restores: Option<u32>,
+        at: Instant,
+    ) -> u32 {
         let now = kit::time::now_iso();
         if let Some(last) = self.entries.last_mut()
             && last.view.state == RolloutState::Progressing
@@ -78,6 +91,7 @@ impl History {
                 replicas: spec.replicas,
             },
             revision,
+            template,
             spec: Some(spec.clone()),
             started: at,
             restores,
@@ -258,11 +272,11 @@ mod tests {
         let t0 = Instant::now();
         let mut h = History::default();
         assert_eq!(h.undo_target(None).unwrap_err(), "no earlier rollout completed: nothing to go back to");
-        assert_eq!(h.begin(spec, 1, "create".into(), None, t0), 1);
+        assert_eq!(h.begin(spec, (1, 1), "create".into(), None, t0), 1);
         h.settle(&Verdict::Complete { ready: 1 });
-        assert_eq!(h.begin(spec, 2, "command".into(), None, t0), 2);
+        assert_eq!(h.begin(spec, (2, 2), "command".into(), None, t0), 2);
         // A third before the second ended supersedes it.
-        assert_eq!(h.begin(spec, 3, "env".into(), None, t0), 3);
+        assert_eq!(h.begin(spec, (3, 3), "env".into(), None, t0), 3);
         assert_eq!(h.get(2).unwrap().view.state, RolloutState::Superseded);
         h.settle(&Verdict::Failed { ready: 0, cause: "x".into() });
         assert_eq!(h.latest().unwrap().view.state, RolloutState::Failed);

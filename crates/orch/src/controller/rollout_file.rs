@@ -74,6 +74,8 @@ pub fn load(data_dir: &Path, now: Instant) -> Result<Book, RolloutFileError> {
                 .into_iter()
                 .map(|r| Entry {
                     revision: u64::from_str_radix(&r.view.revision, 16).unwrap_or(0),
+                    // Known again if orch runs its revision (see `start_rollouts`).
+                    template: 0,
                     view: r.view,
                     spec: None,
                     started: now,
@@ -129,10 +131,10 @@ mod tests {
         let mut book = Book::new();
         let h = book.entry("web".to_owned()).or_default();
         for n in 1..=KEEP as u64 + 3 {
-            h.begin(spec, 0xabc0 + n, format!("change {n}"), None, Instant::now());
+            h.begin(spec, (0xabc0 + n, n), format!("change {n}"), None, Instant::now());
             h.settle(&Verdict::Complete { ready: 1 });
         }
-        h.begin(spec, 0xff, "undo to #5".into(), Some(5), Instant::now());
+        h.begin(spec, (0xff, 1), "undo to #5".into(), Some(5), Instant::now());
         save(dir.path(), &book).unwrap();
         assert!(!dir.path().join(format!("{FILE}.tmp")).exists());
 
