@@ -99,6 +99,36 @@ async fn without_cgroups_the_rss_watchdog_holds_the_memory_limit() {
 }
 
 #[tokio::test]
+async fn a_memory_limit_the_kernel_refuses_replaces_the_instance_instead() {
+    let cluster = Cluster::start(&manifest(&service("hog", &hog(64), "{ memory: 256Mi }"))).await;
+    let first = cluster.wait_instance_ready("hog-1").await;
+    if !enforced_by_cgroups(&first, "a memory limit the kernel refuses") {
+        return;
+    }
+    if first["usage"]["enforcedBy"] == "cgroup v2" {
+        // v2 takes a memory.max below use (and reclaims or OOM-kills); only v1 refuses.
+        eprintln!("\n*** SKIPPED a memory limit the kernel refuses: cgroup v2 does not refuse ***\n");
+        return;
+    }
+    let pid = cluster.pid("hog-1").await;
+    eventually(DEADLINE, "hog-1 using its 64 MiB", || async {
+        let used = cluster.instance("hog-1").await["usage"]["memoryBytes"].as_u64()?;
+        (used >= 64 << 20).then_some(())
+    })
+    .await;
+    cluster.edit(&manifest(&service("hog", &hog(64), "{ memory: 16Mi }")));
+    let said = cluster.wait_event("resources", Some("hog-1"), "not set in place").await;
+    assert!(said["message"].as_str().unwrap().ends_with("replacing it"), "{said}");
+    // Its replacement starts under 16 MiB, and the kernel holds it there.
+    cluster.wait_event("exited", Some("hog-1"), "OOMKilled").await;
+    let now = cluster.instance("hog-1").await;
+    assert_ne!(now["pid"].as_u64(), Some(pid as u64), "replaced");
+    assert_eq!(now["usage"]["memoryLimitBytes"], 16 << 20, "{now}");
+    let h = cluster.get("/api/rollouts/hog").await;
+    assert_eq!(h["rollouts"][1]["change"], "change the instances of hog in place (resources changed)", "{h}");
+}
+
+#[tokio::test]
 async fn without_cgroups_the_watchdog_takes_a_new_memory_limit_in_place() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("m.yaml"), manifest(&service("hog", &hog(100), "{ cpu: 500m }"))).unwrap();
