@@ -365,13 +365,20 @@ const ORCH_PAGE_STATE: &str = r#"
         rows,
         events: [...document.querySelectorAll('#events li')].map((li) => [li.dataset.event || '', li.textContent]),
         marker: window.__sameDocument || null,
+        autoscale: [...document.querySelectorAll('#autoscale svg.autoscale-chart')]
+            .map((c) => [c.dataset.service, c.querySelectorAll('path.replicas').length]),
     };
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_under_orch_shows_a_kill_and_the_restart_live() {
     let binaries = Browser::binaries();
-    let topology = Topology::new().env("detector", "CHECK_INTERVAL_MS", "500");
+    // compute is autoscaled (within 3-4, on a target this traffic never reaches): its chart.
+    let topology = Topology::new().env("detector", "CHECK_INTERVAL_MS", "500").field(
+        "compute",
+        "autoscale",
+        "{ min: 3, max: 4, target: { inFlightPerInstance: 50 } }",
+    );
     let cluster = topology.start().await;
     let http = reqwest::Client::new();
 
@@ -401,6 +408,11 @@ async fn the_dashboard_under_orch_shows_a_kill_and_the_restart_live() {
     assert_eq!(shown["rows"].as_object().unwrap().len(), registered.len(), "{shown}");
     assert_eq!(shown["rows"]["data-2"]["restarts"], "0 restarts", "{shown}");
     assert_eq!(shown["rows"]["data-2"]["crashed"], false, "{shown}");
+    // The autoscaled service's chart: its replicas over time, drawn once two reads are in.
+    page_until(&browser, ORCH_PAGE_STATE, "compute's autoscale chart drawn", |page| {
+        page["autoscale"] == json!([["compute", 1]])
+    })
+    .await;
     browser.eval("window.__sameDocument = 'no reload'; return null;").await;
     browser.screenshot("dashboard-orch-up.png").await;
 

@@ -6,6 +6,7 @@
 //   alert     one new alert (down / recovered / rollout)
 //   event     one new event from orch
 //   traffic   the balancer's request counts and rate
+//   autoscale orch's autoscaled services: figure per instance and replicas over time
 // Every text from the server is set with textContent: nothing it says can become markup.
 'use strict';
 
@@ -22,6 +23,7 @@ const state = {
   alertsTotal: 0,
   events: [],
   traffic: null,
+  autoscale: { services: {} },
 };
 
 // ---------------------------------------------------------------- helpers
@@ -106,6 +108,7 @@ function handle(msg) {
     state.alertsTotal = msg.alertsTotal || 0;
     state.events = msg.events || [];
     state.traffic = msg.traffic || null;
+    state.autoscale = msg.autoscale || { services: {} };
     renderAll();
     return;
   }
@@ -133,6 +136,10 @@ function handle(msg) {
       renderTraffic();
       renderTiles();
       break;
+    case 'autoscale':
+      state.autoscale = msg.autoscale;
+      renderAutoscale();
+      break;
   }
 }
 
@@ -157,6 +164,7 @@ function mergeStatus(status) {
 
 function renderAll() {
   renderStatus();
+  renderAutoscale();
   renderTraffic();
   renderAlerts();
   renderEvents();
@@ -520,6 +528,50 @@ function renderEvents() {
     li.append(msg, when(e.time));
     return li;
   }));
+}
+
+// Each autoscaled service: its figure per instance (blue) against the target (dashed),
+// and its ready replicas (green) and desired replicas (grey) between min and max.
+function renderAutoscale() {
+  const services = Object.entries((state.autoscale && state.autoscale.services) || {})
+    .sort(([a], [b]) => naturally(a, b));
+  byId('autoscale-card').hidden = services.length === 0;
+  byId('autoscale-note').textContent = services.length ? 'figure per instance · replicas' : '';
+  replaceChildren(byId('autoscale'), services.map(([name, a]) => {
+    const box = el('div', 'scaled');
+    box.dataset.service = name;
+    const last = a.samples[a.samples.length - 1];
+    const head = el('div', 'scaled-head');
+    head.append(el('strong', null, name),
+      el('span', 'card-note', `${last ? `${last.current}/${last.desired}` : '–'} (${a.min}-${a.max}) · ${a.measured || 'not measured yet'} · target ${a.target}`));
+    const chart = svg('svg', { class: 'autoscale-chart', width: 300, height: 64, viewBox: '0 0 300 64', 'data-service': name });
+    autoscaleChart(chart, a);
+    box.append(head, chart);
+    return box;
+  }));
+}
+
+function autoscaleChart(chart, a) {
+  const w = 300, h = 64, bottom = h - 2;
+  const shown = a.samples.slice(-90);
+  const children = [svg('line', { x1: 0, y1: bottom + 0.5, x2: w, y2: bottom + 0.5, stroke: '#e3e7ed' })];
+  if (shown.length >= 2) {
+    const step = w / (Math.max(20, shown.length) - 1);
+    const x0 = w - (shown.length - 1) * step;
+    const x = (i) => (x0 + i * step).toFixed(1);
+    const top = Math.max(1, a.targetValue, ...shown.map((s) => s.figure || 0)) * 1.15;
+    const y = (v, max) => (bottom - (v / max) * (bottom - 4)).toFixed(1);
+    const ty = y(a.targetValue, top);
+    children.push(svg('line', { class: 'target', x1: 0, y1: ty, x2: w, y2: ty, stroke: '#9aa5b4', 'stroke-dasharray': '3 3' }));
+    const line = (pts, stroke, cls) => svg('path', { class: cls, d: 'M' + pts.join(' L'), fill: 'none', stroke, 'stroke-width': 1.5, 'stroke-linejoin': 'round' });
+    const figures = shown.map((s, i) => [i, s.figure]).filter(([, f]) => typeof f === 'number');
+    if (figures.length >= 2) children.push(line(figures.map(([i, f]) => `${x(i)},${y(f, top)}`), '#3a6fd8', 'figure'));
+    const most = Math.max(1, a.max) * 1.15;
+    const steps = (key) => shown.map((s, i) => `${x(i)},${y(s[key], most)}`);
+    children.push(line(steps('desired'), '#9aa5b4', 'desired'));
+    children.push(line(steps('current'), '#2f9e58', 'replicas'));
+  }
+  chart.replaceChildren(...children);
 }
 
 // ---------------------------------------------------------------- the socket

@@ -23,6 +23,7 @@
 //! for them.
 
 mod api;
+pub mod autoscale;
 pub mod check;
 pub mod cluster;
 mod dashboard;
@@ -159,6 +160,7 @@ enum Message<'a> {
         alerts_total: u64,
         events: Vec<&'a OrchEvent>,
         traffic: &'a traffic::Traffic,
+        autoscale: &'a autoscale::Autoscaling,
     },
     Status {
         seq: u64,
@@ -177,6 +179,10 @@ enum Message<'a> {
     Traffic {
         seq: u64,
         traffic: &'a traffic::Traffic,
+    },
+    Autoscale {
+        seq: u64,
+        autoscale: &'a autoscale::Autoscaling,
     },
 }
 
@@ -284,6 +290,7 @@ impl AppState {
             alerts_total: cluster.alerts_total(),
             events: cluster.events().take(SNAPSHOT_FEED).collect(),
             traffic: &cluster.traffic,
+            autoscale: &cluster.autoscaling,
         };
         let text = serde_json::to_string(&message).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot serialise a dashboard snapshot");
@@ -345,6 +352,15 @@ impl AppState {
         if !alerts.is_empty() {
             self.raise(&mut published, alerts);
             self.publish_status(&mut published);
+        }
+    }
+
+    fn sync_autoscale(&self, services: &[kit::orch_api::ServiceView]) {
+        let mut published = self.lock();
+        if published.cluster.autoscaling.update(kit::time::unix_millis(), services) {
+            published.seq += 1;
+            let seq = published.seq;
+            self.broadcast(seq, &Message::Autoscale { seq, autoscale: &published.cluster.autoscaling });
         }
     }
 

@@ -1,5 +1,6 @@
 //! Following orch's control API (`ORCH_CONTROL_URL`): restart counts, pids and process
-//! states from `GET /api/instances`, and orch's events from `GET /api/events`.
+//! states from `GET /api/instances`, the autoscaled services' figures and replicas from
+//! `GET /api/cluster` (read with the instances), and orch's events from `GET /api/events`.
 //!
 //! Two loops. [`follow_events`] first reads the events orch already has (they fill the
 //! dashboard's feed and alert nobody), then long-polls `?since=SEQ&wait=30s`: each new event
@@ -86,6 +87,12 @@ impl OrchClient {
         Ok(res.error_for_status()?.json::<InstanceList>().await?.instances)
     }
 
+    /// `GET /api/cluster`: the services, with their autoscalers.
+    pub async fn cluster(&self) -> Result<kit::orch_api::Cluster, reqwest::Error> {
+        let res = self.http.get(format!("{}/api/cluster", self.base)).timeout(Duration::from_secs(5)).send().await?;
+        res.error_for_status()?.json().await
+    }
+
     async fn events(&self, since: u64, wait: Option<Duration>) -> Result<EventPage, reqwest::Error> {
         let mut query = vec![("since", since.to_string()), ("limit", PAGE.to_string())];
         if let Some(wait) = wait {
@@ -165,6 +172,9 @@ pub async fn poll_instances(state: AppState, client: OrchClient, shutdown: kit::
                     failing = false;
                 }
                 state.sync_orch(&instances);
+                if let Ok(cluster) = client.cluster().await {
+                    state.sync_autoscale(&cluster.services);
+                }
             }
             Err(e) => {
                 if !failing {

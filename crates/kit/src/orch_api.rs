@@ -162,7 +162,7 @@ pub struct InstanceDetail {
 }
 
 /// One service of `GET /api/cluster`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceView {
     pub name: String,
     pub replicas: u32,
@@ -181,7 +181,8 @@ pub struct ServiceView {
 }
 
 /// An autoscaled service in `GET /api/cluster`: `current/desired (min-max)`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AutoscaleView {
     /// Ready instances now.
     pub current: u32,
@@ -194,10 +195,16 @@ pub struct AutoscaleView {
     /// The last figure measured, in the same words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measured: Option<String>,
+    /// The target as a number (per instance), for charts.
+    #[serde(default)]
+    pub target_value: u32,
+    /// The last figure measured as a number (per instance), for charts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figure: Option<f64>,
 }
 
 /// `GET /api/cluster`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Cluster {
     pub name: String,
@@ -304,7 +311,8 @@ pub enum ChangeKind {
     Create,
     /// Replicas `from` -> `to`.
     Scale,
-    /// The spec changed: its instances are replaced one at a time.
+    /// The spec changed, a numbered rollout: its instances are replaced one at a time, or,
+    /// when only `resources:` changed, their limits are changed in place.
     Roll,
     /// Probes, restart policy or grace changed: nothing restarts.
     Update,

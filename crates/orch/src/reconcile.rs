@@ -362,26 +362,63 @@ pub fn goals(manifest: &Manifest, revision: impl Fn(&Service) -> u64) -> Vec<Goa
         .collect()
 }
 
-/// The revision of `service`: a hash of everything that shapes its processes (program,
-/// arguments, environment, ports, and the cluster settings that reach them as variables).
-/// Replicas, probes, restart policy and grace period take effect without replacing anything.
+/// What the instances of `service` are started and watched with, part by part, each named
+/// as the manifest names it: the program and its arguments, environment, ports, probes,
+/// resources, and the cluster settings that reach them as variables. A change of any part is
+/// a new rollout ([`rollout_revision`]); of any but the [`IN_PLACE`] ones, a new revision of
+/// the instances ([`revision`]), which replaces them. Replicas, restart policy, grace period
+/// and the rollout's own settings take effect without a rollout.
+pub fn revision_parts(manifest: &Manifest, service: &Service) -> [(&'static str, String); 16] {
+    fn text<T: serde::Serialize + ?Sized>(value: &T) -> String {
+        serde_json::to_string(value).unwrap_or_default()
+    }
+    let what = if service.component().is_some() { "component" } else { "command" };
+    // The registry's and balancer's addresses reach every instance as URLs.
+    let addresses: Vec<_> = [crate::run::Component::Registry, crate::run::Component::Balancer]
+        .into_iter()
+        .map(|c| manifest.component(c).map(|s| (&s.name, s.port)))
+        .collect();
+    [
+        (what, text(&service.kind)),
+        ("port", text(&service.port)),
+        ("env", text(&service.env)),
+        ("routes", text(&service.routes)),
+        ("socketActivation", text(&service.socket_activation)),
+        ("register", text(&service.register)),
+        ("registers", text(&service.registers)),
+        ("workingDir", text(&service.working_dir)),
+        ("readiness", text(&service.readiness)),
+        ("liveness", text(&service.liveness)),
+        ("resources", text(&service.resources)),
+        ("spec.env", text(&manifest.env)),
+        ("spec.authRequired", text(&manifest.auth_required)),
+        ("spec.dataDir", text(&manifest.data_dir)),
+        ("spec.database", text(&manifest.database)),
+        ("the registry's or balancer's address", text(&addresses)),
+    ]
+}
+
+/// The parts of [`revision_parts`] that running instances take in place (their cgroups'
+/// limits are rewritten, as Kubernetes resizes a pod in place): a change of only these is a
+/// rollout that replaces nothing.
+pub const IN_PLACE: [&str; 1] = ["resources"];
+
+/// The revision of `service`'s instances: a hash of its [`revision_parts`] but the
+/// [`IN_PLACE`] ones. An instance of another revision is replaced.
 pub fn revision(manifest: &Manifest, service: &Service) -> u64 {
+    hash_parts(manifest, service, |name| !IN_PLACE.contains(&name))
+}
+
+/// The revision of `service`'s rollouts, as the history shows it: a hash of all its
+/// [`revision_parts`], so a change of limits is a numbered rollout too.
+pub fn rollout_revision(manifest: &Manifest, service: &Service) -> u64 {
+    hash_parts(manifest, service, |_| true)
+}
+
+fn hash_parts(manifest: &Manifest, service: &Service, keep: impl Fn(&str) -> bool) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&service.kind).unwrap_or_default().hash(&mut h);
-    service.port.hash(&mut h);
-    service.env.hash(&mut h);
-    service.routes.hash(&mut h);
-    service.socket_activation.hash(&mut h);
-    service.register.hash(&mut h);
-    service.registers.hash(&mut h);
-    service.working_dir.hash(&mut h);
-    manifest.env.hash(&mut h);
-    manifest.auth_required.hash(&mut h);
-    manifest.data_dir.hash(&mut h);
-    manifest.database.hash(&mut h);
-    // The registry's and balancer's ports reach every instance as URLs.
-    for component in [crate::run::Component::Registry, crate::run::Component::Balancer] {
-        manifest.component(component).map(|s| (&s.name, s.port)).hash(&mut h);
+    for (_, part) in revision_parts(manifest, service).into_iter().filter(|(name, _)| keep(name)) {
+        part.hash(&mut h);
     }
     h.finish()
 }

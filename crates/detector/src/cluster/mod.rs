@@ -186,6 +186,7 @@ pub struct Cluster {
     /// Counts reports (orch, registry): a round remembers the count it began at.
     reports: u64,
     pub traffic: Traffic,
+    pub autoscaling: crate::autoscale::Autoscaling,
 }
 
 /// The targets of one round of checks.
@@ -208,6 +209,7 @@ impl Cluster {
             events: VecDeque::new(),
             reports: 0,
             traffic: Traffic::default(),
+            autoscaling: crate::autoscale::Autoscaling::default(),
         }
     }
 

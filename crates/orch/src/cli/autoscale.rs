@@ -48,6 +48,8 @@ mod tests {
             max: 8,
             target: "in flight 8 per instance".into(),
             measured: Some("in flight 19.5 per instance".into()),
+            target_value: 8,
+            figure: Some(19.5),
         };
         let cluster = Cluster {
             name: "t".into(),

@@ -12,7 +12,7 @@ use notify::Watcher;
 use super::{CallError, Controller, Event, Slot, diff, hash_text};
 use crate::events::Kind as EventKind;
 use crate::manifest::{self, Manifest, ManifestError, NodePath, Problem};
-use crate::reconcile::{self, InstanceId};
+use crate::reconcile::InstanceId;
 use crate::supervisor::{capacity, spawn};
 
 impl Controller {
@@ -164,8 +164,7 @@ impl Controller {
             ));
         }
         self.keep_autoscaled(&mut new);
-        let old = &self.manifest;
-        let changes = diff(old, &new, |s| reconcile::revision(old, s), |s| reconcile::revision(&new, s));
+        let changes = diff(&self.manifest, &new);
         if dry_run {
             return Ok(changes);
         }
@@ -191,13 +190,14 @@ impl Controller {
         }
         self.manifest = new;
         self.slots = slots;
-        self.resources_applied();
         self.seen_text = hash_text(text);
         self.last_error = None;
         self.unpin_rollouts();
         for change in changes.iter().filter(|c| matches!(c.change, ChangeKind::Roll | ChangeKind::Create)) {
             self.begin_rollout(&change.service, change.summary.clone(), None);
         }
+        self.resources_applied();
+        self.resources_announce();
         if path_changed {
             self.watch_manifest();
             self.state.record.manifest = self.manifest.path.clone();

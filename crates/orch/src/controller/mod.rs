@@ -38,6 +38,7 @@ mod metrics;
 mod resources;
 mod rollback;
 mod rollout;
+mod rollout_file;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -220,9 +221,7 @@ impl Controller {
         };
         controller.slots = controller.prepare_slots(&setup.manifest, Some(&setup.manifest_text))?;
         controller.watch_manifest();
-        for name in setup.manifest.services.iter().map(|s| s.name.clone()) {
-            controller.begin_rollout(&name, "created".to_owned(), None);
-        }
+        controller.start_rollouts();
         controller.state.save();
         let summary = setup.manifest.services.iter().map(|s| format!("{} x{}", s.name, s.replicas)).collect::<Vec<_>>();
         controller.events.emit(

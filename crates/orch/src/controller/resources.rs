@@ -1,5 +1,6 @@
 //! `resources:` in the controller: each instance's cgroup before its process starts, the
-//! limits changed in place on a manifest edit, OOM kills told apart from other SIGKILLs,
+//! limits changed in place when a rollout changes only them (an instance whose cgroup
+//! refuses them is replaced instead), OOM kills told apart from other SIGKILLs,
 //! usage for the API; and, where no cgroup hierarchy is writable, the RSS watchdog that
 //! stands in for the kernel's memory limit (said once at apply; cpu and pids are then not
 //! enforced, and said so too).
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Controller, Event};
 use crate::events::Kind as EventKind;
 use crate::manifest::Resources;
-use crate::reconcile::InstanceId;
+use crate::reconcile::{self, InstanceId};
 use crate::supervisor::cgroup::{Cgroups, InstanceCgroup};
 
 /// How often the watchdog samples a process's resident memory.
@@ -135,13 +136,13 @@ impl Controller {
         files
     }
 
-    /// `id`'s process `generation` (pid `pid`) started; without a cgroup, a memory limit is
-    /// watched until `exited`.
+    /// `id`'s process `generation` (pid `pid`) started; without a cgroup, its memory is
+    /// watched until `exited` (against no limit until one is set in place).
     pub(super) fn resources_started(&mut self, id: &InstanceId, generation: u64, pid: u32) {
         let exited = self.instances.get(id).and_then(|i| i.state.proc()).map(|p| p.exited.clone());
         let (Some(live), Some(exited)) = (self.resources.live.get_mut(id), exited) else { return };
         live.generation = generation;
-        if live.cgroup.is_none() && live.limits.memory.is_some() {
+        if live.cgroup.is_none() {
             tokio::spawn(watchdog(self.tx.clone(), id.clone(), generation, pid, live.watched.clone(), exited));
         }
     }
@@ -176,45 +177,60 @@ impl Controller {
         self.events.emit(EventKind::Resources, Some(&id.service), Some(&name), message);
     }
 
-    /// After a manifest edit: running instances take their service's new limits in place
-    /// (a process started without limits gets them at its next start).
+    /// After an apply or an undo: every running instance that stays (its revision is its
+    /// service's: only limits changed) takes its service's limits in place, as Kubernetes
+    /// resizes a pod in place; without a cgroup the watchdog takes the new memory limit.
+    /// Where that cannot be done (the kernel refuses a write, e.g. a memory limit below what
+    /// is in use, or the process started without limits) the instance is replaced instead,
+    /// its new process starting with the new limits, and the rollout waits for it.
     pub(super) fn resources_applied(&mut self) {
+        let manifest = &self.manifest;
+        let staying: Vec<(InstanceId, Resources)> = self
+            .instances
+            .values()
+            .filter(|i| i.state.proc().is_some() && !i.replace)
+            .filter_map(|i| {
+                let s = manifest.service(&i.id.service)?;
+                (reconcile::revision(manifest, s) == i.revision).then(|| (i.id.clone(), s.resources))
+            })
+            .collect();
         let mut messages = Vec::new();
-        let running: Vec<InstanceId> =
-            self.instances.values().filter(|i| i.state.proc().is_some()).map(|i| i.id.clone()).collect();
-        for id in running {
-            let Some(new) = self.manifest.service(&id.service).map(|s| s.resources) else { continue };
+        for (id, new) in staying {
             let text = serde_json::to_string(&new).unwrap_or_default();
-            let message = match self.resources.live.get_mut(&id) {
+            let refused = match self.resources.live.get_mut(&id) {
                 Some(live) if new == live.limits => continue,
                 None if new.is_empty() => continue,
-                None => format!("{id} gets its limits {text} at its next start (it started without any)"),
-                Some(live) => match &live.cgroup {
-                    Some(cg) => match cg.set_limits(&new) {
-                        Ok(()) => {
-                            live.limits = new;
-                            format!("{id} limits changed in place: {text}")
-                        }
-                        Err(e) => format!("{id} limits not all changed ({e}); they apply when it restarts"),
-                    },
-                    None => {
+                None => "it started without any".to_owned(),
+                Some(live) => match live.cgroup.as_ref().map(|cg| cg.set_limits(&new)) {
+                    Some(Err(e)) => e,
+                    set => {
                         live.limits = new;
                         live.watched.store(new.memory.unwrap_or(u64::MAX), Ordering::Relaxed);
-                        format!("{id} limits changed in place: {text} (the rss watchdog holds memory only)")
+                        let by = if set.is_none() { " (the rss watchdog holds memory only)" } else { "" };
+                        messages.push((id, format!("limits changed in place: {text}{by}")));
+                        continue;
                     }
                 },
             };
-            messages.push((id, message));
+            if let Some(instance) = self.instances.get_mut(&id) {
+                instance.replace = true;
+            }
+            self.rolling.insert(id.service.clone());
+            messages.push((id, format!("limits {text} not set in place ({refused}): replacing it")));
         }
         for (id, message) in messages {
-            self.events.emit(EventKind::Resources, Some(&id.service), Some(&id.to_string()), message);
+            let name = id.to_string();
+            self.events.emit(EventKind::Resources, Some(&id.service), Some(&name), format!("{name} {message}"));
         }
-        self.resources_announce();
     }
 
     /// What `id` uses against its limits; `None` when its service has no `resources:`.
     pub(super) fn usage_of(&self, id: &InstanceId) -> Option<Usage> {
-        let limits = self.manifest.service(&id.service).map(|s| s.resources).filter(|r| !r.is_empty())?;
+        let limits = match self.resources.live.get(id) {
+            Some(live) => live.limits,
+            None => self.manifest.service(&id.service)?.resources,
+        };
+        let limits = Some(limits).filter(|r| !r.is_empty())?;
         let mut usage = Usage {
             enforced_by: self.resources.enforced_by(),
             memory_limit_bytes: limits.memory,

@@ -13,18 +13,29 @@ use kit::orch_api::{Rollout, RolloutHistory, RolloutState};
 use crate::manifest::Service;
 use crate::reconcile::{CRASHLOOP_AFTER, Observed, Phase};
 
-/// Rollouts kept per service (the oldest are dropped beyond it).
-pub const KEEP: usize = 50;
+/// Rollouts kept per service (the oldest are dropped beyond it), as Kubernetes'
+/// `revisionHistoryLimit`.
+pub const KEEP: usize = 10;
 
 /// One rollout, with what the controller needs to run its spec again.
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub view: Rollout,
+    /// Which rollout it is ([`rollout_revision`](crate::reconcile::rollout_revision)), as
+    /// the history shows it.
     pub revision: u64,
-    pub spec: Service,
+    /// The revision of the instances it runs ([`revision`](crate::reconcile::revision)),
+    /// which [`judge`] counts: the same as the rollout before when only limits changed,
+    /// in place.
+    pub template: u64,
+    /// `None`: a rollout of an earlier run of orch (see `rollout_file`) whose revision
+    /// orch does not run now.
+    pub spec: Option<Service>,
     pub started: Instant,
     /// Which rollout it undoes (a rollback or an undo): a failed one is not rolled back again.
     pub restores: Option<u32>,
+    /// Begun (or taken up again) as orch started: the cluster starting has no deadline.
+    pub at_start: bool,
 }
 
 /// The rollouts of one service, oldest first.
@@ -49,9 +60,16 @@ impl History {
         self.entries.iter().find(|e| e.view.number == number)
     }
 
-    /// Records a new rollout of `spec` (a progressing one before it is superseded) and
-    /// returns its number.
-    pub fn begin(&mut self, spec: &Service, revision: u64, change: String, restores: Option<u32>, at: Instant) -> u32 {
+    /// Records a new rollout of `spec` (`revision`, its instances of `template`; a
+    /// progressing one before it is superseded) and returns its number.
+    pub fn begin(
+        &mut self,
+        spec: &Service,
+        (revision, template): (u64, u64),
+        change: String,
+        restores: Option<u32>,
+        at: Instant,
+    ) -> u32 {
         let now = kit::time::now_iso();
         if let Some(last) = self.entries.last_mut()
             && last.view.state == RolloutState::Progressing
@@ -73,9 +91,11 @@ impl History {
                 replicas: spec.replicas,
             },
             revision,
-            spec: spec.clone(),
+            template,
+            spec: Some(spec.clone()),
             started: at,
             restores,
+            at_start: false,
         });
         if self.entries.len() > KEEP {
             self.entries.remove(0);
@@ -106,6 +126,17 @@ impl History {
     /// The rollout an undo goes back to: `to`, else the last complete one before the
     /// latest. `Err` says why there is none.
     pub fn undo_target(&self, to: Option<u32>) -> Result<&Entry, String> {
+        let target = self.undo_candidate(to)?;
+        match target.spec {
+            Some(_) => Ok(target),
+            None => Err(format!(
+                "rollout #{} ran before orch restarted and its spec is not kept: edit the manifest instead",
+                target.view.number
+            )),
+        }
+    }
+
+    fn undo_candidate(&self, to: Option<u32>) -> Result<&Entry, String> {
         let latest = self.latest().map_or(0, |e| e.view.number);
         match to {
             Some(n) => self.get(n).ok_or_else(|| {
@@ -241,11 +272,11 @@ mod tests {
         let t0 = Instant::now();
         let mut h = History::default();
         assert_eq!(h.undo_target(None).unwrap_err(), "no earlier rollout completed: nothing to go back to");
-        assert_eq!(h.begin(spec, 1, "create".into(), None, t0), 1);
+        assert_eq!(h.begin(spec, (1, 1), "create".into(), None, t0), 1);
         h.settle(&Verdict::Complete { ready: 1 });
-        assert_eq!(h.begin(spec, 2, "command".into(), None, t0), 2);
+        assert_eq!(h.begin(spec, (2, 2), "command".into(), None, t0), 2);
         // A third before the second ended supersedes it.
-        assert_eq!(h.begin(spec, 3, "env".into(), None, t0), 3);
+        assert_eq!(h.begin(spec, (3, 3), "env".into(), None, t0), 3);
         assert_eq!(h.get(2).unwrap().view.state, RolloutState::Superseded);
         h.settle(&Verdict::Failed { ready: 0, cause: "x".into() });
         assert_eq!(h.latest().unwrap().view.state, RolloutState::Failed);
@@ -255,5 +286,11 @@ mod tests {
         assert_eq!(h.undo_target(Some(9)).unwrap_err(), "no rollout #9: the history has #1 to #3");
         let view = h.view("web");
         assert_eq!((view.current, view.last_good, view.rollouts.len()), (3, Some(1), 3));
+        // A rollout of an earlier run of orch, its spec not kept, cannot be gone back to.
+        h.entries[0].spec = None;
+        assert_eq!(
+            h.undo_target(None).unwrap_err(),
+            "rollout #1 ran before orch restarted and its spec is not kept: edit the manifest instead"
+        );
     }
 }

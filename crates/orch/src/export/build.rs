@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::objects::*;
-use super::{Database, Document, Export, ExportError, KUBE_VERSIONS, Options};
+use super::{Database, Document, Export, ExportError, KUBE_VERSIONS, Options, hpa};
 use crate::export::check::{is_dns_label, is_dns_subdomain};
 use crate::manifest::{self, Check, Kind, Manifest, RestartPolicy};
 use crate::run::Component;
@@ -42,7 +42,7 @@ pub fn build(manifest: &Manifest, options: &Options) -> Result<Export, ExportErr
     let mut documents = vec![Document {
         notes: vec![
             format!("orch export kubernetes of the cluster {:?}, for Kubernetes {version} and later", manifest.name),
-            "stable APIs only: v1, apps/v1, networking.k8s.io/v1".into(),
+            "stable APIs only: v1, apps/v1, networking.k8s.io/v1, autoscaling/v2".into(),
         ],
         object: Object::Namespace(Namespace { metadata: Meta { name: ctx.namespace.clone(), ..Meta::default() } }),
     }];
@@ -54,6 +54,13 @@ pub fn build(manifest: &Manifest, options: &Options) -> Result<Export, ExportErr
         let (deployment, svc) = ctx.service(service)?;
         documents.push(deployment);
         documents.push(svc);
+        if let Some(a) = &service.autoscale {
+            let mut labels = ctx.cluster_labels();
+            labels.insert("app.kubernetes.io/name".into(), service.name.clone());
+            let (hpa, warnings) = hpa::document(ctx.meta(&service.name, labels), service, a);
+            documents.push(hpa);
+            ctx.warnings.extend(warnings);
+        }
     }
     if let Some(host) = &options.ingress_host {
         documents.push(ctx.ingress(host)?);
@@ -223,14 +230,9 @@ impl Ctx<'_> {
             ));
         }
         if let Some(a) = &service.autoscale {
-            let target = a.target.describe(f64::from(a.target.value()));
-            self.warnings.push(format!(
-                "service {name}: autoscale ({}-{}, {target}) is not exported: the Deployment keeps {} replicas; add a HorizontalPodAutoscaler (autoscaling/v2)",
-                a.min, a.max, service.replicas
-            ));
             notes.push(format!(
-                "autoscale {}-{} on {target} not carried over: replicas fixed at the start",
-                a.min, a.max
+                "replicas {} is the start: the HorizontalPodAutoscaler {name} scales it within {}-{}",
+                service.replicas, a.min, a.max
             ));
         }
         let mut replicas = service.replicas;

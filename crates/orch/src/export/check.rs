@@ -2,7 +2,8 @@
 //! are DNS-1123, each kind+name is unique, every Service selects a Deployment's pods, every
 //! Deployment's selector matches its own pod labels, probe and target ports exist, every
 //! ConfigMap and Secret reference resolves, ports are in range, no container sets a
-//! variable twice. Every export passes them
+//! variable twice, every HorizontalPodAutoscaler scales a Deployment among the objects
+//! (within a sane range, and on cpu utilization only with a cpu request). Every export passes them
 //! (a test holds it), and `orch export kubernetes --check` runs them on edited files.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,6 +90,37 @@ pub fn check(objects: &[Object], external: &External) -> Vec<String> {
                             ));
                         }
                     }
+                }
+            }
+            Object::HorizontalPodAutoscaler(h) => {
+                let target = &h.spec.scale_target_ref;
+                let found = deployments
+                    .iter()
+                    .find(|d| d.metadata.name == target.name && d.metadata.namespace == meta.namespace);
+                if target.kind != "Deployment" || target.api_version != "apps/v1" || found.is_none() {
+                    problem(format!("its scaleTargetRef {} {:?} is not among the objects", target.kind, target.name));
+                }
+                if h.spec.min_replicas < 1 || h.spec.min_replicas > h.spec.max_replicas {
+                    problem(format!(
+                        "minReplicas {} must be 1 to maxReplicas {}",
+                        h.spec.min_replicas, h.spec.max_replicas
+                    ));
+                }
+                if h.spec.metrics.is_empty() {
+                    problem("it has no metrics".into());
+                }
+                let utilization =
+                    h.spec.metrics.iter().filter_map(|m| m.resource.as_ref()).any(|r| r.target.kind == "Utilization");
+                let requests = |d: &&Deployment| {
+                    d.spec
+                        .template
+                        .spec
+                        .containers
+                        .iter()
+                        .all(|c| c.resources.as_ref().is_some_and(|r| r.limits.contains_key("cpu")))
+                };
+                if utilization && found.is_some_and(|d| !requests(d)) {
+                    problem("a cpu Utilization target needs a cpu request on every container".into());
                 }
             }
             Object::Ingress(i) => {

@@ -2,8 +2,8 @@
 //!
 //! [`kubernetes`] is a pure function from the checked [`Manifest`] and the [`Options`] to
 //! typed objects ([`objects`]): a Namespace, a ConfigMap with the cluster's environment, a
-//! Secret, a Deployment and a Service per service, an optional Ingress to the balancer
-//! (`build`). What cannot carry over is refused ([`ExportError`]) or warned about
+//! Secret, a Deployment and a Service per service, a HorizontalPodAutoscaler per service
+//! with `autoscale:` (`hpa`), an optional Ingress to the balancer (`build`). What cannot carry over is refused ([`ExportError`]) or warned about
 //! ([`Export::warnings`]), never dropped silently; what changes on the way (probes in whole
 //! seconds, `dependsOn`) is said in a comment above the object ([`Document::notes`]).
 //! `check` holds the structural checks that every export passes and `--check` runs on
@@ -13,6 +13,7 @@
 
 mod build;
 pub mod check;
+mod hpa;
 pub mod objects;
 pub mod write;
 

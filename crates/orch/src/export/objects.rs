@@ -1,5 +1,5 @@
 //! The Kubernetes objects the export writes: small serde structs for the kinds it emits
-//! (Namespace, ConfigMap, Secret, Deployment, Service, Ingress) and only the fields it sets,
+//! (Namespace, ConfigMap, Secret, Deployment, Service, Ingress, HorizontalPodAutoscaler) and only the fields it sets,
 //! each optional one skipped when empty so the YAML stays clean. [`Object`] writes
 //! `apiVersion` and `kind` first, as Kubernetes' own documents do, and reads a document
 //! back by its `kind` (for `--check`).
@@ -334,6 +334,97 @@ pub struct BackendPort {
     pub number: Option<i64>,
 }
 
+/// A HorizontalPodAutoscaler (`autoscaling/v2`) of a Deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HorizontalPodAutoscaler {
+    pub metadata: Meta,
+    pub spec: HpaSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HpaSpec {
+    pub scale_target_ref: ScaleTargetRef,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub metrics: Vec<MetricSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HpaBehavior>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// One metric: `Resource` (cpu, from the metrics server) or `Pods` (a custom metric, from
+/// a metrics adapter).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceMetric>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodsMetric>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceMetric {
+    pub name: String,
+    pub target: MetricTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodsMetric {
+    pub metric: MetricName,
+    pub target: MetricTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricName {
+    pub name: String,
+}
+
+/// `Utilization` (percent of the request) or `AverageValue` (a quantity per pod).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricTarget {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_utilization: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub average_value: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HpaBehavior {
+    pub scale_up: ScalingRules,
+    pub scale_down: ScalingRules,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    pub stabilization_window_seconds: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<ScalingPolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingPolicy {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: u32,
+    pub period_seconds: u32,
+}
+
 /// One object of any kind the export writes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
@@ -343,6 +434,7 @@ pub enum Object {
     Deployment(Deployment),
     Service(Service),
     Ingress(Ingress),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
 }
 
 /// Why a document could not be read as an [`Object`].
@@ -350,7 +442,9 @@ pub enum Object {
 pub enum ReadError {
     #[error("not a mapping with apiVersion and kind")]
     NotAnObject,
-    #[error("kind {0:?} is not one the export writes (Namespace, ConfigMap, Secret, Deployment, Service, Ingress)")]
+    #[error(
+        "kind {0:?} is not one the export writes (Namespace, ConfigMap, Secret, Deployment, Service, Ingress, HorizontalPodAutoscaler)"
+    )]
     UnknownKind(String),
     #[error("{kind} has apiVersion {found:?}, expected {expected:?}")]
     ApiVersion { kind: String, found: String, expected: &'static str },
@@ -368,6 +462,7 @@ impl Object {
             Self::Deployment(_) => "Deployment",
             Self::Service(_) => "Service",
             Self::Ingress(_) => "Ingress",
+            Self::HorizontalPodAutoscaler(_) => "HorizontalPodAutoscaler",
         }
     }
 
@@ -383,6 +478,7 @@ impl Object {
             Self::Deployment(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
             Self::Ingress(o) => &o.metadata,
+            Self::HorizontalPodAutoscaler(o) => &o.metadata,
         }
     }
 
@@ -404,7 +500,8 @@ impl Object {
             "Secret" => Self::Secret(serde_yaml::from_value(value).map_err(shape)?),
             "Deployment" => Self::Deployment(serde_yaml::from_value(value).map_err(shape)?),
             "Service" => Self::Service(serde_yaml::from_value(value).map_err(shape)?),
-            _ => Self::Ingress(serde_yaml::from_value(value).map_err(shape)?),
+            "Ingress" => Self::Ingress(serde_yaml::from_value(value).map_err(shape)?),
+            _ => Self::HorizontalPodAutoscaler(serde_yaml::from_value(value).map_err(shape)?),
         })
     }
 }
@@ -414,6 +511,7 @@ fn api_version(kind: &str) -> Option<&'static str> {
         "Namespace" | "ConfigMap" | "Secret" | "Service" => "v1",
         "Deployment" => "apps/v1",
         "Ingress" => "networking.k8s.io/v1",
+        "HorizontalPodAutoscaler" => "autoscaling/v2",
         _ => return None,
     })
 }
@@ -436,6 +534,7 @@ impl Serialize for Object {
             Self::Deployment(body) => Tagged { api_version, kind, body }.serialize(serializer),
             Self::Service(body) => Tagged { api_version, kind, body }.serialize(serializer),
             Self::Ingress(body) => Tagged { api_version, kind, body }.serialize(serializer),
+            Self::HorizontalPodAutoscaler(body) => Tagged { api_version, kind, body }.serialize(serializer),
         }
     }
 }

@@ -43,6 +43,10 @@ fn shipped() -> Vec<(&'static str, Options)> {
             },
         ),
         ("examples/custom-command.yaml", Options { image: Some("registry.example/netsim-web:1".into()), ..base() }),
+        (
+            "examples/autoscale.yaml",
+            Options { database: Some(Database::Secret("autoscaled-database".into())), ..base() },
+        ),
     ]
 }
 
@@ -229,26 +233,88 @@ fn commands_need_an_image_and_meaningful_placeholders() {
 }
 
 #[test]
-fn autoscale_is_warned_and_noted_never_dropped_silently() {
+fn autoscale_is_a_horizontal_pod_autoscaler_of_the_deployment() {
+    let hpa_of = |services: &str| {
+        let export = try_export(services, &Options::default()).unwrap();
+        let objects: Vec<Object> = export.objects().cloned().collect();
+        assert_eq!(
+            check::check(&objects, &check::External { any_secret: true, ..Default::default() }),
+            Vec::<String>::new()
+        );
+        let Some((doc, d)) = export.documents.iter().find_map(|doc| match &doc.object {
+            Object::Deployment(d) => Some((doc, d)),
+            _ => None,
+        }) else {
+            panic!("no deployment")
+        };
+        assert_eq!(d.spec.replicas, 2, "the start: min");
+        assert!(doc.notes.iter().any(|n| n.contains("the HorizontalPodAutoscaler web scales it within 2-5")));
+        let hpa = objects.iter().find_map(|o| match o {
+            Object::HorizontalPodAutoscaler(h) => Some(h.clone()),
+            _ => None,
+        });
+        (hpa.expect("an hpa"), export.warnings)
+    };
+    // cpu of one core, without a cpu request: an average value in millicores; the windows
+    // in whole seconds.
+    let (hpa, warnings) = hpa_of(
+        "    - { name: web, component: detector, autoscale: { min: 2, max: 5, target: { cpuPercent: 70 }, scaleUpWindowMs: 1500 } }\n",
+    );
+    assert!(warnings.iter().all(|w| !w.contains("autoscale")), "{warnings:?}");
+    assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (2, 5));
+    assert_eq!(hpa.spec.scale_target_ref.name, "web");
+    let cpu = hpa.spec.metrics[0].resource.as_ref().unwrap();
+    assert_eq!(
+        (cpu.name.as_str(), cpu.target.kind.as_str(), cpu.target.average_value.as_deref()),
+        ("cpu", "AverageValue", Some("700m"))
+    );
+    let behavior = hpa.spec.behavior.unwrap();
+    assert_eq!(
+        (behavior.scale_up.stabilization_window_seconds, behavior.scale_down.stabilization_window_seconds),
+        (2, 60)
+    );
+    // With a cpu limit (the request): a utilization of it.
+    let (hpa, _) = hpa_of(
+        "    - { name: web, component: detector, resources: { cpu: 500m }, autoscale: { min: 2, max: 5, target: { cpuPercent: 70 } } }\n",
+    );
+    let cpu = hpa.spec.metrics[0].resource.as_ref().unwrap();
+    assert_eq!((cpu.target.kind.as_str(), cpu.target.average_utilization), ("Utilization", Some(140)));
+    // The balancer's figures: a Pods metric, and a warning that it needs an adapter.
+    let (hpa, warnings) = hpa_of(
+        "    - { name: web, component: detector, autoscale: { min: 2, max: 5, target: { inFlightPerInstance: 8 } } }\n    - { name: balancer, component: balancer, routes: { /: web } }\n",
+    );
+    let pods = hpa.spec.metrics[0].pods.as_ref().unwrap();
+    assert_eq!(
+        (pods.metric.name.as_str(), pods.target.average_value.as_deref()),
+        ("http_requests_in_flight", Some("8"))
+    );
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "service web: autoscale: the Pods metric http_requests_in_flight needs a custom metrics adapter"
+        )),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_horizontal_pod_autoscaler_of_no_deployment_is_a_problem() {
     let services =
         "    - { name: web, component: detector, autoscale: { min: 2, max: 5, target: { cpuPercent: 70 } } }\n";
     let export = try_export(services, &Options::default()).unwrap();
-    assert!(
-        export
-            .warnings
-            .iter()
-            .any(|w| w.starts_with("service web: autoscale (2-5, cpu 70% per instance) is not exported")),
-        "{:?}",
-        export.warnings
+    let mut objects: Vec<Object> = export.objects().cloned().collect();
+    for o in &mut objects {
+        if let Object::HorizontalPodAutoscaler(h) = o {
+            h.spec.scale_target_ref.name = "nothing".into();
+            h.spec.min_replicas = 6;
+        }
+    }
+    assert_eq!(
+        check::check(&objects, &check::External { any_secret: true, ..Default::default() }),
+        [
+            "HorizontalPodAutoscaler \"web\": its scaleTargetRef Deployment \"nothing\" is not among the objects",
+            "HorizontalPodAutoscaler \"web\": minReplicas 6 must be 1 to maxReplicas 5",
+        ]
     );
-    let Some((doc, d)) = export.documents.iter().find_map(|doc| match &doc.object {
-        Object::Deployment(d) => Some((doc, d)),
-        _ => None,
-    }) else {
-        panic!("no deployment")
-    };
-    assert_eq!(d.spec.replicas, 2, "the start: min");
-    assert!(doc.notes.iter().any(|n| n.contains("autoscale 2-5")), "{:?}", doc.notes);
 }
 
 #[test]

@@ -11,11 +11,12 @@ use super::objects::{Object, ReadError};
 use super::{Document, Export, Secrets};
 
 /// The file of each kind, numbered so `kubectl apply -f DIR` creates the Namespace first.
-pub const FILES: [(&str, &str); 6] = [
+pub const FILES: [(&str, &str); 7] = [
     ("Namespace", "00-namespace.yaml"),
     ("ConfigMap", "10-configmap.yaml"),
     ("Secret", "20-secret.yaml"),
     ("Deployment", "30-deployment.yaml"),
+    ("HorizontalPodAutoscaler", "35-hpa.yaml"),
     ("Service", "40-service.yaml"),
     ("Ingress", "50-ingress.yaml"),
 ];

@@ -1,6 +1,7 @@
 //! `resources:` with real processes: the kernel's OOM killer, the CPU quota, the pids limit,
-//! limits changed in place, and the rss watchdog where no cgroup is used. The ratios are
-//! read from the instance's own cgroup counters, never from a clock.
+//! a limit change rolled out in place (the same process), and the rss watchdog where no
+//! cgroup is used. The ratios are read from the instance's own cgroup counters, never from a
+//! clock.
 //!
 //! Where no cgroup hierarchy is writable, the kernel-enforced tests print a loud SKIPPED line
 //! and pass: orch then says it uses the watchdog, which has its own test.
@@ -98,6 +99,56 @@ async fn without_cgroups_the_rss_watchdog_holds_the_memory_limit() {
 }
 
 #[tokio::test]
+async fn a_memory_limit_the_kernel_refuses_replaces_the_instance_instead() {
+    let cluster = Cluster::start(&manifest(&service("hog", &hog(64), "{ memory: 256Mi }"))).await;
+    let first = cluster.wait_instance_ready("hog-1").await;
+    if !enforced_by_cgroups(&first, "a memory limit the kernel refuses") {
+        return;
+    }
+    if first["usage"]["enforcedBy"] == "cgroup v2" {
+        // v2 takes a memory.max below use (and reclaims or OOM-kills); only v1 refuses.
+        eprintln!("\n*** SKIPPED a memory limit the kernel refuses: cgroup v2 does not refuse ***\n");
+        return;
+    }
+    let pid = cluster.pid("hog-1").await;
+    eventually(DEADLINE, "hog-1 using its 64 MiB", || async {
+        let used = cluster.instance("hog-1").await["usage"]["memoryBytes"].as_u64()?;
+        (used >= 64 << 20).then_some(())
+    })
+    .await;
+    cluster.edit(&manifest(&service("hog", &hog(64), "{ memory: 16Mi }")));
+    let said = cluster.wait_event("resources", Some("hog-1"), "not set in place").await;
+    assert!(said["message"].as_str().unwrap().ends_with("replacing it"), "{said}");
+    // Its replacement starts under 16 MiB, and the kernel holds it there.
+    cluster.wait_event("exited", Some("hog-1"), "OOMKilled").await;
+    let now = cluster.instance("hog-1").await;
+    assert_ne!(now["pid"].as_u64(), Some(pid as u64), "replaced");
+    assert_eq!(now["usage"]["memoryLimitBytes"], 16 << 20, "{now}");
+    let h = cluster.get("/api/rollouts/hog").await;
+    assert_eq!(h["rollouts"][1]["change"], "change the instances of hog in place (resources changed)", "{h}");
+}
+
+#[tokio::test]
+async fn without_cgroups_the_watchdog_takes_a_new_memory_limit_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.yaml"), manifest(&service("hog", &hog(100), "{ cpu: 500m }"))).unwrap();
+    let cluster = Cluster::start_with_env(dir, &[("ORCH_CGROUPS", "off")]).await;
+    cluster.wait_instance_ready("hog-1").await;
+    let pid = cluster.pid("hog-1").await;
+    cluster.edit(&manifest(&service("hog", &hog(100), "{ memory: 32Mi, cpu: 500m }")));
+    let said = cluster.wait_event("resources", Some("hog-1"), "limits changed in place").await;
+    assert!(said["message"].as_str().unwrap().contains("the rss watchdog holds memory only"), "{said}");
+    // The process that started without a memory limit now has one, and is past it.
+    cluster.wait_event("resources", Some("hog-1"), "past its memory limit of 33554432").await;
+    cluster.wait_event("exited", Some("hog-1"), "OOMKilled").await;
+    let history = crate::stdout(&cluster.cli(&["rollout", "history", "hog"]));
+    assert!(history.contains("change the instances of hog in place (resources changed)"), "{history}");
+    // Killed and restarted (not replaced): its first restart, a new process.
+    cluster.wait_event("restarted", Some("hog-1"), "restart 1").await;
+    assert_ne!(cluster.pid("hog-1").await, pid);
+}
+
+#[tokio::test]
 async fn a_busy_loop_under_200m_gets_a_fifth_of_a_core() {
     let cluster = Cluster::start(&manifest(&service("spin", "[sh, -c, 'while :; do :; done']", "{ cpu: 200m }"))).await;
     let spin = cluster.wait_instance_ready("spin-1").await;
@@ -144,21 +195,52 @@ async fn a_fork_bomb_stops_at_the_pids_limit() {
     assert!(usage["pids"].as_u64().unwrap() <= 16, "{usage}");
 }
 
+/// nap's history once its rollout #`n` is complete.
+async fn rollout_complete(cluster: &Cluster, n: usize) -> Value {
+    eventually(DEADLINE, &format!("rollout #{n} of nap complete"), || async {
+        let h = cluster.get("/api/rollouts/nap").await;
+        (h["rollouts"][n - 1]["state"] == "complete").then_some(h)
+    })
+    .await
+}
+
 #[tokio::test]
-async fn limits_change_in_place_on_a_manifest_edit() {
+async fn a_limit_change_is_a_rollout_applied_in_place() {
     let sleeper = "[sleep, '60']";
     let cluster = Cluster::start(&manifest(&service("nap", sleeper, "{ memory: 64Mi, cpu: 200m }"))).await;
     let nap = cluster.wait_instance_ready("nap-1").await;
     let pid = cluster.pid("nap-1").await;
     cluster.edit(&manifest(&service("nap", sleeper, "{ memory: 128Mi, cpu: 500m, pids: 32 }")));
     cluster.wait_event("resources", Some("nap-1"), "limits changed in place").await;
+    // A numbered rollout of its own revision, complete with the same process.
+    let h = rollout_complete(&cluster, 2).await;
+    assert_eq!(h["rollouts"][1]["change"], "change the instances of nap in place (resources changed)", "{h}");
+    assert_ne!(h["rollouts"][0]["revision"], h["rollouts"][1]["revision"], "{h}");
     assert_eq!(cluster.pid("nap-1").await, pid, "no restart");
     let usage = &cluster.instance("nap-1").await["usage"];
-    assert_eq!((usage["memoryLimitBytes"].as_u64(), usage["cpuLimitMillis"].as_u64()), (Some(128 << 20), Some(500)));
-    if enforced_by_cgroups(&nap, "limits changed in place") {
-        let quota = cgroup_file(pid, "cpu", "cpu.cfs_quota_us").or_else(|| cgroup_file(pid, "cpu", "cpu.max")).unwrap();
-        assert!(quota.starts_with("50000"), "{quota}");
-        let pids = cgroup_file(pid, "pids", "pids.max").unwrap();
-        assert_eq!(pids.trim(), "32");
+    let limits = |u: &Value| (u["memoryLimitBytes"].as_u64(), u["cpuLimitMillis"].as_u64(), u["pidsLimit"].as_u64());
+    assert_eq!(limits(usage), (Some(128 << 20), Some(500), Some(32)));
+    let cgroups = enforced_by_cgroups(&nap, "limits changed in place");
+    let quota = || cgroup_file(pid, "cpu", "cpu.cfs_quota_us").or_else(|| cgroup_file(pid, "cpu", "cpu.max")).unwrap();
+    if cgroups {
+        assert!(quota().starts_with("50000"), "{}", quota());
+        assert_eq!(cgroup_file(pid, "pids", "pids.max").unwrap().trim(), "32");
     }
+
+    // Undo: back to #1's limits, in place again, as rollout #3.
+    let out = cluster.cli(&["rollout", "undo", "nap"]);
+    assert!(out.status.success(), "{out:?}");
+    rollout_complete(&cluster, 3).await;
+    assert_eq!(cluster.pid("nap-1").await, pid, "no restart");
+    let usage = &cluster.instance("nap-1").await["usage"];
+    assert_eq!(limits(usage), (Some(64 << 20), Some(200), None));
+    if cgroups {
+        assert!(quota().starts_with("20000"), "{}", quota());
+    }
+    let out = cluster.cli(&["rollout", "history", "nap"]);
+    let text = crate::stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    let row = |n: &str| text.lines().find(|l| l.starts_with(n)).unwrap_or_else(|| panic!("no rollout {n}: {text}"));
+    assert!(row("2 ").contains("change the instances of nap in place (resources changed)"), "{text}");
+    assert!(row("2 ").ends_with("complete") && row("3*").contains("undo to #1"), "{text}");
 }

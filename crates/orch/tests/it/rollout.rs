@@ -126,3 +126,61 @@ async fn a_rollout_that_crashes_is_rolled_back_while_the_old_instances_keep_serv
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(crate::stderr(&out).contains("no rollout #9"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_probe_change_is_a_numbered_rollout_that_replaces_the_instances() {
+    let cluster = Cluster::start(&web_manifest(GOOD)).await;
+    let before = cluster.wait_ready(&["registry-1", "web-1", "web-2"]).await;
+    history_until(&cluster, "rollout #1 complete", |h| states(h) == [(1, "complete".to_owned())]).await;
+
+    cluster.edit(&web_manifest(GOOD).replace("periodMs: 100", "periodMs: 150"));
+    let h =
+        history_until(&cluster, "rollout #2 complete", |h| states(h).get(1).is_some_and(|r| r.1 == "complete")).await;
+    assert_eq!(h["rollouts"][1]["change"], "replace the instances of web one at a time (readiness changed)", "{h}");
+    let after = cluster.wait_ready(&["registry-1", "web-1", "web-2"]).await;
+    let pid = |list: &[(String, Option<u64>, bool)], name: &str| list.iter().find(|i| i.0 == name).unwrap().1;
+    assert_eq!(pid(&after, "registry-1"), pid(&before, "registry-1"), "the registry's revision did not change");
+    for name in ["web-1", "web-2"] {
+        assert_ne!(pid(&after, name), pid(&before, name), "{name} replaced");
+    }
+    let probe = &cluster.get("/api/instances/web-1").await["spec"]["readiness"];
+    assert_eq!(probe["periodMs"], 150, "{probe}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rollout_history_survives_a_restart_of_orch() {
+    let mut cluster = Cluster::start(&web_manifest(GOOD)).await;
+    history_until(&cluster, "rollout #1 complete", |h| states(h) == [(1, "complete".to_owned())]).await;
+    cluster.edit(&web_manifest(GOOD).replace("replicas: 2", "replicas: 2\n      env: { GREETING: hi }"));
+    let before = history_until(&cluster, "rollout #2 complete", |h| {
+        states(h) == [(1, "complete".to_owned()), (2, "complete".to_owned())]
+    })
+    .await;
+
+    // orch stops and starts again on the same manifest and data dir.
+    cluster.signal(nix::sys::signal::Signal::SIGTERM);
+    cluster.wait_exit(DEADLINE).expect("orch stopped");
+    let dir = std::mem::replace(&mut cluster.dir, tempfile::tempdir().unwrap());
+    drop(cluster);
+    let cluster = Cluster::start_in(dir).await;
+    cluster.wait_ready(&["registry-1", "web-1", "web-2"]).await;
+
+    // The same two rollouts: the revision orch runs again is #2's, no new one.
+    let after = cluster.get("/api/rollouts/web").await;
+    assert_eq!(after["rollouts"], before["rollouts"], "{after}");
+    assert_eq!((after["current"].as_u64(), after["lastGood"].as_u64()), (Some(2), Some(2)), "{after}");
+    let out = cluster.cli(&["rollout", "history", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.lines().any(|l| l.starts_with("1 ") && l.contains("created") && l.contains("complete")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("2* ") && l.contains("(env changed)")), "{text}");
+    // #1's spec was not kept across the restart: no undo to it, and nothing changes.
+    let out = cluster.cli(&["rollout", "undo", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(crate::stderr(&out).contains("rollout #1 ran before orch restarted"), "{out:?}");
+    assert_eq!(cluster.get("/api/rollouts/web").await["rollouts"], before["rollouts"]);
+
+    // A change after the restart numbers on: #3.
+    cluster.edit(&web_manifest(GOOD));
+    history_until(&cluster, "rollout #3 complete", |h| states(h).get(2) == Some(&(3, "complete".to_owned()))).await;
+}

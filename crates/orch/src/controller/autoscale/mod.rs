@@ -174,6 +174,8 @@ impl Controller {
             max: a.max,
             target: a.target.describe(f64::from(a.target.value())),
             measured: last.map(|r| a.target.describe(r.metric)),
+            target_value: a.target.value(),
+            figure: last.map(|r| r.metric),
         })
     }
 }
