@@ -173,7 +173,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(work::router(state))
         .merge(health.router())
         .route("/api/auth/health", axum::routing::get(move || std::future::ready(health.health())));
-    kit::http::finish(router, limit)
+    kit::trace::layer(kit::http::finish(router, limit))
 }
 
 /// Serves auth on `listener` until `shutdown`.

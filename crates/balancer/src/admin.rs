@@ -46,7 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/faults/{id}", delete(remove_fault))
         .route("/api/round-robin/reset", post(reset_round_robin))
         .with_state(state);
-    guard.wrap(kit::http::finish(api.merge(health.router()), limit))
+    kit::trace::layer(guard.wrap(kit::http::finish(api.merge(health.router()), limit)))
 }
 
 /// Mutations and fault injection need the cluster token whenever one is configured.

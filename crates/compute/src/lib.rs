@@ -182,7 +182,7 @@ pub fn router(state: AppState) -> axum::Router {
         protected = protected.route_layer(axum::middleware::from_fn_with_state(keys.clone(), kit::jwt::require));
     }
     let routes = api::open_router().merge(protected).with_state(state);
-    kit::http::finish(routes.merge(health), limit)
+    kit::trace::layer(kit::http::finish(routes.merge(health), limit))
 }
 
 /// Serves the compute service on `listener` until `shutdown`, with this instance's workers.

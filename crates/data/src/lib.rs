@@ -188,7 +188,7 @@ fn check_json(what: &str, text: &RawValue, max: usize) -> Result<(), ApiError> {
 pub fn router(state: AppState) -> axum::Router {
     let limit = state.config.kit.body_limit;
     let health = state.health.router();
-    kit::http::finish(api::router(state).merge(health), limit)
+    kit::trace::layer(kit::http::finish(api::router(state).merge(health), limit))
 }
 
 /// Serves data on `listener` until `shutdown`.

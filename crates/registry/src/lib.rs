@@ -105,7 +105,7 @@ pub fn router(state: AppState) -> axum::Router {
     let kit = &state.config.kit;
     let (limit, guard) = (kit.body_limit, kit::guard::Guard::new(kit.bind_addr, &kit.allowed_hosts));
     let health = kit::health::Health::new(&kit.service_name);
-    guard.wrap(kit::http::finish(api::router(state).merge(health.router()), limit))
+    kit::trace::layer(guard.wrap(kit::http::finish(api::router(state).merge(health.router()), limit)))
 }
 
 /// Serves the registry on `listener` until `shutdown`.

@@ -305,6 +305,11 @@ impl Controller {
         let path = self.manifest.data_dir.join("logs").join(format!("{name}.log"));
         (self.instances.values().any(|i| i.name == name) || path.exists()).then_some(path)
     }
+
+    /// Where the instance logs are (`DATA_DIR/logs`).
+    pub fn logs_dir(&self) -> PathBuf {
+        self.manifest.data_dir.join("logs")
+    }
 }
 
 /// A replica count of a [`Change`] as an event tells it.
