@@ -281,9 +281,10 @@ mod tests {
 
     #[test]
     fn parses_the_spec_example_and_rejects_the_rest() {
-        let ok = Ok((0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, 1));
+        let (trace, span) = (0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7);
+        let ok = Ok((trace, span, 1));
         check(GIVEN, ok);
-        check("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", Ok((ok.unwrap().0, ok.unwrap().1, 0)));
+        check("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", Ok((trace, span, 0)));
         // Flags other than sampled are not kept.
         check("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03", ok);
         // A later version: its first 55 characters, then its end or a dash.

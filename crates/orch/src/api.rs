@@ -217,8 +217,7 @@ async fn trace_logs(
     })?;
     let trace_id = kit::trace::parse_trace_id(&raw).map_err(ApiError::bad_request)?;
     if let Some(name) = &q.name {
-        let valid = !name.is_empty() && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
-        if !valid {
+        if !logs::is_log_name(name) {
             return Err(ApiError::bad_request(format!("invalid name {name:?}: a service or an instance")));
         }
     }

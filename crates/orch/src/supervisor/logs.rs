@@ -208,6 +208,12 @@ pub fn trace(dir: &Path, name: Option<&str>, trace_id: &str, limit: usize) -> io
     Ok(Some(found.into_iter().skip(skip).flat_map(|(.., line)| line).collect()))
 }
 
+/// Whether `name` can name a log (an instance's or a service's): lowercase letters, digits
+/// and dashes, so it never reaches outside the logs directory.
+pub fn is_log_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
 /// Whether the log of `instance` is one `name` asks for: that instance, or one of the
 /// service `name` (`name-N`).
 fn belongs(instance: &str, name: &str) -> bool {
