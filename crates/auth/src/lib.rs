@@ -175,7 +175,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(health.router())
         .route("/api/auth/health", axum::routing::get(move || std::future::ready(health.health())));
     metrics::get(); // its families are in /metrics from the first scrape
-    kit::http::finish(router, limit)
+    kit::trace::layer(kit::http::finish(router, limit))
 }
 
 /// Serves auth on `listener` until `shutdown`.

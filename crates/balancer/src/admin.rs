@@ -49,7 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/round-robin/reset", post(reset_round_robin))
         .with_state(state.clone());
     let figures = Extension(Scoped::new(Figures(state)));
-    guard.wrap(kit::http::finish(api.merge(health.router()), limit).layer(figures))
+    kit::trace::layer(guard.wrap(kit::http::finish(api.merge(health.router()), limit).layer(figures)))
 }
 
 /// Mutations and fault injection need the cluster token whenever one is configured.

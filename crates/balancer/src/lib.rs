@@ -4,8 +4,10 @@
 //! of instances, chosen round-robin or by least requests (power of two choices) among the
 //! healthy ones; it retries where that is safe, each attempt on another instance, and
 //! streams bodies both ways. It adds `X-Request-Id` (kept when the client sent one) and
-//! `X-Upstream-Instance` to every proxied answer, tells backends the client's address
-//! (`X-Forwarded-For`, `X-Real-IP`); its own errors are JSON `{"error": ...}`.
+//! `X-Upstream-Instance` to every proxied answer, continues the client's W3C `traceparent`
+//! (or begins a trace) upstream and back with a span of its own (`proxy::trace`), tells
+//! backends the client's address (`X-Forwarded-For`, `X-Real-IP`); its own errors are JSON
+//! `{"error": ...}`.
 //!
 //! Modules:
 //! - [`config`]: settings from the environment, routes.

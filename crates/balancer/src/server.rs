@@ -155,8 +155,9 @@ async fn worker(
             } else if proxy::is_upgrade(&req) {
                 Either::Left(Box::pin(proxy::upgrade(worker.clone(), peer.clone(), req)) as Rare)
             } else {
-                let (parts, body) = req.into_parts();
-                Either::Right(proxy::handle(worker.clone(), peer.clone(), parts, body))
+                let (mut parts, body) = req.into_parts();
+                let hop = proxy::trace::trace_context(&mut parts.headers, &parts.method, &parts.uri);
+                Either::Right(proxy::handle(worker.clone(), peer.clone(), parts, body).map(|res| hop.answer(res)))
             };
             // `map`, not an `async` block awaiting `future`: that would hold it twice.
             future.map(Ok::<_, Infallible>)

@@ -186,7 +186,7 @@ pub fn router(state: AppState) -> axum::Router {
     }
     let routes = api::open_router().merge(protected).with_state(state);
     metrics::get(); // its families are in /metrics from the first scrape
-    kit::http::finish(routes.merge(health), limit)
+    kit::trace::layer(kit::http::finish(routes.merge(health), limit))
 }
 
 /// Serves the compute service on `listener` until `shutdown`, with this instance's workers.

@@ -190,7 +190,7 @@ pub fn router(state: AppState) -> axum::Router {
     let limit = state.config.kit.body_limit;
     let health = state.health.router();
     metrics::get(); // its families are in /metrics from the first scrape
-    kit::http::finish(api::router(state).merge(health), limit)
+    kit::trace::layer(kit::http::finish(api::router(state).merge(health), limit))
 }
 
 /// Serves data on `listener` until `shutdown`.

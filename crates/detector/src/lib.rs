@@ -416,7 +416,7 @@ pub fn router(state: AppState) -> axum::Router {
     // Ready once started: the detector must not wait for the balancer or anything else.
     let health = kit::health::Health::new(&kit.service_name);
     let routes = api::router(state.clone()).merge(dashboard::router(state)).merge(health.router());
-    guard.wrap(kit::http::finish(routes, limit))
+    kit::trace::layer(guard.wrap(kit::http::finish(routes, limit)))
 }
 
 /// Starts the background loops on `state` and serves it on `listener` until shutdown.

@@ -80,27 +80,46 @@ async fn deliver(
                 None => return,
             },
         };
-        let mut pause = settings.backoff;
-        for attempt in 1..=settings.attempts {
-            let outcome = http.post(&url).json(&alert).timeout(ATTEMPT_TIMEOUT).send().await;
-            let why = match outcome {
-                Ok(res) if res.status().is_success() => {
-                    tracing::debug!(alert = alert.id, attempt, "alert delivered to the webhook");
-                    break;
-                }
-                Ok(res) => format!("answered {}", res.status()),
-                Err(e) => e.without_url().to_string(),
-            };
-            if attempt == settings.attempts {
-                tracing::warn!(alert = alert.id, attempts = attempt, error = %why, "alert webhook failed, giving up");
-                break;
-            }
-            tracing::info!(alert = alert.id, attempt, error = %why, retry_in = ?pause, "alert webhook failed, retrying");
-            tokio::select! {
-                _ = shutdown.requested() => return,
-                _ = tokio::time::sleep(pause) => {}
-            }
-            pause = (pause * 2).min(MAX_BACKOFF);
+        // Each alert is a trace of its own, sampled: the receiver can log it under the id
+        // the detector's lines about its delivery carry.
+        let trace = kit::trace::TraceContext::root(true);
+        if kit::trace::scope(trace, attempts(&settings, &http, &url, &alert, &shutdown)).await.is_err() {
+            return;
         }
     }
+}
+
+/// Delivers `alert`, retrying with backoff; gives up after the attempts, or at shutdown
+/// (`Err`).
+async fn attempts(
+    settings: &Settings,
+    http: &reqwest::Client,
+    url: &str,
+    alert: &Alert,
+    shutdown: &kit::Shutdown,
+) -> Result<(), ()> {
+    let mut pause = settings.backoff;
+    for attempt in 1..=settings.attempts {
+        let post = http.post(url).json(alert).timeout(ATTEMPT_TIMEOUT);
+        let outcome = kit::trace::inject(post).send().await;
+        let why = match outcome {
+            Ok(res) if res.status().is_success() => {
+                tracing::debug!(alert = alert.id, attempt, "alert delivered to the webhook");
+                break;
+            }
+            Ok(res) => format!("answered {}", res.status()),
+            Err(e) => e.without_url().to_string(),
+        };
+        if attempt == settings.attempts {
+            tracing::warn!(alert = alert.id, attempts = attempt, error = %why, "alert webhook failed, giving up");
+            break;
+        }
+        tracing::info!(alert = alert.id, attempt, error = %why, retry_in = ?pause, "alert webhook failed, retrying");
+        tokio::select! {
+            _ = shutdown.requested() => return Err(()),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(MAX_BACKOFF);
+    }
+    Ok(())
 }

@@ -28,6 +28,8 @@
 //! - [`orch_api`]: the wire types of orch's control API (instances, events, applies),
 //!   shared by orch's server, its CLI and the detector.
 //! - [`time`]: timestamps in the original system's ISO-8601 shape.
+//! - [`trace`]: W3C `traceparent` across hops: parse, format, the router middleware that
+//!   continues a trace and logs inside it, and the context outgoing calls pass on.
 //! - [`work`]: the original load test's simulated-work endpoints.
 //!
 //! **Invariant:** kit depends on no other crate of the workspace.
@@ -50,6 +52,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod trace;
 pub mod work;
 
 pub use config::{Config, ConfigError, Vars};

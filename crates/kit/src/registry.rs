@@ -122,7 +122,7 @@ impl RegistryClient {
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        let req = self.http.post(format!("{}{path}", self.base)).timeout(Duration::from_secs(5));
+        let req = crate::trace::inject(self.http.post(format!("{}{path}", self.base)).timeout(Duration::from_secs(5)));
         match &self.token {
             Some(token) => req.bearer_auth(token.expose()),
             None => req,
@@ -167,8 +167,9 @@ impl RegistryClient {
         index: Option<u64>,
         wait: Duration,
     ) -> Result<ServiceList, ClientError> {
-        let mut req =
-            self.http.get(format!("{}/api/registry/services", self.base)).timeout(wait + Duration::from_secs(5));
+        let mut req = crate::trace::inject(
+            self.http.get(format!("{}/api/registry/services", self.base)).timeout(wait + Duration::from_secs(5)),
+        );
         if let Some(t) = service_type {
             req = req.query(&[("type", t)]);
         }

@@ -1,5 +1,6 @@
 //! The control API, on loopback. Every mutation, and every read that shows an
-//! instance's environment or output (`GET /api/instances/{name}`, `GET /api/logs/{name}`),
+//! instance's environment or output (`GET /api/instances/{name}`, `GET /api/logs/{name}`,
+//! `GET /api/logs?trace=ID`),
 //! needs `Authorization: Bearer <DATA_DIR/control-token>` (401 without it). The open reads
 //! (the cluster, the instance list, events, chaos experiments) hold no environment values:
 //! the detector polls them without a token. Every error is `{"error": "..."}`.
@@ -47,6 +48,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/instances", get(instances))
         .route("/api/instances/{name}", get(instance))
         .route("/api/events", get(events))
+        .route("/api/logs", get(trace_logs))
         .route("/api/logs/{instance}", get(logs))
         .route("/api/apply", post(apply))
         .route("/api/scale", post(scale))
@@ -57,7 +59,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/chaos", get(chaos_list).post(chaos_start).delete(chaos_stop_all))
         .route("/api/chaos/{id}", delete(chaos_stop))
         .with_state(state);
-    kit::guard::Guard::loopback().wrap(kit::http::finish(api, 1 << 20))
+    kit::trace::layer(kit::guard::Guard::loopback().wrap(kit::http::finish(api, 1 << 20)))
 }
 
 fn gone() -> ApiError {
@@ -195,6 +197,41 @@ async fn logs(
     }
     let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     Ok((text_plain, Body::from_stream(follow(path, offset, initial))).into_response())
+}
+
+#[derive(Deserialize)]
+struct TraceQuery {
+    trace: Option<String>,
+    name: Option<String>,
+}
+
+/// `GET /api/logs?trace=ID[&name=SERVICE|INSTANCE]`: the lines of one trace across the
+/// instance logs, each prefixed by its instance, in time order.
+async fn trace_logs(
+    State(state): State<ApiState>,
+    _: Authorized,
+    Query(q): Query<TraceQuery>,
+) -> Result<Response, ApiError> {
+    let raw = q.trace.ok_or_else(|| {
+        ApiError::bad_request("trace=ID is required (or ask for one instance's log: /api/logs/{instance})")
+    })?;
+    let trace_id = kit::trace::parse_trace_id(&raw).map_err(ApiError::bad_request)?;
+    if let Some(name) = &q.name {
+        if !logs::is_log_name(name) {
+            return Err(ApiError::bad_request(format!("invalid name {name:?}: a service or an instance")));
+        }
+    }
+    let Some(dir) = state.handle.call(|c| c.logs_dir()).await else { return Err(gone()) };
+    let name = q.name.clone();
+    // Reading every log stays off the runtime.
+    let found = tokio::task::spawn_blocking(move || logs::trace(&dir, name.as_deref(), &trace_id, MAX_TAIL))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    match found {
+        Some(lines) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines).into_response()),
+        None => Err(ApiError::not_found(format!("no service or instance {:?} has a log", q.name.unwrap_or_default()))),
+    }
 }
 
 /// The log from `offset` on, as it grows (and after it is rotated), after `initial`.

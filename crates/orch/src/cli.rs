@@ -342,6 +342,23 @@ pub async fn logs(client: &Client, name: &str, follow: bool, tail: Option<usize>
     }
 }
 
+/// `orch logs [NAME] --trace ID`: the lines of one trace, as `GET /api/logs?trace=` finds
+/// them.
+pub async fn trace_logs(client: &Client, name: Option<&str>, id: &str) -> Outcome {
+    let id = kit::trace::parse_trace_id(id).map_err(Failure::Usage)?;
+    let token = client.token()?;
+    let mut query = vec![("trace", id.as_str())];
+    query.extend(name.map(|n| ("name", n)));
+    let req = client.http.get(format!("{}/api/logs", client.base)).query(&query).bearer_auth(token.expose());
+    let res = req.send().await.map_err(|e| client.unreachable(&e))?;
+    if !res.status().is_success() {
+        return Client::answer::<serde::de::IgnoredAny>(res).await.map(|_| ExitCode::SUCCESS);
+    }
+    let text = res.bytes().await.map_err(|e| Failure::Runtime(format!("reading the log: {e}")))?;
+    let _ = std::io::stdout().write_all(&text);
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn events(client: &Client, follow: bool, json_out: bool) -> Outcome {
     let mut since = 0u64;
     loop {

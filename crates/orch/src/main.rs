@@ -89,15 +89,21 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// The captured stdout and stderr of an instance.
+    /// The captured stdout and stderr of an instance; with --trace, the lines of one request
+    /// across every instance's log (or one service's, or one instance's).
     Logs {
-        instance: String,
+        #[arg(value_name = "INSTANCE", required_unless_present = "trace")]
+        instance: Option<String>,
         /// Keep printing as the log grows.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "trace")]
         follow: bool,
         /// The last N lines (default 200, at most 100000).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", conflicts_with = "trace")]
         tail: Option<usize>,
+        /// The lines carrying this trace id (32 hex digits, or a whole traceparent), each
+        /// prefixed by its instance, in time order; INSTANCE may then name a service.
+        #[arg(long, value_name = "ID")]
+        trace: Option<String>,
     },
     /// What applying FILE would change (exit 0: nothing, 1: changes).
     Diff {
@@ -216,7 +222,10 @@ async fn dispatch(cli: Cli) -> cli::Outcome {
         Command::Apply { file, detach, serve, wait } => apply(control, &sources, &file, detach, serve, wait).await,
         Command::Get { service, output } => cli::get(&client(), service.as_deref(), output == Output::Json).await,
         Command::Describe { instance, output } => cli::describe(&client(), &instance, output == Output::Json).await,
-        Command::Logs { instance, follow, tail } => cli::logs(&client(), &instance, follow, tail).await,
+        Command::Logs { instance, trace: Some(id), .. } => cli::trace_logs(&client(), instance.as_deref(), &id).await,
+        Command::Logs { instance, follow, tail, trace: None } => {
+            cli::logs(&client(), &instance.unwrap_or_default(), follow, tail).await
+        }
         Command::Diff { file, output } => cli::diff(control, &sources, &file, output == Output::Json).await,
         Command::Scale { target } => cli::scale(&client(), &target).await,
         Command::Restart { target } => cli::restart(&client(), &target).await,

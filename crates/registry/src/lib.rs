@@ -107,7 +107,7 @@ pub fn router(state: AppState) -> axum::Router {
     let (limit, guard) = (kit.body_limit, kit::guard::Guard::new(kit.bind_addr, &kit.allowed_hosts));
     let health = kit::health::Health::new(&kit.service_name);
     let records = axum::Extension(kit::metrics::Scoped::new(metrics::Records(state.store.clone())));
-    guard.wrap(kit::http::finish(api::router(state).merge(health.router()), limit).layer(records))
+    kit::trace::layer(guard.wrap(kit::http::finish(api::router(state).merge(health.router()), limit).layer(records)))
 }
 
 /// Serves the registry on `listener` until `shutdown`.

@@ -52,6 +52,7 @@ mod attempt;
 mod headers;
 mod intake;
 mod request;
+pub mod trace;
 mod upgrade;
 
 use std::future::Future;

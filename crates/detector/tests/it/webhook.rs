@@ -19,6 +19,8 @@ struct Receiver {
     fail_first: usize,
     hang: bool,
     received: Arc<Mutex<Vec<Value>>>,
+    /// The `traceparent` of every attempt.
+    traces: Arc<Mutex<Vec<String>>>,
 }
 
 impl Receiver {
@@ -29,7 +31,9 @@ impl Receiver {
     }
 }
 
-async fn receive(State(r): State<Receiver>, body: axum::Json<Value>) -> StatusCode {
+async fn receive(State(r): State<Receiver>, headers: axum::http::HeaderMap, body: axum::Json<Value>) -> StatusCode {
+    let trace = headers.get("traceparent").map(|v| v.to_str().unwrap().to_owned());
+    r.traces.lock().unwrap().push(trace.unwrap_or_default());
     let attempt = r.attempts.fetch_add(1, Ordering::SeqCst) + 1;
     if r.hang {
         std::future::pending::<()>().await;
@@ -74,6 +78,17 @@ async fn alerts_are_delivered_after_retries() {
     })
     .await;
     assert_eq!(receiver.received.lock().unwrap()[1]["type"], "recovered");
+
+    // Each alert is a sampled trace of its own, the same on each of its attempts.
+    let traces = receiver.traces.lock().unwrap().clone();
+    let parsed: Vec<_> = traces
+        .iter()
+        .map(|t| kit::trace::TraceContext::parse(t.as_bytes()).unwrap_or_else(|e| panic!("{t:?}: {e}")))
+        .collect();
+    assert_eq!(parsed.len(), 4, "{traces:?}");
+    assert!(parsed.iter().all(|t| t.sampled()), "{traces:?}");
+    assert!(parsed[..3].iter().all(|t| *t == parsed[0]), "{traces:?}");
+    assert_ne!(parsed[3].trace_id, parsed[0].trace_id, "{traces:?}");
 }
 
 #[tokio::test]

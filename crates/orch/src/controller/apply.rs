@@ -306,12 +306,16 @@ impl Controller {
 
     /// Whether `name` is (or was) an instance with a log file.
     pub fn log_path(&self, name: &str) -> Option<PathBuf> {
-        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !valid {
+        if !crate::supervisor::logs::is_log_name(name) {
             return None;
         }
         let path = self.manifest.data_dir.join("logs").join(format!("{name}.log"));
         (self.instances.values().any(|i| i.name == name) || path.exists()).then_some(path)
+    }
+
+    /// Where the instance logs are (`DATA_DIR/logs`).
+    pub fn logs_dir(&self) -> PathBuf {
+        self.manifest.data_dir.join("logs")
     }
 }
 

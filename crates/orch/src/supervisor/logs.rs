@@ -148,6 +148,101 @@ fn read_tail(path: &Path, n: usize) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The lines of one trace across the instance logs in `dir` (all of them, or those of
+/// `name`: an instance, or a service's `name-N`), each prefixed `instance | `, in time order
+/// (by the timestamp each line starts with, or its JSON `timestamp`; a line without one
+/// keeps its place after the line before it). At most `limit` lines, the latest.
+pub fn trace(dir: &Path, name: Option<&str>, trace_id: &str, limit: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut logs: Vec<(String, PathBuf)> = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(name.is_none().then(Vec::new)),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let Some(instance) = path.file_name().and_then(|f| f.to_str()).and_then(|f| f.strip_suffix(".log")) else {
+            continue;
+        };
+        if name.is_none_or(|name| belongs(instance, name)) {
+            logs.push((instance.to_owned(), path));
+        }
+    }
+    if logs.is_empty() && name.is_some() {
+        return Ok(None);
+    }
+    logs.sort();
+    // (timestamp, instance's order, line's order within it, line)
+    let mut found: Vec<(Vec<u8>, usize, usize, Vec<u8>)> = Vec::new();
+    for (k, (instance, path)) in logs.iter().enumerate() {
+        let mut when = Vec::new();
+        for file in [rotated(path), path.clone()] {
+            let file = match File::open(&file) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
+            let mut line = Vec::with_capacity(512);
+            loop {
+                line.clear();
+                if std::io::BufRead::read_until(&mut reader, b'\n', &mut line)? == 0 {
+                    break;
+                }
+                if let Some(t) = timestamp(&line) {
+                    t.clone_into(&mut when);
+                }
+                if contains(&line, trace_id.as_bytes()) {
+                    let mut out = format!("{instance} | ").into_bytes();
+                    out.extend_from_slice(&line);
+                    if out.last() != Some(&b'\n') {
+                        out.push(b'\n');
+                    }
+                    found.push((when.clone(), k, found.len(), out));
+                }
+            }
+        }
+    }
+    found.sort();
+    let skip = found.len().saturating_sub(limit);
+    Ok(Some(found.into_iter().skip(skip).flat_map(|(.., line)| line).collect()))
+}
+
+/// Whether `name` can name a log (an instance's or a service's): lowercase letters, digits
+/// and dashes, so it never reaches outside the logs directory.
+pub fn is_log_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// Whether the log of `instance` is one `name` asks for: that instance, or one of the
+/// service `name` (`name-N`).
+fn belongs(instance: &str, name: &str) -> bool {
+    instance == name
+        || instance
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The time a log line was written: the RFC 3339 timestamp a text line starts with, or the
+/// `timestamp` of a JSON line.
+fn timestamp(line: &[u8]) -> Option<&[u8]> {
+    let from = if line.first().is_some_and(u8::is_ascii_digit) {
+        0
+    } else {
+        const KEY: &[u8] = b"\"timestamp\":\"";
+        line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len()
+    };
+    let rest = &line[from..];
+    let end = rest.iter().position(|&b| b == b' ' || b == b'"').unwrap_or(rest.len());
+    let stamp = &rest[..end];
+    (stamp.len() >= 20 && stamp[4] == b'-' && stamp[10] == b'T').then_some(stamp)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -199,6 +294,49 @@ mod tests {
         assert_eq!(read_tail(&path, 2).unwrap(), b"b\nc\n");
         assert_eq!(read_tail(&path, 3).unwrap(), b"a\nb\nc\n");
         assert_eq!(read_tail(&path, 9).unwrap(), b"a\nb\nc\n");
+    }
+
+    #[test]
+    fn the_lines_of_one_trace_across_instances_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let write = |name: &str, text: &str| fs::write(dir.path().join(name), text).unwrap();
+        write(
+            "balancer-1.log",
+            &format!(
+                "2026-01-01T00:00:00.000001Z  INFO request trace_id={id} status=200\n\
+                 2026-01-01T00:00:00.000009Z  INFO request trace_id=ffff2f3577b34da6a3ce929d0e0e4736\n"
+            ),
+        );
+        write(
+            "data-1.log.1",
+            &format!("{{\"timestamp\":\"2026-01-01T00:00:00.000000Z\",\"spans\":[{{\"trace_id\":\"{id}\"}}]}}\n"),
+        );
+        write(
+            "data-1.log",
+            &format!(
+                "{{\"timestamp\":\"2026-01-01T00:00:00.000002Z\",\"message\":\"request\",\"spans\":[{{\"trace_id\":\"{id}\"}}]}}\n\
+                 a continued line about {id}"
+            ),
+        );
+        write("data-12.log", "2026-01-01T00:00:00.000003Z nothing here\n");
+        write("database-1.log", &format!("2026-01-01T00:00:00.000004Z {id}\n"));
+        write("notes.txt", &format!("{id}\n"));
+
+        let all = String::from_utf8(trace(dir.path(), None, id, 100).unwrap().unwrap()).unwrap();
+        let prefixes: Vec<&str> = all.lines().map(|l| l.split(" | ").next().unwrap()).collect();
+        assert_eq!(prefixes, ["data-1", "balancer-1", "data-1", "data-1", "database-1"], "{all}");
+        assert!(all.lines().nth(3).unwrap().ends_with(&format!("a continued line about {id}")), "{all}");
+        assert!(!all.contains("ffff2f"), "{all}");
+
+        let data = String::from_utf8(trace(dir.path(), Some("data"), id, 100).unwrap().unwrap()).unwrap();
+        assert_eq!(data.lines().count(), 3, "data-1 only, not database-1: {data}");
+        let one = trace(dir.path(), Some("balancer-1"), id, 100).unwrap().unwrap();
+        assert_eq!(String::from_utf8(one).unwrap().lines().count(), 1);
+        let last = String::from_utf8(trace(dir.path(), None, id, 1).unwrap().unwrap()).unwrap();
+        assert!(last.starts_with("database-1 | "), "the latest line: {last}");
+        assert_eq!(trace(dir.path(), Some("web"), id, 100).unwrap(), None, "no such service");
+        assert_eq!(trace(&dir.path().join("none"), None, id, 100).unwrap(), Some(Vec::new()));
     }
 
     #[tokio::test]
