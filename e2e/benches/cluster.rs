@@ -74,10 +74,10 @@ use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 // The crate root is this file: its modules live in cluster/ beside it.
-#[path = "cluster/matrix.rs"]
-mod matrix;
 #[path = "cluster/growth.rs"]
 mod growth;
+#[path = "cluster/matrix.rs"]
+mod matrix;
 #[path = "cluster/pickup.rs"]
 mod pickup;
 #[path = "cluster/policies.rs"]

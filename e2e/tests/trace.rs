@@ -90,8 +90,20 @@ async fn one_request_carries_its_trace_id_through_the_balancer_and_the_instance(
     let out = cluster.cli(&["logs", "nobody", "--trace", &trace_id]);
     assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
 
-    // Without a traceparent the balancer begins a trace, unsampled, and answers it.
-    let res = http.get(format!("{balancer}/api/auth/health")).send().await.unwrap();
+    // Without a traceparent the balancer begins a trace, sampled (TRACE_SAMPLE_PERCENT's
+    // default), and answers it: the answer's traceparent is enough to follow the request.
+    let res = http.get(format!("{balancer}/api/data/health")).send().await.unwrap();
     let begun = TraceContext::parse(res.headers()["traceparent"].as_bytes()).unwrap();
-    assert!(!begun.sampled() && begun.trace_id != given.trace_id);
+    assert!(begun.sampled() && begun.trace_id != given.trace_id);
+    let serving = res.headers()["x-upstream-instance"].to_str().unwrap().to_owned();
+    let answered = res.headers()["traceparent"].to_str().unwrap().to_owned();
+    let begun_id = begun.trace_hex().to_string();
+    let text = eventually(DEADLINE, "both lines of a request that came without a traceparent", || async {
+        let out = cluster.cli(&["logs", "--trace", &answered]);
+        let text = stdout(&out);
+        let has = |name: &str| text.lines().any(|l| l.starts_with(&format!("{name} | ")));
+        (out.status.success() && has("balancer-1") && has(&serving)).then_some(text)
+    })
+    .await;
+    assert!(text.lines().all(|l| l.contains(&begun_id)), "{text}");
 }

@@ -138,6 +138,7 @@ async fn worker(
     let limits = Arc::new(Limits::new(&state.config));
     // What every request of this worker uses, behind a reference count that only this
     // thread touches.
+    let sample_percent = state.config.trace_sample_percent;
     let worker = Arc::new(Worker::new(id, state, admin));
     while let Some((stream, peer, place)) = inbox.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
@@ -156,7 +157,7 @@ async fn worker(
                 Either::Left(Box::pin(proxy::upgrade(worker.clone(), peer.clone(), req)) as Rare)
             } else {
                 let (mut parts, body) = req.into_parts();
-                let hop = proxy::trace::trace_context(&mut parts.headers, &parts.method, &parts.uri);
+                let hop = proxy::trace::trace_context(&mut parts.headers, &parts.method, &parts.uri, sample_percent);
                 Either::Right(proxy::handle(worker.clone(), peer.clone(), parts, body).map(|res| hop.answer(res)))
             };
             // `map`, not an `async` block awaiting `future`: that would hold it twice.
