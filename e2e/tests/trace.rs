@@ -27,11 +27,14 @@ fn text_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_carries_its_trace_id_through_the_balancer_and_the_instance() {
-    let topology = Topology::new().replicas("auth", 2).replicas("data", 1).replicas("compute", 1).env(
-        "auth",
-        "LOG_FORMAT",
-        "json",
-    );
+    // The balancer begins every new trace sampled here (the default is none), so a request
+    // sent without a traceparent can be followed too.
+    let topology = Topology::new()
+        .replicas("auth", 2)
+        .replicas("data", 1)
+        .replicas("compute", 1)
+        .env("auth", "LOG_FORMAT", "json")
+        .env("balancer", "TRACE_SAMPLE_PERCENT", "100");
     let cluster = topology.start().await;
     let balancer = cluster.url_of("balancer-1").await;
     let http = reqwest::Client::new();
@@ -90,8 +93,8 @@ async fn one_request_carries_its_trace_id_through_the_balancer_and_the_instance(
     let out = cluster.cli(&["logs", "nobody", "--trace", &trace_id]);
     assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
 
-    // Without a traceparent the balancer begins a trace, sampled (TRACE_SAMPLE_PERCENT's
-    // default), and answers it: the answer's traceparent is enough to follow the request.
+    // Without a traceparent the balancer begins a trace, sampled (TRACE_SAMPLE_PERCENT=100),
+    // and answers it: the answer's traceparent is enough to follow the request.
     let res = http.get(format!("{balancer}/api/data/health")).send().await.unwrap();
     let begun = TraceContext::parse(res.headers()["traceparent"].as_bytes()).unwrap();
     assert!(begun.sampled() && begun.trace_id != given.trace_id);

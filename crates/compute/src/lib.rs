@@ -196,6 +196,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: kit::Shutdow
     let state = AppState::open(config).await?;
     worker::spawn(&state, &shutdown);
     shutdown.spawn(sweep::run(state.clone(), shutdown.clone()));
+    shutdown.spawn(metrics::run(state.clone(), shutdown.clone()));
     kit::registry::spawn_maintain(&state.config.kit, port, &shutdown);
     let pool = state.queue.db().clone();
     kit::http::serve(listener, router(state), shutdown, limits, grace).await?;

@@ -432,14 +432,29 @@ impl Queue {
         .await
     }
 
-    async fn stats_in(conn: &mut kit::db::Conn) -> Result<Stats, sqlx::Error> {
-        let mut stats = Stats::default();
-        let counts: Vec<(String, i64)> =
+    /// Jobs by status, in [`Status::ALL`] order (the queue's depth, for `/metrics`).
+    pub async fn counts(&self) -> Result<[i64; 5], sqlx::Error> {
+        let db = &self.db;
+        kit::db::retry(db, move || async move {
+            let mut conn = db.acquire().await?;
+            Self::counts_in(&mut conn).await
+        })
+        .await
+    }
+
+    async fn counts_in(conn: &mut kit::db::Conn) -> Result<[i64; 5], sqlx::Error> {
+        let mut counts = [0; 5];
+        let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetch_all(&mut *conn).await?;
-        for (status, n) in counts {
+        for (status, n) in rows {
             let i = Status::ALL.iter().position(|s| s.as_str() == status).unwrap_or(0);
-            stats.counts[i] += n;
+            counts[i] += n;
         }
+        Ok(counts)
+    }
+
+    async fn stats_in(conn: &mut kit::db::Conn) -> Result<Stats, sqlx::Error> {
+        let mut stats = Stats { counts: Self::counts_in(conn).await?, ..Stats::default() };
         let minute_ago = unix_millis() - 60_000;
         stats.completed_last_minute =
             sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'completed' AND finished_at >= $1")

@@ -34,5 +34,18 @@ async fn operations_and_claims_move_their_series() {
         let now = metric(&text, series).unwrap_or_else(|| panic!("{series} missing: {text}"));
         assert!(now >= before + 1.0, "{series} did not move ({before} -> {now})");
     }
+
+    // The queue's depth is read every few seconds: the completed job shows in it.
+    let completed = r#"compute_jobs{status="completed"}"#;
+    let deadline = tokio::time::Instant::now() + compute::metrics::DEPTH_EVERY * 4;
+    loop {
+        let text = scrape().await;
+        if metric(&text, completed).is_some_and(|n| n >= 1.0) {
+            assert!(text.contains(r#"compute_jobs{status="queued"}"#), "every status has its series: {text}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{completed} never counted the job: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     compute.stop().await;
 }
