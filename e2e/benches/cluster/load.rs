@@ -1,0 +1,338 @@
+//! The load rows (`load` step), through the balancer with a JWT: data reads and writes,
+//! logins, direct compute, jobs; the `afterload` and `durability` steps on data's writes; and
+//! the `postgres` step, the load rows again on a cluster on PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use bench::report::{Row, Target};
+use bench::stats::{ms, show_count, show_ms};
+use e2e::cluster::Cluster;
+use e2e::topology::Topology;
+use e2e::traffic::Api;
+use e2e::wrk::{Run, Script, Wrk};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::Bench;
+use super::support::{TIGHT, rand_suffix, ready_instance, sigkill, submit_job, until, upstream_of, wrk_row};
+
+const JOBS: usize = 1000;
+/// Registered users whose logins are measured.
+const USERS: usize = 4;
+const PASSWORD: &str = "bench-password";
+
+impl Bench {
+    /// Step 4: data reads and writes, logins, direct compute, jobs, through the balancer.
+    /// Returns a signed-in client for the later steps.
+    pub(super) async fn load_rows(&mut self, cluster: &Cluster) -> Api {
+        self.progress.step("load through the balancer: data reads, writes, logins, compute, jobs");
+        let api = self.sign_in(cluster).await;
+        let (base, run) = (api.base.clone(), self.run.clone());
+        let bearer = format!("Bearer {}", api.token.as_deref().unwrap_or_default());
+        let dir = tempfile::tempdir().expect("a temp dir for wrk scripts");
+        let secs = Duration::from_secs(self.secs);
+
+        // Reads: 100 keys written first.
+        for n in 0..100 {
+            let res = api
+                .request(Method::POST, "/api/data")
+                .json(&json!({"key": format!("{run}-r-{n}"), "value": {"n": n, "text": "a value to read back"}}))
+                .send()
+                .await
+                .expect("creating a key to read");
+            assert_eq!(res.status(), 201, "creating a key to read: {}", res.text().await.unwrap_or_default());
+        }
+        let wrk = |name: &str, script: Script, connections: u32| {
+            let path = script.write(dir.path(), name);
+            tokio::task::block_in_place(|| Wrk::new(&base).connections(connections).duration(secs).script(&path).run())
+        };
+        let row = wrk_row;
+
+        self.progress.note("data reads");
+        let reads = wrk(
+            "reads",
+            Script::new("GET", &format!("/api/data/{run}-r-{{n}}")).header("authorization", &bearer).cycle(100),
+            16,
+        );
+        self.rows.push(row(
+            "dataReads",
+            "data reads through the balancer",
+            &reads,
+            "reads/s",
+            "reads",
+            format!("wrk -t1 -c16 for {} s: GET /api/data/:key over 100 keys, JWT checked on each", self.secs),
+        ));
+
+        self.progress.note("data writes");
+        let writes = self.data_writes(&api, "w");
+        self.rows.push(self.writes_row("FULL", &writes));
+
+        self.progress.note("logins");
+        let logins = wrk(
+            "logins",
+            Script::new("POST", "/api/auth/login")
+                .body(&format!(r#"{{"username":"{run}-u{{n}}","password":"{PASSWORD}"}}"#))
+                .cycle(USERS as u64),
+            4,
+        );
+        self.rows.push(row(
+            "logins",
+            "logins through the balancer",
+            &logins,
+            "logins/s",
+            "logins",
+            format!(
+                "wrk -t1 -c4 for {} s: POST /api/auth/login of {USERS} users in turn; each is an argon2id verification \
+                 (the cost), spread over auth-1..3",
+                self.secs
+            ),
+        ));
+
+        self.progress.note("direct compute");
+        let compute = wrk(
+            "compute",
+            Script::new("POST", "/api/compute/direct")
+                .header("authorization", &bearer)
+                .body(r#"{"operation":"add","operands":[{n},3]}"#),
+            16,
+        );
+        self.rows.push(row(
+            "computeDirect",
+            "direct compute through the balancer",
+            &compute,
+            "ops/s",
+            "ops",
+            format!("wrk -t1 -c16 for {} s: POST /api/compute/direct add, JWT checked", self.secs),
+        ));
+
+        self.progress.note(&format!("{JOBS} jobs"));
+        self.jobs(&api).await;
+        api
+    }
+
+    /// Registers the bench users through the balancer and signs the first in.
+    pub(super) async fn sign_in(&self, cluster: &Cluster) -> Api {
+        let anonymous = Api::new(&cluster.url_of("balancer-1").await);
+        for n in 0..USERS {
+            let res = anonymous.register(&format!("{}-u{n}", self.run), PASSWORD).await;
+            assert_eq!(res.status(), 201, "registering a bench user: {}", res.text().await.unwrap_or_default());
+        }
+        let token = anonymous.login(&format!("{}-u0", self.run), PASSWORD).await;
+        anonymous.with_token(Some(token))
+    }
+
+    /// wrk -c16 of `POST /api/data` through the balancer, a new key each (`<run>-<tag>-<n>`).
+    pub(super) fn data_writes(&self, api: &Api, tag: &str) -> Run {
+        let dir = tempfile::tempdir().expect("a temp dir for wrk scripts");
+        let body = format!(r#"{{"key":"{}-{tag}-{{n}}","value":{{"n":{{n}},"text":"a new value"}}}}"#, self.run);
+        let script = Script::new("POST", "/api/data")
+            .header("authorization", &format!("Bearer {}", api.token.as_deref().unwrap_or_default()))
+            .body(&body)
+            .write(dir.path(), tag);
+        let wrk = Wrk::new(&api.base).connections(16).duration(Duration::from_secs(self.secs)).script(&script);
+        tokio::task::block_in_place(|| wrk.run())
+    }
+
+    /// The data-writes row for `SQLITE_SYNCHRONOUS=<mode>`.
+    pub(super) fn writes_row(&self, mode: &str, writes: &Run) -> Row {
+        let (id, metric, note) = match mode {
+            "FULL" => (
+                "dataWrites",
+                "data writes through the balancer (durable: SQLITE_SYNCHRONOUS=FULL, the default)",
+                "every commit synced to disk before its 201",
+            ),
+            _ => (
+                "dataWritesNormal",
+                "data writes through the balancer, SQLITE_SYNCHRONOUS=NORMAL",
+                "data rolled to NORMAL through the manifest's env for this run (the WAL synced at checkpoints only: \
+                 the last 201s before a power loss can be lost), then back",
+            ),
+        };
+        wrk_row(
+            id,
+            metric,
+            writes,
+            "writes/s",
+            "writes",
+            format!(
+                "wrk -t1 -c16 for {} s: POST /api/data of a new key each (one SQLite transaction, shared by the 3 \
+                 instances), JWT checked; {note}",
+                self.secs
+            ),
+        )
+    }
+
+    /// Jobs: [`JOBS`] submitted by 8 tasks, then `/api/compute/stats` polled until all are
+    /// completed.
+    pub(super) async fn jobs(&mut self, api: &Api) {
+        const TASKS: usize = 8;
+        let counts = |stats: &Value| (stats["counts"]["completed"].as_u64(), stats["counts"]["failed"].as_u64());
+        let stats = || async {
+            let (status, stats) = api.get("/api/compute/stats").await;
+            (status == 200).then_some(stats)
+        };
+        let before = stats().await.expect("compute stats");
+        let (Some(completed0), Some(failed0)) = counts(&before) else {
+            panic!("compute stats without counts: {before}")
+        };
+        let t0 = Instant::now();
+        let submitters: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let api = api.clone();
+                tokio::spawn(async move {
+                    for n in (t..JOBS).step_by(TASKS) {
+                        submit_job(&api, n).await;
+                    }
+                })
+            })
+            .collect();
+        for task in submitters {
+            task.await.expect("a submitting task panicked");
+        }
+        let submitted = t0.elapsed();
+        let failed = until(Duration::from_millis(10), "every job completed", || async {
+            let (completed, failed) = counts(&stats().await?);
+            let (completed, failed) = (completed? - completed0, failed? - failed0);
+            (completed + failed >= JOBS as u64).then_some(failed)
+        })
+        .await;
+        let all = t0.elapsed();
+        let per_second = JOBS as f64 / all.as_secs_f64();
+        self.rows.push(
+            Row::new("jobs", "jobs through the balancer, submit to completed", per_second, "jobs/s")
+                .shown(format!("{} jobs/s", show_count(per_second)))
+                .how(format!(
+                    "{JOBS} add jobs POSTed by {TASKS} client tasks (all accepted in {}), then /api/compute/stats polled \
+                     every 10 ms until all finished: first submit to last completion, 3 instances × 2 workers, \
+                     {failed} failed",
+                    show_ms(ms(submitted))
+                ))
+                .detail("jobs", JOBS)
+                .detail("submitMs", ms(submitted))
+                .detail("allDoneMs", ms(all))
+                .detail("failed", failed),
+        );
+    }
+
+    /// Step 6: data writes still go through after the load. A write whose client went away
+    /// at the end of a wrk run must not leave the shared database locked; if it did, data's
+    /// instances are killed and restarted so the later steps can run, and the row says so.
+    pub(super) async fn writes_after_load(&mut self, cluster: &Cluster, api: &Api) {
+        self.progress.step("data writes still accepted after the load");
+        // Three writes: round-robin spreads them over the three data instances.
+        let mut outcomes = Vec::new();
+        for n in 0..3 {
+            let t0 = Instant::now();
+            let res = api
+                .request(Method::POST, "/api/data")
+                .json(&json!({"key": format!("{}-probe-{n}", self.run), "value": n}))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            let outcome = match res {
+                Ok(res) => {
+                    let (status, upstream) = (res.status(), upstream_of(&res));
+                    let body = res.text().await.unwrap_or_default();
+                    format!(
+                        "{status} from {upstream} in {}{}",
+                        show_ms(ms(t0.elapsed())),
+                        if status == 201 { String::new() } else { format!(": {body}") }
+                    )
+                }
+                Err(e) => format!("no answer within 3 s ({e})"),
+            };
+            outcomes.push(outcome);
+        }
+        let ok = outcomes.iter().all(|o| o.starts_with("201 "));
+        self.progress.note(&outcomes.join("; "));
+        let mut how =
+            format!("3 writes through the balancer right after the wrk runs, each within 3 s: {}", outcomes.join("; "));
+        if !ok {
+            // The lock dies with the process holding it. A rolling restart would wait forever
+            // for a replacement that cannot migrate while the holder still runs, so every
+            // data instance is killed at once (by the pid orch reports), and orch restarts them.
+            self.progress.note("data's writes are stuck: kill -9 of data-1..3 to release the lock, then on");
+            for name in ["data-1", "data-2", "data-3"] {
+                let (pid, _) = ready_instance(cluster, name).await;
+                sigkill(pid);
+            }
+            until(Duration::from_millis(50), "data's writes accepted again after the restart", || async {
+                let res = api
+                    .request(Method::POST, "/api/data")
+                    .json(&json!({"key": format!("{}-probe-{}", self.run, rand_suffix()), "value": 0}))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?;
+                (res.status() == 201).then_some(())
+            })
+            .await;
+            let topology = Self::topology();
+            cluster.wait_routed(&topology.backend_instances()).await;
+            how.push_str(
+                "; writes were stuck (the shared database's write lock held by a connection left in a transaction \
+                 by a cancelled write), so data-1..3 were killed and restarted before the next steps",
+            );
+        }
+        self.rows.push(
+            Row::new("writesAfterLoad", "data writes still accepted after the load", f64::from(u8::from(ok)), "yes/no")
+                .shown(if ok { "yes" } else { "NO" })
+                .target(Target::at_least(1.0, "yes"))
+                .how(how),
+        );
+    }
+
+    /// Step 7: the data writes again with `SQLITE_SYNCHRONOUS=NORMAL` (data rolled to it
+    /// through the manifest, and back after), beside the durable default.
+    pub(super) async fn durability(&mut self, cluster: &Cluster, topology: &Topology, api: &Api) {
+        self.progress.step("data writes with SQLITE_SYNCHRONOUS=NORMAL (data rolled to it and back)");
+        if !self.rows.iter().any(|r| r.id == "dataWrites") {
+            self.progress.note("data writes, FULL");
+            let writes = self.data_writes(api, "w");
+            self.rows.push(self.writes_row("FULL", &writes));
+        }
+        let progress = &self.progress;
+        let roll = |yaml: String, what: &'static str| async move {
+            let seq = cluster.latest_event().await;
+            let t0 = Instant::now();
+            cluster.edit(&yaml);
+            cluster.wait_event_after(seq, "rolled", None, "data rolled out").await;
+            cluster.wait_routed(&topology.backend_instances()).await;
+            progress.note(&format!("data rolled to {what} and routed in {}", show_ms(ms(t0.elapsed()))));
+        };
+        roll(topology.clone().env("data", "SQLITE_SYNCHRONOUS", "NORMAL").yaml(), "NORMAL").await;
+        self.progress.note("data writes, NORMAL");
+        let writes = self.data_writes(api, "wn");
+        roll(topology.yaml(), "FULL").await;
+        self.rows.push(self.writes_row("NORMAL", &writes));
+    }
+
+    /// The load rows again on a second cluster, on PostgreSQL in the shape of
+    /// `manifests/examples/postgres.yaml` (orch runs the server): the same data reads and
+    /// writes, logins, direct compute and jobs, as rows whose ids end in `Pg`, sorted beside
+    /// the SQLite ones.
+    pub(super) async fn postgres(&mut self) {
+        self.progress.step("a second cluster, on PostgreSQL (orch runs the server)");
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("a port").port();
+        let cluster = Self::topology().name("bench-pg").on_postgres(port).start().await.poll_every(TIGHT);
+        let (first, run) = (self.rows.len(), self.run.clone());
+        self.run = format!("{run}pg");
+        let api = self.load_rows(&cluster).await;
+        if self.wants("pickup") {
+            self.pickup(&api).await;
+        }
+        self.run = run;
+        for row in &mut self.rows[first..] {
+            // Leaked: a handful of ids, once per run.
+            row.id = Box::leak(format!("{}Pg", row.id).into_boxed_str());
+            let metric = row.metric.split(" (").next().unwrap_or_default().to_owned();
+            row.metric = format!("{metric}, on PostgreSQL");
+            row.how = row.how.replace("one SQLite transaction", "one PostgreSQL transaction");
+            row.how =
+                row.how.replace("; every commit synced to disk before its 201", "; PostgreSQL's defaults (fsync on)");
+        }
+        self.progress.note("stopping the PostgreSQL cluster");
+        tokio::task::block_in_place(|| drop(cluster));
+    }
+}
