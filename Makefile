@@ -41,8 +41,8 @@ deps:                       ## what the tests need beyond Rust (installed when m
 fmt:
 	$(CARGO) fmt --all
 
-lint:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+lint:                       ## clippy, then no import circle among any crate's modules (scripts/module-cycles.py)
+	$(CARGO) clippy --workspace --all-targets -- -D warnings && python3 scripts/module-cycles.py
 
 clean:
 	$(CARGO) clean

@@ -1,4 +1,5 @@
-//! Configuration from environment variables.
+//! Configuration from environment variables: the components' common [`Config`], and the
+//! server's [`Limits`] (kept here, below `serve`, which takes them).
 //!
 //! Components read their settings through [`Vars`], never through `std::env` directly, so a
 //! test builds its configuration from a map ([`Vars::from_pairs`]) and never touches the
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::secret::Secret;
-use crate::serve::Limits;
 use crate::telemetry::LogFormat;
 
 /// A configuration value that could not be used.
@@ -242,6 +242,59 @@ impl Config {
     /// `sqlite://DATA_DIR/<file>` unless `DATABASE_URL` says otherwise.
     pub fn database_url_or(&self, file: &str) -> String {
         self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join(file).display()))
+    }
+}
+
+/// File descriptors kept out of the connection cap, for databases, outgoing connections,
+/// log files and the listener itself.
+pub const FD_RESERVE: u64 = 256;
+
+/// How `serve` bounds its connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `HTTP_HEADER_TIMEOUT_MS` (default 10000): a request's head must arrive within this.
+    pub header_timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT_MS` (default 30000): a request's body must arrive within this of
+    /// its head.
+    pub body_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT_MS` (default 60000): a kept-alive connection with no request, or a
+    /// response the client does not read, is closed after this.
+    pub idle_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS` (default 10000): open connections at most; beyond, accepting
+    /// waits. Lowered to what `RLIMIT_NOFILE` allows, less [`FD_RESERVE`].
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
+        let default = Self::default();
+        let millis = |name, default: Duration| vars.millis(name, default.as_millis() as u64, 3_600_000);
+        Ok(Self {
+            header_timeout: millis("HTTP_HEADER_TIMEOUT_MS", default.header_timeout)?,
+            body_timeout: millis("HTTP_BODY_TIMEOUT_MS", default.body_timeout)?,
+            idle_timeout: millis("HTTP_IDLE_TIMEOUT_MS", default.idle_timeout)?,
+            max_connections: vars.number("HTTP_MAX_CONNECTIONS", default.max_connections as u64, 1, 1_000_000)?
+                as usize,
+        })
+    }
+
+    /// The cap in force with `fd_limit` file descriptors (`None`: unknown).
+    pub fn connection_cap(&self, fd_limit: Option<u64>) -> usize {
+        match fd_limit {
+            Some(fds) => self.max_connections.min(fds.saturating_sub(FD_RESERVE).max(16) as usize),
+            None => self.max_connections,
+        }
     }
 }
 
