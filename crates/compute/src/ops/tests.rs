@@ -1,3 +1,6 @@
+//! `ops::parse` and `Task::evaluate` as tables of operation, operands and the JSON text
+//! answered (or the error): exact integers, doubles as sent, matrices, bounds.
+
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 

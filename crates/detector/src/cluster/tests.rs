@@ -1,3 +1,6 @@
+//! The cluster's pure state: targets from registry records and orch's instances, down and
+//! recovery alerts, registry changes, orch's exits and events.
+
 use super::*;
 
 fn record(id: &str, ty: &str, port: u16, healthy: bool) -> ServiceRecord {

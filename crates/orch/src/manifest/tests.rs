@@ -1,3 +1,6 @@
+//! Manifest parsing and validation: the shipped manifests, defaults, and every kind of bad
+//! input located and explained.
+
 use super::*;
 
 const HEAD: &str = "apiVersion: orch/v1\nkind: Cluster\nmetadata: { name: test }\nspec:\n";

@@ -1,3 +1,6 @@
+//! The pure reconciler as tables: desired and observed in, the plan out (dependency order,
+//! scaling, rolls, drains, backoff).
+
 use std::path::Path;
 
 use super::*;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use reqwest::StatusCode;
 use balancer::faults::FaultSpec;
 use serde::Deserialize;
 
