@@ -90,7 +90,7 @@ mod support;
 #[path = "cluster/versus.rs"]
 mod versus;
 
-// What every step module takes from `super`.
+// The helpers the first step modules took from `super` (the others name `super::support`).
 use support::{TIGHT, data_behind_balancer, get_json, submit_job, until};
 
 /// The steps by the names `BENCH_ONLY` takes, in the order they run.

@@ -6,8 +6,7 @@ use std::time::Instant;
 use bench::report::{Row, Target};
 use bench::stats::{mb, ms, runs, show_ms, show_spread, spread};
 use e2e::cluster::Cluster;
-use e2e::procfs;
-use e2e::procfs::Memory;
+use e2e::procfs::{self, Memory};
 use e2e::topology::Topology;
 use serde_json::{Map, json};
 

@@ -4,9 +4,9 @@
 use bench::report::{Row, Target};
 use bench::stats::{round2, show_count, show_ms};
 use e2e::cluster::Cluster;
-use e2e::nginx::{Nginx, Setup};
+use e2e::nginx::{self, Nginx, Setup};
+use e2e::procfs;
 use e2e::wrk::Run;
-use e2e::{nginx, procfs};
 
 use super::Bench;
 use super::support::{data_behind_balancer, wrk_errors};

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use balancer::faults::FaultSpec;
+use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::experiments::PostedFault;
