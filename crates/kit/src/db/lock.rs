@@ -43,14 +43,17 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-/// How many writers of one process in a row may pass the file's lock on among themselves
-/// (while more of them wait) before it goes back to the kernel's queue for the others.
-const TENURE: u32 = 16;
+use super::group::{self, Group};
+
+/// How many turns in a row (a group commit, or a writer outside a group) one process may
+/// pass the file's lock on among its own writers (while more of them wait) before it goes
+/// back to the kernel's queue for the others.
+const TENURE: u32 = 4;
 
 /// The lock file of one SQLite database, shared by the clones of its [`super::Db`].
 #[derive(Debug)]
@@ -64,13 +67,20 @@ struct Shared {
     file: File,
     /// Writers of this process waiting for their turn.
     queued: AtomicUsize,
+    /// Group transactions committed (for tests).
+    group_commits: AtomicU64,
+    /// How long a group takes more members, in µs ([`group::HOLD`]; tests lengthen it).
+    hold_micros: AtomicU64,
 }
 
-/// Whether this process holds the file's lock between turns (guarded by the turn).
+/// Whether this process holds the file's lock between turns, and the group transaction
+/// open on it (guarded by the turn).
 #[derive(Debug, Default)]
-struct Tenure {
+pub(super) struct Tenure {
     file_held: bool,
     turns: u32,
+    /// Open only while the file is held.
+    pub(super) group: Option<Group>,
 }
 
 /// The write lock, held until dropped.
@@ -81,9 +91,45 @@ pub struct Held {
     shared: Arc<Shared>,
 }
 
+impl Held {
+    pub(super) fn tenure(&self) -> &Tenure {
+        self.turn.as_ref().expect("held until dropped")
+    }
+
+    pub(super) fn tenure_mut(&mut self) -> &mut Tenure {
+        self.turn.as_mut().expect("held until dropped")
+    }
+
+    /// Writers of this process waiting for their turn.
+    pub(super) fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    /// How long a group takes more members.
+    pub(super) fn hold(&self) -> Duration {
+        Duration::from_micros(self.shared.hold_micros.load(Ordering::Relaxed))
+    }
+
+    /// Counts a group committed on the file.
+    pub(super) fn count_commit(&self) {
+        self.shared.group_commits.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         let Some(mut turn) = self.turn.take() else { return };
+        if turn.group.is_some() {
+            let mut held = Held { turn: Some(turn), lock: self.lock.clone(), shared: self.shared.clone() };
+            if group::ends_with(&held) {
+                group::end_in_task(held);
+                return;
+            }
+            // The next member of this process takes the group on.
+            drop(held.turn.take());
+            self.shared.let_go_if_unwanted(&self.lock);
+            return;
+        }
         let keep = self.shared.queued.load(Ordering::SeqCst) > 0 && turn.turns < TENURE;
         if keep {
             turn.turns += 1;
@@ -100,22 +146,27 @@ impl Drop for Held {
 
 impl Shared {
     fn let_go(&self, tenure: &mut Tenure) {
+        debug_assert!(tenure.group.is_none(), "a group open on a file let go");
         if tenure.file_held
             && let Err(e) = self.file.unlock()
         {
             tracing::error!(error = %e, "unlocking the database's write lock");
         }
-        *tenure = Tenure::default();
+        tenure.file_held = false;
+        tenure.turns = 0;
     }
 
-    /// Unlocks the file when this process holds it between turns and no writer of it waits:
-    /// run by whoever leaves last (a holder that kept it, a waiter that gave up).
-    fn let_go_if_unwanted(&self, lock: &Arc<Mutex<Tenure>>) {
+    /// Unlocks the file when this process holds it between turns and no writer of it waits
+    /// (committing the group open on it first): run by whoever leaves last (a holder that
+    /// kept it, a waiter that gave up).
+    fn let_go_if_unwanted(self: &Arc<Self>, lock: &Arc<Mutex<Tenure>>) {
         if self.queued.load(Ordering::SeqCst) == 0
-            && let Ok(mut turn) = lock.clone().try_lock_owned()
+            && let Ok(turn) = lock.clone().try_lock_owned()
             && self.queued.load(Ordering::SeqCst) == 0
+            && (turn.file_held || turn.group.is_some())
         {
-            self.let_go(&mut turn);
+            // Dropped with nobody queued, it ends the group and lets go of the file.
+            drop(Held { turn: Some(turn), lock: lock.clone(), shared: self.clone() });
         }
     }
 }
@@ -139,7 +190,32 @@ impl WriteLock {
         let mut path = database.as_os_str().to_owned();
         path.push(".lock");
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        Ok(Self { turn: Arc::default(), shared: Arc::new(Shared { file, queued: AtomicUsize::new(0) }) })
+        Ok(Self {
+            turn: Arc::default(),
+            shared: Arc::new(Shared {
+                file,
+                queued: AtomicUsize::new(0),
+                group_commits: AtomicU64::new(0),
+                hold_micros: AtomicU64::new(group::HOLD.as_micros() as u64),
+            }),
+        })
+    }
+
+    /// How many group transactions this handle committed.
+    pub(super) fn group_commits(&self) -> u64 {
+        self.shared.group_commits.load(Ordering::SeqCst)
+    }
+
+    /// Writers of this process waiting for their turn.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    /// Sets how long a group takes more members.
+    #[cfg(test)]
+    pub(super) fn set_hold(&self, hold: Duration) {
+        self.shared.hold_micros.store(hold.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Waits for the write lock (for this process's turn, then for the file) for up to
