@@ -54,7 +54,9 @@ type Outcome = Option<Result<(), Arc<str>>>;
 /// The transaction a process's writers share on the file.
 #[derive(Debug)]
 pub(super) struct Group {
-    conn: PoolConnection<Any>,
+    /// Taken when the group ends; a group dropped unended (its task dropped by a runtime
+    /// shutting down) closes it, which rolls it back, rather than pool it mid-transaction.
+    conn: Option<PoolConnection<Any>>,
     done: watch::Sender<Outcome>,
     /// Members that released their savepoint into it.
     members: u32,
@@ -63,7 +65,20 @@ pub(super) struct Group {
     broken: Option<String>,
 }
 
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            tracing::debug!("a group dropped before its end is rolled back");
+            drop(conn.detach());
+        }
+    }
+}
+
 impl Group {
+    fn conn(&mut self) -> &mut PoolConnection<Any> {
+        self.conn.as_mut().expect("open until the group ends")
+    }
+
     fn takes_more(&self, hold: Duration) -> bool {
         self.broken.is_none() && self.members < MEMBERS && self.opened.elapsed() < hold
     }
@@ -78,18 +93,18 @@ pub struct Member {
 
 impl Member {
     pub(super) fn conn(&self) -> &Conn {
-        &group(self.held.as_ref().expect("open until consumed").tenure()).conn
+        group(self.held.as_ref().expect("open until consumed").tenure()).conn.as_ref().expect("open until the group ends")
     }
 
     pub(super) fn conn_mut(&mut self) -> &mut Conn {
-        &mut group_mut(self.held.as_mut().expect("open until consumed").tenure_mut()).conn
+        group_mut(self.held.as_mut().expect("open until consumed").tenure_mut()).conn()
     }
 
     /// Releases the savepoint into the group and waits for the group's end: `Ok` once it is
     /// committed.
     pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
         let held = self.held.take().expect("open until consumed");
-        in_task(leave(held, true)).await??;
+        in_task(leave(Leaving(Some(held)), true)).await??;
         let outcome = self.done.wait_for(Option::is_some).await.map(|o| o.clone());
         match outcome {
             Ok(Some(Ok(()))) => Ok(()),
@@ -101,7 +116,7 @@ impl Member {
     /// Rolls back to the savepoint and leaves the group (ending it if it was the last).
     pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
         let held = self.held.take().expect("open until consumed");
-        in_task(leave(held, false)).await?
+        in_task(leave(Leaving(Some(held)), false)).await?
     }
 }
 
@@ -111,7 +126,7 @@ impl Drop for Member {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if let Err(e) = leave(held, false).await {
+                    if let Err(e) = leave(Leaving(Some(held)), false).await {
                         tracing::debug!(error = %e, "rolling back a dropped write transaction");
                     }
                 });
@@ -132,11 +147,11 @@ pub(super) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Result<Membe
             let mut conn = pool.acquire().await?;
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
             let (done, _) = watch::channel(None);
-            held.tenure_mut().group = Some(Group { conn, done, members: 0, opened: Instant::now(), broken: None });
+            held.tenure_mut().group = Some(Group { conn: Some(conn), done, members: 0, opened: Instant::now(), broken: None });
         }
         let group = group_mut(held.tenure_mut());
         let done = group.done.subscribe();
-        if let Err(e) = sqlx::query("SAVEPOINT member").execute(&mut *group.conn).await {
+        if let Err(e) = sqlx::query("SAVEPOINT member").execute(&mut **group.conn()).await {
             group.broken = Some(e.to_string());
             return Err(e);
         }
@@ -165,16 +180,18 @@ pub(super) fn ends_with(held: &Held) -> bool {
     held.tenure().group.as_ref().is_some_and(|g| held.queued() == 0 || !g.takes_more(held.hold()))
 }
 
-/// Ends the group under `held` in a task of its own (see [`end`]); with no runtime to run
-/// it, its connection is closed, which rolls it back, and its members are told it failed.
+/// Ends the group under `held` in a task of its own (see [`end`]). The group is taken out
+/// first: if the task never runs (no runtime, or one shutting down), the group is dropped
+/// (rolled back, its members told it failed) and the turn passed on without it.
 pub(super) fn end_in_task(mut held: Held) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn(end(held))),
-        Err(_) => {
-            if let Some(group) = held.tenure_mut().group.take() {
-                drop(group.conn.detach());
-            }
-        }
+    let group = held.tenure_mut().group.take();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let told = finish_group(group).await;
+            told.count(&held);
+            drop(held);
+            told.tell();
+        });
     }
 }
 
@@ -193,6 +210,13 @@ struct Told {
 }
 
 impl Told {
+    /// Counts the commit it tells of, if it does.
+    fn count(&self, held: &Held) {
+        if self.done.is_some() && self.outcome.is_ok() {
+            held.count_commit();
+        }
+    }
+
     fn tell(self) {
         if let Some(done) = self.done {
             done.send_replace(Some(self.outcome));
@@ -203,38 +227,56 @@ impl Told {
 /// Commits (or, broken, rolls back) the group open under `held` and gives its connection
 /// back: one that failed to end is closed rather than pooled inside a transaction.
 async fn finish(held: &mut Held) -> Told {
-    let Some(mut group) = held.tenure_mut().group.take() else { return Told { done: None, outcome: Ok(()) } };
+    let group = held.tenure_mut().group.take();
+    let told = finish_group(group).await;
+    told.count(held);
+    told
+}
+
+/// [`finish`] of a group taken out of `held`'s tenure.
+async fn finish_group(group: Option<Group>) -> Told {
+    let Some(mut group) = group else { return Told { done: None, outcome: Ok(()) } };
     let outcome = match group.broken.take() {
-        None => sqlx::query("COMMIT").execute(&mut *group.conn).await.map(drop).map_err(|e| e.to_string().into()),
+        None => sqlx::query("COMMIT").execute(&mut **group.conn()).await.map(drop).map_err(|e| e.to_string().into()),
         Some(why) => Err(why.into()),
     };
-    match &outcome {
-        Ok(()) => held.count_commit(),
-        Err(why) => {
-            tracing::warn!(error = %why, members = group.members, "a group commit failed");
-            if sqlx::query("ROLLBACK").execute(&mut *group.conn).await.is_err() {
-                let Group { conn, done, .. } = group;
-                if let Err(e) = conn.close().await {
-                    tracing::debug!(error = %e, "closing a failed group's connection");
-                }
-                return Told { done: Some(done), outcome };
-            }
+    let mut conn = group.conn.take().expect("open until the group ends");
+    if let Err(why) = &outcome {
+        tracing::warn!(error = %why, members = group.members, "a group commit failed");
+        // Rolled back, the connection goes back to the pool; else it is closed.
+        if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err()
+            && let Err(e) = conn.close().await
+        {
+            tracing::debug!(error = %e, "closing a failed group's connection");
         }
     }
-    Told { done: Some(group.done), outcome }
+    Told { done: Some(group.done.clone()), outcome }
+}
+
+/// A member's turn on its way out: dropped before its savepoint ended (its task dropped by a
+/// runtime shutting down), it breaks the group, which then takes nothing of it.
+struct Leaving(Option<Held>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        if let Some(held) = &mut self.0 {
+            group_mut(held.tenure_mut()).broken = Some("a member left without ending its savepoint".into());
+        }
+    }
 }
 
 /// Ends a member's savepoint (released into the group when `keep`, else rolled back) and
 /// passes the turn on, ending the group when it was the last.
-async fn leave(mut held: Held, keep: bool) -> Result<(), sqlx::Error> {
-    let group = group_mut(held.tenure_mut());
+async fn leave(mut leaving: Leaving, keep: bool) -> Result<(), sqlx::Error> {
+    let group = group_mut(leaving.0.as_mut().expect("taken below").tenure_mut());
     let sql = if keep { "RELEASE member" } else { "ROLLBACK TO member; RELEASE member" };
-    let done = sqlx::Executor::execute(&mut *group.conn, sqlx::raw_sql(sql)).await;
+    let done = sqlx::Executor::execute(&mut **group.conn(), sqlx::raw_sql(sql)).await;
     match &done {
         Ok(_) if keep => group.members += 1,
         Ok(_) => {}
         Err(e) => group.broken = Some(e.to_string()),
     }
+    let held = leaving.0.take().expect("taken once");
     if ends_with(&held) {
         end(held).await;
     }
