@@ -93,7 +93,10 @@ pub struct Member {
 
 impl Member {
     pub(super) fn conn(&self) -> &Conn {
-        group(self.held.as_ref().expect("open until consumed").tenure()).conn.as_ref().expect("open until the group ends")
+        group(self.held.as_ref().expect("open until consumed").tenure())
+            .conn
+            .as_ref()
+            .expect("open until the group ends")
     }
 
     pub(super) fn conn_mut(&mut self) -> &mut Conn {
@@ -147,7 +150,8 @@ pub(super) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Result<Membe
             let mut conn = pool.acquire().await?;
             sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
             let (done, _) = watch::channel(None);
-            held.tenure_mut().group = Some(Group { conn: Some(conn), done, members: 0, opened: Instant::now(), broken: None });
+            held.tenure_mut().group =
+                Some(Group { conn: Some(conn), done, members: 0, opened: Instant::now(), broken: None });
         }
         let group = group_mut(held.tenure_mut());
         let done = group.done.subscribe();

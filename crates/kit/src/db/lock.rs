@@ -26,14 +26,15 @@
 //! here (the `sqlite3` shell, an older binary during a rollout) and for the moment between a
 //! dropped transaction's unlock and its rollback.
 //!
-//! **Not a single writer with group commit (yet).** The alternative, one writer task per
-//! database fed by a queue, committing many writes at once, does not replace this lock: the
-//! three instances of a service are three processes writing one file, so each would still
-//! meet the others' lock. It is the next step on top of it: under `synchronous=FULL` every
-//! commit is an `fsync` (2.3 ms each on the test machine while it compiled, 434 commits/s from
-//! one writer; 104 000 writes/s when 32 writes share a commit as savepoints), so the writes
-//! per second are bounded by commits per second times writes per commit, and only a group
-//! commit raises the second factor. This lock removes the sleeping; it cannot remove the sync.
+//! **Group commit on top.** One writer task per database fed by a queue would not replace
+//! this lock: the three instances of a service are three processes writing one file, so each
+//! would still meet the others' lock. Under `synchronous=FULL` every commit is an `fsync`
+//! (2.3 ms each on the test machine while it compiled, 434 commits/s from one writer; 104 000
+//! writes/s when 32 writes share a commit as savepoints), so the writes per second are
+//! bounded by commits per second times writes per commit. This lock removes the sleeping;
+//! [`super::group`] raises the writes per commit: the writers that pass the turn on among
+//! themselves share one transaction, kept in the [`Tenure`] while the file is held. A turn,
+//! for [`TENURE`], is then a group (or a writer outside the groups).
 
 // std's `File::lock` family is stable since Rust 1.89, above the workspace's declared 1.85
 // (which the let chains in use, 1.88, already exceed); the toolchain that builds it is newer.

@@ -511,7 +511,10 @@ fn member(db: &Db, name: &str, end: End) -> tokio::task::JoinHandle<Result<(), s
         match end {
             End::Commit => tx.commit().await,
             End::Rollback => tx.rollback().await,
-            End::Drop => Ok(drop(tx)),
+            End::Drop => {
+                drop(tx);
+                Ok(())
+            }
         }
     })
 }
