@@ -26,14 +26,15 @@
 //! here (the `sqlite3` shell, an older binary during a rollout) and for the moment between a
 //! dropped transaction's unlock and its rollback.
 //!
-//! **Not a single writer with group commit (yet).** The alternative, one writer task per
-//! database fed by a queue, committing many writes at once, does not replace this lock: the
-//! three instances of a service are three processes writing one file, so each would still
-//! meet the others' lock. It is the next step on top of it: under `synchronous=FULL` every
-//! commit is an `fsync` (2.3 ms each on the test machine while it compiled, 434 commits/s from
-//! one writer; 104 000 writes/s when 32 writes share a commit as savepoints), so the writes
-//! per second are bounded by commits per second times writes per commit, and only a group
-//! commit raises the second factor. This lock removes the sleeping; it cannot remove the sync.
+//! **Group commit on top.** One writer task per database fed by a queue would not replace
+//! this lock: the three instances of a service are three processes writing one file, so each
+//! would still meet the others' lock. Under `synchronous=FULL` every commit is an `fsync`
+//! (2.3 ms each on the test machine while it compiled, 434 commits/s from one writer; 104 000
+//! writes/s when 32 writes share a commit as savepoints), so the writes per second are
+//! bounded by commits per second times writes per commit. This lock removes the sleeping;
+//! [`super::group`] raises the writes per commit: the writers that pass the turn on among
+//! themselves share one transaction, kept in the [`Tenure`] while the file is held. A turn,
+//! for [`TENURE`], is then a group (or a writer outside the groups).
 
 // std's `File::lock` family is stable since Rust 1.89, above the workspace's declared 1.85
 // (which the let chains in use, 1.88, already exceed); the toolchain that builds it is newer.
@@ -43,14 +44,17 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-/// How many writers of one process in a row may pass the file's lock on among themselves
-/// (while more of them wait) before it goes back to the kernel's queue for the others.
-const TENURE: u32 = 16;
+use super::group::{self, Group};
+
+/// How many turns in a row (a group commit, or a writer outside a group) one process may
+/// pass the file's lock on among its own writers (while more of them wait) before it goes
+/// back to the kernel's queue for the others.
+const TENURE: u32 = 4;
 
 /// The lock file of one SQLite database, shared by the clones of its [`super::Db`].
 #[derive(Debug)]
@@ -64,13 +68,20 @@ struct Shared {
     file: File,
     /// Writers of this process waiting for their turn.
     queued: AtomicUsize,
+    /// Group transactions committed (for tests).
+    group_commits: AtomicU64,
+    /// How long a group takes more members, in µs ([`group::HOLD`]; tests lengthen it).
+    hold_micros: AtomicU64,
 }
 
-/// Whether this process holds the file's lock between turns (guarded by the turn).
+/// Whether this process holds the file's lock between turns, and the group transaction
+/// open on it (guarded by the turn).
 #[derive(Debug, Default)]
-struct Tenure {
+pub(super) struct Tenure {
     file_held: bool,
     turns: u32,
+    /// Open only while the file is held.
+    pub(super) group: Option<Group>,
 }
 
 /// The write lock, held until dropped.
@@ -81,9 +92,45 @@ pub struct Held {
     shared: Arc<Shared>,
 }
 
+impl Held {
+    pub(super) fn tenure(&self) -> &Tenure {
+        self.turn.as_ref().expect("held until dropped")
+    }
+
+    pub(super) fn tenure_mut(&mut self) -> &mut Tenure {
+        self.turn.as_mut().expect("held until dropped")
+    }
+
+    /// Writers of this process waiting for their turn.
+    pub(super) fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    /// How long a group takes more members.
+    pub(super) fn hold(&self) -> Duration {
+        Duration::from_micros(self.shared.hold_micros.load(Ordering::Relaxed))
+    }
+
+    /// Counts a group committed on the file.
+    pub(super) fn count_commit(&self) {
+        self.shared.group_commits.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         let Some(mut turn) = self.turn.take() else { return };
+        if turn.group.is_some() {
+            let mut held = Held { turn: Some(turn), lock: self.lock.clone(), shared: self.shared.clone() };
+            if group::ends_with(&held) {
+                group::end_in_task(held);
+                return;
+            }
+            // The next member of this process takes the group on.
+            drop(held.turn.take());
+            self.shared.let_go_if_unwanted(&self.lock);
+            return;
+        }
         let keep = self.shared.queued.load(Ordering::SeqCst) > 0 && turn.turns < TENURE;
         if keep {
             turn.turns += 1;
@@ -100,22 +147,27 @@ impl Drop for Held {
 
 impl Shared {
     fn let_go(&self, tenure: &mut Tenure) {
+        debug_assert!(tenure.group.is_none(), "a group open on a file let go");
         if tenure.file_held
             && let Err(e) = self.file.unlock()
         {
             tracing::error!(error = %e, "unlocking the database's write lock");
         }
-        *tenure = Tenure::default();
+        tenure.file_held = false;
+        tenure.turns = 0;
     }
 
-    /// Unlocks the file when this process holds it between turns and no writer of it waits:
-    /// run by whoever leaves last (a holder that kept it, a waiter that gave up).
-    fn let_go_if_unwanted(&self, lock: &Arc<Mutex<Tenure>>) {
+    /// Unlocks the file when this process holds it between turns and no writer of it waits
+    /// (committing the group open on it first): run by whoever leaves last (a holder that
+    /// kept it, a waiter that gave up).
+    fn let_go_if_unwanted(self: &Arc<Self>, lock: &Arc<Mutex<Tenure>>) {
         if self.queued.load(Ordering::SeqCst) == 0
-            && let Ok(mut turn) = lock.clone().try_lock_owned()
+            && let Ok(turn) = lock.clone().try_lock_owned()
             && self.queued.load(Ordering::SeqCst) == 0
+            && (turn.file_held || turn.group.is_some())
         {
-            self.let_go(&mut turn);
+            // Dropped with nobody queued, it ends the group and lets go of the file.
+            drop(Held { turn: Some(turn), lock: lock.clone(), shared: self.clone() });
         }
     }
 }
@@ -139,7 +191,32 @@ impl WriteLock {
         let mut path = database.as_os_str().to_owned();
         path.push(".lock");
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-        Ok(Self { turn: Arc::default(), shared: Arc::new(Shared { file, queued: AtomicUsize::new(0) }) })
+        Ok(Self {
+            turn: Arc::default(),
+            shared: Arc::new(Shared {
+                file,
+                queued: AtomicUsize::new(0),
+                group_commits: AtomicU64::new(0),
+                hold_micros: AtomicU64::new(group::HOLD.as_micros() as u64),
+            }),
+        })
+    }
+
+    /// How many group transactions this handle committed.
+    pub(super) fn group_commits(&self) -> u64 {
+        self.shared.group_commits.load(Ordering::SeqCst)
+    }
+
+    /// Writers of this process waiting for their turn.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    /// Sets how long a group takes more members.
+    #[cfg(test)]
+    pub(super) fn set_hold(&self, hold: Duration) {
+        self.shared.hold_micros.store(hold.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Waits for the write lock (for this process's turn, then for the file) for up to

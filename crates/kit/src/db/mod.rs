@@ -25,6 +25,7 @@
 //! take, so a build needs no database. Where the dialects differ the code asks
 //! [`Db::dialect`]; that is only in the migrations and in a few statements.
 
+mod group;
 mod lock;
 pub mod pg;
 
@@ -41,8 +42,10 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 pub type Conn = sqlx::AnyConnection;
 pub use lock::Held;
 
-/// A transaction of either dialect; one of [`begin_write`] holds the write lock (SQLite)
-/// until it is committed, rolled back or dropped.
+/// A transaction of either dialect. One of [`begin_write`] on a SQLite file is a member of
+/// its process's [`group`] commit: a savepoint on the group's transaction, which it has to
+/// itself (and so the write lock) until it is committed, rolled back or dropped, and whose
+/// commit returns once the group is committed.
 ///
 /// Dropped without a commit, it is rolled back in a task of its own (on the runtime of the
 /// drop), which releases the write lock only after SQLite's: the next writer then finds the
@@ -51,16 +54,27 @@ pub use lock::Held;
 pub struct Tx {
     tx: Option<Transaction<'static, Any>>,
     lock: Option<Held>,
+    member: Option<group::Member>,
 }
 
 impl Tx {
+    fn plain(tx: Transaction<'static, Any>, lock: Option<Held>) -> Self {
+        Self { tx: Some(tx), lock, member: None }
+    }
+
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if let Some(member) = self.member.take() {
+            return member.commit().await;
+        }
         let tx = self.tx.take().expect("a transaction is open until consumed");
         tx.commit().await
         // `self`, the lock, drops here: after the commit.
     }
 
     pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        if let Some(member) = self.member.take() {
+            return member.rollback().await;
+        }
         let tx = self.tx.take().expect("a transaction is open until consumed");
         tx.rollback().await
     }
@@ -70,13 +84,19 @@ impl Deref for Tx {
     type Target = Conn;
 
     fn deref(&self) -> &Conn {
-        self.tx.as_ref().expect("a transaction is open until consumed")
+        match &self.member {
+            Some(member) => member.conn(),
+            None => self.tx.as_ref().expect("a transaction is open until consumed"),
+        }
     }
 }
 
 impl DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut Conn {
-        self.tx.as_mut().expect("a transaction is open until consumed")
+        match &mut self.member {
+            Some(member) => member.conn_mut(),
+            None => self.tx.as_mut().expect("a transaction is open until consumed"),
+        }
     }
 }
 
@@ -229,6 +249,12 @@ impl Db {
         self.pool.close().await;
     }
 
+    /// How many group transactions this handle committed on its SQLite file (tests).
+    #[doc(hidden)]
+    pub fn group_commits(&self) -> u64 {
+        self.write_lock.as_ref().map_or(0, |lock| lock.group_commits())
+    }
+
     fn check_ready(&self) -> Result<(), sqlx::Error> {
         match &*self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) {
             None => Ok(()),
@@ -357,9 +383,10 @@ fn is_busy(e: &sqlx::Error) -> bool {
 /// A write transaction: on SQLite it holds the write lock from its first statement
 /// (`BEGIN IMMEDIATE`); on PostgreSQL it is `SERIALIZABLE` (run it through [`retry`]).
 ///
-/// On SQLite the file's [`lock`] is taken first and held until the transaction ends, so
-/// `BEGIN IMMEDIATE` finds SQLite's lock free (unless a writer that does not take it holds
-/// it: then SQLite's busy timeout still waits).
+/// On a SQLite file it is a member of its process's [`group`] commit, which holds the file's
+/// [`lock`] (so `BEGIN IMMEDIATE` finds SQLite's lock free, unless a writer that does not
+/// take it holds it: then SQLite's busy timeout still waits); its commit returns once the
+/// group's is done (on disk).
 ///
 /// Cancel-safe: the wait for the file's lock is, and sqlx's `begin` is not
 /// (launchbadge/sqlx#3932). A caller dropped while `BEGIN IMMEDIATE` waits for another
@@ -374,8 +401,10 @@ pub async fn begin_write(db: &Db) -> Result<Tx, sqlx::Error> {
         Dialect::Postgres => "BEGIN ISOLATION LEVEL SERIALIZABLE",
     };
     db.check_ready()?;
-    let lock = write_lock(db).await?;
-    begin_in_task(db, statement, lock).await
+    if let Some(lock) = &db.write_lock {
+        return Ok(Tx { tx: None, lock: None, member: Some(group::join(&db.pool, lock).await?) });
+    }
+    begin_in_task(db, statement, None).await
 }
 
 /// A pooled connection for a write outside a transaction (one statement, autocommitted),
@@ -386,10 +415,14 @@ pub async fn acquire_write(db: &Db) -> Result<WriteConn, sqlx::Error> {
     Ok(WriteConn { conn: db.acquire().await?, _lock: lock })
 }
 
-/// The file's write lock, when the database has one.
+/// The file's write lock, when the database has one, for a writer outside the groups: the
+/// group open on it, if any, committed first.
 async fn write_lock(db: &Db) -> Result<Option<Held>, sqlx::Error> {
     match &db.write_lock {
-        Some(lock) => lock.acquire(BUSY_TIMEOUT).await.map(Some).map_err(sqlx::Error::Io),
+        Some(lock) => {
+            let held = lock.acquire(BUSY_TIMEOUT).await.map_err(sqlx::Error::Io)?;
+            group::end_before(held).await.map(Some)
+        }
         None => Ok(None),
     }
 }
@@ -409,7 +442,7 @@ pub async fn begin_read(db: &Db) -> Result<Tx, sqlx::Error> {
 /// which then holds `lock`.
 async fn begin_in_task(db: &Db, statement: &'static str, lock: Option<Held>) -> Result<Tx, sqlx::Error> {
     let pool = db.pool.clone();
-    tokio::spawn(async move { Ok(Tx { tx: Some(pool.begin_with(statement).await?), lock }) })
+    tokio::spawn(async move { Ok(Tx::plain(pool.begin_with(statement).await?, lock)) })
         .await
         .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("beginning a transaction: {e}"))))?
 }

@@ -45,7 +45,7 @@ pub(super) async fn begin_migrating(db: &Db) -> Result<Tx, sqlx::Error> {
     let mut tx = db.pool().begin().await?;
     sqlx::query("SELECT 1 FROM pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
     sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS {}", db.schema()))).await?;
-    Ok(Tx { tx: Some(tx), lock: None })
+    Ok(Tx::plain(tx, None))
 }
 
 /// Connects and migrates until it works (the server may come later), pausing up to 2 s

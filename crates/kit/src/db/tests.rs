@@ -470,3 +470,180 @@ async fn writers_of_two_handles_never_meet_a_busy_database() {
     let n: String = sqlx::query_scalar("SELECT colour FROM things WHERE id = 1").fetch_one(setup.pool()).await.unwrap();
     assert_eq!(n, (2 * TASKS * WRITES).to_string());
 }
+
+/// A migrated database on a file, its handle with groups that take members for a minute
+/// (so that a test's group does not end early on a slow machine), and its URL.
+async fn grouped(dir: &tempfile::TempDir, name: &str) -> (Db, String) {
+    let url = format!("sqlite://{}", dir.path().join(name).display());
+    let db = connect(&url).await.unwrap();
+    migrate(&db, MIGRATIONS).await.unwrap();
+    db.write_lock.as_ref().unwrap().set_hold(Duration::from_secs(60));
+    (db, url)
+}
+
+/// Waits until `n` writers of `db` wait for their turn.
+async fn until_queued(db: &Db, n: usize) {
+    let lock = db.write_lock.as_ref().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lock.queued() < n {
+        assert!(tokio::time::Instant::now() < deadline, "{n} writers never queued");
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn names(db: &Db) -> Vec<String> {
+    sqlx::query_scalar("SELECT name FROM things ORDER BY name").fetch_all(db.pool()).await.unwrap()
+}
+
+/// A member that inserts `name` and then commits, or rolls back, or is dropped.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    Commit,
+    Rollback,
+    Drop,
+}
+
+fn member(db: &Db, name: &str, end: End) -> tokio::task::JoinHandle<Result<(), sqlx::Error>> {
+    let (db, name) = (db.clone(), name.to_owned());
+    tokio::spawn(async move {
+        let mut tx = begin_write(&db).await?;
+        sqlx::query("INSERT INTO things (name) VALUES ($1)").bind(&name).execute(&mut *tx).await?;
+        match end {
+            End::Commit => tx.commit().await,
+            End::Rollback => tx.rollback().await,
+            End::Drop => {
+                drop(tx);
+                Ok(())
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_members_commit_in_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = grouped(&dir, "g.sqlite").await;
+    let before = db.group_commits();
+    // The first member holds the turn while the others queue behind it.
+    let mut first = begin_write(&db).await.unwrap();
+    sqlx::query("INSERT INTO things (name) VALUES ('m0')").execute(&mut *first).await.unwrap();
+    let others: Vec<_> = (1..8).map(|i| member(&db, &format!("m{i}"), End::Commit)).collect();
+    until_queued(&db, 7).await;
+    first.commit().await.unwrap();
+    for done in others {
+        done.await.unwrap().unwrap();
+    }
+    assert_eq!(db.group_commits() - before, 1, "eight members, one commit");
+    assert_eq!(names(&db).await, ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"]);
+}
+
+/// In one group, members that roll back, are dropped, or are cancelled mid-transaction
+/// leave no trace; their group-mates' writes are committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_rolled_back_or_dropped_leaves_no_trace_in_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = grouped(&dir, "r.sqlite").await;
+    let before = db.group_commits();
+    let first = begin_write(&db).await.unwrap();
+    let mut members = Vec::new();
+    for (n, (end, name)) in
+        [(End::Commit, "a"), (End::Rollback, "b"), (End::Drop, "c"), (End::Commit, "d")].into_iter().enumerate()
+    {
+        members.push(member(&db, name, end));
+        until_queued(&db, n + 1).await;
+    }
+    // One more, cancelled while its transaction is open (a client that hangs up).
+    let (inserted, was_inserted) = tokio::sync::oneshot::channel();
+    let cancelled = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut tx = begin_write(&db).await.unwrap();
+            sqlx::query("INSERT INTO things (name) VALUES ('e')").execute(&mut *tx).await.unwrap();
+            inserted.send(()).unwrap();
+            std::future::pending::<()>().await;
+        }
+    });
+    until_queued(&db, 5).await;
+    let last = member(&db, "f", End::Commit);
+    until_queued(&db, 6).await;
+    // Its commit returns once the group's is done, after the cancelled member is gone.
+    let first = tokio::spawn(first.commit());
+    was_inserted.await.unwrap();
+    cancelled.abort();
+    first.await.unwrap().unwrap();
+    for done in members.into_iter().chain([last]) {
+        done.await.unwrap().unwrap();
+    }
+    assert_eq!(names(&db).await, ["a", "d", "f"]);
+    assert_eq!(db.group_commits() - before, 1);
+}
+
+/// The group's COMMIT fails (a deferred foreign key, checked only there): every member of
+/// the group gets the error, none of their writes is there, and the next writes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_group_commit_errors_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = grouped(&dir, "f.sqlite").await;
+    sqlx::raw_sql(
+        "CREATE TABLE parents (id INTEGER PRIMARY KEY);
+         CREATE TABLE children (id INTEGER PRIMARY KEY,
+             parent INTEGER NOT NULL REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED);",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let first = begin_write(&db).await.unwrap();
+    let good = member(&db, "good", End::Commit);
+    until_queued(&db, 1).await;
+    let orphan = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut tx = begin_write(&db).await?;
+            sqlx::query("INSERT INTO children (parent) VALUES (42)").execute(&mut *tx).await?;
+            tx.commit().await
+        }
+    });
+    until_queued(&db, 2).await;
+    let first = first.commit().await.unwrap_err();
+    let (good, orphan) = (good.await.unwrap().unwrap_err(), orphan.await.unwrap().unwrap_err());
+    for e in [&first, &good, &orphan] {
+        assert!(e.to_string().contains("the group commit failed"), "{e}");
+        assert!(e.to_string().contains("FOREIGN KEY constraint failed"), "{e}");
+        assert!(transient(e), "a 503: {e}");
+    }
+    assert!(names(&db).await.is_empty());
+    let children: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM children").fetch_one(db.pool()).await.unwrap();
+    assert_eq!(children, 0);
+    member(&db, "after", End::Commit).await.unwrap().unwrap();
+    assert_eq!(names(&db).await, ["after"]);
+}
+
+/// Two handles (two processes) with many writers each: both make progress, every write is
+/// there, and their writes shared commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_handles_both_make_progress_in_groups() {
+    const TASKS: usize = 8;
+    const WRITES: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, url) = grouped(&dir, "two.sqlite").await;
+    let b = impatient(&url).await;
+    let before = a.group_commits();
+    let tasks = [&a, &b].into_iter().enumerate().flat_map(|(h, db)| {
+        (0..TASKS).map(move |t| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..WRITES {
+                    member(&db, &format!("{h}-{t}-{i}"), End::Commit).await.unwrap()?;
+                }
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+    });
+    for done in futures_util::future::join_all(tasks.collect::<Vec<_>>()).await {
+        done.unwrap().unwrap();
+    }
+    assert_eq!(names(&a).await.len(), 2 * TASKS * WRITES);
+    let (by_a, by_b) = (a.group_commits() - before, b.group_commits());
+    assert!(by_a > 0 && by_b > 0, "{by_a} and {by_b} commits");
+    assert!(by_a + by_b < (2 * TASKS * WRITES) as u64, "{by_a} + {by_b} commits for as many writes");
+}
