@@ -7,6 +7,7 @@ mod jobs;
 mod lease;
 mod metrics;
 mod numbers;
+mod settle;
 
 use std::path::{Path, PathBuf};
 
