@@ -38,7 +38,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use kit::db::Db;
+use kit::db::{Db, Dialect};
 use kit::idempotency::{self, Stored};
 use kit::time::unix_millis;
 use serde::Serialize;
@@ -47,9 +47,11 @@ use sqlx::Row;
 
 mod job;
 mod settle;
+mod submit;
 
 pub use job::{Job, JobView, Status};
 pub use settle::{Outcome, Settled};
+pub use submit::SubmitStats;
 
 /// The idempotency scope of job submissions.
 pub const SUBMIT_SCOPE: &str = "POST /api/compute/job";
@@ -159,11 +161,12 @@ pub struct WorkerStats {
 #[derive(Clone, Debug)]
 pub struct Queue {
     db: Db,
+    batcher: submit::Batcher,
 }
 
 impl Queue {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, batcher: submit::Batcher::default() }
     }
 
     pub fn db(&self) -> &Db {
@@ -171,46 +174,27 @@ impl Queue {
     }
 
     /// Queues `job`; with an idempotency key already seen, answers the first outcome and
-    /// queues nothing. The lookup, the insert and the record are one write transaction.
+    /// queues nothing. The lookup, the insert and the record are one write transaction,
+    /// committed before this returns; on SQLite it is shared with the submits of this
+    /// process that wait meanwhile (`submit`).
     pub async fn submit(&self, job: &NewJob, idem: Option<Idempotency<'_>>) -> Result<Submitted, sqlx::Error> {
         let db = &self.db;
+        if db.dialect() == Dialect::Sqlite {
+            return self.batcher.submit(db, job, idem).await;
+        }
         let idem = idem.as_ref();
         kit::db::retry(db, move || async move {
             let mut tx = kit::db::begin_write(db).await?;
-            if let Some(idem) = idem
-                && let Some(stored) = idempotency::lookup(&mut tx, SUBMIT_SCOPE, idem.key).await?
-            {
-                return Ok(Submitted::Replayed(stored));
-            }
-            let id = new_id();
-            sqlx::query(
-                "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
-            )
-            .bind(&id)
-            .bind(&job.operation)
-            .bind(job.operands.get())
-            .bind(job.priority)
-            .bind(job.max_attempts)
-            .bind(unix_millis())
-            .execute(&mut *tx)
-            .await?;
-            let body = Accepted::new(&id);
-            if let Some(idem) = idem {
-                idempotency::record(
-                    &mut tx,
-                    SUBMIT_SCOPE,
-                    idem.key,
-                    idem.fingerprint,
-                    StatusCode::ACCEPTED,
-                    &body.text(),
-                )
-                .await?;
-            }
+            let submitted = submit_in(&mut tx, job, idem.copied(), unix_millis()).await?;
             kit::db::commit(tx).await?;
-            Ok(Submitted::Queued { id, body })
+            Ok(submitted)
         })
         .await
+    }
+
+    /// What the batched submits (SQLite) of this queue came to so far.
+    pub fn submit_stats(&self) -> SubmitStats {
+        self.batcher.stats()
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
@@ -402,6 +386,40 @@ impl Queue {
             }
         }
     }
+}
+
+/// A submit's statements, inside a write transaction: the key's first outcome if it was
+/// seen, else the insert (created at `now`) and the key's record.
+async fn submit_in(
+    conn: &mut kit::db::Conn,
+    job: &NewJob,
+    idem: Option<Idempotency<'_>>,
+    now: i64,
+) -> Result<Submitted, sqlx::Error> {
+    if let Some(idem) = idem
+        && let Some(stored) = idempotency::lookup(&mut *conn, SUBMIT_SCOPE, idem.key).await?
+    {
+        return Ok(Submitted::Replayed(stored));
+    }
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+    )
+    .bind(&id)
+    .bind(&job.operation)
+    .bind(job.operands.get())
+    .bind(job.priority)
+    .bind(job.max_attempts)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let body = Accepted::new(&id);
+    if let Some(idem) = idem {
+        idempotency::record(&mut *conn, SUBMIT_SCOPE, idem.key, idem.fingerprint, StatusCode::ACCEPTED, &body.text())
+            .await?;
+    }
+    Ok(Submitted::Queued { id, body })
 }
 
 /// A random id shaped like a UUID v4.

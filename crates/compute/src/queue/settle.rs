@@ -13,7 +13,8 @@
 //! anywhere in a settle leaves every attempt it was recording running under its lease (so
 //! it is recorded again, or taken over once the lease expires) and every job it was
 //! claiming queued. A lease is stamped with the clock read after the write lock is held
-//! (SQLite), as the queue's module docs require.
+//! (SQLite) and after every statement of the settle that may wait for a row (PostgreSQL), as
+//! the queue's module docs require.
 
 use std::time::Duration;
 
@@ -147,6 +148,9 @@ async fn settle_in(
         return Ok(settled);
     }
     reap_expired(conn, now).await?;
+    // Read again for the leases: on PostgreSQL the statements above may have waited for rows
+    // another settle held, and the claims, which skip held rows, wait for nothing.
+    let now = unix_millis();
     let claim = claim_statement(dialect);
     let expires_at = now + lease.as_millis() as i64;
     for worker in workers {

@@ -2,6 +2,7 @@
 //! HTTP on 127.0.0.1:0 that share one database file in a temp dir.
 
 mod auth;
+mod batch;
 mod direct;
 mod jobs;
 mod lease;
