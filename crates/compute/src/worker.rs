@@ -1,9 +1,19 @@
 //! The workers of one instance, and what wakes them.
 //!
-//! Each worker (`<SERVICE_NAME>/w<i>`) loops: peek at the queue, claim a job if there may
-//! be one, run it while renewing its lease, record the outcome; otherwise sleep until woken.
+//! One dispatcher per instance owns the `COMPUTE_WORKERS` worker slots
+//! (`<SERVICE_NAME>/w<i>`). Each round it records the outcomes its workers reported and
+//! claims a job for every idle slot, all in ONE write transaction
+//! ([`Queue::settle`](crate::Queue::settle)), then starts a worker task per claimed job,
+//! which runs it while renewing its lease and reports back. With nothing to record and idle
+//! slots, it peeks at the queue and settles only if there may be a job; otherwise it sleeps
+//! until woken.
 //!
-//! An idle worker is woken by
+//! **Invariant:** only the dispatcher claims, and only for slots that are idle, so a claimed
+//! job starts at once (its lease never ticks away waiting for a worker); only it records
+//! outcomes, so an instance has at most one write transaction of the queue's at a time
+//! besides lease renewals and hand-backs.
+//!
+//! An idle dispatcher is woken by
 //! - a submit to this instance (at once, through a `watch` channel);
 //! - a commit by anyone to the shared database, seen by [`watch_changes`]. On SQLite every
 //!   commit, by any process, writes to the database's WAL file (`compute.sqlite-wal`), which
@@ -26,82 +36,159 @@ use std::time::Duration;
 
 use kit::Shutdown;
 use kit::time::unix_millis;
-use serde_json::value::RawValue;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::AppState;
 use crate::exec::ExecError;
 use crate::ops::{self, Place};
-use crate::queue::{Claimed, Status};
+use crate::queue::{Claimed, Outcome, Status};
 
-/// Starts the workers and the change detector as shutdown-tracked tasks.
+/// Starts the dispatcher and the change detector as shutdown-tracked tasks.
 pub fn spawn(state: &AppState, shutdown: &Shutdown) {
-    let workers = state.config.workers;
-    if workers == 0 {
+    if state.config.workers == 0 {
         return;
     }
-    for i in 1..=workers {
-        let id = format!("{}/w{i}", state.config.kit.service_name);
-        shutdown.spawn(run(state.clone(), id, shutdown.clone()));
-    }
+    shutdown.spawn(dispatch(state.clone(), shutdown.clone()));
     shutdown.spawn(watch_changes(state.clone(), shutdown.clone()));
 }
 
-/// One worker's loop.
-pub async fn run(state: AppState, id: String, shutdown: Shutdown) {
+/// What a worker hands back to the dispatcher: its slot, the attempt, and how it ended
+/// (`None`: nothing to record, the lease was lost or the job handed back).
+type Report = (usize, Claimed, Option<Outcome>);
+
+/// An outcome waiting to be recorded, and how many settles have failed to write it.
+type Pending = (Claimed, Outcome, u32);
+
+/// How many settles in a row may fail to write an outcome before it is given up (the job
+/// then runs again once its lease expires).
+const RECORD_TRIES: u32 = 3;
+
+/// The instance's dispatcher: records its workers' outcomes and claims jobs for its idle
+/// workers, all in one [`Queue::settle`](crate::Queue::settle) per round; sleeps until
+/// woken when there is nothing to do. On shutdown it claims nothing more and returns once
+/// every running attempt has been recorded or handed back.
+pub async fn dispatch(state: AppState, shutdown: Shutdown) {
+    let workers = state.config.workers;
+    let names: Vec<String> = (1..=workers).map(|i| format!("{}/w{i}", state.config.kit.service_name)).collect();
+    // Idle slots, lowest first: the `i`-th claim of a settle goes to `free[i]`.
+    let mut free: Vec<usize> = (0..workers).collect();
+    let mut pending: Vec<Pending> = Vec::new();
+    let (reports, mut reported) = mpsc::unbounded_channel::<Report>();
     let mut wake = state.wake.subscribe();
-    let safety = state.config.safety_poll;
     let mut failures = 0u32;
-    state.stats.idle.fetch_add(1, Ordering::SeqCst);
-    while !shutdown.is_requested() {
+    loop {
+        while let Ok(report) = reported.try_recv() {
+            take(&mut free, &mut pending, report);
+        }
+        state.stats.idle.store(free.len(), Ordering::SeqCst);
+        let stopping = shutdown.is_requested();
+        if stopping && free.len() == workers && pending.is_empty() {
+            break;
+        }
+        let want = if stopping { 0 } else { free.len() };
         wake.borrow_and_update();
-        let wait = match state.queue.peek().await {
-            Ok(peek) if peek.claimable(unix_millis()) => match state.queue.claim(&id, state.config.lease).await {
-                Ok(Some(claimed)) => {
+        let mut wait = state.config.safety_poll;
+        let settle = if !pending.is_empty() {
+            true
+        } else if want == 0 {
+            false
+        } else {
+            match state.queue.peek().await {
+                Ok(peek) => {
                     failures = 0;
-                    state.stats.idle.fetch_sub(1, Ordering::SeqCst);
-                    execute(&state, &id, claimed, &shutdown).await;
-                    state.stats.idle.fetch_add(1, Ordering::SeqCst);
-                    continue;
+                    let now = unix_millis();
+                    if let Some(at) = peek.next_expiry.filter(|&at| at >= now) {
+                        wait = wait.min(Duration::from_millis((at - now) as u64 + 1));
+                    }
+                    peek.claimable(now)
                 }
-                // Someone else was faster: look again.
-                Ok(None) => continue,
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(worker = %id, error = %e, "claiming a job failed");
-                    backoff(failures)
+                    tracing::warn!(error = %e, "reading the queue failed");
+                    wait = backoff(failures);
+                    false
                 }
-            },
-            Ok(peek) => {
-                failures = 0;
-                let now = unix_millis();
-                match peek.next_expiry {
-                    Some(at) if at >= now => safety.min(Duration::from_millis((at - now) as u64 + 1)),
-                    _ => safety,
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(worker = %id, error = %e, "reading the queue failed");
-                backoff(failures)
             }
         };
+        if settle {
+            let finished: Vec<_> = pending.iter().map(|(claimed, outcome, _)| (claimed, outcome)).collect();
+            let asking: Vec<&str> = free[..want].iter().map(|&slot| names[slot].as_str()).collect();
+            match state.queue.settle(&finished, &asking, state.config.lease).await {
+                Ok(settled) => {
+                    failures = 0;
+                    for ((claimed, _, _), status) in pending.drain(..).zip(settled.recorded) {
+                        count(&state, &claimed, status);
+                    }
+                    let slots: Vec<usize> = free.drain(..settled.claimed.len()).collect();
+                    for (slot, claimed) in slots.into_iter().zip(settled.claimed) {
+                        let (state, reports, stop) = (state.clone(), reports.clone(), shutdown.clone());
+                        let worker = names[slot].clone();
+                        shutdown.spawn(async move {
+                            let outcome = execute(&state, &worker, &claimed, &stop).await;
+                            let _ = reports.send((slot, claimed, outcome));
+                        });
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, outcomes = pending.len(), "settling jobs failed");
+                    pending.retain_mut(|(claimed, _, tries)| {
+                        *tries += 1;
+                        let keep = *tries < RECORD_TRIES;
+                        if !keep {
+                            tracing::error!(job = %claimed.job.id, "could not record the outcome; the job runs again when its lease expires");
+                        }
+                        keep
+                    });
+                    wait = backoff(failures);
+                }
+            }
+        }
         tokio::select! {
-            _ = shutdown.requested() => break,
+            _ = shutdown.requested(), if !stopping => {}
+            Some(report) = reported.recv() => take(&mut free, &mut pending, report),
             _ = wake.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    state.stats.idle.fetch_sub(1, Ordering::SeqCst);
+    state.stats.idle.store(0, Ordering::SeqCst);
+}
+
+/// A worker's report: its slot is idle again, and its outcome waits for the next settle.
+fn take(free: &mut Vec<usize>, pending: &mut Vec<Pending>, (slot, claimed, outcome): Report) {
+    free.push(slot);
+    free.sort_unstable();
+    if let Some(outcome) = outcome {
+        pending.push((claimed, outcome, 0));
+    }
+}
+
+/// Counts a recorded outcome in the instance's figures.
+fn count(state: &AppState, claimed: &Claimed, status: Option<Status>) {
+    let (job, worker) = (&claimed.job.id, claimed.job.worker.as_deref().unwrap_or_default());
+    let Some(status) = status else {
+        state.stats.lost_leases.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%worker, %job, "lost the lease before recording the outcome; dropped");
+        return;
+    };
+    let counter = match status {
+        Status::Completed => &state.stats.completed,
+        Status::Failed => &state.stats.failed,
+        _ => &state.stats.retried,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%worker, %job, status = status.as_str(), "job attempt finished");
 }
 
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(50u64 << failures.min(5))
 }
 
-/// Runs a claimed job to its outcome, renewing the lease meanwhile.
-async fn execute(state: &AppState, worker: &str, claimed: Claimed, shutdown: &Shutdown) {
+/// Runs a claimed job to its outcome, renewing the lease meanwhile; `None` when there is
+/// nothing to record (the lease was lost, or a shutdown handed the job back).
+async fn execute(state: &AppState, worker: &str, claimed: &Claimed, shutdown: &Shutdown) -> Option<Outcome> {
     let job = &claimed.job;
     tracing::debug!(%worker, job = %job.id, operation = %job.operation, attempt = job.attempts, "running job");
     let outcome = match ops::parse(&job.operation, &job.operands, Place::Job) {
@@ -112,7 +199,7 @@ async fn execute(state: &AppState, worker: &str, claimed: Claimed, shutdown: &Sh
             let run = async {
                 tokio::select! {
                     outcome = work => Some(outcome),
-                    () = keep_lease(state, &claimed) => None,
+                    () = keep_lease(state, claimed) => None,
                 }
             };
             let mut run = std::pin::pin!(run);
@@ -124,12 +211,12 @@ async fn execute(state: &AppState, worker: &str, claimed: Claimed, shutdown: &Sh
                     match tokio::time::timeout(drain, &mut run).await {
                         Ok(outcome) => outcome,
                         Err(_) => {
-                            match state.queue.release(&claimed).await {
+                            match state.queue.release(claimed).await {
                                 Ok(true) => tracing::info!(%worker, job = %job.id, "shutting down: job handed back to the queue"),
                                 Ok(false) => {}
                                 Err(e) => tracing::warn!(%worker, job = %job.id, error = %e, "handing a job back failed; its lease will expire"),
                             }
-                            return;
+                            return None;
                         }
                     }
                 }
@@ -139,9 +226,12 @@ async fn execute(state: &AppState, worker: &str, claimed: Claimed, shutdown: &Sh
     let Some(outcome) = outcome else {
         state.stats.lost_leases.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%worker, job = %job.id, "lost the lease (another worker took the job over); result dropped");
-        return;
+        return None;
     };
-    record(state, worker, &claimed, outcome).await;
+    Some(match outcome {
+        Ok(result) => Outcome::Completed(result),
+        Err(e) => Outcome::Failed { error: e.to_string(), permanent: e.is_permanent() },
+    })
 }
 
 /// Renews the lease every third of its length; returns once it is lost.
@@ -157,39 +247,6 @@ async fn keep_lease(state: &AppState, claimed: &Claimed) {
             Err(e) => tracing::warn!(job = %claimed.job.id, error = %e, "renewing a lease failed, will retry"),
         }
     }
-}
-
-/// Writes the outcome (a few tries: the database may be busy for a moment).
-async fn record(state: &AppState, worker: &str, claimed: &Claimed, outcome: Result<Box<RawValue>, ExecError>) {
-    let job = &claimed.job.id;
-    for attempt in 1..=3u32 {
-        let written = match &outcome {
-            Ok(result) => state.queue.complete(claimed, result).await.map(|held| held.then_some(Status::Completed)),
-            Err(e) => state.queue.fail(claimed, &e.to_string(), e.is_permanent()).await,
-        };
-        match written {
-            Ok(Some(status)) => {
-                let counter = match status {
-                    Status::Completed => &state.stats.completed,
-                    Status::Failed => &state.stats.failed,
-                    _ => &state.stats.retried,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%worker, %job, status = status.as_str(), "job attempt finished");
-                return;
-            }
-            Ok(None) => {
-                state.stats.lost_leases.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%worker, %job, "lost the lease before recording the outcome; dropped");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(%worker, %job, error = %e, attempt, "recording a job outcome failed");
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-        }
-    }
-    tracing::error!(%worker, %job, "could not record the outcome; the job runs again when its lease expires");
 }
 
 /// Wakes idle workers when the database changes (see the module docs).

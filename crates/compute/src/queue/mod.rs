@@ -17,7 +17,9 @@
 //! fails the job without retrying.
 //!
 //! Idle workers do not scan the table: [`Queue::peek`] is one cheap indexed read, and the
-//! worker loop (`worker`) only calls it when woken.
+//! dispatcher (`worker`) only calls it when woken. Outcomes and claims are written by
+//! [`Queue::settle`] (`settle`): an instance records all the outcomes its workers have
+//! ready and claims a job for each of its idle workers in one write transaction.
 //!
 //! **Invariant:** a lease is stamped with the clock read *after* the write lock is held
 //! (claim and renew both run in [`kit::db::begin_write`]), so however long a worker waited
@@ -44,8 +46,12 @@ use serde_json::value::RawValue;
 use sqlx::Row;
 
 mod job;
+mod settle;
+mod submit;
 
 pub use job::{Job, JobView, Status};
+pub use settle::{Outcome, Settled};
+pub use submit::SubmitStats;
 
 /// The idempotency scope of job submissions.
 pub const SUBMIT_SCOPE: &str = "POST /api/compute/job";
@@ -155,18 +161,12 @@ pub struct WorkerStats {
 #[derive(Clone, Debug)]
 pub struct Queue {
     db: Db,
+    batcher: submit::Batcher,
 }
-
-/// The PostgreSQL claim: the next queued job, skipping rows other claimers hold, taken in
-/// one statement (no transaction is held while choosing).
-const PG_CLAIM: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = $1, lease_token = $2,
-        lease_expires_at = $3, started_at = $4
-     WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY priority DESC, seq LIMIT 1
-                  FOR UPDATE SKIP LOCKED)";
 
 impl Queue {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, batcher: submit::Batcher::default() }
     }
 
     pub fn db(&self) -> &Db {
@@ -174,46 +174,27 @@ impl Queue {
     }
 
     /// Queues `job`; with an idempotency key already seen, answers the first outcome and
-    /// queues nothing. The lookup, the insert and the record are one write transaction.
+    /// queues nothing. The lookup, the insert and the record are one write transaction,
+    /// committed before this returns; on SQLite it is shared with the submits of this
+    /// process that wait meanwhile (`submit`).
     pub async fn submit(&self, job: &NewJob, idem: Option<Idempotency<'_>>) -> Result<Submitted, sqlx::Error> {
         let db = &self.db;
+        if db.dialect() == Dialect::Sqlite {
+            return self.batcher.submit(db, job, idem).await;
+        }
         let idem = idem.as_ref();
         kit::db::retry(db, move || async move {
             let mut tx = kit::db::begin_write(db).await?;
-            if let Some(idem) = idem
-                && let Some(stored) = idempotency::lookup(&mut tx, SUBMIT_SCOPE, idem.key).await?
-            {
-                return Ok(Submitted::Replayed(stored));
-            }
-            let id = new_id();
-            sqlx::query(
-                "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
-            )
-            .bind(&id)
-            .bind(&job.operation)
-            .bind(job.operands.get())
-            .bind(job.priority)
-            .bind(job.max_attempts)
-            .bind(unix_millis())
-            .execute(&mut *tx)
-            .await?;
-            let body = Accepted::new(&id);
-            if let Some(idem) = idem {
-                idempotency::record(
-                    &mut tx,
-                    SUBMIT_SCOPE,
-                    idem.key,
-                    idem.fingerprint,
-                    StatusCode::ACCEPTED,
-                    &body.text(),
-                )
-                .await?;
-            }
+            let submitted = submit_in(&mut tx, job, idem.copied(), unix_millis()).await?;
             kit::db::commit(tx).await?;
-            Ok(Submitted::Queued { id, body })
+            Ok(submitted)
         })
         .await
+    }
+
+    /// What the batched submits (SQLite) of this queue came to so far.
+    pub fn submit_stats(&self) -> SubmitStats {
+        self.batcher.stats()
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
@@ -271,73 +252,6 @@ impl Queue {
         Ok(Peek { queued: queued == 1, next_expiry })
     }
 
-    /// Claims the next job for `worker` with a lease of `lease`, after putting jobs whose
-    /// lease expired back in the queue (or failing them when out of attempts).
-    pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
-        let started = std::time::Instant::now();
-        let claimed = self.claim_next(worker, lease).await;
-        crate::metrics::get().claim_seconds.observe(started.elapsed().as_secs_f64());
-        claimed
-    }
-
-    async fn claim_next(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
-        if self.db.dialect() == Dialect::Postgres {
-            return self.claim_skip_locked(worker, lease).await;
-        }
-        let mut tx = kit::db::begin_write(&self.db).await?;
-        // After the lock is held: the wait for it must not shorten the lease (module docs).
-        let now = unix_millis();
-        reap_expired(&mut tx, now).await?;
-        let next: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM jobs WHERE status = 'queued' ORDER BY priority DESC, seq LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(seq) = next else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        let token = new_id();
-        let expires_at = now + lease.as_millis() as i64;
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = $1, lease_token = $2,
-                lease_expires_at = $3, started_at = $4
-             WHERE seq = $5 RETURNING {COLUMNS}"
-        ))
-        .bind(worker)
-        .bind(&token)
-        .bind(expires_at)
-        .bind(now)
-        .bind(seq)
-        .fetch_one(&mut *tx)
-        .await?;
-        let job = Job::from_row(&row)?;
-        tx.commit().await?;
-        Ok(Some(Claimed { job, token, expires_at }))
-    }
-
-    /// [`Queue::claim`] on PostgreSQL: the reaping and the claim are a statement each, and
-    /// the claim skips rows another claimer holds ([`PG_CLAIM`]), so claimers never wait for
-    /// each other; a lease is stamped by the statement that takes the row.
-    async fn claim_skip_locked(&self, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
-        let db = &self.db;
-        kit::db::retry(db, move || async move {
-            let mut conn = db.acquire().await?;
-            let now = unix_millis();
-            reap_expired(&mut conn, now).await?;
-            let token = new_id();
-            let expires_at = now + lease.as_millis() as i64;
-            let row = sqlx::query(&format!("{PG_CLAIM} RETURNING {COLUMNS}"))
-                .bind(worker)
-                .bind(&token)
-                .bind(expires_at)
-                .bind(now)
-                .fetch_optional(&mut *conn)
-                .await?;
-            row.map(|row| Ok(Claimed { job: Job::from_row(&row)?, token, expires_at })).transpose()
-        })
-        .await
-    }
-
     /// Extends the lease to `lease` from now; false if the worker no longer holds it.
     pub async fn renew(&self, claimed: &Claimed, lease: Duration) -> Result<bool, sqlx::Error> {
         let db = &self.db;
@@ -356,50 +270,6 @@ impl Queue {
             Ok(done.rows_affected() == 1)
         })
         .await
-    }
-
-    /// Marks the job completed; false if the worker no longer holds the lease.
-    pub async fn complete(&self, claimed: &Claimed, result: &RawValue) -> Result<bool, sqlx::Error> {
-        let db = &self.db;
-        let done = kit::db::retry(db, move || async move {
-            sqlx::query(
-                "UPDATE jobs SET status = 'completed', result = $1, error = NULL, finished_at = $2,
-                    lease_token = NULL, lease_expires_at = NULL
-                 WHERE id = $3 AND lease_token = $4 AND status = 'running'",
-            )
-            .bind(result.get())
-            .bind(unix_millis())
-            .bind(&claimed.job.id)
-            .bind(&claimed.token)
-            .execute(&mut *kit::db::acquire_write(db).await?)
-            .await
-        })
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Records a failed attempt: back in the queue, or `failed` when `permanent` or out of
-    /// attempts. The new status, or `None` if the worker no longer holds the lease.
-    pub async fn fail(&self, claimed: &Claimed, error: &str, permanent: bool) -> Result<Option<Status>, sqlx::Error> {
-        let db = &self.db;
-        let status: Option<String> = kit::db::retry(db, move || async move {
-            sqlx::query_scalar(
-                "UPDATE jobs SET
-                    status = CASE WHEN $1 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-                    finished_at = CASE WHEN $1 OR attempts >= max_attempts THEN $2 ELSE NULL END,
-                    error = $3, lease_token = NULL, lease_expires_at = NULL
-                 WHERE id = $4 AND lease_token = $5 AND status = 'running' RETURNING status",
-            )
-            .bind(permanent)
-            .bind(unix_millis())
-            .bind(error)
-            .bind(&claimed.job.id)
-            .bind(&claimed.token)
-            .fetch_optional(&mut *kit::db::acquire_write(db).await?)
-            .await
-        })
-        .await?;
-        status.map(|s| Status::parse(&s)).transpose()
     }
 
     /// Gives the job back untouched (a graceful shutdown interrupted it): queued again, and
@@ -518,27 +388,38 @@ impl Queue {
     }
 }
 
-/// Running jobs whose lease expired before `now`: queued again, or failed when they have
-/// had all their attempts. Runs inside the claim's write transaction (SQLite), or as a
-/// statement of its own before the claim (PostgreSQL: a row another reaper changed first is
-/// checked again, and no longer matches).
-async fn reap_expired(conn: &mut kit::db::Conn, now: i64) -> Result<(), sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE jobs SET
-            status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-            finished_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE NULL END,
-            error = 'the lease of ' || COALESCE(worker, 'a worker') || ' expired during attempt ' || attempts,
-            lease_token = NULL, lease_expires_at = NULL
-         WHERE status = 'running' AND lease_expires_at < $1",
+/// A submit's statements, inside a write transaction: the key's first outcome if it was
+/// seen, else the insert (created at `now`) and the key's record.
+async fn submit_in(
+    conn: &mut kit::db::Conn,
+    job: &NewJob,
+    idem: Option<Idempotency<'_>>,
+    now: i64,
+) -> Result<Submitted, sqlx::Error> {
+    if let Some(idem) = idem
+        && let Some(stored) = idempotency::lookup(&mut *conn, SUBMIT_SCOPE, idem.key).await?
+    {
+        return Ok(Submitted::Replayed(stored));
+    }
+    let id = new_id();
+    sqlx::query(
+        "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
     )
+    .bind(&id)
+    .bind(&job.operation)
+    .bind(job.operands.get())
+    .bind(job.priority)
+    .bind(job.max_attempts)
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    if done.rows_affected() > 0 {
-        tracing::info!(jobs = done.rows_affected(), "reclaimed jobs whose worker stopped renewing its lease");
-        crate::metrics::get().lease_expiries.inc_by(done.rows_affected());
+    let body = Accepted::new(&id);
+    if let Some(idem) = idem {
+        idempotency::record(&mut *conn, SUBMIT_SCOPE, idem.key, idem.fingerprint, StatusCode::ACCEPTED, &body.text())
+            .await?;
     }
-    Ok(())
+    Ok(Submitted::Queued { id, body })
 }
 
 /// A random id shaped like a UUID v4.

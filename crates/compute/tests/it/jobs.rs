@@ -178,6 +178,32 @@ async fn priority_orders_the_queue() {
     a.stop().await;
 }
 
+/// An instance's dispatcher claims for all its idle workers in one settle: jobs waiting
+/// when it starts are claimed by one transaction (one clock reading: the same `startedAt`),
+/// one per worker, and run side by side.
+#[tokio::test]
+async fn an_instance_claims_a_job_for_each_idle_worker_in_one_transaction() {
+    let (_dir, db) = database().await;
+    let a = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(a.submit(json!({"operation": "sleep", "operands": [200]})).await);
+    }
+    let b = Instance::start(&db, "compute-b", &[("COMPUTE_WORKERS", "3")]).await;
+    let (mut started, mut workers) = (HashSet::new(), HashSet::new());
+    for id in &ids {
+        let done = b.wait_for(id, "completed", SECS(10)).await;
+        assert_eq!(done["attempts"], 1, "{done}");
+        started.insert(done["startedAt"].as_str().unwrap().to_owned());
+        workers.insert(done["worker"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(started.len(), 1, "claimed together: {started:?}");
+    let all: HashSet<String> = (1..=3).map(|i| format!("compute-b/w{i}")).collect();
+    assert_eq!(workers, all, "one job per worker");
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn the_lease_is_renewed_while_a_long_job_runs() {
     let (_dir, db) = database().await;

@@ -2,11 +2,13 @@
 //! HTTP on 127.0.0.1:0 that share one database file in a temp dir.
 
 mod auth;
+mod batch;
 mod direct;
 mod jobs;
 mod lease;
 mod metrics;
 mod numbers;
+mod settle;
 
 use std::path::{Path, PathBuf};
 
