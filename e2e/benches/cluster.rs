@@ -777,8 +777,8 @@ impl Bench {
         );
         let ok = logins.requests.saturating_sub(logins.non_2xx).max(1) as f64;
         let per_login = |ticks: u64| round2(ticks as f64 * 1000.0 / procfs::TICKS_PER_SECOND as f64 / ok);
-        let auth_cpu = per_login(ticks(&auth_pids) - before.0);
-        let balancer_cpu = per_login(ticks(&balancer_pids) - before.1);
+        let auth_cpu = per_login(ticks(&auth_pids).saturating_sub(before.0));
+        let balancer_cpu = per_login(ticks(&balancer_pids).saturating_sub(before.1));
         self.rows.push(
             row(
                 "logins",
