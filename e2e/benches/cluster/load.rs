@@ -5,8 +5,9 @@
 use std::time::{Duration, Instant};
 
 use bench::report::{Row, Target};
-use bench::stats::{ms, show_count, show_ms};
+use bench::stats::{ms, round2, show_count, show_ms};
 use e2e::cluster::Cluster;
+use e2e::procfs;
 use e2e::topology::Topology;
 use e2e::traffic::Api;
 use e2e::wrk::{Run, Script, Wrk};
@@ -68,6 +69,16 @@ impl Bench {
         self.rows.push(self.writes_row("FULL", &writes));
 
         self.progress.note("logins");
+        // The CPU each login costs auth and the balancer: what says whether a hash runs at
+        // its isolated speed (`cargo bench -p auth`) inside the cluster.
+        let pids = |prefix: &str, list: &[Value]| -> Vec<u32> {
+            let named = |i: &&Value| i["name"].as_str().is_some_and(|n| n.starts_with(prefix));
+            list.iter().filter(named).filter_map(|i| i["pid"].as_u64()).map(|p| p as u32).collect()
+        };
+        let instances = cluster.instances().await;
+        let (auth_pids, balancer_pids) = (pids("auth-", &instances), pids("balancer", &instances));
+        let ticks = |pids: &[u32]| pids.iter().map(|&p| procfs::cpu_ticks(p)).sum::<u64>();
+        let before = (ticks(&auth_pids), ticks(&balancer_pids));
         let logins = wrk(
             "logins",
             Script::new("POST", "/api/auth/login")
@@ -75,18 +86,27 @@ impl Bench {
                 .cycle(USERS as u64),
             4,
         );
-        self.rows.push(row(
-            "logins",
-            "logins through the balancer",
-            &logins,
-            "logins/s",
-            "logins",
-            format!(
-                "wrk -t1 -c4 for {} s: POST /api/auth/login of {USERS} users in turn; each is an argon2id verification \
-                 (the cost), spread over auth-1..3",
-                self.secs
-            ),
-        ));
+        let ok = logins.requests.saturating_sub(logins.non_2xx).max(1) as f64;
+        let per_login = |ticks: u64| round2(ticks as f64 * 1000.0 / procfs::TICKS_PER_SECOND as f64 / ok);
+        let auth_cpu = per_login(ticks(&auth_pids).saturating_sub(before.0));
+        let balancer_cpu = per_login(ticks(&balancer_pids).saturating_sub(before.1));
+        self.rows.push(
+            row(
+                "logins",
+                "logins through the balancer",
+                &logins,
+                "logins/s",
+                "logins",
+                format!(
+                    "wrk -t1 -c4 for {} s: POST /api/auth/login of {USERS} users in turn (4 logins in flight: at \
+                     ~12 ms of CPU per argon2id verification on 2 cores, enough to keep both busy), spread over \
+                     auth-1..3; CPU per login: auth {auth_cpu} ms, balancer {balancer_cpu} ms",
+                    self.secs
+                ),
+            )
+            .detail("authCpuMsPerLogin", auth_cpu)
+            .detail("balancerCpuMsPerLogin", balancer_cpu),
+        );
 
         self.progress.note("direct compute");
         let compute = wrk(
