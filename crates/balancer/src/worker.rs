@@ -2,7 +2,7 @@
 //! the admin router) and its own handle on the backend set ([`Snapshot`]), and the
 //! [`InFlight`] guard by which a request holds its place in the in-flight counts.
 
-use std::sync::atomic::Ordering::Acquire;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire};
 use std::sync::{Arc, Mutex};
 
 use crate::AppState;
@@ -74,4 +74,11 @@ impl Drop for InFlight {
         self.instance().stats.at(self.worker.id).end();
         self.service().stats.at(self.worker.id).end();
     }
+}
+
+/// Tells a worker's connections to finish their request in progress and close.
+#[derive(Default)]
+pub struct Stop {
+    pub flag: AtomicBool,
+    pub notify: tokio::sync::Notify,
 }
