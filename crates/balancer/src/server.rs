@@ -177,19 +177,9 @@ async fn worker(
             let mut stopped = std::pin::pin!(stop.notify.notified());
             let (mut registered, mut watching) = (false, true);
             let ended = poll_fn(|cx| {
-                if watching {
-                    // The first poll registers this task with `stop` (a spawned task's
-                    // waker stays the same); later ones read its flag: no lock per wake-up.
-                    let now = if registered {
-                        stop.flag.load(Acquire)
-                    } else {
-                        registered = true;
-                        stopped.as_mut().poll(cx).is_ready() || stop.flag.load(Acquire)
-                    };
-                    if now {
-                        watching = false;
-                        connection.as_mut().graceful_shutdown();
-                    }
+                if watching && stop.asked(stopped.as_mut(), &mut registered, cx) {
+                    watching = false;
+                    connection.as_mut().graceful_shutdown();
                 }
                 connection.as_mut().poll(cx)
             })

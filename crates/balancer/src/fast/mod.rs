@@ -60,6 +60,9 @@ use wire::{Added, MAX_FIELDS, Parsed, parse_request, write_client_head, write_re
 /// Targets longer go to hyper (which refuses those over its limit of 65534 bytes with 414).
 const MAX_TARGET: usize = 16 << 10;
 
+/// A connection's buffer larger than this is dropped after a request rather than kept.
+const KEPT_BUFFER: usize = 32 << 10;
+
 /// How a connection left the fast path.
 pub enum Served {
     /// Closed (by either side, or by an error).
@@ -74,10 +77,12 @@ pub async fn serve(worker: &Arc<Worker>, io: ClientIo, heads: &Heads, peer: &Hea
         worker,
         io,
         heads,
+        stop,
         peer,
-        input: Vec::with_capacity(4096),
-        out: Vec::with_capacity(1024),
-        upstream: Vec::with_capacity(8192),
+        // Grown when first used: an idle or slow connection holds little.
+        input: Vec::new(),
+        out: Vec::new(),
+        upstream: Vec::new(),
     };
     let mut stopped = pin!(stop.notify.notified());
     let mut registered = false;
@@ -97,13 +102,7 @@ pub async fn serve(worker: &Arc<Worker>, io: ClientIo, heads: &Heads, peer: &Hea
                 // Between requests a stop ends the connection. The first poll registers this
                 // task with `stop`; later ones read its flag.
                 let watch = poll_fn(|cx| {
-                    if !registered {
-                        registered = true;
-                        if stopped.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(());
-                        }
-                    }
-                    if stop.flag.load(Acquire) { Poll::Ready(()) } else { Poll::Pending }
+                    if stop.asked(stopped.as_mut(), &mut registered, cx) { Poll::Ready(()) } else { Poll::Pending }
                 });
                 tokio::select! {
                     biased;
@@ -123,6 +122,16 @@ pub async fn serve(worker: &Arc<Worker>, io: ClientIo, heads: &Heads, peer: &Hea
             let _ = conn.io.shutdown().await;
             return Served::Closed;
         }
+        // A large body or head grew a buffer: it is not kept for the connection's life.
+        if conn.input.is_empty() && conn.input.capacity() > KEPT_BUFFER {
+            conn.input = Vec::new();
+        }
+        if conn.upstream.capacity() > KEPT_BUFFER {
+            conn.upstream = Vec::new();
+        }
+        if conn.out.capacity() > KEPT_BUFFER {
+            conn.out = Vec::new();
+        }
     }
 }
 
@@ -131,6 +140,7 @@ struct Conn<'a> {
     worker: &'a Arc<Worker>,
     io: ClientIo,
     heads: &'a Heads,
+    stop: &'a Stop,
     peer: &'a HeaderValue,
     /// The client's bytes not used yet.
     input: Vec<u8>,
@@ -230,23 +240,17 @@ impl Conn<'_> {
         let deadline = tokio::time::Instant::from_std(started + config.request_timeout);
         while self.input.len() < end {
             self.input.reserve(end - self.input.len());
-            match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.input)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return false,
-                Err(_) => {
-                    let refusal = Refusal {
-                        status: StatusCode::REQUEST_TIMEOUT,
-                        message: "request body not received in time",
-                        tried: None,
-                    };
-                    if let Some(figures) = figures {
-                        figures.answered(refusal.status.as_u16(), started.elapsed(), Instant::now());
-                        figures.end();
-                    }
-                    self.refuse(taken, refusal, true).await;
-                    return false;
-                }
+            let (status, message) = match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.input)).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                Ok(_) => (StatusCode::BAD_REQUEST, "cannot read request body"),
+                Err(_) => (StatusCode::REQUEST_TIMEOUT, "request body not received in time"),
+            };
+            if let Some(figures) = figures {
+                figures.answered(status.as_u16(), started.elapsed(), Instant::now());
+                figures.end();
             }
+            self.refuse(taken, Refusal { status, message, tried: None }, true).await;
+            return false;
         }
         self.out.extend_from_slice(&self.input[taken.len..end]);
         let (Some(index), Some(figures)) = (index, figures) else {
@@ -338,7 +342,8 @@ impl Conn<'_> {
                         };
                         let traceparent =
                             taken.hop.finish(head.status, Some(&taken.request_id), Some(&instance.header));
-                        let close = taken.close || head.framing == wire::Framing::Close;
+                        // A stopping worker closes the connection after this answer: the client is told.
+                        let close = taken.close || head.framing == wire::Framing::Close || self.stop.flag.load(Acquire);
                         let added = Added {
                             request_id: &taken.request_id,
                             instance: Some(&instance.header),

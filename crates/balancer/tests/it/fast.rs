@@ -233,3 +233,21 @@ async fn a_head_over_the_limit_arriving_in_pieces_gets_431() {
     assert_eq!(backend.received(), 0);
     balancer.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_leaving_within_its_body_leaves_nothing_in_flight() {
+    let backend = Scripted::start().await;
+    let balancer = over(backend.port).await;
+    let mut stream = TcpStream::connect(balancer.addr).await.unwrap();
+    stream.write_all(b"POST /api/data/x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+    let requests = || async { balancer.metrics().await["services"]["data"]["requests"].as_u64() };
+    crate::eventually(WAIT, "the request counted", || async { (requests().await == Some(1)).then_some(()) }).await;
+    drop(stream);
+    crate::eventually(WAIT, "nothing in flight", || async {
+        let metrics = balancer.metrics().await;
+        (metrics["inFlight"] == 0 && metrics["services"]["data"]["statusClasses"]["4xx"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(backend.received.load(SeqCst), 0, "a body that never came is not sent");
+    balancer.stop().await;
+}
