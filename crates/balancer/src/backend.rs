@@ -17,7 +17,7 @@ use http::HeaderValue;
 use http::uri::Authority;
 
 use crate::config::Strategy;
-use crate::pool::Idle;
+use crate::pool::{Idle, Plain};
 use crate::stats::Stats;
 
 /// One backend instance.
@@ -33,6 +33,8 @@ pub struct Instance {
     pub authority: Authority,
     /// Keep-alive connections, per worker thread.
     pub idle: Idle,
+    /// The fast path's keep-alive connections, per worker thread.
+    pub plain: Idle<Plain>,
     /// `id` as a header value, for `X-Upstream-Instance`.
     pub header: HeaderValue,
     /// Passes the active checks (cleared after `HEALTH_FAIL_THRESHOLD` failures).
@@ -54,6 +56,7 @@ impl Instance {
             addr,
             authority: Authority::try_from(addr.to_string()).expect("a socket address is a valid authority"),
             idle: Idle::new(workers, max_idle),
+            plain: Idle::new(workers, max_idle),
             header: kit::http::header_value(id),
             healthy: AtomicBool::new(true),
             ejected: AtomicBool::new(false),

@@ -21,6 +21,8 @@
 //!   the in-flight guard).
 //! - [`stats`]: lock-free counters and latency histograms; [`admin`] serves them as
 //!   `/status`, `/api/metrics`, `/metrics`, with fault injection ([`faults`]).
+//! - `fast`: the lean HTTP/1 path (httparse heads, plain pooled connections) that serves a
+//!   connection's common requests before hyper takes over what it does not.
 //! - `server`: the HTTP/1 accept loop; the balancer's own endpoints are matched before the
 //!   proxy routes. [`client`] watches each client connection: head and idle deadlines,
 //!   JSON instead of hyper's own empty error answers.
@@ -33,6 +35,7 @@ pub mod client;
 pub mod config;
 pub mod discovery;
 pub mod error;
+mod fast;
 pub mod faults;
 pub mod pool;
 pub mod proxy;

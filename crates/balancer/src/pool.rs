@@ -55,6 +55,28 @@ pub struct Conn {
     idle_since: Instant,
 }
 
+/// A kept connection of either kind (hyper's [`Conn`], or the fast path's plain socket).
+pub trait Pooled {
+    /// Still open and ready for a request (looked at once, without waiting).
+    fn usable(&mut self) -> bool;
+    /// When it last went back to the idle list (or was made).
+    fn idle_since(&mut self) -> &mut Instant;
+}
+
+impl Pooled for Conn {
+    fn usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.poll_io(&mut cx).is_ready() || self.sender.is_closed() {
+            return false;
+        }
+        matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    fn idle_since(&mut self) -> &mut Instant {
+        &mut self.idle_since
+    }
+}
+
 impl Conn {
     /// Polls the connection's I/O; `Ready` means it is closed (or failed) for good.
     pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -65,58 +87,81 @@ impl Conn {
     pub fn reusable(&mut self, cx: &mut Context<'_>) -> bool {
         self.poll_io(cx).is_pending() && !self.sender.is_closed()
     }
+}
 
-    /// Still open and ready for a request (polled once, without waiting).
+/// A keep-alive connection of the fast path (`crate::fast`): the plain socket, between
+/// requests nothing is buffered in it.
+pub struct Plain {
+    pub stream: TcpStream,
+    idle_since: Instant,
+}
+
+impl Plain {
+    /// Connects to `addr` within `timeout`.
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Box<Self>> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(stream) => stream?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(Box::new(Self { stream, idle_since: Instant::now() }))
+    }
+}
+
+impl Pooled for Plain {
+    /// An idle connection has nothing to read: an end of file, a reset or stray bytes mean
+    /// the backend closed it (or broke the protocol).
     fn usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        if self.poll_io(&mut cx).is_ready() || self.sender.is_closed() {
-            return false;
-        }
-        matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Ok(())))
+        let mut byte = [0u8; 1];
+        matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    fn idle_since(&mut self) -> &mut Instant {
+        &mut self.idle_since
     }
 }
 
 /// The idle connections of one instance, one list per worker thread. Connections stay
 /// boxed in and out of the lists, so checking one out or in moves a pointer.
-pub struct Idle {
-    lists: Box<[Padded<IdleList>]>,
+pub struct Idle<C = Conn> {
+    lists: Box<[Padded<IdleList<C>>]>,
     /// Connections idle longer than this are not reused (`BALANCER_UPSTREAM_IDLE_MS`).
     max_idle: Duration,
 }
 
 /// Oldest first: connections are pushed and popped at the end, each stamped when pushed.
 #[allow(clippy::vec_box)]
-type IdleList = Mutex<Vec<Box<Conn>>>;
+type IdleList<C> = Mutex<Vec<Box<C>>>;
 
 /// On cache lines of its own, so two workers' lists never share one.
 #[derive(Default)]
 #[repr(align(128))]
 struct Padded<T>(T);
 
-impl Idle {
+impl<C: Pooled> Idle<C> {
     pub fn new(workers: usize, max_idle: Duration) -> Self {
         Self { lists: (0..workers.max(1)).map(|_| Padded(Mutex::new(Vec::new()))).collect(), max_idle }
     }
 
     #[allow(clippy::vec_box)]
-    fn list(&self, worker: usize) -> std::sync::MutexGuard<'_, Vec<Box<Conn>>> {
+    fn list(&self, worker: usize) -> std::sync::MutexGuard<'_, Vec<Box<C>>> {
         // Only the worker's own thread takes its list: the lock is never contended.
         self.lists[worker % self.lists.len()].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn expired(&self, conn: &Conn, now: Instant) -> bool {
-        now.saturating_duration_since(conn.idle_since) > self.max_idle
+    fn expired(&self, conn: &mut C, now: Instant) -> bool {
+        now.saturating_duration_since(*conn.idle_since()) > self.max_idle
     }
 
     /// An idle connection that is still usable and has not been idle too long, if there is one.
-    fn checkout(&self, worker: usize) -> Option<Box<Conn>> {
+    pub fn checkout(&self, worker: usize) -> Option<Box<C>> {
         let mut list = self.list(worker);
         if list.is_empty() {
             return None;
         }
         let now = Instant::now();
         while let Some(mut conn) = list.pop() {
-            if self.expired(&conn, now) {
+            if self.expired(&mut conn, now) {
                 // Every one below it went idle earlier still.
                 list.clear();
                 return None;
@@ -128,12 +173,12 @@ impl Idle {
         None
     }
 
-    pub fn checkin(&self, worker: usize, mut conn: Box<Conn>) {
+    pub fn checkin(&self, worker: usize, mut conn: Box<C>) {
         let now = Instant::now();
-        conn.idle_since = now;
+        *conn.idle_since() = now;
         let mut list = self.list(worker);
         // Those idle too long (at the start) would only be dropped by a checkout.
-        let expired = list.partition_point(|c| self.expired(c, now));
+        let expired = list.iter_mut().position(|c| !self.expired(c, now)).unwrap_or(list.len());
         list.drain(..expired);
         if list.len() < MAX_IDLE {
             list.push(conn);
@@ -177,7 +222,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Box<Conn>, SendE
 /// `worker` (or a new one), and waits for the response head while driving the connection.
 #[allow(clippy::manual_async_fn)] // an `async fn` would store its arguments twice
 pub fn send(
-    idle: &Idle,
+    idle: &Idle<Conn>,
     addr: SocketAddr,
     worker: usize,
     mut req: Request<RequestBody>,

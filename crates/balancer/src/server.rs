@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
+use std::sync::atomic::Ordering::Release;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -26,14 +26,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::client::{ClientIo, Heads, Limits};
+use crate::fast::{self, Served};
 use crate::response::ResponseBody;
-use crate::worker::Worker;
+use crate::worker::{Stop, Worker};
 use crate::{AppState, Config, admin, proxy};
 
 /// The header fields hyper's parser keeps on the stack; a lower cap is set, a higher one
@@ -147,42 +148,38 @@ async fn worker(
         let peer = proxy::peer_header(peer);
         let heads = Arc::new(Heads::default());
         let io = ClientIo::new(stream, limits.clone(), heads.clone());
-        let service = service_fn(move |req: Request<Incoming>| {
-            heads.arrived();
-            let future = if admin::is_admin_path(req.uri().path()) {
-                // Boxed: the admin path and upgrades are rare, and their futures would
-                // otherwise enlarge every request's.
-                Either::Left(Box::pin(answer_admin(worker.clone(), req)) as Rare)
-            } else if proxy::is_upgrade(&req) {
-                Either::Left(Box::pin(proxy::upgrade(worker.clone(), peer.clone(), req)) as Rare)
-            } else {
-                let (mut parts, body) = req.into_parts();
-                let hop = proxy::trace::trace_context(&mut parts.headers, &parts.method, &parts.uri, sample_percent);
-                Either::Right(proxy::handle(worker.clone(), peer.clone(), parts, body).map(|res| hop.answer(res)))
-            };
-            // `map`, not an `async` block awaiting `future`: that would hold it twice.
-            future.map(Ok::<_, Infallible>)
-        });
-        let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
-        let stop = stop.clone();
+        let (stop, http) = (stop.clone(), http.clone());
         connections.spawn(async move {
+            // The fast path first; what it leaves goes to hyper.
+            let io = match fast::serve(&worker, io, &heads, &peer, &stop).await {
+                Served::Closed => return drop(place),
+                Served::Hyper(io) => io,
+            };
+            let service = service_fn(move |req: Request<Incoming>| {
+                heads.arrived();
+                let future = if admin::is_admin_path(req.uri().path()) {
+                    // Boxed: the admin path and upgrades are rare, and their futures would
+                    // otherwise enlarge every request's.
+                    Either::Left(Box::pin(answer_admin(worker.clone(), req)) as Rare)
+                } else if proxy::is_upgrade(&req) {
+                    Either::Left(Box::pin(proxy::upgrade(worker.clone(), peer.clone(), req)) as Rare)
+                } else {
+                    let (mut parts, body) = req.into_parts();
+                    let hop =
+                        proxy::trace::trace_context(&mut parts.headers, &parts.method, &parts.uri, sample_percent);
+                    Either::Right(proxy::handle(worker.clone(), peer.clone(), parts, body).map(|res| hop.answer(res)))
+                };
+                // `map`, not an `async` block awaiting `future`: that would hold it twice.
+                future.map(Ok::<_, Infallible>)
+            });
+            let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let mut stopped = std::pin::pin!(stop.notify.notified());
             let (mut registered, mut watching) = (false, true);
             let ended = poll_fn(|cx| {
-                if watching {
-                    // The first poll registers this task with `stop` (a spawned task's
-                    // waker stays the same); later ones read its flag: no lock per wake-up.
-                    let now = if registered {
-                        stop.flag.load(Acquire)
-                    } else {
-                        registered = true;
-                        stopped.as_mut().poll(cx).is_ready() || stop.flag.load(Acquire)
-                    };
-                    if now {
-                        watching = false;
-                        connection.as_mut().graceful_shutdown();
-                    }
+                if watching && stop.asked(stopped.as_mut(), &mut registered, cx) {
+                    watching = false;
+                    connection.as_mut().graceful_shutdown();
                 }
                 connection.as_mut().poll(cx)
             })
@@ -199,13 +196,6 @@ async fn worker(
     if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         tracing::warn!(?grace, "in-flight requests still running after the grace period");
     }
-}
-
-/// Tells a worker's connections to finish their request in progress and close.
-#[derive(Default)]
-struct Stop {
-    flag: AtomicBool,
-    notify: Notify,
 }
 
 /// hyper's server settings. Its header read timeout is off: it would also bound the time a

@@ -2,8 +2,13 @@
 //! the admin router) and its own handle on the backend set ([`Snapshot`]), and the
 //! [`InFlight`] guard by which a request holds its place in the in-flight counts.
 
-use std::sync::atomic::Ordering::Acquire;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire};
 use std::sync::{Arc, Mutex};
+use std::task::Context;
+
+use tokio::sync::futures::Notified;
 
 use crate::AppState;
 use crate::backend::{BackendSet, Instance, Service};
@@ -73,5 +78,27 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.instance().stats.at(self.worker.id).end();
         self.service().stats.at(self.worker.id).end();
+    }
+}
+
+/// Tells a worker's connections to finish their request in progress and close.
+#[derive(Default)]
+pub struct Stop {
+    pub flag: AtomicBool,
+    pub notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    /// Whether the stop has come, for a connection's task watching with `stopped` (its
+    /// `notify.notified()`): the first call registers the task (a spawned task's waker stays
+    /// the same), later ones read the flag, so a wake-up takes no lock.
+    pub fn asked(&self, stopped: Pin<&mut Notified<'_>>, registered: &mut bool, cx: &mut Context<'_>) -> bool {
+        if !*registered {
+            *registered = true;
+            if stopped.poll(cx).is_ready() {
+                return true;
+            }
+        }
+        self.flag.load(Acquire)
     }
 }

@@ -16,14 +16,15 @@ use crate::body::RequestBody;
 use crate::error::{Failure, Retry};
 use crate::pool::Conn;
 use crate::response::{ResponseBody, UpstreamBody};
-use crate::worker::InFlight;
+use crate::stats::Shard;
+use crate::worker::{InFlight, Worker};
 
 /// Connections a request may break (lost after it was written) before it is no longer
 /// sent anywhere: the second loss makes it a suspected poison request.
 const MAX_LOSSES: u32 = 2;
 
 /// What the attempts so far have left.
-pub(super) struct Attempts {
+pub struct Attempts {
     /// The instances tried (by their index in the pool).
     pub tried: Tried,
     /// Why the last attempt failed.
@@ -64,55 +65,83 @@ impl Forward<'_> {
         upstream
     }
 
-    /// The retry decision on an answer: a 502, 503 or 504 to an idempotent request with a
-    /// kept body goes to another instance, unless this was the `last` attempt.
+    /// The retry decision on an answer (see [`retry_unavailable`]).
     pub(super) fn retry_unavailable(&self, status: StatusCode, last: bool, outgoing: &Outgoing) -> bool {
-        matches!(status.as_u16(), 502..=504) && !last && self.idempotent && outgoing.replay.is_some()
+        retry_unavailable(status.as_u16(), last, self.idempotent && outgoing.replay.is_some())
     }
 
-    /// Counts a failed attempt on `instance` (and ejects it when its failures say so).
+    /// Counts a failed attempt on `instance` (see [`failed`]).
     pub(super) fn failed(&self, instance: &Instance, failure: Failure, cause: &dyn std::fmt::Display) {
-        let worker = self.worker.id;
-        let figures = instance.stats.at(worker);
-        figures.errors.fetch_add(1, Relaxed);
-        figures.end();
-        self.figures().errors.fetch_add(1, Relaxed);
-        tracing::debug!(instance = %instance.id, ?failure, %cause, "attempt failed");
-        if failure.ejects() && instance.passive_failure(self.worker.state.config.eject_threshold) {
-            tracing::warn!(instance = %instance.id, url = %instance.url, ?failure, "instance ejected");
-        }
+        failed(self.worker, self.figures(), instance, failure, cause);
     }
 
-    /// The retry decision after `failure` on `instance`: whether another attempt follows
-    /// (see [`Failure::retry`]); a second lost connection makes the request a suspected
-    /// poison request, sent nowhere else.
+    /// The retry decision after `failure` on `instance` (see [`again`]).
     pub(super) fn again(
         &self,
         past: &mut Attempts,
-        mut failure: Failure,
+        failure: Failure,
         instance: &Instance,
         outgoing: &Outgoing,
     ) -> bool {
-        past.tried_last = Some(instance.header.clone());
-        if failure == Failure::Lost {
-            past.losses += 1;
-            if past.losses == MAX_LOSSES {
-                failure = Failure::Poison;
-                self.figures().poison.fetch_add(1, Relaxed);
-                let parts = &*self.parts;
-                tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), method = %parts.method,
-                    path = parts.uri.path(), service = %self.service.name,
-                    "suspected poison request: two instances lost the connection while handling it");
-                past.failure = failure;
-                return false;
-            }
+        let replayable = self.idempotent && outgoing.replay.is_some();
+        again(past, failure, instance, self.figures(), replayable, outgoing.again(), || {
+            let parts = &*self.parts;
+            tracing::warn!(request_id = self.request_id.to_str().unwrap_or("-"), method = %parts.method,
+                path = parts.uri.path(), service = %self.service.name,
+                "suspected poison request: two instances lost the connection while handling it");
+        })
+    }
+}
+
+/// The retry decision on an answer with `status`: a 502, 503 or 504 to a request that may be
+/// sent again (`replayable`: idempotent, with a kept body) goes to another instance, unless
+/// this was the `last` attempt.
+pub fn retry_unavailable(status: u16, last: bool, replayable: bool) -> bool {
+    matches!(status, 502..=504) && !last && replayable
+}
+
+/// Counts a failed attempt on `instance` in its figures and the service's (`figures`), and
+/// ejects the instance when its failures say so.
+pub fn failed(worker: &Worker, figures: &Shard, instance: &Instance, failure: Failure, cause: &dyn std::fmt::Display) {
+    let attempt = instance.stats.at(worker.id);
+    attempt.errors.fetch_add(1, Relaxed);
+    attempt.end();
+    figures.errors.fetch_add(1, Relaxed);
+    tracing::debug!(instance = %instance.id, ?failure, %cause, "attempt failed");
+    if failure.ejects() && instance.passive_failure(worker.state.config.eject_threshold) {
+        tracing::warn!(instance = %instance.id, url = %instance.url, ?failure, "instance ejected");
+    }
+}
+
+/// The retry decision after `failure` on `instance`: whether another attempt follows (see
+/// [`Failure::retry`]); `replayable`: the request is idempotent with a kept body, `body_again`:
+/// another attempt has a body to send. A second lost connection makes the request a
+/// suspected poison request (counted in `figures`, said by `poison`), sent nowhere else.
+pub fn again(
+    past: &mut Attempts,
+    mut failure: Failure,
+    instance: &Instance,
+    figures: &Shard,
+    replayable: bool,
+    body_again: bool,
+    poison: impl FnOnce(),
+) -> bool {
+    past.tried_last = Some(instance.header.clone());
+    if failure == Failure::Lost {
+        past.losses += 1;
+        if past.losses == MAX_LOSSES {
+            failure = Failure::Poison;
+            figures.poison.fetch_add(1, Relaxed);
+            poison();
+            past.failure = failure;
+            return false;
         }
-        past.failure = failure;
-        match failure.retry() {
-            Retry::Safe => outgoing.again(),
-            Retry::IfIdempotent => self.idempotent && outgoing.replay.is_some(),
-            Retry::Never => false,
-        }
+    }
+    past.failure = failure;
+    match failure.retry() {
+        Retry::Safe => body_again,
+        Retry::IfIdempotent => replayable,
+        Retry::Never => false,
     }
 }
 

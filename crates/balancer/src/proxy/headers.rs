@@ -70,7 +70,17 @@ pub(super) fn forwarded_for(headers: &mut http::HeaderMap, peer: &HeaderValue) {
         }
         header::Entry::Occupied(entry) => entry,
     };
-    let entries = || sent.iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty());
+    let value = forwarded_value(|| sent.iter().map(HeaderValue::as_bytes), peer);
+    sent.insert(value);
+}
+
+/// The `X-Forwarded-For` a backend gets: the client's values (`sent` lists them; their fields joined,
+/// empty ones left out) with `peer` appended.
+pub fn forwarded_value<'a, I: Iterator<Item = &'a [u8]>>(sent: impl Fn() -> I, peer: &HeaderValue) -> HeaderValue {
+    let entries = || sent().map(<[u8]>::trim_ascii).filter(|v| !v.is_empty());
+    if entries().next().is_none() {
+        return peer.clone();
+    }
     let mut joined = Vec::with_capacity(entries().map(|v| v.len() + 2).sum::<usize>() + peer.len());
     for entry in entries() {
         joined.extend_from_slice(entry);
@@ -78,8 +88,7 @@ pub(super) fn forwarded_for(headers: &mut http::HeaderMap, peer: &HeaderValue) {
     }
     joined.extend_from_slice(peer.as_bytes());
     // Bytes the client's header values already held, commas, spaces and an IP address.
-    let value = HeaderValue::from_maybe_shared(Bytes::from(joined)).unwrap_or_else(|_| peer.clone());
-    sent.insert(value);
+    HeaderValue::from_maybe_shared(Bytes::from(joined)).unwrap_or_else(|_| peer.clone())
 }
 
 /// `/path?query` of `uri` (`/` when it has none).
@@ -90,7 +99,7 @@ pub(super) fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-pub(super) fn is_idempotent(method: &Method) -> bool {
+pub fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 

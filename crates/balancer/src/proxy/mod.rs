@@ -48,7 +48,7 @@
 //! [`crate::backend::Instance::passive_failure`]). Counters are atomics; the response body carries an
 //! [`InFlight`] guard so in-flight counts fall when the body has been streamed.
 
-mod attempt;
+pub(crate) mod attempt;
 mod headers;
 mod intake;
 mod request;
@@ -73,9 +73,13 @@ use crate::pool;
 use crate::response::ResponseBody;
 use crate::worker::{InFlight, Worker};
 
-pub use headers::{X_FORWARDED_FOR, X_REAL_IP, X_REQUEST_ID, X_UPSTREAM_INSTANCE, new_request_id, peer_header};
+pub use headers::{
+    X_FORWARDED_FOR, X_REAL_IP, X_REQUEST_ID, X_UPSTREAM_INSTANCE, forwarded_value, is_idempotent, new_request_id,
+    peer_header,
+};
 
 use attempt::Attempts;
+pub(crate) use attempt::Attempts as PastAttempts;
 use headers::recycle_headers;
 use request::{Forward, Refusal};
 pub use upgrade::{is_upgrade, upgrade};

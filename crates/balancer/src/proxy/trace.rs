@@ -36,16 +36,16 @@ struct Access {
 /// `traceparent` in them for the upstream; a new trace is sampled for `sample_percent` of
 /// the requests that begin one.
 pub fn trace_context(headers: &mut HeaderMap, method: &Method, uri: &Uri, sample_percent: u8) -> Hop {
-    let parent = headers.get(&TRACEPARENT).and_then(|v| TraceContext::parse(v.as_bytes()).ok());
-    let context = parent.map_or_else(|| root(sample_percent), |p| p.child());
-    let value = context.header_value();
-    headers.insert(TRACEPARENT.clone(), value.clone());
-    let logged = context.sampled() || tracing::enabled!(tracing::Level::DEBUG);
-    let access = logged.then(|| {
-        let parent = parent.map(|p| p.span_id);
-        Box::new(Access { context, parent, method: method.clone(), uri: uri.clone(), started: Instant::now() })
+    let hop = Hop::begin(headers.get(&TRACEPARENT).map(HeaderValue::as_bytes), sample_percent, || {
+        (method.clone(), uri.clone())
     });
-    Hop { value, access }
+    headers.insert(TRACEPARENT.clone(), hop.value.clone());
+    hop
+}
+
+/// A header's text for a log line (`-` when absent or not text).
+fn text(value: Option<&HeaderValue>) -> &str {
+    value.and_then(|v| v.to_str().ok()).unwrap_or("-")
 }
 
 /// A new trace, sampled for `percent` of them (its random trace id decides).
@@ -54,20 +54,49 @@ fn root(percent: u8) -> TraceContext {
     if (context.trace_id % 100) as u8 >= percent { TraceContext { flags: 0, ..context } } else { context }
 }
 
-/// A header's text for a log line (`-` when absent or not text).
-fn text(value: Option<&HeaderValue>) -> &str {
-    value.and_then(|v| v.to_str().ok()).unwrap_or("-")
-}
-
 impl Hop {
+    /// Continues the trace whose `traceparent` is `parent` (or begins one, sampled for
+    /// `sample_percent` of them); `request` gives the method and target for the access line,
+    /// called only when it will be written.
+    pub fn begin(parent: Option<&[u8]>, sample_percent: u8, request: impl FnOnce() -> (Method, Uri)) -> Self {
+        let parent = parent.and_then(|v| TraceContext::parse(v).ok());
+        let context = parent.map_or_else(|| root(sample_percent), |p| p.child());
+        let value = context.header_value();
+        let logged = context.sampled() || tracing::enabled!(tracing::Level::DEBUG);
+        let access = logged.then(|| {
+            let parent = parent.map(|p| p.span_id);
+            let (method, uri) = request();
+            Box::new(Access { context, parent, method, uri, started: Instant::now() })
+        });
+        Hop { value, access }
+    }
+
+    /// The `traceparent` the upstream and the client get.
+    pub fn value(&self) -> &HeaderValue {
+        &self.value
+    }
+
     /// `response` with the balancer's `traceparent`; writes the access line.
-    pub fn answer<B>(self, mut response: Response<B>) -> Response<B> {
-        if let Some(access) = self.access {
-            let headers = response.headers();
-            let (request_id, upstream) = (text(headers.get(&X_REQUEST_ID)), text(headers.get(&X_UPSTREAM_INSTANCE)));
+    pub fn answer<B>(mut self, mut response: Response<B>) -> Response<B> {
+        let headers = response.headers();
+        let status = response.status().as_u16();
+        let value = self.finish(status, headers.get(&X_REQUEST_ID), headers.get(&X_UPSTREAM_INSTANCE));
+        response.headers_mut().insert(TRACEPARENT.clone(), value);
+        response
+    }
+
+    /// Writes the access line of an answer with `status`; returns the `traceparent` it carries.
+    pub fn finish(
+        &mut self,
+        status: u16,
+        request_id: Option<&HeaderValue>,
+        upstream: Option<&HeaderValue>,
+    ) -> HeaderValue {
+        if let Some(access) = self.access.take() {
+            let (request_id, upstream) = (text(request_id), text(upstream));
             let Access { context, parent, method, uri, started } = *access;
             let parent = parent.map(|id| TraceContext { span_id: id, ..context }.span_hex());
-            let (status, ms) = (response.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
             macro_rules! line {
                 ($level:ident) => {
                     tracing::$level!(trace_id = %context.trace_hex(), span_id = %context.span_hex(),
@@ -81,8 +110,7 @@ impl Hop {
                 line!(debug);
             }
         }
-        response.headers_mut().insert(TRACEPARENT.clone(), self.value);
-        response
+        self.value.clone()
     }
 }
 

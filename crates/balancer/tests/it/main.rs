@@ -5,6 +5,7 @@ mod clients;
 mod discovery;
 mod failover;
 mod failures;
+mod fast;
 mod guard;
 mod metrics;
 mod routing;
