@@ -217,6 +217,11 @@ mod tests {
         }
     }
 
+    /// An HTTP probe whose period the manifest left unset: `steady` while well.
+    fn calm(path: &str, period_ms: u64, steady_period_ms: u64, timeout_ms: u64, failure_threshold: u32) -> Probe {
+        Probe { check: Check::Http(path.into()), period_ms, steady_period_ms, timeout_ms, failure_threshold }
+    }
+
     /// A server whose /ready answers 200 while `healthy` is true.
     async fn server(healthy: Arc<Mutex<bool>>) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -288,13 +293,7 @@ mod tests {
     #[test]
     fn the_pace_is_fast_while_starting_or_failing_and_calm_while_well() {
         let ms = Duration::from_millis;
-        let unset = Probe {
-            check: Check::Http("/ready".into()),
-            period_ms: 200,
-            steady_period_ms: 2000,
-            timeout_ms: 1000,
-            failure_threshold: 3,
-        };
+        let unset = calm("/ready", 200, 2000, 1000, 3);
         let set = Probe { steady_period_ms: 50, period_ms: 50, ..unset.clone() };
         let slow = Probe { steady_period_ms: 5000, period_ms: 5000, ..unset.clone() };
         // (probe, starting, failures) -> pause
@@ -333,17 +332,12 @@ mod tests {
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "five probes, one connection");
     }
+
     #[test]
     fn an_unset_liveness_period_waits_for_a_stretch_without_answers() {
         let ms = Duration::from_millis;
         let t0 = Instant::now();
-        let unset = Probe {
-            check: Check::Http("/health".into()),
-            period_ms: 400,
-            steady_period_ms: 1000,
-            timeout_ms: 400,
-            failure_threshold: 4,
-        };
+        let unset = calm("/health", 400, 1000, 400, 4);
         let set = Probe { steady_period_ms: 400, ..unset.clone() };
         // (probe, own next probe, failing, last answer) -> due
         let table = [
