@@ -9,8 +9,8 @@
 //!
 //! The pace ([`pace`]): `periodMs` while starting, failing or not ready; the calmer
 //! `steadyPeriodMs` while all is well (the same unless the manifest left the period unset).
-//! The two loops of one process share a [`Session`]: one HTTP connection kept from probe to
-//! probe (a new process gets a new session, so a probe never meets an older process of the
+//! The two loops of one process share a [`Session`]: its HTTP connections kept from probe to
+//! probe (one while they take turns, a second while they overlap; a new process gets a new session, so a probe never meets an older process of the
 //! instance; a failed probe drops the connection, and the next connects again), and when the
 //! process last answered an HTTP probe. A liveness probe whose period the manifest left unset
 //! ([`Probe::calm_when_well`]) counts any answer as a sign of life while it is not failing: it
@@ -50,7 +50,9 @@ impl Session {
     /// A session with the process listening on `port`.
     pub fn new(port: u16) -> Self {
         let http = kit::http::client_builder()
-            .pool_max_idle_per_host(1)
+            // One connection while the probes take turns; a second kept for when they overlap
+            // (closing it would make the next overlap connect again).
+            .pool_max_idle_per_host(2)
             .build()
             .expect("building an HTTP client without TLS cannot fail");
         Session { http, port, answered: Arc::default() }
