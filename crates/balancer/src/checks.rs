@@ -7,7 +7,7 @@
 //! it (and an ejected one) back. Checks run concurrently; a hung instance holds only its
 //! own check, for at most `HEALTH_CHECK_TIMEOUT_MS`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -34,10 +34,10 @@ pub async fn run(state: Arc<AppState>, shutdown: kit::Shutdown) {
     loop {
         let set = state.backends.load_full();
         let now = Instant::now();
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for instance in set.pools.iter().flatten() {
             let key = Arc::as_ptr(instance) as usize;
-            seen.push(key);
+            seen.insert(key);
             let entry = due.entry(key).or_insert_with(|| Due { next: now + interval, running: Arc::default() });
             let period = if instance.usable() { interval } else { tick };
             // An instance that just went out of rotation is looked at within one tick.

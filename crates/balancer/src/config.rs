@@ -26,7 +26,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// `REQUEST_TIMEOUT_MS` (default 30000): until the response head, over all attempts.
     pub request_timeout: Duration,
-    /// `HEALTH_CHECK_INTERVAL_MS` (default 2000).
+    /// `HEALTH_CHECK_INTERVAL_MS` (default 5000): how often a usable instance is checked (a
+    /// failed request ejects one at once, and the registry's watch brings news of the set).
     pub health_interval: Duration,
     /// `HEALTH_CHECK_TIMEOUT_MS` (default 1000).
     pub health_timeout: Duration,
@@ -93,7 +94,7 @@ impl Config {
             strategy: vars.parse_or("BALANCE_STRATEGY", Strategy::RoundRobin, "round-robin or least-request")?,
             connect_timeout: vars.millis("CONNECT_TIMEOUT_MS", 1_000, 600_000)?,
             request_timeout: vars.millis("REQUEST_TIMEOUT_MS", 30_000, 3_600_000)?,
-            health_interval: vars.millis("HEALTH_CHECK_INTERVAL_MS", 2_000, 3_600_000)?,
+            health_interval: vars.millis("HEALTH_CHECK_INTERVAL_MS", 5_000, 3_600_000)?,
             health_timeout: vars.millis("HEALTH_CHECK_TIMEOUT_MS", 1_000, 600_000)?,
             fail_threshold: vars.number("HEALTH_FAIL_THRESHOLD", 2, 1, 100)? as u32,
             pass_threshold: vars.number("HEALTH_PASS_THRESHOLD", 1, 1, 100)? as u32,
@@ -269,6 +270,8 @@ mod tests {
         assert_eq!((config.max_header_bytes, config.max_headers, config.max_connections), (65_536, 100, 10_000));
         assert_eq!((config.header_timeout, config.idle_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
         assert_eq!(config.upstream_idle, Duration::from_secs(50));
+        // A usable instance is checked calmly; an idle cluster of many costs little.
+        assert_eq!((config.health_interval, config.health_timeout), (Duration::from_secs(5), Duration::from_secs(1)));
 
         let vars = Vars::from_pairs([
             ("ROUTES", "/x=my-svc"),

@@ -2,9 +2,12 @@
 //! name and place (`direct`, `job`), the time a claim takes (its write lock, the reaping
 //! and the claim itself), jobs whose lease expired under a worker that stopped renewing, and
 //! the queue's depth: jobs by status, read from the database every [`DEPTH_EVERY`] by
-//! [`run`] (a scrape cannot wait for a query).
+//! [`run`] (a scrape cannot wait for a query) while scrapes come: after [`ACTIVE`] without
+//! one it stops reading (an idle instance makes no query for figures nobody reads), and the
+//! next scrape starts it again (that scrape shows the figures of the last read).
 
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use kit::Shutdown;
@@ -15,6 +18,8 @@ use crate::queue::Status;
 
 /// How often the queue's depth is read for `compute_jobs`.
 pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
+/// How long after the last scrape the depth is still read.
+pub const ACTIVE: Duration = Duration::from_secs(60);
 
 pub struct Metrics {
     operations: Family<Labels<2>, Counter>,
@@ -37,18 +42,60 @@ impl Metrics {
     }
 }
 
-/// Keeps `compute_jobs{status}` current: the queue's depth every [`DEPTH_EVERY`].
+/// Keeps `compute_jobs{status}` current while scraped: the queue's depth every
+/// [`DEPTH_EVERY`], from a scrape until [`ACTIVE`] passed without one.
 pub async fn run(state: AppState, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(DEPTH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.requested() => break,
-            _ = tick.tick() => {}
-        }
+    let scrapes = Scrapes::default();
+    let seen = scrapes.clone();
+    kit::metrics::on_scrape(move || seen.scraped());
+    while_scraped(&scrapes, &shutdown, || async {
         match state.queue.counts().await {
             Ok(counts) => get().depth(counts),
             Err(e) => tracing::debug!(error = %e, "reading the queue's depth failed"),
+        }
+    })
+    .await
+}
+
+/// Told of every scrape.
+#[derive(Clone, Default)]
+pub struct Scrapes {
+    wake: Arc<tokio::sync::Notify>,
+    since_read: Arc<AtomicBool>,
+}
+
+impl Scrapes {
+    pub fn scraped(&self) {
+        self.since_read.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+}
+
+/// Runs `read` every [`DEPTH_EVERY`] from a scrape until [`ACTIVE`] passed without one, and
+/// not at all meanwhile, until `shutdown`.
+pub async fn while_scraped<F: Future<Output = ()>>(
+    scrapes: &Scrapes,
+    shutdown: &Shutdown,
+    mut read: impl FnMut() -> F,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = scrapes.wake.notified() => {}
+        }
+        // A wake-up left by a scrape that the last reads already served.
+        if !scrapes.since_read.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        let mut quiet = Duration::ZERO;
+        while quiet < ACTIVE {
+            read().await;
+            tokio::select! {
+                _ = shutdown.requested() => return,
+                _ = tokio::time::sleep(DEPTH_EVERY) => {}
+            }
+            let scraped = scrapes.since_read.swap(false, Ordering::Relaxed);
+            quiet = if scraped { Duration::ZERO } else { quiet + DEPTH_EVERY };
         }
     }
 }
@@ -62,4 +109,49 @@ pub fn get() -> &'static Metrics {
         jobs: kit::metrics::gauges("compute_jobs", "Jobs in the queue's database, by status"),
     });
     &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_depth_is_read_only_while_scrapes_come() {
+        let (scrapes, shutdown) = (Scrapes::default(), Shutdown::new());
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let (s, sd) = (scrapes.clone(), shutdown.clone());
+        let task = tokio::spawn(async move {
+            while_scraped(&s, &sd, || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {}
+            })
+            .await
+        });
+        let reads_after = |wait: Duration| {
+            let reads = reads.clone();
+            async move {
+                tokio::time::sleep(wait).await;
+                reads.load(Ordering::SeqCst)
+            }
+        };
+        // Nobody scrapes: no query at all.
+        assert_eq!(reads_after(Duration::from_secs(600)).await, 0);
+        // A scrape: read at once, then every DEPTH_EVERY while scrapes keep coming.
+        scrapes.scraped();
+        assert_eq!(reads_after(Duration::from_millis(1)).await, 1);
+        for _ in 0..6 {
+            scrapes.scraped();
+            tokio::time::sleep(DEPTH_EVERY).await;
+        }
+        let read = reads.load(Ordering::SeqCst);
+        assert!((6..=8).contains(&read), "{read} reads over 30 s of scrapes");
+        // Then ACTIVE without one: it stops.
+        let stopped = reads_after(ACTIVE + DEPTH_EVERY * 2).await;
+        assert_eq!(reads_after(Duration::from_secs(600)).await, stopped, "reads after the scrapes stopped");
+        shutdown.trigger();
+        task.await.unwrap();
+    }
 }

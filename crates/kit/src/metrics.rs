@@ -67,6 +67,27 @@ pub fn register_collector(collector: impl Collector) {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).register_collector(Box::new(collector));
 }
 
+/// Calls `f` at every scrape of the process's registry, adding no figures: a component whose
+/// figures cost a query can read them only while someone scrapes.
+pub fn on_scrape(f: impl Fn() + Send + Sync + 'static) {
+    register_collector(OnScrape(Box::new(f)));
+}
+
+struct OnScrape(Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnScrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnScrape")
+    }
+}
+
+impl Collector for OnScrape {
+    fn encode(&self, _encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        (self.0)();
+        Ok(())
+    }
+}
+
 /// A counter registered under `name`.
 pub fn counter(name: &str, help: &str) -> Counter {
     register(name, help, Counter::default())

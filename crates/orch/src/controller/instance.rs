@@ -32,6 +32,8 @@ pub struct Proc {
     pub probes: CancellationToken,
     /// Cancelled once the process has exited.
     pub exited: CancellationToken,
+    /// What its readiness and liveness probes share (one connection, its last answer).
+    pub session: crate::supervisor::probe::Session,
     /// orch's registration of a command instance in the registry.
     pub registration: Option<kit::Shutdown>,
 }

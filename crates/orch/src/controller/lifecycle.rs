@@ -158,7 +158,8 @@ impl Controller {
             });
         }
         instance.generation = generation;
-        let proc = Proc { pid, probes: probes.clone(), exited, registration: None };
+        let session = probe::Session::new(instance.slot.port);
+        let proc = Proc { pid, probes: probes.clone(), exited, session: session.clone(), registration: None };
         instance.state = State::Starting { proc, since: Instant::now() };
         instance.started_at = Some(SystemTime::now());
         if after_crash {
@@ -179,7 +180,7 @@ impl Controller {
             self.on_probe(&id, generation, ProbeKind::Readiness, true, String::new());
         } else {
             let probe = service.readiness.clone();
-            spawn_probe(&self.tx, &id, generation, ProbeKind::Readiness, port, probe, probes);
+            spawn_probe(&self.tx, &id, generation, ProbeKind::Readiness, probe, session, probes);
         }
     }
 
@@ -209,8 +210,9 @@ impl Controller {
                     State::Starting { proc, since } => {
                         // Liveness probing starts once the instance has been ready.
                         if service.liveness.check != Check::None {
-                            let (probe, probes) = (service.liveness.clone(), proc.probes.clone());
-                            spawn_probe(&self.tx, id, generation, ProbeKind::Liveness, port, probe, probes);
+                            let (probe, session) = (service.liveness.clone(), proc.session.clone());
+                            let probes = proc.probes.clone();
+                            spawn_probe(&self.tx, id, generation, ProbeKind::Liveness, probe, session, probes);
                         }
                         let liveness = Liveness::default();
                         instance.state = State::Running { proc, ready_since: Some(Instant::now()), liveness };
@@ -460,25 +462,24 @@ fn register(
     shutdown
 }
 
-/// Runs the `kind` probe of process `generation` of `id` on `port` until `probes` is
-/// cancelled, on a connection of its own kept from probe to probe; its reports come back to
-/// the controller as events.
+/// Runs the `kind` probe of process `generation` of `id` until `probes` is
+/// cancelled, in the process's probe `session` (one connection kept from probe to probe);
+/// its reports come back to the controller as events.
 fn spawn_probe(
     tx: &mpsc::UnboundedSender<Event>,
     id: &InstanceId,
     generation: u64,
     kind: ProbeKind,
-    port: u16,
     probe: Probe,
+    session: probe::Session,
     probes: CancellationToken,
 ) {
     let (tx, id) = (tx.clone(), id.clone());
     let report = move |ok, detail| {
         let _ = tx.send(Event::Probe { id: id.clone(), generation, kind, ok, detail });
     };
-    let http = probe::keep_alive();
     match kind {
-        ProbeKind::Readiness => tokio::spawn(probe::readiness(http, port, probe, probes, report)),
-        ProbeKind::Liveness => tokio::spawn(probe::liveness(http, port, probe, probes, report)),
+        ProbeKind::Readiness => tokio::spawn(probe::readiness(session, probe, probes, report)),
+        ProbeKind::Liveness => tokio::spawn(probe::liveness(session, probe, probes, report)),
     };
 }

@@ -180,6 +180,14 @@ pub struct Probe {
     pub failure_threshold: u32,
 }
 
+impl Probe {
+    /// Whether the manifest left the period unset, so the probe may be calmer while all is well
+    /// (`steadyPeriodMs` above `periodMs`; a period the manifest sets holds at all times).
+    pub fn calm_when_well(&self) -> bool {
+        self.steady_period_ms > self.period_ms
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Check {

@@ -87,14 +87,15 @@ fn defaults() {
     assert!(reg.socket_activation && !reg.register && reg.registers);
     assert_eq!(reg.readiness.check, Check::Http("/ready".into()));
     assert!(reg.readiness.period_ms <= 500);
-    // A ready instance is probed at a calmer pace; liveness keeps its pace (a hang is found
-    // as fast as before).
+    // A ready instance is probed at a calmer pace, and so is a live one.
     assert_eq!(reg.readiness.steady_period_ms, 2000);
-    assert_eq!(reg.liveness.steady_period_ms, reg.liveness.period_ms);
+    assert!(reg.readiness.calm_when_well() && reg.liveness.calm_when_well());
     assert_eq!(reg.liveness.check, Check::Http("/health".into()));
-    // A hung process is noticed within about 3 s, and a probe ends before the next is due.
-    assert!(reg.liveness.period_ms * u64::from(reg.liveness.failure_threshold) <= 3000);
-    assert!(reg.liveness.timeout_ms < reg.liveness.period_ms);
+    // A hung process is noticed within about 3 s: the first probe after the hang, then one
+    // timeout per failure (a probe ends before the next is due).
+    let (live, failures) = (&reg.liveness, u64::from(reg.liveness.failure_threshold));
+    assert!(live.steady_period_ms + failures * live.timeout_ms.max(live.period_ms) <= 3000);
+    assert!(live.timeout_ms <= live.period_ms);
     assert_eq!(
         reg.restart,
         Restart {

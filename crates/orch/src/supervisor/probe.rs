@@ -9,10 +9,15 @@
 //!
 //! The pace ([`pace`]): `periodMs` while starting, failing or not ready; the calmer
 //! `steadyPeriodMs` while all is well (the same unless the manifest left the period unset).
-//! Each loop keeps its HTTP connection from probe to probe (one per loop, so a probe never
-//! meets an older process of the instance); a failed probe drops it, and the next connects
-//! again.
+//! The two loops of one process share a [`Session`]: its HTTP connections kept from probe to
+//! probe (one while they take turns, a second while they overlap; a new process gets a new session, so a probe never meets an older process of the
+//! instance; a failed probe drops the connection, and the next connects again), and when the
+//! process last answered an HTTP probe. A liveness probe whose period the manifest left unset
+//! ([`Probe::calm_when_well`]) counts any answer as a sign of life while it is not failing: it
+//! probes only when `steadyPeriodMs` passed without one ([`liveness_due`]), so a ready
+//! instance costs one probe per liveness period, not one of each kind.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -32,12 +37,34 @@ pub fn client() -> reqwest::Client {
         .expect("building an HTTP client without TLS cannot fail")
 }
 
-/// The client of one probe loop: its one connection kept alive between probes.
-pub fn keep_alive() -> reqwest::Client {
-    kit::http::client_builder()
-        .pool_max_idle_per_host(1)
-        .build()
-        .expect("building an HTTP client without TLS cannot fail")
+/// What the probe loops of one process share: its port, the client that keeps one connection
+/// to it alive between probes, and when it last answered one.
+#[derive(Clone)]
+pub struct Session {
+    http: reqwest::Client,
+    port: u16,
+    answered: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Session {
+    /// A session with the process listening on `port`.
+    pub fn new(port: u16) -> Self {
+        let http = kit::http::client_builder()
+            // One connection while the probes take turns; a second kept for when they overlap
+            // (closing it would make the next overlap connect again).
+            .pool_max_idle_per_host(2)
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        Session { http, port, answered: Arc::default() }
+    }
+
+    fn answered_at(&self) -> Option<Instant> {
+        *self.answered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn answered_now(&self) {
+        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
 }
 
 /// The pause from the start of one probe to the next: fast in the first moments of a start
@@ -51,6 +78,16 @@ pub fn pace(probe: &Probe, starting: bool, failures: u32) -> Duration {
         period
     } else {
         Duration::from_millis(probe.steady_period_ms.max(probe.period_ms))
+    }
+}
+
+/// When the next liveness probe is due: `next` (the loop's own pace) while failing or when
+/// the period is the manifest's; else no sooner than `steadyPeriodMs` after the process last
+/// answered any probe (`answered`).
+pub fn liveness_due(probe: &Probe, next: Instant, failing: bool, answered: Option<Instant>) -> Instant {
+    match answered {
+        Some(at) if !failing && probe.calm_when_well() => next.max(at + pace(probe, false, 0)),
+        _ => next,
     }
 }
 
@@ -79,8 +116,7 @@ pub async fn check(http: &reqwest::Client, port: u16, probe: &Probe) -> Result<(
 
 /// Runs a readiness probe until `cancel`; `report(ready, detail)` on every change.
 pub async fn readiness(
-    http: reqwest::Client,
-    port: u16,
+    session: Session,
     probe: Probe,
     cancel: CancellationToken,
     mut report: impl FnMut(bool, String),
@@ -93,11 +129,14 @@ pub async fn readiness(
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = check(&http, port, &probe) => outcome,
+            outcome = check(&session.http, session.port, &probe) => outcome,
         };
         match outcome {
             Ok(()) => {
                 failures = 0;
+                if matches!(probe.check, Check::Http(_)) {
+                    session.answered_now();
+                }
                 if !ready {
                     ready = true;
                     ever_ready = true;
@@ -123,36 +162,41 @@ pub async fn readiness(
 }
 
 /// Runs a liveness probe until `cancel`; `report(ok, detail)` on each failure and on the
-/// first success after failures.
-pub async fn liveness(
-    http: reqwest::Client,
-    port: u16,
-    probe: Probe,
-    cancel: CancellationToken,
-    mut report: impl FnMut(bool, String),
-) {
+/// first success after failures. It begins when the process has been ready.
+pub async fn liveness(session: Session, probe: Probe, cancel: CancellationToken, mut report: impl FnMut(bool, String)) {
     let mut failing = false;
+    let mut next = Instant::now();
     loop {
+        // Looked at again after every pause: an answer meanwhile moves the probe later.
+        let due = liveness_due(&probe, next, failing, session.answered_at());
+        if due > Instant::now() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            continue;
+        }
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = check(&http, port, &probe) => outcome,
+            outcome = check(&session.http, session.port, &probe) => outcome,
         };
         match outcome {
-            Ok(()) if failing => {
-                failing = false;
-                report(true, String::new());
+            Ok(()) => {
+                if matches!(probe.check, Check::Http(_)) {
+                    session.answered_now();
+                }
+                if failing {
+                    failing = false;
+                    report(true, String::new());
+                }
             }
-            Ok(()) => {}
             Err(why) => {
                 failing = true;
                 report(false, why);
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(started + pace(&probe, false, u32::from(failing))) => {}
-        }
+        next = started + pace(&probe, false, u32::from(failing));
     }
 }
 
@@ -173,6 +217,11 @@ mod tests {
             timeout_ms: 200,
             failure_threshold: threshold,
         }
+    }
+
+    /// An HTTP probe whose period the manifest left unset: `steady` while well.
+    fn calm(path: &str, period_ms: u64, steady_period_ms: u64, timeout_ms: u64, failure_threshold: u32) -> Probe {
+        Probe { check: Check::Http(path.into()), period_ms, steady_period_ms, timeout_ms, failure_threshold }
     }
 
     /// A server whose /ready answers 200 while `healthy` is true.
@@ -219,7 +268,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let log = seen.clone();
         let task =
-            tokio::spawn(readiness(client(), port, http_probe("/ready", 10, 3), cancel.clone(), move |ok, why| {
+            tokio::spawn(readiness(Session::new(port), http_probe("/ready", 10, 3), cancel.clone(), move |ok, why| {
                 log.lock().unwrap().push((ok, why))
             }));
         let changes = |n: usize| {
@@ -246,13 +295,7 @@ mod tests {
     #[test]
     fn the_pace_is_fast_while_starting_or_failing_and_calm_while_well() {
         let ms = Duration::from_millis;
-        let unset = Probe {
-            check: Check::Http("/ready".into()),
-            period_ms: 200,
-            steady_period_ms: 2000,
-            timeout_ms: 1000,
-            failure_threshold: 3,
-        };
+        let unset = calm("/ready", 200, 2000, 1000, 3);
         let set = Probe { steady_period_ms: 50, period_ms: 50, ..unset.clone() };
         let slow = Probe { steady_period_ms: 5000, period_ms: 5000, ..unset.clone() };
         // (probe, starting, failures) -> pause
@@ -285,10 +328,101 @@ mod tests {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let http = keep_alive();
+        let http = Session::new(port).http;
         for _ in 0..5 {
             assert_eq!(check(&http, port, &http_probe("/health", 10, 1)).await, Ok(()));
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "five probes, one connection");
+    }
+
+    #[test]
+    fn an_unset_liveness_period_waits_for_a_stretch_without_answers() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let unset = calm("/health", 400, 1000, 400, 4);
+        let set = Probe { steady_period_ms: 400, ..unset.clone() };
+        // (probe, own next probe, failing, last answer) -> due
+        let table = [
+            (&unset, t0, false, None, t0),
+            (&unset, t0, false, Some(t0), t0 + ms(1000)),
+            (&unset, t0 + ms(1000), false, Some(t0 + ms(300)), t0 + ms(1300)),
+            (&unset, t0 + ms(1000), false, Some(t0 - ms(5000)), t0 + ms(1000)),
+            // Failing: its own pace, whatever answered before.
+            (&unset, t0 + ms(400), true, Some(t0 + ms(300)), t0 + ms(400)),
+            // A period the manifest sets holds.
+            (&set, t0 + ms(400), false, Some(t0 + ms(300)), t0 + ms(400)),
+        ];
+        for (i, (probe, next, failing, answered, want)) in table.into_iter().enumerate() {
+            assert_eq!(liveness_due(probe, next, failing, answered), want, "row {i}");
+        }
+    }
+
+    /// A server counting its `/ready` and `/health` requests (both answer 200).
+    async fn counting_server() -> (u16, Arc<[std::sync::atomic::AtomicUsize; 2]>) {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let (ready, health) = (hits.clone(), hits.clone());
+        let app = axum::Router::new()
+            .route(
+                "/ready",
+                get(move || async move {
+                    ready[0].fetch_add(1, SeqCst);
+                    StatusCode::OK
+                }),
+            )
+            .route(
+                "/health",
+                get(move || async move {
+                    health[1].fetch_add(1, SeqCst);
+                    StatusCode::OK
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (port, hits)
+    }
+
+    async fn hits_reach(hits: &Arc<[std::sync::atomic::AtomicUsize; 2]>, which: usize, n: usize) {
+        kit::testing::eventually(Duration::from_secs(10), "probe requests", || {
+            let seen = hits[which].load(std::sync::atomic::Ordering::SeqCst);
+            async move { (seen >= n).then_some(()) }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn readiness_answers_stand_in_for_liveness_probes_of_an_unset_period() {
+        let (port, hits) = counting_server().await;
+        let session = Session::new(port);
+        let readiness_probe = http_probe("/ready", 10, 3);
+        // Unset: calm while well, a stretch of 3 s without an answer before probing.
+        let calm = Probe { steady_period_ms: 3000, ..http_probe("/health", 20, 4) };
+        let (ready_cancel, live_cancel) = (CancellationToken::new(), CancellationToken::new());
+        let ready = tokio::spawn(readiness(session.clone(), readiness_probe, ready_cancel.clone(), |_, _| {}));
+        hits_reach(&hits, 0, 1).await;
+        let live = tokio::spawn(liveness(session.clone(), calm, live_cancel.clone(), |_, _| {}));
+        hits_reach(&hits, 0, 30).await;
+        let health = hits[1].load(std::sync::atomic::Ordering::SeqCst);
+        // Readiness answered every 10 ms: no liveness probe was due.
+        assert_eq!(health, 0, "liveness probed although readiness answered");
+        ready_cancel.cancel();
+        ready.await.unwrap();
+        // Without answers, liveness probes again.
+        hits_reach(&hits, 1, 2).await;
+        live_cancel.cancel();
+        live.await.unwrap();
+
+        // A period the manifest sets holds, answers or not.
+        let (port, hits) = counting_server().await;
+        let session = Session::new(port);
+        let cancel = CancellationToken::new();
+        let ready = tokio::spawn(readiness(session.clone(), http_probe("/ready", 10, 3), cancel.clone(), |_, _| {}));
+        let live = tokio::spawn(liveness(session, http_probe("/health", 20, 4), cancel.clone(), |_, _| {}));
+        hits_reach(&hits, 1, 5).await;
+        assert!(hits[0].load(std::sync::atomic::Ordering::SeqCst) > 0);
+        cancel.cancel();
+        ready.await.unwrap();
+        live.await.unwrap();
     }
 }
