@@ -22,7 +22,7 @@
 //! connection after its own idle timeout (`HTTP_IDLE_TIMEOUT_MS`, 60 s), and a request
 //! written at that moment may be lost after it left (a POST without an `Idempotency-Key`
 //! then gets 502). So, as nginx's `keepalive_timeout` and Envoy's `idle_timeout` for
-//! upstreams do, a connection idle longer than `BALANCER_UPSTREAM_IDLE_MS` (50 s, safely
+//! upstreams do, a connection idle longer than `BALANCER_UPSTREAM_IDLE_MS` (5 s, safely
 //! below the backends') is never reused: its idle time starts at checkin, and checkout
 //! drops it. A list is ordered by that time (pushed and popped at its end), so checkout
 //! stops at the first one too old, and checkin drops the too old ones at its start.

@@ -4,6 +4,7 @@
 //! entry point, `serve(config, listener, shutdown)`. Everything around that entry point that
 //! is the same for all of them lives here:
 //!
+//! - [`alloc`]: glibc malloc's arenas capped, and what a burst freed handed back once it ends.
 //! - [`config`]: typed configuration from environment variables ([`Vars`]), with the
 //!   original system's names (`PORT`, `SERVICE_NAME`, `SERVICE_REGISTRY_URL`, ...).
 //! - [`telemetry`]: `tracing` setup, human-readable or JSON lines (`LOG_FORMAT=json`).
@@ -34,6 +35,7 @@
 //!
 //! **Invariant:** kit depends on no other crate of the workspace.
 
+pub mod alloc;
 pub mod config;
 pub mod db;
 pub mod guard;

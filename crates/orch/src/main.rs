@@ -159,6 +159,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    kit::alloc::init();
     private_files();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -186,6 +187,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Command::Apply { .. }) {
+        runtime.spawn(kit::alloc::trim_after_bursts());
+    }
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(failure) => failure.exit(),

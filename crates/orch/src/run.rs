@@ -79,6 +79,7 @@ where
         let listener = kit::listen::listener(&kit, vars).await?;
         let shutdown = Shutdown::new();
         shutdown.trigger_on_signals();
+        tokio::spawn(kit::alloc::trim_after_bursts());
         serve(config, listener, shutdown).await?;
         Ok(())
     })

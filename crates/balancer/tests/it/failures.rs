@@ -311,7 +311,7 @@ async fn backend_connections_idle_too_long_are_not_reused() {
 
     let balancer = over(&[backend.port()], &[one_worker]).await;
     let first = connection(&balancer).await;
-    assert_eq!(connection(&balancer).await, first, "idle for less than the default 50 s: reused");
+    assert_eq!(connection(&balancer).await, first, "idle for less than the default 5 s: reused");
     balancer.stop().await;
 
     const IDLE: Duration = Duration::from_millis(100);
