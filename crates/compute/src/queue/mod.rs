@@ -38,7 +38,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use kit::db::{Db, Dialect};
+use kit::db::Db;
 use kit::idempotency::{self, Stored};
 use kit::time::unix_millis;
 use serde::Serialize;
@@ -47,11 +47,9 @@ use sqlx::Row;
 
 mod job;
 mod settle;
-mod submit;
 
 pub use job::{Job, JobView, Status};
 pub use settle::{Outcome, Settled};
-pub use submit::SubmitStats;
 
 /// The idempotency scope of job submissions.
 pub const SUBMIT_SCOPE: &str = "POST /api/compute/job";
@@ -161,12 +159,11 @@ pub struct WorkerStats {
 #[derive(Clone, Debug)]
 pub struct Queue {
     db: Db,
-    batcher: submit::Batcher,
 }
 
 impl Queue {
     pub fn new(db: Db) -> Self {
-        Self { db, batcher: submit::Batcher::default() }
+        Self { db }
     }
 
     pub fn db(&self) -> &Db {
@@ -175,13 +172,10 @@ impl Queue {
 
     /// Queues `job`; with an idempotency key already seen, answers the first outcome and
     /// queues nothing. The lookup, the insert and the record are one write transaction,
-    /// committed before this returns; on SQLite it is shared with the submits of this
-    /// process that wait meanwhile (`submit`).
+    /// committed before this returns; on SQLite it is a member of the process's group commit
+    /// (`kit::db::group`), so the submits that wait meanwhile share one `fsync`.
     pub async fn submit(&self, job: &NewJob, idem: Option<Idempotency<'_>>) -> Result<Submitted, sqlx::Error> {
         let db = &self.db;
-        if db.dialect() == Dialect::Sqlite {
-            return self.batcher.submit(db, job, idem).await;
-        }
         let idem = idem.as_ref();
         kit::db::retry(db, move || async move {
             let mut tx = kit::db::begin_write(db).await?;
@@ -190,11 +184,6 @@ impl Queue {
             Ok(submitted)
         })
         .await
-    }
-
-    /// What the batched submits (SQLite) of this queue came to so far.
-    pub fn submit_stats(&self) -> SubmitStats {
-        self.batcher.stats()
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {

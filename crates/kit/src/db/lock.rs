@@ -208,13 +208,11 @@ impl WriteLock {
     }
 
     /// Writers of this process waiting for their turn.
-    #[cfg(test)]
     pub(super) fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::SeqCst)
     }
 
     /// Sets how long a group takes more members.
-    #[cfg(test)]
     pub(super) fn set_hold(&self, hold: Duration) {
         self.shared.hold_micros.store(hold.as_micros() as u64, Ordering::Relaxed);
     }

@@ -255,6 +255,21 @@ impl Db {
         self.write_lock.as_ref().map_or(0, |lock| lock.group_commits())
     }
 
+    /// How many writers of this handle wait for their turn at its SQLite file (tests).
+    #[doc(hidden)]
+    pub fn writers_queued(&self) -> usize {
+        self.write_lock.as_ref().map_or(0, |lock| lock.queued())
+    }
+
+    /// Lets this handle's groups take members for `hold` (tests: [`group::HOLD`] is short
+    /// enough for a slow build to end a group between two members).
+    #[doc(hidden)]
+    pub fn hold_groups_for(&self, hold: std::time::Duration) {
+        if let Some(lock) = &self.write_lock {
+            lock.set_hold(hold);
+        }
+    }
+
     fn check_ready(&self) -> Result<(), sqlx::Error> {
         match &*self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) {
             None => Ok(()),
