@@ -14,7 +14,6 @@ use kit::Shutdown;
 use kit::metrics::{Counter, Family, Gauge, Histogram, Labels};
 
 use crate::AppState;
-use crate::queue::Status;
 
 /// How often the queue's depth is read for `compute_jobs`.
 pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
@@ -34,10 +33,10 @@ impl Metrics {
         self.operations.get_or_create(&[("operation", operation.to_owned()), ("place", place.to_owned())]).inc();
     }
 
-    /// The queue's depth: jobs by status, in [`Status::ALL`] order.
-    pub fn depth(&self, counts: [i64; 5]) {
-        for (status, n) in Status::ALL.iter().zip(counts) {
-            self.jobs.get_or_create(&[("status", status.as_str().to_owned())]).set(n);
+    /// The queue's depth: jobs by status.
+    pub fn depth(&self, counts: impl IntoIterator<Item = (&'static str, i64)>) {
+        for (status, n) in counts {
+            self.jobs.get_or_create(&[("status", status.to_owned())]).set(n);
         }
     }
 }
@@ -49,7 +48,7 @@ pub async fn run(state: AppState, shutdown: Shutdown) {
     let seen = scrapes.clone();
     kit::metrics::on_scrape(move || seen.scraped());
     while_scraped(&scrapes, &shutdown, || async {
-        match state.queue.counts().await {
+        match state.queue.depth().await {
             Ok(counts) => get().depth(counts),
             Err(e) => tracing::debug!(error = %e, "reading the queue's depth failed"),
         }

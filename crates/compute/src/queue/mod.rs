@@ -173,7 +173,7 @@ impl Queue {
     /// Queues `job`; with an idempotency key already seen, answers the first outcome and
     /// queues nothing. The lookup, the insert and the record are one write transaction,
     /// committed before this returns; on SQLite it is a member of the process's group commit
-    /// (`kit::db::group`), so the submits that wait meanwhile share one `fsync`.
+    /// (`kit::db::lock::group`), so the submits that wait meanwhile share one `fsync`.
     pub async fn submit(&self, job: &NewJob, idem: Option<Idempotency<'_>>) -> Result<Submitted, sqlx::Error> {
         let db = &self.db;
         let idem = idem.as_ref();
@@ -289,6 +289,12 @@ impl Queue {
             Ok(stats)
         })
         .await
+    }
+
+    /// Jobs by status, each beside its status's name (for `/metrics`).
+    pub async fn depth(&self) -> Result<[(&'static str, i64); 5], sqlx::Error> {
+        let counts = self.counts().await?;
+        Ok(std::array::from_fn(|i| (Status::ALL[i].as_str(), counts[i])))
     }
 
     /// Jobs by status, in [`Status::ALL`] order (the queue's depth, for `/metrics`).

@@ -1,4 +1,4 @@
-//! Submits on SQLite share transactions (the group commit of `kit::db::group`): those that
+//! Submits on SQLite share transactions (the group commit of `kit::db::lock::group`): those that
 //! wait while a write is under way go into the next one together, each undone alone if it
 //! fails, each answered after the commit.
 

@@ -32,13 +32,15 @@
 //! (2.3 ms each on the test machine while it compiled, 434 commits/s from one writer; 104 000
 //! writes/s when 32 writes share a commit as savepoints), so the writes per second are
 //! bounded by commits per second times writes per commit. This lock removes the sleeping;
-//! [`super::group`] raises the writes per commit: the writers that pass the turn on among
+//! [`group`] raises the writes per commit: the writers that pass the turn on among
 //! themselves share one transaction, kept in the [`Tenure`] while the file is held. A turn,
 //! for [`TENURE`], is then a group (or a writer outside the groups).
 
 // std's `File::lock` family is stable since Rust 1.89, above the workspace's declared 1.85
 // (which the let chains in use, 1.88, already exceed); the toolchain that builds it is newer.
 #![allow(clippy::incompatible_msrv)]
+
+pub(super) mod group;
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -49,7 +51,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::group::{self, Group};
+use group::Group;
 
 /// How many turns in a row (a group commit, or a writer outside a group) one process may
 /// pass the file's lock on among its own writers (while more of them wait) before it goes

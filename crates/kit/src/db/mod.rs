@@ -25,7 +25,6 @@
 //! take, so a build needs no database. Where the dialects differ the code asks
 //! [`Db::dialect`]; that is only in the migrations and in a few statements.
 
-mod group;
 mod lock;
 pub mod pg;
 
@@ -54,7 +53,7 @@ pub use lock::Held;
 pub struct Tx {
     tx: Option<Transaction<'static, Any>>,
     lock: Option<Held>,
-    member: Option<group::Member>,
+    member: Option<lock::group::Member>,
 }
 
 impl Tx {
@@ -261,7 +260,7 @@ impl Db {
         self.write_lock.as_ref().map_or(0, |lock| lock.queued())
     }
 
-    /// Lets this handle's groups take members for `hold` (tests: [`group::HOLD`] is short
+    /// Lets this handle's groups take members for `hold` (tests: [`lock::group::HOLD`] is short
     /// enough for a slow build to end a group between two members).
     #[doc(hidden)]
     pub fn hold_groups_for(&self, hold: std::time::Duration) {
@@ -417,7 +416,7 @@ pub async fn begin_write(db: &Db) -> Result<Tx, sqlx::Error> {
     };
     db.check_ready()?;
     if let Some(lock) = &db.write_lock {
-        return Ok(Tx { tx: None, lock: None, member: Some(group::join(&db.pool, lock).await?) });
+        return Ok(Tx { tx: None, lock: None, member: Some(lock::group::join(&db.pool, lock).await?) });
     }
     begin_in_task(db, statement, None).await
 }
@@ -436,7 +435,7 @@ async fn write_lock(db: &Db) -> Result<Option<Held>, sqlx::Error> {
     match &db.write_lock {
         Some(lock) => {
             let held = lock.acquire(BUSY_TIMEOUT).await.map_err(sqlx::Error::Io)?;
-            group::end_before(held).await.map(Some)
+            lock::group::end_before(held).await.map(Some)
         }
         None => Ok(None),
     }

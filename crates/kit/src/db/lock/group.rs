@@ -3,7 +3,7 @@
 //! under `synchronous=FULL`) makes them all durable.
 //!
 //! **Why.** Under `FULL` every commit waits for the disk, so a file's writes per second are
-//! its commits per second times the writes per commit; the [`super::lock`] removed the
+//! its commits per second times the writes per commit; the [`super`] removed the
 //! sleeping between writers, this raises the second factor.
 //!
 //! **How.** The group lives beside the file's lock, in the [`Tenure`] guarded by the turn
@@ -24,7 +24,7 @@
 //! **Cancel-safety.** Every step that changes the group (open, savepoint, release, rollback,
 //! end) runs in a task of its own, which completes whoever waits on it; a member dropped
 //! mid-transaction is rolled back to its savepoint in a task; a group whose last member left
-//! is ended by whoever drops the turn ([`super::lock::Held`]'s drop). So a dropped member
+//! is ended by whoever drops the turn ([`super::Held`]'s drop). So a dropped member
 //! leaves nothing of its own in the group and never keeps it open.
 //!
 //! **Invariant:** a group is open only while its process holds the file's lock and the turn;
@@ -38,8 +38,8 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::lock::{Held, Tenure, WriteLock};
-use super::{BUSY_TIMEOUT, Conn};
+use super::{Held, Tenure, WriteLock};
+use crate::db::{BUSY_TIMEOUT, Conn};
 
 /// A group takes no more members once it has this many.
 pub const MEMBERS: u32 = 64;
@@ -53,7 +53,7 @@ type Outcome = Option<Result<(), Arc<str>>>;
 
 /// The transaction a process's writers share on the file.
 #[derive(Debug)]
-pub(super) struct Group {
+pub(in crate::db) struct Group {
     /// Taken when the group ends; a group dropped unended (its task dropped by a runtime
     /// shutting down) closes it, which rolls it back, rather than pool it mid-transaction.
     conn: Option<PoolConnection<Any>>,
@@ -92,20 +92,20 @@ pub struct Member {
 }
 
 impl Member {
-    pub(super) fn conn(&self) -> &Conn {
+    pub(in crate::db) fn conn(&self) -> &Conn {
         group(self.held.as_ref().expect("open until consumed").tenure())
             .conn
             .as_ref()
             .expect("open until the group ends")
     }
 
-    pub(super) fn conn_mut(&mut self) -> &mut Conn {
+    pub(in crate::db) fn conn_mut(&mut self) -> &mut Conn {
         group_mut(self.held.as_mut().expect("open until consumed").tenure_mut()).conn()
     }
 
     /// Releases the savepoint into the group and waits for the group's end: `Ok` once it is
     /// committed.
-    pub(super) async fn commit(mut self) -> Result<(), sqlx::Error> {
+    pub(in crate::db) async fn commit(mut self) -> Result<(), sqlx::Error> {
         let held = self.held.take().expect("open until consumed");
         in_task(leave(Leaving(Some(held)), true)).await??;
         let outcome = self.done.wait_for(Option::is_some).await.map(|o| o.clone());
@@ -117,7 +117,7 @@ impl Member {
     }
 
     /// Rolls back to the savepoint and leaves the group (ending it if it was the last).
-    pub(super) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+    pub(in crate::db) async fn rollback(mut self) -> Result<(), sqlx::Error> {
         let held = self.held.take().expect("open until consumed");
         in_task(leave(Leaving(Some(held)), false)).await?
     }
@@ -141,7 +141,7 @@ impl Drop for Member {
 
 /// Joins this process's group on `lock`'s file (opening it when none is open): waits for the
 /// turn, then opens the member's savepoint.
-pub(super) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Result<Member, sqlx::Error> {
+pub(in crate::db) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Result<Member, sqlx::Error> {
     let mut held = lock.acquire(BUSY_TIMEOUT).await.map_err(sqlx::Error::Io)?;
     let pool = pool.clone();
     // In a task: if the caller is gone when it is done, the member is dropped (rolled back).
@@ -166,7 +166,7 @@ pub(super) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Result<Membe
 
 /// Commits the group open under `held`, if any, keeping the turn: what a writer outside the
 /// groups (one statement, a migration) does before it writes on a connection of its own.
-pub(super) async fn end_before(mut held: Held) -> Result<Held, sqlx::Error> {
+pub(in crate::db) async fn end_before(mut held: Held) -> Result<Held, sqlx::Error> {
     if held.tenure().group.is_none() {
         return Ok(held);
     }
@@ -180,14 +180,14 @@ pub(super) async fn end_before(mut held: Held) -> Result<Held, sqlx::Error> {
 
 /// Whether the group open under `held` ends when the turn is passed on: nobody of this
 /// process waits for it, or the group is full, old or broken.
-pub(super) fn ends_with(held: &Held) -> bool {
+pub(in crate::db) fn ends_with(held: &Held) -> bool {
     held.tenure().group.as_ref().is_some_and(|g| held.queued() == 0 || !g.takes_more(held.hold()))
 }
 
 /// Ends the group under `held` in a task of its own (see [`end`]). The group is taken out
 /// first: if the task never runs (no runtime, or one shutting down), the group is dropped
 /// (rolled back, its members told it failed) and the turn passed on without it.
-pub(super) fn end_in_task(mut held: Held) {
+pub(in crate::db) fn end_in_task(mut held: Held) {
     let group = held.tenure_mut().group.take();
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
