@@ -195,7 +195,7 @@ async fn execute(state: &AppState, worker: &str, claimed: &Claimed, shutdown: &S
         // Validated at submit; only a newer version's operation could get here.
         Err(e) => Some(Err(ExecError::Invalid(e))),
         Ok((_, task)) => {
-            let work = state.executor.run(task, state.config.job_time_limit);
+            let work = state.executor.run_job(task, state.config.job_time_limit);
             let run = async {
                 tokio::select! {
                     outcome = work => Some(outcome),

@@ -18,6 +18,8 @@ use super::Bench;
 use super::support::{TIGHT, rand_suffix, ready_instance, sigkill, submit_job, until, upstream_of, wrk_row};
 
 const JOBS: usize = 1000;
+/// compute's default `COMPUTE_WORKERS`: the job slots of each instance.
+const WORKERS: usize = 8;
 /// Registered users whose logins are measured.
 const USERS: usize = 4;
 const PASSWORD: &str = "bench-password";
@@ -223,11 +225,12 @@ impl Bench {
                 .shown(format!("{} jobs/s", show_count(per_second)))
                 .how(format!(
                     "{JOBS} add jobs POSTed by {TASKS} client tasks (all accepted in {}), then /api/compute/stats polled \
-                     every 10 ms until all finished: first submit to last completion, 3 instances × 2 workers, \
+                     every 10 ms until all finished: first submit to last completion, 3 instances × {WORKERS} workers, \
                      {failed} failed",
                     show_ms(ms(submitted))
                 ))
                 .detail("jobs", JOBS)
+                .detail("clients", TASKS)
                 .detail("submitMs", ms(submitted))
                 .detail("allDoneMs", ms(all))
                 .detail("failed", failed),
