@@ -13,12 +13,13 @@
 //!   of sitting in another thread's arena. Threads still keep a cache of small chunks
 //!   (tcache) and take an arena's lock only past it. `MALLOC_ARENA_MAX` in the environment
 //!   (glibc's own setting) wins.
-//! - [`trim_after_bursts`], a task of the process's runtime: once a second it reads the
-//!   process's CPU time; the first quiet second after a busy one (a burst ended) it calls
+//! - [`trim_after_bursts`], a task of the process's runtime: it reads the process's CPU time
+//!   once a second while work goes on, and every [`REST_TICK`] at rest (an idle process
+//!   wakes for it rarely); the first quiet second after a busy tick (a burst ended) it calls
 //!   `malloc_trim(0)`, which hands every wholly free page of every arena back to the kernel
 //!   (`MADV_DONTNEED`, no copying). A [`Trimmer`] decides; it never trims while the process
-//!   is busy, so a load pays nothing, and at rest it trims at most every [`REARM_TICKS`]
-//!   seconds (what a trickle of work leaves).
+//!   is busy, so a load pays nothing, and at rest it trims at most every [`REARM`] (what a
+//!   trickle of work leaves).
 //!
 //! Elsewhere (another libc, another OS) both are no-ops.
 
@@ -26,13 +27,15 @@ use std::time::Duration;
 
 /// The most malloc arenas a process keeps (`M_ARENA_MAX`): one per async worker thread.
 pub const ARENAS: i32 = 2;
-/// How often [`trim_after_bursts`] looks at the process's CPU time.
+/// How often [`trim_after_bursts`] looks at the process's CPU time after a busy tick.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How often it looks at rest (trimmed, nothing busy since).
+pub const REST_TICK: Duration = Duration::from_secs(10);
 /// A tick in which the process used at least this share of one core (1/20: 50 ms of CPU
 /// in a second) is busy.
 pub const BUSY_SHARE: u32 = 20;
-/// Quiet ticks after which a trim is due even without a burst before them.
-pub const REARM_TICKS: u32 = 60;
+/// Quiet time after which a trim is due even without a burst before it.
+pub const REARM: Duration = Duration::from_secs(60);
 
 /// Caps the number of malloc arenas at [`ARENAS`], unless `MALLOC_ARENA_MAX` is set.
 /// Call it first in `main`, before any thread is started.
@@ -46,13 +49,12 @@ pub fn init() {
 /// life of the runtime (spawn it; it ends when the runtime does).
 pub async fn trim_after_bursts() {
     let mut trimmer = Trimmer::default();
-    let mut ticks = tokio::time::interval(TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = sys::cpu_time();
     loop {
-        ticks.tick().await;
+        let period = trimmer.period();
+        tokio::time::sleep(period).await;
         let now = sys::cpu_time();
-        if trimmer.tick(now.saturating_sub(last), TICK) {
+        if trimmer.tick(now.saturating_sub(last), period) {
             sys::trim();
         }
         last = now;
@@ -60,32 +62,38 @@ pub async fn trim_after_bursts() {
 }
 
 /// When to trim: after the first quiet tick that follows a busy one (or the start), and
-/// after [`REARM_TICKS`] quiet ticks in a row; never right after a busy tick.
+/// after [`REARM`] of quiet ticks in a row; never right after a busy tick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Trimmer {
     /// A trim is due at the next quiet tick.
     armed: bool,
-    /// Quiet ticks since the last trim or busy tick.
-    quiet: u32,
+    /// Quiet time since the last trim or busy tick.
+    quiet: Duration,
 }
 
 impl Default for Trimmer {
     /// Armed: what starting up allocated and freed is handed back at the first quiet tick.
     fn default() -> Self {
-        Self { armed: true, quiet: 0 }
+        Self { armed: true, quiet: Duration::ZERO }
     }
 }
 
 impl Trimmer {
+    /// The length of the next tick: [`TICK`] while a trim is due (the end of a burst is
+    /// looked for each second), else [`REST_TICK`].
+    pub fn period(&self) -> Duration {
+        if self.armed { TICK } else { REST_TICK }
+    }
+
     /// One tick of length `period` in which the process used `cpu`: whether to trim now.
     pub fn tick(&mut self, cpu: Duration, period: Duration) -> bool {
         if cpu * BUSY_SHARE >= period {
-            *self = Self { armed: true, quiet: 0 };
+            *self = Self { armed: true, quiet: Duration::ZERO };
             return false;
         }
-        self.quiet += 1;
-        if self.armed || self.quiet >= REARM_TICKS {
-            *self = Self { armed: false, quiet: 0 };
+        self.quiet += period;
+        if self.armed || self.quiet >= REARM {
+            *self = Self { armed: false, quiet: Duration::ZERO };
             return true;
         }
         false
@@ -146,6 +154,19 @@ mod tests {
     }
 
     #[test]
+    fn ticks_are_slow_at_rest_and_each_second_after_a_burst() {
+        let mut t = Trimmer::default();
+        assert_eq!(t.period(), TICK, "the start's trim is due");
+        assert!(t.tick(QUIET, TICK));
+        assert_eq!(t.period(), REST_TICK);
+        // A burst within a rest tick: 5 % of it is busy; then the end is looked for each second.
+        assert!(!t.tick(REST_TICK / BUSY_SHARE, REST_TICK));
+        assert_eq!(t.period(), TICK);
+        assert!(t.tick(Duration::ZERO, TICK));
+        assert_eq!(t.period(), REST_TICK);
+    }
+
+    #[test]
     fn trims_once_after_start_and_once_after_each_burst() {
         let mut t = Trimmer::default();
         assert_eq!(trims(&mut t, &[QUIET, QUIET, QUIET]), [true, false, false]);
@@ -157,25 +178,25 @@ mod tests {
 
     #[test]
     fn the_busy_share_is_relative_to_the_period() {
-        let mut t = Trimmer { armed: false, quiet: 0 };
+        let mut t = Trimmer { armed: false, quiet: Duration::ZERO };
         assert!(!t.tick(Duration::from_millis(100), 2 * SECOND), "5 % of two seconds is busy");
         assert!(t.tick(Duration::from_millis(99), 2 * SECOND), "under 5 % is quiet: the burst ended");
     }
 
     #[test]
-    fn a_long_quiet_stretch_trims_every_rearm_ticks() {
-        let mut t = Trimmer { armed: false, quiet: 0 };
-        let run = trims(&mut t, &vec![QUIET; 3 * REARM_TICKS as usize]);
+    fn a_long_quiet_stretch_trims_every_rearm() {
+        let mut t = Trimmer { armed: false, quiet: Duration::ZERO };
+        let n = (REARM.as_secs() / REST_TICK.as_secs()) as usize;
+        let run: Vec<bool> = (0..3 * n).map(|_| t.tick(QUIET, REST_TICK)).collect();
         let at: Vec<usize> = run.iter().enumerate().filter(|&(_, &trim)| trim).map(|(i, _)| i + 1).collect();
-        let n = REARM_TICKS as usize;
         assert_eq!(at, [n, 2 * n, 3 * n]);
     }
 
     #[test]
     fn a_busy_tick_restarts_the_quiet_count() {
-        let mut t = Trimmer { armed: false, quiet: REARM_TICKS - 1 };
+        let mut t = Trimmer { armed: false, quiet: REARM - SECOND };
         assert!(!t.tick(BUSY, SECOND));
-        assert_eq!(t, Trimmer { armed: true, quiet: 0 });
+        assert_eq!(t, Trimmer { armed: true, quiet: Duration::ZERO });
     }
 
     #[test]

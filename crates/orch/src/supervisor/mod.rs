@@ -11,6 +11,7 @@ pub mod double;
 pub mod drain;
 pub mod logs;
 pub mod probe;
+mod probe_get;
 pub mod spawn;
 
 use std::os::unix::process::ExitStatusExt;

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::probe_get::{self, Conns, GetError};
 use crate::manifest::{Check, Probe};
 
 /// Retry pace before the first success, for at most [`STARTUP_WINDOW`] after the start.
@@ -37,11 +38,11 @@ pub fn client() -> reqwest::Client {
         .expect("building an HTTP client without TLS cannot fail")
 }
 
-/// What the probe loops of one process share: its port, the client that keeps one connection
-/// to it alive between probes, and when it last answered one.
+/// What the probe loops of one process share: its port, the connections to it kept between
+/// probes ([`probe_get`]), and when it last answered one.
 #[derive(Clone)]
 pub struct Session {
-    http: reqwest::Client,
+    conns: Conns,
     port: u16,
     answered: Arc<Mutex<Option<Instant>>>,
 }
@@ -49,13 +50,7 @@ pub struct Session {
 impl Session {
     /// A session with the process listening on `port`.
     pub fn new(port: u16) -> Self {
-        let http = kit::http::client_builder()
-            // One connection while the probes take turns; a second kept for when they overlap
-            // (closing it would make the next overlap connect again).
-            .pool_max_idle_per_host(2)
-            .build()
-            .expect("building an HTTP client without TLS cannot fail");
-        Session { http, port, answered: Arc::default() }
+        Session { conns: Conns::default(), port, answered: Arc::default() }
     }
 
     fn answered_at(&self) -> Option<Instant> {
@@ -91,9 +86,9 @@ pub fn liveness_due(probe: &Probe, next: Instant, failing: bool, answered: Optio
     }
 }
 
-/// One probe of the instance on `port`.
-pub async fn check(http: &reqwest::Client, port: u16, probe: &Probe) -> Result<(), String> {
-    let timeout = Duration::from_millis(probe.timeout_ms);
+/// One probe of the session's process.
+pub async fn check(session: &Session, probe: &Probe) -> Result<(), String> {
+    let (port, timeout) = (session.port, Duration::from_millis(probe.timeout_ms));
     match &probe.check {
         Check::None => Ok(()),
         Check::Tcp => match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
@@ -101,16 +96,13 @@ pub async fn check(http: &reqwest::Client, port: u16, probe: &Probe) -> Result<(
             Ok(Err(e)) => Err(format!("port {port}: {e}")),
             Err(_) => Err(format!("port {port}: no connection within {} ms", probe.timeout_ms)),
         },
-        Check::Http(path) => {
-            let url = format!("http://127.0.0.1:{port}{path}");
-            match http.get(&url).timeout(timeout).send().await {
-                Ok(res) if res.status().is_success() => Ok(()),
-                Ok(res) => Err(format!("GET {path} answered {}", res.status().as_u16())),
-                Err(e) if e.is_timeout() => Err(format!("GET {path}: no answer within {} ms", probe.timeout_ms)),
-                Err(e) if e.is_connect() => Err(format!("GET {path}: connection refused")),
-                Err(e) => Err(format!("GET {path}: {e}")),
-            }
-        }
+        Check::Http(path) => match probe_get::get(&session.conns, port, path, timeout).await {
+            Ok(status) if (200..300).contains(&status) => Ok(()),
+            Ok(status) => Err(format!("GET {path} answered {status}")),
+            Err(GetError::TimedOut) => Err(format!("GET {path}: no answer within {} ms", probe.timeout_ms)),
+            Err(GetError::Refused) => Err(format!("GET {path}: connection refused")),
+            Err(GetError::Other(e)) => Err(format!("GET {path}: {e}")),
+        },
     }
 }
 
@@ -129,7 +121,7 @@ pub async fn readiness(
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = check(&session.http, session.port, &probe) => outcome,
+            outcome = check(&session, &probe) => outcome,
         };
         match outcome {
             Ok(()) => {
@@ -179,7 +171,7 @@ pub async fn liveness(session: Session, probe: Probe, cancel: CancellationToken,
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = check(&session.http, session.port, &probe) => outcome,
+            outcome = check(&session, &probe) => outcome,
         };
         match outcome {
             Ok(()) => {
@@ -243,20 +235,20 @@ mod tests {
     async fn checks_say_what_failed() {
         let healthy = Arc::new(Mutex::new(false));
         let port = server(healthy.clone()).await;
-        let http = client();
-        assert_eq!(check(&http, port, &http_probe("/ready", 100, 1)).await, Err("GET /ready answered 503".into()));
+        let session = Session::new(port);
+        assert_eq!(check(&session, &http_probe("/ready", 100, 1)).await, Err("GET /ready answered 503".into()));
         *healthy.lock().unwrap() = true;
-        assert_eq!(check(&http, port, &http_probe("/ready", 100, 1)).await, Ok(()));
+        assert_eq!(check(&session, &http_probe("/ready", 100, 1)).await, Ok(()));
         let tcp =
             Probe { check: Check::Tcp, period_ms: 100, steady_period_ms: 100, timeout_ms: 200, failure_threshold: 1 };
-        assert_eq!(check(&http, port, &tcp).await, Ok(()));
+        assert_eq!(check(&session, &tcp).await, Ok(()));
         // A socket that is bound but never answers: the timeout.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let silent_port = silent.local_addr().unwrap().port();
-        let err = check(&http, silent_port, &http_probe("/health", 100, 1)).await.unwrap_err();
+        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1)).await.unwrap_err();
         assert_eq!(err, "GET /health: no answer within 200 ms");
         drop(silent);
-        let err = check(&http, silent_port, &http_probe("/health", 100, 1)).await.unwrap_err();
+        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1)).await.unwrap_err();
         assert_eq!(err, "GET /health: connection refused");
     }
 
@@ -328,9 +320,9 @@ mod tests {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let http = Session::new(port).http;
+        let session = Session::new(port);
         for _ in 0..5 {
-            assert_eq!(check(&http, port, &http_probe("/health", 10, 1)).await, Ok(()));
+            assert_eq!(check(&session, &http_probe("/health", 10, 1)).await, Ok(()));
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "five probes, one connection");
     }
