@@ -53,15 +53,8 @@ pub const MIGRATIONS: Migrations = Migrations {
     ],
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("serving: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("JWT keys: {0}")]
-    Keys(#[from] kit::jwt::JwtError),
-}
+/// Why the service could not start or stopped serving.
+pub use kit::ServiceError as Error;
 
 #[derive(Clone, Debug)]
 pub struct Config {

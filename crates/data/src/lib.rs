@@ -58,15 +58,8 @@ pub const MIGRATIONS: Migrations = Migrations {
 /// How often idempotency records older than their retention are deleted.
 const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("serving: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("JWT keys: {0}")]
-    Jwt(#[from] kit::jwt::JwtError),
-}
+/// Why the service could not start or stopped serving.
+pub use kit::ServiceError as Error;
 
 #[derive(Clone, Debug)]
 pub struct Config {

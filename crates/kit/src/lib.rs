@@ -59,3 +59,15 @@ pub mod work;
 
 pub use config::{Config, ConfigError, Vars};
 pub use shutdown::Shutdown;
+
+/// Why a service that keeps a database and checks JWTs (data, compute) could not start or
+/// stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("JWT keys: {0}")]
+    Jwt(#[from] jwt::JwtError),
+}
