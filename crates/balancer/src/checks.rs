@@ -67,7 +67,9 @@ pub async fn run(state: Arc<AppState>, shutdown: kit::Shutdown) {
             let period = if instance.usable() { interval } else { tick };
             // An instance that just went out of rotation is looked at within one tick.
             entry.next = entry.next.min(now + period);
-            if entry.next <= now && !entry.running.load(Relaxed) {
+            // Due within a tick: checked now, so that checks falling due close together
+            // (instances discovered one after another) share one wake-up.
+            if entry.next <= now + tick && !entry.running.load(Relaxed) {
                 entry.next = now + period;
                 entry.running.store(true, Relaxed);
                 let (state, instance, running) = (state.clone(), instance.clone(), entry.running.clone());
@@ -77,9 +79,8 @@ pub async fn run(state: Arc<AppState>, shutdown: kit::Shutdown) {
                     running.store(false, Relaxed);
                 });
             }
-            // A running check may take the instance out: look again within a tick.
-            let next = if entry.running.load(Relaxed) { now + tick } else { entry.next };
-            wake = wake.min(next.max(now + tick.min(interval)));
+            // (A check that takes its instance out says so: `backend::changed`.)
+            wake = wake.min(entry.next.max(now + tick));
         }
         due.retain(|key, _| seen.contains(key));
         tokio::select! {
@@ -135,7 +136,11 @@ async fn check(state: &AppState, instance: &Instance, conn: &Idle) {
     };
     let config = &state.config;
     match instance.checked(passed, config.pass_threshold, config.fail_threshold) {
-        Some(Change::Unhealthy) => tracing::warn!(instance = %instance.id, url = %instance.url, "instance unhealthy"),
+        Some(Change::Unhealthy) => {
+            tracing::warn!(instance = %instance.id, url = %instance.url, "instance unhealthy");
+            // Now checked every `RECHECK`: the loop looks again.
+            backend::rotation_changed();
+        }
         Some(Change::Readmitted) => tracing::info!(instance = %instance.id, url = %instance.url, "instance readmitted"),
         None => {}
     }
