@@ -83,7 +83,11 @@ impl Instance {
     pub fn passive_failure(&self, threshold: u32) -> bool {
         let failures = self.failures.fetch_add(1, Relaxed) + 1;
         self.passes.store(0, Relaxed);
-        failures >= threshold && !self.ejected.swap(true, Relaxed)
+        let ejected = failures >= threshold && !self.ejected.swap(true, Relaxed);
+        if ejected {
+            rotation_changed();
+        }
+        ejected
     }
 
     /// An answer on the request path: the failure streak is over.
@@ -112,6 +116,21 @@ impl Instance {
         }
         None
     }
+}
+
+/// Told of every instance the request path ejects and of every new set of instances (in
+/// any balancer of the process; a spurious wake-up only makes the checks look once more).
+static CHANGES: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Wakes whoever waits in [`changed`]: the health checks look at the instances again.
+pub fn rotation_changed() {
+    CHANGES.notify_waiters();
+}
+
+/// Completes at the next [`rotation_changed`] (only those after it is polled or
+/// [`enable`](tokio::sync::futures::Notified::enable)d).
+pub fn changed() -> tokio::sync::futures::Notified<'static> {
+    CHANGES.notified()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

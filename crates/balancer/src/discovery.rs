@@ -143,6 +143,7 @@ pub async fn apply(state: &AppState, discovery: Discovery, entries: Vec<Entry>) 
     drop(retired);
     state.backends.store(Arc::new(BackendSet { discovery, pools }));
     state.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    crate::backend::rotation_changed();
     state.ready.store(true, Relaxed);
 }
 

@@ -49,16 +49,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 
 pub use crate::config::{Config, Routes, Strategy};
 pub use crate::error::Error;
 
 use crate::backend::{BackendSet, Instance, Service};
-use crate::body::RequestBody;
 use crate::faults::Faults;
 
 /// What the request path, discovery, checks and the admin endpoints share.
@@ -74,8 +70,6 @@ pub struct AppState {
     /// Instances taken out of the set that still had requests in flight: `/api/metrics`
     /// keeps showing them until those finish (orch waits for that before stopping one).
     pub retired: Mutex<Vec<Arc<Instance>>>,
-    /// The health checks' client (the request path uses [`pool`]).
-    pub client: Client<HttpConnector, RequestBody>,
     pub faults: Faults,
     /// The first discovery (dynamic or static) has finished.
     pub ready: AtomicBool,
@@ -107,32 +101,18 @@ impl AppState {
             .iter()
             .map(|(_, s)| names.iter().position(|n| n == s).expect("every route's service is listed"))
             .collect();
-        let client = upstream_client(&config);
         Self {
             backends: ArcSwap::from_pointee(BackendSet::empty(services.len())),
             generation: AtomicU64::new(0),
             retired: Mutex::new(Vec::new()),
             services,
             route_service,
-            client,
             faults: Faults::default(),
             ready: AtomicBool::new(false),
             started: Instant::now(),
             config,
         }
     }
-}
-
-/// The health checks' client of the backends.
-fn upstream_client(config: &Config) -> Client<HttpConnector, RequestBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.upstream_idle)
-        .retry_canceled_requests(true)
-        .build(connector)
 }
 
 /// Serves the balancer on `listener` until `shutdown`.

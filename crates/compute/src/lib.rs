@@ -27,7 +27,7 @@ mod sweep;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kit::db::{Migration, Migrations};
@@ -75,9 +75,11 @@ pub struct Config {
     /// `JOB_POLL_MS` (default 20): how often idle workers look for commits by others where
     /// the database's WAL file cannot be watched (otherwise a commit wakes them).
     pub poll: Duration,
-    /// `JOB_SAFETY_POLL_MS` (default 5000): idle workers look at the queue at least this often
-    /// (every commit wakes them; a lease expiry too).
-    pub safety_poll: Duration,
+    /// `JOB_SAFETY_POLL_MS`: idle workers look at the queue at least this often (every commit
+    /// wakes them; a lease expiry too). Unset: [`SAFETY_POLL_WATCHED`] while commits are
+    /// watched (the WAL file, or `LISTEN`), [`SAFETY_POLL`] otherwise; see
+    /// [`AppState::safety_poll`].
+    pub safety_poll: Option<Duration>,
     /// `JOB_RETENTION_MS` (default 7 days): finished jobs are deleted after this.
     pub retention: Duration,
     /// `JOB_SWEEP_MS` (default 60000): how often old jobs and idempotency keys are purged.
@@ -101,7 +103,10 @@ impl Config {
             lease: Duration::from_millis(vars.number("JOB_LEASE_MS", 5_000, 30, 3_600_000)?),
             max_attempts: vars.number("JOB_MAX_ATTEMPTS", 3, 1, 100)? as u16,
             poll: vars.millis("JOB_POLL_MS", 20, 10_000)?,
-            safety_poll: vars.millis("JOB_SAFETY_POLL_MS", 5_000, 600_000)?,
+            safety_poll: vars
+                .get("JOB_SAFETY_POLL_MS")
+                .map(|_| vars.millis("JOB_SAFETY_POLL_MS", 1, 600_000))
+                .transpose()?,
             retention: vars.millis("JOB_RETENTION_MS", 7 * 24 * 3_600_000, 365 * 24 * 3_600_000)?,
             sweep_interval: vars.millis("JOB_SWEEP_MS", 60_000, 86_400_000)?,
             work: kit::work::SimulatedWork::from_vars(vars, 550)?,
@@ -110,6 +115,12 @@ impl Config {
         })
     }
 }
+
+/// The safety poll of idle workers while nothing else tells them of commits by others.
+pub const SAFETY_POLL: Duration = Duration::from_secs(5);
+/// The safety poll while every commit is seen as it happens (the WAL file watched, or
+/// `LISTEN` on PostgreSQL): then it only backs up the watch.
+pub const SAFETY_POLL_WATCHED: Duration = Duration::from_secs(60);
 
 /// This instance's own counters (the queue's figures are in the database).
 #[derive(Debug, Default)]
@@ -122,6 +133,8 @@ pub struct LocalStats {
     pub retried: AtomicU64,
     /// Jobs whose lease this instance lost before it could write the outcome.
     pub lost_leases: AtomicU64,
+    /// Whether commits by others are seen as they happen (set by the change detector).
+    pub watching: AtomicBool,
 }
 
 /// Everything the handlers and the background loops share.
@@ -161,6 +174,20 @@ impl AppState {
 
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// How long idle workers sleep at most: `JOB_SAFETY_POLL_MS` when set, else
+    /// [`SAFETY_POLL_WATCHED`] while commits are watched and [`SAFETY_POLL`] otherwise.
+    pub fn safety_poll(&self) -> Duration {
+        let watching = self.stats.watching.load(Ordering::SeqCst);
+        self.config.safety_poll.unwrap_or(if watching { SAFETY_POLL_WATCHED } else { SAFETY_POLL })
+    }
+
+    /// Records whether commits by others are watched, and wakes the idle workers so that
+    /// they sleep by the new [`safety_poll`](Self::safety_poll).
+    fn watching(&self, watching: bool) {
+        self.stats.watching.store(watching, Ordering::SeqCst);
+        self.wake();
     }
 
     /// Wakes this instance's idle workers.
@@ -209,7 +236,7 @@ mod tests {
         assert_eq!((config.workers, config.max_attempts), (8, 3));
         assert_eq!((config.lease, config.time_limit), (Duration::from_secs(5), Duration::from_secs(2)));
         assert_eq!((config.work.delay, config.work.max), (Duration::from_millis(550), Duration::from_secs(10)));
-        assert_eq!((config.poll, config.safety_poll), (Duration::from_millis(20), Duration::from_secs(5)));
+        assert_eq!((config.poll, config.safety_poll), (Duration::from_millis(20), None));
         assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
         let limits = kit::idempotency::Limits { max_keys: 10_000, max_bytes: 16 << 20 };
         assert_eq!(config.idempotency, limits);
@@ -226,5 +253,40 @@ mod tests {
         bad("WORK_DELAY_MS", "20000");
         bad("IDEMPOTENCY_MAX_KEYS_PER_USER", "0");
         bad("IDEMPOTENCY_MAX_BYTES_PER_USER", "100");
+        bad("JOB_SAFETY_POLL_MS", "0");
+        bad("JOB_SAFETY_POLL_MS", "600001");
+    }
+
+    fn config_in(dir: &std::path::Path, extra: &[(&str, &str)]) -> Config {
+        let url = format!("sqlite://{}", dir.join("compute.sqlite").display());
+        let dir = dir.display().to_string();
+        let mut vars = vec![("SERVICE_NAME", "compute-1"), ("DATABASE_URL", &url), ("DATA_DIR", &dir)];
+        vars.extend_from_slice(extra);
+        vars.push(("AUTH_REQUIRED", "false"));
+        Config::from_vars(&kit::Vars::from_pairs(vars)).unwrap()
+    }
+
+    /// The safety poll is the 5 s safety net until the WAL file is watched, then only a
+    /// 60 s backstop; a `JOB_SAFETY_POLL_MS` that is set holds either way.
+    #[tokio::test]
+    async fn the_safety_poll_is_rare_only_while_the_wal_is_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::open(config_in(dir.path(), &[])).await.unwrap();
+        assert_eq!(state.safety_poll(), SAFETY_POLL);
+        let shutdown = kit::Shutdown::new();
+        let watch = tokio::spawn(worker::watch_changes(state.clone(), shutdown.clone()));
+        kit::testing::eventually(Duration::from_secs(10), "the WAL watched", || {
+            let poll = state.safety_poll();
+            async move { (poll == SAFETY_POLL_WATCHED).then_some(()) }
+        })
+        .await;
+        shutdown.trigger();
+        watch.await.unwrap();
+
+        let set = AppState::open(config_in(dir.path(), &[("JOB_SAFETY_POLL_MS", "700")])).await.unwrap();
+        set.watching(true);
+        assert_eq!(set.safety_poll(), Duration::from_millis(700));
+        set.watching(false);
+        assert_eq!(set.safety_poll(), Duration::from_millis(700));
     }
 }

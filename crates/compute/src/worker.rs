@@ -27,7 +27,9 @@
 //!   commit delivers it), and wakes the workers after a lost connection too (a notification
 //!   may have been missed meanwhile);
 //! - the earliest lease expiry of a running job (a crashed worker's job is taken over as
-//!   soon as its lease runs out), or the safety poll, `JOB_SAFETY_POLL_MS` (5 s).
+//!   soon as its lease runs out), or the safety poll, `JOB_SAFETY_POLL_MS`: by default 60 s
+//!   while the WAL file is watched or `LISTEN` is on (it only backs the watch up), 5 s
+//!   otherwise ([`AppState::safety_poll`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,7 +90,7 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
         }
         let want = if stopping { 0 } else { free.len() };
         wake.borrow_and_update();
-        let mut wait = state.config.safety_poll;
+        let mut wait = state.safety_poll();
         let settle = if !pending.is_empty() {
             true
         } else if want == 0 {
@@ -271,7 +273,7 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
             tracing::debug!("idle workers wake on writes to the database's WAL file");
             let mut last = data_version(&mut conn).await.ok();
             // A commit made before the watch began is found by a look at the queue.
-            state.wake();
+            state.watching(true);
             loop {
                 tokio::select! {
                     _ = shutdown.requested() => return,
@@ -300,6 +302,7 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
                     pause = (pause * 2).min(Duration::from_millis(10));
                 }
             }
+            state.watching(false);
             tracing::warn!("the database's WAL file went away; polling PRAGMA data_version instead");
         }
         Err(e) => {
@@ -390,7 +393,7 @@ async fn listen(state: AppState, shutdown: Shutdown) {
         };
         failures = 0;
         // Whatever was notified before listening is found by a look at the queue.
-        state.wake();
+        state.watching(true);
         loop {
             let next = tokio::select! {
                 _ = shutdown.requested() => return,
@@ -403,6 +406,7 @@ async fn listen(state: AppState, shutdown: Shutdown) {
                 Ok(None) => state.wake(),
                 Err(e) => {
                     tracing::warn!(error = %e, "listening for new jobs failed, reconnecting");
+                    state.watching(false);
                     continue 'connect;
                 }
             }

@@ -5,6 +5,10 @@
 //! (`PORT=3001 SERVICE_NAME=auth-service-1 orch run auth`). It is thin dispatch: read the
 //! component's config from the environment, set up logging, take the listener (inherited
 //! or bound), trigger shutdown on SIGTERM/SIGINT, and call the component's `serve`.
+//!
+//! **Invariant:** the component runs as a task on the runtime's workers, never inside
+//! `block_on` on the main thread: there, every accepted connection would be handed from
+//! the main thread to a worker (an extra wake-up and context switch per connection).
 
 use std::future::Future;
 
@@ -64,7 +68,8 @@ fn start<C, E, Fut>(
     serve: fn(C, TcpListener, Shutdown) -> Fut,
 ) -> anyhow::Result<()>
 where
-    Fut: Future<Output = Result<(), E>>,
+    C: Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: std::error::Error + Send + Sync + 'static,
 {
     let config = config(vars)?;
@@ -75,12 +80,55 @@ where
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let listener = kit::listen::listener(&kit, vars).await?;
+    let listener = runtime.block_on(kit::listen::listener(&kit, vars))?;
+    on_worker(&runtime, async move {
         let shutdown = Shutdown::new();
         shutdown.trigger_on_signals();
         tokio::spawn(kit::alloc::trim_after_bursts());
         serve(config, listener, shutdown).await?;
         Ok(())
     })
+}
+
+/// Runs `work` as a task on `runtime`'s workers and waits for it on this thread.
+fn on_worker<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let task = runtime.spawn(work);
+    match runtime.block_on(task) {
+        Ok(outcome) => outcome,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(anyhow::anyhow!("the component's task ended early: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_component_runs_on_a_worker_thread_not_the_calling_one() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let caller = std::thread::current().id();
+        let (inside, after_accept) = on_worker(&runtime, async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let inside = std::thread::current().id();
+            let connect = tokio::spawn(tokio::net::TcpStream::connect(addr));
+            listener.accept().await?;
+            connect.await??;
+            Ok((inside, std::thread::current().id()))
+        })
+        .unwrap();
+        assert_ne!(inside, caller);
+        assert_ne!(after_accept, caller);
+    }
+
+    #[test]
+    fn an_error_of_the_component_is_returned() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let err = on_worker::<()>(&runtime, async { anyhow::bail!("no such thing") }).unwrap_err();
+        assert_eq!(err.to_string(), "no such thing");
+    }
 }

@@ -140,11 +140,39 @@ async fn unavailable_answers_are_retried_only_when_idempotent() {
     balancer.stop().await;
 }
 
+/// An instance's health checks go over one kept connection, even when the request path's
+/// pool would have closed it as idle (`BALANCER_UPSTREAM_IDLE_MS`) between two checks: the
+/// instance does not accept and close a connection per check.
+#[tokio::test]
+async fn health_checks_reuse_one_connection() {
+    let a = TestBackend::start("a").await;
+    let extra = [("HEALTH_CHECK_INTERVAL_MS", "100"), ("BALANCER_UPSTREAM_IDLE_MS", "20")];
+    let balancer = over(&[a.port()], &extra).await;
+    eventually(WAIT, "five health checks", || async { (a.checks() >= 5).then_some(()) }).await;
+    assert_eq!(a.connections(), 1, "{} checks", a.checks());
+    assert_eq!(instance(&balancer, "data", "data-1").await["healthy"], true);
+    balancer.stop().await;
+}
+
 #[tokio::test]
 async fn ejected_instances_are_readmitted_when_checks_pass() {
+    readmitted_after_a_restart("100").await;
+}
+
+/// The checks sleep until the next one is due (a minute here), yet an instance the request
+/// path ejects is looked at within a `RECHECK` and readmitted once it answers again: the
+/// ejection wakes them.
+#[tokio::test]
+async fn an_ejection_wakes_the_sleeping_checks() {
+    readmitted_after_a_restart("60000").await;
+}
+
+/// Kills one of two instances, sees it go out of rotation while requests still succeed,
+/// restarts it and sees the checks (every `interval` ms) bring it back.
+async fn readmitted_after_a_restart(interval: &str) {
     let mut a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
-    let balancer = over(&[a.port(), b.port()], &[("HEALTH_CHECK_INTERVAL_MS", "100")]).await;
+    let balancer = over(&[a.port(), b.port()], &[("HEALTH_CHECK_INTERVAL_MS", interval)]).await;
     let http = http();
 
     a.kill().await;

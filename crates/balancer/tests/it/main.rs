@@ -57,6 +57,8 @@ struct Shared {
     received: AtomicUsize,
     /// Connections accepted: each one's number is in its answers.
     connections: AtomicUsize,
+    /// `/health` requests answered.
+    checks: AtomicUsize,
     release: tokio::sync::Notify,
 }
 
@@ -79,6 +81,7 @@ impl TestBackend {
             status: AtomicU16::new(500),
             received: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            checks: AtomicUsize::new(0),
             release: tokio::sync::Notify::new(),
         });
         let addr = listener.local_addr().unwrap();
@@ -115,6 +118,16 @@ impl TestBackend {
 
     pub fn received(&self) -> usize {
         self.shared.received.load(SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(SeqCst)
+    }
+
+    /// `/health` requests answered so far.
+    pub fn checks(&self) -> usize {
+        self.shared.checks.load(SeqCst)
     }
 
     /// Dies abruptly: the listener and all connections close (connections are refused after).
@@ -180,6 +193,7 @@ async fn answer(
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     if path == "/health" {
+        shared.checks.fetch_add(1, SeqCst);
         return Ok(Response::new(Full::new(Bytes::from_static(br#"{"status":"healthy"}"#))));
     }
     shared.received.fetch_add(1, SeqCst);
