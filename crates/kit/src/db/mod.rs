@@ -32,7 +32,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
@@ -213,6 +213,8 @@ pub struct Db {
     dialect: Dialect,
     /// `None` once migrated; until then why not.
     not_ready: Arc<Mutex<Option<String>>>,
+    /// When the database last answered a readiness [`ping`].
+    answered: Arc<Mutex<Option<Instant>>>,
     url: Arc<str>,
     schema: Arc<str>,
     /// The file's write lock (SQLite on a file; not in memory, not PostgreSQL).
@@ -325,7 +327,15 @@ pub async fn connect_as(url: &str, schema: &str, synchronous: Synchronous) -> Re
         Dialect::Postgres => (pg::pool(url, schema)?, None),
     };
     let write_lock = file.map(|f| lock::WriteLock::open(&f).map(Arc::new)).transpose().map_err(sqlx::Error::Io)?;
-    Ok(Db { pool, dialect, not_ready: Arc::default(), url: url.into(), schema: schema.into(), write_lock })
+    Ok(Db {
+        pool,
+        dialect,
+        not_ready: Arc::default(),
+        answered: Arc::default(),
+        url: url.into(),
+        schema: schema.into(),
+        write_lock,
+    })
 }
 
 /// A SQLite pool: the file created when missing (and its directory), WAL, the busy timeout,
@@ -581,10 +591,24 @@ pub async fn migrate(db: &Db, migrations: &Migrations) -> Result<(), sqlx::Error
     Ok(())
 }
 
-/// The readiness check of a database-backed component.
+/// How long a database that answered a [`ping`] counts as answering without another query.
+pub const PING_FRESH: Duration = Duration::from_secs(5);
+
+/// The readiness check of a database-backed component: the database answers a query.
+///
+/// An answer counts for [`PING_FRESH`]: a ready instance probed every 2 s queries every
+/// third probe, not on each (each query is a round trip to the driver's thread, which an
+/// idle instance would otherwise pay every probe). A failure counts for nothing: until the
+/// next answer, every ping queries again.
 pub async fn ping(db: &Db) -> Result<(), String> {
     db.check_ready().map_err(|e| e.to_string())?;
-    sqlx::query("SELECT 1").execute(&db.pool).await.map(|_| ()).map_err(|e| format!("database: {e}"))
+    let fresh = |at: &Option<Instant>| at.is_some_and(|at| at.elapsed() < PING_FRESH);
+    if fresh(&db.answered.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(());
+    }
+    let outcome = sqlx::query("SELECT 1").execute(&db.pool).await.map(|_| ()).map_err(|e| format!("database: {e}"));
+    *db.answered.lock().unwrap_or_else(|e| e.into_inner()) = outcome.is_ok().then(Instant::now);
+    outcome
 }
 
 /// True for a unique-constraint violation (a duplicate key).

@@ -647,3 +647,24 @@ async fn two_handles_both_make_progress_in_groups() {
     assert!(by_a > 0 && by_b > 0, "{by_a} and {by_b} commits");
     assert!(by_a + by_b < (2 * TASKS * WRITES) as u64, "{by_a} + {by_b} commits for as many writes");
 }
+
+/// A database that answered a ping counts as answering for `PING_FRESH` (an idle instance's
+/// readiness probes do not each query it); a failed ping counts for nothing, so every ping
+/// after a failure queries again until one is answered.
+#[tokio::test]
+async fn a_ping_answer_counts_for_a_while_and_a_failure_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        crate::Config::from_vars(&crate::Vars::from_pairs([("DATA_DIR", dir.path().to_str().unwrap())]), "test")
+            .unwrap();
+    let db = open(&config, "ping.sqlite", MIGRATIONS).await.unwrap();
+    assert_eq!(ping(&db).await, Ok(()));
+    db.pool.close().await;
+    assert_eq!(ping(&db).await, Ok(()), "answered a moment ago: no query");
+    // The answer grows old: the next ping queries, and fails, and so does the one after.
+    *db.answered.lock().unwrap() = Some(Instant::now() - PING_FRESH);
+    for _ in 0..2 {
+        let why = ping(&db).await.unwrap_err();
+        assert!(why.starts_with("database: "), "{why}");
+    }
+}
