@@ -232,11 +232,17 @@ impl Queue {
 
     /// Whether there may be work, without taking the write lock.
     pub async fn peek(&self) -> Result<Peek, sqlx::Error> {
+        Self::peek_on(&mut *self.db.acquire().await?).await
+    }
+
+    /// [`Queue::peek`] on a connection of the caller's (the dispatcher keeps one: a pooled
+    /// connection costs a round trip to its worker thread each time it goes back).
+    pub async fn peek_on(conn: &mut kit::db::Conn) -> Result<Peek, sqlx::Error> {
         let (queued, next_expiry): (i64, Option<i64>) = sqlx::query_as(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE status = 'queued') THEN 1 ELSE 0 END,
                     (SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'running')",
         )
-        .fetch_one(&mut *self.db.acquire().await?)
+        .fetch_one(conn)
         .await?;
         Ok(Peek { queued: queued == 1, next_expiry })
     }

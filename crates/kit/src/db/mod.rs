@@ -367,6 +367,11 @@ async fn sqlite_pool(url: &str, synchronous: Synchronous) -> Result<(AnyPool, Op
             .max_connections(4)
             .min_connections(1)
             .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+            // No ping before handing out a connection: a SQLite connection is a file in this
+            // process and does not go stale, and the ping is a round trip to the
+            // connection's worker thread (two thread switches) on every acquire (sqlx still
+            // pings once on release).
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 let pragmas = pragmas.clone();
                 Box::pin(async move { conn.execute(sqlx::raw_sql(&pragmas)).await.map(|_| ()) })
