@@ -5,8 +5,9 @@
 //! claims a job for every idle slot, all in ONE write transaction
 //! ([`Queue::settle`](crate::Queue::settle)), then starts a worker task per claimed job,
 //! which runs it while renewing its lease and reports back. With nothing to record and idle
-//! slots, it peeks at the queue and settles only if there may be a job; otherwise it sleeps
-//! until woken.
+//! slots, it peeks at the queue (on a connection of its own) and settles only if there may
+//! be a job; otherwise it sleeps until woken. A queue its last settle found short is not
+//! peeked at again until something wakes it (`next_step`).
 //!
 //! **Invariant:** only the dispatcher claims, and only for slots that are idle, so a claimed
 //! job starts at once (its lease never ticks away waiting for a worker); only it records
@@ -17,7 +18,8 @@
 //! - a submit to this instance (at once, through a `watch` channel);
 //! - a commit by anyone to the shared database, seen by [`watch_changes`]. On SQLite every
 //!   commit, by any process, writes to the database's WAL file (`compute.sqlite-wal`), which
-//!   it watches (inotify): an idle instance sleeps until a write, with no timer at all. Where
+//!   it watches (inotify): an idle instance sleeps until a write, with no timer at all; the
+//!   writes of a busy database are coalesced into one look every `COALESCE` (2 ms). Where
 //!   the file cannot be watched (no inotify instance left: `fs.inotify.max_user_instances`)
 //!   it reads `PRAGMA data_version` on a connection of its own every `JOB_POLL_MS` (20 ms)
 //!   instead. That value changes when another connection, in any process, has committed;
