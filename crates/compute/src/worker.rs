@@ -5,8 +5,9 @@
 //! claims a job for every idle slot, all in ONE write transaction
 //! ([`Queue::settle`](crate::Queue::settle)), then starts a worker task per claimed job,
 //! which runs it while renewing its lease and reports back. With nothing to record and idle
-//! slots, it peeks at the queue and settles only if there may be a job; otherwise it sleeps
-//! until woken.
+//! slots, it peeks at the queue (on a connection of its own) and settles only if there may
+//! be a job; otherwise it sleeps until woken. A queue its last settle found short is not
+//! peeked at again until something wakes it (`next_step`).
 //!
 //! **Invariant:** only the dispatcher claims, and only for slots that are idle, so a claimed
 //! job starts at once (its lease never ticks away waiting for a worker); only it records
@@ -17,7 +18,8 @@
 //! - a submit to this instance (at once, through a `watch` channel);
 //! - a commit by anyone to the shared database, seen by [`watch_changes`]. On SQLite every
 //!   commit, by any process, writes to the database's WAL file (`compute.sqlite-wal`), which
-//!   it watches (inotify): an idle instance sleeps until a write, with no timer at all. Where
+//!   it watches (inotify): an idle instance sleeps until a write, with no timer at all; the
+//!   writes of a busy database are coalesced into one look every `COALESCE` (2 ms). Where
 //!   the file cannot be watched (no inotify instance left: `fs.inotify.max_user_instances`)
 //!   it reads `PRAGMA data_version` on a connection of its own every `JOB_POLL_MS` (20 ms)
 //!   instead. That value changes when another connection, in any process, has committed;
@@ -79,6 +81,10 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
     let (reports, mut reported) = mpsc::unbounded_channel::<Report>();
     let mut wake = state.wake.subscribe();
     let mut failures = 0u32;
+    // Whether the last settle found fewer queued jobs than it asked for, and the earliest
+    // lease expiry the last peek saw: what a look at the queue would say, until woken.
+    let (mut drained, mut next_expiry) = (false, None::<i64>);
+    let mut reader = None;
     loop {
         while let Ok(report) = reported.try_recv() {
             take(&mut free, &mut pending, report);
@@ -89,17 +95,26 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
             break;
         }
         let want = if stopping { 0 } else { free.len() };
+        // Woken (a submit here, a commit anywhere): the queue may have changed.
+        if wake.has_changed().unwrap_or(true) {
+            drained = false;
+        }
         wake.borrow_and_update();
         let mut wait = state.safety_poll();
-        let settle = if !pending.is_empty() {
-            true
-        } else if want == 0 {
-            false
-        } else {
-            match state.queue.peek().await {
+        let now = unix_millis();
+        let settle = match next_step(!pending.is_empty(), want, drained, next_expiry, now) {
+            Next::Settle => true,
+            Next::Sleep => {
+                if let Some(at) = next_expiry.filter(|&at| at >= now) {
+                    wait = wait.min(Duration::from_millis((at - now) as u64 + 1));
+                }
+                false
+            }
+            Next::Peek => match peek(&state, &mut reader).await {
                 Ok(peek) => {
                     failures = 0;
                     let now = unix_millis();
+                    next_expiry = peek.next_expiry;
                     if let Some(at) = peek.next_expiry.filter(|&at| at >= now) {
                         wait = wait.min(Duration::from_millis((at - now) as u64 + 1));
                     }
@@ -111,7 +126,7 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
                     wait = backoff(failures);
                     false
                 }
-            }
+            },
         };
         if settle {
             let finished: Vec<_> = pending.iter().map(|(claimed, outcome, _)| (claimed, outcome)).collect();
@@ -119,6 +134,7 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
             match state.queue.settle(&finished, &asking, state.config.lease).await {
                 Ok(settled) => {
                     failures = 0;
+                    drained = settled.claimed.len() < want;
                     for ((claimed, _, _), status) in pending.drain(..).zip(settled.recorded) {
                         count(&state, &claimed, status);
                     }
@@ -151,11 +167,55 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
         tokio::select! {
             _ = shutdown.requested(), if !stopping => {}
             Some(report) = reported.recv() => take(&mut free, &mut pending, report),
-            _ = wake.changed() => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = wake.changed() => drained = false,
+            // The safety poll, a lease expiry or a backoff: look at the queue again.
+            _ = tokio::time::sleep(wait) => drained = false,
         }
     }
     state.stats.idle.store(0, Ordering::SeqCst);
+}
+
+/// What the dispatcher does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Write: outcomes to record, or a lease known to have expired (its job to take over).
+    Settle,
+    /// Read the queue first (a cheap read): settle only if a claim may find something.
+    Peek,
+    /// Nothing to do until woken, a report, or the earliest known lease expiry.
+    Sleep,
+}
+
+/// The dispatcher's rule, given whether outcomes wait to be recorded, how many slots want a
+/// job, whether the queue is known to be empty (the last settle claimed fewer jobs than it
+/// asked for, and no wake-up came since: no commit anywhere, no submit here), the earliest
+/// lease expiry the last peek saw, and the time. A queue known to be empty is not read
+/// again: under a burst of submits that read, once per commit in every instance, was a
+/// good part of what a job cost.
+fn next_step(outcomes: bool, want: usize, known_empty: bool, next_expiry: Option<i64>, now: i64) -> Next {
+    if outcomes {
+        Next::Settle
+    } else if want == 0 {
+        Next::Sleep
+    } else if known_empty {
+        if next_expiry.is_some_and(|at| at < now) { Next::Settle } else { Next::Sleep }
+    } else {
+        Next::Peek
+    }
+}
+
+/// [`Queue::peek`](crate::Queue::peek) on the dispatcher's own connection, taken out of the
+/// pool on first use and dropped on an error (the next peek takes another).
+async fn peek(state: &AppState, reader: &mut Option<sqlx::AnyConnection>) -> Result<crate::queue::Peek, sqlx::Error> {
+    let conn = match reader {
+        Some(conn) => conn,
+        None => reader.insert(state.queue.db().acquire().await?.detach()),
+    };
+    let peek = crate::Queue::peek_on(conn).await;
+    if peek.is_err() {
+        *reader = None;
+    }
+    peek
 }
 
 /// A worker's report: its slot is idle again, and its outcome waits for the next settle.
@@ -274,12 +334,22 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
             let mut last = data_version(&mut conn).await.ok();
             // A commit made before the watch began is found by a look at the queue.
             state.watching(true);
+            let mut looked = Instant::now();
             loop {
                 tokio::select! {
                     _ = shutdown.requested() => return,
                     () = wal.lost.notified() => break,
                     () = wal.written.notified() => {}
                 }
+                // Coalesced: the writes since the last look are all covered by the next one.
+                let next = looked + COALESCE;
+                if Instant::now() < next {
+                    tokio::select! {
+                        _ = shutdown.requested() => return,
+                        _ = tokio::time::sleep_until(next) => {}
+                    }
+                }
+                looked = Instant::now();
                 // A commit's frames are written before the commit is visible (and synced):
                 // wake the workers once `data_version` moves, looking for a moment.
                 let (until, mut pause) = (Instant::now() + SETTLE, Duration::from_micros(250));
@@ -334,6 +404,13 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
 
 /// How long after a write to the WAL its commit may take to become visible (its sync).
 const SETTLE: Duration = Duration::from_secs(1);
+
+/// The least time between two looks prompted by writes to the WAL. A busy database sees
+/// several commits a millisecond, each several writes (inotify events), and one look per
+/// event, with the dispatcher's peek it prompts, was most of an instance's CPU under a
+/// burst of submits (README, "Where a job's time goes"); a job queued elsewhere is seen at
+/// most this much later (one submitted here wakes the dispatcher at once).
+const COALESCE: Duration = Duration::from_millis(2);
 
 async fn data_version(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar::<_, i64>("PRAGMA data_version").fetch_one(conn).await
@@ -411,5 +488,35 @@ async fn listen(state: AppState, shutdown: Shutdown) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Next, next_step};
+
+    #[test]
+    fn outcomes_are_recorded_at_once() {
+        assert_eq!(next_step(true, 0, true, None, 10), Next::Settle);
+        assert_eq!(next_step(true, 8, false, None, 10), Next::Settle);
+    }
+
+    #[test]
+    fn a_dispatcher_without_idle_slots_reads_nothing() {
+        assert_eq!(next_step(false, 0, false, Some(5), 10), Next::Sleep);
+    }
+
+    #[test]
+    fn a_queue_known_empty_is_not_read_again_until_a_lease_expires() {
+        assert_eq!(next_step(false, 3, true, None, 10), Next::Sleep);
+        assert_eq!(next_step(false, 3, true, Some(10), 10), Next::Sleep, "expires at 10, not before");
+        assert_eq!(next_step(false, 3, true, Some(9), 10), Next::Settle, "an expired lease is taken over");
+    }
+
+    #[test]
+    fn a_wake_up_or_a_timer_makes_it_read_the_queue() {
+        // `known_empty` is false once woken (or after the safety poll, a lease timer, a backoff).
+        assert_eq!(next_step(false, 3, false, None, 10), Next::Peek);
+        assert_eq!(next_step(false, 3, false, Some(9), 10), Next::Peek);
     }
 }

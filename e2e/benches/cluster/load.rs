@@ -128,7 +128,9 @@ impl Bench {
         ));
 
         self.progress.note(&format!("{JOBS} jobs"));
-        self.jobs(&api).await;
+        let instances = cluster.instances().await;
+        let (compute, balancer) = (pids("compute-", &instances), pids("balancer", &instances));
+        self.jobs(&api, &[("compute", compute), ("balancer", balancer), ("bench", vec![std::process::id()])]).await;
         api
     }
 
@@ -185,8 +187,10 @@ impl Bench {
     }
 
     /// Jobs: [`JOBS`] submitted by 8 tasks, then `/api/compute/stats` polled until all are
-    /// completed.
-    pub(super) async fn jobs(&mut self, api: &Api) {
+    /// completed. The CPU time each of `parts` (named groups of processes) spent over the
+    /// row, per job, goes into its details (what a job costs whom; load moves it less than
+    /// the rate).
+    pub(super) async fn jobs(&mut self, api: &Api, parts: &[(&str, Vec<u32>)]) {
         const TASKS: usize = 8;
         let counts = |stats: &Value| (stats["counts"]["completed"].as_u64(), stats["counts"]["failed"].as_u64());
         let stats = || async {
@@ -197,6 +201,8 @@ impl Bench {
         let (Some(completed0), Some(failed0)) = counts(&before) else {
             panic!("compute stats without counts: {before}")
         };
+        let ticks = |pids: &[u32]| pids.iter().map(|&p| procfs::cpu_ticks(p)).sum::<u64>();
+        let before: Vec<u64> = parts.iter().map(|(_, pids)| ticks(pids)).collect();
         let t0 = Instant::now();
         let submitters: Vec<_> = (0..TASKS)
             .map(|t| {
@@ -220,8 +226,18 @@ impl Bench {
         .await;
         let all = t0.elapsed();
         let per_second = JOBS as f64 / all.as_secs_f64();
+        let per_job = |ticks: u64| round2(ticks as f64 * 1000.0 / procfs::TICKS_PER_SECOND as f64 / JOBS as f64);
+        let cpu: Vec<(String, f64)> = parts
+            .iter()
+            .zip(before)
+            .map(|((name, pids), before)| (format!("{name}CpuMsPerJob"), per_job(ticks(pids).saturating_sub(before))))
+            .collect();
+        let mut row = Row::new("jobs", "jobs through the balancer, submit to completed", per_second, "jobs/s");
+        for (name, value) in cpu {
+            row = row.detail(&name, value);
+        }
         self.rows.push(
-            Row::new("jobs", "jobs through the balancer, submit to completed", per_second, "jobs/s")
+            row
                 .shown(format!("{} jobs/s", show_count(per_second)))
                 .how(format!(
                     "{JOBS} add jobs POSTed by {TASKS} client tasks (all accepted in {}), then /api/compute/stats polled \

@@ -377,6 +377,11 @@ async fn sqlite_pool(url: &str, synchronous: Synchronous) -> Result<(AnyPool, Op
             .max_connections(4)
             .min_connections(1)
             .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+            // No ping before handing out a connection: a SQLite connection is a file in this
+            // process and does not go stale, and the ping is a round trip to the
+            // connection's worker thread (two thread switches) on every acquire (sqlx still
+            // pings once on release).
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 let pragmas = pragmas.clone();
                 Box::pin(async move { conn.execute(sqlx::raw_sql(&pragmas)).await.map(|_| ()) })
@@ -429,6 +434,27 @@ pub async fn begin_write(db: &Db) -> Result<Tx, sqlx::Error> {
         return Ok(Tx { tx: None, lock: None, member: Some(lock::group::join(&db.pool, lock).await?) });
     }
     begin_in_task(db, statement, None).await
+}
+
+/// A write of one statement, committed (durable under `synchronous=FULL`) before this
+/// returns. On a SQLite file it joins the process's [`group`] commit as [`begin_write`] does
+/// but without a savepoint of its own (a statement is atomic by itself), so it costs one
+/// statement on the group's connection instead of three; it runs in a task of its own, so a
+/// caller that goes away leaves it to commit (or fail) with its group. Elsewhere the
+/// statement is autocommitted, holding the write lock as [`acquire_write`] does. An error
+/// that may have come after the write (a lost connection, a failed group commit) is an
+/// [`UnknownOutcome`], as [`commit`]'s are.
+pub async fn write_one(
+    db: &Db,
+    query: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments<'static>>,
+) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    db.check_ready()?;
+    let done = match &db.write_lock {
+        Some(lock) => lock::group::write_one(&db.pool, lock, query).await,
+        None => query.execute(&mut *acquire_write(db).await?).await,
+    };
+    // As for [`commit`]: [`retry`] must not run it again.
+    done.map_err(outcome_unknown)
 }
 
 /// A pooled connection for a write outside a transaction (one statement, autocommitted),
@@ -504,10 +530,15 @@ where
 /// is marked so that [`retry`] does not run the work again (a write without an
 /// `Idempotency-Key` would then be applied twice); it is still [`transient`], a 503.
 pub async fn commit(tx: Tx) -> Result<(), sqlx::Error> {
-    tx.commit().await.map_err(|e| match e {
+    tx.commit().await.map_err(outcome_unknown)
+}
+
+/// A lost connection or a failed commit, marked as an [`UnknownOutcome`].
+fn outcome_unknown(e: sqlx::Error) -> sqlx::Error {
+    match e {
         sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => sqlx::Error::Io(std::io::Error::other(UnknownOutcome(e))),
         e => e,
-    })
+    }
 }
 
 /// The cause of an error from [`commit`] whose outcome is unknown.

@@ -668,3 +668,37 @@ async fn a_ping_answer_counts_for_a_while_and_a_failure_not_at_all() {
         assert!(why.starts_with("database: "), "{why}");
     }
 }
+
+/// `write_one` joins the group without a savepoint: writes that wait together share one
+/// commit with the transactions beside them, and one refused by a constraint (a trigger's
+/// `RAISE(ABORT)`) is undone alone while its group-mates commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_statement_writes_share_a_group_and_a_refused_one_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = grouped(&dir, "o.sqlite").await;
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON things WHEN NEW.name = 'bad'
+         BEGIN SELECT RAISE(ABORT, 'refused'); END",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let before = db.group_commits();
+    let one = |name: &str| {
+        let (db, name) = (db.clone(), name.to_owned());
+        tokio::spawn(
+            async move { write_one(&db, sqlx::query("INSERT INTO things (name) VALUES ($1)").bind(name)).await },
+        )
+    };
+    let mut first = begin_write(&db).await.unwrap();
+    sqlx::query("INSERT INTO things (name) VALUES ('w0')").execute(&mut *first).await.unwrap();
+    let (good, bad, last) = (one("w1"), one("bad"), member(&db, "w2", End::Commit));
+    until_queued(&db, 3).await;
+    first.commit().await.unwrap();
+    assert_eq!(good.await.unwrap().unwrap().rows_affected(), 1);
+    let refused = bad.await.unwrap().unwrap_err();
+    assert!(refused.to_string().contains("refused"), "{refused}");
+    last.await.unwrap().unwrap();
+    assert_eq!(db.group_commits() - before, 1, "four writers, one commit");
+    assert_eq!(names(&db).await, ["w0", "w1", "w2"]);
+}

@@ -108,12 +108,7 @@ impl Member {
     pub(in crate::db) async fn commit(mut self) -> Result<(), sqlx::Error> {
         let held = self.held.take().expect("open until consumed");
         in_task(leave(Leaving(Some(held)), true)).await??;
-        let outcome = self.done.wait_for(Option::is_some).await.map(|o| o.clone());
-        match outcome {
-            Ok(Some(Ok(()))) => Ok(()),
-            Ok(Some(Err(why))) => Err(failed(format!("the group commit failed: {why}"))),
-            Ok(None) | Err(_) => Err(failed("the group ended without a commit".into())),
-        }
+        ended(&mut self.done).await
     }
 
     /// Rolls back to the savepoint and leaves the group (ending it if it was the last).
@@ -139,6 +134,18 @@ impl Drop for Member {
     }
 }
 
+/// Opens this process's group under `held` unless one is open.
+async fn open(held: &mut Held, pool: &sqlx::AnyPool) -> Result<(), sqlx::Error> {
+    if held.tenure().group.is_none() {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let (done, _) = watch::channel(None);
+        held.tenure_mut().group =
+            Some(Group { conn: Some(conn), done, members: 0, opened: Instant::now(), broken: None });
+    }
+    Ok(())
+}
+
 /// Joins this process's group on `lock`'s file (opening it when none is open): waits for the
 /// turn, then opens the member's savepoint.
 pub(in crate::db) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Result<Member, sqlx::Error> {
@@ -146,13 +153,7 @@ pub(in crate::db) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Resul
     let pool = pool.clone();
     // In a task: if the caller is gone when it is done, the member is dropped (rolled back).
     in_task(async move {
-        if held.tenure().group.is_none() {
-            let mut conn = pool.acquire().await?;
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            let (done, _) = watch::channel(None);
-            held.tenure_mut().group =
-                Some(Group { conn: Some(conn), done, members: 0, opened: Instant::now(), broken: None });
-        }
+        open(&mut held, &pool).await?;
         let group = group_mut(held.tenure_mut());
         let done = group.done.subscribe();
         if let Err(e) = sqlx::query("SAVEPOINT member").execute(&mut **group.conn()).await {
@@ -162,6 +163,62 @@ pub(in crate::db) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Resul
         Ok(Member { held: Some(held), done })
     })
     .await?
+}
+
+/// A write of one statement as a member of the group without a savepoint (a statement is
+/// atomic by itself): waits for the turn, runs `query` on the group's connection, passes the
+/// turn on and waits for the group's end, like [`Member::commit`]. The statement runs in a
+/// task of its own, so a caller dropped meanwhile leaves it to finish and be committed with
+/// the group, as a member dropped after its commit began is. A statement refused by a
+/// constraint (or a trigger's `RAISE(ABORT)`) is undone alone by SQLite, the transaction
+/// kept ([`undone_alone`]; so the statement must use the default `ON CONFLICT ABORT`); any
+/// other failure breaks the group (it ends in a rollback, every member told): without a
+/// savepoint nothing tells what SQLite undid.
+pub(in crate::db) async fn write_one(
+    pool: &sqlx::AnyPool,
+    lock: &WriteLock,
+    query: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments<'static>>,
+) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    let mut held = lock.acquire(BUSY_TIMEOUT).await.map_err(sqlx::Error::Io)?;
+    let pool = pool.clone();
+    let (mut done, result) = in_task(async move {
+        open(&mut held, &pool).await?;
+        let group = group_mut(held.tenure_mut());
+        let done = group.done.subscribe();
+        let result = query.execute(&mut **group.conn()).await;
+        match &result {
+            Ok(_) => group.members += 1,
+            Err(e) if undone_alone(e) => {}
+            Err(e) => group.broken = Some(e.to_string()),
+        }
+        if ends_with(&held) {
+            end(held).await;
+        }
+        Ok::<_, sqlx::Error>((done, result))
+    })
+    .await??;
+    let result = result?;
+    ended(&mut done).await.map(|()| result)
+}
+
+/// Whether SQLite undid only the statement that failed with `e`, keeping the transaction:
+/// a constraint (`SQLITE_CONSTRAINT`, 19, and its extended codes, a trigger's
+/// `RAISE(ABORT)` among them) under the default `ON CONFLICT ABORT`.
+fn undone_alone(e: &sqlx::Error) -> bool {
+    let code = match e {
+        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i32>().ok()),
+        _ => None,
+    };
+    code.is_some_and(|c| c & 0xff == 19)
+}
+
+/// Waits for the end of the group `done` tells of: `Ok` once it is committed.
+async fn ended(done: &mut watch::Receiver<Outcome>) -> Result<(), sqlx::Error> {
+    match done.wait_for(Option::is_some).await.map(|o| o.clone()) {
+        Ok(Some(Ok(()))) => Ok(()),
+        Ok(Some(Err(why))) => Err(failed(format!("the group commit failed: {why}"))),
+        Ok(None) | Err(_) => Err(failed("the group ended without a commit".into())),
+    }
 }
 
 /// Commits the group open under `held`, if any, keeping the turn: what a writer outside the
