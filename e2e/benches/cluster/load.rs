@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bench::report::{Row, Target};
-use bench::stats::{ms, round2, show_count, show_ms};
+use bench::stats::{ms, round2, runs, show_count, show_ms, spread};
 use e2e::cluster::Cluster;
 use e2e::procfs;
 use e2e::topology::Topology;
@@ -18,6 +18,9 @@ use super::Bench;
 use super::support::{TIGHT, rand_suffix, ready_instance, sigkill, submit_job, until, upstream_of, wrk_row};
 
 const JOBS: usize = 1000;
+/// Client tasks submitting jobs, and rounds of [`JOBS`] each.
+const JOB_CLIENTS: usize = 16;
+const JOB_ROUNDS: usize = 3;
 /// compute's default `COMPUTE_WORKERS`: the job slots of each instance.
 const WORKERS: usize = 8;
 /// Registered users whose logins are measured.
@@ -186,70 +189,57 @@ impl Bench {
         )
     }
 
-    /// Jobs: [`JOBS`] submitted by 8 tasks, then `/api/compute/stats` polled until all are
-    /// completed. The CPU time each of `parts` (named groups of processes) spent over the
-    /// row, per job, goes into its details (what a job costs whom; load moves it less than
-    /// the rate).
+    /// Jobs: [`JOBS`] submitted by [`JOB_CLIENTS`] tasks, then `/api/compute/stats` polled
+    /// until all are completed, [`JOB_ROUNDS`] times (the median shown, each round in the
+    /// details), and once by 8 tasks (the row's figure before it had 16, for comparison).
+    /// The CPU time each of `parts` (named groups of processes) spent over the rounds, per
+    /// job, goes into its details (what a job costs whom; load moves it less than the rate).
     pub(super) async fn jobs(&mut self, api: &Api, parts: &[(&str, Vec<u32>)]) {
-        const TASKS: usize = 8;
-        let counts = |stats: &Value| (stats["counts"]["completed"].as_u64(), stats["counts"]["failed"].as_u64());
-        let stats = || async {
-            let (status, stats) = api.get("/api/compute/stats").await;
-            (status == 200).then_some(stats)
-        };
-        let before = stats().await.expect("compute stats");
-        let (Some(completed0), Some(failed0)) = counts(&before) else {
-            panic!("compute stats without counts: {before}")
-        };
         let ticks = |pids: &[u32]| pids.iter().map(|&p| procfs::cpu_ticks(p)).sum::<u64>();
+        let eight = jobs_round(api, 8).await;
         let before: Vec<u64> = parts.iter().map(|(_, pids)| ticks(pids)).collect();
-        let t0 = Instant::now();
-        let submitters: Vec<_> = (0..TASKS)
-            .map(|t| {
-                let api = api.clone();
-                tokio::spawn(async move {
-                    for n in (t..JOBS).step_by(TASKS) {
-                        submit_job(&api, n).await;
-                    }
-                })
-            })
-            .collect();
-        for task in submitters {
-            task.await.expect("a submitting task panicked");
+        let mut rounds = Vec::new();
+        for _ in 0..JOB_ROUNDS {
+            rounds.push(jobs_round(api, JOB_CLIENTS).await);
         }
-        let submitted = t0.elapsed();
-        let failed = until(Duration::from_millis(10), "every job completed", || async {
-            let (completed, failed) = counts(&stats().await?);
-            let (completed, failed) = (completed? - completed0, failed? - failed0);
-            (completed + failed >= JOBS as u64).then_some(failed)
-        })
-        .await;
-        let all = t0.elapsed();
-        let per_second = JOBS as f64 / all.as_secs_f64();
-        let per_job = |ticks: u64| round2(ticks as f64 * 1000.0 / procfs::TICKS_PER_SECOND as f64 / JOBS as f64);
+        let total = (JOBS * JOB_ROUNDS) as f64;
+        let per_job = |ticks: u64| round2(ticks as f64 * 1000.0 / procfs::TICKS_PER_SECOND as f64 / total);
         let cpu: Vec<(String, f64)> = parts
             .iter()
             .zip(before)
             .map(|((name, pids), before)| (format!("{name}CpuMsPerJob"), per_job(ticks(pids).saturating_sub(before))))
             .collect();
-        let mut row = Row::new("jobs", "jobs through the balancer, submit to completed", per_second, "jobs/s");
+        let rates: Vec<f64> = rounds.iter().map(|r| r.per_second).collect();
+        let (median, min, max) = spread(&rates);
+        let failed: u64 = rounds.iter().map(|r| r.failed).sum();
+        let submits: Vec<f64> = rounds.iter().map(|r| r.submit_ms).collect();
+        let mut row = Row::new("jobs", "jobs through the balancer, submit to completed", median, "jobs/s");
         for (name, value) in cpu {
             row = row.detail(&name, value);
         }
         self.rows.push(
-            row
-                .shown(format!("{} jobs/s", show_count(per_second)))
-                .how(format!(
-                    "{JOBS} add jobs POSTed by {TASKS} client tasks (all accepted in {}), then /api/compute/stats polled \
-                     every 10 ms until all finished: first submit to last completion, 3 instances × {WORKERS} workers, \
-                     {failed} failed",
-                    show_ms(ms(submitted))
-                ))
-                .detail("jobs", JOBS)
-                .detail("clients", TASKS)
-                .detail("submitMs", ms(submitted))
-                .detail("allDoneMs", ms(all))
-                .detail("failed", failed),
+            row.shown(format!(
+                "{} jobs/s (min {}, max {}; 8 clients: {})",
+                show_count(median),
+                show_count(min),
+                show_count(max),
+                show_count(eight.per_second)
+            ))
+            .how(format!(
+                "{JOBS} add jobs POSTed by {JOB_CLIENTS} client tasks (as the load rows' 16 connections; all accepted in \
+                 {}), then /api/compute/stats polled every 10 ms until all finished: first submit to last completion, \
+                 3 instances × {WORKERS} workers, median of {JOB_ROUNDS} rounds, {failed} failed; beside it one round \
+                 by 8 tasks",
+                show_ms(spread(&submits).0)
+            ))
+            .detail("jobs", JOBS)
+            .detail("clients", JOB_CLIENTS)
+            .detail("perSecondRuns", runs(&rates))
+            .detail("submitMsRuns", runs(&submits))
+            .detail("allDoneMsRuns", runs(&rounds.iter().map(|r| r.all_ms).collect::<Vec<_>>()))
+            .detail("clients8PerSecond", round2(eight.per_second))
+            .detail("clients8SubmitMs", round2(eight.submit_ms))
+            .detail("failed", failed + eight.failed),
         );
     }
 
@@ -374,4 +364,46 @@ impl Bench {
         self.progress.note("stopping the PostgreSQL cluster");
         tokio::task::block_in_place(|| drop(cluster));
     }
+}
+
+/// One round of the jobs row.
+struct JobsRound {
+    per_second: f64,
+    submit_ms: f64,
+    all_ms: f64,
+    failed: u64,
+}
+
+/// [`JOBS`] `add` jobs submitted by `tasks` client tasks, until all are finished.
+async fn jobs_round(api: &Api, tasks: usize) -> JobsRound {
+    let counts = |stats: &Value| (stats["counts"]["completed"].as_u64(), stats["counts"]["failed"].as_u64());
+    let stats = || async {
+        let (status, stats) = api.get("/api/compute/stats").await;
+        (status == 200).then_some(stats)
+    };
+    let before = stats().await.expect("compute stats");
+    let (Some(completed0), Some(failed0)) = counts(&before) else { panic!("compute stats without counts: {before}") };
+    let t0 = Instant::now();
+    let submitters: Vec<_> = (0..tasks)
+        .map(|t| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                for n in (t..JOBS).step_by(tasks) {
+                    submit_job(&api, n).await;
+                }
+            })
+        })
+        .collect();
+    for task in submitters {
+        task.await.expect("a submitting task panicked");
+    }
+    let submitted = t0.elapsed();
+    let failed = until(Duration::from_millis(10), "every job completed", || async {
+        let (completed, failed) = counts(&stats().await?);
+        let (completed, failed) = (completed? - completed0, failed? - failed0);
+        (completed + failed >= JOBS as u64).then_some(failed)
+    })
+    .await;
+    let all = t0.elapsed();
+    JobsRound { per_second: JOBS as f64 / all.as_secs_f64(), submit_ms: ms(submitted), all_ms: ms(all), failed }
 }
