@@ -23,7 +23,7 @@ use e2e::procfs;
 use super::{Bench, TIGHT, data_behind_balancer, until};
 
 /// Rounds per proxy and shape (the best kept); each round lasts `secs.min(ROUND_SECS)`.
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 const ROUND_SECS: u64 = 3;
 
 const DYNAMIC: [Shape; 4] = [
