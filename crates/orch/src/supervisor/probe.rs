@@ -38,6 +38,27 @@ const STARTUP_PERIOD: Duration = Duration::from_millis(20);
 const STARTUP_WINDOW: Duration = Duration::from_secs(2);
 /// The step of the grid calm probes keep to: ten wake-ups a second for all of them at most.
 pub const GRID: Duration = Duration::from_millis(100);
+/// How long after its grid point a calm probe looks for its answer: the answers of one grid
+/// point are read together, in one wake-up of orch (an answer still late waits as any other).
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Runs `task` (a probe loop) on the probe thread: one thread with a runtime of its own for
+/// every probe loop, so a grid point's probes and their answers wake that one thread and
+/// leave orch's workers asleep (on the caller's runtime if that thread cannot start).
+pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    static PROBES: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    let handle = PROBES.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let handle = runtime.handle().clone();
+        let thread = std::thread::Builder::new().name("orch-probes".into());
+        thread.spawn(move || runtime.block_on(std::future::pending::<()>())).ok()?;
+        Some(handle)
+    });
+    match handle {
+        Some(handle) => drop(handle.spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
+}
 
 /// An HTTP client with no pooled connections: every request meets the current process.
 pub fn client() -> reqwest::Client {
@@ -110,11 +131,13 @@ pub fn calm_due(from: Instant, steady: Duration) -> Instant {
 /// the calm `steadyPeriodMs` of a probe whose period the manifest left unset; else exactly
 /// `pause` after it began.
 pub fn next_due(probe: &Probe, scheduled: Instant, started: Instant, pause: Duration) -> Instant {
-    if probe.calm_when_well() && pause > Duration::from_millis(probe.period_ms) {
-        calm_due(scheduled, pause)
-    } else {
-        started + pause
-    }
+    if is_calm(probe, pause) { calm_due(scheduled, pause) } else { started + pause }
+}
+
+/// Whether a probe `pause` ([`pace`]) after the last is a calm one, on the grid: the calm
+/// `steadyPeriodMs` of a probe whose period the manifest left unset.
+pub fn is_calm(probe: &Probe, pause: Duration) -> bool {
+    probe.calm_when_well() && pause > Duration::from_millis(probe.period_ms)
 }
 
 /// When the next liveness probe is due: `next` (the loop's own pace) while failing or when
@@ -127,8 +150,8 @@ pub fn liveness_due(probe: &Probe, next: Instant, failing: bool, answered: Optio
     }
 }
 
-/// One probe of the session's process.
-pub async fn check(session: &Session, probe: &Probe) -> Result<(), String> {
+/// One probe of the session's process; an HTTP answer is looked for no sooner than `read_at`.
+pub async fn check(session: &Session, probe: &Probe, read_at: Option<Instant>) -> Result<(), String> {
     let (port, timeout) = (session.port, Duration::from_millis(probe.timeout_ms));
     match &probe.check {
         Check::None => Ok(()),
@@ -137,7 +160,7 @@ pub async fn check(session: &Session, probe: &Probe) -> Result<(), String> {
             Ok(Err(e)) => Err(format!("port {port}: {e}")),
             Err(_) => Err(format!("port {port}: no connection within {} ms", probe.timeout_ms)),
         },
-        Check::Http(path) => match probe_get::get(&session.conns, port, path, timeout).await {
+        Check::Http(path) => match probe_get::get(&session.conns, port, path, timeout, read_at).await {
             Ok(status) if (200..300).contains(&status) => Ok(()),
             Ok(status) => Err(format!("GET {path} answered {status}")),
             Err(GetError::TimedOut) => Err(format!("GET {path}: no answer within {} ms", probe.timeout_ms)),
@@ -158,7 +181,7 @@ pub async fn readiness(
     let mut ever_ready = false;
     let mut ready = false;
     let mut failures = 0u32;
-    let mut due = began;
+    let (mut due, mut calm) = (began, false);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -167,7 +190,7 @@ pub async fn readiness(
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = check(&session, &probe) => outcome,
+            outcome = check(&session, &probe, calm.then(|| due + GATHER)) => outcome,
         };
         match outcome {
             Ok(()) => {
@@ -192,7 +215,7 @@ pub async fn readiness(
         // Not ready yet counts as failing: the start is probed at `periodMs`.
         let starting = !ever_ready && began.elapsed() < STARTUP_WINDOW;
         let pause = pace(&probe, starting, failures.max(u32::from(!ready)));
-        due = next_due(&probe, due, started, pause);
+        (due, calm) = (next_due(&probe, due, started, pause), is_calm(&probe, pause));
     }
 }
 
@@ -212,9 +235,10 @@ pub async fn liveness(session: Session, probe: Probe, cancel: CancellationToken,
             continue;
         }
         let (scheduled, started) = (due, Instant::now());
+        let calm = !failing && is_calm(&probe, pace(&probe, false, 0));
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = check(&session, &probe) => outcome,
+            outcome = check(&session, &probe, calm.then(|| scheduled + GATHER)) => outcome,
         };
         match outcome {
             Ok(()) => {
@@ -275,23 +299,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn probe_loops_run_on_the_probe_thread() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        spawn(async move {
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        });
+        assert_eq!(rx.await.unwrap().as_deref(), Some("orch-probes"));
+    }
+
+    #[tokio::test]
     async fn checks_say_what_failed() {
         let healthy = Arc::new(Mutex::new(false));
         let port = server(healthy.clone()).await;
         let session = Session::new(port);
-        assert_eq!(check(&session, &http_probe("/ready", 100, 1)).await, Err("GET /ready answered 503".into()));
+        assert_eq!(check(&session, &http_probe("/ready", 100, 1), None).await, Err("GET /ready answered 503".into()));
         *healthy.lock().unwrap() = true;
-        assert_eq!(check(&session, &http_probe("/ready", 100, 1)).await, Ok(()));
+        assert_eq!(check(&session, &http_probe("/ready", 100, 1), None).await, Ok(()));
         let tcp =
             Probe { check: Check::Tcp, period_ms: 100, steady_period_ms: 100, timeout_ms: 200, failure_threshold: 1 };
-        assert_eq!(check(&session, &tcp).await, Ok(()));
+        assert_eq!(check(&session, &tcp, None).await, Ok(()));
         // A socket that is bound but never answers: the timeout.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let silent_port = silent.local_addr().unwrap().port();
-        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1)).await.unwrap_err();
+        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1), None).await.unwrap_err();
         assert_eq!(err, "GET /health: no answer within 200 ms");
         drop(silent);
-        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1)).await.unwrap_err();
+        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1), None).await.unwrap_err();
         assert_eq!(err, "GET /health: connection refused");
     }
 
@@ -365,7 +398,7 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let session = Session::new(port);
         for _ in 0..5 {
-            assert_eq!(check(&session, &http_probe("/health", 10, 1)).await, Ok(()));
+            assert_eq!(check(&session, &http_probe("/health", 10, 1), None).await, Ok(()));
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "five probes, one connection");
     }
