@@ -464,7 +464,7 @@ fn register(
 
 /// Runs the `kind` probe of process `generation` of `id` until `probes` is
 /// cancelled, in the process's probe `session` (one connection kept from probe to probe);
-/// its reports come back to the controller as events.
+/// its reports come back to the controller as events. It runs on the probe thread.
 fn spawn_probe(
     tx: &mpsc::UnboundedSender<Event>,
     id: &InstanceId,
@@ -479,7 +479,7 @@ fn spawn_probe(
         let _ = tx.send(Event::Probe { id: id.clone(), generation, kind, ok, detail });
     };
     match kind {
-        ProbeKind::Readiness => tokio::spawn(probe::readiness(session, probe, probes, report)),
-        ProbeKind::Liveness => tokio::spawn(probe::liveness(session, probe, probes, report)),
-    };
+        ProbeKind::Readiness => probe::spawn(probe::readiness(session, probe, probes, report)),
+        ProbeKind::Liveness => probe::spawn(probe::liveness(session, probe, probes, report)),
+    }
 }

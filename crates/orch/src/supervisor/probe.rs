@@ -16,8 +16,15 @@
 //! ([`Probe::calm_when_well`]) counts any answer as a sign of life while it is not failing: it
 //! probes only when `steadyPeriodMs` passed without one ([`liveness_due`]), so a ready
 //! instance costs one probe per liveness period, not one of each kind.
+//!
+//! Calm probes keep to a shared grid ([`calm_due`]): a calm probe is due on the first
+//! [`GRID`] point no sooner than `steadyPeriodMs - GRID` after the last one (or answer), so
+//! it is never later than `steadyPeriodMs` and the calm probes of many instances wake orch
+//! together, their answers coming back together. A calm readiness probe counts from when it
+//! was due, so its period is one grid step under `steadyPeriodMs` and it stays ahead of the
+//! liveness probe it stands in for (which counts from the answer, a little later).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,6 +36,29 @@ use crate::manifest::{Check, Probe};
 /// Retry pace before the first success, for at most [`STARTUP_WINDOW`] after the start.
 const STARTUP_PERIOD: Duration = Duration::from_millis(20);
 const STARTUP_WINDOW: Duration = Duration::from_secs(2);
+/// The step of the grid calm probes keep to: ten wake-ups a second for all of them at most.
+pub const GRID: Duration = Duration::from_millis(100);
+/// How long after its grid point a calm probe looks for its answer: the answers of one grid
+/// point are read together, in one wake-up of orch (an answer still late waits as any other).
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Runs `task` (a probe loop) on the probe thread: one thread with a runtime of its own for
+/// every probe loop, so a grid point's probes and their answers wake that one thread and
+/// leave orch's workers asleep (on the caller's runtime if that thread cannot start).
+pub fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    static PROBES: OnceLock<Option<tokio::runtime::Handle>> = OnceLock::new();
+    let handle = PROBES.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let handle = runtime.handle().clone();
+        let thread = std::thread::Builder::new().name("orch-probes".into());
+        thread.spawn(move || runtime.block_on(std::future::pending::<()>())).ok()?;
+        Some(handle)
+    });
+    match handle {
+        Some(handle) => drop(handle.spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
+}
 
 /// An HTTP client with no pooled connections: every request meets the current process.
 pub fn client() -> reqwest::Client {
@@ -76,18 +106,52 @@ pub fn pace(probe: &Probe, starting: bool, failures: u32) -> Duration {
     }
 }
 
+/// The instant every orch process's grid counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The first point of the grid of `step` from `epoch` at or after `at`.
+pub fn on_grid(epoch: Instant, step: Duration, at: Instant) -> Instant {
+    let since = at.saturating_duration_since(epoch).as_nanos();
+    let step_ns = step.as_nanos().max(1);
+    let steps = since.div_ceil(step_ns);
+    epoch + Duration::from_nanos(u64::try_from(steps * step_ns).unwrap_or(u64::MAX))
+}
+
+/// When a calm probe is due, `from` the last one (or the last answer): on the first [`GRID`]
+/// point after `steady - GRID`, so no later than `steady`.
+pub fn calm_due(from: Instant, steady: Duration) -> Instant {
+    on_grid(epoch(), GRID, from + steady.saturating_sub(GRID))
+}
+
+/// When the probe after one `due` at `scheduled` and begun at `started` is due, `pause`
+/// ([`pace`]) being its pause: on the grid ([`calm_due`], from when it was due) when the pause is
+/// the calm `steadyPeriodMs` of a probe whose period the manifest left unset; else exactly
+/// `pause` after it began.
+pub fn next_due(probe: &Probe, scheduled: Instant, started: Instant, pause: Duration) -> Instant {
+    if is_calm(probe, pause) { calm_due(scheduled, pause) } else { started + pause }
+}
+
+/// Whether a probe `pause` ([`pace`]) after the last is a calm one, on the grid: the calm
+/// `steadyPeriodMs` of a probe whose period the manifest left unset.
+pub fn is_calm(probe: &Probe, pause: Duration) -> bool {
+    probe.calm_when_well() && pause > Duration::from_millis(probe.period_ms)
+}
+
 /// When the next liveness probe is due: `next` (the loop's own pace) while failing or when
-/// the period is the manifest's; else no sooner than `steadyPeriodMs` after the process last
+/// the period is the manifest's; else no sooner than [`calm_due`] after the process last
 /// answered any probe (`answered`).
 pub fn liveness_due(probe: &Probe, next: Instant, failing: bool, answered: Option<Instant>) -> Instant {
     match answered {
-        Some(at) if !failing && probe.calm_when_well() => next.max(at + pace(probe, false, 0)),
+        Some(at) if !failing && probe.calm_when_well() => next.max(calm_due(at, pace(probe, false, 0))),
         _ => next,
     }
 }
 
-/// One probe of the session's process.
-pub async fn check(session: &Session, probe: &Probe) -> Result<(), String> {
+/// One probe of the session's process; an HTTP answer is looked for no sooner than `read_at`.
+pub async fn check(session: &Session, probe: &Probe, read_at: Option<Instant>) -> Result<(), String> {
     let (port, timeout) = (session.port, Duration::from_millis(probe.timeout_ms));
     match &probe.check {
         Check::None => Ok(()),
@@ -96,7 +160,7 @@ pub async fn check(session: &Session, probe: &Probe) -> Result<(), String> {
             Ok(Err(e)) => Err(format!("port {port}: {e}")),
             Err(_) => Err(format!("port {port}: no connection within {} ms", probe.timeout_ms)),
         },
-        Check::Http(path) => match probe_get::get(&session.conns, port, path, timeout).await {
+        Check::Http(path) => match probe_get::get(&session.conns, port, path, timeout, read_at).await {
             Ok(status) if (200..300).contains(&status) => Ok(()),
             Ok(status) => Err(format!("GET {path} answered {status}")),
             Err(GetError::TimedOut) => Err(format!("GET {path}: no answer within {} ms", probe.timeout_ms)),
@@ -117,11 +181,16 @@ pub async fn readiness(
     let mut ever_ready = false;
     let mut ready = false;
     let mut failures = 0u32;
+    let (mut due, mut calm) = (began, false);
     loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(due) => {}
+        }
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = check(&session, &probe) => outcome,
+            outcome = check(&session, &probe, calm.then(|| due + GATHER)) => outcome,
         };
         match outcome {
             Ok(()) => {
@@ -145,11 +214,8 @@ pub async fn readiness(
         }
         // Not ready yet counts as failing: the start is probed at `periodMs`.
         let starting = !ever_ready && began.elapsed() < STARTUP_WINDOW;
-        let pace = pace(&probe, starting, failures.max(u32::from(!ready)));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep_until(started + pace) => {}
-        }
+        let pause = pace(&probe, starting, failures.max(u32::from(!ready)));
+        (due, calm) = (next_due(&probe, due, started, pause), is_calm(&probe, pause));
     }
 }
 
@@ -168,10 +234,11 @@ pub async fn liveness(session: Session, probe: Probe, cancel: CancellationToken,
             }
             continue;
         }
-        let started = Instant::now();
+        let (scheduled, started) = (due, Instant::now());
+        let calm = !failing && is_calm(&probe, pace(&probe, false, 0));
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = check(&session, &probe) => outcome,
+            outcome = check(&session, &probe, calm.then(|| scheduled + GATHER)) => outcome,
         };
         match outcome {
             Ok(()) => {
@@ -188,7 +255,7 @@ pub async fn liveness(session: Session, probe: Probe, cancel: CancellationToken,
                 report(false, why);
             }
         }
-        next = started + pace(&probe, false, u32::from(failing));
+        next = next_due(&probe, scheduled, started, pace(&probe, false, u32::from(failing)));
     }
 }
 
@@ -232,23 +299,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn probe_loops_run_on_the_probe_thread() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        spawn(async move {
+            let _ = tx.send(std::thread::current().name().map(str::to_owned));
+        });
+        assert_eq!(rx.await.unwrap().as_deref(), Some("orch-probes"));
+    }
+
+    #[tokio::test]
     async fn checks_say_what_failed() {
         let healthy = Arc::new(Mutex::new(false));
         let port = server(healthy.clone()).await;
         let session = Session::new(port);
-        assert_eq!(check(&session, &http_probe("/ready", 100, 1)).await, Err("GET /ready answered 503".into()));
+        assert_eq!(check(&session, &http_probe("/ready", 100, 1), None).await, Err("GET /ready answered 503".into()));
         *healthy.lock().unwrap() = true;
-        assert_eq!(check(&session, &http_probe("/ready", 100, 1)).await, Ok(()));
+        assert_eq!(check(&session, &http_probe("/ready", 100, 1), None).await, Ok(()));
         let tcp =
             Probe { check: Check::Tcp, period_ms: 100, steady_period_ms: 100, timeout_ms: 200, failure_threshold: 1 };
-        assert_eq!(check(&session, &tcp).await, Ok(()));
+        assert_eq!(check(&session, &tcp, None).await, Ok(()));
         // A socket that is bound but never answers: the timeout.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let silent_port = silent.local_addr().unwrap().port();
-        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1)).await.unwrap_err();
+        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1), None).await.unwrap_err();
         assert_eq!(err, "GET /health: no answer within 200 ms");
         drop(silent);
-        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1)).await.unwrap_err();
+        let err = check(&Session::new(silent_port), &http_probe("/health", 100, 1), None).await.unwrap_err();
         assert_eq!(err, "GET /health: connection refused");
     }
 
@@ -322,7 +398,7 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let session = Session::new(port);
         for _ in 0..5 {
-            assert_eq!(check(&session, &http_probe("/health", 10, 1)).await, Ok(()));
+            assert_eq!(check(&session, &http_probe("/health", 10, 1), None).await, Ok(()));
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "five probes, one connection");
     }
@@ -330,14 +406,17 @@ mod tests {
     #[test]
     fn an_unset_liveness_period_waits_for_a_stretch_without_answers() {
         let ms = Duration::from_millis;
-        let t0 = Instant::now();
+        // A grid point: a stretch from an answer just after it ends on the next second's.
+        let t0 = on_grid(epoch(), GRID, Instant::now());
         let unset = calm("/health", 400, 1000, 400, 4);
         let set = Probe { steady_period_ms: 400, ..unset.clone() };
         // (probe, own next probe, failing, last answer) -> due
         let table = [
             (&unset, t0, false, None, t0),
-            (&unset, t0, false, Some(t0), t0 + ms(1000)),
-            (&unset, t0 + ms(1000), false, Some(t0 + ms(300)), t0 + ms(1300)),
+            (&unset, t0, false, Some(t0 + ms(3)), t0 + ms(1000)),
+            (&unset, t0 + ms(1000), false, Some(t0 + ms(301)), t0 + ms(1300)),
+            // Brought earlier onto the grid, never later than 1 s after the answer.
+            (&unset, t0 + ms(1000), false, Some(t0 + ms(250)), t0 + ms(1200)),
             (&unset, t0 + ms(1000), false, Some(t0 - ms(5000)), t0 + ms(1000)),
             // Failing: its own pace, whatever answered before.
             (&unset, t0 + ms(400), true, Some(t0 + ms(300)), t0 + ms(400)),
@@ -346,6 +425,83 @@ mod tests {
         ];
         for (i, (probe, next, failing, answered, want)) in table.into_iter().enumerate() {
             assert_eq!(liveness_due(probe, next, failing, answered), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn calm_probes_keep_to_the_grid_and_are_never_late() {
+        let ms = Duration::from_millis;
+        let e = Instant::now();
+        // (at) -> the grid point at or after it
+        let table = [(e, e), (e + ms(1), e + ms(100)), (e + ms(100), e + ms(100)), (e + ms(250), e + ms(300))];
+        for (at, want) in table {
+            assert_eq!(on_grid(e, ms(100), at), want, "{:?}", at - e);
+        }
+        assert_eq!(on_grid(e + ms(5), ms(100), e), e + ms(5), "before the epoch: the epoch");
+        // Whatever it counts from, a calm probe is on the grid, within one step under its period.
+        let g = on_grid(epoch(), GRID, Instant::now());
+        for offset in (0..400).step_by(7) {
+            let from = g + ms(offset);
+            for steady in [ms(1000), ms(2000)] {
+                let due = calm_due(from, steady);
+                assert!(due <= from + steady && due >= from + steady - GRID, "{offset} {steady:?}");
+                assert_eq!(on_grid(epoch(), GRID, due), due, "{offset} {steady:?}: off the grid");
+            }
+        }
+        // (probe, scheduled, started, pause) -> next due: the grid only for a calm pause.
+        let (unset, set) = (calm("/ready", 200, 2000, 1000, 3), http_probe("/ready", 2000, 3));
+        let table = [
+            (&unset, g, g + ms(1), ms(2000), g + ms(1900)),
+            (&unset, g + ms(30), g + ms(31), ms(2000), g + ms(2000)),
+            (&unset, g + ms(30), g + ms(31), ms(200), g + ms(231)),
+            (&unset, g + ms(30), g + ms(31), ms(20), g + ms(51)),
+            (&set, g + ms(30), g + ms(31), ms(2000), g + ms(2031)),
+        ];
+        for (i, (probe, scheduled, started, pause, want)) in table.into_iter().enumerate() {
+            assert_eq!(next_due(probe, scheduled, started, pause), want, "row {i}");
+        }
+    }
+
+    /// The calm probes of one ready process, simulated with the defaults: which kind is sent
+    /// when, each answered `latency` after its timer fired `late`.
+    fn calm_schedule(seconds: u64, late: Duration, latency: Duration) -> Vec<(Instant, &'static str)> {
+        let ready_probe = calm("/ready", 200, 2000, 1000, 3);
+        let live_probe = calm("/health", 400, 1000, 400, 4);
+        let start = Instant::now();
+        let (mut ready_due, mut live_next, mut answered) = (start, start, None);
+        let mut sent = Vec::new();
+        while sent.last().is_none_or(|(at, _)| *at < start + Duration::from_secs(seconds)) {
+            let live_due = liveness_due(&live_probe, live_next, false, answered);
+            let (scheduled, kind) = if ready_due <= live_due { (ready_due, "ready") } else { (live_due, "live") };
+            let started = scheduled + late;
+            sent.push((scheduled, kind));
+            answered = Some(started + latency);
+            if kind == "ready" {
+                ready_due = next_due(&ready_probe, scheduled, started, pace(&ready_probe, false, 0));
+            } else {
+                live_next = next_due(&live_probe, scheduled, started, pace(&live_probe, false, 0));
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn a_ready_process_gets_about_one_calm_probe_a_second_never_two_at_once() {
+        let ms = Duration::from_millis;
+        for (late, latency) in [(ms(1), ms(1)), (ms(1), ms(40)), (ms(5), ms(90)), (ms(20), ms(150))] {
+            let sent = calm_schedule(20, late, latency);
+            let calm = &sent[2..];
+            // About one a second: one step under 2 s for readiness, a little over 1 s between.
+            assert!((20..=22).contains(&calm.len()), "{late:?} {latency:?}: {} probes in 20 s", calm.len());
+            for pair in calm.windows(2) {
+                let ((a, kind_a), (b, kind_b)) = (pair[0], pair[1]);
+                assert_ne!(kind_a, kind_b, "{late:?} {latency:?}: they take turns");
+                // Never two at once, and never more than 1 s after the last answer.
+                assert!(b - a >= GRID && b <= a + late + latency + ms(1000), "{late:?} {latency:?}: {:?}", b - a);
+            }
+            for (at, _) in calm {
+                assert_eq!(on_grid(epoch(), GRID, *at), *at, "{late:?} {latency:?}: off the grid");
+            }
         }
     }
 

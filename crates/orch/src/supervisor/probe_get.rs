@@ -12,12 +12,17 @@
 //! answered all the same and the connection dropped. A kept connection the server closed
 //! meanwhile (its idle timeout) is noticed when nothing comes back, and the probe tries once
 //! more on a new one, within the same timeout.
+//!
+//! A calm probe may say when to look for its answer (`read_at`): the calm probes of many
+//! processes are sent together ([`super::probe`]'s grid), and reading their answers a few
+//! milliseconds later, together, costs orch one wake-up instead of one per answer.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The most idle connections a session keeps: one while the probes take turns, a second for
 /// when they overlap.
@@ -58,12 +63,19 @@ impl Conns {
     }
 }
 
-/// `GET path` from the process on `port`, within `timeout`: its status.
-pub async fn get(conns: &Conns, port: u16, path: &str, timeout: Duration) -> Result<u16, GetError> {
+/// `GET path` from the process on `port`, within `timeout`: its status. The answer is looked
+/// for no sooner than `read_at` (within the timeout all the same).
+pub async fn get(
+    conns: &Conns,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    read_at: Option<Instant>,
+) -> Result<u16, GetError> {
     let request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nuser-agent: orch-probe\r\n\r\n");
     let exchange = async {
         if let Some(stream) = conns.take() {
-            match exchange(stream, request.as_bytes()).await {
+            match exchange(stream, request.as_bytes(), read_at).await {
                 Ok((status, kept)) => return Ok(keep(conns, status, kept)),
                 // Closed by the server while idle: once more on a new connection.
                 Err(Failure::Stale) => {}
@@ -75,7 +87,7 @@ pub async fn get(conns: &Conns, port: u16, path: &str, timeout: Duration) -> Res
             _ => GetError::Other(e.to_string()),
         })?;
         let _ = stream.set_nodelay(true);
-        match exchange(stream, request.as_bytes()).await {
+        match exchange(stream, request.as_bytes(), read_at).await {
             Ok((status, kept)) => Ok(keep(conns, status, kept)),
             Err(Failure::Stale) => Err(GetError::Other("connection closed before an answer".into())),
             Err(Failure::Io(e)) => Err(GetError::Other(e)),
@@ -99,12 +111,19 @@ enum Failure {
 
 /// Writes `request` and reads the answer's head (and its body, when the connection can be
 /// kept): the status, and the stream if it may serve the next probe.
-async fn exchange(mut stream: TcpStream, request: &[u8]) -> Result<(u16, Option<TcpStream>), Failure> {
+async fn exchange(
+    mut stream: TcpStream,
+    request: &[u8],
+    read_at: Option<Instant>,
+) -> Result<(u16, Option<TcpStream>), Failure> {
     let stale = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Failure::Stale,
         _ => Failure::Io(e.to_string()),
     };
     stream.write_all(request).await.map_err(stale)?;
+    if let Some(at) = read_at {
+        tokio::time::sleep_until(at).await;
+    }
     let mut buf = Vec::with_capacity(1024);
     loop {
         let read = stream.read_buf(&mut buf).await.map_err(stale)?;
@@ -218,7 +237,7 @@ mod tests {
         let (port, accepted) = scripted(vec![OK, OK, OK]).await;
         let conns = Conns::default();
         for _ in 0..3 {
-            assert_eq!(get(&conns, port, "/health", SECOND).await.unwrap(), 200);
+            assert_eq!(get(&conns, port, "/health", SECOND, None).await.unwrap(), 200);
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
@@ -230,7 +249,7 @@ mod tests {
         let (port, accepted) = scripted(vec![OK]).await;
         let conns = Conns::default();
         for _ in 0..3 {
-            assert_eq!(get(&conns, port, "/health", SECOND).await.unwrap(), 200);
+            assert_eq!(get(&conns, port, "/health", SECOND, None).await.unwrap(), 200);
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
@@ -246,24 +265,24 @@ mod tests {
         for (answer, status) in cases {
             let (port, _) = scripted(vec![answer]).await;
             let conns = Conns::default();
-            assert_eq!(get(&conns, port, "/", SECOND).await.unwrap(), status, "{answer:?}");
+            assert_eq!(get(&conns, port, "/", SECOND, None).await.unwrap(), status, "{answer:?}");
             assert_eq!(conns.kept(), 0, "{answer:?}");
         }
         let (port, _) = scripted(vec!["HTTP/1.1 204 No Content\r\n\r\n"]).await;
         let conns = Conns::default();
-        assert_eq!(get(&conns, port, "/", SECOND).await.unwrap(), 204);
+        assert_eq!(get(&conns, port, "/", SECOND, None).await.unwrap(), 204);
         assert_eq!(conns.kept(), 1, "a 204 has no body: kept");
     }
 
     #[tokio::test]
     async fn garbage_and_silence_are_errors() {
         let (port, _) = scripted(vec!["SSH-2.0-OpenSSH\r\n\r\n"]).await;
-        assert!(matches!(get(&Conns::default(), port, "/", SECOND).await, Err(GetError::Other(_))));
+        assert!(matches!(get(&Conns::default(), port, "/", SECOND, None).await, Err(GetError::Other(_))));
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = silent.local_addr().unwrap().port();
-        let outcome = get(&Conns::default(), port, "/", Duration::from_millis(100)).await;
+        let outcome = get(&Conns::default(), port, "/", Duration::from_millis(100), None).await;
         assert!(matches!(outcome, Err(GetError::TimedOut)));
         drop(silent);
-        assert!(matches!(get(&Conns::default(), port, "/", SECOND).await, Err(GetError::Refused)));
+        assert!(matches!(get(&Conns::default(), port, "/", SECOND, None).await, Err(GetError::Refused)));
     }
 }
