@@ -6,6 +6,10 @@
 //! deregisters on shutdown. A 410 means someone deregistered this instance on purpose (orch
 //! draining it before a stop): the loop then stays quiet instead of registering again.
 //!
+//! The beats keep to a wall-clock grid shared by the whole cluster (the multiples of the
+//! interval in Unix-epoch milliseconds, see [`next_beat`]), so a cluster's beats reach the
+//! registry together and it reads many per wake-up instead of one each.
+//!
 //! [`RegistryClient::watch`] is the blocking query: it returns as soon as the registry's
 //! index moves past the one given, or after `wait` with the same index.
 
@@ -213,6 +217,7 @@ pub async fn maintain(
     let mut quiet = false;
     let mut backoff = Duration::from_millis(100);
     loop {
+        let started = crate::time::unix_millis();
         let next = if quiet {
             None
         } else if !registered {
@@ -221,7 +226,7 @@ pub async fn maintain(
                     tracing::info!(service_id = %id, registry = client.base_url(), "registered");
                     registered = true;
                     backoff = Duration::from_millis(100);
-                    Some(interval)
+                    Some(until_next_beat(started, interval))
                 }
                 Err(e) => {
                     tracing::warn!(service_id = %id, error = %e, "registration failed, retrying");
@@ -231,7 +236,7 @@ pub async fn maintain(
             }
         } else {
             match client.heartbeat(&id).await {
-                Ok(Beat::Alive) => Some(interval),
+                Ok(Beat::Alive) => Some(until_next_beat(started, interval)),
                 Ok(Beat::Unknown) => {
                     tracing::info!(service_id = %id, "registry forgot this instance, registering again");
                     registered = false;
@@ -263,6 +268,20 @@ pub async fn maintain(
     }
 }
 
+/// The next beat after one started at `started_ms` (Unix-epoch milliseconds): the first
+/// multiple of `interval` after it, so in `(started_ms, started_ms + interval]`, never later
+/// than one interval after the last beat, and the same instant for every instance alike.
+pub fn next_beat(started_ms: i64, interval: Duration) -> i64 {
+    let step = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX).max(1);
+    started_ms.div_euclid(step).saturating_add(1).saturating_mul(step)
+}
+
+/// How long to sleep, from now, until the beat after one started at `started_ms`.
+fn until_next_beat(started_ms: i64, interval: Duration) -> Duration {
+    let wait = next_beat(started_ms, interval).saturating_sub(crate::time::unix_millis());
+    Duration::from_millis(u64::try_from(wait).unwrap_or(0)).min(interval)
+}
+
 async fn sleep_or_forever(duration: Option<Duration>) {
     match duration {
         Some(d) => tokio::time::sleep(d).await,
@@ -283,4 +302,41 @@ pub fn spawn_maintain(config: &Config, port: u16, shutdown: &Shutdown) {
         !config.managed,
     );
     shutdown.spawn(task);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::next_beat;
+
+    #[test]
+    fn beats_keep_to_the_shared_grid() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (started at, interval) -> next beat
+        let table = [
+            (0, s(2), 2_000),
+            (1, s(2), 2_000),
+            (1_999, s(2), 2_000),
+            (2_000, s(2), 4_000),
+            (2_001, s(2), 4_000),
+            (1_764_154_007_120, s(2), 1_764_154_008_000),
+            (1_764_154_008_000, s(2), 1_764_154_010_000),
+            (1_764_154_007_120, s(10), 1_764_154_010_000),
+            (1_764_154_007_120, ms(300), 1_764_154_007_400),
+            (1_764_154_007_120, ms(1), 1_764_154_007_121),
+            (5, Duration::ZERO, 6),
+            (-1, s(2), 0),
+        ];
+        for (started, interval, want) in table {
+            let next = next_beat(started, interval);
+            assert_eq!(next, want, "started {started}, interval {interval:?}");
+            let step = interval.as_millis().max(1) as i64;
+            assert!(next > started && next - started <= step, "{started} {interval:?} -> {next}");
+        }
+        // Two instances that started apart beat at the same instants from their second beat.
+        let (a, b) = (1_764_154_007_120, 1_764_154_008_931);
+        assert_eq!(next_beat(next_beat(a, s(2)), s(2)), next_beat(b, s(2)));
+    }
 }

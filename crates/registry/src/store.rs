@@ -102,7 +102,9 @@ impl Store {
             });
         };
         entry.last_seen = now;
-        entry.record.last_heartbeat = now_iso.to_owned();
+        // Reuses the stamp's buffer: a burst of beats allocates no new strings here.
+        entry.record.last_heartbeat.clear();
+        entry.record.last_heartbeat.push_str(now_iso);
         if !entry.record.healthy {
             entry.record.healthy = true;
             self.index += 1;
