@@ -78,6 +78,8 @@ pub struct Config {
     pub balancer_url: String,
     /// `METRICS_INTERVAL_MS` (default 1000): how often the balancer's metrics are read.
     pub metrics_interval: Duration,
+    /// Whether `METRICS_INTERVAL_MS` was set: then it is the exact period, never calmed.
+    pub metrics_interval_fixed: bool,
     /// `ORCH_CONTROL_URL`: orch's control API, for restart counts and events.
     pub orch_control_url: Option<String>,
     /// `ALERT_WEBHOOK_URL` and its retry settings.
@@ -107,6 +109,7 @@ impl Config {
             history_size: vars.number("HISTORY_SIZE", 120, 1, 10_000)? as usize,
             balancer_url: http_url("LOAD_BALANCER_URL", &vars.string("LOAD_BALANCER_URL", "http://localhost:3000"))?,
             metrics_interval: vars.millis("METRICS_INTERVAL_MS", 1_000, 3_600_000)?,
+            metrics_interval_fixed: vars.get("METRICS_INTERVAL_MS").is_some(),
             orch_control_url: vars.get("ORCH_CONTROL_URL").map(|u| http_url("ORCH_CONTROL_URL", &u)).transpose()?,
             webhook,
             ws_send_timeout: vars.millis("WS_SEND_TIMEOUT_MS", 10_000, 600_000)?,
@@ -137,6 +140,7 @@ struct Shared {
     http: reqwest::Client,
     webhook: Option<Webhook>,
     orch_poll: Notify,
+    traffic_poll: Notify,
     clients: AtomicUsize,
     shutdown: kit::Shutdown,
 }
@@ -204,6 +208,7 @@ impl AppState {
             http,
             webhook,
             orch_poll: Notify::new(),
+            traffic_poll: Notify::new(),
             clients: AtomicUsize::new(0),
             shutdown,
         }))
@@ -368,7 +373,8 @@ impl AppState {
         let mut published = self.lock();
         let news = match metrics {
             Some(metrics) => {
-                published.cluster.traffic.update(kit::time::unix_millis(), metrics);
+                let point = self.0.config.metrics_interval.as_millis() as machine::Millis;
+                published.cluster.traffic.update(kit::time::unix_millis(), metrics, point);
                 true
             }
             None => published.cluster.traffic.unavailable(),
@@ -391,6 +397,15 @@ impl AppState {
 
     async fn orch_poll_woken(&self) {
         self.0.orch_poll.notified().await
+    }
+
+    /// Asks the traffic poll to read the balancer's metrics now (a dashboard connected).
+    fn wake_traffic_poll(&self) {
+        self.0.traffic_poll.notify_one();
+    }
+
+    async fn traffic_poll_woken(&self) {
+        self.0.traffic_poll.notified().await
     }
 
     /// Counts a dashboard socket for as long as the guard lives; `None` when full.

@@ -4,9 +4,15 @@
 //! [`Traffic::update`] is pure: it takes a parsed metrics document and the time it was
 //! read, and derives the rate from the change of the `requests` counter since the previous
 //! document. A counter that goes down means the balancer restarted; the rate then starts
-//! over instead of going negative.
+//! over instead of going negative. Each point of the rate history stands for one period:
+//! a read after k periods pushes k points of its average rate, so the history stays exact
+//! whatever the pace of the reads.
+//!
+//! [`Pace`] is the poll's rhythm: every period while anything happens, calmer (doubling up
+//! to [`CALM_MAX`]) while the counter stands still and no dashboard is connected.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +22,9 @@ use crate::urls::loopback;
 
 /// How many requests-per-second points are kept for the header's sparkline.
 pub const RATE_POINTS: usize = 120;
+
+/// The longest wait between two reads while nothing happens and nobody looks.
+pub const CALM_MAX: Duration = Duration::from_secs(8);
 
 /// The parts of the balancer's `/api/metrics` the dashboard uses (unknown fields ignored).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -93,25 +102,30 @@ pub struct InstanceTraffic {
 }
 
 impl Traffic {
-    /// Takes in the metrics read `at`.
-    pub fn update(&mut self, at: Millis, metrics: Metrics) {
+    /// Takes in the metrics read `at`; each history point stands for `point` ms (the period).
+    pub fn update(&mut self, at: Millis, metrics: Metrics, point: Millis) {
         let rate = match self.previous {
             Some((then, before)) if at > then && metrics.requests >= before => {
-                Some((metrics.requests - before) as f64 * 1000.0 / (at - then) as f64)
+                let points = ((at - then + point / 2) / point.max(1)).clamp(1, RATE_POINTS as Millis);
+                Some(((metrics.requests - before) as f64 * 1000.0 / (at - then) as f64, points))
             }
             // First reading, or the balancer restarted: no rate yet.
             _ => None,
         };
-        if let Some(rate) = rate {
-            if self.rate_history.len() == RATE_POINTS {
-                self.rate_history.pop_front();
+        let rate = rate.map(|(rate, points)| {
+            let rate = (rate * 100.0).round() / 100.0;
+            for _ in 0..points {
+                if self.rate_history.len() == RATE_POINTS {
+                    self.rate_history.pop_front();
+                }
+                self.rate_history.push_back(rate);
             }
-            self.rate_history.push_back((rate * 100.0).round() / 100.0);
-        }
+            rate
+        });
         self.previous = Some((at, metrics.requests));
         self.available = true;
         self.updated_at = Some(kit::time::iso_from_millis(at));
-        self.requests_per_second = rate.map(|r| (r * 100.0).round() / 100.0);
+        self.requests_per_second = rate;
         self.requests = metrics.requests;
         self.errors = metrics.errors;
         self.in_flight = metrics.in_flight;
@@ -147,26 +161,62 @@ impl Traffic {
     }
 }
 
-/// Reads the balancer's metrics every `METRICS_INTERVAL_MS` until shutdown.
+/// When the next read is due. While the last two reads saw the same thing (the same
+/// `requests` counter, or the balancer unavailable both times) and no dashboard is
+/// connected, the wait doubles up to [`CALM_MAX`]; anything else brings back the period.
+/// A period set explicitly (`fixed`) is always kept.
+#[derive(Debug)]
+pub struct Pace {
+    period: Duration,
+    fixed: bool,
+    wait: Duration,
+    /// What the previous read saw: the counter, or `None` for an unavailable balancer.
+    last: Option<Option<u64>>,
+}
+
+impl Pace {
+    pub fn new(period: Duration, fixed: bool) -> Self {
+        Self { period, fixed, wait: period, last: None }
+    }
+
+    /// Takes in what a read saw and whether a dashboard is connected; returns the wait
+    /// before the next read.
+    pub fn next(&mut self, seen: Option<u64>, watched: bool) -> Duration {
+        let calm = !self.fixed && !watched && self.last == Some(seen);
+        self.last = Some(seen);
+        self.wait = if calm { (self.wait * 2).min(CALM_MAX.max(self.period)) } else { self.period };
+        self.wait
+    }
+}
+
+/// Reads the balancer's metrics at the [`Pace`] of `METRICS_INTERVAL_MS` until shutdown,
+/// and at once when a dashboard connects.
 pub async fn poll(state: AppState, shutdown: kit::Shutdown) {
     let url = format!("{}/api/metrics", loopback(&state.config().balancer_url));
-    let period = state.config().metrics_interval;
+    let mut pace = Pace::new(state.config().metrics_interval, state.config().metrics_interval_fixed);
     let timeout = state.config().check_timeout;
     loop {
         let read = async {
             let res = state.http().get(&url).timeout(timeout).send().await?;
             res.error_for_status()?.json::<Metrics>().await
         };
-        match read.await {
-            Ok(metrics) => state.update_traffic(Some(metrics)),
+        let seen = match read.await {
+            Ok(metrics) => {
+                let requests = metrics.requests;
+                state.update_traffic(Some(metrics));
+                Some(requests)
+            }
             Err(e) => {
                 tracing::debug!(error = %e.without_url(), "cannot read the balancer's metrics");
                 state.update_traffic(None);
+                None
             }
-        }
+        };
+        let wait = pace.next(seen, state.dashboard_clients() > 0);
         tokio::select! {
             _ = shutdown.requested() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = state.traffic_poll_woken() => {}
         }
     }
 }
@@ -190,11 +240,11 @@ mod tests {
     #[test]
     fn rate_from_the_counter() {
         let mut traffic = Traffic::default();
-        traffic.update(1_000, metrics(100));
+        traffic.update(1_000, metrics(100), 1_000);
         assert_eq!(traffic.requests_per_second, None, "one reading gives no rate");
-        traffic.update(1_500, metrics(150));
+        traffic.update(1_500, metrics(150), 1_000);
         assert_eq!(traffic.requests_per_second, Some(100.0));
-        traffic.update(2_500, metrics(160));
+        traffic.update(2_500, metrics(160), 1_000);
         assert_eq!(traffic.requests_per_second, Some(10.0));
         assert_eq!(traffic.rate_history, [100.0, 10.0]);
         assert_eq!(traffic.services["auth"].instances["auth-1"].requests, 160);
@@ -204,28 +254,73 @@ mod tests {
     #[test]
     fn a_restarted_balancer_starts_the_rate_over() {
         let mut traffic = Traffic::default();
-        traffic.update(1_000, metrics(500));
-        traffic.update(2_000, metrics(3));
+        traffic.update(1_000, metrics(500), 1_000);
+        traffic.update(2_000, metrics(3), 1_000);
         assert_eq!(traffic.requests_per_second, None);
-        traffic.update(3_000, metrics(13));
+        traffic.update(3_000, metrics(13), 1_000);
         assert_eq!(traffic.requests_per_second, Some(10.0));
     }
 
     #[test]
     fn unavailable_is_news_once() {
         let mut traffic = Traffic::default();
-        traffic.update(1_000, metrics(1));
+        traffic.update(1_000, metrics(1), 1_000);
         assert!(traffic.unavailable());
         assert!(!traffic.unavailable());
-        traffic.update(2_000, metrics(5));
+        traffic.update(2_000, metrics(5), 1_000);
         assert_eq!(traffic.requests_per_second, None, "no rate across a gap");
+    }
+
+    #[test]
+    fn a_long_read_fills_one_point_per_second() {
+        let mut traffic = Traffic::default();
+        traffic.update(0, metrics(10), 1_000);
+        traffic.update(1_000, metrics(20), 1_000);
+        // Four quiet seconds read at once: the rate WAS zero for each of them.
+        traffic.update(5_000, metrics(20), 1_000);
+        assert_eq!(traffic.rate_history, [10.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(traffic.requests_per_second, Some(0.0));
+        // Two seconds with 60 requests: 30 per second, twice.
+        traffic.update(7_000, metrics(80), 1_000);
+        assert_eq!(traffic.rate_history, [10.0, 0.0, 0.0, 0.0, 0.0, 30.0, 30.0]);
+        // A read a little late or early still stands for its whole seconds.
+        traffic.update(8_400, metrics(80), 1_000);
+        traffic.update(9_000, metrics(80), 1_000);
+        assert_eq!(traffic.rate_history.len(), 9);
+        // A long gap fills at most the whole history.
+        traffic.update(9_000 + 1_000 * (RATE_POINTS as i64 + 50), metrics(80), 1_000);
+        assert_eq!(traffic.rate_history.len(), RATE_POINTS);
+        assert!(traffic.rate_history.iter().all(|r| *r == 0.0));
+    }
+
+    #[test]
+    fn the_pace_calms_while_nothing_happens_and_nobody_looks() {
+        let s = Duration::from_secs;
+        let mut pace = Pace::new(s(1), false);
+        assert_eq!(pace.next(Some(5), false), s(1), "a first read is news");
+        let waits: Vec<_> = (0..5).map(|_| pace.next(Some(5), false)).collect();
+        assert_eq!(waits, [s(2), s(4), s(8), s(8), s(8)]);
+        assert_eq!(pace.next(Some(6), false), s(1), "requests moved");
+        assert_eq!(pace.next(Some(6), false), s(2));
+        assert_eq!(pace.next(Some(6), true), s(1), "a dashboard is connected");
+        assert_eq!(pace.next(Some(6), true), s(1));
+        assert_eq!(pace.next(None, false), s(1), "the balancer became unavailable");
+        assert_eq!(pace.next(None, false), s(2));
+        assert_eq!(pace.next(Some(0), false), s(1), "the balancer came back");
+    }
+
+    #[test]
+    fn an_explicit_period_is_always_kept() {
+        let period = Duration::from_millis(300);
+        let mut pace = Pace::new(period, true);
+        assert!((0..6).all(|_| pace.next(Some(1), false) == period));
     }
 
     #[test]
     fn history_is_bounded() {
         let mut traffic = Traffic::default();
         for i in 0..(RATE_POINTS as i64 + 10) {
-            traffic.update(i * 1000, metrics(i as u64));
+            traffic.update(i * 1000, metrics(i as u64), 1_000);
         }
         assert_eq!(traffic.rate_history.len(), RATE_POINTS);
     }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{Backend, Mode, TestDetector, TestRegistry, WAIT, eventually};
+use crate::{Backend, FakeBalancer, Mode, TestDetector, TestRegistry, WAIT, eventually};
 
 type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -162,4 +162,24 @@ async fn sockets_from_other_origins_are_refused() {
     request.headers_mut().insert("origin", format!("http://{host}").parse().unwrap());
     let (mut client, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(next(&mut client).await["type"], "snapshot");
+}
+
+#[tokio::test]
+async fn a_dashboard_connecting_reads_the_traffic_at_once() {
+    let registry = TestRegistry::start().await;
+    let (balancer, balancer_url) = FakeBalancer::start().await;
+    balancer.set(FakeBalancer::metrics(30, &[("backend-1", 30)]));
+    // An hour between reads: only a dashboard connecting can bring a second one in time.
+    let extra = [("LOAD_BALANCER_URL", balancer_url.as_str()), ("METRICS_INTERVAL_MS", "3600000")];
+    let detector = TestDetector::start(&registry, &extra).await;
+    let requests = |detector: &TestDetector| {
+        let snapshot: Value = serde_json::from_str(detector.state.snapshot().text.as_str()).unwrap();
+        snapshot["traffic"]["requests"].as_u64()
+    };
+    eventually(WAIT, "the first read", || async { (requests(&detector) == Some(30)).then_some(()) }).await;
+    balancer.set(FakeBalancer::metrics(40, &[("backend-1", 40)]));
+    let mut client = connect(&detector).await;
+    let traffic =
+        until(&mut client, "the fresh traffic", |m| m["type"] == "traffic" && m["traffic"]["requests"] == 40).await;
+    assert!(traffic["traffic"]["requestsPerSecond"].as_f64().is_some(), "{traffic}");
 }
