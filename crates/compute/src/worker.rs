@@ -351,7 +351,9 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
                 }
                 looked = Instant::now();
                 // A commit's frames are written before the commit is visible (and synced):
-                // wake the workers once `data_version` moves, looking for a moment.
+                // wake the workers once `data_version` moves, looking for a moment, more
+                // and more rarely (a write that commits nothing, a checkpoint's, costs a
+                // few looks rather than one every few milliseconds for a second).
                 let (until, mut pause) = (Instant::now() + SETTLE, Duration::from_micros(250));
                 loop {
                     match data_version(&mut conn).await {
@@ -369,7 +371,7 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
                         _ = shutdown.requested() => return,
                         _ = tokio::time::sleep(pause) => {}
                     }
-                    pause = (pause * 2).min(Duration::from_millis(10));
+                    pause = (pause * 2).min(Duration::from_millis(100));
                 }
             }
             state.watching(false);
@@ -426,7 +428,7 @@ struct WalWatch {
 
 /// Watches the WAL file of the database `conn` is connected to (which keeps it in place).
 async fn watch_wal(conn: &mut sqlx::AnyConnection) -> Result<WalWatch, String> {
-    use notify::{EventKind, Watcher};
+    use notify::Watcher;
     let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
         .fetch_one(&mut *conn)
         .await
@@ -440,14 +442,41 @@ async fn watch_wal(conn: &mut sqlx::AnyConnection) -> Result<WalWatch, String> {
     let (written, lost) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let (on_write, on_lost) = (written.clone(), lost.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) if matches!(event.kind, EventKind::Remove(_)) => on_lost.notify_one(),
-        Ok(event) if matches!(event.kind, EventKind::Modify(_)) => on_write.notify_one(),
-        Ok(_) => {}
+        Ok(event) => match wal_event(&event.kind) {
+            Some(WalEvent::Written) => on_write.notify_one(),
+            Some(WalEvent::Lost) => on_lost.notify_one(),
+            None => {}
+        },
         Err(e) => tracing::warn!(error = %e, "watching the WAL file failed"),
     })
     .map_err(|e| e.to_string())?;
     watcher.watch(&wal, notify::RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", wal.display()))?;
     Ok(WalWatch { _watcher: watcher, written, lost })
+}
+
+/// What an event on the WAL file means to the watchers.
+#[derive(Debug, PartialEq, Eq)]
+enum WalEvent {
+    /// Its content changed: a commit, by anyone, may be on its way.
+    Written,
+    /// It is gone.
+    Lost,
+}
+
+/// The meaning of an event on the WAL file, if any. Only a change of its content counts as
+/// a write: every connection that opens the database opens the WAL file too, and SQLite,
+/// run as root, `fchown`s it then (an attribute change, `IN_ATTRIB`); had that counted, one
+/// connection opened by any instance (a pool growing, the periodic sweep) would have set
+/// every instance's watcher looking at `data_version` for [`SETTLE`].
+fn wal_event(kind: &notify::EventKind) -> Option<WalEvent> {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    match kind {
+        EventKind::Remove(_) => Some(WalEvent::Lost),
+        EventKind::Modify(ModifyKind::Metadata(_)) => None,
+        EventKind::Modify(_) => Some(WalEvent::Written),
+        _ => None,
+    }
 }
 
 /// The channel a trigger notifies when a job becomes queued (migrations/postgres).
@@ -493,7 +522,38 @@ async fn listen(state: AppState, shutdown: Shutdown) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Next, next_step};
+    use super::{Next, WalEvent, next_step, wal_event};
+
+    /// The events inotify gives for a WAL file, through the watcher `watch_wal` uses: an
+    /// attribute change (SQLite's `fchown` of it when a connection opens, run as root) is
+    /// not a write; a write is; a removal is the watch's end.
+    #[test]
+    fn only_a_change_of_the_wal_files_content_counts_as_a_write() {
+        use notify::Watcher;
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("db.sqlite-wal");
+        std::fs::write(&wal, b"").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Some(meaning) = wal_event(&event.unwrap().kind) {
+                let _ = tx.send(meaning);
+            }
+        })
+        .unwrap();
+        watcher.watch(&wal, notify::RecursiveMode::NonRecursive).unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::File::open(&wal).unwrap();
+        std::fs::OpenOptions::new().append(true).open(&wal).unwrap().write_all(b"frame").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(&wal).unwrap();
+        let mut seen = Vec::new();
+        while seen.last() != Some(&WalEvent::Lost) {
+            seen.push(rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the removal is seen"));
+        }
+        assert_eq!(seen, [WalEvent::Written, WalEvent::Lost]);
+    }
 
     #[test]
     fn outcomes_are_recorded_at_once() {
