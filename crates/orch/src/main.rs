@@ -29,6 +29,7 @@ mod reconcile;
 mod run;
 mod state;
 mod supervisor;
+mod tick;
 mod verify;
 
 use std::path::PathBuf;
@@ -190,9 +191,15 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Apply { .. }) {
         runtime.spawn(kit::alloc::trim_after_bursts());
     }
-    match runtime.block_on(dispatch(cli)) {
-        Ok(code) => code,
-        Err(failure) => failure.exit(),
+    // On a worker, not in `block_on` on this thread: the control plane's timers and
+    // connections then wake one thread, not this one and a worker (see `run`).
+    match run::on_worker_any(&runtime, dispatch(cli)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(failure)) => failure.exit(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

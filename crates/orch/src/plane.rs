@@ -159,9 +159,9 @@ impl OwnLog {
     }
 
     async fn run(self) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
         loop {
-            tick.tick().await;
+            tokio::time::sleep_until(crate::tick::next_after(tokio::time::Instant::now(), EVERY)).await;
             let len = std::fs::metadata("/proc/self/fd/1").map(|m| m.len()).unwrap_or(0);
             if len > self.max_bytes
                 && let Err(e) = self.rotate()

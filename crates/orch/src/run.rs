@@ -90,16 +90,25 @@ where
     })
 }
 
-/// Runs `work` as a task on `runtime`'s workers and waits for it on this thread.
-fn on_worker<T: Send + 'static>(
+/// Runs `work` as a task on `runtime`'s workers and waits for it on this thread (a panic
+/// in it goes on here).
+pub fn on_worker<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> anyhow::Result<T> {
+    on_worker_any(runtime, work).and_then(|outcome| outcome)
+}
+
+/// [`on_worker`] for any outcome; `Err` if the task was cancelled (the runtime shut down).
+pub fn on_worker_any<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    work: impl Future<Output = T> + Send + 'static,
+) -> anyhow::Result<T> {
     let task = runtime.spawn(work);
     match runtime.block_on(task) {
-        Ok(outcome) => outcome,
+        Ok(outcome) => Ok(outcome),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(anyhow::anyhow!("the component's task ended early: {e}")),
+        Err(e) => Err(anyhow::anyhow!("the task ended early: {e}")),
     }
 }
 

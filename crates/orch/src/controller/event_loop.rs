@@ -18,7 +18,8 @@ impl Controller {
             if self.finished || (self.shutting_down && self.instances.is_empty()) {
                 break;
             }
-            let mut wake = tokio::time::Instant::now() + TICK;
+            // On orch's shared grid: an idle orch wakes once for this and its other timers.
+            let mut wake = crate::tick::next_after(tokio::time::Instant::now(), TICK);
             if let Some(at) = self.requeue {
                 wake = wake.min(tokio::time::Instant::from_std(at));
             }

@@ -17,12 +17,14 @@
 //! probes only when `steadyPeriodMs` passed without one ([`liveness_due`]), so a ready
 //! instance costs one probe per liveness period, not one of each kind.
 //!
-//! Calm probes keep to a shared grid ([`calm_due`]): a calm probe is due on the first
-//! [`GRID`] point no sooner than `steadyPeriodMs - GRID` after the last one (or answer), so
-//! it is never later than `steadyPeriodMs` and the calm probes of many instances wake orch
-//! together, their answers coming back together. A calm readiness probe counts from when it
-//! was due, so its period is one grid step under `steadyPeriodMs` and it stays ahead of the
-//! liveness probe it stands in for (which counts from the answer, a little later).
+//! Calm probes keep to a shared grid of whole seconds ([`calm_due`]): a calm probe is due
+//! on the last [`GRID`] point at or before `steadyPeriodMs` after the last one (or answer),
+//! so it is never later than `steadyPeriodMs`, and the calm probes of every instance are
+//! sent in one wake-up of orch a second, their answers read together [`GATHER`] later. A
+//! calm readiness probe (every 2 s) and the liveness probe it stands in for (due 1 s after
+//! the last answer) then meet on every other grid point: there the liveness loop lets the
+//! readiness probe go alone and looks again just after its answer was read
+//! ([`liveness_due`]), so a ready instance costs one probe a second.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -32,15 +34,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::probe_get::{self, Conns, GetError};
 use crate::manifest::{Check, Probe};
+use crate::tick::{epoch, grid_floor};
 
 /// Retry pace before the first success, for at most [`STARTUP_WINDOW`] after the start.
 const STARTUP_PERIOD: Duration = Duration::from_millis(20);
 const STARTUP_WINDOW: Duration = Duration::from_secs(2);
-/// The step of the grid calm probes keep to: ten wake-ups a second for all of them at most.
-pub const GRID: Duration = Duration::from_millis(100);
+/// The step of the grid calm probes keep to: one wake-up a second sends all of them.
+pub const GRID: Duration = Duration::from_secs(1);
 /// How long after its grid point a calm probe looks for its answer: the answers of one grid
 /// point are read together, in one wake-up of orch (an answer still late waits as any other).
 const GATHER: Duration = Duration::from_millis(10);
+/// How long after a grid point where the readiness probe goes alone the liveness loop looks
+/// whether it was answered: just after the answers were read ([`GATHER`]), all instances'
+/// loops in one wake-up; an answer not in by then gets a liveness probe of its own.
+const LOOK_AGAIN: Duration = Duration::from_millis(12);
 
 /// Runs `task` (a probe loop) on the probe thread: one thread with a runtime of its own for
 /// every probe loop, so a grid point's probes and their answers wake that one thread and
@@ -74,21 +81,29 @@ pub fn client() -> reqwest::Client {
 pub struct Session {
     conns: Conns,
     port: u16,
-    answered: Arc<Mutex<Option<Instant>>>,
+    times: Arc<Mutex<Times>>,
+}
+
+/// When the session's process last answered an HTTP probe, and when its next calm readiness
+/// probe is due (none while readiness is not calm).
+#[derive(Clone, Copy, Default)]
+struct Times {
+    answered: Option<Instant>,
+    ready_due: Option<Instant>,
 }
 
 impl Session {
     /// A session with the process listening on `port`.
     pub fn new(port: u16) -> Self {
-        Session { conns: Conns::default(), port, answered: Arc::default() }
+        Session { conns: Conns::default(), port, times: Arc::default() }
     }
 
-    fn answered_at(&self) -> Option<Instant> {
-        *self.answered.lock().unwrap_or_else(|e| e.into_inner())
+    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
+        self.times.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn answered_now(&self) {
-        *self.answered.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.times().answered = Some(Instant::now());
     }
 }
 
@@ -106,24 +121,10 @@ pub fn pace(probe: &Probe, starting: bool, failures: u32) -> Duration {
     }
 }
 
-/// The instant every orch process's grid counts from.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// The first point of the grid of `step` from `epoch` at or after `at`.
-pub fn on_grid(epoch: Instant, step: Duration, at: Instant) -> Instant {
-    let since = at.saturating_duration_since(epoch).as_nanos();
-    let step_ns = step.as_nanos().max(1);
-    let steps = since.div_ceil(step_ns);
-    epoch + Duration::from_nanos(u64::try_from(steps * step_ns).unwrap_or(u64::MAX))
-}
-
-/// When a calm probe is due, `from` the last one (or the last answer): on the first [`GRID`]
-/// point after `steady - GRID`, so no later than `steady`.
+/// When a calm probe is due, `from` the last one (or the last answer): on the last [`GRID`]
+/// point at or before `from + steady`, so never later than `steady`.
 pub fn calm_due(from: Instant, steady: Duration) -> Instant {
-    on_grid(epoch(), GRID, from + steady.saturating_sub(GRID))
+    grid_floor(epoch(), GRID, from + steady)
 }
 
 /// When the probe after one `due` at `scheduled` and begun at `started` is due, `pause`
@@ -142,10 +143,20 @@ pub fn is_calm(probe: &Probe, pause: Duration) -> bool {
 
 /// When the next liveness probe is due: `next` (the loop's own pace) while failing or when
 /// the period is the manifest's; else no sooner than [`calm_due`] after the process last
-/// answered any probe (`answered`).
-pub fn liveness_due(probe: &Probe, next: Instant, failing: bool, answered: Option<Instant>) -> Instant {
+/// answered any probe (`answered`), and when the calm readiness probe is due at that same
+/// point (`ready_due`), [`LOOK_AGAIN`] after it: that probe's answer stands in.
+pub fn liveness_due(
+    probe: &Probe,
+    next: Instant,
+    failing: bool,
+    answered: Option<Instant>,
+    ready_due: Option<Instant>,
+) -> Instant {
     match answered {
-        Some(at) if !failing && probe.calm_when_well() => next.max(calm_due(at, pace(probe, false, 0))),
+        Some(at) if !failing && probe.calm_when_well() => {
+            let due = next.max(calm_due(at, pace(probe, false, 0)));
+            if ready_due == Some(due) { due + LOOK_AGAIN } else { due }
+        }
         _ => next,
     }
 }
@@ -216,6 +227,7 @@ pub async fn readiness(
         let starting = !ever_ready && began.elapsed() < STARTUP_WINDOW;
         let pause = pace(&probe, starting, failures.max(u32::from(!ready)));
         (due, calm) = (next_due(&probe, due, started, pause), is_calm(&probe, pause));
+        session.times().ready_due = calm.then_some(due);
     }
 }
 
@@ -226,7 +238,8 @@ pub async fn liveness(session: Session, probe: Probe, cancel: CancellationToken,
     let mut next = Instant::now();
     loop {
         // Looked at again after every pause: an answer meanwhile moves the probe later.
-        let due = liveness_due(&probe, next, failing, session.answered_at());
+        let Times { answered, ready_due } = *session.times();
+        let due = liveness_due(&probe, next, failing, answered, ready_due);
         if due > Instant::now() {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -407,51 +420,48 @@ mod tests {
     fn an_unset_liveness_period_waits_for_a_stretch_without_answers() {
         let ms = Duration::from_millis;
         // A grid point: a stretch from an answer just after it ends on the next second's.
-        let t0 = on_grid(epoch(), GRID, Instant::now());
+        let t0 = grid_floor(epoch(), GRID, Instant::now());
         let unset = calm("/health", 400, 1000, 400, 4);
         let set = Probe { steady_period_ms: 400, ..unset.clone() };
-        // (probe, own next probe, failing, last answer) -> due
+        let look = LOOK_AGAIN;
+        // (probe, own next probe, failing, last answer, readiness due) -> due
         let table = [
-            (&unset, t0, false, None, t0),
-            (&unset, t0, false, Some(t0 + ms(3)), t0 + ms(1000)),
-            (&unset, t0 + ms(1000), false, Some(t0 + ms(301)), t0 + ms(1300)),
-            // Brought earlier onto the grid, never later than 1 s after the answer.
-            (&unset, t0 + ms(1000), false, Some(t0 + ms(250)), t0 + ms(1200)),
-            (&unset, t0 + ms(1000), false, Some(t0 - ms(5000)), t0 + ms(1000)),
-            // Failing: its own pace, whatever answered before.
-            (&unset, t0 + ms(400), true, Some(t0 + ms(300)), t0 + ms(400)),
+            (&unset, t0, false, None, None, t0),
+            (&unset, t0, false, Some(t0 + ms(3)), None, t0 + ms(1000)),
+            (&unset, t0 + ms(1000), false, Some(t0 + ms(301)), None, t0 + ms(1000)),
+            // On the grid, never later than 1 s after the answer, never before its own next.
+            (&unset, t0 + ms(1000), false, Some(t0 + ms(1250)), None, t0 + ms(2000)),
+            (&unset, t0 + ms(1000), false, Some(t0 - ms(5000)), None, t0 + ms(1000)),
+            // Readiness due at the same point: it goes alone, liveness looks just after.
+            (&unset, t0, false, Some(t0 + ms(10)), Some(t0 + ms(1000)), t0 + ms(1000) + look),
+            (&unset, t0, false, Some(t0 + ms(10)), Some(t0 + ms(2000)), t0 + ms(1000)),
+            // Failing: its own pace, whatever answered before, whatever readiness does.
+            (&unset, t0 + ms(400), true, Some(t0 + ms(300)), Some(t0 + ms(400)), t0 + ms(400)),
             // A period the manifest sets holds.
-            (&set, t0 + ms(400), false, Some(t0 + ms(300)), t0 + ms(400)),
+            (&set, t0 + ms(400), false, Some(t0 + ms(300)), Some(t0 + ms(400)), t0 + ms(400)),
         ];
-        for (i, (probe, next, failing, answered, want)) in table.into_iter().enumerate() {
-            assert_eq!(liveness_due(probe, next, failing, answered), want, "row {i}");
+        for (i, (probe, next, failing, answered, ready_due, want)) in table.into_iter().enumerate() {
+            assert_eq!(liveness_due(probe, next, failing, answered, ready_due), want, "row {i}");
         }
     }
 
     #[test]
     fn calm_probes_keep_to_the_grid_and_are_never_late() {
         let ms = Duration::from_millis;
-        let e = Instant::now();
-        // (at) -> the grid point at or after it
-        let table = [(e, e), (e + ms(1), e + ms(100)), (e + ms(100), e + ms(100)), (e + ms(250), e + ms(300))];
-        for (at, want) in table {
-            assert_eq!(on_grid(e, ms(100), at), want, "{:?}", at - e);
-        }
-        assert_eq!(on_grid(e + ms(5), ms(100), e), e + ms(5), "before the epoch: the epoch");
         // Whatever it counts from, a calm probe is on the grid, within one step under its period.
-        let g = on_grid(epoch(), GRID, Instant::now());
-        for offset in (0..400).step_by(7) {
+        let g = grid_floor(epoch(), GRID, Instant::now());
+        for offset in (0..2400).step_by(37) {
             let from = g + ms(offset);
             for steady in [ms(1000), ms(2000)] {
                 let due = calm_due(from, steady);
-                assert!(due <= from + steady && due >= from + steady - GRID, "{offset} {steady:?}");
-                assert_eq!(on_grid(epoch(), GRID, due), due, "{offset} {steady:?}: off the grid");
+                assert!(due <= from + steady && due + GRID > from + steady, "{offset} {steady:?}");
+                assert_eq!(grid_floor(epoch(), GRID, due), due, "{offset} {steady:?}: off the grid");
             }
         }
         // (probe, scheduled, started, pause) -> next due: the grid only for a calm pause.
         let (unset, set) = (calm("/ready", 200, 2000, 1000, 3), http_probe("/ready", 2000, 3));
         let table = [
-            (&unset, g, g + ms(1), ms(2000), g + ms(1900)),
+            (&unset, g, g + ms(1), ms(2000), g + ms(2000)),
             (&unset, g + ms(30), g + ms(31), ms(2000), g + ms(2000)),
             (&unset, g + ms(30), g + ms(31), ms(200), g + ms(231)),
             (&unset, g + ms(30), g + ms(31), ms(20), g + ms(51)),
@@ -462,45 +472,74 @@ mod tests {
         }
     }
 
-    /// The calm probes of one ready process, simulated with the defaults: which kind is sent
-    /// when, each answered `latency` after its timer fired `late`.
+    /// The calm probes of one ready process, simulated with the defaults as the two loops
+    /// run them, each probe answered `latency` after its timer fired `late`: which kind is
+    /// sent when. A loop sees an answer (and the readiness loop's next due) only once it has
+    /// come; at a tie the readiness timer fires first, as nothing orders them.
     fn calm_schedule(seconds: u64, late: Duration, latency: Duration) -> Vec<(Instant, &'static str)> {
         let ready_probe = calm("/ready", 200, 2000, 1000, 3);
         let live_probe = calm("/health", 400, 1000, 400, 4);
-        let start = Instant::now();
-        let (mut ready_due, mut live_next, mut answered) = (start, start, None);
+        let start = grid_floor(epoch(), GRID, Instant::now()) + Duration::from_millis(437);
+        let (mut ready_at, mut live_wake, mut live_next) = (start, start, start);
+        // Answers on their way: when each is seen, and the readiness due it brings.
+        let mut coming: Vec<(Instant, Option<Instant>)> = Vec::new();
+        let (mut answered, mut shown_due) = (None, None);
         let mut sent = Vec::new();
         while sent.last().is_none_or(|(at, _)| *at < start + Duration::from_secs(seconds)) {
-            let live_due = liveness_due(&live_probe, live_next, false, answered);
-            let (scheduled, kind) = if ready_due <= live_due { (ready_due, "ready") } else { (live_due, "live") };
-            let started = scheduled + late;
-            sent.push((scheduled, kind));
-            answered = Some(started + latency);
-            if kind == "ready" {
-                ready_due = next_due(&ready_probe, scheduled, started, pace(&ready_probe, false, 0));
-            } else {
-                live_next = next_due(&live_probe, scheduled, started, pace(&live_probe, false, 0));
+            let now = ready_at.min(live_wake);
+            coming.retain(|&(at, due)| {
+                if at > now {
+                    return true;
+                }
+                answered = answered.max(Some(at));
+                shown_due = due.or(shown_due);
+                false
+            });
+            let started = now + late;
+            if ready_at <= live_wake {
+                sent.push((now, "ready"));
+                ready_at = next_due(&ready_probe, now, started, pace(&ready_probe, false, 0));
+                coming.push((started + latency, Some(ready_at)));
+                continue;
             }
+            let due = liveness_due(&live_probe, live_next, false, answered, shown_due);
+            if due > now {
+                live_wake = due;
+                continue;
+            }
+            sent.push((now, "live"));
+            live_next = next_due(&live_probe, now, started, pace(&live_probe, false, 0));
+            coming.push((started + latency, None));
+            live_wake = started + latency;
         }
         sent
     }
 
     #[test]
-    fn a_ready_process_gets_about_one_calm_probe_a_second_never_two_at_once() {
+    fn a_ready_process_gets_one_calm_probe_a_second_on_the_grid() {
         let ms = Duration::from_millis;
-        for (late, latency) in [(ms(1), ms(1)), (ms(1), ms(40)), (ms(5), ms(90)), (ms(20), ms(150))] {
+        for (late, latency) in [(ms(0), ms(1)), (ms(1), ms(5)), (ms(2), ms(9))] {
             let sent = calm_schedule(20, late, latency);
             let calm = &sent[2..];
-            // About one a second: one step under 2 s for readiness, a little over 1 s between.
-            assert!((20..=22).contains(&calm.len()), "{late:?} {latency:?}: {} probes in 20 s", calm.len());
+            assert!((19..=21).contains(&calm.len()), "{late:?} {latency:?}: {} probes in 20 s", calm.len());
             for pair in calm.windows(2) {
                 let ((a, kind_a), (b, kind_b)) = (pair[0], pair[1]);
                 assert_ne!(kind_a, kind_b, "{late:?} {latency:?}: they take turns");
-                // Never two at once, and never more than 1 s after the last answer.
-                assert!(b - a >= GRID && b <= a + late + latency + ms(1000), "{late:?} {latency:?}: {:?}", b - a);
+                assert_eq!(b - a, GRID, "{late:?} {latency:?}: one a second");
             }
             for (at, _) in calm {
-                assert_eq!(on_grid(epoch(), GRID, *at), *at, "{late:?} {latency:?}: off the grid");
+                assert_eq!(grid_floor(epoch(), GRID, *at), *at, "{late:?} {latency:?}: off the grid");
+            }
+        }
+        // Answers slower than the look again: liveness probes too, never more than 1 s
+        // after the last answer.
+        for (late, latency) in [(ms(1), ms(30)), (ms(5), ms(150))] {
+            let sent = calm_schedule(20, late, latency);
+            let calm = &sent[2..];
+            assert!(calm.len() <= 31, "{late:?} {latency:?}: {} probes in 20 s", calm.len());
+            for pair in calm.windows(2) {
+                let (a, b) = (pair[0].0, pair[1].0);
+                assert!(b > a && b <= a + late + latency + ms(1000), "{late:?} {latency:?}: {:?}", b - a);
             }
         }
     }

@@ -27,7 +27,7 @@ use sampler::{Measured, Plan, Watched};
 pub struct Autoscaler {
     plan: watch::Sender<Plan>,
     /// The sampler's end of `plan`, until the loop starts it.
-    sampler: Option<watch::Receiver<Plan>>,
+    pub(super) sampler: Option<watch::Receiver<Plan>>,
     services: HashMap<String, Tracked>,
 }
 

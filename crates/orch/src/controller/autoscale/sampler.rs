@@ -56,13 +56,18 @@ struct Memory {
 pub async fn run(mut plan: watch::Receiver<Plan>, tx: mpsc::UnboundedSender<Event>, http: reqwest::Client) {
     let mut memory = Memory::default();
     loop {
-        tokio::time::sleep(EVERY).await;
+        // On orch's shared grid (one wake-up with the other timers); with nothing to watch,
+        // asleep until the plan changes.
+        tokio::time::sleep_until(crate::tick::next_after(tokio::time::Instant::now(), EVERY)).await;
         if plan.has_changed().is_err() {
             return;
         }
         let current = plan.borrow_and_update().clone();
         if current.services.is_empty() {
             memory = Memory::default();
+            if plan.changed().await.is_err() {
+                return;
+            }
             continue;
         }
         let mut measured = Vec::with_capacity(current.services.len());
