@@ -338,9 +338,16 @@ async fn evict(
 }
 
 /// Deletes records older than the retention, in batches of a write transaction each;
-/// returns how many.
+/// returns how many. With none to delete, it only reads (no write lock, no commit).
 pub async fn purge_expired(db: &crate::db::Db) -> Result<u64, sqlx::Error> {
     let cutoff = crate::time::unix_millis() - RETENTION.as_millis() as i64;
+    let any: Option<i64> = sqlx::query_scalar("SELECT seq FROM idempotency_records WHERE created_at < $1 LIMIT 1")
+        .bind(cutoff)
+        .fetch_optional(db.pool())
+        .await?;
+    if any.is_none() {
+        return Ok(0);
+    }
     let mut purged = 0;
     loop {
         let gone = crate::db::retry(db, || purge_batch(db, cutoff)).await?;

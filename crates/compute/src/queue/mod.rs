@@ -375,6 +375,17 @@ impl Queue {
         const BATCH: u64 = 1_000;
         let cutoff = unix_millis() - retention.as_millis() as i64;
         let db = &self.db;
+        // With nothing to delete, only a read: no write lock, no commit (every instance
+        // sweeps, a hundred of them in the same second after a start together).
+        let any: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1 LIMIT 1",
+        )
+        .bind(cutoff)
+        .fetch_optional(db.pool())
+        .await?;
+        if any.is_none() {
+            return Ok(0);
+        }
         let mut purged = 0;
         loop {
             let done = kit::db::retry(db, move || async move {
