@@ -78,6 +78,10 @@ pub struct Config {
     /// an access line on every hop of every request costs the balancer about a third of its
     /// requests per second (`make bench`).
     pub trace_sample_percent: u8,
+    /// `BALANCER_FAST_PATH` (default true): common requests are parsed and relayed by the
+    /// balancer's own HTTP/1 path (`fast`); false sends every request through hyper (the
+    /// way to rule the fast path out when something looks wrong).
+    pub fast_path: bool,
 }
 
 impl Config {
@@ -114,6 +118,7 @@ impl Config {
             max_connections: vars.number("BALANCER_MAX_CONNECTIONS", 10_000, 1, 1_000_000)? as usize,
             upstream_idle: vars.millis("BALANCER_UPSTREAM_IDLE_MS", 5_000, 3_600_000)?,
             trace_sample_percent: vars.number("TRACE_SAMPLE_PERCENT", 0, 0, 100)? as u8,
+            fast_path: vars.flag("BALANCER_FAST_PATH", true)?,
         })
     }
 }

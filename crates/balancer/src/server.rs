@@ -140,6 +140,7 @@ async fn worker(
     // What every request of this worker uses, behind a reference count that only this
     // thread touches.
     let sample_percent = state.config.trace_sample_percent;
+    let fast_path = state.config.fast_path;
     let worker = Arc::new(Worker::new(id, state, admin));
     while let Some((stream, peer, place)) = inbox.recv().await {
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { continue };
@@ -150,8 +151,9 @@ async fn worker(
         let io = ClientIo::new(stream, limits.clone(), heads.clone());
         let (stop, http) = (stop.clone(), http.clone());
         connections.spawn(async move {
-            // The fast path first; what it leaves goes to hyper.
-            let io = match fast::serve(&worker, io, &heads, &peer, &stop).await {
+            // The fast path first (unless switched off); what it leaves goes to hyper.
+            let served = if fast_path { fast::serve(&worker, io, &heads, &peer, &stop).await } else { fast::skip(io) };
+            let io = match served {
                 Served::Closed => return drop(place),
                 Served::Hyper(io) => io,
             };

@@ -71,6 +71,11 @@ pub enum Served {
     Hyper(Rewind<ClientIo>),
 }
 
+/// A connection the fast path leaves to hyper from its first byte (`BALANCER_FAST_PATH=false`).
+pub fn skip(io: ClientIo) -> Served {
+    Served::Hyper(Rewind::new(io, Vec::new()))
+}
+
 /// Serves `io`'s requests on the fast path until one is not for it (see the module docs).
 pub async fn serve(worker: &Arc<Worker>, io: ClientIo, heads: &Heads, peer: &HeaderValue, stop: &Stop) -> Served {
     let mut conn = Conn {

@@ -318,6 +318,8 @@ pub fn write_refusal(out: &mut Vec<u8>, status: StatusCode, message: &str, added
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
     out.extend_from_slice(b"\r\n");
     added.write(out, close);
     out.extend_from_slice(&body);
@@ -520,6 +522,8 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{head}");
         assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
+        let date = head.lines().find_map(|line| line.strip_prefix("date: ")).expect("a date field");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
         assert_eq!(serde_json::from_str::<serde_json::Value>(body).unwrap()["error"], "no \"instance\"");
     }
 

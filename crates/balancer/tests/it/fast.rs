@@ -76,6 +76,7 @@ async fn serve(mut stream: TcpStream, received: Arc<AtomicUsize>) {
                 answer.extend((0..BIG).map(|i| b'a' + (i % 26) as u8));
                 answer
             }
+            "/api/data/cased" => b"HTTP/1.1 200 OK\r\nX-Cased: yes\r\ncontent-length: 2\r\n\r\nok".to_vec(),
             "/api/data/cut" => {
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
                 return;
@@ -90,9 +91,41 @@ async fn serve(mut stream: TcpStream, received: Arc<AtomicUsize>) {
 }
 
 async fn over(port: u16) -> TestBalancer {
+    over_with(port, &[]).await
+}
+
+async fn over_with(port: u16, extra: &[(&str, &str)]) -> TestBalancer {
     let port = port.to_string();
-    TestBalancer::start("http://127.0.0.1:9", &[("USE_DYNAMIC_DISCOVERY", "false"), ("DATA_PORTS", port.as_str())])
-        .await
+    let vars = [&[("USE_DYNAMIC_DISCOVERY", "false"), ("DATA_PORTS", port.as_str())], extra].concat();
+    TestBalancer::start("http://127.0.0.1:9", &vars).await
+}
+
+/// The head of the answer to `GET path` over a connection of its own.
+async fn head_of(balancer: &TestBalancer, path: &str) -> String {
+    let mut stream = TcpStream::connect(balancer.addr).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await.unwrap();
+    answers(&mut stream, 1).await.remove(0).0
+}
+
+/// `BALANCER_FAST_PATH=false` leaves every request to hyper: seen in the answer's field
+/// names, which the fast path passes on as the backend wrote them and hyper writes in
+/// lower case.
+#[tokio::test]
+async fn the_fast_path_can_be_switched_off() {
+    let backend = Scripted::start().await;
+    let fast = over(backend.port).await;
+    let head = head_of(&fast, "/api/data/cased").await;
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("\r\nX-Cased: yes"), "{head}");
+    fast.stop().await;
+
+    let hyper_only = over_with(backend.port, &[("BALANCER_FAST_PATH", "false")]).await;
+    let head = head_of(&hyper_only, "/api/data/cased").await;
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("\r\nx-cased: yes"), "{head}");
+    hyper_only.stop().await;
+
+    let refused = balancer::Config::from_vars(&kit::Vars::from_pairs([("BALANCER_FAST_PATH", "sometimes")]));
+    let refused = refused.expect_err("not a boolean").to_string();
+    assert!(refused.contains("BALANCER_FAST_PATH"), "{refused}");
 }
 
 /// Reads whole answers (by `content-length`) off `stream` until `n` have come; their heads
