@@ -16,6 +16,16 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0, |stat| ticks_of_stat(&stat))
 }
 
+/// CPU time (nanoseconds) of process `pid`, all its threads, those that ended included: its
+/// CPU-time clock, exact where `/proc`'s clock ticks are 10 ms apart; 0 when it is gone.
+pub fn cpu_nanos(pid: u32) -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    let Ok(pid) = i32::try_from(pid) else { return 0 };
+    ClockId::pid_cpu_clock_id(nix::unistd::Pid::from_raw(pid))
+        .and_then(clock_gettime)
+        .map_or(0, |t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0))
+}
+
 /// The processes whose parent is `pid`.
 pub fn children(pid: u32) -> Vec<u32> {
     let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -83,6 +93,20 @@ fn after_command(stat: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_clock_of_a_process_counts_its_work() {
+        let me = std::process::id();
+        let before = cpu_nanos(me);
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < std::time::Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let spent = cpu_nanos(me) - before;
+        assert!(spent >= 20_000_000, "{spent} ns for 30 ms of spinning");
+        assert_eq!(cpu_nanos(u32::MAX), 0, "no such process");
+    }
 
     #[test]
     fn stat_lines_are_read_after_the_command() {
