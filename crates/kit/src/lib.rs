@@ -12,6 +12,8 @@
 //!   (`LISTEN_FDS`, fd 3) or bound from `PORT`.
 //! - [`shutdown`]: one cancellation primitive plus a task tracker, triggered by SIGTERM/SIGINT.
 //! - [`http`]: JSON errors, a JSON extractor whose rejections are JSON, request body limits.
+//! - [`http1`]: the lean HTTP/1.1 client of the calls made over and over (orch's probes, the
+//!   heartbeats): one request written and read by hand on a kept connection.
 //! - [`serve`]: the HTTP server of every axum component, with header, body and idle timeouts,
 //!   a connection cap and graceful shutdown (`kit::http::serve`).
 //! - [`guard`]: the loopback guard of the control-plane APIs (allowed `Host` and `Origin`,
@@ -41,6 +43,7 @@ pub mod db;
 pub mod guard;
 pub mod health;
 pub mod http;
+pub mod http1;
 pub mod idempotency;
 pub mod jwt;
 pub mod listen;

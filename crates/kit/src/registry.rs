@@ -10,15 +10,22 @@
 //! interval in Unix-epoch milliseconds, see [`next_beat`]), so a cluster's beats reach the
 //! registry together and it reads many per wake-up instead of one each.
 //!
+//! A heartbeat is the call every instance makes over and over, so it skips reqwest: it is one
+//! `POST` on a connection kept from beat to beat ([`crate::http1::post_json`]), the registry's
+//! host resolved when connecting. Only for an `http://` registry URL; any other goes through
+//! reqwest, as register, deregister and watch (rare) always do.
+//!
 //! [`RegistryClient::watch`] is the blocking query: it returns as soon as the registry's
 //! index moves past the one given, or after `wait` with the same index.
 
 use std::time::Duration;
 
+use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::http1;
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
 
@@ -94,9 +101,16 @@ pub enum Beat {
 pub enum ClientError {
     #[error("registry unreachable: {0}")]
     Unreachable(#[from] reqwest::Error),
+    #[error("registry unreachable: {0}")]
+    Lean(#[from] http1::Error),
     #[error("registry answered {status}: {message}")]
     Status { status: u16, message: String },
+    #[error("registry answered {status} with a body that is not JSON: {error}")]
+    Body { status: u16, error: serde_json::Error },
 }
+
+/// How long a call to the registry may take (a watch: its wait and this).
+const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A client of the registry's HTTP API.
 #[derive(Clone, Debug)]
@@ -104,17 +118,55 @@ pub struct RegistryClient {
     http: reqwest::Client,
     base: String,
     token: Option<Secret>,
+    /// The heartbeat's lean path, when the URL is `http://`.
+    lean: Option<Lean>,
+    timeout: Duration,
+}
+
+/// Where heartbeats go without reqwest, and the connection kept to it (shared by clones).
+#[derive(Clone, Debug)]
+struct Lean {
+    host: String,
+    port: u16,
+    /// The `Host` header: `host:port`, an IPv6 address in brackets.
+    host_header: String,
+    /// The heartbeat's path, below the URL's own.
+    path: String,
+    conns: http1::Conns,
+}
+
+impl Lean {
+    /// The lean target of `base` (without its trailing `/`), if it is a plain `http://` URL.
+    fn of(base: &str) -> Option<Self> {
+        let url = Url::parse(base).ok()?;
+        if url.scheme() != "http" || url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return None;
+        }
+        let named = url.host_str().filter(|host| !host.is_empty())?;
+        // An IPv6 address is named in brackets, and connected to without.
+        let host = named.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = url.port_or_known_default()?;
+        let host_header = format!("{named}:{port}");
+        let path = format!("{}/api/registry/heartbeat", url.path().trim_end_matches('/'));
+        Some(Self { host, port, host_header, path, conns: http1::Conns::default() })
+    }
 }
 
 impl RegistryClient {
     /// A client of the registry at `base_url`, authenticating mutations with `token`.
     pub fn new(base_url: &str, token: Option<Secret>) -> Self {
+        Self::with_timeout(base_url, token, TIMEOUT)
+    }
+
+    /// [`RegistryClient::new`] whose calls give up after `timeout` (tests).
+    pub fn with_timeout(base_url: &str, token: Option<Secret>, timeout: Duration) -> Self {
         let http = crate::http::client_builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("building an HTTP client without TLS cannot fail");
-        Self { http, base: base_url.trim_end_matches('/').to_owned(), token }
+        let base = base_url.trim_end_matches('/').to_owned();
+        Self { http, lean: Lean::of(&base), base, token, timeout }
     }
 
     pub fn from_config(config: &Config) -> Self {
@@ -126,7 +178,7 @@ impl RegistryClient {
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        let req = crate::trace::inject(self.http.post(format!("{}{path}", self.base)).timeout(Duration::from_secs(5)));
+        let req = crate::trace::inject(self.http.post(format!("{}{path}", self.base)).timeout(self.timeout));
         match &self.token {
             Some(token) => req.bearer_auth(token.expose()),
             None => req,
@@ -139,12 +191,45 @@ impl RegistryClient {
     }
 
     pub async fn heartbeat(&self, service_id: &str) -> Result<Beat, ClientError> {
+        if let Some(lean) = &self.lean {
+            return self.lean_heartbeat(lean, service_id).await;
+        }
         let res =
             self.post("/api/registry/heartbeat").json(&serde_json::json!({ "serviceId": service_id })).send().await?;
         match res.status().as_u16() {
             404 => Ok(Beat::Unknown),
             410 => Ok(Beat::Deregistered),
             _ => ok_json::<Value>(res).await.map(|_| Beat::Alive),
+        }
+    }
+
+    /// The heartbeat on the kept connection: the same request as reqwest's (the token, the
+    /// current request's `traceparent` as [`crate::trace::inject`] adds it), the same outcomes.
+    async fn lean_heartbeat(&self, lean: &Lean, service_id: &str) -> Result<Beat, ClientError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "serviceId": service_id }))
+            .expect("a JSON object of a string serializes");
+        let bearer = self.token.as_ref().map(|token| format!("Bearer {}", token.expose()));
+        let trace = crate::trace::current().map(|context| context.to_string());
+        let mut headers = Vec::with_capacity(2);
+        if let Some(bearer) = &bearer {
+            headers.push(("authorization", bearer.as_str()));
+        }
+        if let Some(trace) = &trace {
+            headers.push((crate::trace::TRACEPARENT.as_str(), trace.as_str()));
+        }
+        let target = (lean.host.as_str(), lean.port);
+        let answer =
+            http1::post_json(&lean.conns, target, &lean.host_header, &lean.path, &headers, &body, self.timeout).await?;
+        match answer.status {
+            404 => Ok(Beat::Unknown),
+            410 => Ok(Beat::Deregistered),
+            status => {
+                let json = serde_json::from_slice::<Value>(&answer.body);
+                if (200..300).contains(&status) {
+                    return json.map(|_| Beat::Alive).map_err(|error| ClientError::Body { status, error });
+                }
+                Err(status_error(status, json.ok()))
+            }
         }
     }
 
@@ -172,7 +257,7 @@ impl RegistryClient {
         wait: Duration,
     ) -> Result<ServiceList, ClientError> {
         let mut req = crate::trace::inject(
-            self.http.get(format!("{}/api/registry/services", self.base)).timeout(wait + Duration::from_secs(5)),
+            self.http.get(format!("{}/api/registry/services", self.base)).timeout(wait + self.timeout),
         );
         if let Some(t) = service_type {
             req = req.query(&[("type", t)]);
@@ -189,13 +274,18 @@ async fn ok_json<T: serde::de::DeserializeOwned>(res: reqwest::Response) -> Resu
     if status.is_success() {
         return Ok(res.json().await?);
     }
-    let message = res
-        .json::<Value>()
-        .await
-        .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
-    Err(ClientError::Status { status: status.as_u16(), message })
+    Err(status_error(status.as_u16(), res.json::<Value>().await.ok()))
+}
+
+/// The error of a status that is not a success: the `error` field of its JSON body as the
+/// message, else the status's reason.
+fn status_error(status: u16, body: Option<Value>) -> ClientError {
+    let message =
+        body.as_ref().and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned)).unwrap_or_else(|| {
+            let reason = reqwest::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason());
+            reason.unwrap_or("error").to_owned()
+        });
+    ClientError::Status { status, message }
 }
 
 /// Keeps `registration` registered until `shutdown`; see the module docs.
@@ -303,6 +393,9 @@ pub fn spawn_maintain(config: &Config, port: u16, shutdown: &Shutdown) {
     );
     shutdown.spawn(task);
 }
+
+#[cfg(test)]
+mod lean_tests;
 
 #[cfg(test)]
 mod tests {

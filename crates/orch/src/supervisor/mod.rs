@@ -11,7 +11,6 @@ pub mod double;
 pub mod drain;
 pub mod logs;
 pub mod probe;
-mod probe_get;
 pub mod spawn;
 
 use std::os::unix::process::ExitStatusExt;

@@ -29,10 +29,10 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use kit::http1::{self, Conns};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::probe_get::{self, Conns, GetError};
 use crate::manifest::{Check, Probe};
 use crate::tick::{epoch, grid_floor};
 
@@ -76,7 +76,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// What the probe loops of one process share: its port, the connections to it kept between
-/// probes ([`probe_get`]), and when it last answered one.
+/// probes ([`kit::http1`]), and when it last answered one.
 #[derive(Clone)]
 pub struct Session {
     conns: Conns,
@@ -171,12 +171,12 @@ pub async fn check(session: &Session, probe: &Probe, read_at: Option<Instant>) -
             Ok(Err(e)) => Err(format!("port {port}: {e}")),
             Err(_) => Err(format!("port {port}: no connection within {} ms", probe.timeout_ms)),
         },
-        Check::Http(path) => match probe_get::get(&session.conns, port, path, timeout, read_at).await {
+        Check::Http(path) => match http1::get(&session.conns, port, path, timeout, read_at).await {
             Ok(status) if (200..300).contains(&status) => Ok(()),
             Ok(status) => Err(format!("GET {path} answered {status}")),
-            Err(GetError::TimedOut) => Err(format!("GET {path}: no answer within {} ms", probe.timeout_ms)),
-            Err(GetError::Refused) => Err(format!("GET {path}: connection refused")),
-            Err(GetError::Other(e)) => Err(format!("GET {path}: {e}")),
+            Err(http1::Error::TimedOut) => Err(format!("GET {path}: no answer within {} ms", probe.timeout_ms)),
+            Err(http1::Error::Refused) => Err(format!("GET {path}: connection refused")),
+            Err(e) => Err(format!("GET {path}: {e}")),
         },
     }
 }
