@@ -170,12 +170,12 @@ pub fn router(state: AppState) -> axum::Router {
         let pool = pool.clone();
         async move { kit::db::ping(&pool).await }
     });
+    let api_health = health.clone();
     let router = api::router(state.clone())
         .merge(work::router(state))
-        .merge(health.router())
-        .route("/api/auth/health", axum::routing::get(move || std::future::ready(health.health())));
+        .route("/api/auth/health", axum::routing::get(move || std::future::ready(api_health.health())));
     metrics::get(); // its families are in /metrics from the first scrape
-    kit::trace::layer(kit::http::finish(router, limit))
+    health.beside(kit::trace::layer(kit::http::finish(router, limit)))
 }
 
 /// Serves auth on `listener` until `shutdown`.

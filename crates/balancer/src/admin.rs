@@ -49,7 +49,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/round-robin/reset", post(reset_round_robin))
         .with_state(state.clone());
     let figures = Extension(Scoped::new(Figures(state)));
-    kit::trace::layer(guard.wrap(kit::http::finish(api.merge(health.router()), limit).layer(figures)))
+    let app = kit::trace::layer(guard.clone().wrap(kit::http::finish(api, limit).layer(figures)));
+    app.merge(guard.wrap(health.router()))
 }
 
 /// Mutations and fault injection need the cluster token whenever one is configured.

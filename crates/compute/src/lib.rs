@@ -200,14 +200,14 @@ impl AppState {
 /// the body limit.
 pub fn router(state: AppState) -> axum::Router {
     let limit = state.config.kit.body_limit;
-    let health = state.health.router();
+    let health = state.health.clone();
     let mut protected = api::protected_router();
     if let Some(keys) = &state.keys {
         protected = protected.route_layer(axum::middleware::from_fn_with_state(keys.clone(), kit::jwt::require));
     }
     let routes = api::open_router().merge(protected).with_state(state);
     metrics::get(); // its families are in /metrics from the first scrape
-    kit::trace::layer(kit::http::finish(routes.merge(health), limit))
+    health.beside(kit::trace::layer(kit::http::finish(routes, limit)))
 }
 
 /// Serves the compute service on `listener` until `shutdown`, with this instance's workers.

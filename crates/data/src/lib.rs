@@ -181,9 +181,9 @@ fn check_json(what: &str, text: &RawValue, max: usize) -> Result<(), ApiError> {
 /// The service's routes, with health, JSON errors and the body limit.
 pub fn router(state: AppState) -> axum::Router {
     let limit = state.config.kit.body_limit;
-    let health = state.health.router();
+    let health = state.health.clone();
     metrics::get(); // its families are in /metrics from the first scrape
-    kit::trace::layer(kit::http::finish(api::router(state).merge(health), limit))
+    health.beside(kit::trace::layer(kit::http::finish(api::router(state), limit)))
 }
 
 /// Serves data on `listener` until `shutdown`.

@@ -430,8 +430,8 @@ pub fn router(state: AppState) -> axum::Router {
     let (limit, guard) = (kit.body_limit, kit::guard::Guard::new(kit.bind_addr, &kit.allowed_hosts));
     // Ready once started: the detector must not wait for the balancer or anything else.
     let health = kit::health::Health::new(&kit.service_name);
-    let routes = api::router(state.clone()).merge(dashboard::router(state)).merge(health.router());
-    kit::trace::layer(guard.wrap(kit::http::finish(routes, limit)))
+    let routes = api::router(state.clone()).merge(dashboard::router(state));
+    kit::trace::layer(guard.clone().wrap(kit::http::finish(routes, limit))).merge(guard.wrap(health.router()))
 }
 
 /// Starts the background loops on `state` and serves it on `listener` until shutdown.

@@ -40,12 +40,22 @@ impl Health {
         self
     }
 
-    /// `/health` and `/ready`, ready to merge into a component's router.
+    /// `/health` and `/ready` (other methods: the JSON 405 of [`crate::http`]).
     pub fn router(&self) -> Router {
         let (live, ready) = (self.clone(), self.clone());
+        let not_allowed = crate::http::method_not_allowed;
         Router::new()
-            .route("/health", get(move || std::future::ready(live.health())))
-            .route("/ready", get(move || async move { ready.ready().await }))
+            .route("/health", get(move || std::future::ready(live.health())).fallback(not_allowed))
+            .route("/ready", get(move || async move { ready.ready().await }).fallback(not_allowed))
+    }
+
+    /// `app` with `/health` and `/ready` beside it, outside its layers: a probe is answered
+    /// without the API's tracing, metrics and body limit, which cost more than the answer
+    /// (probes are most of what an idle instance does: orch's every second, the balancer's
+    /// and the detector's every 5 s). A component behind `kit::guard` merges
+    /// `guard.wrap(health.router())` instead, so that its probes keep the guard.
+    pub fn beside(&self, app: Router) -> Router {
+        app.merge(self.router())
     }
 
     /// The liveness answer: `{status, service, timestamp, uptime}`.
@@ -128,5 +138,32 @@ mod tests {
         let (status, body) = get_json(health.router(), "/ready").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["status"], "ready");
+    }
+
+    #[tokio::test]
+    async fn probes_beside_an_app_skip_its_layers() {
+        use std::sync::atomic::AtomicUsize;
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counted = seen.clone();
+        let app = Router::new().route("/api/x", get(|| async { "x" })).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                next.run(req)
+            },
+        ));
+        let router = Health::new("data-1").beside(app);
+        let (status, body) = get_json(router.clone(), "/health").await;
+        assert_eq!((status, &body["service"]), (StatusCode::OK, &serde_json::json!("data-1")));
+        assert_eq!(get_json(router.clone(), "/ready").await.0, StatusCode::OK);
+        assert_eq!(seen.load(Ordering::SeqCst), 0, "the probes went beside the layer");
+        let res = router.clone().oneshot(Request::get("/api/x").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the app's routes keep it");
+        // Another method on a probe's path: the JSON 405 of every other route.
+        let res = router.oneshot(Request::post("/health").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body: serde_json::Value =
+            serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert!(body["error"].as_str().unwrap().contains("POST"), "{body}");
     }
 }

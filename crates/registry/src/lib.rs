@@ -107,7 +107,8 @@ pub fn router(state: AppState) -> axum::Router {
     let (limit, guard) = (kit.body_limit, kit::guard::Guard::new(kit.bind_addr, &kit.allowed_hosts));
     let health = kit::health::Health::new(&kit.service_name);
     let records = axum::Extension(kit::metrics::Scoped::new(metrics::Records(state.store.clone())));
-    kit::trace::layer(guard.wrap(kit::http::finish(api::router(state).merge(health.router()), limit).layer(records)))
+    let app = kit::trace::layer(guard.clone().wrap(kit::http::finish(api::router(state), limit).layer(records)));
+    app.merge(guard.wrap(health.router()))
 }
 
 /// Serves the registry on `listener` until `shutdown`.
