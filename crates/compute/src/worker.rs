@@ -332,8 +332,11 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
         Ok(wal) => {
             tracing::debug!("idle workers wake on writes to the database's WAL file");
             let mut last = data_version(&mut conn).await.ok();
-            // A commit made before the watch began is found by a look at the queue.
+            // A commit made before the watch began is found by a look at the queue; one whose
+            // frames were written before it began but that became visible after `last` was
+            // read (its sync still running) sends no event: look for it as after a write.
             state.watching(true);
+            wal.written.notify_one();
             let mut looked = Instant::now();
             loop {
                 tokio::select! {
@@ -404,8 +407,11 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
     }
 }
 
-/// How long after a write to the WAL its commit may take to become visible (its sync).
-const SETTLE: Duration = Duration::from_secs(1);
+/// How long after a write to the WAL its commit may take to become visible (its sync: on a
+/// disk busy with other writers, `synchronous=FULL`'s fsync has taken over a second here).
+/// Looked for more and more rarely (at most every 100 ms), so a write that commits nothing
+/// costs about a hundred looks.
+const SETTLE: Duration = Duration::from_secs(10);
 
 /// The least time between two looks prompted by writes to the WAL. A busy database sees
 /// several commits a millisecond, each several writes (inotify events), and one look per
