@@ -334,9 +334,11 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
             let mut last = data_version(&mut conn).await.ok();
             // A commit made before the watch began is found by a look at the queue; one whose
             // frames were written before it began but that became visible after `last` was
-            // read (its sync still running) sends no event: look for it as after a write.
+            // read (its sync still running) sends no event: look for it as after a write, for
+            // a shorter while (every instance of a cluster starting at once does this look).
             state.watching(true);
             wal.written.notify_one();
+            let mut settle = SETTLE_AT_START;
             let mut looked = Instant::now();
             loop {
                 tokio::select! {
@@ -357,7 +359,8 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
                 // wake the workers once `data_version` moves, looking for a moment, more
                 // and more rarely (a write that commits nothing, a checkpoint's, costs a
                 // few looks rather than one every few milliseconds for a second).
-                let (until, mut pause) = (Instant::now() + SETTLE, Duration::from_micros(250));
+                let (until, mut pause) = (Instant::now() + settle, Duration::from_micros(250));
+                settle = SETTLE;
                 loop {
                     match data_version(&mut conn).await {
                         Ok(version) if Some(version) == last => {}
@@ -412,6 +415,9 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
 /// Looked for more and more rarely (at most every 100 ms), so a write that commits nothing
 /// costs about a hundred looks.
 const SETTLE: Duration = Duration::from_secs(10);
+
+/// How long the look for a commit still syncing when the watch began lasts.
+const SETTLE_AT_START: Duration = Duration::from_secs(1);
 
 /// The least time between two looks prompted by writes to the WAL. A busy database sees
 /// several commits a millisecond, each several writes (inotify events), and one look per
