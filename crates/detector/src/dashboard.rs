@@ -140,8 +140,10 @@ async fn serve_socket(state: AppState, socket: WebSocket) {
     let (sink, stream) = socket.split();
     // Subscribe before the snapshot is taken, so nothing published after it is missed.
     let updates = state.subscribe();
-    // The traffic may have been read at the calm pace: a fresh read follows as an update.
+    // The traffic and orch's instances may have been read at the calm pace: fresh reads
+    // follow as updates.
     state.wake_traffic_poll();
+    state.wake_orch_poll();
     let timeout = state.config().ws_send_timeout;
     let shutdown = state.0.shutdown.clone();
     let writer_state = state.clone();

@@ -7,7 +7,8 @@
 //! goes to the dashboard at once, an instance that exited is down at once, and the
 //! instance list is read again and every target checked, so a restart shows within
 //! milliseconds even though orch keeps the socket open. [`poll_instances`] reads the list
-//! every [`INSTANCES_PERIOD`] and whenever an event asks for it.
+//! every [`INSTANCES_PERIOD`] (calmer while it stays the same and no dashboard is connected)
+//! and whenever an event or a dashboard's connecting asks for it.
 //!
 //! What orch answers is read as its wire types ([`kit::orch_api`]), which carry no
 //! environment values; the dashboard shows the fields of [`crate::cluster::OrchInfo`] only:
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::AppState;
+use crate::traffic::Pace;
 use crate::urls::loopback;
 
 /// How often the instance list is read when no event asks for it sooner.
@@ -161,31 +163,38 @@ pub async fn follow_events(state: AppState, client: OrchClient, shutdown: kit::S
     }
 }
 
-/// Reads orch's instance list every [`INSTANCES_PERIOD`] and when woken, until shutdown.
+/// Reads orch's instance list (and the autoscalers of `GET /api/cluster`) every
+/// [`INSTANCES_PERIOD`], calmer while nothing changes and no dashboard is connected
+/// ([`Pace`]: orch's events wake it at once), and when woken, until shutdown.
 pub async fn poll_instances(state: AppState, client: OrchClient, shutdown: kit::Shutdown) {
     let mut failing = false;
+    let mut pace = Pace::new(INSTANCES_PERIOD, false);
     loop {
-        match client.instances().await {
+        let seen = match client.instances().await {
             Ok(instances) => {
                 if failing {
                     tracing::info!("orch's instance list is readable again");
                     failing = false;
                 }
                 state.sync_orch(&instances);
-                if let Ok(cluster) = client.cluster().await {
-                    state.sync_autoscale(&cluster.services);
+                let services = client.cluster().await.ok().map(|cluster| cluster.services);
+                if let Some(services) = &services {
+                    state.sync_autoscale(services);
                 }
+                Some((instances, services))
             }
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e.without_url(), "cannot read orch's instances, retrying");
                     failing = true;
                 }
+                None
             }
-        }
+        };
+        let wait = pace.next(seen, state.dashboard_clients() > 0);
         tokio::select! {
             _ = shutdown.requested() => return,
-            _ = tokio::time::sleep(INSTANCES_PERIOD) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = state.orch_poll_woken() => {}
         }
     }

@@ -162,27 +162,28 @@ impl Traffic {
 }
 
 /// When the next read is due. While the last two reads saw the same thing (the same
-/// `requests` counter, or the balancer unavailable both times) and no dashboard is
+/// `requests` counter, say, or the source unavailable both times) and no dashboard is
 /// connected, the wait doubles up to [`CALM_MAX`]; anything else brings back the period.
-/// A period set explicitly (`fixed`) is always kept.
+/// A period set explicitly (`fixed`) is always kept. orch's instance list is read at the
+/// same pace ([`crate::orch::poll_instances`]).
 #[derive(Debug)]
-pub struct Pace {
+pub struct Pace<T = u64> {
     period: Duration,
     fixed: bool,
     wait: Duration,
-    /// What the previous read saw: the counter, or `None` for an unavailable balancer.
-    last: Option<Option<u64>>,
+    /// What the previous read saw: `Some(None)` for an unavailable source.
+    last: Option<Option<T>>,
 }
 
-impl Pace {
+impl<T: PartialEq> Pace<T> {
     pub fn new(period: Duration, fixed: bool) -> Self {
         Self { period, fixed, wait: period, last: None }
     }
 
-    /// Takes in what a read saw and whether a dashboard is connected; returns the wait
-    /// before the next read.
-    pub fn next(&mut self, seen: Option<u64>, watched: bool) -> Duration {
-        let calm = !self.fixed && !watched && self.last == Some(seen);
+    /// Takes in what a read saw (`None`: the source was unavailable) and whether a
+    /// dashboard is connected; returns the wait before the next read.
+    pub fn next(&mut self, seen: Option<T>, watched: bool) -> Duration {
+        let calm = !self.fixed && !watched && self.last.as_ref() == Some(&seen);
         self.last = Some(seen);
         self.wait = if calm { (self.wait * 2).min(CALM_MAX.max(self.period)) } else { self.period };
         self.wait
@@ -193,7 +194,7 @@ impl Pace {
 /// and at once when a dashboard connects.
 pub async fn poll(state: AppState, shutdown: kit::Shutdown) {
     let url = format!("{}/api/metrics", loopback(&state.config().balancer_url));
-    let mut pace = Pace::new(state.config().metrics_interval, state.config().metrics_interval_fixed);
+    let mut pace: Pace = Pace::new(state.config().metrics_interval, state.config().metrics_interval_fixed);
     let timeout = state.config().check_timeout;
     loop {
         let read = async {
@@ -307,6 +308,12 @@ mod tests {
         assert_eq!(pace.next(None, false), s(1), "the balancer became unavailable");
         assert_eq!(pace.next(None, false), s(2));
         assert_eq!(pace.next(Some(0), false), s(1), "the balancer came back");
+
+        // Any comparable reading calms the same way (orch's instance list, say).
+        let mut pace = Pace::new(s(2), false);
+        let list = |restarts: u32| Some(vec![("auth-1", restarts)]);
+        let waits: Vec<_> = [list(0), list(0), list(0), list(1), list(1)].into_iter().map(|l| pace.next(l, false)).collect();
+        assert_eq!(waits, [s(2), s(4), s(8), s(2), s(4)]);
     }
 
     #[test]
