@@ -312,7 +312,8 @@ mod tests {
         // Any comparable reading calms the same way (orch's instance list, say).
         let mut pace = Pace::new(s(2), false);
         let list = |restarts: u32| Some(vec![("auth-1", restarts)]);
-        let waits: Vec<_> = [list(0), list(0), list(0), list(1), list(1)].into_iter().map(|l| pace.next(l, false)).collect();
+        let waits: Vec<_> =
+            [list(0), list(0), list(0), list(1), list(1)].into_iter().map(|l| pace.next(l, false)).collect();
         assert_eq!(waits, [s(2), s(4), s(8), s(2), s(4)]);
     }
 
