@@ -50,7 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state.clone());
     let figures = Extension(Scoped::new(Figures(state)));
     let app = kit::trace::layer(guard.clone().wrap(kit::http::finish(api, limit).layer(figures)));
-    app.merge(guard.wrap(health.router()))
+    health.beside_guarded(app, guard)
 }
 
 /// Mutations and fault injection need the cluster token whenever one is configured.

@@ -431,7 +431,8 @@ pub fn router(state: AppState) -> axum::Router {
     // Ready once started: the detector must not wait for the balancer or anything else.
     let health = kit::health::Health::new(&kit.service_name);
     let routes = api::router(state.clone()).merge(dashboard::router(state));
-    kit::trace::layer(guard.clone().wrap(kit::http::finish(routes, limit))).merge(guard.wrap(health.router()))
+    let app = kit::trace::layer(guard.clone().wrap(kit::http::finish(routes, limit)));
+    health.beside_guarded(app, guard)
 }
 
 /// Starts the background loops on `state` and serves it on `listener` until shutdown.

@@ -52,10 +52,16 @@ impl Health {
     /// `app` with `/health` and `/ready` beside it, outside its layers: a probe is answered
     /// without the API's tracing, metrics and body limit, which cost more than the answer
     /// (probes are most of what an idle instance does: orch's every second, the balancer's
-    /// and the detector's every 5 s). A component behind `kit::guard` merges
-    /// `guard.wrap(health.router())` instead, so that its probes keep the guard.
+    /// and the detector's every 5 s). A component behind `kit::guard` uses
+    /// [`Health::beside_guarded`].
     pub fn beside(&self, app: Router) -> Router {
         app.merge(self.router())
+    }
+
+    /// [`Health::beside`] for a component behind `guard`: its probes skip the API's layers
+    /// but keep the guard (the 421 for a foreign `Host`).
+    pub fn beside_guarded(&self, app: Router, guard: crate::guard::Guard) -> Router {
+        app.merge(guard.wrap(self.router()))
     }
 
     /// The liveness answer: `{status, service, timestamp, uptime}`.
@@ -165,5 +171,16 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
         assert!(body["error"].as_str().unwrap().contains("POST"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn guarded_probes_keep_the_guard() {
+        let router = Health::new("registry-1").beside_guarded(Router::new(), crate::guard::Guard::loopback());
+        let probe = |host: &'static str| {
+            let req = Request::get("/health").header("host", host).body(Body::empty()).unwrap();
+            router.clone().oneshot(req)
+        };
+        assert_eq!(probe("localhost:3005").await.unwrap().status(), StatusCode::OK);
+        assert_eq!(probe("rebind.example:3005").await.unwrap().status(), StatusCode::MISDIRECTED_REQUEST);
     }
 }

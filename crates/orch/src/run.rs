@@ -92,7 +92,7 @@ where
 
 /// Runs `work` as a task on `runtime`'s workers and waits for it on this thread (a panic
 /// in it goes on here).
-pub fn on_worker<T: Send + 'static>(
+fn on_worker<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
 ) -> anyhow::Result<T> {

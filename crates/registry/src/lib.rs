@@ -108,7 +108,7 @@ pub fn router(state: AppState) -> axum::Router {
     let health = kit::health::Health::new(&kit.service_name);
     let records = axum::Extension(kit::metrics::Scoped::new(metrics::Records(state.store.clone())));
     let app = kit::trace::layer(guard.clone().wrap(kit::http::finish(api::router(state), limit).layer(records)));
-    app.merge(guard.wrap(health.router()))
+    health.beside_guarded(app, guard)
 }
 
 /// Serves the registry on `listener` until `shutdown`.
