@@ -357,8 +357,8 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
                 looked = Instant::now();
                 // A commit's frames are written before the commit is visible (and synced):
                 // wake the workers once `data_version` moves, looking for a moment, more
-                // and more rarely (a write that commits nothing, a checkpoint's, costs a
-                // few looks rather than one every few milliseconds for a second).
+                // and more rarely (a write that commits nothing, a checkpoint's, costs
+                // [`SETTLE`]'s hundred looks rather than one every few milliseconds).
                 let (until, mut pause) = (Instant::now() + settle, Duration::from_micros(250));
                 settle = SETTLE;
                 loop {
