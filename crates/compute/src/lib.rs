@@ -46,6 +46,12 @@ pub const MIGRATIONS: Migrations = Migrations {
         Migration { version: 1, name: "jobs", sql: include_str!("../migrations/0001_jobs.sql") },
         Migration { version: 2, name: "idempotency keys", sql: kit::idempotency::MIGRATION_SQL },
         Migration { version: 3, name: "idempotency records", sql: kit::idempotency::RECORDS_MIGRATION_SQL },
+        Migration { version: 4, name: "job tallies", sql: include_str!("../migrations/0004_tally.sql") },
+        Migration {
+            version: 5,
+            name: "partial queue indexes",
+            sql: include_str!("../migrations/0005_partial_indexes.sql"),
+        },
     ],
     postgres: &[
         Migration { version: 1, name: "jobs", sql: include_str!("../migrations/postgres/0001_jobs.sql") },

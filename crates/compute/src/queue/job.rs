@@ -28,6 +28,11 @@ impl Status {
         }
     }
 
+    /// Its place in [`Status::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|&s| s == self).unwrap_or(0)
+    }
+
     pub(super) fn parse(s: &str) -> Result<Self, sqlx::Error> {
         Self::ALL
             .into_iter()

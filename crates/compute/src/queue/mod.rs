@@ -292,12 +292,31 @@ impl Queue {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The queue's figures, from one snapshot: on SQLite read from the tallies its triggers
+    /// keep (migrations/0004_tally.sql), a few rows whatever the number of jobs retained; on
+    /// PostgreSQL computed from every job ([`Queue::stats_by_scan`]).
     pub async fn stats(&self) -> Result<Stats, sqlx::Error> {
+        self.read_stats(self.tallied()).await
+    }
+
+    /// [`Queue::stats`] computed from every job retained, whatever the database: what the
+    /// SQLite tallies must always agree with.
+    pub async fn stats_by_scan(&self) -> Result<Stats, sqlx::Error> {
+        self.read_stats(false).await
+    }
+
+    /// Whether the database keeps the job tallies (SQLite).
+    fn tallied(&self) -> bool {
+        self.db.dialect() == kit::db::Dialect::Sqlite
+    }
+
+    async fn read_stats(&self, tallied: bool) -> Result<Stats, sqlx::Error> {
         let db = &self.db;
         kit::db::retry(db, move || async move {
-            // One snapshot for all three reads.
+            // One snapshot for all the reads.
             let mut tx = kit::db::begin_read(db).await?;
-            let stats = Self::stats_in(&mut tx).await?;
+            let stats =
+                if tallied { Self::stats_tallied(&mut tx).await? } else { Self::stats_scanned(&mut tx).await? };
             tx.commit().await?;
             Ok(stats)
         })
@@ -313,26 +332,17 @@ impl Queue {
     /// Jobs by status, in [`Status::ALL`] order (the queue's depth, for `/metrics`).
     pub async fn counts(&self) -> Result<[i64; 5], sqlx::Error> {
         let db = &self.db;
+        let query = if self.tallied() { TALLIED_COUNTS } else { COUNTS };
         kit::db::retry(db, move || async move {
-            let mut conn = db.acquire().await?;
-            Self::counts_in(&mut conn).await
+            let rows: Vec<(String, i64)> = sqlx::query_as(query).fetch_all(&mut *db.acquire().await?).await?;
+            Ok(by_status(rows))
         })
         .await
     }
 
-    async fn counts_in(conn: &mut kit::db::Conn) -> Result<[i64; 5], sqlx::Error> {
-        let mut counts = [0; 5];
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetch_all(&mut *conn).await?;
-        for (status, n) in rows {
-            let i = Status::ALL.iter().position(|s| s.as_str() == status).unwrap_or(0);
-            counts[i] += n;
-        }
-        Ok(counts)
-    }
-
-    async fn stats_in(conn: &mut kit::db::Conn) -> Result<Stats, sqlx::Error> {
-        let mut stats = Stats { counts: Self::counts_in(conn).await?, ..Stats::default() };
+    async fn stats_scanned(conn: &mut kit::db::Conn) -> Result<Stats, sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(COUNTS).fetch_all(&mut *conn).await?;
+        let mut stats = Stats { counts: by_status(rows), ..Stats::default() };
         let minute_ago = unix_millis() - 60_000;
         stats.completed_last_minute =
             sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'completed' AND finished_at >= $1")
@@ -364,6 +374,56 @@ impl Queue {
                 mean_duration_ms: row.try_get("mean_ms")?,
                 last_finished_at: row.try_get("last_finished")?,
             });
+        }
+        Ok(stats)
+    }
+
+    /// [`Queue::stats`] from the tallies (SQLite): a row per worker and status, and the last
+    /// minute's completions read from the `jobs_finished` index alone.
+    async fn stats_tallied(conn: &mut kit::db::Conn) -> Result<Stats, sqlx::Error> {
+        let tallies: Vec<(String, String, i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT worker, status, jobs, run_ms, last_finished_at FROM job_tally WHERE jobs > 0 ORDER BY worker",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let recent: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT worker, COUNT(*) FROM jobs WHERE status = 'completed' AND finished_at >= $1 GROUP BY worker",
+        )
+        .bind(unix_millis() - 60_000)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut stats = Stats::default();
+        for (worker, status, jobs, run_ms, last_finished_at) in tallies {
+            let status = Status::parse(&status)?;
+            stats.counts[status.index()] += jobs;
+            if worker.is_empty() {
+                continue;
+            }
+            let w = match stats.workers.last_mut() {
+                Some(w) if w.worker == worker => w,
+                _ => {
+                    stats.workers.push(WorkerStats { worker, ..WorkerStats::default() });
+                    stats.workers.last_mut().expect("just pushed")
+                }
+            };
+            match status {
+                Status::Running => w.running = jobs,
+                Status::Completed => {
+                    w.completed = jobs;
+                    w.mean_duration_ms = Some(run_ms as f64 / jobs as f64);
+                }
+                Status::Failed => w.failed = jobs,
+                Status::Queued | Status::Cancelled => {}
+            }
+            // A tally keeps the latest finish it counted: that of the worker's last job in
+            // this status, which a purge (oldest first) removes last.
+            w.last_finished_at = w.last_finished_at.max(last_finished_at);
+        }
+        for (worker, n) in recent {
+            stats.completed_last_minute += n;
+            if let Some(w) = stats.workers.iter_mut().find(|w| worker.as_deref() == Some(w.worker.as_str())) {
+                w.completed_last_minute = n;
+            }
         }
         Ok(stats)
     }
@@ -446,6 +506,22 @@ fn insert(
     .bind(job.priority)
     .bind(job.max_attempts)
     .bind(now)
+}
+
+/// Jobs by status, from every job (what the tallies keep on SQLite).
+const COUNTS: &str = "SELECT status, COUNT(*) FROM jobs GROUP BY status";
+
+/// Jobs by status, from the tallies (SQLite).
+const TALLIED_COUNTS: &str = "SELECT status, SUM(jobs) FROM job_tally GROUP BY status";
+
+/// Counts by status name, in [`Status::ALL`] order (an unknown name counts as queued).
+fn by_status(rows: Vec<(String, i64)>) -> [i64; 5] {
+    let mut counts = [0; 5];
+    for (status, n) in rows {
+        let i = Status::ALL.iter().position(|s| s.as_str() == status).unwrap_or(0);
+        counts[i] += n;
+    }
+    counts
 }
 
 /// A random id shaped like a UUID v4.

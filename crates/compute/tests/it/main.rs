@@ -8,6 +8,7 @@ mod jobs;
 mod lease;
 mod metrics;
 mod numbers;
+mod schema;
 mod settle;
 
 use std::path::{Path, PathBuf};
