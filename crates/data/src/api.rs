@@ -210,9 +210,15 @@ async fn create(
     let value = parsed.value.ok_or_else(|| ApiError::bad_request("missing field `value` (null is a value)"))?;
     state.check_value(&value)?;
     let metadata = state.metadata(parsed.metadata)?.unwrap_or_else(crate::json::empty_object);
+    let scope = "POST /api/data";
+    if idem.0.is_none() && state.pool.dialect() == kit::db::Dialect::Sqlite {
+        // Nothing to record beside it: one statement in the group commit.
+        let answer = store::create_alone(&state.pool, parsed.key, value, metadata).await.map_err(kit::db::api_error)?;
+        return Ok(written(scope, &caller, answer));
+    }
     let change = Change::Create { key: parsed.key, value, metadata };
     let fingerprint = idempotency::fingerprint(&[&body]);
-    commit(&state, &caller, idem, "POST /api/data".to_owned(), fingerprint, change).await
+    commit(&state, &caller, idem, scope.to_owned(), fingerprint, change).await
 }
 
 async fn update(
@@ -354,7 +360,7 @@ async fn commit(
     })
     .await
     .map_err(kit::db::api_error)?;
-    let Answer { status, body, version } = match outcome {
+    let answer = match outcome {
         Ok(answer) => answer,
         Err(stored) => {
             let version = store::version_of(&stored.body);
@@ -363,7 +369,12 @@ async fn commit(
             return Ok(with_etag(stored.replay(fingerprint), version));
         }
     };
+    Ok(written(scope, caller, answer))
+}
+
+/// The response to a write that was applied (or refused), counted.
+fn written(scope: &str, caller: &Caller, Answer { status, body, version }: Answer) -> Response {
     tracing::debug!(%scope, status = status.as_u16(), user = caller.user(), "write");
     crate::metrics::get().written(status);
-    Ok(with_etag(json_response(status, body), version))
+    with_etag(json_response(status, body), version)
 }

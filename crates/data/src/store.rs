@@ -254,6 +254,51 @@ fn precondition(expected: Option<Expected>, current: i64) -> Option<Result<Answe
     }
 }
 
+/// A create on its own, outside a transaction: one `INSERT` committed with the process's
+/// group ([`kit::db::write_one`]: no savepoint, no statements but this one on the group's
+/// connection), for a write with no idempotency record to keep beside it. An item already
+/// there is refused as [`apply`] refuses it, with the version read just after.
+pub async fn create_alone(
+    db: &Db,
+    key: String,
+    value: Box<RawValue>,
+    metadata: Box<RawValue>,
+) -> Result<Answer, sqlx::Error> {
+    let now = kit::time::unix_millis();
+    let done = kit::db::write_one(db, insert(&key, &value, &metadata, now)).await?;
+    let item = Item { key, value, metadata, version: 1, created_at: now, updated_at: now };
+    created(&mut *db.acquire().await?, done.rows_affected() == 1, item).await
+}
+
+/// The insert of a new item at version 1, nothing when the key is taken (its values owned,
+/// so it can run in a task of its own).
+fn insert(
+    key: &str,
+    value: &RawValue,
+    metadata: &RawValue,
+    now: i64,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
+    sqlx::query(
+        "INSERT INTO items (key, value, metadata, version, created_at, updated_at)
+         VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(key.to_owned())
+    .bind(value.get().to_owned())
+    .bind(metadata.get().to_owned())
+    .bind(now)
+}
+
+/// A create's answer: `item` if `inserted`, else a 409 naming the version of the item that
+/// holds the key (read on `conn`).
+async fn created(conn: &mut Conn, inserted: bool, item: Item) -> Result<Answer, sqlx::Error> {
+    if inserted {
+        return Answer::item(StatusCode::CREATED, &item);
+    }
+    let current = version(conn, &item.key).await?;
+    let message = format!("an item with key {:?} already exists", item.key);
+    Answer::refused(StatusCode::CONFLICT, message, current)
+}
+
 /// Applies `change` on `conn`, which must be inside a write transaction
 /// ([`kit::db::begin_write`]): the read and the write below then see no other writer (on
 /// PostgreSQL, a serialisation failure instead, which the caller retries).
@@ -261,23 +306,13 @@ pub async fn apply(conn: &mut Conn, change: Change) -> Result<Answer, sqlx::Erro
     let now = kit::time::unix_millis();
     match change {
         Change::Create { key, value, metadata } => {
-            let done = sqlx::query(
-                "INSERT INTO items (key, value, metadata, version, created_at, updated_at)
-                 VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (key) DO NOTHING",
+            let done = insert(&key, &value, &metadata, now).execute(&mut *conn).await?;
+            created(
+                conn,
+                done.rows_affected() == 1,
+                Item { key, value, metadata, version: 1, created_at: now, updated_at: now },
             )
-            .bind(&key)
-            .bind(value.get())
-            .bind(metadata.get())
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            if done.rows_affected() == 0 {
-                let current = version(conn, &key).await?;
-                let message = format!("an item with key {key:?} already exists");
-                return Answer::refused(StatusCode::CONFLICT, message, current);
-            }
-            let item = Item { key, value, metadata, version: 1, created_at: now, updated_at: now };
-            Answer::item(StatusCode::CREATED, &item)
+            .await
         }
         Change::Update { key, value, metadata, expected } => {
             let Some(mut item) = get(&mut *conn, &key).await? else { return Answer::not_found(&key) };
