@@ -204,6 +204,12 @@ pub struct Config {
     pub limits: Limits,
     /// `LOG_FORMAT` (`text` or `json`).
     pub log_format: LogFormat,
+    /// `RUNTIME_THREADS` (default 1): the worker threads of the component's async runtime.
+    /// One is the fastest on a small machine shared by a cluster's processes: every request
+    /// handed between two workers of a process costs thread wake-ups (measured on 2 cores:
+    /// README, Benchmarks); blocking work (hashes, computations, SQLite) has threads of its
+    /// own either way.
+    pub runtime_threads: usize,
 }
 
 impl Config {
@@ -231,6 +237,7 @@ impl Config {
             shutdown_grace: vars.millis("SHUTDOWN_GRACE_MS", 5_000, 600_000)?,
             limits: Limits::from_vars(vars)?,
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text, "text or json")?,
+            runtime_threads: vars.number("RUNTIME_THREADS", 1, 1, 256)? as usize,
         })
     }
 
@@ -324,6 +331,7 @@ mod tests {
         assert_eq!(config.registry_url, "http://localhost:3005");
         assert_eq!(config.heartbeat_interval, Duration::from_secs(10));
         assert_eq!(config.body_limit, 1 << 20);
+        assert_eq!(config.runtime_threads, 1);
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.limits.header_timeout, Duration::from_secs(10));
         assert!(config.allowed_hosts.is_empty());
@@ -377,5 +385,14 @@ mod tests {
         assert!(err.to_string().contains("HEARTBEAT_INTERVAL_MS"), "{err}");
         let err = Config::from_vars(&Vars::from_pairs([("REGISTER", "maybe")]), "auth").unwrap_err();
         assert!(err.to_string().contains("true or false"), "{err}");
+        for threads in ["0", "257", "two"] {
+            let err = Config::from_vars(&Vars::from_pairs([("RUNTIME_THREADS", threads)]), "data").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(r#"invalid RUNTIME_THREADS="{threads}": expected a whole number from 1 to 256"#)
+            );
+        }
+        let config = Config::from_vars(&Vars::from_pairs([("RUNTIME_THREADS", "4")]), "data").unwrap();
+        assert_eq!(config.runtime_threads, 4);
     }
 }

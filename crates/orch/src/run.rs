@@ -76,7 +76,7 @@ where
     let kit = kit_of(&config).clone();
     kit::telemetry::init(kit.log_format, std::io::stderr);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(kit.runtime_threads)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
