@@ -65,7 +65,7 @@ pub use kit::ServiceError as Error;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub kit: kit::Config,
-    /// `COMPUTE_WORKERS` (default 8, 0 = this instance only answers the API): the jobs it runs
+    /// `COMPUTE_WORKERS` (default 16, 0 = this instance only answers the API): the jobs it runs
     /// at once (their computations share the `COMPUTE_THREADS`).
     pub workers: usize,
     /// `COMPUTE_THREADS` (default: the number of CPUs): operations computing at once.
@@ -102,7 +102,7 @@ impl Config {
         let kit = kit::Config::from_vars(vars, "compute")?;
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
         Ok(Self {
-            workers: vars.number("COMPUTE_WORKERS", 8, 0, 64)? as usize,
+            workers: vars.number("COMPUTE_WORKERS", 16, 0, 64)? as usize,
             threads: vars.number("COMPUTE_THREADS", cpus, 1, 256)? as usize,
             time_limit: vars.millis("COMPUTE_TIME_LIMIT_MS", 2_000, 600_000)?,
             job_time_limit: vars.millis("JOB_TIME_LIMIT_MS", 30_000, 3_600_000)?,
@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn config_defaults_and_limits() {
         let config = Config::from_vars(&kit::Vars::from_pairs([("SERVICE_NAME", "compute-2")])).unwrap();
-        assert_eq!((config.workers, config.max_attempts), (8, 3));
+        assert_eq!((config.workers, config.max_attempts), (16, 3));
         assert_eq!((config.lease, config.time_limit), (Duration::from_secs(5), Duration::from_secs(2)));
         assert_eq!((config.work.delay, config.work.max), (Duration::from_millis(550), Duration::from_secs(10)));
         assert_eq!((config.poll, config.safety_poll), (Duration::from_millis(20), None));

@@ -22,7 +22,7 @@ const JOBS: usize = 1000;
 const JOB_CLIENTS: usize = 16;
 const JOB_ROUNDS: usize = 3;
 /// compute's default `COMPUTE_WORKERS`: the job slots of each instance.
-const WORKERS: usize = 8;
+const WORKERS: usize = 16;
 /// Registered users whose logins are measured.
 const USERS: usize = 4;
 const PASSWORD: &str = "bench-password";
