@@ -518,8 +518,7 @@ const TALLIED_COUNTS: &str = "SELECT status, SUM(jobs) FROM job_tally GROUP BY s
 fn by_status(rows: Vec<(String, i64)>) -> [i64; 5] {
     let mut counts = [0; 5];
     for (status, n) in rows {
-        let i = Status::ALL.iter().position(|s| s.as_str() == status).unwrap_or(0);
-        counts[i] += n;
+        counts[Status::parse(&status).map_or(0, Status::index)] += n;
     }
     counts
 }
