@@ -153,7 +153,10 @@ async fn routes_come_from_configuration() {
 async fn least_request_prefers_idle_instances() {
     let registry = TestRegistry::start().await;
     let backends = three_registered(&registry, "compute").await;
-    let balancer = TestBalancer::start(&registry.url, &[("BALANCE_STRATEGY", "least-request")]).await;
+    // Health checks that a loaded machine cannot fail in time: were the idle instances taken
+    // out of rotation, the busy one would be tried as the last resort.
+    let settings = [("BALANCE_STRATEGY", "least-request"), ("HEALTH_CHECK_TIMEOUT_MS", "30000")];
+    let balancer = TestBalancer::start(&registry.url, &settings).await;
     balancer.wait_for_instances("compute", &["compute-1", "compute-2", "compute-3"]).await;
     assert_eq!(balancer.status().await["strategy"], "least-request");
 
@@ -171,6 +174,15 @@ async fn least_request_prefers_idle_instances() {
             let first = instances.iter().find(|i| i["id"] == "compute-1")?;
             (first["inFlight"].as_u64()? >= 1).then_some(())
         }
+    })
+    .await;
+    // The tries that landed on the others are answered (a tie with compute-1 could pick it).
+    crate::eventually(crate::WAIT, "nothing in flight but on compute-1", || async {
+        let status = balancer.status().await;
+        let instances = status["services"]["compute"]["instances"].as_array()?.clone();
+        let others: Option<Vec<u64>> =
+            instances.iter().filter(|i| i["id"] != "compute-1").map(|i| i["inFlight"].as_u64()).collect();
+        others?.iter().all(|&n| n == 0).then_some(())
     })
     .await;
     // With compute-1 busy, two choices always include an idle instance, which wins.
