@@ -222,9 +222,15 @@ async fn submit(
     };
     let fingerprint = kit::idempotency::fingerprint(&[&body]);
     let idem = key.as_ref().map(|key| queue::Idempotency { key, fingerprint: &fingerprint });
-    match state.queue.submit(&job, idem).await? {
-        Submitted::Queued { id, body } => {
-            state.wake();
+    let submitted = match idem {
+        None => crate::worker::submit(&state, job.clone()).await?,
+        Some(idem) => state.queue.submit(&job, Some(idem)).await?,
+    };
+    match submitted {
+        Submitted::Queued { id, body, started } => {
+            if started.is_none() {
+                state.wake();
+            }
             tracing::debug!(job = %id, operation = %job.operation, priority = job.priority, "job queued");
             crate::metrics::get().operation(&job.operation, "job");
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
@@ -291,7 +297,7 @@ async fn stats(State(state): State<AppState>) -> Result<Response, Error> {
         "workers": workers,
         "instance": {
             "workers": state.config.workers,
-            "idle": local.idle.load(std::sync::atomic::Ordering::SeqCst),
+            "idle": state.slots.idle_count(),
             "computing": state.executor.computing(),
             "completed": load(&local.completed),
             "failed": load(&local.failed),

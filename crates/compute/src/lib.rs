@@ -27,7 +27,7 @@ mod sweep;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use kit::db::{Migration, Migrations};
@@ -131,8 +131,6 @@ pub const SAFETY_POLL_WATCHED: Duration = Duration::from_secs(60);
 /// This instance's own counters (the queue's figures are in the database).
 #[derive(Debug, Default)]
 pub struct LocalStats {
-    /// Workers waiting for work.
-    pub idle: AtomicUsize,
     /// Outcomes this instance's workers wrote.
     pub completed: AtomicU64,
     pub failed: AtomicU64,
@@ -155,6 +153,7 @@ pub struct AppState {
     /// Bumped to wake this instance's idle workers.
     wake: Arc<watch::Sender<u64>>,
     stats: Arc<LocalStats>,
+    slots: Arc<worker::Slots>,
 }
 
 impl AppState {
@@ -169,6 +168,7 @@ impl AppState {
         });
         Ok(Self {
             executor: Executor::new(config.threads),
+            slots: Arc::new(worker::Slots::new(&config.kit.service_name, config.workers)),
             config: Arc::new(config),
             queue: Queue::new(pool),
             keys,

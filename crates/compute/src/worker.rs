@@ -9,10 +9,17 @@
 //! be a job; otherwise it sleeps until woken. A queue its last settle found short is not
 //! peeked at again until something wakes it (`next_step`).
 //!
-//! **Invariant:** only the dispatcher claims, and only for slots that are idle, so a claimed
-//! job starts at once (its lease never ticks away waiting for a worker); only it records
-//! outcomes, so an instance has at most one write transaction of the queue's at a time
-//! besides lease renewals and hand-backs.
+//! A submit to an instance with an idle slot takes that slot ([`submit`]; SQLite, no
+//! idempotency key): its insert claims the job for the slot's worker when nothing queued
+//! comes before it, and the job starts at once, reporting to the dispatcher like any other.
+//! Such a job is running when its 202 is answered, without waiting for this dispatcher to
+//! be woken, peek and settle (README, "A job started by its submit").
+//!
+//! **Invariant:** a job is claimed only for a slot that is idle and taken ([`Slots`]): by
+//! the dispatcher for the slots it asks for, or by a submit for the one it took; so a
+//! claimed job starts at once (its lease never ticks away waiting for a worker). Only the
+//! dispatcher records outcomes, so an instance has at most one settle of the queue's at a
+//! time besides submits, lease renewals and hand-backs.
 //!
 //! An idle dispatcher is woken by
 //! - a submit to this instance (at once, through a `watch` channel);
@@ -34,27 +41,137 @@
 //!   otherwise ([`AppState::safety_poll`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kit::Shutdown;
 use kit::time::unix_millis;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::AppState;
 use crate::exec::ExecError;
 use crate::ops::{self, Place};
-use crate::queue::{Claimed, Outcome, Status};
+use crate::queue::{Claimed, NewJob, Outcome, Start, Status, Submitted};
 
 /// Starts the dispatcher and the change detector as shutdown-tracked tasks.
 pub fn spawn(state: &AppState, shutdown: &Shutdown) {
     if state.config.workers == 0 {
         return;
     }
+    let _ = state.slots.shutdown.set(shutdown.clone());
     shutdown.spawn(dispatch(state.clone(), shutdown.clone()));
     shutdown.spawn(watch_changes(state.clone(), shutdown.clone()));
+}
+
+/// The worker slots of an instance: which are idle (lowest first), shared by the dispatcher
+/// and the submits that start their job at once ([`submit`]), and the channel on which
+/// every worker reports to the dispatcher.
+#[derive(Debug)]
+pub struct Slots {
+    names: Vec<String>,
+    idle: Mutex<Idle>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// Taken by the dispatcher when it starts.
+    reported: Mutex<Option<mpsc::UnboundedReceiver<Report>>>,
+    /// The dispatcher's, once it runs: the worker tasks a submit starts are tracked by it.
+    shutdown: OnceLock<Shutdown>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    slots: Vec<usize>,
+    /// No submit takes a slot any more: the instance is stopping.
+    closed: bool,
+}
+
+impl Slots {
+    pub fn new(service: &str, workers: usize) -> Self {
+        let (reports, reported) = mpsc::unbounded_channel();
+        Self {
+            names: (1..=workers).map(|i| format!("{service}/w{i}")).collect(),
+            idle: Mutex::new(Idle { slots: (0..workers).collect(), closed: false }),
+            reports,
+            reported: Mutex::new(Some(reported)),
+            shutdown: OnceLock::new(),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many slots are idle now.
+    pub fn idle_count(&self) -> usize {
+        self.idle().slots.len()
+    }
+
+    /// Takes up to `n` idle slots, lowest first.
+    fn take(&self, n: usize) -> Vec<usize> {
+        let mut idle = self.idle();
+        let n = n.min(idle.slots.len());
+        idle.slots.drain(..n).collect()
+    }
+
+    /// An idle slot for a submit, unless none is idle or the instance is stopping.
+    fn take_for_submit(&self) -> Option<usize> {
+        let mut idle = self.idle();
+        if idle.closed || idle.slots.is_empty() {
+            return None;
+        }
+        Some(idle.slots.remove(0))
+    }
+
+    fn give_back(&self, slots: impl IntoIterator<Item = usize>) {
+        let mut idle = self.idle();
+        idle.slots.extend(slots);
+        idle.slots.sort_unstable();
+    }
+
+    fn close(&self) {
+        self.idle().closed = true;
+    }
+}
+
+/// Submits `job` (no idempotency key): on SQLite, with an idle worker here and a queue with
+/// nothing that comes before it, the job is claimed by its own insert and starts on that
+/// worker at once, with no claim of its own and no wake-up of the dispatcher
+/// ([`Queue::submit_to`](crate::Queue::submit_to)); otherwise it is queued.
+///
+/// The submit and the run are one task of the dispatcher's shutdown, so a client that goes
+/// away leaves the job running and its slot reported back, never lost.
+pub async fn submit(state: &AppState, job: NewJob) -> Result<Submitted, sqlx::Error> {
+    let direct = state.queue.db().dialect() == kit::db::Dialect::Sqlite;
+    let shutdown = state.slots.shutdown.get().filter(|s| direct && !s.is_requested());
+    let Some((shutdown, slot)) = shutdown.and_then(|s| Some((s.clone(), state.slots.take_for_submit()?))) else {
+        return state.queue.submit(&job, None).await;
+    };
+    let (answer, answered) = oneshot::channel();
+    let (state, stop) = (state.clone(), shutdown.clone());
+    shutdown.spawn(async move {
+        let worker = state.slots.names[slot].as_str();
+        let start = Start { worker, lease: state.config.lease };
+        let submitted = state.queue.submit_to(&job, start).await;
+        let started = match &submitted {
+            Ok(Submitted::Queued { started: Some(claimed), .. }) => Some(Claimed::clone(claimed)),
+            _ => None,
+        };
+        let Some(claimed) = started else {
+            state.slots.give_back([slot]);
+            if submitted.is_err() {
+                // Queued, the caller wakes the dispatcher; failed, this does (a stopping
+                // dispatcher waits for every slot).
+                state.wake();
+            }
+            let _ = answer.send(submitted);
+            return;
+        };
+        let _ = answer.send(submitted);
+        let outcome = execute(&state, worker, &claimed, &stop).await;
+        let _ = state.slots.reports.send((slot, claimed, outcome));
+    });
+    answered.await.map_err(|_| sqlx::Error::Io(std::io::Error::other("the submit's task ended without an answer")))?
 }
 
 /// What a worker hands back to the dispatcher: its slot, the attempt, and how it ended
@@ -74,11 +191,12 @@ const RECORD_TRIES: u32 = 3;
 /// every running attempt has been recorded or handed back.
 pub async fn dispatch(state: AppState, shutdown: Shutdown) {
     let workers = state.config.workers;
-    let names: Vec<String> = (1..=workers).map(|i| format!("{}/w{i}", state.config.kit.service_name)).collect();
-    // Idle slots, lowest first: the `i`-th claim of a settle goes to `free[i]`.
-    let mut free: Vec<usize> = (0..workers).collect();
+    let slots = state.slots.clone();
+    let Some(mut reported) = slots.reported.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+        tracing::error!("a second dispatcher for one instance; not started");
+        return;
+    };
     let mut pending: Vec<Pending> = Vec::new();
-    let (reports, mut reported) = mpsc::unbounded_channel::<Report>();
     let mut wake = state.wake.subscribe();
     let mut failures = 0u32;
     // Whether the last settle found fewer queued jobs than it asked for, and the earliest
@@ -87,14 +205,17 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
     let mut reader = None;
     loop {
         while let Ok(report) = reported.try_recv() {
-            take(&mut free, &mut pending, report);
+            take(&slots, &mut pending, report);
         }
-        state.stats.idle.store(free.len(), Ordering::SeqCst);
+        let idle = slots.idle_count();
         let stopping = shutdown.is_requested();
-        if stopping && free.len() == workers && pending.is_empty() {
-            break;
+        if stopping {
+            slots.close();
+            if idle == workers && pending.is_empty() {
+                break;
+            }
         }
-        let want = if stopping { 0 } else { free.len() };
+        let want = if stopping { 0 } else { idle };
         // Woken (a submit here, a commit anywhere): the queue may have changed.
         if wake.has_changed().unwrap_or(true) {
             drained = false;
@@ -104,6 +225,7 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
         let now = unix_millis();
         let settle = match next_step(!pending.is_empty(), want, drained, next_expiry, now) {
             Next::Settle => true,
+            Next::Record => false,
             Next::Sleep => {
                 if let Some(at) = next_expiry.filter(|&at| at >= now) {
                     wait = wait.min(Duration::from_millis((at - now) as u64 + 1));
@@ -118,7 +240,9 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
                     if let Some(at) = peek.next_expiry.filter(|&at| at >= now) {
                         wait = wait.min(Duration::from_millis((at - now) as u64 + 1));
                     }
-                    peek.claimable(now)
+                    // Nothing to claim: known empty until woken, as after a short settle.
+                    drained = !peek.claimable(now);
+                    !drained
                 }
                 Err(e) => {
                     failures += 1;
@@ -128,23 +252,41 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
                 }
             },
         };
+        if !settle && !pending.is_empty() {
+            // Nothing to claim: the outcomes alone, each one statement in the group commit.
+            match record(&state, &mut pending).await {
+                Ok(()) => {
+                    failures = 0;
+                    continue;
+                }
+                Err(()) => {
+                    failures += 1;
+                    wait = backoff(failures);
+                }
+            }
+        }
         if settle {
             let finished: Vec<_> = pending.iter().map(|(claimed, outcome, _)| (claimed, outcome)).collect();
-            let asking: Vec<&str> = free[..want].iter().map(|&slot| names[slot].as_str()).collect();
-            match state.queue.settle(&finished, &asking, state.config.lease).await {
+            // The `i`-th claim of a settle goes to the `i`-th of these (a submit may have
+            // taken an idle slot since it was counted).
+            let mut asked = slots.take(want);
+            let asking: Vec<&str> = asked.iter().map(|&slot| slots.names[slot].as_str()).collect();
+            let settled = state.queue.settle(&finished, &asking, state.config.lease).await;
+            let unused = asked.split_off(settled.as_ref().map_or(0, |s| s.claimed.len()));
+            slots.give_back(unused);
+            match settled {
                 Ok(settled) => {
                     failures = 0;
-                    drained = settled.claimed.len() < want;
+                    drained = settled.claimed.len() < asking.len();
                     for ((claimed, _, _), status) in pending.drain(..).zip(settled.recorded) {
                         count(&state, &claimed, status);
                     }
-                    let slots: Vec<usize> = free.drain(..settled.claimed.len()).collect();
-                    for (slot, claimed) in slots.into_iter().zip(settled.claimed) {
-                        let (state, reports, stop) = (state.clone(), reports.clone(), shutdown.clone());
-                        let worker = names[slot].clone();
+                    for (slot, claimed) in asked.into_iter().zip(settled.claimed) {
+                        let (state, stop) = (state.clone(), shutdown.clone());
                         shutdown.spawn(async move {
-                            let outcome = execute(&state, &worker, &claimed, &stop).await;
-                            let _ = reports.send((slot, claimed, outcome));
+                            let worker = state.slots.names[slot].as_str();
+                            let outcome = execute(&state, worker, &claimed, &stop).await;
+                            let _ = state.slots.reports.send((slot, claimed, outcome));
                         });
                     }
                     continue;
@@ -154,11 +296,7 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
                     tracing::warn!(error = %e, outcomes = pending.len(), "settling jobs failed");
                     pending.retain_mut(|(claimed, _, tries)| {
                         *tries += 1;
-                        let keep = *tries < RECORD_TRIES;
-                        if !keep {
-                            tracing::error!(job = %claimed.job.id, "could not record the outcome; the job runs again when its lease expires");
-                        }
-                        keep
+                        gave_up(claimed, *tries)
                     });
                     wait = backoff(failures);
                 }
@@ -166,21 +304,25 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
         }
         tokio::select! {
             _ = shutdown.requested(), if !stopping => {}
-            Some(report) = reported.recv() => take(&mut free, &mut pending, report),
+            Some(report) = reported.recv() => take(&slots, &mut pending, report),
             _ = wake.changed() => drained = false,
             // The safety poll, a lease expiry or a backoff: look at the queue again.
             _ = tokio::time::sleep(wait) => drained = false,
         }
     }
-    state.stats.idle.store(0, Ordering::SeqCst);
 }
 
 /// What the dispatcher does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Next {
-    /// Write: outcomes to record, or a lease known to have expired (its job to take over).
+    /// Outcomes and claims in one write: a lease known to have expired (its job to take
+    /// over), or a peek found a job to claim.
     Settle,
-    /// Read the queue first (a cheap read): settle only if a claim may find something.
+    /// Outcomes to record and nothing to claim: each outcome one statement in the group
+    /// commit ([`Queue::record`](crate::Queue::record)), beside the submits.
+    Record,
+    /// Read the queue first (a cheap read): settle only if a claim may find something,
+    /// else record the outcomes waiting, if any.
     Peek,
     /// Nothing to do until woken, a report, or the earliest known lease expiry.
     Sleep,
@@ -188,17 +330,16 @@ enum Next {
 
 /// The dispatcher's rule, given whether outcomes wait to be recorded, how many slots want a
 /// job, whether the queue is known to be empty (the last settle claimed fewer jobs than it
-/// asked for, and no wake-up came since: no commit anywhere, no submit here), the earliest
-/// lease expiry the last peek saw, and the time. A queue known to be empty is not read
-/// again: under a burst of submits that read, once per commit in every instance, was a
-/// good part of what a job cost.
+/// asked for, or the last peek found nothing to claim, and no wake-up came since: no commit
+/// anywhere, no submit here), the earliest lease expiry the last look saw, and the time. A
+/// queue known to be empty is not read again: under a burst of submits that read, once per
+/// commit in every instance, was a good part of what a job cost.
 fn next_step(outcomes: bool, want: usize, known_empty: bool, next_expiry: Option<i64>, now: i64) -> Next {
-    if outcomes {
-        Next::Settle
-    } else if want == 0 {
-        Next::Sleep
+    let idle = if outcomes { Next::Record } else { Next::Sleep };
+    if want == 0 {
+        idle
     } else if known_empty {
-        if next_expiry.is_some_and(|at| at < now) { Next::Settle } else { Next::Sleep }
+        if next_expiry.is_some_and(|at| at < now) { Next::Settle } else { idle }
     } else {
         Next::Peek
     }
@@ -219,12 +360,45 @@ async fn peek(state: &AppState, reader: &mut Option<sqlx::AnyConnection>) -> Res
 }
 
 /// A worker's report: its slot is idle again, and its outcome waits for the next settle.
-fn take(free: &mut Vec<usize>, pending: &mut Vec<Pending>, (slot, claimed, outcome): Report) {
-    free.push(slot);
-    free.sort_unstable();
+fn take(slots: &Slots, pending: &mut Vec<Pending>, (slot, claimed, outcome): Report) {
+    slots.give_back([slot]);
     if let Some(outcome) = outcome {
         pending.push((claimed, outcome, 0));
     }
+}
+
+/// Records the outcomes waiting, each on its own (all join one group commit), and counts
+/// them; `Err` if any failed (kept for the next round, or given up after [`RECORD_TRIES`]).
+async fn record(state: &AppState, pending: &mut Vec<Pending>) -> Result<(), ()> {
+    let written = futures_util::future::join_all(
+        pending.iter().map(|(claimed, outcome, _)| state.queue.record(claimed, outcome)),
+    )
+    .await;
+    let mut failed = false;
+    let mut results = written.into_iter();
+    pending.retain_mut(|(claimed, _, tries)| match results.next() {
+        Some(Ok(status)) => {
+            count(state, claimed, status);
+            false
+        }
+        Some(Err(e)) => {
+            failed = true;
+            *tries += 1;
+            tracing::warn!(error = %e, job = %claimed.job.id, "recording an outcome failed");
+            gave_up(claimed, *tries)
+        }
+        None => true,
+    });
+    if failed { Err(()) } else { Ok(()) }
+}
+
+/// Whether an outcome that failed to be written `tries` times is kept for another try.
+fn gave_up(claimed: &Claimed, tries: u32) -> bool {
+    let keep = tries < RECORD_TRIES;
+    if !keep {
+        tracing::error!(job = %claimed.job.id, "could not record the outcome; the job runs again when its lease expires");
+    }
+    keep
 }
 
 /// Counts a recorded outcome in the instance's figures.
@@ -395,7 +569,7 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
             _ = shutdown.requested() => break,
             _ = tick.tick() => {}
         }
-        if state.stats.idle.load(Ordering::SeqCst) == 0 {
+        if state.slots.idle_count() == 0 {
             continue;
         }
         match sqlx::query_scalar::<_, i64>("PRAGMA data_version").fetch_one(&mut conn).await {
@@ -568,9 +742,16 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_are_recorded_at_once() {
-        assert_eq!(next_step(true, 0, true, None, 10), Next::Settle);
-        assert_eq!(next_step(true, 8, false, None, 10), Next::Settle);
+    fn outcomes_with_nothing_to_claim_are_recorded_on_their_own() {
+        assert_eq!(next_step(true, 0, false, None, 10), Next::Record, "no idle slot");
+        assert_eq!(next_step(true, 8, true, None, 10), Next::Record, "a queue known empty");
+        assert_eq!(next_step(true, 8, true, Some(10), 10), Next::Record, "a lease not yet expired");
+    }
+
+    #[test]
+    fn outcomes_go_with_claims_when_there_may_be_a_job() {
+        assert_eq!(next_step(true, 8, false, None, 10), Next::Peek, "a look first");
+        assert_eq!(next_step(true, 8, true, Some(9), 10), Next::Settle, "an expired lease is taken over");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! # Theory of operation
 //!
-//! A job is a row. Submitting inserts it `queued`. A worker *claims* the oldest queued job
+//! A job is a row. Submitting inserts it `queued` (or, for an idle worker of the instance
+//! that took the submit, `running` under that worker's lease when nothing queued comes
+//! before it: [`Queue::submit_to`]). A worker *claims* the oldest queued job
 //! of the highest priority inside one write transaction ([`kit::db::begin_write`], so two
 //! claimers in two processes never take the same row): it sets `running`, counts the
 //! attempt, and writes a fresh random *lease token* with an expiry. While it runs the job the
@@ -67,6 +69,14 @@ pub struct NewJob {
     pub max_attempts: i64,
 }
 
+/// An idle worker a submit may start its job on at once ([`Queue::submit`]), and the lease
+/// it would hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Start<'a> {
+    pub worker: &'a str,
+    pub lease: Duration,
+}
+
 /// An `Idempotency-Key` and the fingerprint of the request that carried it.
 #[derive(Clone, Copy, Debug)]
 pub struct Idempotency<'a> {
@@ -77,7 +87,8 @@ pub struct Idempotency<'a> {
 #[derive(Debug)]
 pub enum Submitted {
     /// A new job, with the 202 body.
-    Queued { id: String, body: Accepted },
+    /// A new job, with the 202 body; `started` when its insert claimed it (`start`).
+    Queued { id: String, body: Accepted, started: Option<Box<Claimed>> },
     /// The key was seen before: the first answer.
     Replayed(Stored),
 }
@@ -181,7 +192,7 @@ impl Queue {
             let id = new_id();
             kit::db::write_one(db, insert(&id, job, unix_millis())).await?;
             let body = Accepted::new(&id);
-            return Ok(Submitted::Queued { id, body });
+            return Ok(Submitted::Queued { id, body, started: None });
         }
         let idem = idem.as_ref();
         kit::db::retry(db, move || async move {
@@ -191,6 +202,32 @@ impl Queue {
             Ok(submitted)
         })
         .await
+    }
+
+    /// [`submit`](Self::submit)s `job` (no idempotency key) for `start`'s idle worker: on
+    /// SQLite, when no queued job comes before it (none of its priority or higher), its own
+    /// insert claims it for that worker, written `running` under a lease as a claim would
+    /// have left it, and [`Submitted::Queued`] carries the claim; a job that would have
+    /// waited is queued, as on PostgreSQL (where concurrent submits do not take turns).
+    pub async fn submit_to(&self, job: &NewJob, start: Start<'_>) -> Result<Submitted, sqlx::Error> {
+        let db = &self.db;
+        if db.dialect() != kit::db::Dialect::Sqlite {
+            return self.submit(job, None).await;
+        }
+        let (id, token, began) = (new_id(), new_id(), std::time::Instant::now());
+        let written = kit::db::write_one(db, insert_started(&id, job, unix_millis(), start, &token)).await?;
+        let row = written.rows.first().ok_or(sqlx::Error::RowNotFound)?;
+        let inserted = Job::from_row(row)?;
+        let started = match inserted.status {
+            Status::Running => {
+                // A claim as much as a settle's: its time counts among the claims'.
+                crate::metrics::get().claim_seconds.observe(began.elapsed().as_secs_f64());
+                Some(Box::new(Claimed { expires_at: row.try_get("lease_expires_at")?, job: inserted, token }))
+            }
+            _ => None,
+        };
+        let body = Accepted::new(&id);
+        Ok(Submitted::Queued { id, body, started })
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
@@ -487,25 +524,50 @@ async fn submit_in(
         idempotency::record(&mut *conn, SUBMIT_SCOPE, idem.key, idem.fingerprint, StatusCode::ACCEPTED, &body.text())
             .await?;
     }
-    Ok(Submitted::Queued { id, body })
+    Ok(Submitted::Queued { id, body, started: None })
 }
 
 /// The insert of a queued job (its values owned, so it can run in a task of its own).
-fn insert(
-    id: &str,
-    job: &NewJob,
-    now: i64,
-) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
-    sqlx::query(
+fn insert(id: &str, job: &NewJob, now: i64) -> kit::db::OneWrite {
+    let query = sqlx::query(
         "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at)
          VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
-    )
-    .bind(id.to_owned())
-    .bind(job.operation.clone())
-    .bind(job.operands.get().to_owned())
-    .bind(job.priority)
-    .bind(job.max_attempts)
-    .bind(now)
+    );
+    bind_job(query, id, job, now)
+}
+
+/// Binds a new job's id, operation, operands, priority, attempts allowed and creation time
+/// as `$1` to `$6`.
+fn bind_job(query: kit::db::OneWrite, id: &str, job: &NewJob, now: i64) -> kit::db::OneWrite {
+    query
+        .bind(id.to_owned())
+        .bind(job.operation.clone())
+        .bind(job.operands.get().to_owned())
+        .bind(job.priority)
+        .bind(job.max_attempts)
+        .bind(now)
+}
+
+/// The insert of a job claimed at once for `start`'s worker when no queued job comes before
+/// it (SQLite; as [`insert`], queued otherwise). The lease and the start are stamped with
+/// SQLite's clock, read while the statement holds the write lock (the module's invariant).
+fn insert_started(id: &str, job: &NewJob, now: i64, start: Start<'_>, token: &str) -> kit::db::OneWrite {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO jobs (id, operation, operands, priority, status, max_attempts, created_at,
+                    attempts, worker, lease_token, lease_expires_at, started_at)
+             SELECT $1, $2, $3, $4, CASE WHEN go THEN 'running' ELSE 'queued' END, $5, $6,
+                    go, CASE WHEN go THEN $7 END, CASE WHEN go THEN $8 END,
+                    CASE WHEN go THEN at + $9 END, CASE WHEN go THEN at END
+             FROM (SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND priority >= $4) AS go,
+                          MAX($6, CAST(unixepoch('subsec') * 1000 AS INTEGER)) AS at)
+             RETURNING {COLUMNS}, lease_expires_at"
+        )
+    });
+    bind_job(sqlx::query(SQL.as_str()), id, job, now)
+        .bind(start.worker.to_owned())
+        .bind(token.to_owned())
+        .bind(start.lease.as_millis() as i64)
 }
 
 /// Jobs by status, from every job (what the tallies keep on SQLite).

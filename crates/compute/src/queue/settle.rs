@@ -1,6 +1,7 @@
 //! Settling: the outcomes of finished attempts and the claims of the next jobs, written
-//! together in ONE write transaction ([`Queue::settle`]); [`Queue::claim`],
-//! [`Queue::complete`] and [`Queue::fail`] are its one-sided cases.
+//! together in ONE write transaction ([`Queue::settle`]); [`Queue::claim`] is its one-sided
+//! case, and [`Queue::record`] (with [`Queue::complete`] and [`Queue::fail`]) writes one
+//! outcome alone: on SQLite one statement in the process's group commit.
 //!
 //! Under `synchronous=FULL` every commit is an `fsync`, and the instances of the service
 //! take turns at the database's one write lock, so what a job costs is the number of write
@@ -21,6 +22,8 @@ use std::time::Duration;
 use kit::db::Dialect;
 use kit::time::unix_millis;
 use serde_json::value::RawValue;
+
+use sqlx::Row;
 
 use super::{COLUMNS, Claimed, Job, Queue, Status, new_id};
 
@@ -112,7 +115,15 @@ impl Queue {
         self.record(claimed, &Outcome::Failed { error: error.to_owned(), permanent }).await
     }
 
-    async fn record(&self, claimed: &Claimed, outcome: &Outcome) -> Result<Option<Status>, sqlx::Error> {
+    /// Records one attempt's outcome under its lease, on its own: on SQLite one statement in
+    /// the process's group commit (`kit::db::write_one`), beside the submits and the other
+    /// outcomes written meanwhile, with no transaction of its own; elsewhere a settle of it
+    /// alone. The job's new status, or `None` if the worker no longer holds the lease.
+    pub async fn record(&self, claimed: &Claimed, outcome: &Outcome) -> Result<Option<Status>, sqlx::Error> {
+        if self.db.dialect() == Dialect::Sqlite {
+            let written = kit::db::write_one(&self.db, record_statement(claimed, outcome, unix_millis())).await?;
+            return recorded(written.rows.first());
+        }
         let settled = self.settle(&[(claimed, outcome)], &[], Duration::ZERO).await?;
         Ok(settled.recorded.into_iter().next().flatten())
     }
@@ -175,38 +186,39 @@ async fn record(
     outcome: &Outcome,
     now: i64,
 ) -> Result<Option<Status>, sqlx::Error> {
-    let status: Option<String> = match outcome {
-        Outcome::Completed(result) => {
-            sqlx::query_scalar(
-                "UPDATE jobs SET status = 'completed', result = $1, error = NULL, finished_at = $2,
-                    lease_token = NULL, lease_expires_at = NULL
-                 WHERE id = $3 AND lease_token = $4 AND status = 'running' RETURNING status",
-            )
-            .bind(result.get())
-            .bind(now)
-            .bind(&claimed.job.id)
-            .bind(&claimed.token)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-        Outcome::Failed { error, permanent } => {
-            sqlx::query_scalar(
-                "UPDATE jobs SET
-                    status = CASE WHEN $1 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
-                    finished_at = CASE WHEN $1 OR attempts >= max_attempts THEN $2 ELSE NULL END,
-                    error = $3, lease_token = NULL, lease_expires_at = NULL
-                 WHERE id = $4 AND lease_token = $5 AND status = 'running' RETURNING status",
-            )
-            .bind(*permanent)
-            .bind(now)
-            .bind(error.as_str())
-            .bind(&claimed.job.id)
-            .bind(&claimed.token)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
+    let row = record_statement(claimed, outcome, now).fetch_optional(&mut *conn).await?;
+    recorded(row.as_ref())
+}
+
+/// The status a [`record_statement`] returned: `None` when it wrote nothing (the lease
+/// was no longer held).
+fn recorded(row: Option<&sqlx::any::AnyRow>) -> Result<Option<Status>, sqlx::Error> {
+    row.map(|row| Status::parse(&row.try_get::<String, _>(0)?)).transpose()
+}
+
+/// The write of one attempt's outcome under `claimed`'s lease, returning the job's new
+/// status (no row when the lease is no longer held).
+fn record_statement(claimed: &Claimed, outcome: &Outcome, now: i64) -> kit::db::OneWrite {
+    let query = match outcome {
+        Outcome::Completed(result) => sqlx::query(
+            "UPDATE jobs SET status = 'completed', result = $1, error = NULL, finished_at = $2,
+                lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $3 AND lease_token = $4 AND status = 'running' RETURNING status",
+        )
+        .bind(result.get().to_owned())
+        .bind(now),
+        Outcome::Failed { error, permanent } => sqlx::query(
+            "UPDATE jobs SET
+                status = CASE WHEN $1 OR attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                finished_at = CASE WHEN $1 OR attempts >= max_attempts THEN $2 ELSE NULL END,
+                error = $3, lease_token = NULL, lease_expires_at = NULL
+             WHERE id = $4 AND lease_token = $5 AND status = 'running' RETURNING status",
+        )
+        .bind(*permanent)
+        .bind(now)
+        .bind(error.clone()),
     };
-    status.map(|s| Status::parse(&s)).transpose()
+    query.bind(claimed.job.id.clone()).bind(claimed.token.clone())
 }
 
 /// Running jobs whose lease expired before `now`: queued again, or failed when they have

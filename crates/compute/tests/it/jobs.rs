@@ -178,6 +178,86 @@ async fn priority_orders_the_queue() {
     a.stop().await;
 }
 
+/// A submit for an idle worker (`Queue::submit_to`) claims its own job when no queued job
+/// comes before it, and only then: it never jumps the queue. On PostgreSQL it only queues.
+#[tokio::test]
+async fn a_submit_for_an_idle_worker_starts_its_job_only_when_nothing_queued_comes_first() {
+    use compute::queue::{NewJob, Start, Status, Submitted};
+    let (_dir, db) = database().await;
+    let _migrated = Instance::start(&db, "compute-a", NO_WORKERS).await;
+    let queue =
+        compute::Queue::new(kit::db::connect_as(&crate::db_url(&db), "compute", Default::default()).await.unwrap());
+    let job = |priority: i64| NewJob {
+        operation: "add".into(),
+        operands: serde_json::value::RawValue::from_string("[1, 2]".into()).unwrap(),
+        priority,
+        max_attempts: 3,
+    };
+    let start = Start { worker: "test/w1", lease: SECS(60) };
+    let started = |submitted: Submitted| match submitted {
+        Submitted::Queued { id, started, .. } => (id, started),
+        Submitted::Replayed(_) => unreachable!(),
+    };
+    let sqlite = !crate::on_pg(&db);
+
+    // An empty queue: started at once, as a claim would have left it.
+    let (id, claimed) = started(queue.submit_to(&job(0), start).await.unwrap());
+    assert_eq!(claimed.is_some(), sqlite, "started at once on SQLite only");
+    if let Some(claimed) = &claimed {
+        let stored = queue.get(&id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.attempts), (Status::Running, 1));
+        assert_eq!(stored.worker.as_deref(), Some("test/w1"));
+        let lease = claimed.expires_at - stored.started_at.unwrap();
+        assert_eq!(lease, 60_000, "a whole lease from the start");
+        assert!(queue.renew(claimed, SECS(60)).await.unwrap(), "the claim's token holds the lease");
+        assert!(queue.complete(claimed, &serde_json::value::RawValue::from_string("3".into()).unwrap()).await.unwrap());
+    }
+
+    // A queued job of the same priority or higher comes first: queued behind it.
+    let first = started(queue.submit(&job(5), None).await.unwrap()).0;
+    let (same, claimed) = started(queue.submit_to(&job(5), start).await.unwrap());
+    assert!(claimed.is_none(), "a job of the same priority waits");
+    let (lower, claimed) = started(queue.submit_to(&job(1), start).await.unwrap());
+    assert!(claimed.is_none(), "a job of lower priority waits");
+    // One of a higher priority than anything queued is next anyway: started.
+    let (top, claimed) = started(queue.submit_to(&job(6), start).await.unwrap());
+    assert_eq!(claimed.is_some(), sqlite, "the highest priority of all starts at once");
+
+    let mut order = Vec::new();
+    while let Some(claimed) = queue.claim("test/w2", SECS(60)).await.unwrap() {
+        order.push(claimed.job.id);
+    }
+    let expected = if sqlite { vec![first, same, lower] } else { vec![top, first, same, lower, id] };
+    assert_eq!(order, expected, "the queue's order kept");
+}
+
+/// Over HTTP: a job submitted to an instance with an idle worker is running (on that
+/// worker) by the time the 202 is answered.
+#[tokio::test]
+async fn a_job_submitted_to_an_idle_instance_is_running_when_accepted() {
+    let (_dir, db) = database().await;
+    let b = Instance::start(&db, "compute-b", ONE_WORKER).await;
+    let (status, accepted) = send(b.post("/api/compute/job", &json!({"operation": "sleep", "operands": [300]}))).await;
+    assert_eq!((status, &accepted["status"]), (202, &json!("queued")), "{accepted}");
+    let id = accepted["jobId"].as_str().unwrap();
+    if !crate::on_pg(&db) {
+        let job = b.job(id).await;
+        assert_eq!(
+            (&job["status"], &job["worker"], &job["attempts"]),
+            (&json!("running"), &json!("compute-b/w1"), &json!(1)),
+            "{job}"
+        );
+    }
+    // Its worker is busy: the next one waits in the queue, then runs on the same worker.
+    let next = b.submit(json!({"operation": "add", "operands": [1, 2]})).await;
+    let done = b.wait_for(&next, "completed", SECS(10)).await;
+    assert_eq!((&done["worker"], &done["attempts"]), (&json!("compute-b/w1"), &json!(1)), "{done}");
+    assert_eq!(b.wait_for(id, "completed", SECS(10)).await["result"], 300);
+    let stats = b.stats().await;
+    assert_eq!(stats["instance"]["completed"], 2, "{stats}");
+    b.stop().await;
+}
+
 /// An instance's dispatcher claims for all its idle workers in one settle: jobs waiting
 /// when it starts are claimed by one transaction (one clock reading: the same `startedAt`),
 /// one per worker, and run side by side.

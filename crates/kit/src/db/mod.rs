@@ -444,17 +444,56 @@ pub async fn begin_write(db: &Db) -> Result<Tx, sqlx::Error> {
 /// statement is autocommitted, holding the write lock as [`acquire_write`] does. An error
 /// that may have come after the write (a lost connection, a failed group commit) is an
 /// [`UnknownOutcome`], as [`commit`]'s are.
-pub async fn write_one(
-    db: &Db,
-    query: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments<'static>>,
-) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+pub async fn write_one(db: &Db, query: OneWrite) -> Result<Written, sqlx::Error> {
     db.check_ready()?;
     let done = match &db.write_lock {
         Some(lock) => lock::group::write_one(&db.pool, lock, query).await,
-        None => query.execute(&mut *acquire_write(db).await?).await,
+        None => {
+            let mut conn = acquire_write(db).await?;
+            Written::run(query, &mut conn).await
+        }
     };
     // As for [`commit`]: [`retry`] must not run it again.
     done.map_err(outcome_unknown)
+}
+
+/// The statement [`write_one`] runs: its values owned, so it can run in a task of its own.
+pub type OneWrite = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments<'static>>;
+
+/// What a [`write_one`] wrote: the rows it changed, and the rows its `RETURNING` clause gave.
+#[derive(Default)]
+pub struct Written {
+    pub result: sqlx::any::AnyQueryResult,
+    pub rows: Vec<sqlx::any::AnyRow>,
+}
+
+impl std::fmt::Debug for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Written")
+            .field("rows_affected", &self.result.rows_affected())
+            .field("rows", &self.rows.len())
+            .finish()
+    }
+}
+
+impl Written {
+    pub fn rows_affected(&self) -> u64 {
+        self.result.rows_affected()
+    }
+
+    /// Runs `query` on `conn`, keeping both what it changed and what it returned.
+    async fn run(query: OneWrite, conn: &mut Conn) -> Result<Self, sqlx::Error> {
+        use futures_util::TryStreamExt;
+        let mut written = Self::default();
+        let mut results = conn.fetch_many(query);
+        while let Some(next) = results.try_next().await? {
+            match next {
+                sqlx::Either::Left(result) => written.result.extend([result]),
+                sqlx::Either::Right(row) => written.rows.push(row),
+            }
+        }
+        Ok(written)
+    }
 }
 
 /// A pooled connection for a write outside a transaction (one statement, autocommitted),

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Held, Tenure, WriteLock};
-use crate::db::{BUSY_TIMEOUT, Conn};
+use crate::db::{BUSY_TIMEOUT, Conn, OneWrite, Written};
 
 /// A group takes no more members once it has this many.
 pub const MEMBERS: u32 = 64;
@@ -177,15 +177,15 @@ pub(in crate::db) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Resul
 pub(in crate::db) async fn write_one(
     pool: &sqlx::AnyPool,
     lock: &WriteLock,
-    query: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments<'static>>,
-) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    query: OneWrite,
+) -> Result<Written, sqlx::Error> {
     let mut held = lock.acquire(BUSY_TIMEOUT).await.map_err(sqlx::Error::Io)?;
     let pool = pool.clone();
     let (mut done, result) = in_task(async move {
         open(&mut held, &pool).await?;
         let group = group_mut(held.tenure_mut());
         let done = group.done.subscribe();
-        let result = query.execute(&mut **group.conn()).await;
+        let result = Written::run(query, group.conn()).await;
         match &result {
             Ok(_) => group.members += 1,
             Err(e) if undone_alone(e) => {}
