@@ -79,11 +79,11 @@ pub struct Config {
     /// `JOB_MAX_ATTEMPTS` (default 3): a job that fails this often is failed for good.
     pub max_attempts: u16,
     /// `JOB_POLL_MS` (default 20): how often idle workers look for commits by others where
-    /// the database's WAL file cannot be watched (otherwise a commit wakes them).
+    /// the database's lock file cannot be watched (otherwise a commit wakes them).
     pub poll: Duration,
     /// `JOB_SAFETY_POLL_MS`: idle workers look at the queue at least this often (every commit
     /// wakes them; a lease expiry too). Unset: [`SAFETY_POLL_WATCHED`] while commits are
-    /// watched (the WAL file, or `LISTEN`), [`SAFETY_POLL`] otherwise; see
+    /// watched (the lock file, or `LISTEN`), [`SAFETY_POLL`] otherwise; see
     /// [`AppState::safety_poll`].
     pub safety_poll: Option<Duration>,
     /// `JOB_RETENTION_MS` (default 7 days): finished jobs are deleted after this.
@@ -124,7 +124,7 @@ impl Config {
 
 /// The safety poll of idle workers while nothing else tells them of commits by others.
 pub const SAFETY_POLL: Duration = Duration::from_secs(5);
-/// The safety poll while every commit is seen as it happens (the WAL file watched, or
+/// The safety poll while every commit is seen as it happens (the lock file watched, or
 /// `LISTEN` on PostgreSQL): then it only backs up the watch.
 pub const SAFETY_POLL_WATCHED: Duration = Duration::from_secs(60);
 
@@ -160,6 +160,8 @@ impl AppState {
     /// Opens and migrates the database and loads the JWT keys; starts nothing.
     pub async fn open(config: Config) -> Result<Self, Error> {
         let pool = kit::db::open(&config.kit, "compute.sqlite", &MIGRATIONS).await?;
+        // Every instance announces its commits, workers or not: the others' watchers wake on them.
+        pool.announce_commits();
         let keys = if config.kit.auth_required { Some(Arc::new(Keys::load(&config.kit)?)) } else { None };
         let check_pool = pool.clone();
         let health = Health::new(&config.kit.service_name).with_check(move || {
@@ -272,7 +274,7 @@ mod tests {
         Config::from_vars(&kit::Vars::from_pairs(vars)).unwrap()
     }
 
-    /// The safety poll is the 5 s safety net until the WAL file is watched, then only a
+    /// The safety poll is the 5 s safety net until the lock file is watched, then only a
     /// 60 s backstop; a `JOB_SAFETY_POLL_MS` that is set holds either way.
     #[tokio::test]
     async fn the_safety_poll_is_rare_only_while_the_wal_is_watched() {

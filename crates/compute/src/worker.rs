@@ -23,24 +23,25 @@
 //!
 //! An idle dispatcher is woken by
 //! - a submit to this instance (at once, through a `watch` channel);
-//! - a commit by anyone to the shared database, seen by [`watch_changes`]. On SQLite every
-//!   commit, by any process, writes to the database's WAL file (`compute.sqlite-wal`), which
-//!   it watches (inotify): an idle instance sleeps until a write, with no timer at all; the
-//!   writes of a busy database are coalesced into one look every `COALESCE` (2 ms). Where
-//!   the file cannot be watched (no inotify instance left: `fs.inotify.max_user_instances`)
-//!   it reads `PRAGMA data_version` on a connection of its own every `JOB_POLL_MS` (20 ms)
-//!   instead. That value changes when another connection, in any process, has committed;
-//!   reading it touches no table, and it is not read at all while every local worker is
-//!   busy. On PostgreSQL it
-//!   `LISTEN`s on `compute_jobs`, which a trigger notifies when a job becomes queued (the
-//!   commit delivers it), and wakes the workers after a lost connection too (a notification
-//!   may have been missed meanwhile);
+//! - a commit by any compute instance to the shared database, seen by [`watch_changes`]. On
+//!   SQLite every instance announces each of its commits, once done, by a write to the
+//!   database's lock file (`compute.sqlite.lock`, [`kit::db::Db::announce_commits`]), which
+//!   every instance watches (inotify): an idle instance sleeps until a commit, with no timer
+//!   at all; the commits of a busy queue are coalesced into one look every `COALESCE`
+//!   (2 ms). (It watched the WAL file before, which sees a write per page, about 17 per job,
+//!   and had to read `PRAGMA data_version` until the commit showed.) Where the file cannot
+//!   be watched (no inotify instance left: `fs.inotify.max_user_instances`) it reads `PRAGMA
+//!   data_version` on a connection of its own every `JOB_POLL_MS` (20 ms) instead. That
+//!   value changes when another connection, in any process, has committed; reading it
+//!   touches no table, and it is not read at all while every local worker is busy. On
+//!   PostgreSQL it `LISTEN`s on `compute_jobs`, which a trigger notifies when a job becomes
+//!   queued (the commit delivers it), and wakes the workers after a lost connection too (a
+//!   notification may have been missed meanwhile);
 //! - the earliest lease expiry of a running job (a crashed worker's job is taken over as
 //!   soon as its lease runs out), or the safety poll, `JOB_SAFETY_POLL_MS`: by default 60 s
-//!   while the WAL file is watched or `LISTEN` is on (it only backs the watch up), 5 s
+//!   while the lock file is watched or `LISTEN` is on (it only backs the watch up), 5 s
 //!   otherwise ([`AppState::safety_poll`]).
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -490,6 +491,49 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
     if state.queue.db().dialect() == kit::db::Dialect::Postgres {
         return listen(state, shutdown).await;
     }
+    match state
+        .queue
+        .db()
+        .announce_commits()
+        .ok_or_else(|| "the database is in memory".to_owned())
+        .and_then(|path| watch_file(&path))
+    {
+        Ok(watch) => {
+            tracing::debug!("idle workers wake on the commits announced on the database's lock file");
+            // What was committed before the watch began is found by a look at the queue.
+            state.watching(true);
+            let mut looked = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = shutdown.requested() => return,
+                    () = watch.lost.notified() => break,
+                    () = watch.written.notified() => {}
+                }
+                // Coalesced: the commits since the last look are all covered by the next one.
+                let next = looked + COALESCE;
+                if Instant::now() < next {
+                    tokio::select! {
+                        _ = shutdown.requested() => return,
+                        _ = tokio::time::sleep_until(next) => {}
+                    }
+                }
+                looked = Instant::now();
+                state.wake();
+            }
+            state.watching(false);
+            tracing::warn!("the database's lock file went away; polling PRAGMA data_version instead");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the database's lock file; polling PRAGMA data_version instead")
+        }
+    }
+    poll_changes(state, shutdown).await;
+}
+
+/// [`watch_changes`] without a watch: `PRAGMA data_version` read every `JOB_POLL_MS` on a
+/// connection of its own while a local worker is idle; it changes when another connection,
+/// in any process, has committed, and reading it touches no table.
+async fn poll_changes(state: AppState, shutdown: Shutdown) {
     let mut conn = loop {
         match state.queue.db().pool().acquire().await {
             Ok(conn) => break conn.detach(),
@@ -502,65 +546,6 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
             }
         }
     };
-    match watch_wal(&mut conn).await {
-        Ok(wal) => {
-            tracing::debug!("idle workers wake on writes to the database's WAL file");
-            let mut last = data_version(&mut conn).await.ok();
-            // A commit made before the watch began is found by a look at the queue; one whose
-            // frames were written before it began but that became visible after `last` was
-            // read (its sync still running) sends no event: look for it as after a write, for
-            // a shorter while (every instance of a cluster starting at once does this look).
-            state.watching(true);
-            wal.written.notify_one();
-            let mut settle = SETTLE_AT_START;
-            let mut looked = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = shutdown.requested() => return,
-                    () = wal.lost.notified() => break,
-                    () = wal.written.notified() => {}
-                }
-                // Coalesced: the writes since the last look are all covered by the next one.
-                let next = looked + COALESCE;
-                if Instant::now() < next {
-                    tokio::select! {
-                        _ = shutdown.requested() => return,
-                        _ = tokio::time::sleep_until(next) => {}
-                    }
-                }
-                looked = Instant::now();
-                // A commit's frames are written before the commit is visible (and synced):
-                // wake the workers once `data_version` moves, looking for a moment, more
-                // and more rarely (a write that commits nothing, a checkpoint's, costs
-                // [`SETTLE`]'s hundred looks rather than one every few milliseconds).
-                let (until, mut pause) = (Instant::now() + settle, Duration::from_micros(250));
-                settle = SETTLE;
-                loop {
-                    match data_version(&mut conn).await {
-                        Ok(version) if Some(version) == last => {}
-                        seen => {
-                            last = seen.ok();
-                            state.wake();
-                            break;
-                        }
-                    }
-                    if Instant::now() >= until {
-                        break;
-                    }
-                    tokio::select! {
-                        _ = shutdown.requested() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-            }
-            state.watching(false);
-            tracing::warn!("the database's WAL file went away; polling PRAGMA data_version instead");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the database's WAL file; polling PRAGMA data_version instead")
-        }
-    }
     let mut tick = tokio::time::interval(state.config.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<i64> = None;
@@ -584,83 +569,57 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
     }
 }
 
-/// How long after a write to the WAL its commit may take to become visible (its sync: on a
-/// disk busy with other writers, `synchronous=FULL`'s fsync has taken over a second here).
-/// Looked for more and more rarely (at most every 100 ms), so a write that commits nothing
-/// costs about a hundred looks.
-const SETTLE: Duration = Duration::from_secs(10);
-
-/// How long the look for a commit still syncing when the watch began lasts.
-const SETTLE_AT_START: Duration = Duration::from_secs(1);
-
-/// The least time between two looks prompted by writes to the WAL. A busy database sees
-/// several commits a millisecond, each several writes (inotify events), and one look per
-/// event, with the dispatcher's peek it prompts, was most of an instance's CPU under a
-/// burst of submits (README, "Where a job's time goes"); a job queued elsewhere is seen at
-/// most this much later (one submitted here wakes the dispatcher at once).
+/// The least time between two looks prompted by announced commits. A busy queue sees
+/// hundreds of commits a second, and one look per commit, with the dispatcher's peek it
+/// prompts, was a good part of an instance's CPU under a burst of submits (README, "Where a
+/// job's time goes"); a job queued elsewhere is seen at most this much later (one submitted
+/// here wakes the dispatcher at once).
 const COALESCE: Duration = Duration::from_millis(2);
 
-async fn data_version(conn: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar::<_, i64>("PRAGMA data_version").fetch_one(conn).await
-}
-
-/// A watch on the WAL file: `written` on every write to it (a commit by anyone), `lost` if
-/// the file goes away. Dropping it ends the watch.
-struct WalWatch {
+/// A watch on a file: `written` on every write to its content, `lost` if it goes away.
+/// Dropping it ends the watch.
+struct FileWatch {
     _watcher: notify::RecommendedWatcher,
     written: Arc<Notify>,
     lost: Arc<Notify>,
 }
 
-/// Watches the WAL file of the database `conn` is connected to (which keeps it in place).
-async fn watch_wal(conn: &mut sqlx::AnyConnection) -> Result<WalWatch, String> {
+/// Watches `file` (inotify) for writes to its content.
+fn watch_file(file: &std::path::Path) -> Result<FileWatch, String> {
     use notify::Watcher;
-    let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| format!("reading the database's file name: {e}"))?;
-    if file.is_empty() {
-        return Err("the database is in memory".into());
-    }
-    let wal = PathBuf::from(format!("{file}-wal"));
-    // A read opens the WAL (creating it if need be).
-    data_version(conn).await.map_err(|e| e.to_string())?;
     let (written, lost) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let (on_write, on_lost) = (written.clone(), lost.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) => match wal_event(&event.kind) {
-            Some(WalEvent::Written) => on_write.notify_one(),
-            Some(WalEvent::Lost) => on_lost.notify_one(),
+        Ok(event) => match file_event(&event.kind) {
+            Some(FileEvent::Written) => on_write.notify_one(),
+            Some(FileEvent::Lost) => on_lost.notify_one(),
             None => {}
         },
-        Err(e) => tracing::warn!(error = %e, "watching the WAL file failed"),
+        Err(e) => tracing::warn!(error = %e, "watching the lock file failed"),
     })
     .map_err(|e| e.to_string())?;
-    watcher.watch(&wal, notify::RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", wal.display()))?;
-    Ok(WalWatch { _watcher: watcher, written, lost })
+    watcher.watch(file, notify::RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(FileWatch { _watcher: watcher, written, lost })
 }
 
-/// What an event on the WAL file means to the watchers.
+/// What an event on the watched file means to the watchers.
 #[derive(Debug, PartialEq, Eq)]
-enum WalEvent {
-    /// Its content changed: a commit, by anyone, may be on its way.
+enum FileEvent {
+    /// Its content changed: a commit was announced.
     Written,
     /// It is gone.
     Lost,
 }
 
-/// The meaning of an event on the WAL file, if any. Only a change of its content counts as
-/// a write: every connection that opens the database opens the WAL file too, and SQLite,
-/// run as root, `fchown`s it then (an attribute change, `IN_ATTRIB`); had that counted, one
-/// connection opened by any instance (a pool growing, the periodic sweep) would have set
-/// every instance's watcher looking at `data_version` for [`SETTLE`].
-fn wal_event(kind: &notify::EventKind) -> Option<WalEvent> {
+/// The meaning of an event on the watched file, if any: only a change of its content is a
+/// write (not an attribute change, an open or a close).
+fn file_event(kind: &notify::EventKind) -> Option<FileEvent> {
     use notify::EventKind;
     use notify::event::ModifyKind;
     match kind {
-        EventKind::Remove(_) => Some(WalEvent::Lost),
+        EventKind::Remove(_) => Some(FileEvent::Lost),
         EventKind::Modify(ModifyKind::Metadata(_)) => None,
-        EventKind::Modify(_) => Some(WalEvent::Written),
+        EventKind::Modify(_) => Some(FileEvent::Written),
         _ => None,
     }
 }
@@ -708,22 +667,22 @@ async fn listen(state: AppState, shutdown: Shutdown) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Next, WalEvent, next_step, wal_event};
+    use super::{FileEvent, Next, file_event, next_step};
 
-    /// The events inotify gives for a WAL file, through the watcher `watch_wal` uses: an
-    /// attribute change (SQLite's `fchown` of it when a connection opens, run as root) is
-    /// not a write; a write is; a removal is the watch's end.
+    /// The events inotify gives for a watched file, through the watcher `watch_file` uses:
+    /// an attribute change, an open or a close is not a write; a write is; a removal is the
+    /// watch's end.
     #[test]
-    fn only_a_change_of_the_wal_files_content_counts_as_a_write() {
+    fn only_a_change_of_the_files_content_counts_as_a_write() {
         use notify::Watcher;
         use std::io::Write;
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let wal = dir.path().join("db.sqlite-wal");
+        let wal = dir.path().join("db.sqlite.lock");
         std::fs::write(&wal, b"").unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Some(meaning) = wal_event(&event.unwrap().kind) {
+            if let Some(meaning) = file_event(&event.unwrap().kind) {
                 let _ = tx.send(meaning);
             }
         })
@@ -735,10 +694,10 @@ mod tests {
         std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::remove_file(&wal).unwrap();
         let mut seen = Vec::new();
-        while seen.last() != Some(&WalEvent::Lost) {
+        while seen.last() != Some(&FileEvent::Lost) {
             seen.push(rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the removal is seen"));
         }
-        assert_eq!(seen, [WalEvent::Written, WalEvent::Lost]);
+        assert_eq!(seen, [FileEvent::Written, FileEvent::Lost]);
     }
 
     #[test]

@@ -35,6 +35,12 @@
 //! [`group`] raises the writes per commit: the writers that pass the turn on among
 //! themselves share one transaction, kept in the [`Tenure`] while the file is held. A turn,
 //! for [`TENURE`], is then a group (or a writer outside the groups).
+//!
+//! **Announcing commits.** A handle told to ([`WriteLock::announce_commits`]; compute's, whose
+//! idle workers must learn of jobs queued by other processes) writes a counter to the lock
+//! file after each commit: a group's end, or the drop of the lock of a write outside the
+//! groups. Whoever watches the file (inotify) gets one event per commit, after it is visible;
+//! the WAL file would give one per page written, before the commit shows.
 
 // std's `File::lock` family is stable since Rust 1.89, above the workspace's declared 1.85
 // (which the let chains in use, 1.88, already exceed); the toolchain that builds it is newer.
@@ -68,6 +74,11 @@ pub(super) struct WriteLock {
 #[derive(Debug)]
 struct Shared {
     file: File,
+    path: std::path::PathBuf,
+    /// Whether every commit is announced by a write to the lock file ([`WriteLock::announce_commits`]).
+    announce: std::sync::atomic::AtomicBool,
+    /// Commits announced (what the announcement writes).
+    announced: AtomicU64,
     /// Writers of this process waiting for their turn.
     queued: AtomicUsize,
     /// Group transactions committed (for tests).
@@ -92,6 +103,9 @@ pub struct Held {
     turn: Option<OwnedMutexGuard<Tenure>>,
     lock: Arc<Mutex<Tenure>>,
     shared: Arc<Shared>,
+    /// Held by a writer outside the groups, whose write (autocommitted) is done when this
+    /// is dropped: the drop announces it.
+    wrote: bool,
 }
 
 impl Held {
@@ -113,9 +127,15 @@ impl Held {
         Duration::from_micros(self.shared.hold_micros.load(Ordering::Relaxed))
     }
 
-    /// Counts a group committed on the file.
+    /// Counts a group committed on the file, and announces it.
     pub(super) fn count_commit(&self) {
         self.shared.group_commits.fetch_add(1, Ordering::SeqCst);
+        self.shared.announce_commit();
+    }
+
+    /// Marks the lock as held for a write outside the groups, announced when it is dropped.
+    pub(super) fn for_a_write(&mut self) {
+        self.wrote = true;
     }
 }
 
@@ -123,7 +143,8 @@ impl Drop for Held {
     fn drop(&mut self) {
         let Some(mut turn) = self.turn.take() else { return };
         if turn.group.is_some() {
-            let mut held = Held { turn: Some(turn), lock: self.lock.clone(), shared: self.shared.clone() };
+            let mut held =
+                Held { turn: Some(turn), lock: self.lock.clone(), shared: self.shared.clone(), wrote: false };
             if group::ends_with(&held) {
                 group::end_in_task(held);
                 return;
@@ -132,6 +153,9 @@ impl Drop for Held {
             drop(held.turn.take());
             self.shared.let_go_if_unwanted(&self.lock);
             return;
+        }
+        if self.wrote {
+            self.shared.announce_commit();
         }
         let keep = self.shared.queued.load(Ordering::SeqCst) > 0 && turn.turns < TENURE;
         if keep {
@@ -148,6 +172,20 @@ impl Drop for Held {
 }
 
 impl Shared {
+    /// Writes the count of commits announced to the lock file, when announcing: an inotify
+    /// `IN_MODIFY` for whoever watches it, once per commit (the WAL file sees a write per
+    /// page). A failed write is only logged: watchers back their watch up with a slow poll.
+    fn announce_commit(&self) {
+        use std::os::unix::fs::FileExt;
+        if !self.announce.load(Ordering::Relaxed) {
+            return;
+        }
+        let n = self.announced.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Err(e) = self.file.write_at(&n.to_le_bytes(), 0) {
+            tracing::debug!(error = %e, "announcing a commit on the lock file");
+        }
+    }
+
     fn let_go(&self, tenure: &mut Tenure) {
         debug_assert!(tenure.group.is_none(), "a group open on a file let go");
         if tenure.file_held
@@ -169,7 +207,7 @@ impl Shared {
             && (turn.file_held || turn.group.is_some())
         {
             // Dropped with nobody queued, it ends the group and lets go of the file.
-            drop(Held { turn: Some(turn), lock: lock.clone(), shared: self.clone() });
+            drop(Held { turn: Some(turn), lock: lock.clone(), shared: self.clone(), wrote: false });
         }
     }
 }
@@ -197,6 +235,9 @@ impl WriteLock {
             turn: Arc::default(),
             shared: Arc::new(Shared {
                 file,
+                path: path.into(),
+                announce: std::sync::atomic::AtomicBool::new(false),
+                announced: AtomicU64::new(0),
                 queued: AtomicUsize::new(0),
                 group_commits: AtomicU64::new(0),
                 hold_micros: AtomicU64::new(group::HOLD.as_micros() as u64),
@@ -212,6 +253,13 @@ impl WriteLock {
     /// Writers of this process waiting for their turn.
     pub(super) fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::SeqCst)
+    }
+
+    /// From now on, every commit of this handle's writers (a group's, or a write outside the
+    /// groups) is announced by a write to the lock file once it is done; the file's path.
+    pub(super) fn announce_commits(&self) -> &Path {
+        self.shared.announce.store(true, Ordering::Relaxed);
+        &self.shared.path
     }
 
     /// Sets how long a group takes more members.
@@ -235,7 +283,7 @@ impl WriteLock {
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
         let queued = Queued { lock: self };
         let turn = self.turn.clone().lock_owned().await;
-        let mut held = Held { turn: Some(turn), lock: self.turn.clone(), shared: self.shared.clone() };
+        let mut held = Held { turn: Some(turn), lock: self.turn.clone(), shared: self.shared.clone(), wrote: false };
         drop(queued);
         let tenure = held.turn.as_mut().expect("just taken");
         if tenure.file_held {

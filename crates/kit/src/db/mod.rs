@@ -256,6 +256,16 @@ impl Db {
         self.write_lock.as_ref().map_or(0, |lock| lock.group_commits())
     }
 
+    /// Makes every commit of this handle's writers on its SQLite file announce itself, once
+    /// done, by a write to the file's lock file (`<file>.lock`), whose path this returns:
+    /// other processes learn of commits by watching it (inotify), one event per commit where
+    /// the WAL file gives one per page written. `None` where there is no lock file (memory,
+    /// PostgreSQL). Writers of other processes announce their commits only if they were told
+    /// to as well.
+    pub fn announce_commits(&self) -> Option<PathBuf> {
+        self.write_lock.as_ref().map(|lock| lock.announce_commits().to_owned())
+    }
+
     /// How many writers of this handle wait for their turn at its SQLite file (tests).
     #[doc(hidden)]
     pub fn writers_queued(&self) -> usize {
@@ -500,7 +510,10 @@ impl Written {
 /// holding the file's write lock on SQLite as [`begin_write`] does.
 pub async fn acquire_write(db: &Db) -> Result<WriteConn, sqlx::Error> {
     db.check_ready()?;
-    let lock = write_lock(db).await?;
+    let mut lock = write_lock(db).await?;
+    if let Some(held) = &mut lock {
+        held.for_a_write();
+    }
     Ok(WriteConn { conn: db.acquire().await?, _lock: lock })
 }
 

@@ -702,3 +702,38 @@ async fn one_statement_writes_share_a_group_and_a_refused_one_fails_alone() {
     assert_eq!(db.group_commits() - before, 1, "four writers, one commit");
     assert_eq!(names(&db).await, ["w0", "w1", "w2"]);
 }
+
+/// With `announce_commits`, each commit (a group's, or a write outside the groups) writes the
+/// count of commits announced to the lock file once it is done; a handle that was not told
+/// to writes nothing there.
+#[tokio::test]
+async fn announced_commits_write_the_lock_file_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, url) = grouped(&dir, "a.sqlite").await;
+    let path = db.announce_commits().expect("a file has a lock file");
+    assert_eq!(path, dir.path().join("a.sqlite.lock"));
+    let announced = || {
+        let bytes = std::fs::read(&path).unwrap();
+        (bytes.len() >= 8).then(|| u64::from_le_bytes(bytes[..8].try_into().unwrap()))
+    };
+    assert_eq!(announced(), None, "nothing committed yet");
+
+    write_one(&db, sqlx::query("INSERT INTO things (name) VALUES ('a')")).await.unwrap();
+    assert_eq!(announced(), Some(1), "a group commit");
+    let mut tx = begin_write(&db).await.unwrap();
+    sqlx::query("INSERT INTO things (name) VALUES ('b')").execute(&mut *tx).await.unwrap();
+    commit(tx).await.unwrap();
+    assert_eq!(announced(), Some(2), "a member's group");
+    sqlx::query("INSERT INTO things (name) VALUES ('c')")
+        .execute(&mut *acquire_write(&db).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(announced(), Some(3), "a write outside the groups, once its lock is let go");
+
+    // Another handle on the file that was not told to announce: its commits are silent.
+    let quiet = connect(&url).await.unwrap();
+    write_one(&quiet, sqlx::query("INSERT INTO things (name) VALUES ('d')")).await.unwrap();
+    assert_eq!(announced(), Some(3));
+    assert_eq!(names(&db).await, ["a", "b", "c", "d"]);
+    assert!(connect("sqlite::memory:").await.unwrap().announce_commits().is_none(), "no lock file in memory");
+}
