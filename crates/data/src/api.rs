@@ -113,7 +113,7 @@ async fn read_item(state: AppState, _: Caller, key: String) -> Result<Response, 
     crate::metrics::get().read("item");
     let db = &state.pool;
     let key = &key;
-    let found = kit::db::retry(db, move || async move { store::get(&mut *db.acquire().await?, key).await });
+    let found = kit::db::retry(db, move || async move { store::get(&mut *db.read().await?, key).await });
     match found.await.map_err(kit::db::api_error)? {
         Some(item) => {
             let capacity = item.value.get().len() + item.metadata.get().len() + 256;

@@ -267,7 +267,7 @@ pub async fn create_alone(
     let now = kit::time::unix_millis();
     let done = kit::db::write_one(db, insert(&key, &value, &metadata, now)).await?;
     let item = Item { key, value, metadata, version: 1, created_at: now, updated_at: now };
-    created(&mut *db.acquire().await?, done.rows_affected() == 1, item).await
+    created(&mut *db.read().await?, done.rows_affected() == 1, item).await
 }
 
 /// The insert of a new item at version 1, nothing when the key is taken (its values owned,

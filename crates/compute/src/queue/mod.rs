@@ -235,7 +235,7 @@ impl Queue {
         let row = kit::db::retry(db, move || async move {
             sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
                 .bind(id)
-                .fetch_optional(&mut *db.acquire().await?)
+                .fetch_optional(&mut *db.read().await?)
                 .await
         })
         .await?;

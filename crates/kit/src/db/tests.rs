@@ -737,3 +737,42 @@ async fn announced_commits_write_the_lock_file_once_each() {
     assert_eq!(names(&db).await, ["a", "b", "c", "d"]);
     assert!(connect("sqlite::memory:").await.unwrap().announce_commits().is_none(), "no lock file in memory");
 }
+
+/// `read` serves reads on connections kept out of the pool: one serves reads in turn, at
+/// most [`READERS`] are opened however many read at once (the rest pooled), and a read
+/// dropped mid-statement leaves its connection answering the next one.
+#[tokio::test]
+async fn reads_run_on_kept_connections_given_back_without_the_pool() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (db, _) = grouped(&dir, "r.sqlite").await;
+    write_one(&db, sqlx::query("INSERT INTO things (name) VALUES ('a')")).await.unwrap();
+    let count = "SELECT COUNT(*) FROM things";
+    for _ in 0..10 {
+        let n: i64 = sqlx::query_scalar(count).fetch_one(&mut *db.read().await.unwrap()).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    let readers = db.readers.clone().expect("a file keeps readers");
+    assert_eq!(readers.open.load(Ordering::SeqCst), 1, "one connection served the reads in turn");
+
+    let at_once = futures_util::future::join_all((0..READERS + 2).map(|_| db.read())).await;
+    assert!(at_once.iter().all(Result::is_ok));
+    assert_eq!(readers.open.load(Ordering::SeqCst), READERS, "the rest from the pool");
+    drop(at_once);
+    assert_eq!(readers.idle.lock().unwrap().len(), READERS, "all given back");
+
+    // A long statement given up on: its connection still answers the next read.
+    let slow =
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000000) SELECT COUNT(*) FROM n";
+    let mut conn = db.read().await.unwrap();
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(1), sqlx::query_scalar::<_, i64>(slow).fetch_one(&mut *conn)).await;
+    assert!(gave_up.is_err(), "the slow read is still running");
+    drop(conn);
+    for _ in 0..READERS {
+        let n: i64 = sqlx::query_scalar(count).fetch_one(&mut *db.read().await.unwrap()).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    db.close().await;
+    assert!(readers.idle.lock().unwrap().is_empty(), "closed with the pool");
+}
