@@ -60,8 +60,9 @@ impl Shutdown {
     /// Triggers this shutdown on SIGTERM, SIGINT (Ctrl-C) or SIGHUP.
     pub fn trigger_on_signals(&self) {
         let shutdown = self.clone();
+        let signalled = signal();
         tokio::spawn(async move {
-            signal().await;
+            signalled.await;
             tracing::info!("shutdown signal received");
             shutdown.trigger();
         });
@@ -70,14 +71,34 @@ impl Shutdown {
 
 /// Completes on SIGTERM, SIGINT or SIGHUP. A closed terminal (SIGHUP) is a graceful stop
 /// like any other, not the default sudden death that would skip every drain.
-pub async fn signal() {
+///
+/// The handlers are installed when this is called, not when the future is first polled:
+/// a signal that comes after the call and before the task awaiting it has run (a busy
+/// single-threaded runtime, say, already serving) is caught, not the default death.
+pub fn signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = hup.recv() => {}
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The handlers are in place once `signal()` returns: a signal that comes before its
+    /// future is first polled is caught (it would otherwise end the test process).
+    #[tokio::test]
+    async fn a_signal_before_the_first_poll_is_caught() {
+        let signalled = super::signal();
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).expect("raising SIGHUP");
+        tokio::time::timeout(std::time::Duration::from_secs(10), signalled)
+            .await
+            .expect("the signal raised before the first poll is seen");
     }
 }

@@ -107,10 +107,13 @@ pub async fn run(manifest: Manifest, text: String) -> Result<(), PlaneError> {
         }
     });
     let signals = handle.clone();
+    // The handlers are installed here, before anything starts, not when the task first runs.
+    let mut signalled = kit::shutdown::signal();
     tokio::spawn(async move {
         loop {
-            kit::shutdown::signal().await;
+            signalled.await;
             signals.send(Event::Signal);
+            signalled = kit::shutdown::signal();
         }
     });
     let display = tokio::spawn(display::run(
