@@ -27,6 +27,10 @@
 
 mod lock;
 pub mod pg;
+mod read;
+
+use read::Readers;
+pub use read::{READERS, ReadConn};
 
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
@@ -223,53 +227,6 @@ pub struct Db {
     readers: Option<Arc<Readers>>,
 }
 
-/// Connections taken out of the pool for reads ([`Db::read`]), and how many there are.
-#[derive(Debug, Default)]
-struct Readers {
-    idle: Mutex<Vec<Conn>>,
-    open: std::sync::atomic::AtomicUsize,
-}
-
-/// At most this many connections of a [`Db`] are kept for reads (besides the pool's).
-pub const READERS: usize = 4;
-
-/// A connection for one autocommitted read ([`Db::read`]), given back when dropped.
-pub struct ReadConn {
-    conn: Option<Conn>,
-    pooled: Option<sqlx::pool::PoolConnection<Any>>,
-    readers: Option<Arc<Readers>>,
-}
-
-impl Deref for ReadConn {
-    type Target = Conn;
-
-    fn deref(&self) -> &Conn {
-        match (&self.conn, &self.pooled) {
-            (Some(conn), _) => conn,
-            (None, Some(pooled)) => pooled,
-            (None, None) => unreachable!("a ReadConn holds a connection until dropped"),
-        }
-    }
-}
-
-impl DerefMut for ReadConn {
-    fn deref_mut(&mut self) -> &mut Conn {
-        match (&mut self.conn, &mut self.pooled) {
-            (Some(conn), _) => conn,
-            (None, Some(pooled)) => pooled,
-            (None, None) => unreachable!("a ReadConn holds a connection until dropped"),
-        }
-    }
-}
-
-impl Drop for ReadConn {
-    fn drop(&mut self) {
-        if let (Some(conn), Some(readers)) = (self.conn.take(), &self.readers) {
-            readers.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
-        }
-    }
-}
-
 impl Db {
     pub fn pool(&self) -> &AnyPool {
         &self.pool
@@ -295,42 +252,11 @@ impl Db {
         self.pool.acquire().await
     }
 
-    /// A connection for one autocommitted read (no transaction may be left open on it),
-    /// once the database is ready. On a SQLite file it is one of up to [`READERS`]
-    /// connections kept out of the pool and given back without the ping sqlx's pool sends
-    /// every connection it takes back: a round trip to the connection's thread that cost as
-    /// much as the read (README, "Where a read's time goes"). A read dropped mid-statement
-    /// leaves its connection usable: sqlx's SQLite thread finishes or drops the statement
-    /// before the next one. Elsewhere, a pooled connection.
-    pub async fn read(&self) -> Result<ReadConn, sqlx::Error> {
-        self.check_ready()?;
-        let pooled = |pooled| ReadConn { conn: None, pooled: Some(pooled), readers: None };
-        let Some(readers) = &self.readers else { return Ok(pooled(self.pool.acquire().await?)) };
-        let kept = |conn| ReadConn { conn: Some(conn), pooled: None, readers: Some(readers.clone()) };
-        if let Some(conn) = readers.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Ok(kept(conn));
-        }
-        if readers.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < READERS {
-            match self.pool.acquire().await {
-                Ok(conn) => return Ok(kept(conn.detach())),
-                Err(e) => {
-                    readers.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    return Err(e);
-                }
-            }
-        }
-        readers.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(pooled(self.pool.acquire().await?))
-    }
-
     /// Closes the pool and the connections kept for reads (the last connection to close a
     /// SQLite file checkpoints its WAL into it).
     pub async fn close(&self) {
         if let Some(readers) = &self.readers {
-            let kept: Vec<Conn> = std::mem::take(&mut *readers.idle.lock().unwrap_or_else(|e| e.into_inner()));
-            for conn in kept {
-                let _ = sqlx::Connection::close(conn).await;
-            }
+            readers.close().await;
         }
         self.pool.close().await;
     }
