@@ -4,10 +4,10 @@ use sqlx::{Any, Executor};
 
 use super::Conn;
 
-/// The statement [`write_one`] runs: its values owned, so it can run in a task of its own.
+/// The statement [`write_one`](super::write_one) runs: its values owned, so it can run in a task of its own.
 pub type OneWrite = sqlx::query::Query<'static, Any, sqlx::any::AnyArguments<'static>>;
 
-/// What a [`write_one`] wrote: the rows it changed, and the rows its `RETURNING` clause gave.
+/// What a [`write_one`](super::write_one) wrote: the rows it changed, and the rows its `RETURNING` clause gave.
 #[derive(Default)]
 pub struct Written {
     pub result: sqlx::any::AnyQueryResult,
