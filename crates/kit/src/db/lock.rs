@@ -37,10 +37,15 @@
 //! for [`TENURE`], is then a group (or a writer outside the groups).
 //!
 //! **Announcing commits.** A handle told to ([`WriteLock::announce_commits`]; compute's, whose
-//! idle workers must learn of jobs queued by other processes) writes a counter to the lock
-//! file after each commit: a group's end, or the drop of the lock of a write outside the
-//! groups. Whoever watches the file (inotify) gets one event per commit, after it is visible;
-//! the WAL file would give one per page written, before the commit shows.
+//! idle workers must learn of jobs queued by other processes) writes the lock file after each
+//! commit: a group's end, or the drop of the lock of a write outside the groups. Whoever
+//! watches the file (inotify) gets one event per commit, after it is visible; the WAL file
+//! would give one per page written, before the commit shows. What it writes is
+//! [`Announced`]: the count of every commit, and of the commits that ask the watchers to
+//! look, which are all but those whose every write said it was quiet (a write of one
+//! statement that tells, from what it wrote, that nobody else has anything to do about it:
+//! compute's job started by its own submit, say). Both are shared by the writers: bumped in
+//! the file, under the write lock.
 
 // std's `File::lock` family is stable since Rust 1.89, above the workspace's declared 1.85
 // (which the let chains in use, 1.88, already exceed); the toolchain that builds it is newer.
@@ -77,8 +82,6 @@ struct Shared {
     path: std::path::PathBuf,
     /// Whether every commit is announced by a write to the lock file ([`WriteLock::announce_commits`]).
     announce: std::sync::atomic::AtomicBool,
-    /// Commits announced (what the announcement writes).
-    announced: AtomicU64,
     /// Writers of this process waiting for their turn.
     queued: AtomicUsize,
     /// Group transactions committed (for tests).
@@ -127,10 +130,10 @@ impl Held {
         Duration::from_micros(self.shared.hold_micros.load(Ordering::Relaxed))
     }
 
-    /// Counts a group committed on the file, and announces it.
-    pub(super) fn count_commit(&self) {
+    /// Counts a group committed on the file, and announces it (asking for a look when `look`).
+    pub(super) fn count_commit(&self, look: bool) {
         self.shared.group_commits.fetch_add(1, Ordering::SeqCst);
-        self.shared.announce_commit();
+        self.shared.announce_commit(look);
     }
 
     /// Marks the lock as held for a write outside the groups, announced when it is dropped.
@@ -155,7 +158,7 @@ impl Drop for Held {
             return;
         }
         if self.wrote {
-            self.shared.announce_commit();
+            self.shared.announce_commit(true);
         }
         let keep = self.shared.queued.load(Ordering::SeqCst) > 0 && turn.turns < TENURE;
         if keep {
@@ -172,16 +175,24 @@ impl Drop for Held {
 }
 
 impl Shared {
-    /// Writes the count of commits announced to the lock file, when announcing: an inotify
-    /// `IN_MODIFY` for whoever watches it, once per commit (the WAL file sees a write per
-    /// page). A failed write is only logged: watchers back their watch up with a slow poll.
-    fn announce_commit(&self) {
+    /// Bumps the [`Announced`] counters in the lock file, when announcing (under the write
+    /// lock, which the caller holds): an inotify `IN_MODIFY` for whoever watches it, once per
+    /// commit. A failed read or write is only logged: watchers back their watch up with a
+    /// slow poll.
+    fn announce_commit(&self, look: bool) {
         use std::os::unix::fs::FileExt;
         if !self.announce.load(Ordering::Relaxed) {
             return;
         }
-        let n = self.announced.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Err(e) = self.file.write_at(&n.to_le_bytes(), 0) {
+        let mut announced = Announced::read(&self.file).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "reading the commits announced on the lock file");
+            Announced::default()
+        });
+        announced.commits = announced.commits.wrapping_add(1);
+        if look {
+            announced.looks = announced.looks.wrapping_add(1);
+        }
+        if let Err(e) = self.file.write_at(&announced.to_bytes(), 0) {
             tracing::debug!(error = %e, "announcing a commit on the lock file");
         }
     }
@@ -212,6 +223,41 @@ impl Shared {
     }
 }
 
+/// The commits announced on a lock file ([`WriteLock::announce_commits`]): two little-endian
+/// `u64`s at its start, the commits that asked the watchers to look, then every commit. A
+/// watcher compares them with what it read last: `looks` moved, something may be there for
+/// it; only `commits`, the commits since were quiet. A binary from before the counts were
+/// shared wrote its own count of commits in the first eight bytes, which reads as a look.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Announced {
+    pub looks: u64,
+    pub commits: u64,
+}
+
+impl Announced {
+    /// Reads the counts from `file` (an empty or shorter file counts zeros for what it lacks).
+    pub fn read(file: &File) -> io::Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = [0; 16];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            match file.read_at(&mut bytes[filled..], filled as u64)? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+        Ok(Self { looks: word(0), commits: word(8) })
+    }
+
+    fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.looks.to_le_bytes());
+        bytes[8..].copy_from_slice(&self.commits.to_le_bytes());
+        bytes
+    }
+}
+
 /// A writer counted as waiting until dropped; one that gives up checks that the file's lock
 /// was not kept for it in vain.
 struct Queued<'a> {
@@ -237,7 +283,6 @@ impl WriteLock {
                 file,
                 path: path.into(),
                 announce: std::sync::atomic::AtomicBool::new(false),
-                announced: AtomicU64::new(0),
                 queued: AtomicUsize::new(0),
                 group_commits: AtomicU64::new(0),
                 hold_micros: AtomicU64::new(group::HOLD.as_micros() as u64),
@@ -256,7 +301,7 @@ impl WriteLock {
     }
 
     /// From now on, every commit of this handle's writers (a group's, or a write outside the
-    /// groups) is announced by a write to the lock file once it is done; the file's path.
+    /// groups) is announced in the lock file ([`Announced`]) once it is done; the file's path.
     pub(super) fn announce_commits(&self) -> &Path {
         self.shared.announce.store(true, Ordering::Relaxed);
         &self.shared.path

@@ -45,7 +45,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Transaction};
 
 /// A connection of either dialect (what the services' queries run on).
 pub type Conn = sqlx::AnyConnection;
-pub use lock::Held;
+pub use lock::{Announced, Held};
 
 /// A transaction of either dialect. One of [`begin_write`] on a SQLite file is a member of
 /// its process's [`group`] commit: a savepoint on the group's transaction, which it has to
@@ -270,11 +270,12 @@ impl Db {
     }
 
     /// Makes every commit of this handle's writers on its SQLite file announce itself, once
-    /// done, by a write to the file's lock file (`<file>.lock`), whose path this returns:
+    /// done, in the file's lock file (`<file>.lock`, [`Announced`]), whose path this returns:
     /// other processes learn of commits by watching it (inotify), one event per commit where
-    /// the WAL file gives one per page written. `None` where there is no lock file (memory,
-    /// PostgreSQL). Writers of other processes announce their commits only if they were told
-    /// to as well.
+    /// the WAL file gives one per page written, and tell from its counts whether a commit
+    /// asked them to look ([`write_one_quiet_if`]). `None` where there is no lock file
+    /// (memory, PostgreSQL). Writers of other processes announce their commits only if they
+    /// were told to as well.
     pub fn announce_commits(&self) -> Option<PathBuf> {
         self.write_lock.as_ref().map(|lock| lock.announce_commits().to_owned())
     }
@@ -470,9 +471,16 @@ pub async fn begin_write(db: &Db) -> Result<Tx, sqlx::Error> {
 /// that may have come after the write (a lost connection, a failed group commit) is an
 /// [`UnknownOutcome`], as [`commit`]'s are.
 pub async fn write_one(db: &Db, query: OneWrite) -> Result<Written, sqlx::Error> {
+    write_one_quiet_if(db, query, |_| false).await
+}
+
+/// [`write_one`], announced as quiet ([`Announced`]) when `quiet` says so of what it wrote:
+/// its commit then asks the watchers of the announcements to look only if another write in
+/// it does.
+pub async fn write_one_quiet_if(db: &Db, query: OneWrite, quiet: fn(&Written) -> bool) -> Result<Written, sqlx::Error> {
     db.check_ready()?;
     let done = match &db.write_lock {
-        Some(lock) => lock::group::write_one(&db.pool, lock, query).await,
+        Some(lock) => lock::group::write_one(&db.pool, lock, query, quiet).await,
         None => {
             let mut conn = acquire_write(db).await?;
             Written::run(query, &mut conn).await

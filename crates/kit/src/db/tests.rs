@@ -703,38 +703,49 @@ async fn one_statement_writes_share_a_group_and_a_refused_one_fails_alone() {
     assert_eq!(names(&db).await, ["w0", "w1", "w2"]);
 }
 
-/// With `announce_commits`, each commit (a group's, or a write outside the groups) writes the
-/// count of commits announced to the lock file once it is done; a handle that was not told
-/// to writes nothing there.
+/// With `announce_commits`, each commit (a group's, or a write outside the groups) bumps the
+/// counts in the lock file once it is done: every commit, and those that ask for a look,
+/// which all do but a commit whose writes all said they were quiet. The counts are the
+/// file's, shared by every handle that announces; a handle that was not told to leaves them.
 #[tokio::test]
-async fn announced_commits_write_the_lock_file_once_each() {
+async fn announced_commits_count_in_the_lock_file_with_the_looks_they_ask_for() {
     let dir = tempfile::tempdir().unwrap();
     let (db, url) = grouped(&dir, "a.sqlite").await;
     let path = db.announce_commits().expect("a file has a lock file");
     assert_eq!(path, dir.path().join("a.sqlite.lock"));
     let announced = || {
-        let bytes = std::fs::read(&path).unwrap();
-        (bytes.len() >= 8).then(|| u64::from_le_bytes(bytes[..8].try_into().unwrap()))
+        let Announced { looks, commits } = Announced::read(&std::fs::File::open(&path).unwrap()).unwrap();
+        (looks, commits)
     };
-    assert_eq!(announced(), None, "nothing committed yet");
+    assert_eq!(announced(), (0, 0), "nothing committed yet");
+    let insert = |name: &str| sqlx::query("INSERT INTO things (name) VALUES ($1) RETURNING name").bind(name.to_owned());
 
-    write_one(&db, sqlx::query("INSERT INTO things (name) VALUES ('a')")).await.unwrap();
-    assert_eq!(announced(), Some(1), "a group commit");
+    write_one(&db, insert("a")).await.unwrap();
+    assert_eq!(announced(), (1, 1), "a group commit");
+    let written = write_one_quiet_if(&db, insert("b"), |w| w.rows.len() == 1).await.unwrap();
+    assert_eq!(written.rows.len(), 1);
+    assert_eq!(announced(), (1, 2), "a quiet one");
+    write_one_quiet_if(&db, insert("c"), |w| w.rows.is_empty()).await.unwrap();
+    assert_eq!(announced(), (2, 3), "quiet only if nothing came back: a look");
     let mut tx = begin_write(&db).await.unwrap();
-    sqlx::query("INSERT INTO things (name) VALUES ('b')").execute(&mut *tx).await.unwrap();
+    sqlx::query("INSERT INTO things (name) VALUES ('d')").execute(&mut *tx).await.unwrap();
     commit(tx).await.unwrap();
-    assert_eq!(announced(), Some(2), "a member's group");
-    sqlx::query("INSERT INTO things (name) VALUES ('c')")
+    assert_eq!(announced(), (3, 4), "a member's group");
+    sqlx::query("INSERT INTO things (name) VALUES ('e')")
         .execute(&mut *acquire_write(&db).await.unwrap())
         .await
         .unwrap();
-    assert_eq!(announced(), Some(3), "a write outside the groups, once its lock is let go");
+    assert_eq!(announced(), (4, 5), "a write outside the groups, once its lock is let go");
 
-    // Another handle on the file that was not told to announce: its commits are silent.
-    let quiet = connect(&url).await.unwrap();
-    write_one(&quiet, sqlx::query("INSERT INTO things (name) VALUES ('d')")).await.unwrap();
-    assert_eq!(announced(), Some(3));
-    assert_eq!(names(&db).await, ["a", "b", "c", "d"]);
+    // Another handle on the file (another process's): announcing, it counts on in the file;
+    // not told to, its commits are silent.
+    let other = connect(&url).await.unwrap();
+    write_one(&other, insert("f")).await.unwrap();
+    assert_eq!(announced(), (4, 5));
+    other.announce_commits();
+    write_one_quiet_if(&other, insert("g"), |_| true).await.unwrap();
+    assert_eq!(announced(), (4, 6));
+    assert_eq!(names(&db).await, ["a", "b", "c", "d", "e", "f", "g"]);
     assert!(connect("sqlite::memory:").await.unwrap().announce_commits().is_none(), "no lock file in memory");
 }
 

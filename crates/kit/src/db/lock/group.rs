@@ -63,6 +63,9 @@ pub(in crate::db) struct Group {
     opened: Instant,
     /// Why the transaction is no longer whole, when it is not: it will be rolled back.
     broken: Option<String>,
+    /// Whether its commit asks the watchers to look ([`super::Announced`]): some member wrote
+    /// without saying it was quiet.
+    look: bool,
 }
 
 impl Drop for Group {
@@ -141,7 +144,7 @@ async fn open(held: &mut Held, pool: &sqlx::AnyPool) -> Result<(), sqlx::Error> 
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let (done, _) = watch::channel(None);
         held.tenure_mut().group =
-            Some(Group { conn: Some(conn), done, members: 0, opened: Instant::now(), broken: None });
+            Some(Group { conn: Some(conn), done, members: 0, opened: Instant::now(), broken: None, look: false });
     }
     Ok(())
 }
@@ -155,6 +158,8 @@ pub(in crate::db) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Resul
     in_task(async move {
         open(&mut held, &pool).await?;
         let group = group_mut(held.tenure_mut());
+        // A transaction may write anything: its commit asks for a look.
+        group.look = true;
         let done = group.done.subscribe();
         if let Err(e) = sqlx::query("SAVEPOINT member").execute(&mut **group.conn()).await {
             group.broken = Some(e.to_string());
@@ -173,11 +178,13 @@ pub(in crate::db) async fn join(pool: &sqlx::AnyPool, lock: &WriteLock) -> Resul
 /// constraint (or a trigger's `RAISE(ABORT)`) is undone alone by SQLite, the transaction
 /// kept ([`undone_alone`]; so the statement must use the default `ON CONFLICT ABORT`); any
 /// other failure breaks the group (it ends in a rollback, every member told): without a
-/// savepoint nothing tells what SQLite undid.
+/// savepoint nothing tells what SQLite undid. The group's commit asks for a look unless
+/// `quiet` says so of what the statement wrote (as of every other write in it).
 pub(in crate::db) async fn write_one(
     pool: &sqlx::AnyPool,
     lock: &WriteLock,
     query: OneWrite,
+    quiet: fn(&Written) -> bool,
 ) -> Result<Written, sqlx::Error> {
     let mut held = lock.acquire(BUSY_TIMEOUT).await.map_err(sqlx::Error::Io)?;
     let pool = pool.clone();
@@ -187,7 +194,10 @@ pub(in crate::db) async fn write_one(
         let done = group.done.subscribe();
         let result = Written::run(query, group.conn()).await;
         match &result {
-            Ok(_) => group.members += 1,
+            Ok(written) => {
+                group.members += 1;
+                group.look |= !quiet(written);
+            }
             Err(e) if undone_alone(e) => {}
             Err(e) => group.broken = Some(e.to_string()),
         }
@@ -268,13 +278,15 @@ async fn end(mut held: Held) {
 struct Told {
     done: Option<watch::Sender<Outcome>>,
     outcome: Result<(), Arc<str>>,
+    /// Whether the commit asks for a look.
+    look: bool,
 }
 
 impl Told {
     /// Counts the commit it tells of, if it does.
     fn count(&self, held: &Held) {
         if self.done.is_some() && self.outcome.is_ok() {
-            held.count_commit();
+            held.count_commit(self.look);
         }
     }
 
@@ -296,7 +308,7 @@ async fn finish(held: &mut Held) -> Told {
 
 /// [`finish`] of a group taken out of `held`'s tenure.
 async fn finish_group(group: Option<Group>) -> Told {
-    let Some(mut group) = group else { return Told { done: None, outcome: Ok(()) } };
+    let Some(mut group) = group else { return Told { done: None, outcome: Ok(()), look: false } };
     let outcome = match group.broken.take() {
         None => sqlx::query("COMMIT").execute(&mut **group.conn()).await.map(drop).map_err(|e| e.to_string().into()),
         Some(why) => Err(why.into()),
@@ -311,7 +323,7 @@ async fn finish_group(group: Option<Group>) -> Told {
             tracing::debug!(error = %e, "closing a failed group's connection");
         }
     }
-    Told { done: Some(group.done.clone()), outcome }
+    Told { done: Some(group.done.clone()), outcome, look: group.look }
 }
 
 /// A member's turn on its way out: dropped before its savepoint ended (its task dropped by a
