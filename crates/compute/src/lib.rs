@@ -139,6 +139,10 @@ pub struct LocalStats {
     pub lost_leases: AtomicU64,
     /// Whether commits by others are seen as they happen (set by the change detector).
     pub watching: AtomicBool,
+    /// Whether the dispatcher knows the earliest lease expiry (its last look at the queue saw
+    /// a running job): then a quiet commit elsewhere (jobs started by their submits, outcomes
+    /// recorded) changes nothing it waits for, and the change detector lets it sleep.
+    pub expiry_known: AtomicBool,
 }
 
 /// Everything the handlers and the background loops share.

@@ -2,12 +2,16 @@
 //!
 //! One dispatcher per instance owns the `COMPUTE_WORKERS` worker slots
 //! (`<SERVICE_NAME>/w<i>`). Each round it records the outcomes its workers reported and
-//! claims a job for every idle slot, all in ONE write transaction
+//! claims a job for idle slots, all in ONE write transaction
 //! ([`Queue::settle`](crate::Queue::settle)), then starts a worker task per claimed job,
-//! which runs it while renewing its lease and reports back. With nothing to record and idle
-//! slots, it peeks at the queue (on a connection of its own) and settles only if there may
-//! be a job; otherwise it sleeps until woken. A queue its last settle found short is not
-//! peeked at again until something wakes it (`next_step`).
+//! which runs it while renewing its lease and reports back. With idle slots, it first
+//! peeks at the queue (on a connection of its own), counting the queued jobs up to the idle
+//! slots, and settles only if there may be a job, asking for as many slots as it counted
+//! (all of them once a lease has expired): the slots a settle asks for are taken until it
+//! commits, and one that took every idle slot for a single queued job left the submits
+//! meanwhile none to start on, so they queued, and the next settle found them: a burst kept
+//! itself queued. Otherwise it sleeps until woken. A queue its last settle found short is
+//! not peeked at again until something wakes it (`next_step`).
 //!
 //! A submit to an instance with an idle slot takes that slot ([`submit`]; SQLite, no
 //! idempotency key): its insert claims the job for the slot's worker when nothing queued
@@ -28,7 +32,9 @@
 //!   database's lock file (`compute.sqlite.lock`, [`kit::db::Db::announce_commits`]), which
 //!   every instance watches (inotify): an idle instance sleeps until a commit, with no timer
 //!   at all; the commits of a busy queue are coalesced into one look every `COALESCE`
-//!   (2 ms). (It watched the WAL file before, which sees a write per page, about 17 per job,
+//!   (2 ms). A commit whose writes only started jobs by their submits or recorded outcomes
+//!   is counted as quiet ([`kit::db::Announced`]), and wakes only a dispatcher that does not
+//!   know the next lease expiry yet ([`look_after`]). (It watched the WAL file before, which sees a write per page, about 17 per job,
 //!   and had to read `PRAGMA data_version` until the commit showed.) Where the file cannot
 //!   be watched (no inotify instance left: `fs.inotify.max_user_instances`) it reads `PRAGMA
 //!   data_version` on a connection of its own every `JOB_POLL_MS` (20 ms) instead. That
@@ -47,6 +53,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kit::Shutdown;
+use kit::db::Announced;
 use kit::time::unix_millis;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
@@ -124,6 +131,14 @@ impl Slots {
         Some(idle.slots.remove(0))
     }
 
+    /// A worker's end: its report to the dispatcher, then its slot idle again at once (not
+    /// when the dispatcher, perhaps waiting for a commit, takes the report: a burst of
+    /// submits ran out of idle slots meanwhile and queued its jobs instead of starting them).
+    fn report(&self, slot: usize, claimed: Claimed, outcome: Option<Outcome>) {
+        let _ = self.reports.send((claimed, outcome));
+        self.give_back([slot]);
+    }
+
     fn give_back(&self, slots: impl IntoIterator<Item = usize>) {
         let mut idle = self.idle();
         idle.slots.extend(slots);
@@ -170,14 +185,14 @@ pub async fn submit(state: &AppState, job: NewJob) -> Result<Submitted, sqlx::Er
         };
         let _ = answer.send(submitted);
         let outcome = execute(&state, worker, &claimed, &stop).await;
-        let _ = state.slots.reports.send((slot, claimed, outcome));
+        state.slots.report(slot, claimed, outcome);
     });
     answered.await.map_err(|_| sqlx::Error::Io(std::io::Error::other("the submit's task ended without an answer")))?
 }
 
-/// What a worker hands back to the dispatcher: its slot, the attempt, and how it ended
-/// (`None`: nothing to record, the lease was lost or the job handed back).
-type Report = (usize, Claimed, Option<Outcome>);
+/// What a worker hands to the dispatcher: the attempt, and how it ended (`None`: nothing to
+/// record, the lease was lost or the job handed back).
+type Report = (Claimed, Option<Outcome>);
 
 /// An outcome waiting to be recorded, and how many settles have failed to write it.
 type Pending = (Claimed, Outcome, u32);
@@ -205,10 +220,12 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
     let (mut drained, mut next_expiry) = (false, None::<i64>);
     let mut reader = None;
     loop {
-        while let Ok(report) = reported.try_recv() {
-            take(&slots, &mut pending, report);
-        }
+        // Idle counted before the reports are taken: a worker reports before it gives its
+        // slot back, so every slot counted idle has its report taken here.
         let idle = slots.idle_count();
+        while let Ok(report) = reported.try_recv() {
+            take(&mut pending, report);
+        }
         let stopping = shutdown.is_requested();
         if stopping {
             slots.close();
@@ -224,6 +241,8 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
         wake.borrow_and_update();
         let mut wait = state.safety_poll();
         let now = unix_millis();
+        // How many idle slots a settle asks jobs for: all of them, unless a peek counted fewer.
+        let mut ask = want;
         let settle = match next_step(!pending.is_empty(), want, drained, next_expiry, now) {
             Next::Settle => true,
             Next::Record => false,
@@ -233,16 +252,18 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
                 }
                 false
             }
-            Next::Peek => match peek(&state, &mut reader).await {
+            Next::Peek => match peek(&state, &mut reader, want).await {
                 Ok(peek) => {
                     failures = 0;
                     let now = unix_millis();
                     next_expiry = peek.next_expiry;
+                    state.stats.expiry_known.store(next_expiry.is_some(), Ordering::SeqCst);
                     if let Some(at) = peek.next_expiry.filter(|&at| at >= now) {
                         wait = wait.min(Duration::from_millis((at - now) as u64 + 1));
                     }
                     // Nothing to claim: known empty until woken, as after a short settle.
-                    drained = !peek.claimable(now);
+                    ask = peek.claims(now, want);
+                    drained = ask == 0;
                     !drained
                 }
                 Err(e) => {
@@ -270,7 +291,7 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
             let finished: Vec<_> = pending.iter().map(|(claimed, outcome, _)| (claimed, outcome)).collect();
             // The `i`-th claim of a settle goes to the `i`-th of these (a submit may have
             // taken an idle slot since it was counted).
-            let mut asked = slots.take(want);
+            let mut asked = slots.take(ask);
             let asking: Vec<&str> = asked.iter().map(|&slot| slots.names[slot].as_str()).collect();
             let settled = state.queue.settle(&finished, &asking, state.config.lease).await;
             let unused = asked.split_off(settled.as_ref().map_or(0, |s| s.claimed.len()));
@@ -287,7 +308,7 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
                         shutdown.spawn(async move {
                             let worker = state.slots.names[slot].as_str();
                             let outcome = execute(&state, worker, &claimed, &stop).await;
-                            let _ = state.slots.reports.send((slot, claimed, outcome));
+                            state.slots.report(slot, claimed, outcome);
                         });
                     }
                     continue;
@@ -305,7 +326,7 @@ pub async fn dispatch(state: AppState, shutdown: Shutdown) {
         }
         tokio::select! {
             _ = shutdown.requested(), if !stopping => {}
-            Some(report) = reported.recv() => take(&slots, &mut pending, report),
+            Some(report) = reported.recv() => take(&mut pending, report),
             _ = wake.changed() => drained = false,
             // The safety poll, a lease expiry or a backoff: look at the queue again.
             _ = tokio::time::sleep(wait) => drained = false,
@@ -348,21 +369,24 @@ fn next_step(outcomes: bool, want: usize, known_empty: bool, next_expiry: Option
 
 /// [`Queue::peek`](crate::Queue::peek) on the dispatcher's own connection, taken out of the
 /// pool on first use and dropped on an error (the next peek takes another).
-async fn peek(state: &AppState, reader: &mut Option<sqlx::AnyConnection>) -> Result<crate::queue::Peek, sqlx::Error> {
+async fn peek(
+    state: &AppState,
+    reader: &mut Option<sqlx::AnyConnection>,
+    up_to: usize,
+) -> Result<crate::queue::Peek, sqlx::Error> {
     let conn = match reader {
         Some(conn) => conn,
         None => reader.insert(state.queue.db().acquire().await?.detach()),
     };
-    let peek = crate::Queue::peek_on(conn).await;
+    let peek = crate::Queue::peek_on(conn, up_to).await;
     if peek.is_err() {
         *reader = None;
     }
     peek
 }
 
-/// A worker's report: its slot is idle again, and its outcome waits for the next settle.
-fn take(slots: &Slots, pending: &mut Vec<Pending>, (slot, claimed, outcome): Report) {
-    slots.give_back([slot]);
+/// A worker's report: its outcome waits for the next settle.
+fn take(pending: &mut Vec<Pending>, (claimed, outcome): Report) {
     if let Some(outcome) = outcome {
         pending.push((claimed, outcome, 0));
     }
@@ -496,18 +520,25 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
         .db()
         .announce_commits()
         .ok_or_else(|| "the database is in memory".to_owned())
-        .and_then(|path| watch_file(&path))
+        .and_then(|path| Ok((watch_file(&path)?, std::fs::File::open(&path).map_err(|e| e.to_string())?)))
     {
-        Ok(watch) => {
+        Ok((watch, file)) => {
             tracing::debug!("idle workers wake on the commits announced on the database's lock file");
             // What was committed before the watch began is found by a look at the queue.
             state.watching(true);
+            let mut seen = Announced::read(&file).ok();
             let mut looked = Instant::now();
             loop {
                 tokio::select! {
                     _ = shutdown.requested() => return,
                     () = watch.lost.notified() => break,
                     () = watch.written.notified() => {}
+                }
+                let now = Announced::read(&file).ok();
+                let expiry_known = state.stats.expiry_known.load(Ordering::SeqCst);
+                if !look_after(seen, now, expiry_known) {
+                    seen = now;
+                    continue;
                 }
                 // Coalesced: the commits since the last look are all covered by the next one.
                 let next = looked + COALESCE;
@@ -517,6 +548,7 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
                         _ = tokio::time::sleep_until(next) => {}
                     }
                 }
+                seen = Announced::read(&file).ok();
                 looked = Instant::now();
                 state.wake();
             }
@@ -528,6 +560,21 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
         }
     }
     poll_changes(state, shutdown).await;
+}
+
+/// Whether the idle workers look at the queue after commits announced on the lock file, from
+/// the counts read before them (`seen`) and now (`None`: unreadable): when one of them asked
+/// for a look (a job queued, a lease given back, any transaction), or when the dispatcher
+/// knows no lease expiry (even a job started elsewhere by its submit tells it one, which it
+/// must watch in case that instance dies). Commits that were all quiet (jobs started by their
+/// submits, outcomes recorded) leave a dispatcher that knows the next expiry asleep: under a
+/// burst of submits to idle workers everywhere, its look after every such commit found
+/// nothing to claim, and was most of the statements an instance ran beside its own jobs'.
+fn look_after(seen: Option<Announced>, now: Option<Announced>, expiry_known: bool) -> bool {
+    match (seen, now) {
+        (Some(seen), Some(now)) => now.looks != seen.looks || !expiry_known,
+        _ => true,
+    }
 }
 
 /// [`watch_changes`] without a watch: `PRAGMA data_version` read every `JOB_POLL_MS` on a
@@ -667,7 +714,7 @@ async fn listen(state: AppState, shutdown: Shutdown) {
 
 #[cfg(test)]
 mod tests {
-    use super::{FileEvent, Next, file_event, next_step};
+    use super::{Announced, FileEvent, Next, file_event, look_after, next_step};
 
     /// The events inotify gives for a watched file, through the watcher `watch_file` uses:
     /// an attribute change, an open or a close is not a write; a write is; a removal is the
@@ -698,6 +745,16 @@ mod tests {
             seen.push(rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the removal is seen"));
         }
         assert_eq!(seen, [FileEvent::Written, FileEvent::Lost]);
+    }
+
+    #[test]
+    fn quiet_commits_leave_asleep_only_a_dispatcher_that_knows_the_next_expiry() {
+        let counts = |looks, commits| Some(Announced { looks, commits });
+        assert!(!look_after(counts(3, 10), counts(3, 12), true), "quiet commits, the next expiry known");
+        assert!(look_after(counts(3, 10), counts(3, 12), false), "quiet, but no expiry known: a start tells one");
+        assert!(look_after(counts(3, 10), counts(4, 12), true), "one of them asked for a look");
+        assert!(look_after(None, counts(3, 10), true), "nothing read before");
+        assert!(look_after(counts(3, 10), None, true), "unreadable now");
     }
 
     #[test]

@@ -39,6 +39,11 @@ impl Status {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown job status {s:?}").into()))
     }
+
+    /// The status the first row a write returned (`RETURNING status`) gives, if any.
+    pub(super) fn returned(written: &kit::db::Written) -> Option<Self> {
+        Self::parse(&written.rows.first()?.try_get::<String, _>("status").ok()?).ok()
+    }
 }
 
 /// A job as stored.

@@ -125,7 +125,8 @@ pub struct Claimed {
 /// What an idle worker needs to know, from one cheap read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peek {
-    pub queued: bool,
+    /// Queued jobs, counted up to the number the peek was asked about.
+    pub queued: usize,
     /// The earliest lease expiry of a running job (Unix ms).
     pub next_expiry: Option<i64>,
 }
@@ -133,7 +134,15 @@ pub struct Peek {
 impl Peek {
     /// Whether a claim at `now` would find something.
     pub fn claimable(&self, now: i64) -> bool {
-        self.queued || self.next_expiry.is_some_and(|at| at < now)
+        self.claims(now, 1) > 0
+    }
+
+    /// How many of `idle` workers a settle at `now` may find a job for: as many as are
+    /// queued, or all of them when a lease has expired (how many did is not counted). A
+    /// settle holds the workers it asks for until it commits, so asking for more than can be
+    /// found would leave the submits meanwhile no idle worker to start their jobs on.
+    pub fn claims(&self, now: i64, idle: usize) -> usize {
+        if self.next_expiry.is_some_and(|at| at < now) { idle } else { self.queued.min(idle) }
     }
 }
 
@@ -189,7 +198,7 @@ impl Queue {
         let db = &self.db;
         if idem.is_none() && db.dialect() == kit::db::Dialect::Sqlite {
             // One statement: a member of the group commit without a savepoint of its own.
-            let id = new_id();
+            let id = new_job_id();
             kit::db::write_one(db, insert(&id, job, unix_millis())).await?;
             let body = Accepted::new(&id);
             return Ok(Submitted::Queued { id, body, started: None });
@@ -214,8 +223,12 @@ impl Queue {
         if db.dialect() != kit::db::Dialect::Sqlite {
             return self.submit(job, None).await;
         }
-        let (id, token, began) = (new_id(), new_id(), std::time::Instant::now());
-        let written = kit::db::write_one(db, insert_started(&id, job, unix_millis(), start, &token)).await?;
+        let (id, token, began) = (new_job_id(), new_id(), std::time::Instant::now());
+        // Started, its commit is quiet: nobody else has anything to do about it (a job queued
+        // instead asks the others' idle workers to look).
+        let started = |written: &kit::db::Written| Status::returned(written) == Some(Status::Running);
+        let statement = insert_started(&id, job, unix_millis(), start, &token);
+        let written = kit::db::write_one_quiet_if(db, statement, started).await?;
         let row = written.rows.first().ok_or(sqlx::Error::RowNotFound)?;
         let inserted = Job::from_row(row)?;
         let started = match inserted.status {
@@ -274,21 +287,23 @@ impl Queue {
         .await
     }
 
-    /// Whether there may be work, without taking the write lock.
-    pub async fn peek(&self) -> Result<Peek, sqlx::Error> {
-        Self::peek_on(&mut *self.db.acquire().await?).await
+    /// Whether there may be work, without taking the write lock: the queued jobs counted up
+    /// to `up_to`.
+    pub async fn peek(&self, up_to: usize) -> Result<Peek, sqlx::Error> {
+        Self::peek_on(&mut *self.db.acquire().await?, up_to).await
     }
 
     /// [`Queue::peek`] on a connection of the caller's (the dispatcher keeps one: a pooled
     /// connection costs a round trip to its worker thread each time it goes back).
-    pub async fn peek_on(conn: &mut kit::db::Conn) -> Result<Peek, sqlx::Error> {
+    pub async fn peek_on(conn: &mut kit::db::Conn, up_to: usize) -> Result<Peek, sqlx::Error> {
         let (queued, next_expiry): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM jobs WHERE status = 'queued') THEN 1 ELSE 0 END,
+            "SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'queued' LIMIT $1) AS q),
                     (SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'running')",
         )
+        .bind(i64::try_from(up_to).unwrap_or(i64::MAX))
         .fetch_one(conn)
         .await?;
-        Ok(Peek { queued: queued == 1, next_expiry })
+        Ok(Peek { queued: usize::try_from(queued).unwrap_or(0), next_expiry })
     }
 
     /// Extends the lease to `lease` from now; false if the worker no longer holds it.
@@ -517,7 +532,7 @@ async fn submit_in(
     {
         return Ok(Submitted::Replayed(stored));
     }
-    let id = new_id();
+    let id = new_job_id();
     insert(&id, job, now).execute(&mut *conn).await?;
     let body = Accepted::new(&id);
     if let Some(idem) = idem {
@@ -585,10 +600,26 @@ fn by_status(rows: Vec<(String, i64)>) -> [i64; 5] {
     counts
 }
 
-/// A random id shaped like a UUID v4.
+/// A random id shaped like a UUID v4: a lease's token.
 pub fn new_id() -> String {
     let bits: u128 = rand::random();
-    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    uuid_text((bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62))
+}
+
+/// A job's id: a UUID v7 (RFC 9562), the Unix time in milliseconds in its first 48 bits and
+/// 74 random bits after. Ids made later sort later, so a submit's entry in the `id` index
+/// goes to its last page, as its row goes to the table's: a group commit of submits writes
+/// one or two index pages instead of one scattered page per job (random ids made every
+/// submit dirty a page of its own, written to the WAL and then again by the checkpoint).
+pub fn new_job_id() -> String {
+    let millis = u128::from(unix_millis().max(0) as u64 & 0xffff_ffff_ffff);
+    let random: u128 = rand::random();
+    let bits = millis << 80 | 0x7 << 76 | (random >> 52 & 0xfff) << 64 | 0x2 << 62 | random & ((1 << 62) - 1);
+    uuid_text(bits)
+}
+
+/// 128 bits in the UUID text layout: 8-4-4-4-12 lowercase hex digits.
+fn uuid_text(bits: u128) -> String {
     let hex = format!("{bits:032x}");
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
 }
@@ -602,5 +633,20 @@ mod tests {
         assert_eq!(&id[14..15], "4", "{id}");
         assert!("89ab".contains(&id[19..20]), "{id}");
         assert_ne!(id, super::new_id());
+    }
+
+    #[test]
+    fn job_ids_are_uuid_v7_in_time_order() {
+        let before = super::unix_millis();
+        let id = super::new_job_id();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(&id[14..15], "7", "{id}");
+        assert!("89ab".contains(&id[19..20]), "{id}");
+        let millis = i64::from_str_radix(&id[..8], 16).unwrap() << 16 | i64::from_str_radix(&id[9..13], 16).unwrap();
+        assert!(millis >= before && millis <= super::unix_millis(), "{id}: {millis} not now ({before})");
+        // Made in a later millisecond, an id sorts after (as text, which the index compares).
+        let later = std::iter::repeat_with(super::new_job_id).find(|next| next[..13] != id[..13]).unwrap();
+        assert!(later > id, "{later} <= {id}");
+        assert_ne!(id, super::new_job_id());
     }
 }

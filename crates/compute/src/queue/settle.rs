@@ -121,7 +121,10 @@ impl Queue {
     /// alone. The job's new status, or `None` if the worker no longer holds the lease.
     pub async fn record(&self, claimed: &Claimed, outcome: &Outcome) -> Result<Option<Status>, sqlx::Error> {
         if self.db.dialect() == Dialect::Sqlite {
-            let written = kit::db::write_one(&self.db, record_statement(claimed, outcome, unix_millis())).await?;
+            // Quiet unless the job went back to the queue, for the others' idle workers to take.
+            let not_requeued = |written: &kit::db::Written| Status::returned(written) != Some(Status::Queued);
+            let statement = record_statement(claimed, outcome, unix_millis());
+            let written = kit::db::write_one_quiet_if(&self.db, statement, not_requeued).await?;
             return recorded(written.rows.first());
         }
         let settled = self.settle(&[(claimed, outcome)], &[], Duration::ZERO).await?;

@@ -68,13 +68,33 @@ async fn an_expired_lease_puts_the_job_back_until_it_runs_out_of_attempts() {
     assert!(!queue.complete(&second, &raw("\"late\"")).await.unwrap(), "the outcome is written once");
 }
 
+/// A peek counts the queued jobs up to what it is asked about (the idle workers a settle
+/// may claim for), and a settle is worth as many claims as that count, or all idle workers
+/// once a lease has expired.
+#[tokio::test]
+async fn a_peek_counts_the_queued_jobs_a_settle_may_claim() {
+    let (_dir, queue) = queue().await;
+    for _ in 0..3 {
+        submit(&queue, 3).await;
+    }
+    let (two, all) = (queue.peek(2).await.unwrap(), queue.peek(16).await.unwrap());
+    assert_eq!((two.queued, all.queued), (2, 3));
+    let now = kit::time::unix_millis();
+    assert_eq!(all.claims(now, 16), 3, "as many as are queued");
+    assert_eq!(all.claims(now, 2), 2, "no more than are idle");
+    let claimed = queue.claim("w", Duration::from_secs(60)).await.unwrap().unwrap();
+    let peek = queue.peek(16).await.unwrap();
+    assert_eq!((peek.queued, peek.next_expiry), (2, Some(claimed.expires_at)));
+    assert_eq!(peek.claims(claimed.expires_at + 1, 16), 16, "an expired lease: every idle worker may find one");
+}
+
 #[tokio::test]
 async fn the_holder_completes_exactly_once() {
     let (_dir, queue) = queue().await;
     let id = submit(&queue, 3).await;
     let claimed = queue.claim("w", Duration::from_secs(60)).await.unwrap().unwrap();
     assert!(queue.claim("w2", Duration::from_secs(60)).await.unwrap().is_none(), "a running job is not claimed twice");
-    assert!(!queue.peek().await.unwrap().queued);
+    assert_eq!(queue.peek(4).await.unwrap().queued, 0);
     assert!(queue.renew(&claimed, Duration::from_secs(60)).await.unwrap());
     assert!(queue.complete(&claimed, &raw("42")).await.unwrap());
     assert!(!queue.complete(&claimed, &raw("43")).await.unwrap(), "a second completion is refused");
