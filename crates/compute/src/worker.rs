@@ -34,8 +34,9 @@
 //!   at all; the commits of a busy queue are coalesced into one look every `COALESCE`
 //!   (2 ms). A commit whose writes only started jobs by their submits or recorded outcomes
 //!   is counted as quiet ([`kit::db::Announced`]), and wakes only a dispatcher that does not
-//!   know the next lease expiry yet ([`look_after`]). (It watched the WAL file before, which sees a write per page, about 17 per job,
-//!   and had to read `PRAGMA data_version` until the commit showed.) Where the file cannot
+//!   know the next lease expiry yet ([`look_after`]). (It watched the WAL file before, which
+//!   sees a write per page, about 17 per job, and had to read `PRAGMA data_version` until the
+//!   commit showed.) Where the file cannot
 //!   be watched (no inotify instance left: `fs.inotify.max_user_instances`) it reads `PRAGMA
 //!   data_version` on a connection of its own every `JOB_POLL_MS` (20 ms) instead. That
 //!   value changes when another connection, in any process, has committed; reading it
@@ -567,9 +568,9 @@ pub async fn watch_changes(state: AppState, shutdown: Shutdown) {
 /// for a look (a job queued, a lease given back, any transaction), or when the dispatcher
 /// knows no lease expiry (even a job started elsewhere by its submit tells it one, which it
 /// must watch in case that instance dies). Commits that were all quiet (jobs started by their
-/// submits, outcomes recorded) leave a dispatcher that knows the next expiry asleep: under a
-/// burst of submits to idle workers everywhere, its look after every such commit found
-/// nothing to claim, and was most of the statements an instance ran beside its own jobs'.
+/// submits, outcomes recorded) leave a dispatcher that knows the next expiry asleep: a look
+/// after them would find nothing to claim, and under a burst of submits to idle workers
+/// everywhere there is one such commit every few jobs.
 fn look_after(seen: Option<Announced>, now: Option<Announced>, expiry_known: bool) -> bool {
     match (seen, now) {
         (Some(seen), Some(now)) => now.looks != seen.looks || !expiry_known,
