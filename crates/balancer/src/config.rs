@@ -91,7 +91,12 @@ impl Config {
             .map_err(|why| ConfigError::new("ROUTES", &vars.string("ROUTES", ""), why))?;
         let mut static_ports = BTreeMap::new();
         for service in routes.services() {
-            let default = DEFAULT_PORTS.iter().find(|(s, _)| *s == service).map_or("", |(_, p)| *p);
+            // Under orch the original system's ports are another cluster's (a `make run`
+            // beside a test's cluster on automatic ports, say): a fallback to them sent this
+            // cluster's requests, bearer tokens and all, to strangers while its registry
+            // restarted. There, only ports set on purpose are a fallback.
+            let original = DEFAULT_PORTS.iter().find(|(s, _)| *s == service).map_or("", |(_, p)| *p);
+            let default = if kit.managed { "" } else { original };
             static_ports.insert(service.to_owned(), vars.ports(&ports_var(service), default)?);
         }
         Ok(Self {
@@ -263,6 +268,16 @@ mod tests {
         check("/api=a b", "service names");
         check("/a=x,/a/=y", "repeated");
         check(" , ", "at least one");
+    }
+
+    /// An instance orch runs has no static fallback but the one its manifest sets: the
+    /// original system's ports would be another cluster's.
+    #[test]
+    fn under_orch_only_ports_set_on_purpose_are_a_fallback() {
+        let config = Config::from_vars(&Vars::from_pairs([("ORCH_MANAGED", "1"), ("DATA_PORTS", "4100")])).unwrap();
+        assert_eq!(config.static_ports["auth"], Vec::<u16>::new());
+        assert_eq!(config.static_ports["data"], vec![4100]);
+        assert_eq!(config.static_ports["compute"], Vec::<u16>::new());
     }
 
     #[test]
