@@ -91,10 +91,11 @@ impl Config {
             .map_err(|why| ConfigError::new("ROUTES", &vars.string("ROUTES", ""), why))?;
         let mut static_ports = BTreeMap::new();
         for service in routes.services() {
-            // Under orch the original system's ports are another cluster's (a `make run`
+            // Under orch the original system's ports may be another cluster's (a `make run`
             // beside a test's cluster on automatic ports, say): a fallback to them sent this
             // cluster's requests, bearer tokens and all, to strangers while its registry
-            // restarted. There, only ports set on purpose are a fallback.
+            // restarted. There, only the ports orch sets (its own instances of the service)
+            // or the manifest's `env` are a fallback.
             let original = DEFAULT_PORTS.iter().find(|(s, _)| *s == service).map_or("", |(_, p)| *p);
             let default = if kit.managed { "" } else { original };
             static_ports.insert(service.to_owned(), vars.ports(&ports_var(service), default)?);

@@ -90,9 +90,26 @@ pub fn launch_spec(
     if let Some(p) = component_port(m, slots, Component::Balancer) {
         set("LOAD_BALANCER_URL", format!("http://localhost:{p}"));
     }
-    if service.component() == Some(Component::Balancer) && !service.routes.is_empty() {
+    if service.component() == Some(Component::Balancer) {
         let routes: Vec<String> = service.routes.iter().map(|(prefix, to)| format!("{prefix}={to}")).collect();
-        set("ROUTES", routes.join(","));
+        if !routes.is_empty() {
+            set("ROUTES", routes.join(","));
+        }
+        // The static fallback (while the registry is unreachable, or with discovery off):
+        // this cluster's instances of each routed service, never the original system's
+        // ports, which may be another cluster's (the balancer has no default under orch).
+        let routes = balancer::Routes::parse(&if routes.is_empty() {
+            balancer::config::DEFAULT_ROUTES.to_owned()
+        } else {
+            routes.join(",")
+        });
+        for routed in routes.iter().flat_map(balancer::Routes::services) {
+            let ports: Vec<String> =
+                slots.iter().filter(|(id, _)| id.service == routed).map(|(_, slot)| slot.port.to_string()).collect();
+            if !ports.is_empty() {
+                set(&balancer::config::ports_var(routed), ports.join(","));
+            }
+        }
     }
     for (k, v) in m.env.iter().chain(&service.env) {
         env.insert(k.clone(), v.clone());
@@ -198,6 +215,27 @@ mod tests {
             (cluster, ("web", 1), secrets, ("/bin/sh", &["-c", "x 7003 web-1 web 1 /d"], &[None, None, None, None, Some("/bin")])),
             (cluster, ("own", 1), secrets, ("/bin/sh", &[], &[Some("registry-token"), None, None, None, Some("/bin")])),
             (cluster, ("web", 1), more, ("/bin/sh", &["-c", "x 7003 web-1 web 1 /d"], &[Some("cluster"), Some("web"), Some("sqlite:///d/web.sqlite"), Some("cid"), Some("http://127.0.0.1:9"), Some("/d"), Some("1")])),
+        ];
+        for (services, instance, vars, expected) in cases {
+            check(services, *instance, vars, *expected);
+        }
+    }
+
+    /// A balancer's static fallback is its own cluster's instances of each routed service
+    /// (the ROUTES given, else auth, data and compute): never left to the original system's
+    /// ports, which may be another cluster's. The manifest's `env` still decides.
+    #[test]
+    fn a_balancer_falls_back_to_its_own_clusters_instances() {
+        let routed = "    - { name: reg, component: registry }\n    - { name: lb, component: balancer, routes: { /w: web } }\n    - { name: web, command: [/bin/sh], replicas: 2 }\n    - { name: data, component: data }\n";
+        let default = "    - { name: lb, component: balancer }\n    - { name: data, component: data, replicas: 3 }\n";
+        let chosen = "    - { name: lb, component: balancer, env: { DATA_PORTS: '4100' } }\n    - { name: data, component: data }\n";
+        let vars = &["WEB_PORTS", "DATA_PORTS", "AUTH_PORTS"];
+        let orch = "/usr/bin/orch";
+        #[rustfmt::skip]
+        let cases: &[Case<'_>] = &[
+            (routed, ("lb", 1), vars, (orch, &["run", "balancer"], &[Some("7003,7004"), None, None])),
+            (default, ("lb", 1), vars, (orch, &["run", "balancer"], &[None, Some("7002,7003,7004"), None])),
+            (chosen, ("lb", 1), vars, (orch, &["run", "balancer"], &[None, Some("4100"), None])),
         ];
         for (services, instance, vars, expected) in cases {
             check(services, *instance, vars, *expected);
