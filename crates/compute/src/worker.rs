@@ -516,6 +516,37 @@ async fn keep_lease(state: &AppState, claimed: &Claimed) {
 mod tests {
     use super::{Next, next_step};
 
+    /// A worker's slot is idle again as soon as it reports, before the dispatcher (perhaps
+    /// waiting for a commit) takes the report, which is there for it to take: a burst of
+    /// submits meanwhile finds the slot free and starts its job instead of queueing it.
+    #[test]
+    fn a_slot_is_idle_again_once_its_worker_reports() {
+        use crate::queue::{Claimed, Job, Status};
+        let slots = super::Slots::new("compute-1", 2);
+        let mut reported = slots.reported.lock().unwrap().take().unwrap();
+        let slot = slots.take_for_submit().unwrap();
+        assert_eq!(slots.idle_count(), 1);
+        let job = Job {
+            id: "j".into(),
+            operation: "add".into(),
+            operands: serde_json::value::RawValue::from_string("[1,2]".into()).unwrap(),
+            priority: 0,
+            status: Status::Running,
+            result: None,
+            error: None,
+            attempts: 1,
+            max_attempts: 3,
+            worker: Some("compute-1/w1".into()),
+            created_at: 0,
+            started_at: Some(0),
+            finished_at: None,
+        };
+        slots.report(slot, Claimed { job, token: "t".into(), expires_at: 1 }, None);
+        assert_eq!(slots.idle_count(), 2, "idle before the dispatcher has looked");
+        let (claimed, outcome) = reported.try_recv().expect("the report, for the dispatcher");
+        assert_eq!((claimed.job.id.as_str(), outcome.is_none()), ("j", true));
+    }
+
     #[test]
     fn outcomes_with_nothing_to_claim_are_recorded_on_their_own() {
         assert_eq!(next_step(true, 0, false, None, 10), Next::Record, "no idle slot");
