@@ -132,11 +132,6 @@ pub struct Peek {
 }
 
 impl Peek {
-    /// Whether a claim at `now` would find something.
-    pub fn claimable(&self, now: i64) -> bool {
-        self.claims(now, 1) > 0
-    }
-
     /// How many of `idle` workers a settle at `now` may find a job for: as many as are
     /// queued, or all of them when a lease has expired (how many did is not counted). A
     /// settle holds the workers it asks for until it commits, so asking for more than can be

@@ -98,12 +98,13 @@ pub fn launch_spec(
         // The static fallback (while the registry is unreachable, or with discovery off):
         // this cluster's instances of each routed service, never the original system's
         // ports, which may be another cluster's (the balancer has no default under orch).
-        let routes = balancer::Routes::parse(&if routes.is_empty() {
-            balancer::config::DEFAULT_ROUTES.to_owned()
+        let defaults = balancer::Routes::parse(balancer::config::DEFAULT_ROUTES).ok();
+        let routed: Vec<&str> = if service.routes.is_empty() {
+            defaults.iter().flat_map(balancer::Routes::services).collect()
         } else {
-            routes.join(",")
-        });
-        for routed in routes.iter().flat_map(balancer::Routes::services) {
+            service.routes.values().map(String::as_str).collect()
+        };
+        for routed in routed {
             let ports: Vec<String> =
                 slots.iter().filter(|(id, _)| id.service == routed).map(|(_, slot)| slot.port.to_string()).collect();
             if !ports.is_empty() {
