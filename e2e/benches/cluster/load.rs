@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::Bench;
-use super::support::{TIGHT, rand_suffix, ready_instance, sigkill, submit_job, until, upstream_of, wrk_row};
+use super::support::{TIGHT, p99_row, rand_suffix, ready_instance, sigkill, submit_job, until, upstream_of, wrk_row};
 
 const JOBS: usize = 1000;
 /// Client tasks submitting jobs, and rounds of [`JOBS`] each.
@@ -60,18 +60,21 @@ impl Bench {
             Script::new("GET", &format!("/api/data/{run}-r-{{n}}")).header("authorization", &bearer).cycle(100),
             16,
         );
-        self.rows.push(row(
-            "dataReads",
-            "data reads through the balancer",
-            &reads,
-            "reads/s",
-            "reads",
-            format!("wrk -t1 -c16 for {} s: GET /api/data/:key over 100 keys, JWT checked on each", self.secs),
-        ));
+        self.rows.push(
+            row(
+                "dataReads",
+                "data reads through the balancer",
+                &reads,
+                "reads/s",
+                "reads",
+                format!("wrk -t1 -c16 for {} s: GET /api/data/:key over 100 keys, JWT checked on each", self.secs),
+            )
+            .target(Target::at_least(20_000.0, ">= 20k/s")),
+        );
 
         self.progress.note("data writes");
         let writes = self.data_writes(&api, "w");
-        self.rows.push(self.writes_row("FULL", &writes));
+        self.push_writes_full(&writes);
 
         self.progress.note("logins");
         // The CPU each login costs auth and the balancer: what says whether a hash runs at
@@ -110,8 +113,16 @@ impl Bench {
                 ),
             )
             .detail("authCpuMsPerLogin", auth_cpu)
-            .detail("balancerCpuMsPerLogin", balancer_cpu),
+            .detail("balancerCpuMsPerLogin", balancer_cpu)
+            .target(Target::at_least(120.0, ">= 120/s")),
         );
+        self.rows.push(p99_row(
+            "loginsP99",
+            "logins through the balancer: p99",
+            &logins,
+            Target::below(100.0, "< 100 ms"),
+            "the logins row's wrk run",
+        ));
 
         self.progress.note("direct compute");
         let compute = wrk(
@@ -158,6 +169,20 @@ impl Bench {
             .write(dir.path(), tag);
         let wrk = Wrk::new(&api.base).connections(16).duration(Duration::from_secs(self.secs)).script(&script);
         tokio::task::block_in_place(|| wrk.run())
+    }
+
+    /// The rows of the durable data writes (`SQLITE_SYNCHRONOUS=FULL`, the default): the rate
+    /// and the p99, each with DESIGN's target.
+    fn push_writes_full(&mut self, writes: &Run) {
+        let rate = self.writes_row("FULL", writes).target(Target::at_least(5000.0, ">= 5k/s"));
+        self.rows.push(rate);
+        self.rows.push(p99_row(
+            "dataWritesP99",
+            "data writes through the balancer (durable): p99",
+            writes,
+            Target::below(15.0, "< 15 ms"),
+            "the durable data writes row's wrk run",
+        ));
     }
 
     /// The data-writes row for `SQLITE_SYNCHRONOUS=<mode>`.
@@ -239,7 +264,8 @@ impl Bench {
             .detail("allDoneMsRuns", runs(&rounds.iter().map(|r| r.all_ms).collect::<Vec<_>>()))
             .detail("clients8PerSecond", round2(eight.per_second))
             .detail("clients8SubmitMs", round2(eight.submit_ms))
-            .detail("failed", failed + eight.failed),
+            .detail("failed", failed + eight.failed)
+            .target(Target::at_least(2000.0, ">= 2k/s")),
         );
     }
 
@@ -318,7 +344,7 @@ impl Bench {
         if !self.rows.iter().any(|r| r.id == "dataWrites") {
             self.progress.note("data writes, FULL");
             let writes = self.data_writes(api, "w");
-            self.rows.push(self.writes_row("FULL", &writes));
+            self.push_writes_full(&writes);
         }
         let progress = &self.progress;
         let roll = |yaml: String, what: &'static str| async move {
@@ -352,7 +378,15 @@ impl Bench {
             self.pickup(&api).await;
         }
         self.run = run;
+        // DESIGN's targets are the default store's; on PostgreSQL the figures stand beside
+        // them, and the rate rows show their p99 already.
+        let mut seen = 0;
+        self.rows.retain(|row| {
+            seen += 1;
+            seen <= first || !row.id.ends_with("P99")
+        });
         for row in &mut self.rows[first..] {
+            row.target = None;
             // Leaked: a handful of ids, once per run.
             row.id = Box::leak(format!("{}Pg", row.id).into_boxed_str());
             let metric = row.metric.split(" (").next().unwrap_or_default().to_owned();

@@ -120,7 +120,6 @@ impl Bench {
         self.rows.push(details(
             Row::new(rss_id, format!("memory {when}: sum of VmRSS, 12 instances + orch"), mb(total.rss_kib), "MB")
                 .shown(format!("{:.1} MB", mb(total.rss_kib)))
-                .target(Target::below(100.0, "< 100 MB"))
                 .how(format!(
                     "VmRSS from /proc/PID/status of the 12 instances ({:.1} MB) plus orch ({:.1} MB): the pages of \
                      the one orch binary all 13 run are counted once per process, so this overstates the total; \
@@ -133,7 +132,7 @@ impl Bench {
         self.rows.push(details(
             Row::new(pss_id, format!("memory {when}: sum of PSS, 12 instances + orch"), mb(total.pss_kib), "MB")
                 .shown(format!("{:.1} MB", mb(total.pss_kib)))
-                .target(Target::below(100.0, "< 100 MB"))
+                .target(Target::below(50.0, "< 50 MB"))
                 .how(format!(
                     "Pss from /proc/PID/smaps_rollup (shared pages divided among the processes sharing them: the \
                      honest total): 12 instances {:.1} MB plus orch {:.1} MB",

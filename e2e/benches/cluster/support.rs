@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bench::report::Row;
+use bench::report::{Row, Target};
 use bench::stats::{show_count, show_ms};
 use e2e::cluster::Cluster;
 use e2e::eventually_every;
@@ -40,6 +40,15 @@ pub(super) fn wrk_row(id: &'static str, metric: &str, r: &Run, unit: &'static st
         .detail("p99Ms", r.p99_ms)
         .detail("requests", r.requests)
         .detail("errors", r.errors())
+}
+
+/// The p99 of a wrk run as a row of its own, held against `target` (DESIGN's targets pair a
+/// rate with a tail: each is a verdict).
+pub(super) fn p99_row(id: &'static str, metric: &str, r: &Run, target: Option<Target>, how: &str) -> Row {
+    Row::new(id, metric, r.p99_ms, "ms")
+        .shown(format!("{} (p50 {})", show_ms(r.p99_ms), show_ms(r.p50_ms)))
+        .target(target)
+        .how(how)
 }
 
 /// The pause between two checks in the waits whose end is timed.
