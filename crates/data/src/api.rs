@@ -113,8 +113,13 @@ async fn read_item(state: AppState, _: Caller, key: String) -> Result<Response, 
     crate::metrics::get().read("item");
     let db = &state.pool;
     let key = &key;
-    let found = kit::db::retry(db, move || async move { store::get(&mut *db.read().await?, key).await });
-    match found.await.map_err(kit::db::api_error)? {
+    let found = match store::get_now(db, key) {
+        Some(found) => found,
+        None => kit::db::retry(db, move || async move { store::get(&mut *db.read().await?, key).await })
+            .await
+            .map_err(kit::db::api_error)?,
+    };
+    match found {
         Some(item) => {
             let capacity = item.value.get().len() + item.metadata.get().len() + 256;
             Ok(with_etag(json_response(StatusCode::OK, to_json(&item, capacity)?), Some(item.version)))

@@ -43,14 +43,24 @@ fn iso<S: Serializer>(millis: &i64, s: S) -> Result<S::Ok, S::Error> {
 
 type Row = (String, String, String, i64, i64, i64);
 
-const COLUMNS: &str = "key, value, metadata, version, created_at, updated_at";
+/// The columns of a [`Row`], as a literal (for `concat!`).
+macro_rules! columns {
+    () => {
+        "key, value, metadata, version, created_at, updated_at"
+    };
+}
 
-fn item_of((key, value, metadata, version, created_at, updated_at): Row) -> Result<Item, sqlx::Error> {
-    let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+const COLUMNS: &str = columns!();
+
+fn item_of(row: Row) -> Result<Item, sqlx::Error> {
+    item_of_json(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn item_of_json((key, value, metadata, version, created_at, updated_at): Row) -> Result<Item, serde_json::Error> {
     Ok(Item {
         key,
-        value: RawValue::from_string(value).map_err(decode)?,
-        metadata: RawValue::from_string(metadata).map_err(decode)?,
+        value: RawValue::from_string(value)?,
+        metadata: RawValue::from_string(metadata)?,
         version,
         created_at,
         updated_at,
@@ -64,9 +74,22 @@ fn to_json<T: Serialize>(value: &T) -> Result<String, sqlx::Error> {
 }
 
 pub async fn get(conn: &mut Conn, key: &str) -> Result<Option<Item>, sqlx::Error> {
-    let row: Option<Row> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM items WHERE key = $1")).bind(key).fetch_optional(conn).await?;
+    let row: Option<Row> = sqlx::query_as(GET).bind(key).fetch_optional(conn).await?;
     row.map(item_of).transpose()
+}
+
+const GET: &str = concat!("SELECT ", columns!(), " FROM items WHERE key = $1");
+
+/// The item `key`, read on the caller's thread where the database allows it
+/// ([`Db::read_now`]); `None`: read it with [`get`].
+pub fn get_now(db: &Db, key: &str) -> Option<Option<Item>> {
+    db.read_now(|conn| {
+        let mut statement = conn.prepare_cached(GET)?;
+        let mut rows = statement.query([key])?;
+        let Some(row) = rows.next()? else { return Ok(None) };
+        let columns: Row = (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
+        item_of_json(columns).map(Some).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+    })
 }
 
 async fn version(conn: &mut Conn, key: &str) -> Result<Option<i64>, sqlx::Error> {

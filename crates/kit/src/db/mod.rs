@@ -225,7 +225,7 @@ pub struct Db {
     schema: Arc<str>,
     /// The file's write lock (SQLite on a file; not in memory, not PostgreSQL).
     write_lock: Option<Arc<lock::WriteLock>>,
-    /// The connections kept for [`Db::read`] (SQLite on a file).
+    /// The connections kept for [`Db::read`] and [`Db::read_now`] (SQLite on a file).
     readers: Option<Arc<Readers>>,
 }
 
@@ -350,8 +350,9 @@ pub async fn connect_as(url: &str, schema: &str, synchronous: Synchronous) -> Re
         Dialect::Sqlite => sqlite_pool(url, synchronous).await?,
         Dialect::Postgres => (pg::pool(url, schema)?, None),
     };
-    let write_lock = file.map(|f| lock::WriteLock::open(&f).map(Arc::new)).transpose().map_err(sqlx::Error::Io)?;
-    let readers = write_lock.as_ref().map(|_| Arc::default());
+    let write_lock =
+        file.as_ref().map(|f| lock::WriteLock::open(f).map(Arc::new)).transpose().map_err(sqlx::Error::Io)?;
+    let readers = file.map(|f| Arc::new(Readers::new(f)));
     Ok(Db {
         pool,
         dialect,

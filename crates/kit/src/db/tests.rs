@@ -787,3 +787,40 @@ async fn reads_run_on_kept_connections_given_back_without_the_pool() {
     db.close().await;
     assert!(readers.idle.lock().unwrap().is_empty(), "closed with the pool");
 }
+
+/// `read_now` reads on the caller's thread what any handle of the file committed, keeps its
+/// connection for the next read, never writes, drops a connection whose read failed, and
+/// declines where there is no file (the caller then reads through `read`).
+#[tokio::test]
+async fn reads_now_see_what_every_handle_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("now.sqlite").display());
+    let (db, other) = (connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    migrate(&db, MIGRATIONS).await.unwrap();
+    migrate(&other, MIGRATIONS).await.unwrap();
+    let count = |db: &Db| db.read_now(|c| c.query_row("SELECT COUNT(*) FROM things", [], |r| r.get::<_, i64>(0)));
+    let kept = |db: &Db| db.readers.as_ref().unwrap().direct.lock().unwrap().len();
+    assert_eq!(count(&db), Some(0));
+    for n in 1..=3 {
+        sqlx::query("INSERT INTO things (name) VALUES ($1)").bind(format!("t{n}")).execute(other.pool()).await.unwrap();
+        assert_eq!(count(&db), Some(n), "the other handle's commit {n} is seen at once");
+    }
+    assert_eq!(kept(&db), 1, "one connection served the reads in turn");
+
+    let write = db.read_now(|c| c.execute("INSERT INTO things (name) VALUES ('w')", []));
+    assert_eq!(write, None, "a read connection does not write");
+    assert_eq!(kept(&db), 0, "a connection whose read failed is not kept");
+    let failed = db.read_now(|c| c.query_row("SELECT nothing FROM things", [], |r| r.get::<_, i64>(0)));
+    assert_eq!(failed, None);
+    assert_eq!(count(&db), Some(3), "nothing written, and the next read opens a connection");
+
+    // A transaction of the other handle, uncommitted: its row is not seen, nor waited for.
+    let mut tx = other.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO things (name) VALUES ('open')").execute(&mut *tx).await.unwrap();
+    assert_eq!(count(&db), Some(3));
+    tx.rollback().await.unwrap();
+
+    assert!(connect("sqlite::memory:").await.unwrap().read_now(|_| Ok(())).is_none(), "in memory: no file to share");
+    db.close().await;
+    assert_eq!(kept(&db), 0, "closed with the pool");
+}
