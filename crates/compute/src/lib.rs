@@ -145,9 +145,21 @@ pub struct LocalStats {
     pub expiry_known: AtomicBool,
 }
 
-/// Everything the handlers and the background loops share.
+/// Everything the handlers and the background loops share: one allocation, so that the
+/// clones a request's extractors and layers take are one reference count each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     config: Arc<Config>,
     queue: Queue,
     executor: Executor,
@@ -172,7 +184,7 @@ impl AppState {
             let pool = check_pool.clone();
             async move { kit::db::ping(&pool).await }
         });
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             executor: Executor::new(config.threads),
             slots: Arc::new(worker::Slots::new(&config.kit.service_name, config.workers)),
             config: Arc::new(config),
@@ -181,7 +193,7 @@ impl AppState {
             health,
             wake: Arc::new(watch::channel(0).0),
             stats: Arc::default(),
-        })
+        })))
     }
 
     pub fn queue(&self) -> &Queue {

@@ -110,9 +110,21 @@ impl Config {
     }
 }
 
-/// Everything the handlers and background loops share.
+/// Everything the handlers and background loops share: one allocation, so that the clones a
+/// request's extractors and layers take are one reference count each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     config: Arc<Config>,
     pool: Db,
     /// The token keys, when callers must be authenticated (`AUTH_REQUIRED`).
@@ -130,7 +142,7 @@ impl AppState {
             let pool = ping.clone();
             async move { kit::db::ping(&pool).await }
         });
-        Ok(Self { config: Arc::new(config), pool, keys, health })
+        Ok(Self(Arc::new(Shared { config: Arc::new(config), pool, keys, health })))
     }
 
     pub fn db(&self) -> &Db {
