@@ -83,12 +83,12 @@ const GET: &str = concat!("SELECT ", columns!(), " FROM items WHERE key = $1");
 /// The item `key`, read on the caller's thread where the database allows it
 /// ([`Db::read_now`]); `None`: read it with [`get`].
 pub fn get_now(db: &Db, key: &str) -> Option<Option<Item>> {
-    db.read_now(|conn| {
+    db.read_now(|conn| -> Result<_, Box<dyn std::error::Error>> {
         let mut statement = conn.prepare_cached(GET)?;
         let mut rows = statement.query([key])?;
         let Some(row) = rows.next()? else { return Ok(None) };
         let columns: Row = (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
-        item_of_json(columns).map(Some).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        Ok(Some(item_of_json(columns)?))
     })
 }
 

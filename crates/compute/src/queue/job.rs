@@ -3,8 +3,8 @@
 use kit::time::iso_from_millis;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{Any, Row};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -46,6 +46,32 @@ impl Status {
     }
 }
 
+/// A row of `jobs` as either driver gives it: sqlx's (either dialect), or rusqlite's for a
+/// read on the caller's thread ([`kit::db::Db::read_now`]); [`Job::from_row`] reads both.
+pub(super) trait Columns {
+    fn column<T>(&self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any> + rusqlite::types::FromSql;
+}
+
+impl Columns for AnyRow {
+    fn column<T>(&self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any> + rusqlite::types::FromSql,
+    {
+        Row::try_get(self, column)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn column<T>(&self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any> + rusqlite::types::FromSql,
+    {
+        self.get(column).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    }
+}
+
 /// A job as stored.
 #[derive(Clone, Debug)]
 pub struct Job {
@@ -67,25 +93,25 @@ pub struct Job {
 }
 
 impl Job {
-    pub(super) fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+    pub(super) fn from_row(row: &impl Columns) -> Result<Self, sqlx::Error> {
         let json = |column: &str| -> Result<Option<Box<RawValue>>, sqlx::Error> {
-            let text: Option<String> = row.try_get(column)?;
+            let text: Option<String> = row.column(column)?;
             text.map(|t| RawValue::from_string(t).map_err(|e| sqlx::Error::Decode(e.into()))).transpose()
         };
         Ok(Self {
-            id: row.try_get("id")?,
-            operation: row.try_get("operation")?,
+            id: row.column("id")?,
+            operation: row.column("operation")?,
             operands: json("operands")?.ok_or_else(|| sqlx::Error::Decode("a job without operands".into()))?,
-            priority: row.try_get("priority")?,
-            status: Status::parse(row.try_get("status")?)?,
+            priority: row.column("priority")?,
+            status: Status::parse(&row.column::<String>("status")?)?,
             result: json("result")?,
-            error: row.try_get("error")?,
-            attempts: row.try_get("attempts")?,
-            max_attempts: row.try_get("max_attempts")?,
-            worker: row.try_get("worker")?,
-            created_at: row.try_get("created_at")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
+            error: row.column("error")?,
+            attempts: row.column("attempts")?,
+            max_attempts: row.column("max_attempts")?,
+            worker: row.column("worker")?,
+            created_at: row.column("created_at")?,
+            started_at: row.column("started_at")?,
+            finished_at: row.column("finished_at")?,
         })
     }
 

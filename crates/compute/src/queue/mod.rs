@@ -56,8 +56,18 @@ pub use settle::{Outcome, Settled};
 /// The idempotency scope of job submissions.
 pub const SUBMIT_SCOPE: &str = "POST /api/compute/job";
 
-const COLUMNS: &str = "id, operation, operands, priority, status, result, error, attempts, max_attempts, worker, \
-                       created_at, started_at, finished_at";
+/// The columns of a [`Job`], as a literal (for `concat!`).
+macro_rules! columns {
+    () => {
+        "id, operation, operands, priority, status, result, error, attempts, max_attempts, worker, created_at, \
+         started_at, finished_at"
+    };
+}
+
+const COLUMNS: &str = columns!();
+
+/// One job by its id.
+const GET: &str = concat!("SELECT ", columns!(), " FROM jobs WHERE id = $1");
 
 /// What a submit is made of (already validated).
 #[derive(Clone, Debug)]
@@ -238,13 +248,20 @@ impl Queue {
         Ok(Submitted::Queued { id, body, started })
     }
 
+    /// The job `id`: on a SQLite file read on the caller's thread where it can be
+    /// ([`Db::read_now`]: a status poll costs no hop to sqlx's thread), else through the pool.
     pub async fn get(&self, id: &str) -> Result<Option<Job>, sqlx::Error> {
         let db = &self.db;
+        let now = db.read_now(|conn| -> Result<_, Box<dyn std::error::Error>> {
+            let mut statement = conn.prepare_cached(GET)?;
+            let mut rows = statement.query([id])?;
+            Ok(rows.next()?.map(Job::from_row).transpose()?)
+        });
+        if let Some(job) = now {
+            return Ok(job);
+        }
         let row = kit::db::retry(db, move || async move {
-            sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&mut *db.read().await?)
-                .await
+            sqlx::query(GET).bind(id).fetch_optional(&mut *db.read().await?).await
         })
         .await?;
         row.as_ref().map(Job::from_row).transpose()

@@ -134,3 +134,25 @@ async fn a_settle_records_every_outcome_under_its_own_lease() {
         [Status::Completed, Status::Queued, Status::Failed]
     );
 }
+
+/// A job reads back (on a SQLite file on the caller's thread, `Db::read_now`) with every
+/// column as written: a queued one with its nulls, a completed one with its result's exact
+/// text, its worker, attempts and times; an unknown id as none.
+#[tokio::test]
+async fn a_job_reads_back_as_written() {
+    let (_dir, queue) = queue().await;
+    let id = submit(&queue, 7).await;
+    let queued = queue.get(&id).await.unwrap().unwrap();
+    assert_eq!((queued.status, queued.priority, queued.operands.get()), (Status::Queued, 7, "[1, 2]"));
+    assert!(queued.result.is_none() && queued.worker.is_none());
+    assert!(queued.started_at.is_none() && queued.finished_at.is_none());
+
+    let claimed = queue.claim("i/w1", LEASE).await.unwrap().expect("the job claimed");
+    assert!(queue.complete(&claimed, &raw(r#"{"sum": 3.0e0}"#)).await.unwrap());
+    let done = queue.get(&id).await.unwrap().unwrap();
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.result.as_deref().map(RawValue::get), Some(r#"{"sum": 3.0e0}"#));
+    assert_eq!((done.worker.as_deref(), done.attempts, done.max_attempts), (Some("i/w1"), 1, 3));
+    assert!(done.started_at.is_some() && done.finished_at >= done.started_at);
+    assert!(queue.get("no-such-job").await.unwrap().is_none());
+}

@@ -136,7 +136,7 @@ impl Db {
     /// [`Db::read`]: not a SQLite file, the database not ready, or the read failed in any way,
     /// SQLite's lock busy included (it never waits for it here; the connection is not kept
     /// after a failure).
-    pub fn read_now<T>(&self, read: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>) -> Option<T> {
+    pub fn read_now<T, E>(&self, read: impl FnOnce(&rusqlite::Connection) -> Result<T, E>) -> Option<T> {
         let readers = self.readers.as_ref()?;
         self.check_ready().ok()?;
         let idle = readers.direct.lock().unwrap_or_else(|e| e.into_inner()).pop();

@@ -820,7 +820,10 @@ async fn reads_now_see_what_every_handle_committed() {
     assert_eq!(count(&db), Some(3));
     tx.rollback().await.unwrap();
 
-    assert!(connect("sqlite::memory:").await.unwrap().read_now(|_| Ok(())).is_none(), "in memory: no file to share");
+    assert!(
+        connect("sqlite::memory:").await.unwrap().read_now(|_| Ok::<(), rusqlite::Error>(())).is_none(),
+        "in memory: no file to share"
+    );
     db.close().await;
     assert_eq!(kept(&db), 0, "closed with the pool");
 }
