@@ -410,6 +410,23 @@ mod tests {
         }
     }
 
+    /// A point read on the caller's thread ([`get_now`], not a fallback to the pool) gives
+    /// the item the pool's read gives, its texts exactly as written; a missing key is none.
+    #[tokio::test]
+    async fn an_item_read_now_is_the_item_the_pool_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = kit::db::connect(&format!("sqlite://{}", dir.path().join("d.sqlite").display())).await.unwrap();
+        kit::db::migrate(&db, &crate::MIGRATIONS).await.unwrap();
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).unwrap();
+        let (value, metadata) = (r#"{"n": 1.50, "s": "\u00e9", "big": 12345678901234567890123}"#, r#"{ "tag" : "x" }"#);
+        create_alone(&db, "ключ".into(), raw(value), raw(metadata)).await.unwrap();
+        let now = get_now(&db, "ключ").expect("read on the caller's thread").expect("found");
+        let pooled = get(&mut *db.read().await.unwrap(), "ключ").await.unwrap().unwrap();
+        assert_eq!(to_json(&now).unwrap(), to_json(&pooled).unwrap());
+        assert_eq!((now.value.get(), now.metadata.get(), now.version), (value, metadata, 1));
+        assert!(matches!(get_now(&db, "absent"), Some(None)));
+    }
+
     #[test]
     fn versions_of_answers() {
         assert_eq!(version_of(r#"{"key":"k","value":{"version":7},"version":3}"#), Some(3));

@@ -133,11 +133,11 @@ impl Db {
     /// `read` run now, on the caller's thread, on a connection of a SQLite file kept for such
     /// reads: for one short autocommitted statement (a point read: it holds the thread for its
     /// microseconds). `None` where it cannot be, and then the caller reads through
-    /// [`Db::read`]: not a SQLite file, the database not ready, or the read failed in any way,
+    /// [`Db::read`]: not a SQLite file, the database not ready or closed, or the read failed in any way,
     /// SQLite's lock busy included (it never waits for it here; the connection is not kept
     /// after a failure).
     pub fn read_now<T, E>(&self, read: impl FnOnce(&rusqlite::Connection) -> Result<T, E>) -> Option<T> {
-        let readers = self.readers.as_ref()?;
+        let readers = self.readers.as_ref().filter(|_| !self.pool.is_closed())?;
         self.check_ready().ok()?;
         let idle = readers.direct.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
@@ -146,7 +146,7 @@ impl Db {
         };
         let found = read(&conn).ok()?;
         let mut idle = readers.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < READERS {
+        if idle.len() < READERS && !self.pool.is_closed() {
             idle.push(conn);
         }
         Some(found)

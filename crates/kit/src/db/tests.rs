@@ -826,4 +826,6 @@ async fn reads_now_see_what_every_handle_committed() {
     );
     db.close().await;
     assert_eq!(kept(&db), 0, "closed with the pool");
+    assert_eq!(count(&db), None, "closed: left to the pool, which says so");
+    assert_eq!(kept(&db), 0);
 }
