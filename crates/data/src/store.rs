@@ -421,7 +421,7 @@ mod tests {
         let (value, metadata) = (r#"{"n": 1.50, "s": "\u00e9", "big": 12345678901234567890123}"#, r#"{ "tag" : "x" }"#);
         create_alone(&db, "ключ".into(), raw(value), raw(metadata)).await.unwrap();
         let now = get_now(&db, "ключ").expect("read on the caller's thread").expect("found");
-        let pooled = get(&mut *db.read().await.unwrap(), "ключ").await.unwrap().unwrap();
+        let pooled = get(&mut db.read().await.unwrap(), "ключ").await.unwrap().unwrap();
         assert_eq!(to_json(&now).unwrap(), to_json(&pooled).unwrap());
         assert_eq!((now.value.get(), now.metadata.get(), now.version), (value, metadata, 1));
         assert!(matches!(get_now(&db, "absent"), Some(None)));
