@@ -6,8 +6,12 @@
 //!
 //! [`require`] is the guard middleware: it answers 401 `{"error": ...}` unless the request
 //! carries a valid `Authorization: Bearer <token>`, and hands the [`Claims`] to handlers.
+//!
+//! A client sends the same token with each request, so [`Keys`] keeps the tokens it verified
+//! lately ([`Verified`]) and checks a kept one's expiry alone.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -50,6 +54,45 @@ pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Shared by the clones: one instance's every handler.
+    verified: Arc<Verified>,
+}
+
+/// How many tokens [`Verified`] keeps; when full, it starts again from none.
+const VERIFIED_MAX: usize = 256;
+
+/// Tokens that verified lately, by their exact text, and their claims.
+///
+/// Checking a token is an HMAC over it, two base64 decodings and two JSON documents: a
+/// twentieth of the CPU of a data read (`perf`, reads through the balancer). A kept token is
+/// the very text that verified, with this key, so everything about it holds but what time
+/// changes: its expiry, checked on every use as the library checks it. A token that fails is
+/// never kept (a forged one pays the whole check every time), and no token outlives the
+/// process (there is no revocation to miss: tokens are valid until they expire).
+#[derive(Default)]
+struct Verified(Mutex<HashMap<Box<str>, Claims>>);
+
+impl Verified {
+    /// The claims of `token` if it verified lately; `Expired` once its `exp` (plus `leeway`
+    /// seconds) has passed, and then it is forgotten.
+    fn get(&self, token: &str, leeway: u64) -> Option<Result<Claims, JwtError>> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let claims = kept.get(token)?;
+        let now = jsonwebtoken::get_current_timestamp().saturating_sub(leeway);
+        if u64::try_from(claims.exp).unwrap_or(0) < now {
+            kept.remove(token);
+            return Some(Err(JwtError::Expired));
+        }
+        Some(Ok(claims.clone()))
+    }
+
+    fn keep(&self, token: &str, claims: &Claims) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= VERIFIED_MAX {
+            kept.clear();
+        }
+        kept.insert(token.into(), claims.clone());
+    }
 }
 
 impl std::fmt::Debug for Keys {
@@ -64,7 +107,12 @@ impl Keys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            verified: Arc::default(),
+        }
     }
 
     /// `JWT_SECRET` if set, else the secret file in the data dir (created on first use).
@@ -86,7 +134,19 @@ impl Keys {
             .expect("HS256 signing of plain claims cannot fail")
     }
 
+    /// The claims of `token` if it is valid now: signed with this key, HS256, `exp` and
+    /// `sub` present, not expired.
     pub fn verify(&self, token: &str) -> Result<Claims, JwtError> {
+        if let Some(outcome) = self.verified.get(token, self.validation.leeway) {
+            return outcome;
+        }
+        let claims = self.check(token)?;
+        self.verified.keep(token, &claims);
+        Ok(claims)
+    }
+
+    /// [`Keys::verify`] without [`Verified`]: the whole check.
+    fn check(&self, token: &str) -> Result<Claims, JwtError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|data| data.claims).map_err(|e| {
             match e.kind() {
                 ErrorKind::ExpiredSignature => JwtError::Expired,
@@ -251,6 +311,49 @@ mod tests {
         let keys = Keys::from_secret(b"0123456789abcdef0123456789abcdef");
         let token = keys.sign(&claims(3600));
         assert_eq!(keys.verify(&token).unwrap(), claims(3600));
+    }
+
+    /// A token that verified is answered again from [`Verified`]: only the very same text,
+    /// only until it expires, never one that failed, and never more than [`VERIFIED_MAX`].
+    #[test]
+    fn verified_tokens_are_kept_until_they_expire() {
+        let keys = Keys::from_secret(b"0123456789abcdef0123456789abcdef");
+        let kept = |keys: &Keys| keys.verified.0.lock().unwrap().len();
+        let mine = claims(3600);
+        let token = keys.sign(&mine);
+        assert_eq!(keys.verify(&token).unwrap(), mine);
+        assert_eq!(kept(&keys), 1);
+        assert_eq!(keys.clone().verify(&token).unwrap(), mine, "kept, and shared by the clones");
+        assert_eq!(kept(&keys), 1);
+
+        // The same claims under another signature, or another payload under this signature.
+        let (rest, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+        let forged = format!("{rest}.{flipped}{}", &signature[1..]);
+        assert_eq!(keys.verify(&forged).unwrap_err().to_string(), "token is not valid: bad signature");
+        let theirs = Claims { sub: "2".into(), ..mine.clone() };
+        let their_token = Keys::from_secret(b"any other secret").sign(&theirs);
+        let their_payload = their_token.split('.').nth(1).unwrap();
+        let (header, _) = token.split_once('.').unwrap();
+        let swapped = format!("{header}.{their_payload}.{signature}");
+        assert_eq!(keys.verify(&swapped).unwrap_err().to_string(), "token is not valid: bad signature");
+        assert_eq!(kept(&keys), 1, "what failed is not kept");
+
+        // A kept token whose time has passed (beyond the leeway) is expired, and forgotten.
+        let old = keys.sign(&claims(-3600));
+        keys.verified.keep(&old, &claims(-3600));
+        assert_eq!(keys.verify(&old).unwrap_err().to_string(), "token has expired");
+        assert_eq!(kept(&keys), 1);
+        let within_leeway = Claims { exp: mine.iat - 2, ..mine.clone() };
+        let late = keys.sign(&within_leeway);
+        assert_eq!(keys.verify(&late).unwrap(), within_leeway, "the library's leeway");
+        assert_eq!(keys.verify(&late).unwrap(), within_leeway, "and the same when kept");
+
+        for n in 0..VERIFIED_MAX + 10 {
+            let token = keys.sign(&Claims { sub: n.to_string(), ..mine.clone() });
+            assert_eq!(keys.verify(&token).unwrap().sub, n.to_string());
+            assert!(kept(&keys) <= VERIFIED_MAX);
+        }
     }
 
     #[test]
