@@ -92,8 +92,8 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            // Oversized bodies are answered by `limit_body` before they get here; this is
-            // the fallback for routers mounted without it.
+            // Oversized bodies are answered by `finish`'s middleware before they get here; this
+            // is the fallback for routers mounted without it.
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body is too large")
             } else {
@@ -123,34 +123,34 @@ impl<T: Serialize> IntoResponse for Json<T> {
 const DRAIN_CAP: usize = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// Middleware: buffers the request body up to `limit` bytes; beyond it, answers 413 (after
+/// `req` with its body read, up to `limit` bytes; beyond it, the 413 to answer (after
 /// draining the rest of the body, so the client reads the answer).
-pub async fn limit_body(State(limit): State<usize>, req: Request, next: Next) -> Response {
+async fn buffer_body(req: Request, limit: usize) -> Result<Request, ApiError> {
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let (parts, body) = req.into_parts();
     if declared.is_some_and(|n| n > limit as u64) {
         drain(body).await;
-        return ApiError::payload_too_large(limit).into_response();
+        return Err(ApiError::payload_too_large(limit));
     }
     let mut body = body;
     let mut buffered = Vec::new();
     loop {
         match body.frame().await {
             None => break,
-            Some(Err(e)) => return body_error(&e).into_response(),
+            Some(Err(e)) => return Err(body_error(&e)),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     if buffered.len() + data.len() > limit {
                         drain(body).await;
-                        return ApiError::payload_too_large(limit).into_response();
+                        return Err(ApiError::payload_too_large(limit));
                     }
                     buffered.extend_from_slice(&data);
                 }
             }
         }
     }
-    next.run(Request::from_parts(parts, Body::from(buffered))).await
+    Ok(Request::from_parts(parts, Body::from(buffered)))
 }
 
 /// 408 for a body that arrived too slowly, else 400.
@@ -179,21 +179,32 @@ async fn drain(mut body: Body) {
 /// The finishing touches every component's router gets: JSON 404 for unknown routes, JSON
 /// 405 for wrong methods, the body limit, JSON for every other error axum answers itself,
 /// and the process's metrics (`GET /metrics`, every request counted: [`crate::metrics`]).
+///
+/// The three things done around each request are one middleware, [`around`]: each layer of
+/// a router is a boxed service cloned and a boxed future per request and per route.
 pub fn finish(router: Router, body_limit: usize) -> Router {
-    let router = router
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    crate::metrics::track(router.fallback(not_found).method_not_allowed_fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(body_limit, limit_body))
-        .layer(middleware::from_fn(json_errors));
-    crate::metrics::track(router)
+        .layer(middleware::from_fn_with_state(body_limit, around))
+}
+
+/// Middleware of [`finish`]: the request counted and timed ([`crate::metrics::Timing`]), its
+/// body read within the limit ([`buffer_body`]), and a plain-text error answered as JSON
+/// ([`json_errors`]).
+async fn around(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let timing = crate::metrics::Timing::start(&req);
+    let response = match buffer_body(req, limit).await {
+        Ok(req) => json_errors(next.run(req).await).await,
+        Err(error) => error.into_response(),
+    };
+    timing.finish(&response);
+    response
 }
 
 /// The rejections axum writes in plain text (a query string or a path parameter that does
 /// not parse, a WebSocket request without the upgrade) reach the client as
 /// `{"error": "..."}` too, with their status and other headers.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
+async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let json = response
         .headers()

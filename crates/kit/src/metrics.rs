@@ -8,8 +8,8 @@
 //! count is one call. Components run in-process in tests share the registry; their tests
 //! assert that a figure moved, never its absolute value.
 //!
-//! [`track`] is applied once, by [`crate::http::finish`], to every router: it serves
-//! `GET /metrics` (OpenMetrics text) and wraps every route with [`record`], which counts
+//! [`crate::http::finish`] is applied once to every router: it serves `GET /metrics`
+//! (OpenMetrics text, [`track`]) and records every request with a [`Timing`], which counts
 //! `http_requests{route, method, status}`, times `http_request_duration_seconds{route,
 //! method}` and keeps `http_requests_in_flight`. The route is the matched template
 //! (`/api/data/{key}`), never the raw path, so the number of series stays bounded; requests
@@ -19,12 +19,12 @@
 //! open and maximum file descriptors, the start time (the names Prometheus's own client
 //! libraries use, `process_*`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -160,11 +160,11 @@ pub fn encode_with(scoped: Option<&Scoped>) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `router` and records every request it serves; see the module
-/// docs. Applied by [`crate::http::finish`].
+/// `router` with `GET /metrics`; [`crate::http::finish`] adds it, and records every request
+/// of the router with a [`Timing`]; see the module docs.
 pub fn track(router: Router) -> Router {
     http();
-    router.route("/metrics", get(scrape)).layer(middleware::from_fn(record))
+    router.route("/metrics", get(scrape))
 }
 
 async fn scrape(scoped: Option<Extension<Scoped>>) -> Response {
@@ -178,6 +178,49 @@ struct Http {
     requests: Family<StatusLabels, Counter>,
     duration: Family<RouteLabels, Histogram>,
     in_flight: Gauge,
+    /// The two series of each route, method and status seen: a family's lookup takes an
+    /// owned label set (five strings made per request), this one a `&str`.
+    series: Mutex<HashMap<String, Vec<Series>>>,
+}
+
+/// A route's series for one method and status.
+struct Series {
+    method: &'static str,
+    status: u16,
+    duration: Histogram,
+    requests: Counter,
+}
+
+impl Http {
+    /// Times `elapsed` and counts one request of `route`, `method` and `status`.
+    fn record(&self, route: &str, method: &'static str, status: u16, elapsed: f64) {
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let of_route = match series.get_mut(route) {
+            Some(of_route) => of_route,
+            None => series.entry(route.to_owned()).or_default(),
+        };
+        let at = match of_route.iter().position(|s| s.method == method && s.status == status) {
+            Some(at) => at,
+            None => {
+                let (route, method_text) = (route.to_owned(), method.to_owned());
+                of_route.push(Series {
+                    method,
+                    status,
+                    duration: self
+                        .duration
+                        .get_or_create(&[("route", route.clone()), ("method", method_text.clone())])
+                        .clone(),
+                    requests: self
+                        .requests
+                        .get_or_create(&[("route", route), ("method", method_text), ("status", status.to_string())])
+                        .clone(),
+                });
+                of_route.len() - 1
+            }
+        };
+        of_route[at].duration.observe(elapsed);
+        of_route[at].requests.inc();
+    }
 }
 
 fn http() -> &'static Http {
@@ -189,6 +232,7 @@ fn http() -> &'static Http {
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
         ),
         in_flight: gauge("http_requests_in_flight", "HTTP requests being served."),
+        series: Mutex::default(),
     });
     &HTTP
 }
@@ -216,20 +260,32 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Middleware: counts and times the request by its route template; see the module docs.
-pub async fn record(req: Request, next: Next) -> Response {
-    let http = http();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
-    let method = method_label(req.method());
-    http.in_flight.inc();
-    let _in_flight = InFlight(&http.in_flight);
-    let started = Instant::now();
-    let response = next.run(req).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let status = response.status().as_u16().to_string();
-    http.duration.get_or_create(&[("route", route.clone()), ("method", method.to_owned())]).observe(elapsed);
-    http.requests.get_or_create(&[("route", route), ("method", method.to_owned()), ("status", status)]).inc();
-    response
+/// A request being served, counted in flight until [`Timing::finish`] (or its drop, however
+/// the request ends), then counted and timed by its route template; see the module docs.
+pub struct Timing {
+    route: Option<MatchedPath>,
+    method: &'static str,
+    started: Instant,
+    _in_flight: InFlight,
+}
+
+impl Timing {
+    pub fn start(req: &Request) -> Self {
+        let http = http();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        http.in_flight.inc();
+        Self {
+            route,
+            method: method_label(req.method()),
+            started: Instant::now(),
+            _in_flight: InFlight(&http.in_flight),
+        }
+    }
+
+    pub fn finish(self, response: &Response) {
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        http().record(route, self.method, response.status().as_u16(), self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// The process's own figures, read from `/proc/self` at each scrape.
