@@ -175,7 +175,7 @@ pub fn router(state: AppState) -> axum::Router {
         .merge(work::router(state))
         .route("/api/auth/health", axum::routing::get(move || std::future::ready(api_health.health())));
     metrics::get(); // its families are in /metrics from the first scrape
-    health.beside(kit::trace::layer(kit::http::finish(router, limit)))
+    health.beside(kit::http::finish_traced(router, limit))
 }
 
 /// Serves auth on `listener` until `shutdown`.

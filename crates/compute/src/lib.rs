@@ -231,7 +231,7 @@ pub fn router(state: AppState) -> axum::Router {
     }
     let routes = api::open_router().merge(protected).with_state(state);
     metrics::get(); // its families are in /metrics from the first scrape
-    health.beside(kit::trace::layer(kit::http::finish(routes, limit)))
+    health.beside(kit::http::finish_traced(routes, limit))
 }
 
 /// Serves the compute service on `listener` until `shutdown`, with this instance's workers.

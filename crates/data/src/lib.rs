@@ -195,7 +195,7 @@ pub fn router(state: AppState) -> axum::Router {
     let limit = state.config.kit.body_limit;
     let health = state.health.clone();
     metrics::get(); // its families are in /metrics from the first scrape
-    health.beside(kit::trace::layer(kit::http::finish(api::router(state), limit)))
+    health.beside(kit::http::finish_traced(api::router(state), limit))
 }
 
 /// Serves data on `listener` until `shutdown`.

@@ -183,22 +183,42 @@ async fn drain(mut body: Body) {
 /// The three things done around each request are one middleware, [`around`]: each layer of
 /// a router is a boxed service cloned and a boxed future per request and per route.
 pub fn finish(router: Router, body_limit: usize) -> Router {
+    finish_with(router, Around { limit: body_limit, traced: false })
+}
+
+/// [`finish`] inside [`crate::trace::layer`], in the same middleware: what a component without
+/// a [`crate::guard`] mounts (the guarded ones keep the trace outside the guard).
+pub fn finish_traced(router: Router, body_limit: usize) -> Router {
+    finish_with(router, Around { limit: body_limit, traced: true })
+}
+
+fn finish_with(router: Router, settings: Around) -> Router {
     crate::metrics::track(router.fallback(not_found).method_not_allowed_fallback(method_not_allowed))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(body_limit, around))
+        .layer(DefaultBodyLimit::max(settings.limit))
+        .layer(middleware::from_fn_with_state(settings, around))
+}
+
+/// What [`around`] does: the body limit, and whether the request is traced there.
+#[derive(Clone, Copy)]
+struct Around {
+    limit: usize,
+    traced: bool,
 }
 
 /// Middleware of [`finish`]: the request counted and timed ([`crate::metrics::Timing`]), its
 /// body read within the limit ([`buffer_body`]), and a plain-text error answered as JSON
-/// ([`json_errors`]).
-async fn around(State(limit): State<usize>, req: Request, next: Next) -> Response {
-    let timing = crate::metrics::Timing::start(&req);
-    let response = match buffer_body(req, limit).await {
-        Ok(req) => json_errors(next.run(req).await).await,
-        Err(error) => error.into_response(),
+/// ([`json_errors`]); all of it inside [`crate::trace::within`] for [`finish_traced`].
+async fn around(State(around): State<Around>, req: Request, next: Next) -> Response {
+    let finish = |req: Request| async move {
+        let timing = crate::metrics::Timing::start(&req);
+        let response = match buffer_body(req, around.limit).await {
+            Ok(req) => json_errors(next.run(req).await).await,
+            Err(error) => error.into_response(),
+        };
+        timing.finish(&response);
+        response
     };
-    timing.finish(&response);
-    response
+    if around.traced { crate::trace::within(req, finish).await } else { finish(req).await }
 }
 
 /// The rejections axum writes in plain text (a query string or a path parameter that does

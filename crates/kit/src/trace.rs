@@ -208,13 +208,22 @@ pub async fn scope<F: Future>(context: TraceContext, future: F) -> F::Output {
 /// answers `traceparent` with this hop's span id, and writes the access line (at `info`
 /// when sampled, else at `debug`).
 pub async fn propagate(req: Request, next: Next) -> Response {
+    within(req, |req| next.run(req)).await
+}
+
+/// [`propagate`] around `serve`, for a middleware that does more (`kit::http::finish_traced`).
+pub async fn within<F, Fut>(req: Request, serve: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let context = TraceContext::continue_from(req.headers());
     scope(context, async move {
         let started = Instant::now();
         // What the access line needs, taken only when it is written.
         let access = (context.sampled() || tracing::enabled!(tracing::Level::DEBUG))
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
-        let mut response = next.run(req).await;
+        let mut response = serve(req).await;
         response.headers_mut().insert(TRACEPARENT.clone(), context.header_value());
         if let Some((method, path)) = access {
             let (status, ms) = (response.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
