@@ -209,7 +209,7 @@ struct Around {
 /// body read within the limit ([`buffer_body`]), and a plain-text error answered as JSON
 /// ([`json_errors`]); all of it inside [`crate::trace::within`] for [`finish_traced`].
 async fn around(State(around): State<Around>, req: Request, next: Next) -> Response {
-    let finish = |req: Request| async move {
+    let serve = |req: Request| async move {
         let timing = crate::metrics::Timing::start(&req);
         let response = match buffer_body(req, around.limit).await {
             Ok(req) => json_errors(next.run(req).await).await,
@@ -218,7 +218,7 @@ async fn around(State(around): State<Around>, req: Request, next: Next) -> Respo
         timing.finish(&response);
         response
     };
-    if around.traced { crate::trace::within(req, finish).await } else { finish(req).await }
+    if around.traced { crate::trace::within(req, serve).await } else { serve(req).await }
 }
 
 /// The rejections axum writes in plain text (a query string or a path parameter that does
