@@ -21,7 +21,11 @@
 //!   is busy, so a load pays nothing, and at rest it trims at most every [`REARM`] (what a
 //!   trickle of work leaves).
 //!
-//! Elsewhere (another libc, another OS) both are no-ops.
+//! And one for the few big buffers a process reuses (auth's argon2 working memory):
+//! [`prefer_huge_pages`], transparent huge pages for a buffer that is read all over and
+//! randomly, so that it costs a few TLB entries and page faults instead of thousands.
+//!
+//! Elsewhere (another libc, another OS) all three are no-ops.
 
 use std::time::Duration;
 
@@ -59,6 +63,21 @@ pub async fn trim_after_bursts() {
         }
         last = now;
     }
+}
+
+/// Asks the kernel to back `buffer`'s allocation (its whole capacity) with transparent huge
+/// pages (`MADV_HUGEPAGE`, for the system setting `madvise`; `always` needs no asking and
+/// `never` ignores it). Meant for a large buffer that has not been touched yet: the pages
+/// faulted in afterwards are 2 MiB ones where the range allows. Advice only: the contents
+/// and the allocation are unchanged, and a refusal is ignored (it costs only speed).
+///
+/// For argon2's 19 MiB, read at random block by block, 4 KiB pages meant a TLB miss on
+/// most reads and about 4 900 page faults the first time a buffer was used; measured on the
+/// 2-core test machine, a hash took 2-3 % less time in a huge-page buffer (README,
+/// Benchmarks).
+pub fn prefer_huge_pages<T>(buffer: &Vec<T>) {
+    let bytes = buffer.capacity().saturating_mul(size_of::<T>());
+    sys::prefer_huge_pages(buffer.as_ptr().cast(), bytes);
 }
 
 /// When to trim: after the first quiet tick that follows a busy one (or the start), and
@@ -116,6 +135,19 @@ mod sys {
         unsafe { libc::malloc_trim(0) };
     }
 
+    /// `MADV_HUGEPAGE` on the whole pages inside `len` bytes from `start`.
+    pub fn prefer_huge_pages(start: *const u8, len: usize) {
+        const PAGE: usize = 4096;
+        let from = (start as usize).next_multiple_of(PAGE);
+        let to = (start as usize).saturating_add(len) / PAGE * PAGE;
+        if to > from {
+            // SAFETY: the range lies inside one live allocation of the caller's, and this
+            // advice changes neither its contents nor its mapping, only the size of the
+            // pages that back it.
+            unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) };
+        }
+    }
+
     /// User and system CPU time of the whole process (every thread).
     pub fn cpu_time() -> Duration {
         use nix::sys::resource::{UsageWho, getrusage};
@@ -135,6 +167,8 @@ mod sys {
 
     pub fn trim() {}
 
+    pub fn prefer_huge_pages(_start: *const u8, _len: usize) {}
+
     pub fn cpu_time() -> Duration {
         Duration::ZERO
     }
@@ -151,6 +185,45 @@ mod tests {
     /// The trims of a run of ticks, each the CPU time used in one second.
     fn trims(trimmer: &mut Trimmer, cpu: &[Duration]) -> Vec<bool> {
         cpu.iter().map(|&c| trimmer.tick(c, SECOND)).collect()
+    }
+
+    /// The `VmFlags` of the mapping of `/proc/self/smaps` that holds `address`.
+    #[cfg(target_os = "linux")]
+    fn vm_flags_at(address: usize) -> Option<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            if let Some((from, to)) = range.filter(|_| !line.ends_with(':') && line.contains(' '))
+                && let (Ok(from), Ok(to)) = (usize::from_str_radix(from, 16), usize::from_str_radix(to, 16))
+            {
+                inside = (from..to).contains(&address);
+            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return Some(flags.trim().to_owned());
+            }
+        }
+        None
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_buffer_advised_for_huge_pages_is_marked_so_and_keeps_its_contents() {
+        let mut buffer: Vec<u8> = Vec::with_capacity(8 << 20);
+        buffer.extend_from_slice(b"kept");
+        let middle = buffer.as_ptr() as usize + (4 << 20);
+        let flags = |at| vm_flags_at(at).expect("the buffer's mapping is in smaps");
+        assert!(!flags(middle).split(' ').any(|f| f == "hg"), "not advised yet: {}", flags(middle));
+        prefer_huge_pages(&buffer);
+        assert_eq!(buffer, b"kept");
+        // Kernels built without transparent huge pages refuse the advice (and have no
+        // such directory); the call is harmless there.
+        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            assert!(flags(middle).split(' ').any(|f| f == "hg"), "advised: {}", flags(middle));
+        }
+        buffer.resize(8 << 20, 1);
+        assert_eq!(&buffer[..4], b"kept");
+        assert!(buffer[4..].iter().all(|&b| b == 1));
+        prefer_huge_pages(&Vec::<u64>::new());
     }
 
     #[test]
