@@ -8,8 +8,8 @@
 //! each taken by one hash at a time: a hash reuses the pages a previous one faulted in
 //! instead of mapping and faulting 19 MiB afresh (about 4 900 page faults, zeroing and an
 //! unmap per hash), and in transparent huge pages where the system allows (argon2 reads its
-//! memory at random, a 1 KiB block at a time: 2 MiB pages spare the TLB). Hashes run only in a [`Slot`], so there are never more buffers than
-//! slots. Each buffer's capacity is above glibc's largest mmap threshold (32 MiB), so it is
+//! memory at random, a 1 KiB block at a time: 2 MiB pages spare the TLB). Hashes run only
+//! in a [`Slot`], so there are never more buffers than slots. Each buffer's capacity is above glibc's largest mmap threshold (32 MiB), so it is
 //! a mapping of its own, and after [`KEEP_IDLE`] without a hash the pool drops them all and
 //! the memory goes back to the OS: a burst of logins costs its memory while it lasts, an
 //! idle instance nothing. (Left to the allocator, each blocking thread's arena would keep a
