@@ -5,11 +5,18 @@
 use std::fmt;
 use std::str::FromStr;
 
-use tracing::field::{Field, Visit};
+use tracing::field::{Field, Visit, display};
+use tracing::span::Record;
+use tracing::{Event, Subscriber};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt::format::{DefaultFields, DefaultVisitor, Writer};
-use tracing_subscriber::fmt::{FormatFields, MakeWriter};
+use tracing_subscriber::fmt::format::{DefaultFields, DefaultVisitor, JsonFields, Writer};
+use tracing_subscriber::fmt::{FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::{LookupSpan, Registry};
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::trace::TraceContext;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
@@ -56,22 +63,90 @@ where
 {
     // Colours only for a person at a terminal: not in files, pipes, or with NO_COLOR set.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(writer).with_ansi(ansi);
-    let filter = filter_from_env(default_filter);
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let _ = match format {
-        LogFormat::Text => builder.with_target(false).fmt_fields(Fields).finish().with(filter).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).finish().with(filter).try_init(),
-    };
+    let _ = subscriber(format, writer, ansi).with(filter_from_env(default_filter)).try_init();
+}
+
+/// The subscriber [`init`] installs, unfiltered: the registry, [`RequestIds`], and the
+/// `fmt` layer of `format` writing to `writer`.
+fn subscriber<W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    // `RequestIds` beneath the `fmt` layer: a layered subscriber hands an event to the
+    // inner layers first, so the ids are written before the line is.
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(RequestIds { format });
+    match format {
+        LogFormat::Text => Box::new(registry.with(layer.with_target(false).fmt_fields(Fields))),
+        LogFormat::Json => Box::new(registry.with(layer.json().flatten_event(true).with_current_span(false))),
+    }
+}
+
+/// Keeps a request's ids with its `span` until a line inside it is logged, when
+/// [`RequestIds`] writes them into the span's fields (`trace_id` and `span_id`, declared
+/// empty). False when the span is disabled or the subscriber is not [`init`]'s: then the
+/// caller records them itself.
+pub(crate) fn defer_ids(span: &tracing::Span, context: TraceContext) -> bool {
+    let deferred = span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<RequestIds>().and(dispatch.downcast_ref::<Registry>());
+        let Some(span) = registry.and_then(|registry| registry.span(id)) else { return false };
+        span.extensions_mut().insert(Deferred(context));
+        true
+    });
+    deferred == Some(true)
+}
+
+/// The ids of a request span not yet written into its fields.
+struct Deferred(TraceContext);
+
+/// The layer that writes a request span's ids ([`defer_ids`]) into the fields the `fmt`
+/// layer keeps formatted for it, when the first line inside the span is logged: a request
+/// that logs nothing (nearly all of them) never formats its ids.
+struct RequestIds {
+    format: LogFormat,
+}
+
+impl<S> Layer<S> for RequestIds
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(scope) = ctx.event_scope(event) else { return };
+        for span in scope {
+            let mut extensions = span.extensions_mut();
+            let Some(Deferred(context)) = extensions.remove::<Deferred>() else { continue };
+            let fields = span.metadata().fields();
+            let (Some(trace_id), Some(span_id)) = (fields.field("trace_id"), fields.field("span_id")) else {
+                continue;
+            };
+            let (trace_hex, span_hex) = (display(context.trace_hex()), display(context.span_hex()));
+            let values = [(&trace_id, Some(&trace_hex as &dyn tracing::Value)), (&span_id, Some(&span_hex as _))];
+            let values = fields.value_set(&values);
+            let record = Record::new(&values);
+            // Formatted as the `fmt` layer formats a span's fields: a failure leaves them out
+            // of the line, as it would there.
+            let _ = match self.format {
+                LogFormat::Text => add_fields(&Fields, extensions.get_mut(), &record),
+                LogFormat::Json => add_fields(&JsonFields::new(), extensions.get_mut(), &record),
+            };
+        }
+    }
+}
+
+/// `record` added to a span's `formatted` fields by `format`, as the `fmt` layer adds them.
+fn add_fields<N>(format: &N, formatted: Option<&mut FormattedFields<N>>, record: &Record<'_>) -> fmt::Result
+where
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    formatted.map_or(Ok(()), |formatted| format.add_fields(formatted, record))
 }
 
 /// The text format's fields: [`DefaultFields`]' text, with a plain `name=` written straight
 /// when there are no colours.
 ///
-/// Every request's span is formatted as it opens (`request{trace_id=.. span_id=..}`), and
-/// `DefaultFields` paints each name and `=` in a style even with colours off: with the
-/// formatting around it, about 4 % of the instructions of a data read. Here a field's value
+/// `DefaultFields` paints each name and `=` in a style even with colours off; when every
+/// request's span was formatted as it opened (`request{trace_id=.. span_id=..}`, before
+/// [`RequestIds`]), that was about 4 % of the instructions of a data read. Here a field's value
 /// is still written by [`DefaultVisitor`] when it is a message or a `log.` field (escapes,
 /// skipping); any other is `name=value` with the value's `Debug`, as `DefaultVisitor` writes.
 struct Fields;
@@ -196,5 +271,84 @@ mod tests {
         assert!(ours.contains("request{trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7}"), "{ours}");
         assert_eq!(ours.lines().count(), 6, "{ours}");
         assert_eq!(lines_with(Fields, true), lines_with(DefaultFields::new(), true));
+    }
+
+    /// The lines `log` writes under [`init`]'s subscriber in `format`, at `info`.
+    fn logged(format: LogFormat, log: impl FnOnce()) -> Vec<String> {
+        let buffer = Buffer::default();
+        let filter = Targets::new().with_default(tracing::Level::INFO);
+        tracing::subscriber::with_default(subscriber(format, buffer.clone(), false).with(filter), log);
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// The text the `fmt` layer keeps for `span`'s fields, under the current subscriber.
+    fn formatted<N: 'static>(span: &tracing::Span) -> String {
+        span.with_subscriber(|(id, dispatch)| {
+            let span = dispatch.downcast_ref::<Registry>().unwrap().span(id).unwrap();
+            let fields = span.extensions().get::<FormattedFields<N>>().map(|f| f.fields.clone());
+            fields.unwrap()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_span_formats_its_ids_only_when_a_line_inside_it_is_logged() {
+        let context = TraceContext::root(false);
+        let ids = format!("trace_id={} span_id={}", context.trace_hex(), context.span_hex());
+        let lines = logged(LogFormat::Text, || {
+            let quiet = TraceContext::root(false).span();
+            quiet.in_scope(|| tracing::debug!("below the level: not logged"));
+            assert_eq!(formatted::<Fields>(&quiet), "", "nothing logged, nothing formatted");
+
+            let request = context.span();
+            assert_eq!(formatted::<Fields>(&request), "");
+            request.in_scope(|| {
+                tracing::info!(status = 200, "first");
+                let inner = tracing::info_span!("inner", n = 3);
+                inner.in_scope(|| tracing::warn!("second"));
+            });
+            assert_eq!(formatted::<Fields>(&request), ids, "written once, by the first line");
+            tracing::info!("outside");
+        });
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].ends_with(&format!(" INFO request{{{ids}}}: first status=200")), "{lines:?}");
+        assert!(lines[1].ends_with(&format!(" WARN request{{{ids}}}:inner{{n=3}}: second")), "{lines:?}");
+        assert!(lines[2].ends_with(" INFO outside"), "{lines:?}");
+    }
+
+    #[test]
+    fn json_lines_carry_a_request_spans_ids_under_spans() {
+        let context = TraceContext::root(true);
+        let lines = logged(LogFormat::Json, || {
+            let request = context.span();
+            request.in_scope(|| {
+                tracing::info!(status = 200, "first");
+                tracing::info!("second");
+            });
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for line in &lines {
+            let json: serde_json::Value = serde_json::from_str(line).unwrap();
+            let span = &json["spans"][0];
+            let (trace_id, span_id) = (context.trace_hex().to_string(), context.span_hex().to_string());
+            assert_eq!(span["name"], "request", "{line}");
+            assert_eq!(
+                (span["trace_id"].as_str(), span["span_id"].as_str()),
+                (Some(&*trace_id), Some(&*span_id)),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn under_another_subscriber_a_request_span_records_its_ids_at_once() {
+        let buffer = Buffer::default();
+        let plain = tracing_subscriber::fmt().with_writer(buffer.clone()).with_ansi(false).finish();
+        let context = TraceContext::root(false);
+        tracing::subscriber::with_default(plain, || context.span().in_scope(|| tracing::info!("inside")));
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let ids = format!("request{{trace_id={} span_id={}}}", context.trace_hex(), context.span_hex());
+        assert!(text.contains(&ids), "{text}");
     }
 }
