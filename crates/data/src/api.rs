@@ -110,7 +110,7 @@ async fn read(
 
 async fn read_item(state: AppState, _: Caller, key: String) -> Result<Response, ApiError> {
     key::validate(&key)?;
-    crate::metrics::get().read("item");
+    crate::metrics::get().item_reads.inc();
     let db = &state.pool;
     let key = &key;
     let found = match store::get_now(db, key) {
@@ -149,7 +149,7 @@ async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    crate::metrics::get().read("list");
+    crate::metrics::get().list_reads.inc();
     let (default, max) = (state.config.list_default_limit, state.config.list_max_limit);
     let limit = match query.limit.as_deref().map(str::trim) {
         None | Some("") => default,

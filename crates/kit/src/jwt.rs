@@ -68,9 +68,11 @@ const VERIFIED_MAX: usize = 256;
 /// the very text that verified, with this key, so everything about it holds but what time
 /// changes: its expiry, checked on every use as the library checks it. A token that fails is
 /// never kept (a forged one pays the whole check every time), and no token outlives the
-/// process (there is no revocation to miss: tokens are valid until they expire).
+/// process (there is no revocation to miss: tokens are valid until they expire). Hashed by
+/// foldhash (seeded per process): SipHash over a token's 200 bytes was 1.3 % of a data read,
+/// and only verified tokens are ever kept, so nobody can choose the keys.
 #[derive(Default)]
-struct Verified(Mutex<HashMap<Box<str>, Claims>>);
+struct Verified(Mutex<HashMap<Box<str>, Claims, foldhash::fast::RandomState>>);
 
 impl Verified {
     /// The claims of `token` if it verified lately; `Expired` once its `exp` (plus `leeway`

@@ -179,8 +179,9 @@ struct Http {
     duration: Family<RouteLabels, Histogram>,
     in_flight: Gauge,
     /// The two series of each route, method and status seen: a family's lookup takes an
-    /// owned label set (five strings made per request), this one a `&str`.
-    series: Mutex<HashMap<String, Vec<Series>>>,
+    /// owned label set (five strings made per request), this one a `&str` (the route's
+    /// pattern, from the router: foldhash, not SipHash, as no client chooses it).
+    series: Mutex<HashMap<String, Vec<Series>, foldhash::fast::RandomState>>,
 }
 
 /// A route's series for one method and status.
