@@ -126,6 +126,9 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// `req` with its body read, up to `limit` bytes; beyond it, the 413 to answer (after
 /// draining the rest of the body, so the client reads the answer).
 async fn buffer_body(req: Request, limit: usize) -> Result<Request, ApiError> {
+    if http_body::Body::is_end_stream(req.body()) {
+        return Ok(req);
+    }
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let (parts, body) = req.into_parts();

@@ -167,8 +167,14 @@ async fn connection(
         let body_timeout = limits.body_timeout;
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let busy = Busy::begin(activity.clone());
-            let deadline = Instant::now() + body_timeout;
-            let mut req = req.map(|body| Body::new(TimedBody { body, deadline, timeout: body_timeout, sleep: None }));
+            // A request without a body (every GET) has nothing to time: an empty body, which
+            // is not even allocated.
+            let mut req = if http_body::Body::is_end_stream(req.body()) {
+                req.map(|_| Body::empty())
+            } else {
+                let deadline = Instant::now() + body_timeout;
+                req.map(|body| Body::new(TimedBody { body, deadline, timeout: body_timeout, sleep: None }))
+            };
             req.extensions_mut().insert(ConnectInfo(peer));
             let mut router = router.clone();
             async move {

@@ -210,20 +210,25 @@ pub fn inject(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     }
 }
 
+// `scope`, `propagate` and `within` are plain functions returning the future, not `async
+// fn`s: each `async fn` level keeps its argument (here the whole inner future) beside what it
+// awaits, so three levels made the request's future 5 KiB and moved it from level to level,
+// about 6 % of a data read's user-space cycles in `memmove` (perf).
+
 /// Runs `future` as the hop `context`: [`current`] answers it, and its lines carry its ids.
-pub async fn scope<F: Future>(context: TraceContext, future: F) -> F::Output {
-    CURRENT.scope(context, future).instrument(context.span()).await
+pub fn scope<F: Future>(context: TraceContext, future: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(context, future).instrument(context.span())
 }
 
 /// Middleware: continues the caller's trace (or starts one), serves the request inside it,
 /// answers `traceparent` with this hop's span id, and writes the access line (at `info`
 /// when sampled, else at `debug`).
-pub async fn propagate(req: Request, next: Next) -> Response {
-    within(req, |req| next.run(req)).await
+pub fn propagate(req: Request, next: Next) -> impl Future<Output = Response> {
+    within(req, |req| next.run(req))
 }
 
 /// [`propagate`] around `serve`, for a middleware that does more (`kit::http::finish_traced`).
-pub async fn within<F, Fut>(req: Request, serve: F) -> Response
+pub fn within<F, Fut>(req: Request, serve: F) -> impl Future<Output = Response>
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -246,7 +251,6 @@ where
         }
         response
     })
-    .await
 }
 
 /// `router` with [`propagate`] around everything it serves: one line in each component.
