@@ -5,18 +5,18 @@
 use std::fmt;
 use std::str::FromStr;
 
-use tracing::field::{Field, Visit, display};
+use tracing::Subscriber;
+use tracing::field::{Field, Visit};
 use tracing::span::Record;
-use tracing::{Event, Subscriber};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{DefaultFields, DefaultVisitor, JsonFields, Writer};
 use tracing_subscriber::fmt::{FormatFields, FormattedFields, MakeWriter};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use tracing_subscriber::registry::{LookupSpan, Registry};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::ExtensionsMut;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::trace::TraceContext;
+use crate::trace::RequestIds;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
@@ -66,8 +66,9 @@ where
     let _ = subscriber(format, writer, ansi).with(filter_from_env(default_filter)).try_init();
 }
 
-/// The subscriber [`init`] installs, unfiltered: the registry, [`RequestIds`], and the
-/// `fmt` layer of `format` writing to `writer`.
+/// The subscriber [`init`] installs, unfiltered: the registry, [`RequestIds`] (which write
+/// a request span's ids into its fields when a line inside it is logged), and the `fmt`
+/// layer of `format` writing to `writer`.
 fn subscriber<W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -75,65 +76,27 @@ where
     // `RequestIds` beneath the `fmt` layer: a layered subscriber hands an event to the
     // inner layers first, so the ids are written before the line is.
     let layer = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
-    let registry = tracing_subscriber::registry().with(RequestIds { format });
+    let add = match format {
+        LogFormat::Text => add_text,
+        LogFormat::Json => add_json,
+    };
+    let registry = tracing_subscriber::registry().with(RequestIds::new(add));
     match format {
         LogFormat::Text => Box::new(registry.with(layer.with_target(false).fmt_fields(Fields))),
         LogFormat::Json => Box::new(registry.with(layer.json().flatten_event(true).with_current_span(false))),
     }
 }
 
-/// Keeps a request's ids with its `span` until a line inside it is logged, when
-/// [`RequestIds`] writes them into the span's fields (`trace_id` and `span_id`, declared
-/// empty). False when the span is disabled or the subscriber is not [`init`]'s: then the
-/// caller records them itself.
-pub(crate) fn defer_ids(span: &tracing::Span, context: TraceContext) -> bool {
-    let deferred = span.with_subscriber(|(id, dispatch)| {
-        let registry = dispatch.downcast_ref::<RequestIds>().and(dispatch.downcast_ref::<Registry>());
-        let Some(span) = registry.and_then(|registry| registry.span(id)) else { return false };
-        span.extensions_mut().insert(Deferred(context));
-        true
-    });
-    deferred == Some(true)
+/// `record` added to a span's fields as the text format's `fmt` layer adds them.
+fn add_text(extensions: &mut ExtensionsMut<'_>, record: &Record<'_>) -> fmt::Result {
+    add_fields(&Fields, extensions.get_mut(), record)
 }
 
-/// The ids of a request span not yet written into its fields.
-struct Deferred(TraceContext);
-
-/// The layer that writes a request span's ids ([`defer_ids`]) into the fields the `fmt`
-/// layer keeps formatted for it, when the first line inside the span is logged: a request
-/// that logs nothing (nearly all of them) never formats its ids.
-struct RequestIds {
-    format: LogFormat,
+/// `record` added to a span's fields as the JSON format's `fmt` layer adds them.
+fn add_json(extensions: &mut ExtensionsMut<'_>, record: &Record<'_>) -> fmt::Result {
+    add_fields(&JsonFields::new(), extensions.get_mut(), record)
 }
 
-impl<S> Layer<S> for RequestIds
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(scope) = ctx.event_scope(event) else { return };
-        for span in scope {
-            let mut extensions = span.extensions_mut();
-            let Some(Deferred(context)) = extensions.remove::<Deferred>() else { continue };
-            let fields = span.metadata().fields();
-            let (Some(trace_id), Some(span_id)) = (fields.field("trace_id"), fields.field("span_id")) else {
-                continue;
-            };
-            let (trace_hex, span_hex) = (display(context.trace_hex()), display(context.span_hex()));
-            let values = [(&trace_id, Some(&trace_hex as &dyn tracing::Value)), (&span_id, Some(&span_hex as _))];
-            let values = fields.value_set(&values);
-            let record = Record::new(&values);
-            // Formatted as the `fmt` layer formats a span's fields: a failure leaves them out
-            // of the line, as it would there.
-            let _ = match self.format {
-                LogFormat::Text => add_fields(&Fields, extensions.get_mut(), &record),
-                LogFormat::Json => add_fields(&JsonFields::new(), extensions.get_mut(), &record),
-            };
-        }
-    }
-}
-
-/// `record` added to a span's `formatted` fields by `format`, as the `fmt` layer adds them.
 fn add_fields<N>(format: &N, formatted: Option<&mut FormattedFields<N>>, record: &Record<'_>) -> fmt::Result
 where
     N: for<'w> FormatFields<'w> + 'static,
@@ -211,7 +174,10 @@ impl Plain<'_> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use tracing_subscriber::registry::{LookupSpan, Registry};
+
     use super::*;
+    use crate::trace::TraceContext;
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);

@@ -22,7 +22,11 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument;
+use tracing::field::display;
+use tracing::span::Record;
+use tracing::{Event, Instrument, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::{ExtensionsMut, LookupSpan, Registry};
 
 /// The header's name.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -140,14 +144,14 @@ impl TraceContext {
     /// The tracing span of this hop: `request{trace_id, span_id}`. Lines logged inside it
     /// carry both ids.
     ///
-    /// Under [`crate::telemetry`]'s subscriber the ids are written into the span's fields
-    /// only when a line inside it is logged: most requests log nothing, and formatting two
-    /// hex ids as every span opened was about 4 % of a data read's instructions. Under any
-    /// other subscriber they are recorded at once.
+    /// Under a subscriber with [`RequestIds`] (kit's own) the ids are written into the
+    /// span's fields only when a line inside it is logged: most requests log nothing, and
+    /// formatting two hex ids as every span opened was about 4 % of a data read's
+    /// instructions. Under any other subscriber they are recorded at once.
     pub fn span(&self) -> tracing::Span {
-        use tracing::field::{Empty, display};
+        use tracing::field::Empty;
         let span = tracing::info_span!("request", trace_id = Empty, span_id = Empty);
-        if !crate::telemetry::defer_ids(&span, *self) {
+        if !defer_ids(&span, *self) {
             span.record("trace_id", display(self.trace_hex()));
             span.record("span_id", display(self.span_hex()));
         }
@@ -190,6 +194,62 @@ pub fn parse_trace_id(text: &str) -> Result<String, String> {
         Err(e) => return Err(format!("invalid trace id {text:?}: 32 hex digits or a traceparent expected ({e})")),
     };
     Ok(Hex { value: id, digits: 32 }.to_string())
+}
+
+/// Keeps a request's ids with its `span` until a line inside it is logged, when
+/// [`RequestIds`] writes them into the span's fields (`trace_id` and `span_id`, declared
+/// empty). False when the span is disabled or the subscriber has no [`RequestIds`]: then the
+/// caller records them itself.
+fn defer_ids(span: &tracing::Span, context: TraceContext) -> bool {
+    let deferred = span.with_subscriber(|(id, dispatch)| {
+        let registry = dispatch.downcast_ref::<RequestIds>().and(dispatch.downcast_ref::<Registry>());
+        let Some(span) = registry.and_then(|registry| registry.span(id)) else { return false };
+        span.extensions_mut().insert(Deferred(context));
+        true
+    });
+    deferred == Some(true)
+}
+
+/// The ids of a request span not yet written into its fields.
+struct Deferred(TraceContext);
+
+/// How a log format adds fields to a span's formatted ones (as its `fmt` layer would).
+pub(crate) type AddFields = fn(&mut ExtensionsMut<'_>, &Record<'_>) -> fmt::Result;
+
+/// The layer that writes a request span's deferred ids into the fields the `fmt` layer
+/// keeps formatted for it, when the first line inside the span is logged: a request that
+/// logs nothing (nearly all of them) never formats its ids. It must sit beneath the `fmt`
+/// layer, which a layered subscriber hands an event after the inner layers.
+pub(crate) struct RequestIds {
+    add: AddFields,
+}
+
+impl RequestIds {
+    pub(crate) fn new(add: AddFields) -> Self {
+        Self { add }
+    }
+}
+
+impl<S> Layer<S> for RequestIds
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(scope) = ctx.event_scope(event) else { return };
+        for span in scope {
+            let mut extensions = span.extensions_mut();
+            let Some(Deferred(context)) = extensions.remove::<Deferred>() else { continue };
+            let fields = span.metadata().fields();
+            let (Some(trace_id), Some(span_id)) = (fields.field("trace_id"), fields.field("span_id")) else {
+                continue;
+            };
+            let (trace_hex, span_hex) = (display(context.trace_hex()), display(context.span_hex()));
+            let values = [(&trace_id, Some(&trace_hex as &dyn tracing::Value)), (&span_id, Some(&span_hex as _))];
+            let values = fields.value_set(&values);
+            // A failure leaves them out of the line, as the `fmt` layer's own would.
+            let _ = (self.add)(&mut extensions, &Record::new(&values));
+        }
+    }
 }
 
 tokio::task_local! {
