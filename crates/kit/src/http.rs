@@ -126,9 +126,6 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// `req` with its body read, up to `limit` bytes; beyond it, the 413 to answer (after
 /// draining the rest of the body, so the client reads the answer).
 async fn buffer_body(req: Request, limit: usize) -> Result<Request, ApiError> {
-    if http_body::Body::is_end_stream(req.body()) {
-        return Ok(req);
-    }
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let (parts, body) = req.into_parts();
@@ -212,16 +209,38 @@ struct Around {
 /// body read within the limit ([`buffer_body`]), and a plain-text error answered as JSON
 /// ([`json_errors`]); all of it inside [`crate::trace::within`] for [`finish_traced`].
 async fn around(State(around): State<Around>, req: Request, next: Next) -> Response {
+    // The request's future is moved from layer to layer as it is made: what only a request
+    // with a body (reading it) or a plain-text error (rewriting it) awaits is boxed, so a
+    // plain read's future is a third of the size.
     let serve = |req: Request| async move {
         let timing = crate::metrics::Timing::start(&req);
-        let response = match buffer_body(req, around.limit).await {
-            Ok(req) => json_errors(next.run(req).await).await,
+        let read = if http_body::Body::is_end_stream(req.body()) {
+            Ok(req)
+        } else {
+            Box::pin(buffer_body(req, around.limit)).await
+        };
+        let mut response = match read {
+            Ok(req) => next.run(req).await,
             Err(error) => error.into_response(),
         };
+        if is_plain_error(&response) {
+            response = Box::pin(json_errors(response)).await;
+        }
         timing.finish(&response);
         response
     };
     if around.traced { crate::trace::within(req, serve).await } else { serve(req).await }
+}
+
+/// An error answered in something other than JSON: [`json_errors`] rewrites it.
+fn is_plain_error(response: &Response) -> bool {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    !json && (status.is_client_error() || status.is_server_error())
 }
 
 /// The rejections axum writes in plain text (a query string or a path parameter that does
@@ -229,14 +248,6 @@ async fn around(State(around): State<Around>, req: Request, next: Next) -> Respo
 /// `{"error": "..."}` too, with their status and other headers.
 async fn json_errors(response: Response) -> Response {
     let status = response.status();
-    let json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if json || !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
     let (parts, body) = response.into_parts();
     // Such rejections are a line of text; anything larger is not one of them.
     let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
