@@ -167,7 +167,7 @@ async fn direct(
 ) -> Result<Response, Error> {
     let req = request(&body, Place::Direct)?;
     let (op, task) = ops::parse(&req.operation, req.operands, Place::Direct)?;
-    crate::metrics::get().operation(op.name(), "direct");
+    crate::metrics::get().operation(op, Place::Direct);
     let key = key.map(|key| key.with_limits(state.config.idempotency));
     // With a key already answered, the first answer, without computing again.
     let fingerprint = kit::idempotency::fingerprint(&[&body]);
@@ -232,7 +232,7 @@ async fn submit(
                 state.wake();
             }
             tracing::debug!(job = %id, operation = %job.operation, priority = job.priority, "job queued");
-            crate::metrics::get().operation(&job.operation, "job");
+            crate::metrics::get().operation(op, Place::Job);
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         Submitted::Replayed(stored) => Ok(stored.replay(&fingerprint)),

@@ -14,6 +14,7 @@ use kit::Shutdown;
 use kit::metrics::{Counter, Family, Gauge, Histogram, Labels};
 
 use crate::AppState;
+use crate::ops::{Operation, Place};
 
 /// How often the queue's depth is read for `compute_jobs`.
 pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
@@ -21,7 +22,10 @@ pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
 pub const ACTIVE: Duration = Duration::from_secs(60);
 
 pub struct Metrics {
-    operations: Family<Labels<2>, Counter>,
+    /// `compute_operations{operation, place}` of every operation at each place that takes
+    /// it, `[direct, job]` in [`Operation::ALL`]'s order: taken from their family once, as a
+    /// family's look-up makes two label strings and hashes them (2 % of a direct operation).
+    operations: Vec<[Option<Counter>; 2]>,
     pub claim_seconds: Histogram,
     pub lease_expiries: Counter,
     jobs: Family<Labels<1>, Gauge>,
@@ -29,8 +33,16 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts an accepted operation: computed at once (`direct`) or queued (`job`).
-    pub fn operation(&self, operation: &str, place: &'static str) {
-        self.operations.get_or_create(&[("operation", operation.to_owned()), ("place", place.to_owned())]).inc();
+    pub fn operation(&self, operation: Operation, place: Place) {
+        let at = Operation::ALL.iter().position(|op| *op == operation);
+        let counters = at.and_then(|at| self.operations.get(at));
+        let place = match place {
+            Place::Direct => 0,
+            Place::Job => 1,
+        };
+        if let Some(counter) = counters.and_then(|counters| counters[place].as_ref()) {
+            counter.inc();
+        }
     }
 
     /// The queue's depth: jobs by status.
@@ -102,12 +114,25 @@ pub async fn while_scraped<F: Future<Output = ()>>(
 /// The process's compute figures, registered on first use.
 pub fn get() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
-        operations: kit::metrics::counters("compute_operations", "Operations accepted, by operation and place"),
+        operations: operations(kit::metrics::counters(
+            "compute_operations",
+            "Operations accepted, by operation and place",
+        )),
         claim_seconds: kit::metrics::seconds("compute_claim_duration_seconds", "Time of one claim of the queue"),
         lease_expiries: kit::metrics::counter("compute_lease_expiries", "Jobs whose lease expired, reaped"),
         jobs: kit::metrics::gauges("compute_jobs", "Jobs in the queue's database, by status"),
     });
     &METRICS
+}
+
+/// The counters of every operation at each place that takes it, from their `family`.
+fn operations(family: Family<Labels<2>, Counter>) -> Vec<[Option<Counter>; 2]> {
+    let counter = |op: Operation, place: &str| {
+        family.get_or_create(&[("operation", op.name().to_owned()), ("place", place.to_owned())]).clone()
+    };
+    let direct = Operation::supported(Place::Direct);
+    let at = |op: Operation, place| (direct.contains(&op.name()) || place == "job").then(|| counter(op, place));
+    Operation::ALL.iter().map(|&op| [at(op, "direct"), at(op, "job")]).collect()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use num_bigint::{BigInt, BigUint};
 use serde_json::value::RawValue;
 
 use super::num::{decimal_string, float_value, raw, write_float, write_int};
+use super::parse::Operand;
 use super::{Entries, MAX_POWER_DIGITS, Matrix, Num, OpError, Task, invalid};
 
 impl Task {
@@ -93,11 +94,11 @@ pub(super) fn exact_or_float(
 
 /// The operands as doubles, for a result that is a double.
 pub(super) fn doubles(values: &[Num]) -> Result<Vec<f64>, OpError> {
-    values.iter().enumerate().map(|(i, v)| double(v, &format!("operand {}", i + 1))).collect()
+    values.iter().enumerate().map(|(i, v)| double(v, Operand(i + 1))).collect()
 }
 
 /// An integer beyond the doubles' range cannot take part in a result that is a double.
-pub(super) fn double(v: &Num, what: &str) -> Result<f64, OpError> {
+pub(super) fn double(v: &Num, what: impl std::fmt::Display) -> Result<f64, OpError> {
     let x = v.f64();
     if x.is_finite() {
         return Ok(x);

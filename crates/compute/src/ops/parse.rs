@@ -2,6 +2,7 @@
 //! into a `Task`, with every bound enforced here (so a job is refused at submit).
 
 use std::collections::HashMap;
+use std::fmt;
 
 use serde_json::value::RawValue;
 
@@ -93,8 +94,32 @@ pub(super) fn object(v: &RawValue) -> Option<HashMap<String, &RawValue>> {
     v.get().starts_with('{').then(|| serde_json::from_str(v.get()).ok()).flatten()
 }
 
-/// A number, from its JSON text.
-pub fn number(v: &RawValue, what: &str) -> Result<Num, OpError> {
+/// What an error names, written only when there is one: `operand 3` (counted from 1).
+#[derive(Clone, Copy)]
+pub(super) struct Operand(pub usize);
+
+impl fmt::Display for Operand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "operand {}", self.0)
+    }
+}
+
+/// A matrix's entry as an error names it: `matrix a entry [1][2]` (counted from 1).
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    matrix: &'a str,
+    row: usize,
+    col: usize,
+}
+
+impl fmt::Display for Entry<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "matrix {} entry [{}][{}]", self.matrix, self.row, self.col)
+    }
+}
+
+/// A number, from its JSON text; `what` names it in an error.
+pub fn number(v: &RawValue, what: impl fmt::Display) -> Result<Num, OpError> {
     let text = v.get();
     match text.as_bytes().first() {
         Some(b'-' | b'0'..=b'9') => read_number(text, what),
@@ -107,7 +132,7 @@ pub fn number(v: &RawValue, what: &str) -> Result<Num, OpError> {
 }
 
 /// A JSON number's text: an integer unless it has a fraction or an exponent.
-pub(super) fn read_number(text: &str, what: &str) -> Result<Num, OpError> {
+pub(super) fn read_number(text: &str, what: impl fmt::Display) -> Result<Num, OpError> {
     if text.contains(['.', 'e', 'E']) {
         // Rust's parser rounds correctly, so a double comes back as the client wrote it.
         return match text.parse::<f64>() {
@@ -174,7 +199,7 @@ pub(super) fn list(op: Operation, operands: &RawValue, min: usize) -> Result<Vec
     if items.len() > MAX_OPERANDS {
         return invalid(format!("{op} takes at most {MAX_OPERANDS} operands (got {})", items.len()));
     }
-    items.iter().enumerate().map(|(i, v)| number(v, &format!("operand {}", i + 1))).collect()
+    items.iter().enumerate().map(|(i, v)| number(v, Operand(i + 1))).collect()
 }
 
 /// Two operands: `[x, y]` or `{"<names.0>": x, "<names.1>": y}`.
@@ -235,8 +260,8 @@ pub(super) fn matrix(v: &RawValue, name: &str) -> Result<Matrix, OpError> {
             ));
         }
         for (j, x) in row.iter().enumerate() {
-            let what = format!("matrix {name} entry [{}][{}]", i + 1, j + 1);
-            match (number(x, &what)?, &mut data) {
+            let what = Entry { matrix: name, row: i + 1, col: j + 1 };
+            match (number(x, what)?, &mut data) {
                 (Num::Big(_), _) => {
                     return invalid(format!(
                         "{what} does not fit 64 bits; integer entries are from {} to {}",
