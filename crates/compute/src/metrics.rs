@@ -22,10 +22,10 @@ pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
 pub const ACTIVE: Duration = Duration::from_secs(60);
 
 pub struct Metrics {
-    /// `compute_operations{operation, place}` of every operation at each place that takes
-    /// it, `[direct, job]` in [`Operation::ALL`]'s order: taken from their family once, as a
+    /// `compute_operations{operation, place}` in [`Operation::ALL`]'s order, `(direct, job)`
+    /// (no direct one for an operation only queued): taken from their family once, as a
     /// family's look-up makes two label strings and hashes them (2 % of a direct operation).
-    operations: Vec<[Option<Counter>; 2]>,
+    operations: Vec<(Option<Counter>, Counter)>,
     pub claim_seconds: Histogram,
     pub lease_expiries: Counter,
     jobs: Family<Labels<1>, Gauge>,
@@ -35,12 +35,12 @@ impl Metrics {
     /// Counts an accepted operation: computed at once (`direct`) or queued (`job`).
     pub fn operation(&self, operation: Operation, place: Place) {
         let at = Operation::ALL.iter().position(|op| *op == operation);
-        let counters = at.and_then(|at| self.operations.get(at));
-        let place = match place {
-            Place::Direct => 0,
-            Place::Job => 1,
+        let Some((direct, job)) = at.and_then(|at| self.operations.get(at)) else { return };
+        let counter = match place {
+            Place::Direct => direct.as_ref(),
+            Place::Job => Some(job),
         };
-        if let Some(counter) = counters.and_then(|counters| counters[place].as_ref()) {
+        if let Some(counter) = counter {
             counter.inc();
         }
     }
@@ -126,13 +126,13 @@ pub fn get() -> &'static Metrics {
 }
 
 /// The counters of every operation at each place that takes it, from their `family`.
-fn operations(family: Family<Labels<2>, Counter>) -> Vec<[Option<Counter>; 2]> {
+fn operations(family: Family<Labels<2>, Counter>) -> Vec<(Option<Counter>, Counter)> {
     let counter = |op: Operation, place: &str| {
         family.get_or_create(&[("operation", op.name().to_owned()), ("place", place.to_owned())]).clone()
     };
     let direct = Operation::supported(Place::Direct);
-    let at = |op: Operation, place| (direct.contains(&op.name()) || place == "job").then(|| counter(op, place));
-    Operation::ALL.iter().map(|&op| [at(op, "direct"), at(op, "job")]).collect()
+    let of = |op: Operation| (direct.contains(&op.name()).then(|| counter(op, "direct")), counter(op, "job"));
+    Operation::ALL.iter().map(|&op| of(op)).collect()
 }
 
 #[cfg(test)]
