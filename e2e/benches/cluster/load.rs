@@ -111,7 +111,7 @@ impl Bench {
                 "logins",
                 format!(
                     "wrk -t1 -c4 for {} s: POST /api/auth/login of {USERS} users in turn (4 logins in flight, \
-                     each an argon2id verification: enough to keep 2 cores hashing), spread over auth-1..3; CPU \
+                     each an argon2id verification: enough to keep {cores} cores hashing), spread over auth-1..3; CPU \
                      per login: auth {auth_cpu} ms, balancer {balancer_cpu} ms (at that, {cores} cores verify at \
                      most {ceiling} logins/s)",
                     self.secs
